@@ -1,0 +1,90 @@
+"""File access for Beam jobs through Beam's FileSystems (local, gs://, s3://), plus
+https:// reads through fsspec (Beam has no HTTP filesystem). Writes are atomic: a
+temporary name, then a rename, so a reader never sees a half-written file."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+_RAW = CompressionTypes.UNCOMPRESSED
+URL_SCHEMES = ("gs://", "s3://", "http://", "https://")
+
+
+def is_url(path: str) -> bool:
+    return path.startswith(URL_SCHEMES)
+
+
+def resolve(root: str | None, path: str) -> str:
+    """Absolute paths and URLs stand as they are; others are relative to `root`."""
+    if path.startswith("/") or is_url(path) or not root:
+        return path
+    return FileSystems.join(root, path)
+
+
+def read_bytes(path: str) -> bytes | None:
+    """The file's bytes, or None when it does not exist."""
+    if path.startswith(("http://", "https://")):
+        import fsspec
+
+        try:
+            with fsspec.open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+    try:
+        with FileSystems.open(path, compression_type=_RAW) as f:
+            return f.read()
+    except Exception as exc:  # Beam wraps "not found" differently per filesystem
+        if not FileSystems.exists(path):
+            return None
+        raise OSError(f"cannot read {path}: {exc}") from exc
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def join(root: str, *parts: str) -> str:
+    return FileSystems.join(root, *parts)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    with FileSystems.create(tmp, compression_type=_RAW) as f:
+        f.write(data)
+    FileSystems.rename([tmp], [path])
+
+
+def write_atomic_with(path: str, write) -> None:
+    """`write(fileobj)` streams into a temporary file that is renamed when complete."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    with FileSystems.create(tmp, compression_type=_RAW) as f:
+        write(f)
+    FileSystems.rename([tmp], [path])
+
+
+def write_parquet(path: str, table) -> None:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def read_parquet(path: str):
+    import pyarrow.parquet as pq
+
+    data = read_bytes(path)
+    if data is None:
+        raise FileNotFoundError(path)
+    return pq.read_table(io.BytesIO(data))
+
+
+def delete(paths: list[str]) -> None:
+    present = [p for p in paths if FileSystems.exists(p)]
+    if present:
+        FileSystems.delete(present)

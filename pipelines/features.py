@@ -1,0 +1,149 @@
+"""Spectral features: log-mel spectrogram and harmonic tensor.
+
+One implementation, in torch, used by the Beam jobs (on CPU, one thread) and by the
+trainer (on any device, from PCM), so a model always sees features computed one way.
+Conventions follow librosa 0.11 defaults: periodic Hann window, centred frames with zero
+padding, power spectrogram, Slaney mel scale and area normalisation. Frames =
+1 + samples // hop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+LOG_SCALES = ("db", "log10_1p")
+_AMIN = 1e-10
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that determines the features; stored in the dataset card."""
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    hop: int = 256
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    # "db": 10*log10(max(S, 1e-10)) of the power mel (the papers' default).
+    # "log10_1p": log10(1 + 10000*S), the compression MAEST/PaSST use.
+    log_scale: str = "db"
+    harmonics: int = 6
+    harmonic_bands: int = 128
+
+    def __post_init__(self):
+        if self.log_scale not in LOG_SCALES:
+            raise ValueError(f"log_scale must be one of {LOG_SCALES}, got {self.log_scale!r}")
+        if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop <= 0 or self.n_mels <= 0:
+            raise ValueError("sample_rate, n_fft, hop and n_mels must be positive")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(
+                f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}..{self.f_max} "
+                f"at {self.sample_rate} Hz"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def num_frames(self, num_samples: int) -> int:
+        return 1 + num_samples // self.hop
+
+
+@functools.lru_cache(maxsize=16)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float):
+    """[n_mels, n_fft//2+1] Slaney mel filters (librosa's, computed once per config)."""
+    import librosa
+
+    fb = librosa.filters.mel(
+        sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, norm="slaney"
+    )
+    return torch.from_numpy(np.ascontiguousarray(fb, dtype=np.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def _hann(n_fft: int) -> torch.Tensor:
+    return torch.hann_window(n_fft, periodic=True, dtype=torch.float32)
+
+
+def power_spectrogram(pcm: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """|STFT|^2, [..., n_fft//2+1, frames] for pcm [..., samples] (float)."""
+    window = _hann(n_fft).to(pcm.device)
+    lead = pcm.shape[:-1]
+    flat = pcm.reshape(-1, pcm.shape[-1]).float()
+    spec = torch.stft(
+        flat,
+        n_fft=n_fft,
+        hop_length=hop,
+        window=window,
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )
+    power = spec.real.square() + spec.imag.square()
+    return power.reshape(*lead, *power.shape[-2:])
+
+
+def compress(power: torch.Tensor, log_scale: str) -> torch.Tensor:
+    if log_scale == "db":
+        return 10.0 * torch.log10(torch.clamp(power, min=_AMIN))
+    if log_scale == "log10_1p":
+        return torch.log10(1.0 + 10000.0 * power)
+    raise ValueError(f"unknown log scale {log_scale!r}")
+
+
+def log_mel(pcm: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
+    """Log-mel spectrogram [..., n_mels, frames] of a waveform [..., samples] in [-1, 1]."""
+    pcm = torch.as_tensor(pcm)
+    power = power_spectrogram(pcm, cfg.n_fft, cfg.hop)
+    fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)
+    mel = torch.matmul(fb.to(power.device), power)
+    return compress(mel, cfg.log_scale)
+
+
+# --- harmonic tensor (Won et al. 2020, Harmonic CNN) -------------------------------------
+
+
+def harmonic_center_frequencies(sample_rate: int, harmonics: int, bands: int) -> np.ndarray:
+    """[harmonics, bands] centre frequencies: `bands` fundamentals spaced evenly in MIDI
+    from C1 up to the frequency whose top harmonic reaches Nyquist, times h = 1..harmonics.
+    With 16 kHz, 6 harmonics and 128 bands this is the HCNN's half-semitone grid."""
+    low_midi = 24.0  # C1
+    high_hz = sample_rate / (2 * harmonics)
+    high_midi = 69.0 + 12.0 * np.log2(high_hz / 440.0)
+    midi = np.linspace(low_midi, high_midi, bands + 1)[:-1]
+    f0 = 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
+    return np.stack([f0 * h for h in range(1, harmonics + 1)])
+
+
+def harmonic_filterbank(
+    center_hz: torch.Tensor, bandwidth_q: torch.Tensor | float, sample_rate: int, n_fft: int
+) -> torch.Tensor:
+    """Triangular filters [..., n_fft//2+1] around each centre frequency. Bandwidth is the
+    HCNN's ERB-style (0.1079 f + 24.7) / Q, so Q may be a trainable tensor."""
+    bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, device=center_hz.device)
+    bandwidth = (0.1079 * center_hz + 24.7) / bandwidth_q
+    distance = (bins - center_hz.unsqueeze(-1)).abs()
+    return torch.relu(1.0 - 2.0 * distance / bandwidth.unsqueeze(-1))
+
+
+def harmonic_tensor(pcm: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
+    """[..., harmonics, bands, frames] in dB: the Harmonic CNN front end at initialisation
+    (Q = 1). The model's trainable front end calls `harmonic_filterbank` with its own Q."""
+    pcm = torch.as_tensor(pcm)
+    power = power_spectrogram(pcm, cfg.n_fft, cfg.hop)
+    centers = torch.from_numpy(
+        harmonic_center_frequencies(cfg.sample_rate, cfg.harmonics, cfg.harmonic_bands)
+    ).float()
+    fb = harmonic_filterbank(centers, 1.0, cfg.sample_rate, cfg.n_fft)  # [H, B, F]
+    out = torch.einsum("hbf,...ft->...hbt", fb.to(power.device), power)
+    return compress(out, "db")

@@ -1,0 +1,228 @@
+"""MUDA 0.4.1 on this stack: thin fixes, a few extra transformers, and the JAMS round trip.
+
+Fixes (applied once, on import of this module; each replaces one muda module function):
+
+- `muda.deformers.colorednoise.noise_generator`: `np.fft.irfft` without `n=` returns one
+  sample fewer on odd-length audio, so ColoredNoise fails to broadcast. Same filter, `n=`.
+- `muda.deformers.background.slice_clip`: calls `librosa.resample` and
+  `librosa.util.fix_length` positionally; both are keyword-only since librosa 0.10.
+- `muda.deformers.sox.drc`: sox dithers its 16-bit output with a fresh random seed on
+  every run, so DRC was not repeatable; `-R` (sox's repeatable mode) fixes the seed.
+- importing muda and jams warns that `pkg_resources` is deprecated (setuptools<81 is
+  pinned, so it works); the warning is silenced here, once, instead of in every caller.
+
+muda itself works with the modern `soundfile` (0.14) and numpy 2.x once scripts/setup.sh has
+reinstalled soundfile after muda's obsolete `pysoundfile` dependency.
+
+Extra transformers (muda `BaseTransformer`s, so they go through muda's `_transform` and
+leave the same kind of history entry as muda's own):
+
+- `AdditiveNoise`: x_mixed = (1 - a) x + a n, with n scaled to the RMS of x (muda's
+  ColoredNoise peak-normalises x and n instead, which changes the track's loudness and
+  makes the SNR depend on crest factors).
+- `FixedBackgroundNoise`: muda's BackgroundNoise at one weight instead of a random range.
+- `Clipping`: a backport of muda's (post-0.4.1) `Clipping`: clip to
+  [clip_limit * min(y), clip_limit * max(y)].
+
+The round trip: `pack` puts PCM into a JAMS sandbox, `run` applies one transformer with an
+explicit state (as `muda.replay` does: no random draws and no tuning estimate inside muda),
+`audio_of` and `history_of` read the result back; `replay` re-applies a recorded history.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import soundfile as sf
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*pkg_resources is deprecated.*")
+    import jams
+    import librosa
+    import muda
+    from muda.base import BaseTransformer
+    from muda.deformers import background, colorednoise
+    from muda.deformers import sox as muda_sox
+
+NOISE_COLORS = tuple(colorednoise.NOISE_TYPES)  # ("white", "pink", "brownian")
+DRC_PRESETS = tuple(muda.deformers.PRESETS)
+
+
+def shape_noise(white: np.ndarray, color: str) -> np.ndarray:
+    """muda's spectral noise colouring (1/f^0.5 amplitude for pink, 1/f for brownian),
+    returning exactly len(white) samples."""
+    n_frames = len(white)
+    exponents = {"white": 0.0, "pink": -0.5, "brownian": -1.0}
+    if color not in exponents:
+        raise ValueError(f"unknown noise color {color!r}; expected one of {NOISE_COLORS}")
+    values = np.linspace(1, n_frames * 0.5 + 1, n_frames // 2 + 1)
+    return np.fft.irfft(np.fft.rfft(white) * values ** exponents[color], n=n_frames)
+
+
+def noise_generator(y, sr, color, rng):
+    """Drop-in for muda.deformers.colorednoise.noise_generator (fixes odd lengths)."""
+    return shape_noise(rng.randn(len(y)), color)
+
+
+def slice_clip(filename, start, stop, n_samples, sr, mono=True):
+    """Drop-in for muda.deformers.background.slice_clip (librosa >= 0.10 keywords)."""
+    with sf.SoundFile(str(filename), mode="r") as soundf:
+        soundf.seek(start)
+        y = soundf.read(stop - start).T
+        file_rate = soundf.samplerate
+    if mono:
+        y = librosa.to_mono(y)
+    y = librosa.resample(y, orig_sr=file_rate, target_sr=sr)
+    return librosa.util.fix_length(y, size=n_samples)
+
+
+_run_sox = vars(muda_sox)["__sox"]  # muda's sox runner: temp WAVs, then `sox IN OUT -q ARGS`
+
+
+def drc(y, sr, preset):
+    """Drop-in for muda.deformers.sox.drc: the same compand call plus `-R`, which seeds the
+    dither sox adds on writing 16-bit output, so that a re-run gives the same bytes."""
+    return _run_sox(y, sr, "-R", "compand", *muda_sox.PRESETS[preset])
+
+
+def install() -> None:
+    """Apply the fixes (idempotent; done on import)."""
+    colorednoise.noise_generator = noise_generator
+    background.slice_clip = slice_clip
+    muda_sox.drc = drc
+
+
+install()
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
+
+
+class AdditiveNoise(BaseTransformer):
+    """x_mixed = (1 - weight) x + weight n, n white/pink/brownian noise with the RMS of x.
+
+    The mix then has SNR = 20 log10((1 - weight) / weight) dB whatever the track: 19.1 dB at
+    weight 0.1, 3.5 dB at 0.4. The noise comes from numpy's PCG64 seeded with `seed`.
+    """
+
+    def __init__(self, color="white", weight=0.1, seed=0):
+        BaseTransformer.__init__(self)
+        if color not in NOISE_COLORS:
+            raise ValueError(f"unknown noise color {color!r}; expected one of {NOISE_COLORS}")
+        self.color = color
+        self.weight = float(weight)
+        self.seed = int(seed)
+
+    def states(self, jam):
+        yield dict(color=self.color, weight=self.weight, seed=self.seed)
+
+    @staticmethod
+    def audio(mudabox, state):
+        y = mudabox._audio["y"]
+        noise = np.random.default_rng(state["seed"]).standard_normal(len(y), dtype=np.float32)
+        if state["color"] != "white":
+            noise = shape_noise(noise, state["color"]).astype(np.float32)
+        noise_rms = rms(noise)
+        scale = rms(y) / noise_rms if noise_rms > 0 else 0.0
+        weight = state["weight"]
+        mudabox._audio["y"] = (1.0 - weight) * y + (weight * scale) * noise
+
+
+class Clipping(BaseTransformer):
+    """Backport of muda's Clipping (not in 0.4.1): clip to clip_limit x the signal's range."""
+
+    def __init__(self, clip_limit=0.8):
+        BaseTransformer.__init__(self)
+        self.clip_limit = float(clip_limit)
+
+    def states(self, jam):
+        yield dict(clip_limit=self.clip_limit)
+
+    @staticmethod
+    def audio(mudabox, state):
+        y = mudabox._audio["y"]
+        limit = state["clip_limit"]
+        mudabox._audio["y"] = np.clip(y, np.min(y) * limit, np.max(y) * limit)
+
+
+class FixedBackgroundNoise(background.BackgroundNoise):
+    """muda's BackgroundNoise (peak-normalised x and noise) at one fixed weight; muda's own
+    draws the weight from a range. The clip offset is drawn from `rng` as muda does."""
+
+    def __init__(self, files=None, weight=0.1, rng=None):
+        background.BackgroundNoise.__init__(self, n_samples=1, files=files, rng=rng)
+        self.weight = float(weight)
+
+    def states(self, jam):
+        for state in background.BackgroundNoise.states(self, jam):
+            state["weight"] = self.weight
+            yield state
+
+
+EXTRA_TRANSFORMERS = {
+    "AdditiveNoise": AdditiveNoise,
+    "Clipping": Clipping,
+    "FixedBackgroundNoise": FixedBackgroundNoise,
+}
+
+
+def pack(pcm: np.ndarray, sample_rate: int) -> jams.JAMS:
+    """A JAMS whose muda sandbox holds the audio, as muda.load_jam_audio would make it."""
+    jam = jams.JAMS()
+    jam.file_metadata.duration = len(pcm) / sample_rate
+    return muda.jam_pack(jam, _audio=dict(y=pcm, sr=sample_rate))
+
+
+def run(transformer: BaseTransformer, jam: jams.JAMS, state: dict) -> jams.JAMS:
+    """Apply one transformer with a fixed state; returns a new JAMS (muda copies)."""
+    return transformer._transform(jam, state)
+
+
+def audio_of(jam: jams.JAMS) -> np.ndarray:
+    return np.ascontiguousarray(jam.sandbox.muda._audio["y"], dtype=np.float32)
+
+
+def to_plain(value):
+    """muda's history as plain JSON types (muda itself would reach for jsonpickle)."""
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, type):
+        return value.__name__
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise TypeError(f"cannot record {type(value).__name__} in a deformation history")
+
+
+def history_of(jam: jams.JAMS) -> list[dict]:
+    return to_plain(list(jam.sandbox.muda["history"]))
+
+
+def versions_of(jam: jams.JAMS) -> dict:
+    return to_plain(dict(jam.sandbox.muda["version"]))
+
+
+def transformer_class(name: str) -> type:
+    if name in EXTRA_TRANSFORMERS:
+        return EXTRA_TRANSFORMERS[name]
+    cls = getattr(muda.deformers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseTransformer)):
+        raise ValueError(f"unknown muda transformer {name!r} in deformation history")
+    return cls
+
+
+def replay(history: list[dict], pcm: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Re-apply a recorded (plain JSON) history to the original audio."""
+    jam = pack(np.asarray(pcm, dtype=np.float32), sample_rate)
+    for step in history:
+        transformer = step["transformer"]
+        cls = transformer_class(transformer["__class__"])
+        jam = run(cls(**transformer["params"]), jam, step["state"])
+    return audio_of(jam)

@@ -1,0 +1,416 @@
+"""The prepare job: manifest -> decoded, validated, featurised tracks -> deterministic
+WebDataset shards + index.parquet + rejects.parquet + dataset.json.
+
+Runner portability (FnApiRunner, PortableRunner, DaskRunner, Dataflow, Flink): rejects
+travel in the single main output as tagged tuples (DaskRunner mishandles multi-output
+ParDo and `with_exception_handling`), and shards are written by a DoFn after the
+GroupByKey instead of a fileio sink. Shard assignment is a stable hash of the key, and a
+shard's bytes depend only on its samples, so any runner and worker count gives the same
+files (the TFDS BeamWriter recipe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import platform
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from pipelines import beam_io
+from pipelines.card import CARD_NAME, FORMAT, INDEX_NAME, REJECTS_NAME, card_checksum
+from pipelines.shards import num_shards_for, shard_index, shard_name, write_tar
+from pipelines.track import Reject, Sample, TrackConfig, process_row
+
+SAMPLE, REJECT = "sample", "reject"
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("split", pa.string()),
+        ("shard", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("duration", pa.float64()),
+        ("bytes", pa.int64()),
+    ]
+)
+REJECT_SCHEMA = pa.schema(
+    [(f.name, pa.string()) for f in dataclasses.fields(Reject)]  # all text columns
+)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    manifest: str
+    output: str
+    audio_root: str | None = None
+    track: TrackConfig = TrackConfig()
+    shard_size_mb: float = 256.0
+    vocabulary: tuple[str, ...] = ()
+    manifest_sha256: str = ""
+    num_inputs: int = 0
+    progress_path: str | None = None  # local runs: workers append a byte per track
+
+    def identity(self) -> dict:
+        """What must match for a re-run into an existing output to be allowed."""
+        return {
+            "track": self.track.to_dict(),
+            "shard_size_mb": self.shard_size_mb,
+            "vocabulary": list(self.vocabulary),
+            "manifest_sha256": self.manifest_sha256,
+        }
+
+
+def _set_threads() -> None:
+    # One thread per worker process: parallelism comes from processes, and library
+    # thread pools on a busy box cost several times more CPU.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def read_manifest_rows(path: str):
+    table = beam_io.read_parquet(path)
+    yield from table.to_pylist()
+
+
+class ReadManifest(beam.PTransform):
+    """Manifest Parquet -> rows (dicts), spread across workers."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ManifestPath" >> beam.Create([self.path])
+            | "ReadRows" >> beam.FlatMap(read_manifest_rows)
+            | "Spread" >> beam.Reshuffle()
+        )
+
+
+class ProcessTrackFn(beam.DoFn):
+    """Row -> (SAMPLE, Sample) or (REJECT, Reject), in the one main output."""
+
+    def __init__(self, cfg: PrepareConfig):
+        self.cfg = cfg
+        self.decoded = Metrics.counter("prepare", "decoded")
+        self.audio_ms = Metrics.counter("prepare", "audio_ms")
+        self.rejected = Metrics.counter("prepare", "rejected")
+
+    def setup(self):
+        _set_threads()
+        self._progress = None
+        if self.cfg.progress_path:
+            self._progress = os.open(self.cfg.progress_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    def teardown(self):
+        if getattr(self, "_progress", None) is not None:
+            os.close(self._progress)
+
+    def process(self, row):
+        path = beam_io.resolve(self.cfg.audio_root, row["audio_path"])
+        try:
+            data = beam_io.read_bytes(path)
+        except OSError as exc:
+            result = Reject(
+                row["key"], row["track_id"], row["split"], row["audio_path"], "read",
+                "unreadable", str(exc).splitlines()[0][:300],
+            )  # fmt: skip
+        else:
+            result = process_row(row, data, self.cfg.track, list(self.cfg.vocabulary))
+        if self._progress is not None:
+            os.write(self._progress, b".")
+        if isinstance(result, Sample):
+            self.decoded.inc()
+            self.audio_ms.inc(int(result.seconds * 1000))
+            yield SAMPLE, result
+        else:
+            self.rejected.inc()
+            Metrics.counter("prepare", f"rejected_{result.reason}").inc()
+            yield REJECT, result
+
+
+class ProcessTracks(beam.PTransform):
+    """Rows -> tagged samples and rejects (split them with `SplitTagged`)."""
+
+    def __init__(self, cfg: PrepareConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, rows):
+        return rows | "DecodeAndFeaturize" >> beam.ParDo(ProcessTrackFn(self.cfg))
+
+
+def split_tagged(tagged, tag: str, label: str):
+    return (
+        tagged
+        | f"Only{label}" >> beam.Filter(lambda kv: kv[0] == tag)
+        | f"Untag{label}" >> (beam.Map(lambda kv: kv[1]))
+    )
+
+
+class MelStatsFn(beam.CombineFn):
+    """Per-mel-band mean/std over every frame of the train split (float64 sums)."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, acc, sample: Sample):
+        item = (sample.mel_sum, sample.mel_sumsq, sample.mel_frames)
+        return self.merge_accumulators([acc, item])
+
+    def merge_accumulators(self, accs):
+        accs = [a for a in accs if a is not None]
+        if not accs:
+            return None
+        return (
+            np.sum([a[0] for a in accs], axis=0),
+            np.sum([a[1] for a in accs], axis=0),
+            sum(a[2] for a in accs),
+        )
+
+    def extract_output(self, acc):
+        if acc is None or acc[2] == 0:
+            return None
+        total, total_sq, n = acc
+        mean = total / n
+        std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+        return {
+            "mean": [round(float(x), 6) for x in mean],
+            "std": [round(float(x), 6) for x in std],
+        }
+
+
+class WriteShardFn(beam.DoFn):
+    """((split, shard), samples) -> one tar written atomically; yields its index rows."""
+
+    def __init__(self, output: str):
+        self.output = output
+        self.bytes_written = Metrics.counter("prepare", "bytes_written")
+        self.shards_written = Metrics.counter("prepare", "shards_written")
+
+    def process(self, element):
+        (split, index), samples = element
+        samples = sorted(samples, key=lambda s: s.key)
+        name = shard_name(split, index)
+        path = beam_io.join(self.output, name)
+        beam_io.write_atomic_with(
+            path, lambda f: write_tar(f, [(s.key, s.members) for s in samples])
+        )
+        self.shards_written.inc()
+        self.bytes_written.inc(sum(s.nbytes for s in samples))
+        for s in samples:
+            yield {
+                "key": s.key,
+                "split": split,
+                "shard": name,
+                "tags": s.tags,
+                "duration": round(s.seconds, 6),
+                "bytes": s.nbytes,
+            }
+
+
+class WriteShards(beam.PTransform):
+    """Samples -> deterministic shards; output: index rows (dicts)."""
+
+    def __init__(self, output: str, shard_size_mb: float):
+        super().__init__()
+        self.output = output
+        self.target_bytes = int(shard_size_mb * 1024 * 1024)
+
+    def expand(self, samples):
+        target = self.target_bytes
+        split_totals = (
+            samples
+            | "SplitSize" >> beam.Map(lambda s: (s.split, (s.nbytes, 1)))
+            | "SumSplitSize" >> beam.CombinePerKey(beam.combiners.TupleCombineFn(sum, sum))
+        )
+
+        def assign(sample, totals):
+            total_bytes, count = totals[sample.split]
+            n = num_shards_for(total_bytes, target, count)
+            return (sample.split, shard_index(sample.key, n)), sample
+
+        return (
+            samples
+            | "AssignShard" >> beam.Map(assign, totals=beam.pvalue.AsDict(split_totals))
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShard" >> beam.ParDo(WriteShardFn(self.output))
+        )
+
+
+def library_versions() -> dict:
+    import apache_beam
+    import soundfile
+    import soxr
+    import torch
+
+    versions = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "soundfile": soundfile.__version__,
+        "libsndfile": soundfile.__libsndfile_version__,
+        "soxr": soxr.__version__,
+        "apache_beam": apache_beam.__version__,
+        "pyarrow": pa.__version__,
+    }
+    try:
+        import essentia
+
+        versions["essentia"] = essentia.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats) -> dict:
+    from tagtrain import __version__
+
+    splits: dict[str, dict] = {}
+    for row in index_rows:
+        split = splits.setdefault(row["split"], {"samples": 0, "seconds": 0.0, "shards": {}})
+        shard = split["shards"].setdefault(
+            row["shard"], {"name": row["shard"], "samples": 0, "seconds": 0.0, "bytes": 0}
+        )
+        for d in (split, shard):
+            d["samples"] += 1
+            d["seconds"] += row["duration"]
+        shard["bytes"] += row["bytes"]
+    for split in splits.values():
+        split["seconds"] = round(split["seconds"], 3)
+        split["shards"] = [
+            {**s, "seconds": round(s["seconds"], 3)} for _, s in sorted(split["shards"].items())
+        ]
+    reasons: dict[str, int] = {}
+    for r in reject_rows:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    return {
+        "format": FORMAT,
+        "features": {**cfg.track.features.to_dict(), "stored": list(cfg.track.stored)},
+        "vocabulary": list(cfg.vocabulary),
+        "splits": dict(sorted(splits.items())),
+        "mel_stats": mel_stats,
+        "decoder": {"requested": cfg.track.decoder, "versions": library_versions()},
+        "manifest": {"path": cfg.manifest, "sha256": cfg.manifest_sha256},
+        "counts": {
+            "inputs": cfg.num_inputs,
+            "samples": len(index_rows),
+            "rejects": len(reject_rows),
+            "rejects_by_reason": dict(sorted(reasons.items())),
+        },
+        "job": {
+            "min_seconds": cfg.track.min_seconds,
+            "max_seconds": cfg.track.max_seconds,
+            "shard_size_mb": cfg.shard_size_mb,
+        },
+        "identity": cfg.identity(),
+        "code_version": __version__,
+        "deformation": None,
+    }
+
+
+def write_dataset_files(_, cfg: PrepareConfig, index_rows, reject_rows, mel_stats):
+    """Runs once, after every shard is written: index, rejects, then the card last."""
+    index_rows = sorted(index_rows, key=lambda r: (r["split"], r["key"]))
+    reject_rows = sorted(reject_rows, key=lambda r: r["key"])
+    beam_io.write_parquet(
+        beam_io.join(cfg.output, INDEX_NAME), pa.Table.from_pylist(index_rows, INDEX_SCHEMA)
+    )
+    beam_io.write_parquet(
+        beam_io.join(cfg.output, REJECTS_NAME), pa.Table.from_pylist(reject_rows, REJECT_SCHEMA)
+    )
+    card = build_card(cfg, index_rows, reject_rows, mel_stats)
+    text = json.dumps(card, indent=2, sort_keys=True) + "\n"
+    beam_io.write_atomic(beam_io.join(cfg.output, CARD_NAME), text.encode())
+    yield card_checksum(card)
+
+
+class WriteDatasetFiles(beam.PTransform):
+    def __init__(self, cfg: PrepareConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, inputs):
+        index_rows, rejects, mel_stats = inputs
+        pbegin = index_rows.pipeline
+        return (
+            pbegin
+            | "Once" >> beam.Create([None])
+            | "WriteCard"
+            >> beam.FlatMap(
+                write_dataset_files,
+                cfg=self.cfg,
+                index_rows=beam.pvalue.AsList(index_rows),
+                reject_rows=beam.pvalue.AsList(rejects | "RejectRow" >> beam.Map(Reject.to_row)),
+                mel_stats=beam.pvalue.AsSingleton(mel_stats),
+            )
+        )
+
+
+class Prepare(beam.PTransform):
+    """The whole job as one composite transform."""
+
+    def __init__(self, cfg: PrepareConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, pbegin):
+        cfg = self.cfg
+        tagged = pbegin | "ReadManifest" >> ReadManifest(cfg.manifest) | ProcessTracks(cfg)
+        samples = split_tagged(tagged, SAMPLE, "Samples")
+        rejects = split_tagged(tagged, REJECT, "Rejects")
+        mel_stats = (
+            samples
+            | "TrainOnly" >> beam.Filter(lambda s: s.split == "train")
+            | "MelStats" >> beam.CombineGlobally(MelStatsFn())
+        )
+        index_rows = samples | "WriteShards" >> WriteShards(cfg.output, cfg.shard_size_mb)
+        return (index_rows, rejects, mel_stats) | "WriteDatasetFiles" >> WriteDatasetFiles(cfg)
+
+
+def file_sha256(path: str) -> str:
+    data = beam_io.read_bytes(path)
+    if data is None:
+        raise FileNotFoundError(path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifest_vocabulary(table: pa.Table) -> list[str]:
+    """The manifest's own vocabulary (metadata written by `manifests vocab`), else every
+    tag of the train split by frequency (ties alphabetical), then tags seen only in
+    other splits."""
+    meta = table.schema.metadata or {}
+    if b"vocabulary" in meta:
+        return list(json.loads(meta[b"vocabulary"]))
+    counts: dict[str, int] = {}
+    other: set[str] = set()
+    for split, tags in zip(table.column("split").to_pylist(), table.column("tags").to_pylist()):
+        for t in tags or []:
+            if split == "train":
+                counts[t] = counts.get(t, 0) + 1
+            else:
+                other.add(t)
+    vocab = sorted(counts, key=lambda t: (-counts[t], t))
+    return vocab + sorted(other - set(counts))
+
+
+def read_manifest_table(path: str) -> pa.Table:
+    from manifests.schema import validate_table
+
+    data = beam_io.read_bytes(path)
+    if data is None:
+        raise FileNotFoundError(f"manifest not found: {path}")
+    table = pq.read_table(io.BytesIO(data))
+    validate_table(table)
+    return table

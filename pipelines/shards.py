@@ -1,0 +1,90 @@
+"""Deterministic WebDataset shards: the byte-level side of the shard contract.
+
+A shard is a plain tar whose members are `{key}.{ext}`, only `.json` and `.npy`.
+Everything that could make two runs differ is fixed: member order (sorted by key, then
+extension), tar header fields (mtime 0, uid/gid 0, mode 0644, no user names, USTAR
+format), JSON (sorted keys, compact), and `.npy` (format 1.0 headers, C order). Files are
+written to a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+ALLOWED_EXTENSIONS = ("json", "mel.npy", "harm.npy", "pcm.npy")
+
+
+def shard_index(key: str, num_shards: int) -> int:
+    """Stable shard assignment (never Python's salted hash)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % num_shards
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def num_shards_for(total_bytes: int, target_bytes: int, num_samples: int) -> int:
+    if num_samples <= 0:
+        return 0
+    return max(1, min(num_samples, -(-total_bytes // max(1, target_bytes))))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def json_bytes(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def write_tar(fileobj, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> None:
+    """Stream a tar of samples [(key, {ext: bytes})], sorted by key then extension."""
+    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in sorted(samples, key=lambda kv: kv[0]):
+            for ext in sorted(members):
+                if ext not in ALLOWED_EXTENSIONS:
+                    raise ValueError(f"member extension {ext!r} is not part of the shard contract")
+                data = members[ext]
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+
+
+def tar_bytes(samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> bytes:
+    buf = io.BytesIO()
+    write_tar(buf, samples)
+    return buf.getvalue()
+
+
+def sample_size(members: Mapping[str, bytes]) -> int:
+    """Bytes a sample takes in a tar: a 512-byte header per member plus padded data."""
+    return sum(512 + -(-len(data) // 512) * 512 for data in members.values())
+
+
+def read_tar(data: bytes) -> dict[str, dict[str, bytes]]:
+    """{key: {ext: bytes}} from a shard's bytes, without unpickling anything."""
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, ext = info.name.partition(".")
+            out.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    return out
