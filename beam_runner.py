@@ -37,6 +37,10 @@ def _export_project_path() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _export_project_path()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        # Beam warns at import that the optional GCP client is absent; it is not needed.
+        handler.addFilter(lambda record: "apitools not found" not in record.getMessage())
     parser = OneLineParser(prog="beam_runner.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="job", required=True, parser_class=OneLineParser)
     from pipelines import prepare_cli
@@ -49,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     if perturb_cli is not None:
         perturb_cli.add_parser(sub)
     args, beam_args = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args, beam_args)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
@@ -58,4 +61,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse errors and --help
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else 2
+    # Leave without running library destructors: arrow's and grpc's thread pools can race
+    # at interpreter exit and abort a process that has already finished its work.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -81,7 +81,8 @@ def read_parquet(path: str):
     data = read_bytes(path)
     if data is None:
         raise FileNotFoundError(path)
-    return pq.read_table(io.BytesIO(data))
+    # Single-threaded: arrow's thread pool racing other libraries at exit can abort.
+    return pq.read_table(io.BytesIO(data), use_threads=False)
 
 
 def delete(paths: list[str]) -> None:

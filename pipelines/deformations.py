@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import re
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -41,7 +42,7 @@ import numpy as np
 import yaml
 
 from pipelines import muda_compat
-from pipelines.muda_compat import DRC_PRESETS, NOISE_COLORS
+from pipelines.muda_compat import DRC_PRESETS, NOISE_COLORS, BaseTransformer
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 MAX_STRETCH = 4.0  # rubberband handles more, but beyond 4x a "deformed copy" is another piece
@@ -53,7 +54,7 @@ class DeformationError(ValueError):
 
 
 def _number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise DeformationError(f"{what} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise DeformationError(f"{what} must be finite, got {value!r}")
@@ -94,8 +95,9 @@ class Deformation:
         """The YAML/JSON entry that makes this deformation again."""
         return {"type": self.kind, "name": self.name, **self.params()}
 
-    def muda_step(self, pcm: np.ndarray, sample_rate: int, rng: np.random.Generator, jam):
-        """(muda transformer, fixed state) for this track."""
+    def muda_step(self, rng: np.random.Generator, jam) -> tuple[BaseTransformer, dict]:
+        """(muda transformer, fixed state) for the track packed in `jam`; any randomness
+        is drawn from `rng` here and written into the state, so the history replays."""
         raise NotImplementedError
 
     def apply(
@@ -105,13 +107,15 @@ class Deformation:
 
         The output may exceed [-1, 1] slightly (noise, DRC make-up gain); to_int16 clips.
         """
+        if not np.issubdtype(np.asarray(pcm).dtype, np.floating):
+            raise ValueError("expected float PCM in [-1, 1]; convert int16 with audio.from_int16")
         pcm = np.asarray(pcm, dtype=np.float32)
         if pcm.ndim != 1 or len(pcm) == 0:
             raise ValueError(f"expected non-empty mono PCM, got shape {pcm.shape}")
         if sample_rate <= 0:
             raise ValueError(f"sample rate must be positive, got {sample_rate}")
         jam = muda_compat.pack(pcm, sample_rate)
-        transformer, state = self.muda_step(pcm, sample_rate, rng, jam)
+        transformer, state = self.muda_step(rng, jam)
         out = muda_compat.run(transformer, jam, state)
         provenance = {
             "name": self.name,
@@ -137,7 +141,7 @@ class PitchShift(Deformation):
     def default_name(self):
         return f"pitch_{self.semitones:+g}"
 
-    def muda_step(self, pcm, sample_rate, rng, jam):
+    def muda_step(self, rng, jam):
         # An explicit state skips muda's tuning estimate (about 4x the cost of the shift
         # itself); muda uses the tuning only to relabel key/chord annotations, absent here.
         transformer = muda_compat.muda.deformers.PitchShift(n_semitones=self.semitones)
@@ -161,7 +165,7 @@ class TimeStretch(Deformation):
     def default_name(self):
         return f"stretch_rate_{self.rate:.3f}"
 
-    def muda_step(self, pcm, sample_rate, rng, jam):
+    def muda_step(self, rng, jam):
         transformer = muda_compat.muda.deformers.TimeStretch(rate=self.rate)
         return transformer, {"rate": self.rate}
 
@@ -180,7 +184,7 @@ class DynamicRangeCompression(Deformation):
     def default_name(self):
         return "drc_" + self.preset.replace(" ", "_")
 
-    def muda_step(self, pcm, sample_rate, rng, jam):
+    def muda_step(self, rng, jam):
         transformer = muda_compat.muda.deformers.DynamicRangeCompression(preset=self.preset)
         return transformer, {"preset": self.preset}
 
@@ -217,7 +221,7 @@ class Noise(Deformation):
         """The SNR the mix implies (infinite at a = 0)."""
         return 20 * math.log10((1 - self.a) / self.a) if self.a > 0 else math.inf
 
-    def muda_step(self, pcm, sample_rate, rng, jam):
+    def muda_step(self, rng, jam):
         seed = int(rng.integers(2**63))
         transformer = muda_compat.AdditiveNoise(color=self.color, weight=self.a, seed=seed)
         return transformer, next(transformer.states(jam))
@@ -239,7 +243,7 @@ class Clipping(Deformation):
     def default_name(self):
         return f"clip_{self.limit:g}"
 
-    def muda_step(self, pcm, sample_rate, rng, jam):
+    def muda_step(self, rng, jam):
         transformer = muda_compat.Clipping(clip_limit=self.limit)
         return transformer, next(transformer.states(jam))
 
@@ -266,7 +270,7 @@ class BackgroundNoise(Deformation):
     def default_name(self):
         return f"background_{self.a:g}"
 
-    def muda_step(self, pcm, sample_rate, rng, jam):
+    def muda_step(self, rng, jam):
         chosen = self.files[int(rng.integers(len(self.files)))]
         transformer = muda_compat.FixedBackgroundNoise(
             files=[chosen], weight=self.a, rng=int(rng.integers(2**32))
@@ -378,8 +382,10 @@ def parse_deformations(entries, base_dir: Path | None = None) -> list[Deformatio
 
 
 def load_deformations(spec: str) -> list[Deformation]:
-    """"paper", or the path of a YAML/JSON file listing deformations.
+    """The deformation set `spec`: "paper", or the path of a YAML/JSON file.
 
+    The file holds a list (or {deformations: [...]}) of entries such as
+    `{type: noise, a: 0.2, color: pink}`, or the string "paper" for the paper's eight.
     Relative background-noise paths are relative to the file. Errors are one line.
     """
     if spec == "paper":
@@ -413,14 +419,15 @@ AUGMENT_KINDS = ("pitch", "stretch", "drc", "noise", "clip")
 
 def random_augmentation(rng: np.random.Generator) -> Deformation:
     """One deformation with random parameters (rounded, so name and params say exactly what
-    was applied): pitch ±2 semitones, stretch rate 2^±0.5, any DRC preset, white/pink/
-    brownian noise at a in [0.02, 0.3], clipping at 50-95 % of the range."""
+    was applied): pitch 0.25-2 semitones up or down, stretch rate 2^(±0.05-0.5), any DRC
+    preset, white/pink/brownian noise at a in [0.02, 0.3], clipping at 50-95 % of the range.
+    """
     kind = AUGMENT_KINDS[int(rng.integers(len(AUGMENT_KINDS)))]
+    sign = 1.0 if rng.random() < 0.5 else -1.0  # shifts and stretches never near identity
     if kind == "pitch":
-        semitones = round(float(rng.uniform(-2, 2)), 2)
-        return PitchShift(semitones if semitones != 0 else 0.01)
+        return PitchShift(round(sign * float(rng.uniform(0.25, 2.0)), 2))
     if kind == "stretch":
-        return TimeStretch(round(2 ** float(rng.uniform(-0.5, 0.5)), 3))
+        return TimeStretch(round(2 ** (sign * float(rng.uniform(0.05, 0.5))), 3))
     if kind == "drc":
         return DynamicRangeCompression(DRC_PRESETS[int(rng.integers(len(DRC_PRESETS)))])
     if kind == "noise":

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
+from manifests.schema import SPLITS
 from pipelines import beam_io
 from pipelines.card import CARD_NAME, FORMAT, INDEX_NAME, REJECTS_NAME, card_checksum
 from pipelines.shards import num_shards_for, shard_index, shard_name, write_tar
@@ -57,6 +58,9 @@ class PrepareConfig:
     vocabulary: tuple[str, ...] = ()
     manifest_sha256: str = ""
     num_inputs: int = 0
+    # Shards per split, fixed before the job from the manifest (see `plan_shards`), so
+    # shard assignment needs no data-dependent side input.
+    num_shards: tuple[tuple[str, int], ...] = ()
     progress_path: str | None = None  # local runs: workers append a byte per track
 
     def identity(self) -> dict:
@@ -159,36 +163,74 @@ def split_tagged(tagged, tag: str, label: str):
     )
 
 
-class MelStatsFn(beam.CombineFn):
-    """Per-mel-band mean/std over every frame of the train split (float64 sums)."""
+def _add(a: tuple, b: tuple) -> tuple:
+    return tuple(x + y for x, y in zip(a, b))
 
-    def create_accumulator(self):
-        return None
 
-    def add_input(self, acc, sample: Sample):
-        item = (sample.mel_sum, sample.mel_sumsq, sample.mel_frames)
-        return self.merge_accumulators([acc, item])
+class SumPerKey(beam.PTransform):
+    """((key, bucket), tuple of numbers/arrays) -> (key, elementwise sum), in two
+    GroupByKey rounds (by bucket, then by key) so no group holds every element.
 
-    def merge_accumulators(self, accs):
-        accs = [a for a in accs if a is not None]
-        if not accs:
-            return None
+    A GroupByKey instead of a CombineFn: Beam's DaskRunner gets combiner results wrong
+    (inflated sums) while its GroupByKey is exact, and this runs the same everywhere."""
+
+    def expand(self, pcoll):
+        def total(kv):
+            key, values = kv
+            values = iter(values)
+            acc = next(values)
+            for v in values:
+                acc = _add(acc, v)
+            return key, acc
+
         return (
-            np.sum([a[0] for a in accs], axis=0),
-            np.sum([a[1] for a in accs], axis=0),
-            sum(a[2] for a in accs),
+            pcoll
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "SumBuckets" >> beam.Map(lambda kv: total(kv))
+            | "DropBucket" >> beam.Map(lambda kv: (kv[0][0], kv[1]))
+            | "GroupKeys" >> beam.GroupByKey()
+            | "SumKeys" >> beam.Map(total)
         )
 
-    def extract_output(self, acc):
-        if acc is None or acc[2] == 0:
-            return None
-        total, total_sq, n = acc
-        mean = total / n
-        std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
-        return {
-            "mean": [round(float(x), 6) for x in mean],
-            "std": [round(float(x), 6) for x in std],
-        }
+
+STAT_BUCKETS = 64
+
+
+def split_code(split: str) -> int:
+    """GroupByKey keys are built from ints: Dask bags partition groups by Python's
+    hash(), which for strings differs between worker processes (PYTHONHASHSEED), so a
+    string key could be grouped twice on a Dask cluster."""
+    return SPLITS.index(split)
+
+
+def mel_stats_from_sums(sums: tuple) -> dict:
+    """Per-mel-band mean/std over every frame, from (sum, sum of squares, frames)."""
+    total, total_sq, n = sums
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    return {
+        "mean": [round(float(x), 6) for x in mean],
+        "std": [round(float(x), 6) for x in std],
+    }
+
+
+class MelStats(beam.PTransform):
+    """Train samples -> one dict of per-band mean/std (no element if there are none)."""
+
+    def expand(self, samples):
+        return (
+            samples
+            | "TrainOnly" >> beam.Filter(lambda s: s.split == "train")
+            | "BandSums"
+            >> beam.Map(
+                lambda s: (
+                    (split_code("train"), shard_index(s.key, STAT_BUCKETS)),
+                    (s.mel_sum, s.mel_sumsq, s.mel_frames),
+                )
+            )
+            | "Sum" >> SumPerKey()
+            | "Stats" >> beam.Map(lambda kv: mel_stats_from_sums(kv[1]))
+        )
 
 
 class WriteShardFn(beam.DoFn):
@@ -200,7 +242,8 @@ class WriteShardFn(beam.DoFn):
         self.shards_written = Metrics.counter("prepare", "shards_written")
 
     def process(self, element):
-        (split, index), samples = element
+        (code, index), samples = element
+        split = SPLITS[code]
         samples = sorted(samples, key=lambda s: s.key)
         name = shard_name(split, index)
         path = beam_io.join(self.output, name)
@@ -223,30 +266,54 @@ class WriteShardFn(beam.DoFn):
 class WriteShards(beam.PTransform):
     """Samples -> deterministic shards; output: index rows (dicts)."""
 
-    def __init__(self, output: str, shard_size_mb: float):
+    def __init__(self, output: str, num_shards: dict[str, int]):
         super().__init__()
         self.output = output
-        self.target_bytes = int(shard_size_mb * 1024 * 1024)
+        self.num_shards = num_shards
 
     def expand(self, samples):
-        target = self.target_bytes
-        split_totals = (
-            samples
-            | "SplitSize" >> beam.Map(lambda s: (s.split, (s.nbytes, 1)))
-            | "SumSplitSize" >> beam.CombinePerKey(beam.combiners.TupleCombineFn(sum, sum))
-        )
+        counts = self.num_shards
 
-        def assign(sample, totals):
-            total_bytes, count = totals[sample.split]
-            n = num_shards_for(total_bytes, target, count)
-            return (sample.split, shard_index(sample.key, n)), sample
+        def assign(sample):
+            index = shard_index(sample.key, counts[sample.split])
+            return (split_code(sample.split), index), sample
 
         return (
             samples
-            | "AssignShard" >> beam.Map(assign, totals=beam.pvalue.AsDict(split_totals))
+            | "AssignShard" >> beam.Map(assign)
             | "GroupShards" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(WriteShardFn(self.output))
         )
+
+
+def bytes_per_second(track: TrackConfig) -> float:
+    f = track.features
+    frames = f.sample_rate / f.hop
+    per_feature = {
+        "mel": 2 * f.n_mels * frames,
+        "harm": 2 * f.harmonics * f.harmonic_bands * frames,
+        "pcm": 2 * f.sample_rate,
+    }
+    return sum(per_feature[name] for name in track.stored)
+
+
+def plan_shards(table: pa.Table, track: TrackConfig, shard_size_mb: float) -> dict[str, int]:
+    """Shards per split from the manifest alone: rows x expected seconds (the manifest's
+    durations where known, else 30 s, capped by --max-seconds) x feature bytes/second.
+    Decided up front so the layout depends only on the manifest and the config."""
+    per_second = bytes_per_second(track)
+    expected: dict[str, float] = {}
+    rows: dict[str, int] = {}
+    for split, duration in zip(
+        table.column("split").to_pylist(), table.column("duration").to_pylist()
+    ):
+        seconds = duration if duration and duration > 0 else 30.0
+        if track.max_seconds:
+            seconds = min(seconds, track.max_seconds)
+        expected[split] = expected.get(split, 0.0) + seconds * per_second + 4096
+        rows[split] = rows.get(split, 0) + 1
+    target = shard_size_mb * 1024 * 1024
+    return {split: num_shards_for(int(expected[split]), int(target), rows[split]) for split in rows}
 
 
 def library_versions() -> dict:
@@ -313,6 +380,7 @@ def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats) -> dict:
             "min_seconds": cfg.track.min_seconds,
             "max_seconds": cfg.track.max_seconds,
             "shard_size_mb": cfg.shard_size_mb,
+            "planned_shards": dict(cfg.num_shards),
         },
         "identity": cfg.identity(),
         "code_version": __version__,
@@ -320,10 +388,15 @@ def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats) -> dict:
     }
 
 
-def write_dataset_files(_, cfg: PrepareConfig, index_rows, reject_rows, mel_stats):
+INDEX, REJECTS, STATS = "index", "rejects", "stats"
+
+
+def write_dataset_files(element, cfg: PrepareConfig):
     """Runs once, after every shard is written: index, rejects, then the card last."""
-    index_rows = sorted(index_rows, key=lambda r: (r["split"], r["key"]))
-    reject_rows = sorted(reject_rows, key=lambda r: r["key"])
+    _, tagged = element
+    index_rows = sorted((v for t, v in tagged if t == INDEX), key=lambda r: (r["split"], r["key"]))
+    reject_rows = sorted((v for t, v in tagged if t == REJECTS), key=lambda r: r["key"])
+    mel_stats = next((v for t, v in tagged if t == STATS), None)
     beam_io.write_parquet(
         beam_io.join(cfg.output, INDEX_NAME), pa.Table.from_pylist(index_rows, INDEX_SCHEMA)
     )
@@ -337,24 +410,28 @@ def write_dataset_files(_, cfg: PrepareConfig, index_rows, reject_rows, mel_stat
 
 
 class WriteDatasetFiles(beam.PTransform):
+    """(index rows, rejects, mel stats) -> index.parquet, rejects.parquet, dataset.json.
+
+    One GroupByKey over the tagged union instead of side inputs: Beam's DaskRunner
+    recomputes the whole upstream graph for every side input (and duplicated its output
+    when it did), while a GroupByKey is one pass on every runner."""
+
     def __init__(self, cfg: PrepareConfig):
         super().__init__()
         self.cfg = cfg
 
     def expand(self, inputs):
         index_rows, rejects, mel_stats = inputs
-        pbegin = index_rows.pipeline
         return (
-            pbegin
-            | "Once" >> beam.Create([None])
-            | "WriteCard"
-            >> beam.FlatMap(
-                write_dataset_files,
-                cfg=self.cfg,
-                index_rows=beam.pvalue.AsList(index_rows),
-                reject_rows=beam.pvalue.AsList(rejects | "RejectRow" >> beam.Map(Reject.to_row)),
-                mel_stats=beam.pvalue.AsSingleton(mel_stats),
+            (
+                index_rows | "TagIndex" >> beam.Map(lambda r: (INDEX, r)),
+                rejects | "TagRejects" >> beam.Map(lambda r: (REJECTS, r.to_row())),
+                mel_stats | "TagStats" >> beam.Map(lambda m: (STATS, m)),
             )
+            | "Union" >> beam.Flatten()
+            | "OneGroup" >> beam.Map(lambda tv: (0, tv))
+            | "Gather" >> beam.GroupByKey()
+            | "WriteCard" >> beam.FlatMap(write_dataset_files, cfg=self.cfg)
         )
 
 
@@ -370,12 +447,8 @@ class Prepare(beam.PTransform):
         tagged = pbegin | "ReadManifest" >> ReadManifest(cfg.manifest) | ProcessTracks(cfg)
         samples = split_tagged(tagged, SAMPLE, "Samples")
         rejects = split_tagged(tagged, REJECT, "Rejects")
-        mel_stats = (
-            samples
-            | "TrainOnly" >> beam.Filter(lambda s: s.split == "train")
-            | "MelStats" >> beam.CombineGlobally(MelStatsFn())
-        )
-        index_rows = samples | "WriteShards" >> WriteShards(cfg.output, cfg.shard_size_mb)
+        mel_stats = samples | "MelStats" >> MelStats()
+        index_rows = samples | "WriteShards" >> WriteShards(cfg.output, dict(cfg.num_shards))
         return (index_rows, rejects, mel_stats) | "WriteDatasetFiles" >> WriteDatasetFiles(cfg)
 
 
@@ -411,6 +484,6 @@ def read_manifest_table(path: str) -> pa.Table:
     data = beam_io.read_bytes(path)
     if data is None:
         raise FileNotFoundError(f"manifest not found: {path}")
-    table = pq.read_table(io.BytesIO(data))
+    table = pq.read_table(io.BytesIO(data), use_threads=False)
     validate_table(table)
     return table

@@ -16,6 +16,7 @@ from pipelines.prepare import (
     PrepareConfig,
     file_sha256,
     manifest_vocabulary,
+    plan_shards,
     read_manifest_table,
 )
 from pipelines.runner_options import ProgressBar, is_local, pipeline_options
@@ -113,6 +114,7 @@ def run(args, beam_args: list[str]) -> int:
         vocabulary=tuple(manifest_vocabulary(table)),
         manifest_sha256=file_sha256(args.manifest),
         num_inputs=table.num_rows,
+        num_shards=tuple(sorted(plan_shards(table, track, args.shard_size_mb).items())),
     )
     check_existing_output(cfg, args.force)
     if not beam_io.is_url(cfg.output):

@@ -115,7 +115,8 @@ def create_model(name: str, n_classes: int, seed: int | None = 0, **config) -> n
             model = entry.builder(n_classes=n_classes, **config)
     else:
         model = entry.builder(n_classes=n_classes, **config)
-    model.input_spec = entry.input_spec
+    # A model built with non-default options (e.g. n_mels) sets its own spec.
+    model.input_spec = getattr(model, "input_spec", None) or entry.input_spec
     return model
 
 

@@ -1,0 +1,273 @@
+"""python -m manifests {build,folder,vocab,info}: make and inspect manifests.
+
+Every error is one line `error: ...` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+
+from manifests.builders import (
+    BENCHMARKS,
+    DEFAULT_MIN_TAG_VALUE,
+    MSD_LAYOUTS,
+    BuildOptions,
+    build_benchmark,
+    missing_report_path,
+    missing_rows,
+    tag_counts,
+    top_tags,
+    vocabulary_of,
+    with_vocabulary,
+    write_missing_report,
+)
+from manifests.folder import FolderOptions, build_folder, parse_ratios
+from manifests.schema import SPLITS, ManifestError, read_manifest, write_manifest
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m manifests", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="a benchmark manifest from the shipped splits")
+    build.add_argument("dataset", choices=BENCHMARKS)
+    build.add_argument("--audio-root", required=True, type=Path, help="folder holding the audio")
+    build.add_argument("--out", required=True, type=Path, help="manifest to write (.parquet)")
+    build.add_argument("--split-variant", choices=("clean", "full"), default="clean", help="mtat")
+    build.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="write the manifest even when audio files are missing (they stay in it)",
+    )
+    build.add_argument(
+        "--train-labels",
+        "--labels",
+        type=Path,
+        help="msd/msd-cals labels: TSV (id<TAB>tag|tag) or the Last.fm lastfm_tags.db",
+    )
+    build.add_argument(
+        "--min-tag-value",
+        type=float,
+        default=DEFAULT_MIN_TAG_VALUE,
+        help="lastfm_tags.db: keep a tag when its value is above this (default 50)",
+    )
+    build.add_argument(
+        "--unlabeled-train",
+        action="store_true",
+        help="msd/msd-cals: train tracks without labels go to the unlabeled split",
+    )
+    build.add_argument("--train-ids", type=Path, help="msd-cals: train ids (.txt or .npy)")
+    build.add_argument("--msd-layout", choices=MSD_LAYOUTS, default="7digital")
+    build.add_argument("--path-map", type=Path, help="TSV id<TAB>audio path overriding paths")
+    build.set_defaults(run=_build)
+
+    folder = commands.add_parser("folder", help="a manifest for a folder of audio files")
+    folder.add_argument("--root", required=True, type=Path)
+    folder.add_argument("--out", required=True, type=Path)
+    folder.add_argument("--tags", type=Path, help="TSV path<TAB>tag|tag[<TAB>artist]")
+    folder.add_argument("--split-by", choices=("artist", "track"), default="auto")
+    folder.add_argument("--ratios", default="0.8,0.1,0.1", help="train,valid,test")
+    folder.add_argument("--seed", type=int, default=0)
+    folder.add_argument("--dataset", help="dataset name (default: the root folder's name)")
+    folder.add_argument(
+        "--no-durations", action="store_true", help="do not read durations from file headers"
+    )
+    folder.set_defaults(run=_folder)
+
+    vocab = commands.add_parser("vocab", help="tag vocabulary by train frequency")
+    vocab.add_argument("manifest", type=Path)
+    vocab.add_argument("--top", type=int, default=50)
+    vocab.add_argument("--write", action="store_true", help="store it in the manifest metadata")
+    vocab.set_defaults(run=_vocab)
+
+    info = commands.add_parser("info", help="counts per split, tag frequencies, missing audio")
+    info.add_argument("manifest", type=Path)
+    info.add_argument("--audio-root", type=Path)
+    info.add_argument("--top", type=int, default=50, help="tags to list (0: all)")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _split_summary(table: pa.Table) -> str:
+    counts = Counter(table.column("split").to_pylist())
+    return ", ".join(f"{split} {counts[split]:,}" for split in SPLITS if counts[split])
+
+
+def _with_audio_root(table: pa.Table, root: Path) -> pa.Table:
+    metadata = dict(table.schema.metadata or {})
+    metadata[b"audio_root"] = str(root.resolve()).encode()
+    return table.replace_schema_metadata(metadata)
+
+
+def _build(args: argparse.Namespace) -> int:
+    if not args.audio_root.is_dir():
+        raise ManifestError(f"--audio-root {args.audio_root} is not a directory")
+    options = BuildOptions(
+        dataset=args.dataset,
+        split_variant=args.split_variant,
+        train_labels=args.train_labels,
+        min_tag_value=args.min_tag_value,
+        unlabeled_train=args.unlabeled_train,
+        train_ids=args.train_ids,
+        msd_layout=args.msd_layout,
+        path_map=args.path_map,
+    )
+    result = build_benchmark(options)
+    for message in result.notes:
+        _note(message)
+    missing = missing_rows(result.table, args.audio_root) + [
+        {**row, "reason": "no audio path known"} for row in result.unplaced
+    ]
+    report = missing_report_path(args.out)
+    if missing:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        write_missing_report(report, missing)
+        total = result.table.num_rows + len(result.unplaced)
+        if not args.allow_missing:
+            raise ManifestError(
+                f"{len(missing):,} of {total:,} audio files are missing under "
+                f"{args.audio_root}; see {report} (or pass --allow-missing)"
+            )
+        _note(f"{len(missing):,} of {total:,} audio files are missing; listed in {report}")
+    elif report.exists():
+        report.unlink()  # a stale report from an earlier run would mislead
+    table = write_manifest(_with_audio_root(result.table, args.audio_root), args.out)
+    print(f"wrote {args.out}: {_split_summary(table)}")
+    return 0
+
+
+def _folder(args: argparse.Namespace) -> int:
+    options = FolderOptions(
+        root=args.root,
+        tags=args.tags,
+        split_by=args.split_by,
+        ratios=parse_ratios(args.ratios),
+        seed=args.seed,
+        dataset=args.dataset,
+        durations=not args.no_durations,
+    )
+    result = build_folder(options)
+    for message in result.notes:
+        _note(message)
+    table = write_manifest(_with_audio_root(result.table, args.root), args.out)
+    print(f"wrote {args.out}: {_split_summary(table)}")
+    return 0
+
+
+def _vocab(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise ManifestError(f"--top must be at least 1, got {args.top}")
+    table = read_manifest(args.manifest)
+    ranked = top_tags(table, args.top)
+    if not ranked:
+        raise ManifestError(f"{args.manifest} has no tagged tracks in its train split")
+    for index, (tag, count) in enumerate(ranked):
+        print(f"{index}\t{tag}\t{count}")
+    if args.write:
+        write_manifest(with_vocabulary(table, [tag for tag, _ in ranked]), args.manifest)
+        print(f"wrote the {len(ranked)}-tag vocabulary into {args.manifest}", file=sys.stderr)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = read_manifest(args.manifest)
+    console = Console(width=max(100, Console().width))
+    splits = table.column("split").to_pylist()
+    present = [s for s in SPLITS if s in set(splits)]
+    metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    vocabulary = vocabulary_of(table)
+    datasets = sorted(set(table.column("dataset").to_pylist()))
+    console.print(
+        f"[bold]{args.manifest}[/bold]: {table.num_rows:,} tracks, dataset "
+        f"{', '.join(datasets)}; builder {metadata.get('builder', '?')}; vocabulary "
+        + (f"{len(vocabulary)} tags" if vocabulary is not None else "not set")
+    )
+
+    missing_by_split: Counter = Counter()
+    if args.audio_root is not None:
+        if not args.audio_root.is_dir():
+            raise ManifestError(f"--audio-root {args.audio_root} is not a directory")
+        missing_by_split.update(row["split"] for row in missing_rows(table, args.audio_root))
+    overview = Table(title="tracks per split")
+    for column in ("split", "tracks", "with tags", "mean tags", "artists", "hours"):
+        overview.add_column(column, justify="left" if column == "split" else "right")
+    if args.audio_root is not None:
+        overview.add_column("missing audio", justify="right")
+    columns = {c: table.column(c).to_pylist() for c in ("tags", "artist_id", "duration")}
+    for split in present:
+        rows = [i for i, s in enumerate(splits) if s == split]
+        tagged = [len(columns["tags"][i]) for i in rows if columns["tags"][i]]
+        artists = {columns["artist_id"][i] for i in rows} - {None}
+        seconds = [columns["duration"][i] for i in rows if columns["duration"][i] is not None]
+        cells = [
+            split,
+            f"{len(rows):,}",
+            f"{len(tagged):,}",
+            f"{sum(tagged) / len(tagged):.2f}" if tagged else "-",
+            f"{len(artists):,}" if artists else "-",
+            f"{sum(seconds) / 3600:,.1f}" if seconds else "-",
+        ]
+        if args.audio_root is not None:
+            cells.append(f"{missing_by_split[split]:,}")
+        overview.add_row(*cells)
+    console.print(overview)
+
+    counts = {split: tag_counts(table, split) for split in present}
+    order = vocabulary or [tag for tag, _ in top_tags(table)]
+    seen = set(order)
+    extra = sorted({t for c in counts.values() for t in c} - seen)
+    order = order + extra
+    shown = order if args.top <= 0 else order[: args.top]
+    tags = Table(
+        title=f"tag frequencies ({'vocabulary' if vocabulary else 'train'} order; "
+        f"{len(shown)} of {len(order)} tags)"
+    )
+    tags.add_column("#", justify="right")
+    tags.add_column("tag")
+    for split in present:
+        tags.add_column(split, justify="right")
+    for index, tag in enumerate(shown):
+        label = tag if tag in seen else f"{tag} (not in vocabulary)"
+        tags.add_row(str(index), label, *(f"{counts[s][tag]:,}" for s in present))
+    console.print(tags)
+    return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "unknown error"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ManifestError as exc:
+        message = str(exc)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}"
+    except pa.ArrowException as exc:
+        message = f"arrow: {exc}"
+    except Exception as exc:  # never a traceback on the command line; opt in to see one
+        if os.environ.get("TAGKIT_DEBUG"):
+            raise
+        message = f"unexpected {type(exc).__name__}: {exc} (TAGKIT_DEBUG=1 shows a traceback)"
+    print(f"error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

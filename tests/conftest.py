@@ -1,0 +1,63 @@
+"""Shared test fixtures: project paths and small real-audio factories."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+torch.set_num_threads(1)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """Run a project command line (e.g. "beam_runner.py", "prepare", ...) in a subprocess."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    if args[0].endswith(".py"):
+        cmd = [PYTHON, str(ROOT / args[0]), *args[1:]]
+    else:
+        cmd = [PYTHON, "-m", *args]
+    return subprocess.run(
+        cmd, cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def tone(freq: float, seconds: float, sr: int, amplitude: float = 0.3, noise: float = 0.01, seed=0):
+    """A sine with a little noise (so it is never digitally silent or trivially compressible)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    return (amplitude * np.sin(2 * np.pi * freq * t) + noise * rng.standard_normal(t.size)).astype(
+        np.float32
+    )
+
+
+def encode_mp3(wav: np.ndarray, sr: int, path: Path, bitrate: str = "128k") -> Path:
+    """Write float audio ([samples] or [samples, channels]) to MP3 with ffmpeg/libmp3lame."""
+    tmp = path.with_suffix(".tmp.wav")
+    sf.write(tmp, wav, sr, subtype="PCM_16")
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(tmp), "-b:a", bitrate, str(path)],
+        check=True,
+    )
+    tmp.unlink()
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return ROOT

@@ -1,0 +1,109 @@
+"""The shared DSP functions: decode, resample, log-mel, harmonic tensor."""
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pipelines.audio import AudioRejected, load_audio, resample
+from pipelines.features import (
+    FeatureConfig,
+    harmonic_center_frequencies,
+    harmonic_tensor,
+    log_mel,
+)
+from tests.conftest import encode_mp3, tone
+
+
+@pytest.mark.parametrize("freq", [300.0, 1000.0, 4000.0])
+def test_sine_energy_lands_in_its_mel_band(freq):
+    cfg = FeatureConfig()
+    mel = log_mel(tone(freq, 2.0, 16000, noise=0.0), cfg)
+    assert mel.shape == (128, cfg.num_frames(32000))
+    band = int(mel.mean(dim=1).argmax())
+    # Mel band centres (Slaney scale) for 128 bands over 0..8 kHz.
+    centres = librosa.mel_frequencies(n_mels=130, fmin=0, fmax=8000)[1:-1]
+    assert abs(centres[band] - freq) <= 0.06 * freq + 40
+    assert centres[band - 1] < freq < centres[band + 1]
+
+
+def test_log_mel_matches_librosa_power_to_db():
+    cfg = FeatureConfig(n_mels=96)
+    y = tone(440, 1.0, 16000) + tone(2500, 1.0, 16000, amplitude=0.1, seed=1)
+    ours = log_mel(y, cfg).numpy()
+    ref = librosa.power_to_db(
+        librosa.feature.melspectrogram(
+            y=y, sr=16000, n_fft=512, hop_length=256, n_mels=96, fmax=8000
+        ),
+        ref=1.0,
+        amin=1e-10,
+        top_db=None,
+    )
+    assert np.abs(ours - ref).max() < 0.1
+
+
+def test_log_mel_is_batched_and_device_agnostic():
+    cfg = FeatureConfig()
+    batch = torch.from_numpy(np.stack([tone(440, 1, 16000), tone(880, 1, 16000)]))
+    single = log_mel(batch[1], cfg)
+    assert torch.allclose(log_mel(batch, cfg)[1], single, atol=1e-4)
+
+
+def test_log10_1p_compression_variant():
+    cfg = FeatureConfig(n_mels=96, log_scale="log10_1p")
+    mel = log_mel(tone(440, 1, 16000), cfg)
+    assert float(mel.min()) >= 0.0  # log10(1 + 10000 x) of a power is never negative
+
+
+def test_harmonic_tensor_puts_a_tone_at_each_harmonic():
+    cfg = FeatureConfig()
+    centres = harmonic_center_frequencies(16000, 6, 128)
+    assert np.allclose(centres[2], 3 * centres[0])
+    f0 = float(centres[0, 60])
+    h = harmonic_tensor(tone(f0, 1.0, 16000, noise=0.0), cfg)
+    assert h.shape == (6, 128, cfg.num_frames(16000))
+    # In the first harmonic plane, the band centred on f0 is the loudest.
+    assert int(h[0].mean(dim=1).argmax()) == 60
+
+
+def test_invalid_feature_config_is_rejected():
+    with pytest.raises(ValueError, match="f_max"):
+        FeatureConfig(f_max=9000.0)
+    with pytest.raises(ValueError, match="log_scale"):
+        FeatureConfig(log_scale="ln")
+
+
+def test_resample_preserves_frequency():
+    y = tone(1000, 1.0, 44100, noise=0.0)
+    z = resample(y, 44100, 16000)
+    assert len(z) == 16000
+    spectrum = np.abs(np.fft.rfft(z))
+    assert abs(np.argmax(spectrum) * 16000 / len(z) - 1000) < 2
+
+
+@pytest.mark.parametrize("decoder", ["soundfile", "essentia", "ffmpeg"])
+def test_decoders_agree_on_an_mp3(tmp_path, decoder):
+    stereo = np.stack([tone(440, 3, 44100), tone(660, 3, 44100, seed=1)], axis=1)
+    path = encode_mp3(stereo, 44100, tmp_path / "x.mp3")
+    decoded = load_audio(path.read_bytes(), 16000, decoder=decoder, suffix=".mp3")
+    assert decoded.decoder == decoder
+    assert decoded.source_channels == 2 and decoded.source_sample_rate == 44100
+    # MP3 encoder/decoder delay differs by at most a few tens of ms between decoders.
+    assert abs(decoded.seconds - 3.0) < 0.1
+    spectrum = np.abs(np.fft.rfft(decoded.pcm[4000:36000]))
+    peaks = sorted(np.argsort(spectrum)[-2:] * 16000 / 32000)
+    assert abs(peaks[0] - 440) < 3 and abs(peaks[1] - 660) < 3
+
+
+def test_empty_and_garbage_bytes_are_rejected_with_reasons(tmp_path):
+    with pytest.raises(AudioRejected) as exc:
+        load_audio(b"", 16000)
+    assert exc.value.reason == "empty"
+    with pytest.raises(AudioRejected) as exc:
+        load_audio(b"this is not audio" * 10, 16000, suffix=".mp3")
+    assert exc.value.reason == "unreadable" and "0x" not in exc.value.message
+    sf.write(tmp_path / "silent.wav", np.zeros(32000, np.float32), 16000)
+    with pytest.raises(AudioRejected) as exc:
+        load_audio((tmp_path / "silent.wav").read_bytes(), 16000)
+    assert exc.value.reason == "silent"

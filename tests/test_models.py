@@ -1,0 +1,181 @@
+"""The model zoo: sizes against the papers, forward/backward at the published input
+lengths, seeded initialisation, embeddings, the harmonic front end and long inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tagtrain.models import models_table
+from tagtrain.models.hcnn import HarmonicFrontEnd
+from tagtrain.registry import INPUT_KINDS, count_parameters, create_model, get_entry, list_models
+
+torch.set_num_threads(2)
+
+ALL_MODELS = [entry.name for entry in list_models()]
+
+# Sizes the issue quotes for 50 tags (≈ where the papers give a rounded figure).
+ISSUE_SIZES = {
+    "fcn": 447_732,
+    "musicnn": 787_159,
+    "samplecnn": 1_869_874,
+    "samplecnn_se": 6_951_858,
+    "crnn": 394_100,
+    "cnnsa": 10_500_000,
+    "hcnn": 3_631_551,
+    "short_chunk_cnn": 3_687_348,
+    "short_chunk_resnet": 12_104_244,
+    "music_tagging_transformer": 4_567_732,
+    "music_tagging_transformer_small": 1_108_852,
+    "pons_spec": 5_900_000,
+    "pons_wave": 5_300_000,
+}
+
+
+def batch_for(spec, batch: int = 2, seconds: float | None = None) -> torch.Tensor:
+    """Random input of the model's kind at its published length (or `seconds`)."""
+    gen = torch.Generator().manual_seed(0)
+    samples = spec.samples if seconds is None else int(seconds * spec.sample_rate)
+    if spec.kind == "pcm":
+        return 0.1 * torch.randn(batch, samples, generator=gen)
+    return torch.randn(batch, spec.n_mels, 1 + samples // spec.hop, generator=gen)
+
+
+def test_zoo_has_every_model_of_the_issue():
+    assert set(ISSUE_SIZES) <= set(ALL_MODELS)
+    for name in ALL_MODELS:
+        assert get_entry(name).input_spec.kind in INPUT_KINDS
+
+
+@pytest.mark.parametrize("name", sorted(ISSUE_SIZES))
+def test_size_matches_reference_within_2_percent(name):
+    model = create_model(name, 50, seed=None)
+    params = count_parameters(model)
+    assert abs(params - ISSUE_SIZES[name]) <= 0.02 * ISSUE_SIZES[name], params
+    registered = get_entry(name).reference_params
+    assert abs(params - registered) <= 0.02 * registered
+    # The width multiplier is what CPU demos use: it must actually shrink the model.
+    assert count_parameters(create_model(name, 50, seed=None, width=0.25)) < params / 4
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_backward_at_published_length(name):
+    model = create_model(name, n_classes=7)
+    x = batch_for(model.input_spec)
+    logits = model(x)
+    assert logits.shape == (2, 7)
+    assert torch.isfinite(logits).all()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_embed_is_the_penultimate_representation(name):
+    model = create_model(name, n_classes=5, width=0.125).eval()
+    x = batch_for(model.input_spec, batch=3)
+    with torch.no_grad():
+        emb = model.embed(x)
+        logits = model(x)
+    assert emb.shape == (3, model.embed_dim)
+    torch.testing.assert_close(model.classifier(emb), logits)
+    # Different inputs, different embeddings: the model looks at its input.
+    assert not torch.allclose(emb[0], emb[1])
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_same_seed_same_weights(name):
+    a = create_model(name, 10, seed=3, width=0.125).state_dict()
+    b = create_model(name, 10, seed=3, width=0.125).state_dict()
+    c = create_model(name, 10, seed=4, width=0.125).state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_harmonic_filter_centres_sit_at_multiples_of_the_fundamental():
+    front = HarmonicFrontEnd()
+    centres = front.center_hz
+    assert centres.shape == (6, 128)
+    for h in range(1, 7):
+        torch.testing.assert_close(centres[h - 1], h * centres[0])
+    # Each filter peaks at its centre: the argmax FFT bin is the bin nearest h * f.
+    bin_hz = 16000 / 512
+    fb = front.filterbank().detach()
+    responsive = fb.amax(dim=-1) > 0.5
+    nearest = torch.round(centres / bin_hz)
+    assert responsive.sum() > 500
+    assert torch.equal(fb.argmax(dim=-1)[responsive], nearest[responsive].long())
+
+
+def test_harmonic_front_end_finds_a_tone_in_every_harmonic_channel():
+    # A 437.5 Hz tone (an FFT bin centre): harmonic channel h must light up the band whose
+    # fundamental is 437.5 / h, i.e. the filter centred at h * f_b = 437.5 Hz.
+    front = HarmonicFrontEnd()
+    t = torch.arange(16000) / 16000
+    tone = 0.5 * torch.sin(2 * math.pi * 437.5 * t)
+    with torch.no_grad():
+        energy = front(tone.unsqueeze(0))[0].mean(dim=-1)  # [6, 128] dB
+    for h in range(1, 7):
+        band = int(energy[h - 1].argmax())
+        assert abs(float(front.center_hz[h - 1, band]) - 437.5) < 16000 / 512
+        assert abs(float(front.center_hz[0, band]) - 437.5 / h) < 16000 / 512 / h
+
+
+def test_harmonic_bandwidth_q_is_trainable():
+    front = HarmonicFrontEnd()
+    noise = torch.randn(1, 8000, generator=torch.Generator().manual_seed(1))
+    front(noise).mean().backward()
+    assert front.q.grad is not None and float(front.q.grad.abs()) > 0
+    narrow = HarmonicFrontEnd(q=4.0).filterbank()
+    assert (narrow > 0).sum() < (front.filterbank() > 0).sum()  # higher Q, narrower filters
+
+
+@pytest.mark.parametrize("name", ["music_tagging_transformer", "cnnsa"])
+def test_transformers_accept_inputs_longer_than_training(name):
+    model = create_model(name, n_classes=4, width=0.125).eval()
+    spec = model.input_spec
+    # 60 s: 2,584 frames -> 646 tokens for the Music Tagging Transformer, past its 512-token
+    # position table; 469 tokens for the CNNSA, four times its training length.
+    long = batch_for(spec, batch=1, seconds=60.0)
+    short = batch_for(spec, batch=1, seconds=2.0)
+    with torch.no_grad():
+        for x in (long, short):
+            logits = model(x)
+            assert logits.shape == (1, 4) and torch.isfinite(logits).all()
+
+
+def test_transformer_positions_are_the_reference_prefix_within_the_table():
+    model = create_model("music_tagging_transformer_small", n_classes=4)
+    tokens = torch.zeros(1, 108, model.embed_dim)
+    torch.testing.assert_close(model.positions(tokens), model.positions.table[:, :108].detach())
+    long = model.positions(torch.zeros(1, 1025, model.embed_dim))
+    torch.testing.assert_close(long[:, 0], model.positions.table[:, 0].detach())  # CLS slot
+    torch.testing.assert_close(long[:, -1], model.positions.table[:, -1].detach())  # ends align
+
+
+def test_input_specs_follow_the_papers():
+    assert get_entry("short_chunk_cnn").input_spec.frames == 231
+    assert get_entry("samplecnn").input_spec.samples == 59049
+    assert not get_entry("fcn").input_spec.chunk_level
+    assert get_entry("fcn").input_spec.n_mels == 96
+    mtt = get_entry("music_tagging_transformer").input_spec
+    assert (mtt.sample_rate, mtt.n_fft, mtt.hop, mtt.n_mels, mtt.f_max) == (
+        22050,
+        1024,
+        512,
+        128,
+        11025.0,
+    )
+    assert get_entry("hcnn").input_spec.kind == "pcm"
+
+
+def test_models_table_lists_every_model_with_its_size():
+    table = models_table()
+    for name in ALL_MODELS:
+        assert name in table
+    assert "3,687,348" in table  # short_chunk_cnn at width 1.0, 50 tags

@@ -1,0 +1,271 @@
+"""The trainer end to end on tiny real shards: sources, run directory, kill + resume, DDP,
+card refusal, schedules, configuration and the command line."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pipelines.features import FeatureConfig
+from tagtrain import checkpoint as ckpt
+from tagtrain.__main__ import main
+from tagtrain.config import ConfigError, RunConfig, build_config
+from tagtrain.train import KILL_AT_STEP_ENV, Schedule, train
+from tests import shardkit
+from tests.conftest import ROOT, free_port
+
+TINY = dict(
+    model="short_chunk_cnn",
+    width=0.125,
+    batch_size=4,
+    workers=2,
+    shuffle_buffer=8,
+    val_chunks=1,
+    progress=False,
+    log_samples=True,
+)
+FLAGS = [
+    "--model", "short_chunk_cnn", "--width", "0.125", "--batch-size", "4", "--workers", "2",
+    "--shuffle-buffer", "8", "--val-chunks", "1", "--no-progress", "--log-samples",
+]  # fmt: skip
+ENV = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    card = shardkit.make_dataset(out, {"train": [8, 8, 8, 8], "valid": [4, 4]}, seed=7)
+    return out, card
+
+
+def logged_steps(run_dir, rank=0):
+    """[(epoch, global_step, [keys])] from a run's samples log."""
+    path = run_dir / f"samples-rank{rank}.tsv"
+    rows = [line.split("\t") for line in path.read_text().splitlines()]
+    return [(int(e), int(s), keys.split(",")) for e, s, keys in rows]
+
+
+def trainer_cli(*args, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "tagtrain", "train", *args],
+        cwd=ROOT,
+        env={**os.environ, **ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_one_epoch_from_local_http_and_s3_sees_the_same_samples(dataset, tmp_path, monkeypatch):
+    out, card = dataset
+    runs = {}
+    summary = train(RunConfig(data=str(out), out=str(tmp_path / "local"), epochs=1, **TINY))
+    runs["local"] = tmp_path / "local"
+    with shardkit.serve_http(out) as url:
+        train(RunConfig(data=url, out=str(tmp_path / "http"), epochs=1, **TINY))
+        runs["http"] = tmp_path / "http"
+    with shardkit.serve_s3(out) as (url, endpoint):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # the endpoint from the environment
+        train(RunConfig(data=url, out=str(tmp_path / "s3"), epochs=1, **TINY))
+        runs["s3"] = tmp_path / "s3"
+    steps = {name: logged_steps(run) for name, run in runs.items()}
+    assert steps["http"] == steps["local"] and steps["s3"] == steps["local"]
+    seen = [k for _, _, keys in steps["local"] for k in keys]
+    assert sorted(seen) == shardkit.split_keys(card, "train")
+    assert summary["epochs_completed"] == 1 and summary["global_step"] == 8
+
+    run = runs["local"]
+    assert json.loads((run / "config.json").read_text())["width"] == 0.125
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == 1 and rows[0]["steps"] == "8" and rows[0]["samples"] == "32"
+    for name in ("train_loss", "val_loss", "roc_auc", "pr_auc"):
+        assert math.isfinite(float(rows[0][name]))
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = ckpt.load_checkpoint(run / "best.pt")  # torch.load(weights_only=True)
+    assert best["vocabulary"] == card["vocabulary"]
+    assert json.loads(best["config"])["model"] == "short_chunk_cnn"
+    assert isinstance(best["rng"]["torch"], torch.Tensor)
+
+
+def test_killed_run_resumes_mid_epoch_without_replaying(dataset, tmp_path):
+    out, card = dataset
+    run = tmp_path / "run"
+    common = ["--data", str(out), "--out", str(run), "--epochs", "1", *FLAGS]
+    # SIGKILL after step 6; the last checkpoint is from step 4.
+    killed = trainer_cli(*common, "--checkpoint-every", "4", env={KILL_AT_STEP_ENV: "6"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    before = logged_steps(run)
+    assert [s for _, s, _ in before] == [1, 2, 3, 4, 5, 6]
+    assert ckpt.load_checkpoint(run / "last.pt")["progress"]["global_step"] == 4
+
+    resumed = trainer_cli("--out", str(run), "--resume", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = logged_steps(run)[len(before) :]
+    assert [s for _, s, _ in after] == [5, 6, 7, 8]
+    kept = {k for _, s, keys in before if s <= 4 for k in keys}
+    redone = [k for _, _, keys in after for k in keys]
+    assert not kept & set(redone)  # nothing checkpointed is seen again
+    assert sorted(kept | set(redone)) == shardkit.split_keys(card, "train")
+    assert len(redone) == len(set(redone))
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [(r["epoch"], r["steps"], r["samples"]) for r in rows] == [("0", "8", "32")]
+
+
+def test_card_that_does_not_fit_the_model_is_refused(tmp_path):
+    shardkit.make_dataset(
+        tmp_path / "d",
+        {"train": [2], "valid": [2]},
+        stored=("mel",),
+        features=FeatureConfig(n_mels=96),
+    )
+    result = trainer_cli("--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), *FLAGS)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "n_mels 96 != 128" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_mel_from_pcm_on_the_device_with_estimated_statistics(tmp_path):
+    # The stored mel (96 bands) does not fit the model; the PCM does: the trainer
+    # computes the model's 128-band mel from it and estimates the band statistics.
+    shardkit.make_dataset(
+        tmp_path / "d", {"train": [4, 4], "valid": [4]}, features=FeatureConfig(n_mels=96)
+    )
+    cfg = RunConfig(
+        data=str(tmp_path / "d"), out=str(tmp_path / "run"), epochs=1, **{**TINY, "workers": 1}
+    )
+    summary = train(cfg)
+    assert summary["global_step"] == 2
+    state = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["input_plan"]["member"] == "pcm.npy"
+    assert state["input_plan"]["device_feature"] == "mel"
+    norm = state["normalisation"]
+    assert norm["source"] == "estimated" and len(norm["mean"]) == 128
+    assert min(norm["std"]) > 0
+
+
+def test_two_ranks_run_equal_batches_from_uneven_shards(tmp_path):
+    data = tmp_path / "d"
+    card = shardkit.make_dataset(data, {"train": [3, 5, 7, 9, 11, 2], "valid": [3]}, seed=3)
+    run = tmp_path / "run"
+    port = str(free_port())
+    args = ["--data", str(data), "--out", str(run), "--epochs", "2", *FLAGS]
+    args[args.index("--workers") + 1] = "1"
+    args[args.index("--batch-size") + 1] = "2"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tagtrain", "train", *args],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                **ENV,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    ranks = [logged_steps(run, r) for r in (0, 1)]
+    for epoch in (0, 1):
+        counts = [sum(1 for e, _, _ in steps if e == epoch) for steps in ranks]
+        assert counts[0] == counts[1] > 0
+        keys = [{k for e, _, ks in steps if e == epoch for k in ks} for steps in ranks]
+        assert not keys[0] & keys[1]  # each rank reads its own shards
+        assert len(keys[0] | keys[1]) >= card["splits"]["train"]["samples"] - 11
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]  # rank 0 alone writes the run directory
+
+
+def test_schedule_a_switches_to_sgd_and_drops_after_reloading_best():
+    cfg = RunConfig(data="d", model="m", adam_epochs=3, sgd_drop_after=[2, 4])
+    schedule = Schedule(cfg)
+    events = []
+    for epoch in range(9):
+        schedule.observe(epoch, 1.0 / (epoch + 1))
+        events.append((schedule.after_epoch(epoch), schedule.phase, schedule.lr))
+    assert events[2] == ("switch", "sgd", 1e-3)
+    assert events[4][0] == "drop" and events[4][2] == pytest.approx(1e-4)
+    assert events[6][0] == "drop" and events[6][2] == pytest.approx(1e-5)
+    assert [e[0] for e in events].count(None) == 6
+    optimiser = schedule.make_optimizer([torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(optimiser, torch.optim.SGD) and optimiser.defaults["nesterov"]
+    assert cfg.total_epochs() == 3 + 4 + 20
+
+
+def test_schedule_b_stops_after_patience_epochs_without_improvement():
+    schedule = Schedule(RunConfig(data="d", model="m", schedule="early_stop", patience=2))
+    losses = [0.9, 0.8, 0.85, 0.7, 0.75, 0.71, 0.72]
+    stopped_at = None
+    for epoch, loss in enumerate(losses):
+        schedule.observe(epoch, loss)
+        schedule.after_epoch(epoch)
+        if schedule.stopped:
+            stopped_at = epoch
+            break
+    assert stopped_at == 5 and schedule.best_epoch == 3
+    assert isinstance(
+        schedule.make_optimizer([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Adam
+    )
+
+
+def test_config_file_then_flags_and_one_line_errors(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: /somewhere\nmodel: short_chunk_cnn\nbatch_size: 32\nlr: 0.001\n")
+    cfg = build_config(path, {"batch_size": 8})
+    assert (cfg.data, cfg.batch_size, cfg.lr, cfg.workers) == ("/somewhere", 8, 0.001, 4)
+    path.write_text("data: x\nmodel: y\nbatch_sise: 3\n")
+    with pytest.raises(ConfigError, match="unknown setting.*batch_sise"):
+        build_config(path)
+    path.write_text("data: x\nmodel: y\nbatch_size: many\n")
+    with pytest.raises(ConfigError, match="batch_size must be int"):
+        build_config(path)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_:
+        main(["train", "--batch-size", "lots"])
+    assert exit_.value.code == 2 and "invalid int value" in stderr.getvalue()
+    with contextlib.redirect_stderr(stderr):
+        assert main(["train", "--data", str(tmp_path), "--model", "no_such_model"]) == 2
+    assert "unknown model 'no_such_model'" in stderr.getvalue().splitlines()[-1]
+
+
+def test_models_command_lists_the_zoo():
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["models"]) == 0
+    table = stdout.getvalue()
+    assert "short_chunk_cnn" in table and "short_chunk_resnet" in table and "3.69" in table
+
+
+@pytest.mark.slow
+def test_a_tiny_model_learns_the_tones(dataset, tmp_path):
+    out, _ = dataset
+    cfg = RunConfig(
+        data=str(out),
+        out=str(tmp_path / "run"),
+        epochs=6,
+        schedule="early_stop",
+        lr=1e-3,
+        **{**TINY, "val_chunks": 2, "log_samples": False},
+    )
+    train(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert float(rows[-1]["roc_auc"]) > 0.85
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
