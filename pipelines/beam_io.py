@@ -11,6 +11,21 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 _RAW = CompressionTypes.UNCOMPRESSED
+_configured: tuple[str, ...] | None = None
+
+
+def configure(filesystem_args: tuple[str, ...]) -> None:
+    """Apply the job's filesystem flags (--s3_endpoint_url, credentials, ...) in this
+    process. Beam's worker processes do not inherit what the driver set, so every DoFn
+    that touches files calls this first."""
+    global _configured
+    if filesystem_args != _configured:
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        FileSystems.set_options(PipelineOptions(list(filesystem_args)))
+        _configured = filesystem_args
+
+
 URL_SCHEMES = ("gs://", "s3://", "http://", "https://")
 
 

@@ -62,6 +62,7 @@ class PrepareConfig:
     # shard assignment needs no data-dependent side input.
     num_shards: tuple[tuple[str, int], ...] = ()
     progress_path: str | None = None  # local runs: workers append a byte per track
+    filesystem_args: tuple[str, ...] = ()  # Beam flags the workers' FileSystems need
 
     def identity(self) -> dict:
         """What must match for a re-run into an existing output to be allowed."""
@@ -81,7 +82,8 @@ def _set_threads() -> None:
     torch.set_num_threads(1)
 
 
-def read_manifest_rows(path: str):
+def read_manifest_rows(path: str, filesystem_args: tuple[str, ...] = ()):
+    beam_io.configure(filesystem_args)
     table = beam_io.read_parquet(path)
     yield from table.to_pylist()
 
@@ -89,15 +91,16 @@ def read_manifest_rows(path: str):
 class ReadManifest(beam.PTransform):
     """Manifest Parquet -> rows (dicts), spread across workers."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, filesystem_args: tuple[str, ...] = ()):
         super().__init__()
         self.path = path
+        self.filesystem_args = filesystem_args
 
     def expand(self, pbegin):
         return (
             pbegin
             | "ManifestPath" >> beam.Create([self.path])
-            | "ReadRows" >> beam.FlatMap(read_manifest_rows)
+            | "ReadRows" >> beam.FlatMap(read_manifest_rows, self.filesystem_args)
             | "Spread" >> beam.Reshuffle()
         )
 
@@ -113,6 +116,7 @@ class ProcessTrackFn(beam.DoFn):
 
     def setup(self):
         _set_threads()
+        beam_io.configure(self.cfg.filesystem_args)
         self._progress = None
         if self.cfg.progress_path:
             self._progress = os.open(self.cfg.progress_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -236,10 +240,14 @@ class MelStats(beam.PTransform):
 class WriteShardFn(beam.DoFn):
     """((split, shard), samples) -> one tar written atomically; yields its index rows."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, filesystem_args: tuple[str, ...] = ()):
         self.output = output
+        self.filesystem_args = filesystem_args
         self.bytes_written = Metrics.counter("prepare", "bytes_written")
         self.shards_written = Metrics.counter("prepare", "shards_written")
+
+    def setup(self):
+        beam_io.configure(self.filesystem_args)
 
     def process(self, element):
         (code, index), samples = element
@@ -266,10 +274,13 @@ class WriteShardFn(beam.DoFn):
 class WriteShards(beam.PTransform):
     """Samples -> deterministic shards; output: index rows (dicts)."""
 
-    def __init__(self, output: str, num_shards: dict[str, int]):
+    def __init__(
+        self, output: str, num_shards: dict[str, int], filesystem_args: tuple[str, ...] = ()
+    ):
         super().__init__()
         self.output = output
         self.num_shards = num_shards
+        self.filesystem_args = filesystem_args
 
     def expand(self, samples):
         counts = self.num_shards
@@ -282,7 +293,7 @@ class WriteShards(beam.PTransform):
             samples
             | "AssignShard" >> beam.Map(assign)
             | "GroupShards" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(WriteShardFn(self.output))
+            | "WriteShard" >> beam.ParDo(WriteShardFn(self.output, self.filesystem_args))
         )
 
 
@@ -393,6 +404,7 @@ INDEX, REJECTS, STATS = "index", "rejects", "stats"
 
 def write_dataset_files(element, cfg: PrepareConfig):
     """Runs once, after every shard is written: index, rejects, then the card last."""
+    beam_io.configure(cfg.filesystem_args)
     _, tagged = element
     index_rows = sorted((v for t, v in tagged if t == INDEX), key=lambda r: (r["split"], r["key"]))
     reject_rows = sorted((v for t, v in tagged if t == REJECTS), key=lambda r: r["key"])
@@ -444,11 +456,17 @@ class Prepare(beam.PTransform):
 
     def expand(self, pbegin):
         cfg = self.cfg
-        tagged = pbegin | "ReadManifest" >> ReadManifest(cfg.manifest) | ProcessTracks(cfg)
+        tagged = (
+            pbegin
+            | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.filesystem_args)
+            | ProcessTracks(cfg)
+        )
         samples = split_tagged(tagged, SAMPLE, "Samples")
         rejects = split_tagged(tagged, REJECT, "Rejects")
         mel_stats = samples | "MelStats" >> MelStats()
-        index_rows = samples | "WriteShards" >> WriteShards(cfg.output, dict(cfg.num_shards))
+        index_rows = samples | "WriteShards" >> WriteShards(
+            cfg.output, dict(cfg.num_shards), cfg.filesystem_args
+        )
         return (index_rows, rejects, mel_stats) | "WriteDatasetFiles" >> WriteDatasetFiles(cfg)
 
 

@@ -103,7 +103,7 @@ def run(args, beam_args: list[str]) -> int:
 
     track = track_config(args)
     options, runner = pipeline_options(beam_args)
-    beam_io.FileSystems.set_options(options)
+    beam_io.configure(tuple(beam_args))
     table = read_manifest_table(args.manifest)
     cfg = PrepareConfig(
         manifest=args.manifest,
@@ -115,6 +115,7 @@ def run(args, beam_args: list[str]) -> int:
         manifest_sha256=file_sha256(args.manifest),
         num_inputs=table.num_rows,
         num_shards=tuple(sorted(plan_shards(table, track, args.shard_size_mb).items())),
+        filesystem_args=tuple(beam_args),
     )
     check_existing_output(cfg, args.force)
     if not beam_io.is_url(cfg.output):

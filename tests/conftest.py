@@ -61,3 +61,32 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return ROOT
+
+
+# The demo corpus, rendered and prepared once per test session: the real data every
+# trainer/evaluation test uses. 70 clips = 10 per style; small shards so that every split
+# has several (loader workers and ranks each need their own).
+DEMO_TEST_N = 70
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    """Rendered demo corpus directory: audio/, midi/, manifest.parquet."""
+    from manifests.demo import render_corpus
+
+    out = tmp_path_factory.mktemp("demo_corpus")
+    render_corpus(out, n=DEMO_TEST_N, seed=0, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(demo_corpus, tmp_path_factory) -> Path:
+    """The demo corpus prepared by the Beam job (mel + pcm, 16 kHz, 128 mel)."""
+    out = tmp_path_factory.mktemp("demo_dataset") / "data"
+    result = run_cli(
+        "beam_runner.py", "prepare", "--manifest", str(demo_corpus / "manifest.parquet"),
+        "--audio-root", str(demo_corpus), "--output", str(out), "--features", "mel,pcm",
+        "--shard-size-mb", "8", "--direct_num_workers=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
