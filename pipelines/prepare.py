@@ -74,7 +74,7 @@ class PrepareConfig:
         }
 
 
-def _set_threads() -> None:
+def set_worker_threads() -> None:
     # One thread per worker process: parallelism comes from processes, and library
     # thread pools on a busy box cost several times more CPU.
     import torch
@@ -115,7 +115,7 @@ class ProcessTrackFn(beam.DoFn):
         self.rejected = Metrics.counter("prepare", "rejected")
 
     def setup(self):
-        _set_threads()
+        set_worker_threads()
         beam_io.configure(self.cfg.filesystem_args)
         self._progress = None
         if self.cfg.progress_path:
@@ -237,6 +237,26 @@ class MelStats(beam.PTransform):
         )
 
 
+def write_shard(output: str, split: str, index: int, samples) -> list[dict]:
+    """One shard of `split` written atomically under `output`; returns its index rows."""
+    samples = sorted(samples, key=lambda s: s.key)
+    name = shard_name(split, index)
+    beam_io.write_atomic_with(
+        beam_io.join(output, name), lambda f: write_tar(f, [(s.key, s.members) for s in samples])
+    )
+    return [
+        {
+            "key": s.key,
+            "split": split,
+            "shard": name,
+            "tags": s.tags,
+            "duration": round(s.seconds, 6),
+            "bytes": s.nbytes,
+        }
+        for s in samples
+    ]
+
+
 class WriteShardFn(beam.DoFn):
     """((split, shard), samples) -> one tar written atomically; yields its index rows."""
 
@@ -251,24 +271,10 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element):
         (code, index), samples = element
-        split = SPLITS[code]
-        samples = sorted(samples, key=lambda s: s.key)
-        name = shard_name(split, index)
-        path = beam_io.join(self.output, name)
-        beam_io.write_atomic_with(
-            path, lambda f: write_tar(f, [(s.key, s.members) for s in samples])
-        )
+        rows = write_shard(self.output, SPLITS[code], index, samples)
         self.shards_written.inc()
-        self.bytes_written.inc(sum(s.nbytes for s in samples))
-        for s in samples:
-            yield {
-                "key": s.key,
-                "split": split,
-                "shard": name,
-                "tags": s.tags,
-                "duration": round(s.seconds, 6),
-                "bytes": s.nbytes,
-            }
+        self.bytes_written.inc(sum(r["bytes"] for r in rows))
+        yield from rows
 
 
 class WriteShards(beam.PTransform):
@@ -352,9 +358,8 @@ def library_versions() -> dict:
     return versions
 
 
-def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats) -> dict:
-    from tagtrain import __version__
-
+def summarize_splits(index_rows) -> dict:
+    """The card's `splits`: per split and shard, samples, seconds and bytes."""
     splits: dict[str, dict] = {}
     for row in index_rows:
         split = splits.setdefault(row["split"], {"samples": 0, "seconds": 0.0, "shards": {}})
@@ -370,23 +375,34 @@ def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats) -> dict:
         split["shards"] = [
             {**s, "seconds": round(s["seconds"], 3)} for _, s in sorted(split["shards"].items())
         ]
+    return dict(sorted(splits.items()))
+
+
+def summarize_counts(num_inputs: int, index_rows, reject_rows) -> dict:
+    """The card's `counts`: inputs = samples + rejects, and rejects by reason."""
     reasons: dict[str, int] = {}
     for r in reject_rows:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     return {
+        "inputs": num_inputs,
+        "samples": len(index_rows),
+        "rejects": len(reject_rows),
+        "rejects_by_reason": dict(sorted(reasons.items())),
+    }
+
+
+def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats) -> dict:
+    from tagtrain import __version__
+
+    return {
         "format": FORMAT,
         "features": {**cfg.track.features.to_dict(), "stored": list(cfg.track.stored)},
         "vocabulary": list(cfg.vocabulary),
-        "splits": dict(sorted(splits.items())),
+        "splits": summarize_splits(index_rows),
         "mel_stats": mel_stats,
         "decoder": {"requested": cfg.track.decoder, "versions": library_versions()},
         "manifest": {"path": cfg.manifest, "sha256": cfg.manifest_sha256},
-        "counts": {
-            "inputs": cfg.num_inputs,
-            "samples": len(index_rows),
-            "rejects": len(reject_rows),
-            "rejects_by_reason": dict(sorted(reasons.items())),
-        },
+        "counts": summarize_counts(cfg.num_inputs, index_rows, reject_rows),
         "job": {
             "min_seconds": cfg.track.min_seconds,
             "max_seconds": cfg.track.max_seconds,
@@ -409,16 +425,21 @@ def write_dataset_files(element, cfg: PrepareConfig):
     index_rows = sorted((v for t, v in tagged if t == INDEX), key=lambda r: (r["split"], r["key"]))
     reject_rows = sorted((v for t, v in tagged if t == REJECTS), key=lambda r: r["key"])
     mel_stats = next((v for t, v in tagged if t == STATS), None)
-    beam_io.write_parquet(
-        beam_io.join(cfg.output, INDEX_NAME), pa.Table.from_pylist(index_rows, INDEX_SCHEMA)
-    )
-    beam_io.write_parquet(
-        beam_io.join(cfg.output, REJECTS_NAME), pa.Table.from_pylist(reject_rows, REJECT_SCHEMA)
-    )
     card = build_card(cfg, index_rows, reject_rows, mel_stats)
+    yield write_dataset_dir(cfg.output, index_rows, reject_rows, card)
+
+
+def write_dataset_dir(output: str, index_rows, reject_rows, card: dict) -> str:
+    """index.parquet, rejects.parquet, then dataset.json last; returns the card checksum."""
+    beam_io.write_parquet(
+        beam_io.join(output, INDEX_NAME), pa.Table.from_pylist(index_rows, INDEX_SCHEMA)
+    )
+    beam_io.write_parquet(
+        beam_io.join(output, REJECTS_NAME), pa.Table.from_pylist(reject_rows, REJECT_SCHEMA)
+    )
     text = json.dumps(card, indent=2, sort_keys=True) + "\n"
-    beam_io.write_atomic(beam_io.join(cfg.output, CARD_NAME), text.encode())
-    yield card_checksum(card)
+    beam_io.write_atomic(beam_io.join(output, CARD_NAME), text.encode())
+    return card_checksum(card)
 
 
 class WriteDatasetFiles(beam.PTransform):

@@ -76,22 +76,26 @@ def track_config(args) -> TrackConfig:
 
 
 def check_existing_output(cfg: PrepareConfig, force: bool) -> None:
-    """Same inputs and config: re-running rewrites identical files. Another config is
-    refused unless --force, which first removes the old shards."""
-    card_path = beam_io.join(cfg.output, CARD_NAME)
+    check_existing(cfg.output, cfg.identity(), force)
+
+
+def check_existing(output: str, identity: dict, force: bool) -> None:
+    """Same inputs and config (`identity`): re-running rewrites identical files. Another
+    config is refused unless --force, which first removes the old shards."""
+    card_path = beam_io.join(output, CARD_NAME)
     data = beam_io.read_bytes(card_path)
     if data is None:
         return
     old = json.loads(data)
-    if old.get("identity") == cfg.identity():
+    if old.get("identity") == identity:
         return
     if not force:
         raise FileExistsError(
-            f"{cfg.output} holds a dataset prepared with another config or manifest; "
+            f"{output} holds a dataset made with another config or input; "
             "use --force to replace it or choose another --output"
         )
     stale = [
-        beam_io.join(cfg.output, s["name"])
+        beam_io.join(output, s["name"])
         for split in old.get("splits", {}).values()
         for s in split.get("shards", [])
     ]

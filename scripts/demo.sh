@@ -1,31 +1,60 @@
 #!/usr/bin/env bash
-# The main job, stage by stage: demo corpus -> manifest -> Beam prepare -> train.
-# Every stage prints the exact command it runs, so each step can be reproduced alone.
+# The main job, stage by stage: demo corpus -> manifest -> Beam prepare -> Beam perturb ->
+# train -> evaluate -> robustness -> report.html. Every stage prints the exact command it
+# runs and appends it to $DEMO_DIR/commands.sh, which the report shows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 DEMO_DIR=${DEMO_DIR:-demo_out}
 N=${DEMO_N:-240}
-TRAIN_MINUTES=${DEMO_TRAIN_MINUTES:-6}
+TRAIN_MINUTES=${DEMO_TRAIN_MINUTES:-5}
 WORKERS=$(nproc)
+DATA="$DEMO_DIR/data"
+RUN="$DEMO_DIR/runs/short_chunk_cnn"
 mkdir -p "$DEMO_DIR"
+COMMANDS="$DEMO_DIR/commands.sh"
+echo "# the commands of the last 'make demo', in order" > "$COMMANDS"
+start=$(date +%s)
 
-run() { echo "+ $*"; "$@"; }
-stage() { echo; echo "== $* =="; }
+run() {
+  echo "+ $*"
+  printf '%q ' "$@" >> "$COMMANDS"
+  echo >> "$COMMANDS"
+  "$@"
+}
+stage() { echo; echo "== [$(( $(date +%s) - start )) s] $* =="; }
 
-stage "1/3 demo corpus: $N procedurally composed clips rendered with FluidSynth"
+stage "1/7 demo corpus: $N procedurally composed clips rendered with FluidSynth"
 run $PY -m manifests.demo --out "$DEMO_DIR/corpus" --n "$N" --seed 0
 run $PY -m manifests info "$DEMO_DIR/corpus/manifest.parquet" --audio-root "$DEMO_DIR/corpus"
 
-stage "2/3 Beam prepare: decode, resample, log-mel + PCM, deterministic shards"
+stage "2/7 Beam prepare: decode, resample, log-mel + PCM, deterministic shards"
 run $PY beam_runner.py prepare --manifest "$DEMO_DIR/corpus/manifest.parquet" \
-  --audio-root "$DEMO_DIR/corpus" --output "$DEMO_DIR/data" --features mel,pcm \
+  --audio-root "$DEMO_DIR/corpus" --output "$DATA" --features mel,pcm \
   --shard-size-mb 64 --direct_num_workers="$WORKERS"
 
-stage "3/3 train a small short-chunk CNN for at most $TRAIN_MINUTES minutes"
-RUN="$DEMO_DIR/runs/short_chunk_cnn"
-resume=()
-[[ -f "$RUN/last.pt" ]] && resume=(--resume)
-run $PY -m tagtrain train --data "$DEMO_DIR/data" --model short_chunk_cnn --width 0.25 \
-  --epochs 12 --batch-size 16 --workers "$WORKERS" --schedule early_stop --patience 4 \
-  --lr 1e-3 --max-minutes "$TRAIN_MINUTES" --out "$RUN" "${resume[@]}"
+stage "3/7 Beam perturb: the paper's 8 MUDA deformations of the test split"
+run $PY beam_runner.py perturb --dataset "$DATA" --split test --deformations paper --seed 0 \
+  --direct_num_workers="$WORKERS"
+
+stage "4/7 train a small short-chunk CNN for at most $TRAIN_MINUTES minutes"
+if [[ -f "$RUN/summary.json" ]]; then
+  echo "(already trained: $RUN; delete it to train again)"
+else
+  rm -rf "$RUN"
+  run $PY -m tagtrain train --data "$DATA" --model short_chunk_cnn --width 0.25 \
+    --epochs 30 --batch-size 16 --workers "$WORKERS" --schedule early_stop --patience 6 \
+    --lr 1e-3 --max-minutes "$TRAIN_MINUTES" --out "$RUN"
+fi
+
+stage "5/7 evaluate on the test split (16 chunks per track)"
+run $PY -m tagtrain evaluate --run "$RUN" --data "$DATA" --split test --chunks 16
+
+stage "6/7 robustness: clean vs every perturbed test set"
+run $PY -m tagtrain robustness --run "$RUN" --data "$DATA"
+
+stage "7/7 report"
+run $PY -m tagtrain report --run "$RUN" --data "$DATA" --commands "$COMMANDS"
+echo
+echo "demo finished in $(( $(date +%s) - start )) s"
+echo "report: $(cd "$RUN" && pwd)/report.html"

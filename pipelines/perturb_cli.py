@@ -1,0 +1,185 @@
+"""`beam_runner.py perturb`: arguments, source and output checks, running, and the summary."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+
+from pipelines import beam_io
+from pipelines.card import CARD_NAME, REJECTS_NAME, parse_card
+from pipelines.deformations import load_deformations
+from pipelines.perturb import (
+    AUGMENTED_DIR,
+    PERTURBED_DIR,
+    Perturb,
+    PerturbConfig,
+    PerturbError,
+    check_source,
+    make_targets,
+)
+from pipelines.prepare_cli import check_existing
+from pipelines.runner_options import ProgressBar, is_local, pipeline_options
+
+MAX_AUGMENT = 100
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "perturb",
+        help="deformed copies of a prepared split (MUDA robustness sets, offline augmentation)",
+        description="Deform every track of one split of a prepared dataset (from the PCM in "
+        "its shards) and write one dataset per deformation, or K random copies per track "
+        "with --augment. Unknown flags pass through to Beam.",
+    )
+    p.add_argument("--dataset", required=True, help="prepared dataset directory or bucket prefix")
+    p.add_argument("--split", default=None, help="default: test, or train with --augment")
+    p.add_argument(
+        "--deformations",
+        default=None,
+        help="'paper' (the 8 of the robustness protocol, default) or a YAML/JSON file",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the noise of every deformation")
+    p.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="K",
+        help="write K randomly deformed copies per track instead (offline augmentation)",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        help=f"default: DATASET/{PERTURBED_DIR} (one dataset per deformation under it), "
+        f"or DATASET/{AUGMENTED_DIR} with --augment",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an output of another config")
+    p.set_defaults(run=run)
+
+
+def read_source_card(dataset: str) -> dict:
+    path = beam_io.join(dataset, CARD_NAME)
+    data = beam_io.read_bytes(path)
+    if data is None:
+        raise FileNotFoundError(f"no dataset card at {path}: run beam_runner.py prepare first")
+    return parse_card(data, path)
+
+
+def check_args(args) -> None:
+    if args.seed < 0:
+        raise ValueError("--seed must be >= 0")
+    if not 0 <= args.augment <= MAX_AUGMENT:
+        raise ValueError(f"--augment must be within 0..{MAX_AUGMENT}")
+    if args.augment and args.deformations is not None:
+        raise ValueError("--augment draws random deformations; leave out --deformations")
+
+
+def build_config(args, beam_args: list[str]) -> PerturbConfig:
+    check_args(args)
+    dataset = args.dataset.rstrip("/")
+    split = args.split or ("train" if args.augment else "test")
+    deformations = [] if args.augment else load_deformations(args.deformations or "paper")
+    card = read_source_card(dataset)
+    check_source(card, split, dataset)
+    root = args.output or beam_io.join(dataset, AUGMENTED_DIR if args.augment else PERTURBED_DIR)
+    cfg = PerturbConfig(
+        dataset=dataset,
+        split=split,
+        source_card=card,
+        targets=make_targets(card, split, root.rstrip("/"), deformations, args.augment),
+        seed=args.seed,
+        output_root=root.rstrip("/"),
+        filesystem_args=tuple(beam_args),
+    )
+    missing = [n for n in cfg.shards if not beam_io.exists(beam_io.join(dataset, n))]
+    if missing:
+        raise PerturbError(f"{dataset}: {len(missing)} shard(s) of the card are missing, e.g. "
+                           f"{missing[0]}")  # fmt: skip
+    return cfg
+
+
+def run(args, beam_args: list[str]) -> int:
+    import apache_beam as beam
+
+    options, runner = pipeline_options(beam_args)
+    beam_io.configure(tuple(beam_args))
+    cfg = build_config(args, beam_args)
+    for target in cfg.targets:
+        check_existing(target.output, cfg.identity(target), args.force)
+    if not beam_io.is_url(cfg.targets[0].output):
+        for target in cfg.targets:
+            os.makedirs(target.output, exist_ok=True)
+    items = cfg.num_tracks * sum(t.copies for t in cfg.targets)
+    what = (
+        f"{cfg.targets[0].copies} augmented copies per track"
+        if args.augment
+        else f"{len(cfg.targets)} deformations ({', '.join(t.name for t in cfg.targets)})"
+    )
+    print(f"perturb: {cfg.num_tracks} {cfg.split} tracks x {what}, seed {cfg.seed}, "
+          f"runner {runner}")  # fmt: skip
+    start = time.time()
+    progress = None
+    if is_local(runner):
+        progress = os.path.join(tempfile.mkdtemp(prefix="perturb-progress-"), "ticks")
+        cfg = PerturbConfig(**{**cfg.__dict__, "progress_path": progress})
+    bar = ProgressBar(progress, items, "perturb") if progress else contextlib.nullcontext()
+    with bar:
+        with beam.Pipeline(options=options) as pipeline:
+            _ = pipeline | "Perturb" >> Perturb(cfg)
+        result = pipeline.result
+    print_summary(cfg, time.time() - start, result)
+    return 0
+
+
+def print_summary(cfg: PerturbConfig, seconds: float, result=None) -> None:
+    """End-of-job table, one row per written dataset, from the cards and Beam counters."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"perturb: {cfg.dataset} [{cfg.split}]")
+    for col in ("deformation", "samples", "rejects", "shards", "hours", "GB", "inputs"):
+        t.add_column(col, justify="left" if col == "deformation" else "right")
+    unbalanced, reasons, items = [], {}, 0
+    for target in cfg.targets:
+        card = json.loads(beam_io.read_bytes(beam_io.join(target.output, CARD_NAME)))
+        counts = card["counts"]
+        split = card["splits"].get(cfg.split, {"seconds": 0.0, "shards": []})
+        balanced = counts["inputs"] == counts["samples"] + counts["rejects"]
+        if not balanced:
+            unbalanced.append(target.name)
+        for reason, n in counts["rejects_by_reason"].items():
+            reasons[reason] = reasons.get(reason, 0) + n
+        items += counts["inputs"]
+        t.add_row(
+            target.name,
+            str(counts["samples"]),
+            str(counts["rejects"]),
+            str(len(split["shards"])),
+            f"{split['seconds'] / 3600:.2f}",
+            f"{sum(s['bytes'] for s in split['shards']) / 1e9:.3f}",
+            f"{counts['inputs']} {'ok' if balanced else 'MISMATCH'}",
+        )
+    console = Console()
+    console.print(t)
+    if reasons:
+        listed = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
+        console.print(f"rejects by reason: {listed}  (see each dataset's {REJECTS_NAME})")
+    if result is not None:
+        try:
+            counters = {
+                c.key.metric.name: c.committed for c in result.metrics().query()["counters"]
+            }
+            if counters:
+                console.print(
+                    "counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
+                )
+        except Exception:  # some runners do not report metrics
+            pass
+    console.print(
+        f"wrote {len(cfg.targets)} dataset(s) under {cfg.output_root}; "
+        f"{seconds:.1f} s ({items / max(seconds, 1e-9):.2f} deformed tracks/s)"
+    )
+    if unbalanced:
+        raise RuntimeError(f"inputs != samples + rejects in {', '.join(unbalanced)}")

@@ -1,0 +1,246 @@
+"""`python -m tagtrain evaluate`: macro ROC-AUC / PR-AUC and a per-tag table for a run.
+
+Chunk-level models average their sigmoid outputs over `--chunks` evenly spaced chunks of
+each track; song-level models see one whole-input crop (the trainer's `predict_split`).
+Tags with no positives or no negatives in the split have no AUC: they are left out of the
+macro averages and listed, never averaged in as NaN.
+
+Writes, in the run directory, `metrics.json` and `per_tag.csv` for the test split of the
+run's own dataset; other splits get `metrics-{split}.json`, other datasets
+`metrics-{dataset}-{hash}-{split}.json` (and the same for per_tag), so nothing is
+overwritten by a different evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tagtrain.data import LoaderStats
+from tagtrain.metrics import TagScores, tag_scores
+from tagtrain.runs import (
+    RUN_ERRORS,
+    EvalSet,
+    RunError,
+    TrainedRun,
+    add_run_arguments,
+    check_run_arguments,
+    fail,
+    load_run,
+    loader_config,
+    open_split,
+    same_data,
+)
+
+COMMAND = "evaluate"
+HELP = "macro ROC-AUC / PR-AUC and per-tag scores of a trained run on a split"
+PER_TAG_FIELDS = ("tag", "positives", "roc_auc", "pr_auc")
+
+
+@dataclass
+class Evaluation:
+    run: TrainedRun
+    data: str
+    split: str
+    chunks: int  # chunks averaged per track (1 for song-level models)
+    labels: np.ndarray  # [tracks, tags]
+    probs: np.ndarray  # [tracks, tags], chunk-averaged
+    scores: TagScores
+    stats: LoaderStats
+
+    @property
+    def tracks(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def positives(self) -> list[int]:
+        return self.labels.sum(axis=0).round().astype(int).tolist()
+
+    def per_tag(self) -> list[dict]:
+        """One row per tag, in vocabulary order; excluded tags have no AUCs (None)."""
+        return [
+            {
+                "tag": tag,
+                "positives": pos,
+                "roc_auc": _number(roc),
+                "pr_auc": _number(pr),
+            }
+            for tag, pos, roc, pr in zip(
+                self.run.vocabulary, self.positives, self.scores.per_tag_roc, self.scores.per_tag_pr
+            )
+        ]
+
+    def excluded(self) -> dict[str, str]:
+        """The tags left out of the macro averages, and why (vocabulary order)."""
+        out = {}
+        for tag, pos in zip(self.run.vocabulary, self.positives):
+            if pos == 0:
+                out[tag] = "no positives"
+            elif pos == self.tracks:
+                out[tag] = "no negatives"
+        return out
+
+    def summary(self) -> dict:
+        excluded = self.excluded()
+        return {
+            "run": str(self.run.dir),
+            "model": self.run.model_name,
+            "checkpoint": self.run.checkpoint.name,
+            "data": self.data,
+            "split": self.split,
+            "chunks": self.chunks,
+            "tracks": self.tracks,
+            "tags": len(self.run.vocabulary),
+            "roc_auc": _number(self.scores.roc_auc),
+            "pr_auc": _number(self.scores.pr_auc),
+            "evaluated_tags": self.scores.evaluated_tags,
+            "excluded_tags": list(excluded),
+            "excluded_reasons": excluded,
+            "loader": {
+                "shard_errors": self.stats.shard_errors,
+                "bad_samples": self.stats.bad_samples,
+                "errors": self.stats.errors,
+            },
+        }
+
+
+def _number(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def evaluate_set(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -> Evaluation:
+    """Chunk-averaged predictions for every track of the split, scored per tag."""
+    from tagtrain.train import DistEnv, predict_split
+
+    cfg = loader_config(run, eval_set, args)
+    preds = predict_split(
+        run.model,
+        eval_set.shards,
+        eval_set.plan,
+        run.vocabulary,
+        cfg,
+        eval_set.device_input,
+        DistEnv(),
+        run.autocast_dtype,
+    )
+    if preds.labels.shape[0] == 0:
+        first = preds.stats.errors[0] if preds.stats.errors else "no samples"
+        raise RunError(f"no track of {eval_set.data} split {eval_set.split} could be read: {first}")
+    return Evaluation(
+        run,
+        eval_set.data,
+        eval_set.split,
+        cfg.eval_chunks,
+        preds.labels,
+        preds.probs,
+        tag_scores(preds.labels, preds.probs),
+        preds.stats,
+    )
+
+
+# --- outputs ---------------------------------------------------------------------------
+
+
+def dataset_label(data: str) -> str:
+    """A file-name-safe, collision-free label for a dataset location."""
+    base = re.sub(r"[^A-Za-z0-9._+-]+", "_", data.rstrip("/").rsplit("/", 1)[-1]) or "data"
+    digest = hashlib.sha256(data.rstrip("/").encode()).hexdigest()[:6]
+    return f"{base}-{digest}"
+
+
+def result_paths(run: TrainedRun, data: str, split: str) -> tuple[Path, Path]:
+    """(metrics JSON, per-tag CSV) in the run directory for this evaluation."""
+    if same_data(data, run.config.data):
+        suffix = "" if split == "test" else f"-{split}"
+    else:
+        suffix = f"-{dataset_label(data)}-{split}"
+    return run.dir / f"metrics{suffix}.json", run.dir / f"per_tag{suffix}.csv"
+
+
+def write_results(evaluation: Evaluation) -> tuple[Path, Path]:
+    metrics_path, per_tag_path = result_paths(evaluation.run, evaluation.data, evaluation.split)
+    metrics_path.write_text(json.dumps(evaluation.summary(), indent=2) + "\n")
+    with open(per_tag_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, PER_TAG_FIELDS)
+        writer.writeheader()
+        for row in evaluation.per_tag():
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return metrics_path, per_tag_path
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def print_evaluation(evaluation: Evaluation) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    table = Table(
+        title=f"{evaluation.run.name}: {evaluation.split} split, {evaluation.tracks} tracks",
+        title_justify="left",
+    )
+    table.add_column("tag")
+    for name in ("positives", "ROC-AUC", "PR-AUC"):
+        table.add_column(name, justify="right")
+    for row in evaluation.per_tag():
+        table.add_row(row["tag"], str(row["positives"]), fmt(row["roc_auc"]), fmt(row["pr_auc"]))
+    s = evaluation.summary()
+    table.add_section()
+    table.add_row(
+        f"macro over {s['evaluated_tags']} tags",
+        "",
+        fmt(s["roc_auc"]),
+        fmt(s["pr_auc"]),
+        style="bold",
+    )
+    console.print(table)
+    level = (
+        f"{evaluation.chunks} chunks per track"
+        if evaluation.run.spec.chunk_level
+        else ("one whole-input crop per track (song-level model)")
+    )
+    console.print(f"{evaluation.run.describe()}; {level}")
+    for tag, reason in s["excluded_reasons"].items():
+        console.print(f"left out of the macro averages: {tag} ({reason})")
+    if evaluation.stats.shard_errors or evaluation.stats.bad_samples:
+        first = evaluation.stats.errors[0] if evaluation.stats.errors else ""
+        console.print(
+            f"loader: {evaluation.stats.shard_errors} shard error(s), "
+            f"{evaluation.stats.bad_samples} bad sample(s) skipped; first: {first}"
+        )
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory (config.json, best.pt, ...)")
+    parser.add_argument(
+        "--data", default=None, help="dataset directory or URL (default: the run's own dataset)"
+    )
+    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    add_run_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        check_run_arguments(args)
+        trained = load_run(args.run, args.checkpoint, args.device)
+        data = args.data or trained.config.data
+        evaluation = evaluate_set(trained, open_split(trained, data, args.split), args)
+        paths = write_results(evaluation)
+    except RUN_ERRORS as exc:
+        return fail(exc)
+    print_evaluation(evaluation)
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0

@@ -1,0 +1,293 @@
+"""`python -m tagtrain robustness`: runs evaluated on the clean test split and on every
+deformed copy of it under `DATA/perturbed/*/` (written by `beam_runner.py perturb`).
+
+One table: ROC-AUC, PR-AUC and their drop from clean (clean minus deformed, so a positive
+drop is a loss), per deformation and run; printed, and written as `robustness.csv` and
+`robustness.json`, with `robustness.png`: each run's ROC-AUC and PR-AUC across the
+deformations, its clean score drawn as a reference line (after Figure 2 of Won et al.,
+"Evaluation of CNN-based automatic music tagging models", 2020).
+
+Every set is normalised with the statistics each run trained with (see tagtrain.runs):
+the clean card's, which the perturbed cards copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.card import CARD_NAME
+from tagtrain.data import load_card
+from tagtrain.evaluate import evaluate_set, fmt
+from tagtrain.openers import filesystem, join_url, local_path, scheme_of
+from tagtrain.runs import (
+    RUN_ERRORS,
+    RunError,
+    TrainedRun,
+    add_run_arguments,
+    check_run_arguments,
+    fail,
+    load_run,
+    open_split,
+)
+
+COMMAND = "robustness"
+HELP = "evaluate runs on the clean test split and every perturbed copy of it"
+CLEAN = "clean"
+PERTURBED_DIR = "perturbed"
+ROW_FIELDS = (
+    "run",
+    "model",
+    "deformation",
+    "params",
+    "tracks",
+    "roc_auc",
+    "pr_auc",
+    "roc_auc_drop",
+    "pr_auc_drop",
+)
+# The figure's size, fixed so that its pixel size is known: 1200 x 450.
+FIGURE_INCHES = (12.0, 4.5)
+FIGURE_DPI = 100
+
+
+@dataclass(frozen=True)
+class TestSet:
+    name: str  # CLEAN or the deformation's name
+    data: str
+    card: dict
+    params: dict  # the deformation's parameters ({} for the clean set)
+
+
+def _paper_order() -> list[str]:
+    from pipelines.deformations import paper_set
+
+    return [d.name for d in paper_set()]
+
+
+def perturbed_dirs(root: str, options: dict | None = None) -> list[str]:
+    """Locations of the perturbed sets directly under `root` (those holding a card)."""
+    if scheme_of(root) in ("", "file"):
+        base = Path(local_path(root))
+        if not base.is_dir():
+            return []
+        return [str(p) for p in sorted(base.iterdir()) if (p / CARD_NAME).is_file()]
+    if scheme_of(root) in ("http", "https"):
+        raise RunError(f"cannot list {root} over HTTP: give a local path or a bucket URL")
+    fs = filesystem(root, options)
+    protocol = root.split("://", 1)[0]
+    try:
+        entries = fs.ls(root.rstrip("/"), detail=True)
+    except FileNotFoundError:
+        return []
+    dirs = sorted(e["name"] for e in entries if e.get("type") == "directory")
+    found = [f"{protocol}://{d.split('://', 1)[-1]}" for d in dirs]
+    return [d for d in found if fs.exists(join_url(d, CARD_NAME))]
+
+
+def find_sets(data: str, perturbed: str, options: dict | None = None) -> list[TestSet]:
+    """The clean set, then every perturbed set under `perturbed`: the paper's eight in
+    their order, then any others by name."""
+    sets = [TestSet(CLEAN, data, load_card(data, options), {})]
+    found = []
+    for location in perturbed_dirs(perturbed, options):
+        card = load_card(location, options)
+        deformation = card.get("deformation") or {}
+        name = deformation.get("name") or location.rstrip("/").rsplit("/", 1)[-1]
+        found.append(TestSet(name, location, card, dict(deformation.get("params") or {})))
+    order = {name: i for i, name in enumerate(_paper_order())}
+    found.sort(key=lambda s: (order.get(s.name, len(order)), s.name))
+    return sets + found
+
+
+def run_labels(runs: list[TrainedRun]) -> list[str]:
+    """Short distinct names: the directory name, with its parent when two share one."""
+    labels = [r.dir.name for r in runs]
+    for i, r in enumerate(runs):
+        if labels.count(r.dir.name) > 1:
+            labels[i] = f"{r.dir.parent.name}/{r.dir.name}"
+    return [label if labels.count(label) == 1 else f"{label}#{i}" for i, label in enumerate(labels)]
+
+
+def robustness_rows(
+    runs: list[TrainedRun], sets: list[TestSet], split: str, args: argparse.Namespace
+) -> list[dict]:
+    rows = []
+    for run, label in zip(runs, run_labels(runs)):
+        clean = None
+        for test_set in sets:
+            evaluation = evaluate_set(
+                run, open_split(run, test_set.data, split, test_set.card), args
+            )
+            summary = evaluation.summary()
+            roc, pr = summary["roc_auc"], summary["pr_auc"]
+            if clean is None:
+                clean = (roc, pr)
+            rows.append(
+                {
+                    "run": label,
+                    "model": run.model_name,
+                    "deformation": test_set.name,
+                    "params": json.dumps(test_set.params, sort_keys=True),
+                    "tracks": evaluation.tracks,
+                    "roc_auc": roc,
+                    "pr_auc": pr,
+                    "roc_auc_drop": _drop(clean[0], roc),
+                    "pr_auc_drop": _drop(clean[1], pr),
+                }
+            )
+            print(f"  {label} / {test_set.name}: ROC-AUC {fmt(roc)}  PR-AUC {fmt(pr)}", flush=True)
+    return rows
+
+
+def _drop(clean: float | None, value: float | None) -> float | None:
+    return None if clean is None or value is None else clean - value
+
+
+# --- outputs ---------------------------------------------------------------------------
+
+
+def write_tables(rows: list[dict], report: dict, out_dir: Path) -> tuple[Path, Path]:
+    csv_path, json_path = out_dir / "robustness.csv", out_dir / "robustness.json"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, ROW_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row[k] is None else row[k] for k in ROW_FIELDS})
+    json_path.write_text(json.dumps({**report, "rows": rows}, indent=2) + "\n")
+    return csv_path, json_path
+
+
+def plot(rows: list[dict], labels: list[str], set_names: list[str], path: Path) -> Path:
+    """ROC-AUC and PR-AUC per deformation, one marker series per run (side by side within
+    each deformation); each run's clean score is a dotted line, and a stem joins it to the
+    deformed score, so the stem's length is the drop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=FIGURE_INCHES)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    spread = 0.6 / max(1, len(labels))
+    for ax, metric, title in zip(axes, ("roc_auc", "pr_auc"), ("ROC-AUC", "PR-AUC")):
+        for i, label in enumerate(labels):
+            colour = colours[i % len(colours)]
+            by_set = {r["deformation"]: r[metric] for r in rows if r["run"] == label}
+            clean = by_set.get(CLEAN)
+            shift = (i - (len(labels) - 1) / 2) * spread
+            points = [(j + shift, by_set.get(n)) for j, n in enumerate(set_names)]
+            points = [(x, v) for x, v in points if v is not None]
+            if points:
+                ax.plot(*zip(*points), "o", color=colour, label=label)
+            if clean is not None:
+                ax.axhline(clean, color=colour, linestyle=":", linewidth=1)
+                ax.vlines([x for x, _ in points], clean, [v for _, v in points], color=colour)
+        ax.set_xticks(range(len(set_names)), set_names, rotation=30, ha="right")
+        ax.set(title=f"{title} under deformations (dotted: clean)", ylabel=f"macro {title}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIGURE_DPI)
+    plt.close(fig)
+    return path
+
+
+def print_table(rows: list[dict], labels: list[str], set_names: list[str], split: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"robustness on the {split} split (change from clean in brackets)",
+        title_justify="left",
+    )
+    table.add_column("deformation")
+    for label in labels:
+        table.add_column(f"{label}\nROC-AUC", justify="right")
+        table.add_column(f"{label}\nPR-AUC", justify="right")
+    index = {(r["run"], r["deformation"]): r for r in rows}
+    for name in set_names:
+        cells = []
+        for label in labels:
+            row = index.get((label, name))
+            for metric in ("roc_auc", "pr_auc"):
+                if row is None:
+                    cells.append("-")
+                elif name == CLEAN:
+                    cells.append(fmt(row[metric]))
+                else:
+                    drop = row[f"{metric}_drop"]
+                    change = "-" if drop is None else f"{-drop:+.4f}"
+                    cells.append(f"{fmt(row[metric])} ({change})")
+        table.add_row(name, *cells)
+    Console(highlight=False, width=max(100, 30 + 36 * len(labels))).print(table)
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run", action="append", required=True, help="run directory (repeat to compare runs)"
+    )
+    parser.add_argument(
+        "--data", default=None, help="the clean dataset holding perturbed/ (default: first run's)"
+    )
+    parser.add_argument(
+        "--perturbed",
+        default=None,
+        help=f"folder holding one dataset per deformation (default DATA/{PERTURBED_DIR})",
+    )
+    parser.add_argument("--split", default="test", help="the split that was perturbed (test)")
+    parser.add_argument("--out", default=None, help="output directory (default RUN/robustness)")
+    add_run_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        check_run_arguments(args)
+        runs = [load_run(r, args.checkpoint, args.device) for r in args.run]
+        data = args.data or runs[0].config.data
+        perturbed = args.perturbed or join_url(data, PERTURBED_DIR)
+        sets = find_sets(data, perturbed, runs[0].config.effective_storage_options())
+        if len(sets) == 1:
+            raise RunError(
+                f"no perturbed sets under {perturbed}: run "
+                f"`python beam_runner.py perturb --dataset {data} --split {args.split}`"
+            )
+        out_dir = Path(args.out) if args.out else runs[0].dir / "robustness"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(f"{len(runs)} run(s) x {len(sets)} sets ({args.split} split of {data})", flush=True)
+        rows = robustness_rows(runs, sets, args.split, args)
+    except RUN_ERRORS as exc:
+        return fail(exc)
+    labels = run_labels(runs)
+    set_names = [s.name for s in sets]
+    report = {
+        "data": data,
+        "split": args.split,
+        "chunks": args.chunks,
+        "runs": [
+            {
+                "label": label,
+                "dir": str(r.dir),
+                "model": r.model_name,
+                "checkpoint": r.checkpoint.name,
+            }
+            for label, r in zip(labels, runs)
+        ],
+        "perturbed": perturbed,
+        "sets": [{"name": s.name, "data": s.data, "params": s.params} for s in sets],
+    }
+    csv_path, json_path = write_tables(rows, report, out_dir)
+    figure = plot(rows, labels, set_names, out_dir / "robustness.png")
+    print_table(rows, labels, set_names, args.split)
+    missing = [n for n in _paper_order() if n not in set_names]
+    if missing:
+        print(f"note: the paper's protocol also has {', '.join(missing)} (not found)")
+    print(f"wrote {csv_path}, {json_path}")
+    print(f"figure: {figure}")
+    return 0

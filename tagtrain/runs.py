@@ -1,0 +1,250 @@
+"""A trained run, ready to use: its config and a checkpoint turned back into a model.
+
+Shared by `evaluate`, `robustness`, `tag` and `embed`. The checkpoint carries everything
+inference needs (model name and width, vocabulary, the input plan with the model's
+feature configuration, the normalisation it trained with), so a run directory alone is
+enough to tag audio; a dataset to evaluate on is checked against it here.
+
+Normalisation always comes from the checkpoint: the statistics the model trained with
+(the clean training card's mel_stats, or estimated ones), never those of the set being
+evaluated, so a deformed copy is normalised exactly like the clean data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipelines.card import CardError
+from tagtrain import checkpoint as ckpt
+from tagtrain.config import ConfigError, RunConfig, apply
+from tagtrain.data import (
+    DeviceInput,
+    InputPlan,
+    LoaderConfig,
+    LoaderError,
+    ShardInfo,
+    load_card,
+    plan_input,
+    split_shards,
+)
+from tagtrain.openers import OpenerError
+from tagtrain.registry import InputSpec, create_model
+
+CHECKPOINTS = {"best": ckpt.BEST, "last": ckpt.LAST}
+
+
+class RunError(ValueError):
+    """A run directory (or its use) that cannot work; the message is one line."""
+
+
+# Everything a command may turn into one `error: ...` line.
+RUN_ERRORS = (
+    RunError,
+    ConfigError,
+    CardError,
+    LoaderError,
+    OpenerError,
+    ckpt.CheckpointError,
+    OSError,
+)
+
+
+@dataclass
+class TrainedRun:
+    dir: Path
+    config: RunConfig
+    checkpoint: Path
+    model: nn.Module  # in eval mode, on `device`
+    vocabulary: list[str]
+    plan: InputPlan  # how the model was fed in training
+    mean: list[float] | None  # per-band normalisation it trained with
+    std: list[float] | None
+    card_checksum: str
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model
+
+    @property
+    def spec(self) -> InputSpec:
+        return self.model.input_spec
+
+    def describe(self) -> str:
+        level = "chunk-level" if self.spec.chunk_level else "song-level"
+        return (
+            f"{self.model_name} (width {self.config.width:g}, {level}, "
+            f"{self.spec.samples / self.spec.sample_rate:.2f} s input) from {self.checkpoint}"
+        )
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedRun:
+    """The run's model with the chosen checkpoint's weights (torch.load weights_only)."""
+    from tagtrain.train import amp_settings, resolve_device
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"no run directory at {run_dir}")
+    if checkpoint not in CHECKPOINTS:
+        raise RunError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint}")
+    path = run_dir / CHECKPOINTS[checkpoint]
+    if checkpoint == "best" and not path.is_file() and (run_dir / ckpt.LAST).is_file():
+        raise RunError(f"{run_dir} has no best.pt yet (no validated epoch): use --checkpoint last")
+    try:
+        torch_device = resolve_device(device, 0)
+    except RuntimeError as exc:  # an unparsable device string
+        raise RunError(f"bad --device {device!r}: {_first_line(exc)}") from None
+    state = ckpt.load_checkpoint(path)
+    try:
+        config = apply(RunConfig(), json.loads(state["config"]), f"{path} config")
+        vocabulary = [str(t) for t in state["vocabulary"]]
+        plan = InputPlan(**{k: state["input_plan"][k] for k in _PLAN_FIELDS})
+        norm = state.get("normalisation") or {}
+        model = create_model(config.model, len(vocabulary), seed=None, width=config.width)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise RunError(f"{path} does not fit its run: {_first_line(exc)}") from None
+    model.to(torch_device).eval()
+    autocast_dtype, _ = amp_settings(config.precision, torch_device)
+    return TrainedRun(
+        dir=run_dir,
+        config=config,
+        checkpoint=path,
+        model=model,
+        vocabulary=vocabulary,
+        plan=plan,
+        mean=norm.get("mean"),
+        std=norm.get("std"),
+        card_checksum=str(state.get("card_checksum", "")),
+        device=torch_device,
+        autocast_dtype=autocast_dtype,
+    )
+
+
+_PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(InputPlan))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+@dataclass
+class EvalSet:
+    """One split of one dataset, checked against a run and ready to stream."""
+
+    data: str
+    split: str
+    card: dict
+    shards: list[ShardInfo]
+    plan: InputPlan
+    device_input: DeviceInput
+
+    @property
+    def tracks(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+
+def open_split(run: TrainedRun, data: str, split: str, card: dict | None = None) -> EvalSet:
+    """Check a dataset split against the run: same vocabulary, features the model can eat."""
+    options = run.config.effective_storage_options()
+    card = card if card is not None else load_card(data, options)
+    if list(card["vocabulary"]) != run.vocabulary:
+        raise RunError(
+            f"{data}: its vocabulary ({len(card['vocabulary'])} tags) differs from the one "
+            f"{run.name} was trained on ({len(run.vocabulary)} tags)"
+        )
+    plan = plan_input(card, run.spec, source=data)
+    # The run's own statistics, not this card's (see the module docs).
+    plan = dataclasses.replace(plan, mean=None, std=None)
+    device_input = DeviceInput(plan, run.device, run.mean, run.std)
+    shards = split_shards(card, data, split)
+    if not shards:
+        raise RunError(f"{data}: split {split!r} has no shards")
+    return EvalSet(data, split, card, shards, plan, device_input)
+
+
+def loader_config(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -> LoaderConfig:
+    """Evaluation loading: fixed, evenly spaced crops; no more workers than shards."""
+    return LoaderConfig(
+        batch_size=args.batch_size,
+        workers=min(args.workers, len(eval_set.shards)),
+        shuffle_buffer=0,
+        train=False,
+        eval_chunks=args.chunks if run.spec.chunk_level else 1,
+        storage_options=run.config.effective_storage_options(),
+    )
+
+
+def same_data(a: str, b: str) -> bool:
+    """Whether two dataset locations are the same (local paths compared resolved)."""
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
+
+
+# --- shared command-line pieces --------------------------------------------------------
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, chunks: bool = True) -> None:
+    parser.add_argument(
+        "--checkpoint", choices=tuple(CHECKPOINTS), default="best", help="default: best"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=8, help="tracks per batch (default 8)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="loader processes (default 2; 0 = main process)"
+    )
+    if chunks:
+        parser.add_argument(
+            "--chunks",
+            type=int,
+            default=16,
+            help="evenly spaced chunks averaged per track for chunk-level models (default 16)",
+        )
+
+
+def check_run_arguments(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise RunError("--batch-size must be at least 1")
+    if args.workers < 0:
+        raise RunError("--workers must not be negative")
+    if getattr(args, "chunks", 1) < 1:
+        raise RunError("--chunks must be at least 1")
+
+
+def fail(exc: BaseException) -> int:
+    """Print an expected failure as one line; the exit status of a bad invocation."""
+    print(f"error: {_first_line(exc)}", file=sys.stderr)
+    return 2
+
+
+__all__ = [
+    "CHECKPOINTS",
+    "RUN_ERRORS",
+    "EvalSet",
+    "RunError",
+    "TrainedRun",
+    "add_run_arguments",
+    "check_run_arguments",
+    "fail",
+    "load_run",
+    "loader_config",
+    "open_split",
+    "same_data",
+]

@@ -1,0 +1,195 @@
+"""`python -m tagtrain tag FILE_OR_DIR... --run RUN`: tag audio files with a trained run.
+
+Each file is decoded, downmixed and resampled with the pipeline's own `load_audio`, rounded
+to int16 like the shards' PCM, and cut into the model's input window: consecutive
+windows, the last one aligned with the end of the file so the whole file is covered.
+Each window becomes the model's input exactly as in training from PCM (the run's feature
+configuration and normalisation, through `DeviceInput`); the sigmoid outputs are averaged
+over the windows. A file shorter than one window is zero-padded to one window, and the
+output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.audio import AudioRejected, load_audio, to_int16
+from tagtrain.data import DeviceInput
+from tagtrain.runs import RUN_ERRORS, RunError, TrainedRun, fail, load_run
+
+COMMAND = "tag"
+HELP = "tag audio files (any length) with a trained run"
+AUDIO_SUFFIXES = frozenset(
+    ".mp3 .wav .flac .ogg .oga .opus .m4a .aac .aif .aiff .au .wma .mp4".split()
+)
+
+
+@dataclass
+class TagResult:
+    file: str
+    seconds: float
+    windows: int
+    padded: bool
+    probabilities: np.ndarray  # [tags], averaged over windows
+
+    def top(self, vocabulary: list[str], n: int) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probabilities, kind="stable")[:n]
+        return [(vocabulary[i], float(self.probabilities[i])) for i in order]
+
+
+def audio_files(paths: list[str]) -> list[Path]:
+    """The files named, and the audio files under the directories named (sorted)."""
+    files = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+            )
+            if not found:
+                raise RunError(f"no audio files under {path}")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise RunError(f"no such file or directory: {path}")
+    return files
+
+
+def window_offsets(total: int, length: int) -> list[int]:
+    """Starts of consecutive windows covering [0, total); the last ends at `total`."""
+    if total <= length:
+        return [0]
+    offsets = list(range(0, total - length + 1, length))
+    if offsets[-1] + length < total:
+        offsets.append(total - length)
+    return offsets
+
+
+def pcm_input(run: TrainedRun) -> DeviceInput:
+    """Model input from int16 PCM windows: the run's features and normalisation."""
+    kind = run.plan.kind
+    plan = dataclasses.replace(
+        run.plan,
+        member="pcm.npy",
+        length=run.spec.samples,
+        device_feature=None if kind == "pcm" else kind,
+    )
+    return DeviceInput(plan, run.device, run.mean, run.std)
+
+
+def tag_file(run: TrainedRun, path: Path, device_input: DeviceInput, batch_size: int) -> TagResult:
+    sample_rate = run.plan.feature_config.sample_rate
+    decoded = load_audio(path.read_bytes(), sample_rate, suffix=path.suffix, min_seconds=0.0)
+    pcm = torch.from_numpy(to_int16(decoded.pcm))
+    length = run.spec.samples
+    padded = len(pcm) < length
+    if padded:
+        pcm = torch.nn.functional.pad(pcm, (0, length - len(pcm)))
+    offsets = window_offsets(len(pcm), length)
+    total = torch.zeros(len(run.vocabulary), dtype=torch.float64)
+    dtype = run.autocast_dtype
+    with torch.inference_mode():
+        for start in range(0, len(offsets), batch_size):
+            windows = torch.stack(
+                [pcm[o : o + length] for o in offsets[start : start + batch_size]]
+            )
+            x = device_input(windows)
+            with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
+                logits = run.model(x)
+            total += torch.sigmoid(logits.float()).sum(dim=0).double().cpu()
+    return TagResult(
+        str(path), decoded.seconds, len(offsets), padded, (total / len(offsets)).numpy()
+    )
+
+
+def padding_note(result: TagResult, run: TrainedRun) -> str:
+    window = run.spec.samples / run.spec.sample_rate
+    return (
+        f"note: {result.file} is {result.seconds:.2f} s, shorter than the model's "
+        f"{window:.2f} s window: zero-padded to one window"
+    )
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}:{rest:04.1f}"
+
+
+def print_result(result: TagResult, run: TrainedRun, top: int) -> None:
+    window = run.spec.samples / run.spec.sample_rate
+    plural = "s" if result.windows != 1 else ""
+    print(
+        f"{result.file}  ({_clock(result.seconds)}, {result.windows} window{plural} of {window:.2f} s)"
+    )
+    if result.padded:
+        print(f"  {padding_note(result, run)}")
+    width = max(len(t) for t in run.vocabulary)
+    for tag, p in result.top(run.vocabulary, top):
+        print(f"  {tag:<{width}}  {p:.3f}")
+
+
+def result_json(result: TagResult, run: TrainedRun, top: int) -> dict:
+    return {
+        "file": result.file,
+        "seconds": round(result.seconds, 3),
+        "windows": result.windows,
+        "window_seconds": round(run.spec.samples / run.spec.sample_rate, 4),
+        "padded": result.padded,
+        "tags": [
+            {"tag": t, "probability": round(p, 6)} for t, p in result.top(run.vocabulary, top)
+        ],
+    }
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="audio files or folders")
+    parser.add_argument("--run", required=True, help="run directory (config.json, best.pt, ...)")
+    parser.add_argument("--top", type=int, default=10, help="tags shown per file (default 10)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="windows per forward pass (default 16)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.top < 1:
+            raise RunError("--top must be at least 1")
+        if args.batch_size < 1:
+            raise RunError("--batch-size must be at least 1")
+        files = audio_files(args.paths)
+        trained = load_run(args.run, args.checkpoint, args.device)
+    except RUN_ERRORS as exc:
+        return fail(exc)
+    device_input = pcm_input(trained)
+    results, failed = [], 0
+    for path in files:
+        try:
+            result = tag_file(trained, path, device_input, args.batch_size)
+        except (AudioRejected, OSError) as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            results.append(result_json(result, trained, args.top))
+            if result.padded:
+                print(padding_note(result, trained), file=sys.stderr)
+        else:
+            print_result(result, trained, args.top)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0

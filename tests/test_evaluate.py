@@ -1,0 +1,308 @@
+"""Evaluation, robustness, tagging and embeddings on runs trained here on the demo shards.
+
+Two real runs of a small short-chunk CNN: `short` (2 epochs) and `long` (the same run
+resumed to 4 epochs), so the robustness figure compares two different models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import shutil
+import struct
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from pipelines.deformations import paper_set
+from tagtrain.__main__ import main
+from tagtrain.config import RunConfig
+from tagtrain.registry import list_models
+from tagtrain.robustness import FIGURE_DPI, FIGURE_INCHES
+from tagtrain.runs import load_run
+from tagtrain.train import train
+from tests.conftest import run_cli
+
+# Tags the demo corpus makes learnable from a few seconds of audio: the clips are mastered
+# ~18 dB apart by dynamics class, and drums are either there or not.
+LEARNABLE = ("loud", "quiet", "drums", "no drums")
+FAST = ["--workers", "0", "--batch-size", "8"]
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """Run `python -m tagtrain ARGS` in this process: (status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(list(args))
+        except SystemExit as exc:  # argparse
+            status = exc.code
+    return status, out.getvalue(), err.getvalue()
+
+
+def one_line_error(status, stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error:"), stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def index(demo_dataset) -> list[dict]:
+    return pq.read_table(demo_dataset / "index.parquet").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def runs(demo_dataset, tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval_runs")
+    common = dict(
+        data=str(demo_dataset),
+        model="short_chunk_cnn",
+        width=0.25,
+        schedule="early_stop",
+        lr=1e-3,
+        batch_size=8,
+        workers=2,
+        val_chunks=2,
+        checkpoint_every=0,
+        progress=False,
+    )
+    short, long = base / "short", base / "long"
+    train(RunConfig(out=str(short), epochs=2, **common))
+    shutil.copytree(short, long)
+    train(RunConfig(out=str(long), epochs=4, **common), resume=True)
+    return short, long
+
+
+def test_evaluate_learns_the_learnable_tags_and_lists_every_tag(runs, demo_dataset, index):
+    _, long = runs
+    status, out, err = cli("evaluate", "--run", str(long), "--data", str(demo_dataset), *FAST)
+    assert status == 0, err
+    metrics = json.loads((long / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(long / "per_tag.csv")))
+    vocabulary = load_run(long).vocabulary
+    assert [r["tag"] for r in rows] == vocabulary
+    test_rows = [r for r in index if r["split"] == "test"]
+    assert metrics["tracks"] == len(test_rows) and metrics["chunks"] == 16
+    for row in rows:
+        assert int(row["positives"]) == sum(row["tag"] in r["tags"] for r in test_rows)
+    learnable = [float(r["roc_auc"]) for r in rows if r["tag"] in LEARNABLE]
+    assert len(learnable) == len(LEARNABLE)
+    assert np.mean(learnable) > 0.75, rows
+    scored = [float(r["roc_auc"]) for r in rows if r["roc_auc"]]
+    assert metrics["roc_auc"] == pytest.approx(np.mean(scored))
+    assert metrics["evaluated_tags"] == len(scored)
+    assert "macro over" in out and "loud" in out and str(long / "metrics.json") in out
+
+
+def test_split_with_a_tag_without_positives_lists_it(runs, index):
+    short, _ = runs
+    valid = [r for r in index if r["split"] == "valid"]
+    vocabulary = load_run(short).vocabulary
+    absent = [t for t in vocabulary if not any(t in r["tags"] for r in valid)]
+    assert absent, "the demo corpus's valid split should lack some tag"
+    status, out, err = cli("evaluate", "--run", str(short), "--split", "valid", "--chunks", "2")
+    assert status == 0, err
+    metrics = json.loads((short / "metrics-valid.json").read_text())
+    assert metrics["excluded_tags"] == absent
+    assert metrics["excluded_reasons"] == {t: "no positives" for t in absent}
+    assert metrics["evaluated_tags"] == len(vocabulary) - len(absent)
+    assert math.isfinite(metrics["roc_auc"]) and math.isfinite(metrics["pr_auc"])
+    for tag in absent:
+        assert f"{tag} (no positives)" in out
+    rows = {r["tag"]: r for r in csv.DictReader(open(short / "per_tag-valid.csv"))}
+    assert all(rows[t]["roc_auc"] == "" and rows[t]["positives"] == "0" for t in absent)
+    assert not (short / "metrics.json").exists()  # the test split's file is another one
+    # Same chunks as the trainer's validation: the best epoch's logged ROC-AUC again.
+    logged = [r for r in csv.DictReader(open(short / "metrics.csv")) if r["best"] == "1"]
+    assert metrics["roc_auc"] == pytest.approx(float(logged[-1]["roc_auc"]), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_robustness_covers_the_eight_deformations_and_both_runs(
+    runs, demo_dataset, index, tmp_path
+):
+    # A view of the shared dataset (links to its files), so the perturbed sets land in
+    # DATA/perturbed/ where robustness looks by default, without touching the fixture.
+    data = tmp_path / "data"
+    data.mkdir()
+    for entry in demo_dataset.iterdir():
+        if entry.name != "perturbed":
+            (data / entry.name).symlink_to(entry)
+    result = run_cli(
+        "beam_runner.py", "perturb", "--dataset", str(data), "--split", "test",
+        "--direct_num_workers=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    short, long = runs
+    status, out, err = cli(
+        "robustness", "--run", str(short), "--run", str(long), "--data", str(data),
+        "--chunks", "2", *FAST,
+    )  # fmt: skip
+    assert status == 0, err
+    out_dir = short / "robustness"  # the default: next to the first run
+    report = json.loads((out_dir / "robustness.json").read_text())
+    names = ["clean"] + [d.name for d in paper_set()]
+    assert [s["name"] for s in report["sets"]] == names
+    assert [r["label"] for r in report["runs"]] == ["short", "long"]
+    rows = report["rows"]
+    assert [(r["run"], r["deformation"]) for r in rows] == [
+        (run, name) for run in ("short", "long") for name in names
+    ]
+    n_test = sum(r["split"] == "test" for r in index)
+    assert all(r["tracks"] == n_test for r in rows)
+    for run in ("short", "long"):
+        mine = [r for r in rows if r["run"] == run]
+        clean = mine[0]
+        for r in mine:
+            assert r["roc_auc_drop"] == pytest.approx(clean["roc_auc"] - r["roc_auc"])
+            assert r["pr_auc_drop"] == pytest.approx(clean["pr_auc"] - r["pr_auc"])
+        # The deformed sets are really other audio: the scores move.
+        assert len({round(r["roc_auc"], 6) for r in mine}) > 4
+    assert {r["run"] for r in rows if r["deformation"] == "clean"} == {"short", "long"}
+    assert rows[0]["roc_auc"] != rows[len(names)]["roc_auc"]  # two different models
+    csv_rows = list(csv.DictReader(open(out_dir / "robustness.csv")))
+    assert len(csv_rows) == len(rows) and csv_rows[3]["deformation"] == names[3]
+
+    png = (out_dir / "robustness.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (FIGURE_INCHES[0] * FIGURE_DPI, FIGURE_INCHES[1] * FIGURE_DPI)
+    assert b"Software" in png and b"matplotlib" in png
+    assert "noise_0.4" in out and f"figure: {out_dir / 'robustness.png'}" in out
+
+
+def test_tag_a_ten_minute_file_and_a_half_second_file(runs, tmp_path):
+    _, long = runs
+    rng = np.random.default_rng(0)
+    sr = 22050
+    t = np.arange(600 * sr) / sr
+    ten_minutes = (0.2 * np.sin(2 * np.pi * 220 * t) + 0.02 * rng.standard_normal(t.size)).astype(
+        np.float32
+    )
+    sf.write(tmp_path / "long.wav", ten_minutes, sr, subtype="PCM_16")
+    half = np.stack([ten_minutes[: sr // 2]] * 2, axis=1)  # stereo, downmixed on decoding
+    sf.write(tmp_path / "short.flac", half, sr)
+    status, out, err = cli(
+        "tag", str(tmp_path / "long.wav"), str(tmp_path / "short.flac"), "--run", str(long),
+        "--top", "5", "--json",
+    )  # fmt: skip
+    assert status == 0, err
+    results = {r["file"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
+    window = 59049  # the short-chunk CNN's input, in samples at 16 kHz
+    assert results["long.wav"]["windows"] == math.ceil(600 * 16000 / window)
+    assert results["long.wav"]["seconds"] == pytest.approx(600, abs=0.01)
+    assert not results["long.wav"]["padded"] and results["short.flac"]["padded"]
+    assert results["short.flac"]["windows"] == 1
+    assert results["short.flac"]["seconds"] == pytest.approx(0.5, abs=0.01)
+    for r in results.values():
+        probs = [t["probability"] for t in r["tags"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+        assert all(0 < p < 1 for p in probs)
+    assert "short.flac is 0.50 s" in err and "zero-padded" in err
+
+    status, out, err = cli("tag", str(tmp_path / "short.flac"), "--run", str(long))
+    assert status == 0, err
+    assert "zero-padded to one window" in out and len(out.strip().splitlines()) == 2 + 10
+
+
+def test_tag_hears_loud_and_quiet_like_evaluation(runs, demo_corpus, index):
+    _, long = runs
+    test = [r for r in index if r["split"] == "test"]
+    loud = next(r["key"] for r in test if "loud" in r["tags"])
+    quiet = next(r["key"] for r in test if "quiet" in r["tags"])
+    files = [str(demo_corpus / "audio" / f"{key}.mp3") for key in (loud, quiet)]
+    status, out, err = cli("tag", *files, "--run", str(long), "--top", "22", "--json")
+    assert status == 0, err
+    p_loud = [{t["tag"]: t["probability"] for t in r["tags"]}["loud"] for r in json.loads(out)]
+    assert p_loud[0] > p_loud[1]
+
+
+def test_embed_writes_one_row_per_track(runs, demo_dataset, index, tmp_path):
+    _, long = runs
+    out = tmp_path / "emb.parquet"
+    status, stdout, err = cli(
+        "embed", "--run", str(long), "--data", str(demo_dataset), "--out", str(out),
+        "--chunks", "1", *FAST,
+    )  # fmt: skip
+    assert status == 0, err
+    table = pq.read_table(out)
+    assert table.schema.field("embedding").type.value_type.bit_width == 32
+    rows = table.to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted(r["key"] for r in index)
+    truth = {r["key"]: r for r in index}
+    for r in rows:
+        assert r["split"] == truth[r["key"]]["split"]
+        assert sorted(r["tags"]) == sorted(truth[r["key"]]["tags"])
+    model = load_run(long).model
+    vectors = np.array([r["embedding"] for r in rows])
+    assert vectors.shape == (len(index), model.embed_dim) and np.isfinite(vectors).all()
+    assert json.loads(table.schema.metadata[b"tagtrain"])["layer"] == "embed"
+
+    layer = tmp_path / "layer.parquet"
+    status, _, err = cli(
+        "embed", "--run", str(long), "--out", str(layer), "--split", "test",
+        "--layer", "blocks.3", "--chunks", "1", *FAST,
+    )  # fmt: skip
+    assert status == 0, err
+    rows = pq.read_table(layer).to_pylist()
+    assert len(rows) == sum(r["split"] == "test" for r in index)
+    assert {len(r["embedding"]) for r in rows} == {model.blocks[3].conv.out_channels}
+
+
+@pytest.mark.skipif(
+    "patchout_tiny" not in {m.name for m in list_models()}, reason="no patchout model"
+)
+def test_embed_block_of_a_patchout_run(demo_dataset, index, tmp_path):
+    run = tmp_path / "patchout"
+    train(
+        RunConfig(
+            data=str(demo_dataset), out=str(run), model="patchout_tiny", epochs=1,
+            max_steps_per_epoch=1, batch_size=2, workers=1, val_chunks=1, progress=False,
+        )
+    )  # fmt: skip
+    base = ["embed", "--run", str(run), "--split", "test", "--chunks", "1", *FAST]
+    assert cli(*base, "--out", str(tmp_path / "final.parquet"))[0] == 0
+    status, _, err = cli(*base, "--out", str(tmp_path / "b1.parquet"), "--block", "1")
+    assert status == 0, err
+    final = np.array(pq.read_table(tmp_path / "final.parquet")["embedding"].to_pylist())
+    first = np.array(pq.read_table(tmp_path / "b1.parquet")["embedding"].to_pylist())
+    assert first.shape == final.shape == (sum(r["split"] == "test" for r in index), 3 * 96)
+    assert not np.allclose(first, final)
+    status, _, err = cli(*base, "--out", str(tmp_path / "x.parquet"), "--block", "9")
+    assert "--block must be in [-4, 4)" in one_line_error(status, err)
+
+
+def test_bad_arguments_get_one_line(runs, demo_dataset, tmp_path):
+    short, _ = runs
+    cases = [
+        (["evaluate", "--run", str(tmp_path / "nope")], "no run directory"),
+        (["evaluate", "--run", str(short), "--split", "nope"], "no split 'nope'"),
+        (["evaluate", "--run", str(short), "--chunks", "0"], "--chunks must be at least 1"),
+        (["evaluate", "--run", str(short), "--data", str(tmp_path)], "dataset card"),
+        (["tag", str(tmp_path / "missing.mp3"), "--run", str(short)], "no such file"),
+        (["tag", str(tmp_path), "--run", str(short)], "no audio files"),
+        (["embed", "--run", str(short), "--out", str(tmp_path / "e.csv")], ".parquet"),
+        (
+            ["embed", "--run", str(short), "--out", str(tmp_path / "e.parquet"), "--block", "2"],
+            "takes no block",
+        ),
+        (
+            ["embed", "--run", str(short), "--out", str(tmp_path / "e.parquet"), "--layer", "x"],
+            "no layer 'x'",
+        ),
+        (
+            ["robustness", "--run", str(short), "--perturbed", str(tmp_path / "none")],
+            "no perturbed sets",
+        ),
+    ]
+    for args, expected in cases:
+        status, _, err = cli(*args)
+        assert expected in one_line_error(status, err), args
+    assert not (tmp_path / "e.parquet").exists()
+    status, _, err = cli("evaluate")  # argparse: --run is required
+    assert status == 2 and err.strip().splitlines()[-1].endswith("--run")
