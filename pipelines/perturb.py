@@ -34,7 +34,6 @@ deformation; a failing deformation becomes a reject row (stage "deform"), not a 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -55,7 +54,7 @@ from pipelines.features import FeatureConfig
 from pipelines.prepare import (
     REJECT,
     SAMPLE,
-    set_worker_threads,
+    TrackStageFn,
     summarize_counts,
     summarize_splits,
     write_dataset_dir,
@@ -285,38 +284,20 @@ def perturb_item(item, cfg: PerturbConfig, track: TrackConfig, vocabulary: list[
         return reject("features", "feature_error", f"{type(exc).__name__}: {exc}")
 
 
-class DeformFn(beam.DoFn):
+class DeformFn(TrackStageFn):
     """Work item -> tagged sample or reject, in the one main output."""
 
     def __init__(self, cfg: PerturbConfig):
+        super().__init__("perturb", "deformed", cfg.filesystem_args, cfg.progress_path)
         self.cfg = cfg
-        self.deformed = Metrics.counter("perturb", "deformed")
-        self.audio_ms = Metrics.counter("perturb", "audio_ms")
-        self.rejected = Metrics.counter("perturb", "rejected")
 
     def setup(self):
-        set_worker_threads()
-        beam_io.configure(self.cfg.filesystem_args)
-        self._track = self.cfg.track
+        super().setup()
         self._vocabulary = list(self.cfg.source_card["vocabulary"])
-        self._progress = None
-        if self.cfg.progress_path:
-            self._progress = os.open(self.cfg.progress_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-
-    def teardown(self):
-        if getattr(self, "_progress", None) is not None:
-            os.close(self._progress)
 
     def process(self, item):
-        t, tag, value = perturb_item(item, self.cfg, self._track, self._vocabulary)
-        if self._progress is not None:
-            os.write(self._progress, b".")
-        if tag == SAMPLE:
-            self.deformed.inc()
-            self.audio_ms.inc(int(value.seconds * 1000))
-        else:
-            self.rejected.inc()
-            Metrics.counter("perturb", f"rejected_{value.reason}").inc()
+        t, tag, value = perturb_item(item, self.cfg, self.cfg.track, self._vocabulary)
+        self.count(value)
         yield t, tag, value
 
 

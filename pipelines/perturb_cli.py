@@ -21,7 +21,7 @@ from pipelines.perturb import (
     make_targets,
 )
 from pipelines.prepare_cli import check_existing
-from pipelines.runner_options import ProgressBar, is_local, pipeline_options
+from pipelines.runner_options import ProgressBar, is_local, pipeline_options, print_counters
 
 MAX_AUGMENT = 100
 
@@ -166,17 +166,7 @@ def print_summary(cfg: PerturbConfig, seconds: float, result=None) -> None:
     if reasons:
         listed = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
         console.print(f"rejects by reason: {listed}  (see each dataset's {REJECTS_NAME})")
-    if result is not None:
-        try:
-            counters = {
-                c.key.metric.name: c.committed for c in result.metrics().query()["counters"]
-            }
-            if counters:
-                console.print(
-                    "counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
-                )
-        except Exception:  # some runners do not report metrics
-            pass
+    print_counters(console, result)
     console.print(
         f"wrote {len(cfg.targets)} dataset(s) under {cfg.output_root}; "
         f"{seconds:.1f} s ({items / max(seconds, 1e-9):.2f} deformed tracks/s)"

@@ -105,25 +105,46 @@ class ReadManifest(beam.PTransform):
         )
 
 
-class ProcessTrackFn(beam.DoFn):
-    """Row -> (SAMPLE, Sample) or (REJECT, Reject), in the one main output."""
+class TrackStageFn(beam.DoFn):
+    """Base of the per-track DoFns of every job: one thread per worker, the job's
+    filesystem flags, a progress tick per track, and counters of outcomes."""
 
-    def __init__(self, cfg: PrepareConfig):
-        self.cfg = cfg
-        self.decoded = Metrics.counter("prepare", "decoded")
-        self.audio_ms = Metrics.counter("prepare", "audio_ms")
-        self.rejected = Metrics.counter("prepare", "rejected")
+    def __init__(self, namespace: str, done: str, filesystem_args, progress_path):
+        self.namespace = namespace
+        self.filesystem_args = filesystem_args
+        self.progress_path = progress_path
+        self.done = Metrics.counter(namespace, done)
+        self.audio_ms = Metrics.counter(namespace, "audio_ms")
+        self.rejected = Metrics.counter(namespace, "rejected")
 
     def setup(self):
         set_worker_threads()
-        beam_io.configure(self.cfg.filesystem_args)
+        beam_io.configure(self.filesystem_args)
         self._progress = None
-        if self.cfg.progress_path:
-            self._progress = os.open(self.cfg.progress_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        if self.progress_path:
+            self._progress = os.open(self.progress_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
     def teardown(self):
         if getattr(self, "_progress", None) is not None:
             os.close(self._progress)
+
+    def count(self, result: Sample | Reject) -> None:
+        if self._progress is not None:
+            os.write(self._progress, b".")
+        if isinstance(result, Sample):
+            self.done.inc()
+            self.audio_ms.inc(int(result.seconds * 1000))
+        else:
+            self.rejected.inc()
+            Metrics.counter(self.namespace, f"rejected_{result.reason}").inc()
+
+
+class ProcessTrackFn(TrackStageFn):
+    """Row -> (SAMPLE, Sample) or (REJECT, Reject), in the one main output."""
+
+    def __init__(self, cfg: PrepareConfig):
+        super().__init__("prepare", "decoded", cfg.filesystem_args, cfg.progress_path)
+        self.cfg = cfg
 
     def process(self, row):
         path = beam_io.resolve(self.cfg.audio_root, row["audio_path"])
@@ -136,16 +157,8 @@ class ProcessTrackFn(beam.DoFn):
             )  # fmt: skip
         else:
             result = process_row(row, data, self.cfg.track, list(self.cfg.vocabulary))
-        if self._progress is not None:
-            os.write(self._progress, b".")
-        if isinstance(result, Sample):
-            self.decoded.inc()
-            self.audio_ms.inc(int(result.seconds * 1000))
-            yield SAMPLE, result
-        else:
-            self.rejected.inc()
-            Metrics.counter("prepare", f"rejected_{result.reason}").inc()
-            yield REJECT, result
+        self.count(result)
+        yield (SAMPLE if isinstance(result, Sample) else REJECT), result
 
 
 class ProcessTracks(beam.PTransform):

@@ -19,7 +19,7 @@ from pipelines.prepare import (
     plan_shards,
     read_manifest_table,
 )
-from pipelines.runner_options import ProgressBar, is_local, pipeline_options
+from pipelines.runner_options import ProgressBar, is_local, pipeline_options, print_counters
 from pipelines.track import TrackConfig
 
 
@@ -175,17 +175,7 @@ def print_summary(output: str, seconds: float, result=None) -> None:
     if counts["rejects_by_reason"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in counts["rejects_by_reason"].items())
         console.print(f"rejects by reason: {reasons}  (see {beam_io.join(output, REJECTS_NAME)})")
-    if result is not None:
-        try:
-            counters = {
-                c.key.metric.name: c.committed for c in result.metrics().query()["counters"]
-            }
-            if counters:
-                console.print(
-                    "counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
-                )
-        except Exception:  # some runners do not report metrics
-            pass
+    print_counters(console, result)
     console.print(
         f"wrote {beam_io.join(output, INDEX_NAME)}, {CARD_NAME}; {seconds:.1f} s "
         f"({counts['inputs'] / max(seconds, 1e-9):.2f} tracks/s)"

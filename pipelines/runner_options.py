@@ -111,3 +111,15 @@ class ProgressBar:
                 if stopping:
                     break
                 time.sleep(0.5)
+
+
+def print_counters(console, result) -> None:
+    """The job's Beam counters, one line (nothing for runners that report none)."""
+    if result is None:
+        return
+    try:
+        counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    except Exception:  # some runners do not report metrics
+        return
+    if counters:
+        console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))

@@ -53,7 +53,7 @@ def _table(header: list[str], rows: list[list], cls: str = "") -> str:
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
     if value is None:
         return "–"
     text = str(value)
