@@ -9,6 +9,8 @@ DEMO_DIR=${DEMO_DIR:-demo_out}
 N=${DEMO_N:-240}
 TRAIN_MINUTES=${DEMO_TRAIN_MINUTES:-5}
 WORKERS=$(nproc)
+# About 9 train shards whatever N is: every loader worker needs shards of its own.
+SHARD_MB=$(( N / 8 > 4 ? N / 8 : 4 ))
 DATA="$DEMO_DIR/data"
 RUN="$DEMO_DIR/runs/short_chunk_cnn"
 mkdir -p "$DEMO_DIR"
@@ -31,7 +33,7 @@ run $PY -m manifests info "$DEMO_DIR/corpus/manifest.parquet" --audio-root "$DEM
 stage "2/7 Beam prepare: decode, resample, log-mel + PCM, deterministic shards"
 run $PY beam_runner.py prepare --manifest "$DEMO_DIR/corpus/manifest.parquet" \
   --audio-root "$DEMO_DIR/corpus" --output "$DATA" --features mel,pcm \
-  --shard-size-mb 64 --direct_num_workers="$WORKERS"
+  --shard-size-mb "$SHARD_MB" --direct_num_workers="$WORKERS"
 
 stage "3/7 Beam perturb: the paper's 8 MUDA deformations of the test split"
 run $PY beam_runner.py perturb --dataset "$DATA" --split test --deformations paper --seed 0 \

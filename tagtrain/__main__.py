@@ -11,7 +11,18 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("tagtrain.train", "tagtrain.__main__")
+COMMAND_MODULES = (
+    "tagtrain.train",
+    "tagtrain.evaluate",
+    "tagtrain.robustness",
+    "tagtrain.tag",
+    "tagtrain.student",
+    "tagtrain.embed",
+    "tagtrain.patchout_training",
+    "tagtrain.probe",
+    "tagtrain.report",
+    "tagtrain.__main__",
+)
 
 COMMAND = "models"
 HELP = "list the registered models, their inputs and sizes"

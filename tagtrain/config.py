@@ -39,6 +39,9 @@ class RunConfig:
     workers: int = 4
     shuffle_buffer: int = 256
     val_chunks: int = 4  # evenly spaced chunks averaged per validation track (chunk models)
+    # waveform augmentation of training crops (tagtrain.augment): "" off, "default" (seed
+    # 003's recipe), a YAML file, or the chain's entries (what config.json records)
+    augment: str | list = ""
     storage_options: dict = field(default_factory=dict)  # fsspec options per protocol
     s3_endpoint_url: str = ""  # S3-compatible endpoint (or AWS_ENDPOINT_URL)
     # schedule

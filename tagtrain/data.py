@@ -18,7 +18,8 @@ Determinism and resumption. Everything random is a pure function of (seed, epoch
   (greedy by sample count, so ranks get near-equal shares);
 - each worker reads its shards in order and feeds a shuffle buffer whose choices are a
   hash of (seed, epoch, rank, worker, number emitted so far);
-- a training crop's offset is a hash of (seed, epoch, key).
+- a training crop's offset is a hash of (seed, epoch, key), and so is the seed of its
+  waveform augmentation, if any (`augment`).
 So a worker's sample stream is fixed given (seed, epoch, rank, worker). Each batch carries
 its worker's position after it (next shard and sample to read, the positions held in the
 shuffle buffer, the count emitted); the trainer keeps the position of the last batch it
@@ -41,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,9 +139,13 @@ def _model_features(card: Mapping, spec: InputSpec) -> FeatureConfig:
     return FeatureConfig.from_dict({**base, **wanted})
 
 
-def plan_input(card: Mapping, spec: InputSpec, source: str = "dataset") -> InputPlan:
+def plan_input(
+    card: Mapping, spec: InputSpec, source: str = "dataset", from_pcm: bool = False
+) -> InputPlan:
     """Check the card against the model's input and decide how to feed it.
 
+    from_pcm: always read PCM (computing a mel/harmonic input on the device), e.g. for
+    waveform augmentation, even when the card stores the model's feature.
     Raises CardError (one line) when the shards cannot feed the model: a stored feature
     with other settings and no PCM at the model's sample rate to recompute it from."""
     stored = stored_features(card)
@@ -155,7 +160,7 @@ def plan_input(card: Mapping, spec: InputSpec, source: str = "dataset") -> Input
         )
 
     mismatch = None
-    if spec.kind in stored:
+    if spec.kind in stored and not from_pcm:
         try:
             check_features(card, needs, source)
         except CardError as exc:
@@ -175,6 +180,10 @@ def plan_input(card: Mapping, spec: InputSpec, source: str = "dataset") -> Input
         )
     if mismatch is not None:
         raise mismatch
+    if from_pcm:
+        raise CardError(
+            f"{source} stores {list(stored)}; waveform input needs pcm at {spec.sample_rate} Hz"
+        )
     raise CardError(
         f"{source} stores {list(stored)}; the model needs {spec.kind} "
         f"(or pcm at {spec.sample_rate} Hz to compute it)"
@@ -386,6 +395,12 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     Yields dicts: {"x": tensor, "y": tensor, "keys": [str], "worker": int, "position":
     WorkerPosition as a row, "stats": dict}; each worker ends with {"final": True, ...}.
+
+    augment: None, or a callable (PCM crop, seed) -> crop (e.g. tagtrain.augment's
+    WaveformAugment) applied to training crops in the worker as batches are made; the seed
+    is a hash of (seed, epoch, key), so it is reproducible and survives resumption. The
+    shuffle buffer holds clean crops. keep_clean: batches also carry the un-augmented crops
+    as "clean" (what a noisy-student teacher sees).
     """
 
     def __init__(
@@ -396,8 +411,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         cfg: LoaderConfig,
         epoch: int = 0,
         resume: Mapping[int, WorkerPosition] | None = None,
+        augment: Callable[[np.ndarray, int], np.ndarray] | None = None,
+        keep_clean: bool = False,
     ):
         super().__init__()
+        if (augment is not None or keep_clean) and plan.member != "pcm.npy":
+            raise LoaderError(
+                f"waveform augmentation needs PCM input, the plan reads {plan.member}"
+            )
+        self.augment = augment if cfg.train else None
+        self.keep_clean = keep_clean
         self.plan = plan
         self.vocabulary = list(vocabulary)
         self.tag_index = {t: i for i, t in enumerate(self.vocabulary)}
@@ -494,6 +517,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         chunks = [array[..., o : o + length] for o in offsets]
         return np.ascontiguousarray(chunks[0] if self.cfg.train else np.stack(chunks))
 
+    def _augmented(self, crop: np.ndarray, key: str) -> np.ndarray:
+        return self.augment(crop, stable_int("augment", self.cfg.seed, self.epoch, key))
+
     # -- the stream
 
     def __iter__(self):
@@ -533,9 +559,15 @@ class ShardStream(torch.utils.data.IterableDataset):
             }
             if final:
                 return {**out, "final": True}
-            x = torch.from_numpy(np.stack([e[1][0] for e in entries]))
-            y = torch.from_numpy(np.stack([e[1][1] for e in entries]))
-            return {**out, "x": x, "y": y, "keys": [e[2] for e in entries]}
+            crops = [e[1][0] for e in entries]
+            xs = crops
+            if self.augment is not None:
+                xs = [self._augmented(crop, e[2]) for crop, e in zip(crops, entries)]
+            out["x"] = torch.from_numpy(np.stack(xs))
+            out["y"] = torch.from_numpy(np.stack([e[1][1] for e in entries]))
+            if self.keep_clean:
+                out["clean"] = torch.from_numpy(np.stack(crops))
+            return {**out, "keys": [e[2] for e in entries]}
 
         def take(entry):
             if entry is not None:
@@ -606,6 +638,7 @@ class Batch:
     keys: list[str]
     worker: int
     position: WorkerPosition  # the worker's position right after this batch
+    clean: torch.Tensor | None = None  # un-augmented crops (streams with keep_clean)
 
 
 class EpochReader:
@@ -630,7 +663,7 @@ class EpochReader:
             if item.get("final"):
                 continue
             position = WorkerPosition.from_row(item["position"])
-            yield Batch(item["x"], item["y"], item["keys"], w, position)
+            yield Batch(item["x"], item["y"], item["keys"], w, position, item.get("clean"))
 
     def commit(self, batch: Batch) -> None:
         self.positions[batch.worker] = batch.position

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from pipelines.card import CardError, card_checksum
 from tagtrain import checkpoint as ckpt
+from tagtrain.augment import WaveformAugment, resolve_chain
 from tagtrain.config import PRECISIONS, SCHEDULES, ConfigError, RunConfig, build_config
 from tagtrain.data import (
     DeviceInput,
@@ -402,6 +403,9 @@ def _first_line(exc: BaseException) -> str:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, resume: bool = False):
+        augment = resolve_chain(cfg.augment)
+        # config.json records the whole chain, not the name of a file that may change
+        cfg = dataclasses.replace(cfg, augment=augment or "")
         self.cfg = cfg
         self.dist = DistEnv.from_env()
         self.device = resolve_device(cfg.device, self.dist.local_rank)
@@ -412,7 +416,11 @@ class Trainer:
         self.card = load_card(cfg.data, self.options)
         self.checksum = card_checksum(self.card)
         self.vocabulary = list(self.card["vocabulary"])
-        self.plan = plan_input(self.card, entry.input_spec, source=cfg.data)
+        self.plan = plan_input(
+            self.card, entry.input_spec, source=cfg.data, from_pcm=augment is not None
+        )
+        sample_rate = self.plan.features["sample_rate"]
+        self.augment = WaveformAugment(augment, sample_rate) if augment else None
         self.train_shards = split_shards(self.card, cfg.data, cfg.train_split)
         self.val_shards = split_shards(self.card, cfg.data, cfg.val_split)
         self.train_loader_cfg = LoaderConfig(
@@ -613,13 +621,10 @@ class Trainer:
         cfg, dist, progress = self.cfg, self.dist, self.progress
         resume = self.resume_positions if progress.epoch_step else None
         self.resume_positions = None
-        stream = ShardStream(
-            self.train_shards, self.plan, self.vocabulary, self.train_loader_cfg, epoch, resume
-        )
-        steps = planned_steps(stream.assignment, cfg.batch_size)
+        reader = self._train_reader(epoch, resume)
+        steps = planned_steps(reader.stream.assignment, cfg.batch_size)
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
-        reader = EpochReader(stream, pin_memory=self.device.type == "cuda")
         bar = _progress_bar(
             cfg.progress and dist.is_main, steps, progress.epoch_step, epoch, cfg.total_epochs()
         )
@@ -679,13 +684,30 @@ class Trainer:
             done_here, samples_here * dist.world, seconds, wait, stats, timed_out, positions
         )
 
-    def _step(self, batch) -> float:
+    def _train_reader(self, epoch: int, resume) -> EpochReader:
+        """The epoch's training batches (a subclass may pair them with other streams)."""
+        stream = ShardStream(
+            self.train_shards,
+            self.plan,
+            self.vocabulary,
+            self.train_loader_cfg,
+            epoch,
+            resume,
+            augment=self.augment,
+        )
+        return EpochReader(stream, pin_memory=self.device.type == "cuda")
+
+    def _loss(self, batch) -> torch.Tensor:
+        """The training loss of a batch (a subclass may train on other targets)."""
         x = self.device_input(batch.x)
         y = batch.y.to(self.device, non_blocking=True)
         dtype = self.autocast_dtype
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             logits = self.net(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        return F.binary_cross_entropy_with_logits(logits.float(), y)
+
+    def _step(self, batch) -> float:
+        loss = self._loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -784,6 +806,8 @@ class Trainer:
             f"{self.cfg.width:g}; input {p.kind} x {p.length} from {source}; "
             f"normalisation: {self.norm_source}"
         )
+        if self.augment:
+            print(f"augmentation: {self.augment.describe()}")
         print(
             f"data: {self.cfg.data}  {len(self.vocabulary)} tags; "
             f"{len(self.train_shards)} train / {len(self.val_shards)} validation shards; "
@@ -877,14 +901,18 @@ _FLAGS = {
     "shuffle_buffer": (int, "samples in each loader worker's shuffle buffer (default 256)"),
     "val_chunks": (int, "chunks averaged per validation track (default 4)"),
     "precision": (str, "auto, fp32, bf16 or fp16 autocast on CUDA (default auto)"),
+    "augment": (str, "waveform augmentation: default (seed 003's chain), a YAML file, or none"),
     "s3_endpoint_url": (str, "S3-compatible endpoint (or set AWS_ENDPOINT_URL)"),
 }
 _CHOICES = {"schedule": SCHEDULES, "precision": PRECISIONS}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, exclude=()) -> None:
+    """--config and one flag per run setting (other commands that train reuse them)."""
     parser.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
     for name, (kind, text) in _FLAGS.items():
+        if name in exclude:
+            continue
         parser.add_argument(
             "--" + name.replace("_", "-"),
             type=kind,
@@ -892,6 +920,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             choices=_CHOICES.get(name),
             help=text,
         )
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The run settings given as flags (see `add_config_flags`)."""
+    overrides = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "no_progress", False):
+        overrides["progress"] = False
+    return overrides
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_flags(parser)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     parser.add_argument(
@@ -902,9 +942,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    overrides = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
-    if args.no_progress:
-        overrides["progress"] = False
+    overrides = config_overrides(args)
     if args.log_samples:
         overrides["log_samples"] = True
     base = None

@@ -9,6 +9,7 @@ from tagtrain.models import (  # noqa: F401
     fcn,
     hcnn,
     musicnn,
+    patchout,
     pons,
     samplecnn,
     short_chunk,

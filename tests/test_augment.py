@@ -1,0 +1,290 @@
+"""The waveform augmentation chain: reproducible per seed, each transform firing at its
+probability and doing what the recipe says, YAML configuration, and the loader hook that
+runs it in the workers."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.audio import to_int16
+from tagtrain.augment import (
+    RECIPE,
+    AugmentError,
+    WaveformAugment,
+    default_chain,
+    resolve_chain,
+)
+from tagtrain.data import (
+    EpochReader,
+    LoaderConfig,
+    ShardStream,
+    load_card,
+    plan_input,
+    split_shards,
+)
+from tagtrain.registry import get_entry
+from tests import shardkit
+from tests.conftest import run_cli
+
+SR = 22050
+RECIPE_P = {
+    "polarity_inversion": 0.8,
+    "noise": 0.3,
+    "gain": 0.2,
+    "filter": 0.8,
+    "delay": 0.5,
+    "pitch_shift": 0.4,
+    "reverb": 0.3,
+}
+
+
+def make_signal(seconds: float = 0.5, freqs=(440.0,), seed: int = 0) -> np.ndarray:
+    """int16 PCM as the loader hands it over: tones plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    wav = sum(0.2 * np.sin(2 * np.pi * f * t) for f in freqs) + 0.005 * rng.standard_normal(t.size)
+    return to_int16(wav)
+
+
+def only(name: str, **params) -> WaveformAugment:
+    return WaveformAugment([{"transform": name, **params}], SR)
+
+
+def peak_hz(x: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / SR)[spectrum.argmax()])
+
+
+def band_energy(x: np.ndarray, hz: float, width: float = 30.0) -> float:
+    spectrum = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / SR)
+    return float(spectrum[np.abs(freqs - hz) < width].sum())
+
+
+def test_the_default_chain_is_seed_003s_recipe():
+    entries = resolve_chain("default")
+    assert [e["transform"] for e in entries] == list(RECIPE) == list(RECIPE_P)
+    assert {e["transform"]: e["p"] for e in entries} == RECIPE_P
+    by_name = {e["transform"]: e for e in entries}
+    assert (by_name["noise"]["min_ratio"], by_name["noise"]["max_ratio"]) == (0.3, 0.5)
+    assert (by_name["gain"]["min_gain_db"], by_name["gain"]["max_gain_db"]) == (-20.0, -1.0)
+    assert by_name["filter"]["high_pass_min_hz"] == 200.0
+    assert by_name["filter"]["low_pass_max_hz"] == 4000.0
+    assert (by_name["delay"]["min_ms"], by_name["delay"]["max_ms"]) == (200.0, 450.0)
+    assert by_name["delay"]["volume"] == 0.5
+    assert by_name["pitch_shift"]["max_semitones"] == 7.0
+    assert resolve_chain("") is None and resolve_chain("none") is None
+
+
+def test_a_fixed_seed_is_reproducible_and_leaves_the_global_rngs_alone():
+    chain = WaveformAugment(resolve_chain("default"), SR)
+    x = make_signal()
+    random.seed(123)
+    np.random.seed(123)
+    py_before, np_before = random.getstate(), np.random.get_state()[1].copy()
+    first = [chain.apply(x, seed) for seed in range(12)]
+    again = [WaveformAugment(resolve_chain("default"), SR).apply(x, seed) for seed in range(12)]
+    for (a, fired_a), (b, fired_b) in zip(first, again):
+        assert np.array_equal(a, b) and fired_a == fired_b
+    assert a.dtype == np.float32 and a.shape == x.shape
+    # Different seeds give different noise (and the input is never modified in place).
+    assert len({out.tobytes() for out, _ in first}) == len(first)
+    assert np.array_equal(x, make_signal())
+    assert random.getstate() == py_before
+    assert np.array_equal(np.random.get_state()[1], np_before)
+
+
+@pytest.mark.parametrize("name", RECIPE)
+def test_each_transform_alone_changes_the_audio_at_its_probability(name):
+    # Firing is read off the audio itself: output different from input.
+    x = make_signal()
+    chain = only(name)
+    draws = 500
+    changed = sum(not np.array_equal(chain(x, seed), x.astype(np.float32)) for seed in range(draws))
+    assert abs(changed / draws - RECIPE_P[name]) < 0.07, (name, changed / draws)
+
+
+def test_the_whole_chain_fires_each_transform_at_its_probability():
+    chain = WaveformAugment(resolve_chain("default"), SR)
+    x = make_signal(0.25)
+    draws = 600
+    counts = Counter()
+    for seed in range(draws):
+        counts.update(chain.apply(x, seed)[1])
+    expected = {**RECIPE_P, "high_pass": 0.4, "low_pass": 0.4}
+    expected.pop("filter")
+    for name, p in expected.items():
+        assert abs(counts[name] / draws - p) < 0.07, (name, counts[name] / draws)
+
+
+def test_each_transform_does_what_the_recipe_says():
+    x = make_signal(0.5, freqs=(440.0,))
+    xf = x.astype(np.float32)
+    rms = float(np.sqrt(np.mean(xf**2)))
+    for seed in range(6):
+        assert np.array_equal(only("polarity_inversion", p=1.0)(x, seed), -xf)
+
+        ratio = only("gain", p=1.0)(x, seed)[1000] / xf[1000]
+        assert 10 ** (-20 / 20) - 1e-4 <= ratio <= 10 ** (-1 / 20) + 1e-4
+
+        noise = only("noise", p=1.0)(x, seed) - xf
+        assert 0.28 <= noise.std() / rms <= 0.52
+
+        echo = only("delay", p=1.0)(x, seed) - xf
+        offset = int(np.flatnonzero(np.abs(echo) > 0)[0])
+        assert 0.2 * SR - 2 <= offset <= 0.45 * SR + 2
+        assert np.allclose(echo[offset:], 0.5 * xf[: len(xf) - offset], atol=0.05)
+
+        shifted = only("pitch_shift", p=1.0)(x, seed)
+        assert 440 * 2 ** (-7 / 12) * 0.97 <= peak_hz(shifted) <= 440 * 2 ** (7 / 12) * 1.03
+
+        # A 50 ms burst then silence: the reverb rings on into the silence, at the dry level.
+        burst = x.copy()
+        burst[int(0.05 * SR) :] = 0
+        wet = only("reverb", p=1.0)(burst, seed)
+        tail = slice(int(0.1 * SR), int(0.2 * SR))
+        assert np.sqrt(np.mean(wet[tail] ** 2)) > 0.01 * np.sqrt(np.mean(wet**2))
+        assert np.isclose(
+            np.sqrt(np.mean(wet**2)), np.sqrt(np.mean(burst.astype(float) ** 2)), rtol=1e-3
+        )
+
+    two_tones = make_signal(0.5, freqs=(100.0, 7000.0))
+    filters = only("filter", p=1.0)
+    seen = set()
+    for seed in range(8):
+        out, fired = filters.apply(two_tones, seed)
+        (kind,) = fired
+        seen.add(kind)
+        low, high = band_energy(out, 100.0), band_energy(out, 7000.0)
+        low0, high0 = band_energy(two_tones, 100.0), band_energy(two_tones, 7000.0)
+        if kind == "high_pass":  # cutoff 200-1200 Hz: the 100 Hz tone goes
+            assert low < 0.5 * low0 and high > 0.5 * high0
+        else:  # cutoff 2.2-4 kHz: the 7 kHz tone goes
+            assert high < 0.1 * high0 and low > 0.5 * low0
+    assert seen == {"high_pass", "low_pass"}
+
+
+def test_a_yaml_chain_runs_what_it_lists_with_the_recipe_filling_gaps(tmp_path):
+    path = tmp_path / "chain.yaml"
+    path.write_text(
+        "- transform: gain\n  p: 1.0\n  min_gain_db: -6\n- transform: polarity_inversion\n"
+    )
+    entries = resolve_chain(str(path))
+    assert [e["transform"] for e in entries] == ["gain", "polarity_inversion"]
+    assert entries[0] == {"transform": "gain", "p": 1.0, "min_gain_db": -6.0, "max_gain_db": -1.0}
+    assert entries[1]["p"] == 0.8  # the recipe's
+    assert resolve_chain(entries) == entries  # a saved config.json's list reads back the same
+    x = make_signal()
+    out = WaveformAugment(entries, SR)(x, 0)
+    ratio = abs(out[1000] / float(x[1000]))
+    assert 10 ** (-6 / 20) - 1e-4 <= ratio <= 10 ** (-1 / 20) + 1e-4
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- transform: chorus\n", "unknown transform 'chorus'"),
+        ("- transform: gain\n  gain_db: 3\n", "unknown parameter(s) gain_db"),
+        ("- transform: gain\n  p: 1.5\n", "p must lie within 0..1"),
+        ("- transform: gain\n  p: high\n", "p must be a float"),
+        ("- transform: delay\n  min_ms: 500\n", "min 500.0 is above max 450.0"),
+        ("transform: gain\n", "must be a list of transforms"),
+        ("- [unclosed\n", "is not valid YAML"),
+    ],
+)
+def test_a_bad_chain_is_one_clear_line(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(AugmentError) as info:
+        resolve_chain(str(path))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_train_refuses_a_bad_augment_file_with_one_line(tmp_path):
+    dataset = tmp_path / "data"
+    shardkit.make_dataset(dataset, {"train": [2, 2], "valid": [2]}, stored=("pcm",))
+    result = run_cli(
+        "tagtrain", "train", "--data", str(dataset), "--model", "short_chunk_cnn",
+        "--augment", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: cannot read augmentation file")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def pcm_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pcm_shards")
+    shardkit.make_dataset(out, {"train": [4, 4], "valid": [3]}, stored=("mel", "pcm"), seed=3)
+    return str(out)
+
+
+def batches(data: str, workers: int, augment, keep_clean=False, train=True, epoch=0):
+    card = load_card(data)
+    plan = plan_input(card, get_entry("short_chunk_cnn").input_spec, from_pcm=True)
+    cfg = LoaderConfig(batch_size=2, workers=workers, shuffle_buffer=4, seed=5, train=train)
+    stream = ShardStream(
+        split_shards(card, data, "train"),
+        plan,
+        card["vocabulary"],
+        cfg,
+        epoch,
+        augment=augment,
+        keep_clean=keep_clean,
+    )
+    out = {}
+    for batch in EpochReader(stream):
+        for i, key in enumerate(batch.keys):
+            clean = None if batch.clean is None else batch.clean[i].numpy()
+            out[key] = (batch.x[i].numpy(), clean)
+    return out
+
+
+def test_the_loader_augments_training_crops_in_its_workers_reproducibly(pcm_dataset):
+    card = load_card(pcm_dataset)
+    chain = WaveformAugment(default_chain(), card["features"]["sample_rate"])
+    plain = batches(pcm_dataset, 0, None)
+    in_main = batches(pcm_dataset, 0, chain, keep_clean=True)
+    in_workers = batches(pcm_dataset, 2, chain, keep_clean=True)
+    assert sorted(in_main) == sorted(in_workers) == sorted(plain) and len(plain) == 8
+    for key, (x, clean) in in_workers.items():
+        # The same crop and noise whichever process made it: seeded by (seed, epoch, key).
+        assert np.array_equal(x, in_main[key][0])
+        assert clean.dtype == np.int16 and np.array_equal(clean, plain[key][0])
+        assert x.dtype == np.float32 and not np.array_equal(x, clean.astype(np.float32))
+    # Evaluation streams are never augmented.
+    evaluation = batches(pcm_dataset, 0, chain, train=False)
+    assert all(
+        np.array_equal(x, plain_eval)
+        for (x, _), plain_eval in zip(
+            evaluation.values(), (v[0] for v in batches(pcm_dataset, 0, None, train=False).values())
+        )
+    )
+
+
+def test_a_resumed_epoch_re_augments_exactly_as_the_uninterrupted_one(pcm_dataset):
+    card = load_card(pcm_dataset)
+    chain = WaveformAugment(default_chain(), card["features"]["sample_rate"])
+    plan = plan_input(card, get_entry("short_chunk_cnn").input_spec, from_pcm=True)
+    cfg = LoaderConfig(batch_size=2, workers=1, shuffle_buffer=4, seed=5)
+    shards = split_shards(card, pcm_dataset, "train")
+
+    def reader(resume=None):
+        stream = ShardStream(shards, plan, card["vocabulary"], cfg, 0, resume, augment=chain)
+        return EpochReader(stream)
+
+    whole = [(b.keys, b.x) for b in reader()]
+    interrupted = reader()
+    batches = iter(interrupted)
+    first = next(batches)
+    interrupted.commit(first)
+    interrupted.close()
+    rest = [(b.keys, b.x) for b in reader(interrupted.positions)]
+    assert [k for k, _ in whole] == [first.keys] + [k for k, _ in rest]
+    for (_, x_whole), (_, x_rest) in zip(whole[1:], rest):
+        assert torch.equal(x_whole, x_rest)

@@ -1,0 +1,333 @@
+"""The patchout spectrogram transformer: its patch grid on the pipeline's mel, structured
+patchout, block embeddings, the training recipe's pieces, and a tiny preset trained (and
+resumed) on demo shards prepared with the paper's features, embedded and probed."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipelines.features import FeatureConfig, log_mel
+from tagtrain import checkpoint as ckpt
+from tagtrain.__main__ import main
+from tagtrain.models.patchout import even_keep, grid_size, patchout_input
+from tagtrain.patchout_training import PatchoutOptions, TagBalance, lr_factor, mixup, spec_mask
+from tagtrain.probe import multi_hot, read_index
+from tagtrain.registry import create_model, get_entry
+from tests.conftest import run_cli, tone
+
+
+def tiny(**config):
+    return create_model("patchout_tiny", n_classes=5, **config)
+
+
+def mel_batch(batch: int = 2, frames: int = 625, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 96, frames, generator=torch.Generator().manual_seed(seed))
+
+
+# --- the patch grid ----------------------------------------------------------------------
+
+
+def test_ten_seconds_of_the_pipelines_mel_make_9_by_61_patches():
+    spec = get_entry("patchout").input_spec
+    assert (spec.kind, spec.n_mels, spec.sample_rate, spec.n_fft, spec.hop) == (
+        "mel", 96, 16000, 512, 256,
+    )  # fmt: skip
+    assert (spec.log_scale, spec.f_max, spec.seconds) == ("log10_1p", 8000.0, 10.0)
+    # MAEST's 10 s chunk is 625 frames: the pipeline's centred frames give that for 624 hops.
+    audio = tone(440.0, spec.samples / spec.sample_rate, spec.sample_rate)
+    mel = log_mel(audio, FeatureConfig(n_mels=96, log_scale="log10_1p"))
+    assert mel.shape == (96, 625) == (spec.n_mels, spec.frames)
+    model = create_model("patchout", n_classes=3).eval()
+    assert model.grid == grid_size(96, 625) == (9, 61)
+    with torch.no_grad():
+        tokens, rows, cols = model.patch_tokens(mel[None].float())
+        sequence = model.sequence(mel[None].float())
+    assert tokens.shape == (1, 9 * 61, 768)
+    assert (len(rows), len(cols)) == (9, 61)
+    assert sequence.shape == (1, 2 + 9 * 61, 768)  # CLS and distillation tokens first
+
+
+@pytest.mark.parametrize(
+    "seconds, frames, columns, dropped", [(5, 312, 30, 15), (10, 625, 61, 30), (20, 1250, 124, 60), (30, 1875, 186, 90)]
+)  # fmt: skip
+def test_input_lengths_and_default_time_patchout_follow_maest(seconds, frames, columns, dropped):
+    assert patchout_input(seconds).frames == frames
+    model = tiny(seconds=seconds)
+    assert model.grid == (9, columns)
+    assert model.time_patchout == dropped and model.freq_patchout == 0
+    assert model.input_spec.frames == frames
+
+
+# --- structured patchout -----------------------------------------------------------------
+
+
+def test_training_patchout_drops_exactly_the_configured_rows_and_columns():
+    model = tiny(freq_patchout=3, time_patchout=30)
+    x = mel_batch()
+    model.eval()
+    with torch.no_grad():
+        full, rows, cols = model.patch_tokens(x)
+    assert full.shape == (2, 9 * 61, 96) and len(rows) == 9 and len(cols) == 61
+    grid = full.reshape(2, 9, 61, 96)
+
+    model.train()
+    kept = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            tokens, rows, cols = model.patch_tokens(x)
+        assert tokens.shape == (2, 6 * 31, 96)
+        assert len(set(rows.tolist())) == 6 and len(set(cols.tolist())) == 31
+        assert rows.tolist() == sorted(rows.tolist()) and cols.tolist() == sorted(cols.tolist())
+        # The tokens that remain are the full grid's at exactly those rows and columns.
+        expected = grid[:, rows][:, :, cols].reshape(2, -1, 96)
+        torch.testing.assert_close(tokens, expected)
+        kept.append(cols.tolist())
+    assert kept[0] != kept[1]  # a new random choice per batch
+    torch.manual_seed(1)
+    assert model.sequence(x).shape == (2, 2 + 6 * 31, 96)
+
+
+def test_inference_patchout_is_optional_evenly_spaced_and_deterministic():
+    model = tiny(freq_patchout=3, time_patchout=30).eval()
+    x = mel_batch()
+    with torch.no_grad():
+        assert model.patch_tokens(x)[0].shape[1] == 9 * 61  # off by default at inference
+        model.set_patchout(inference=True)
+        a, rows, cols = model.patch_tokens(x)
+        b = model.patch_tokens(x)[0]
+    assert a.shape == (2, 6 * 31, 96)
+    torch.testing.assert_close(a, b)
+    assert cols.tolist() == list(range(0, 61, 2))  # 31 of 61 columns: every other one
+    assert rows.tolist() == even_keep(9, 3).tolist() and rows[0] == 0 and rows[-1] == 8
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="time patchout"):
+        model.set_patchout(time=61)
+    with pytest.raises(ValueError, match="freq patchout"):
+        model.set_patchout(freq=9)
+
+
+# --- embeddings --------------------------------------------------------------------------
+
+
+def test_embeddings_stack_cls_distillation_and_mean_patch_token_from_any_block():
+    model = tiny().eval()
+    x = mel_batch(3)
+    with torch.no_grad():
+        final = model.embed(x)
+        assert final.shape == (3, 3 * 96) == (3, model.embed_dim)
+        torch.testing.assert_close(model.classifier(final), model(x))
+        per_block = [model.embed(x, block=b) for b in range(4)]
+        tokens = model.blocks[0](model.sequence(x))
+    for e in per_block:
+        assert e.shape == (3, 288) and torch.isfinite(e).all()
+    expected = torch.cat([tokens[:, 0], tokens[:, 1], tokens[:, 2:].mean(dim=1)], dim=1)
+    torch.testing.assert_close(per_block[0], expected)
+    assert not torch.allclose(per_block[0], per_block[3])
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(x, block=-1), per_block[3])
+    assert not torch.allclose(final, per_block[3])  # the final embedding is after the norm
+    with pytest.raises(ValueError, match="block"):
+        model.embed(x, block=4)
+
+
+# --- the recipe's pieces -----------------------------------------------------------------
+
+
+def test_learning_rate_warms_up_then_ramps_down_linearly():
+    o = PatchoutOptions()  # MAEST: warm-up 5, ramp-down from 50 over 50 epochs to 0.01
+    assert lr_factor(0.0, o) == pytest.approx(math.exp(-5.0))
+    rising = [lr_factor(e, o) for e in (0.0, 1.0, 2.5, 4.0, 5.0)]
+    assert rising == sorted(rising) and rising[-1] == 1.0
+    assert lr_factor(30.0, o) == lr_factor(50.0, o) == 1.0
+    assert lr_factor(75.0, o) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(100.0, o) == lr_factor(130.0, o) == pytest.approx(0.01)
+
+
+def test_masks_zero_one_band_and_one_span_per_sample():
+    torch.manual_seed(0)
+    x = torch.ones(32, 96, 625)
+    out = spec_mask(x, 20, 60)
+    zero = out == 0
+    assert zero.any()
+    for z in zero:
+        rows, cols = z.all(dim=1), z.all(dim=0)
+        assert torch.equal(z, rows[:, None] | cols[None, :])  # nothing but a band and a span
+        for line, widest in ((rows, 20), (cols, 60)):
+            idx = torch.nonzero(line).flatten()
+            assert len(idx) < widest
+            if len(idx):
+                assert idx[-1] - idx[0] + 1 == len(idx)  # contiguous
+    assert torch.equal(spec_mask(x, 0, 0), x)
+
+
+def test_mixup_mixes_inputs_labels_and_weights_alike():
+    torch.manual_seed(0)
+    x = torch.randn(8, 96, 50)
+    y = torch.eye(8)  # one class per sample: the mixed labels are the mixing weights
+    w = torch.arange(1.0, 9.0)
+    mx, my, mw = mixup(x, y, w, alpha=0.3)
+    torch.testing.assert_close(my.sum(dim=1), torch.ones(8))
+    assert (my.diagonal() >= 0.5).all()  # each sample dominates its own mix
+    torch.testing.assert_close(mx, torch.einsum("ij,jft->ift", my, x))
+    torch.testing.assert_close(mw, my @ w)
+    assert (my.diagonal() < 1).any()
+
+
+def test_tag_balance_weights_tags_by_inverse_frequency():
+    vocabulary = ["common", "rare", "absent"]
+    tracks = [["common"], ["common"], ["common", "rare"], []]
+    balance = TagBalance.from_tags(tracks, vocabulary)
+    w = balance(torch.from_numpy(multi_hot(tracks, vocabulary)))
+    # 1/3 per common track, 1/3 + 1 for the rare one; no tags: the smallest tag weight.
+    torch.testing.assert_close(w, torch.tensor([1, 1, 4, 1]) / 3 * balance.scale)
+    assert float(w.mean()) == pytest.approx(1.0)
+
+
+# --- end to end on demo shards -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mel96(demo_corpus, tmp_path_factory):
+    """The demo corpus prepared by the Beam job with the paper's features."""
+    out = tmp_path_factory.mktemp("patchout") / "data96"
+    result = run_cli(
+        "beam_runner.py", "prepare", "--manifest", str(demo_corpus / "manifest.parquet"),
+        "--audio-root", str(demo_corpus), "--output", str(out), "--features", "mel",
+        "--n-mels", "96", "--log-scale", "log10_1p", "--shard-size-mb", "8",
+        "--direct_num_workers=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_tag_balance_on_the_demo_index_has_mean_one_and_equal_mass_per_tag(mel96):
+    card = json.loads((mel96 / "dataset.json").read_text())
+    rows = [r for r in read_index(str(mel96)).to_pylist() if r["split"] == "train"]
+    y = torch.from_numpy(multi_hot([r["tags"] for r in rows], card["vocabulary"]))
+    balance = TagBalance.from_tags([r["tags"] for r in rows], card["vocabulary"])
+    w = balance(y)
+    assert float(w.mean()) == pytest.approx(1.0)
+    present = y.sum(dim=0) > 0
+    mass = (y * torch.tensor(balance.tag_weights)).sum(dim=0)[present]
+    torch.testing.assert_close(mass, torch.ones_like(mass))  # every tag drawn alike
+    counts = y.sum(dim=0)
+    rare, common = int(counts[present].argmin()), int(counts.argmax())
+    assert balance.tag_weights[rare] > balance.tag_weights[common]
+
+
+TRAIN = [
+    "--model", "patchout_tiny", "--batch-size", "8", "--workers", "2", "--shuffle-buffer", "8",
+    "--val-chunks", "1", "--lr", "1e-3", "--warmup-epochs", "1",
+    "--rampdown-start", "1", "--rampdown-epochs", "1", "--swa-start", "1", "--swa-every", "1",
+    "--freq-patchout", "2", "--freq-mask", "20", "--time-mask", "60", "--balance", "tags",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tiny_preset_trains_resumes_with_swa_and_its_block_embeddings_probe(
+    mel96, tmp_path, capsys
+):
+    run_dir = tmp_path / "run"
+    common = ["--out", str(run_dir), "--no-progress"]
+    assert main(["train-patchout", "--data", str(mel96), "--epochs", "1", *common, *TRAIN]) == 0
+    assert "drop 30 of 61 time columns and 2 of 9 frequency rows" in capsys.readouterr().out
+    assert main(["train-patchout", "--resume", "--epochs", "2", *common]) == 0
+    assert "average of 2 epoch(s)" in capsys.readouterr().out  # restored from last.pt
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    epochs = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in epochs] == [0, 1]
+    assert summary["global_step"] == sum(int(r["steps"]) for r in epochs) > 0
+    assert json.loads((run_dir / "patchout.json").read_text())["balance"] == "tags"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["schedule"] == "early_stop" and config["patience"] == 0
+    last = ckpt.load_checkpoint(run_dir / ckpt.LAST)
+    best = ckpt.load_checkpoint(run_dir / ckpt.BEST)
+    assert int(last["swa"]["n_averaged"]) == 2
+    assert last["schedule"]["phase"] == "adamw"
+    assert last["optimizer"]["param_groups"][0]["decoupled_weight_decay"]  # AdamW's state
+    swa = {k.removeprefix("module."): v for k, v in last["swa"].items() if k != "n_averaged"}
+    # last.pt trains on from the live weights; the average is not them.
+    assert any(not torch.equal(last["model"][k], swa[k]) for k in swa)
+    if summary["best_epoch"] == 2:  # best.pt is what was validated: the average
+        assert all(torch.equal(best["model"][k], swa[k]) for k in swa)
+    assert "swa" not in best
+
+    emb = tmp_path / "emb.parquet"
+    embed = ["embed", "--run", str(run_dir), "--out", str(emb), "--block", "1", "--chunks", "2"]
+    assert main([*embed, "--workers", "0"]) == 0
+    table = pq.read_table(emb)
+    assert table.num_rows == 70
+    assert {len(e) for e in table.column("embedding").to_pylist()} == {3 * 96}
+
+    report_path = tmp_path / "probe.json"
+    probe = ["probe", "--embeddings", str(emb), "--data", str(mel96), "--out", str(report_path)]
+    assert main([*probe, "--epochs", "20", "--lr", "1e-3"]) == 0
+    assert "test: macro ROC-AUC" in capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    splits = collections.Counter(table.column("split").to_pylist())
+    assert report["dim"] == 288
+    assert report["tracks"] == {s: splits[s] for s in ("train", "valid", "test")}
+    assert 1 <= report["best_epoch"] <= 20 and len(report["history"]) == 20
+    assert 0.0 <= report["test"]["roc_auc"] <= 1.0 and 0.0 <= report["test"]["pr_auc"] <= 1.0
+
+
+def test_probe_learns_tags_from_informative_embeddings(mel96, tmp_path):
+    # Embeddings that carry the tags (the demo index's, plus noise) must probe well; noise
+    # alone must not. Written in the embed command's layout: key, split, tags, embedding.
+    card = json.loads((mel96 / "dataset.json").read_text())
+    rows = read_index(str(mel96)).to_pylist()
+    y = multi_hot([r["tags"] for r in rows], card["vocabulary"])
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((len(rows), 32)).astype(np.float32)
+    results = {}
+    for name, x in (
+        ("tags", np.hstack([y + 0.3 * noise[:, : y.shape[1]], noise])),
+        ("noise", noise),
+    ):
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(
+            pa.table(
+                {
+                    "key": [r["key"] for r in rows],
+                    "split": [r["split"] for r in rows],
+                    "tags": [r["tags"] for r in rows],
+                    "embedding": pa.array(x.tolist(), pa.list_(pa.float32())),
+                }
+            ),
+            path,
+        )
+        status = main(
+            ["probe", "--embeddings", str(path), "--data", str(mel96), "--epochs", "40",
+             "--lr", "3e-3", "--batch-size", "16"]
+        )  # fmt: skip
+        assert status == 0
+        results[name] = json.loads(path.with_suffix(".probe.json").read_text())["test"]
+    assert results["tags"]["roc_auc"] > 0.9
+    assert results["noise"]["roc_auc"] < results["tags"]["roc_auc"] - 0.2
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys, mel96):
+    assert (
+        main(["probe", "--embeddings", str(tmp_path / "none.parquet"), "--data", str(mel96)]) == 2
+    )
+    assert main(["probe", "--embeddings", "x.parquet", "--data", str(mel96), "--dropout", "1"]) == 2
+    common = ["train-patchout", "--data", str(mel96), "--out", str(tmp_path / "r")]
+    assert main([*common, "--model", "short_chunk_cnn"]) == 2
+    assert main([*common, "--model", "patchout_tiny", "--time-patchout", "61"]) == 2
+    assert main([*common, "--model", "patchout_tiny", "--swa-every", "0"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(lines) == 5 and all(line.startswith("error: ") for line in lines)
+    assert "trains patchout models" in lines[2] and "time_patchout" in lines[3]

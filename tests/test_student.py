@@ -1,0 +1,261 @@
+"""Noisy-student training on the demo corpus with half of its train split unlabelled: the
+prepare job's unlabeled split, a teacher trained with augmentation, the student's step
+(teacher on clean audio, student on augmented audio, targets = teacher outputs), and
+short knowledge-expansion / distillation runs that the evaluate command reads."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from manifests.schema import read_manifest, write_manifest
+from pipelines.features import FeatureConfig, log_mel
+from pipelines.shards import load_npy, read_tar
+from tagtrain import checkpoint as ckpt
+from tagtrain.__main__ import main
+from tagtrain.augment import resolve_chain
+from tagtrain.config import RunConfig
+from tagtrain.data import load_card
+from tagtrain.registry import create_model
+from tagtrain.student import StudentConfig, StudentTrainer, train_students
+from tests.conftest import run_cli
+
+TEACHER = "music_tagging_transformer"
+TINY = {
+    "width": 0.125,
+    "epochs": 1,
+    "max_steps_per_epoch": 2,
+    "batch_size": 2,
+    "workers": 1,
+    "val_chunks": 1,
+    "progress": False,
+}
+TINY_FLAGS = [
+    "--width", "0.125", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "2",
+    "--workers", "1", "--val-chunks", "1", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def half_unlabelled(demo_corpus, tmp_path_factory) -> tuple[str, set[str]]:
+    """The demo corpus with every other train clip of each style moved, tags cleared, to
+    the unlabeled split, prepared by the real job with the transformer's features."""
+    table = read_manifest(demo_corpus / "manifest.parquet")
+    rows = table.to_pylist()
+    by_style = defaultdict(list)
+    for row in rows:
+        if row["split"] == "train":
+            by_style[json.loads(row["extra"])["style"]].append(row)
+    moved = set()
+    for group in by_style.values():
+        for row in group[1::2]:
+            row.update(split="unlabeled", tags=[])
+            moved.add(row["key"])
+    out = tmp_path_factory.mktemp("half_unlabelled")
+    metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    write_manifest(rows, out / "manifest.parquet", metadata=metadata)
+    result = run_cli(
+        "beam_runner.py", "prepare", "--manifest", str(out / "manifest.parquet"),
+        "--audio-root", str(demo_corpus), "--output", str(out / "data"),
+        "--features", "mel,pcm", "--sample-rate", "22050", "--n-fft", "1024", "--hop", "512",
+        "--f-max", "11025", "--shard-size-mb", "8", "--direct_num_workers=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(out / "data"), moved
+
+
+@pytest.fixture(scope="module")
+def teacher(half_unlabelled, tmp_path_factory) -> Path:
+    """A tiny teacher trained with the augmentation chain on the labelled half."""
+    data, _ = half_unlabelled
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    result = run_cli(
+        "tagtrain", "train", "--data", data, "--model", TEACHER, "--augment", "default",
+        "--out", str(out), *TINY_FLAGS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_prepare_writes_the_unlabelled_clips_as_their_own_split(half_unlabelled):
+    data, moved = half_unlabelled
+    card = load_card(data)
+    shards = card["splits"]["unlabeled"]["shards"]
+    assert (
+        card["splits"]["unlabeled"]["samples"] == len(moved) == card["splits"]["train"]["samples"]
+    )
+    assert all(s["name"].startswith("unlabeled-") for s in shards)
+    seen = set()
+    for shard in shards:
+        for key, members in read_tar((Path(data) / shard["name"]).read_bytes()).items():
+            meta = json.loads(members["json"])
+            assert meta["split"] == "unlabeled" and meta["tags"] == [] and meta["labels"] == []
+            assert load_npy(members["pcm.npy"]).dtype == np.int16
+            seen.add(key)
+    assert seen == moved
+
+
+def test_the_teacher_trains_with_the_whole_chain_recorded(teacher):
+    config = json.loads((teacher / "config.json").read_text())
+    assert config["augment"] == resolve_chain("default")
+    assert (teacher / "best.pt").is_file() and (teacher / "metrics.csv").is_file()
+
+
+def reference_teacher(run_dir: Path, clean: torch.Tensor) -> torch.Tensor:
+    """The teacher's probabilities for clean int16 crops, rebuilt from its checkpoint alone."""
+    state = ckpt.load_checkpoint(run_dir / "best.pt")
+    model = create_model(
+        state["model_name"], len(state["vocabulary"]), seed=None, width=state["width"]
+    )
+    model.load_state_dict(state["model"])
+    model.eval()
+    features = FeatureConfig.from_dict(state["input_plan"]["features"])
+    mel = log_mel(clean.float() / 32767.0, features)
+    norm = state["normalisation"]
+    mean = torch.tensor(norm["mean"])[:, None]
+    std = torch.tensor(norm["std"]).clamp_min(1e-5)[:, None]
+    with torch.no_grad():
+        return torch.sigmoid(model((mel - mean) / std))
+
+
+def stored_pcm(data: str, key: str) -> np.ndarray:
+    card = load_card(data)
+    for shard in card["splits"]["unlabeled"]["shards"]:
+        members = read_tar((Path(data) / shard["name"]).read_bytes())
+        if key in members:
+            return load_npy(members[key]["pcm.npy"])
+    raise KeyError(key)
+
+
+def test_student_targets_are_the_teachers_outputs_on_the_clean_twin(
+    half_unlabelled, teacher, tmp_path
+):
+    data, moved = half_unlabelled
+    cfg = RunConfig(
+        data=data, model=TEACHER, out=str(tmp_path / "student"), augment="default",
+        **{**TINY, "workers": 0, "batch_size": 3},
+    )  # fmt: skip
+    trainer = StudentTrainer(cfg, StudentConfig(teacher=str(teacher), unlabeled_weight=0.5))
+    reader = trainer._train_reader(0, None)
+    batch = next(iter(reader))
+    reader.close()
+    unlabelled = batch.unlabelled
+    assert set(unlabelled.keys) <= moved and not set(batch.labelled.keys) & moved
+    assert len(batch.labelled.keys) == len(unlabelled.keys) == 3  # half and half
+
+    # The teacher's view: the clean crop, a verbatim slice of the stored PCM.
+    for key, clean in zip(unlabelled.keys, unlabelled.clean.numpy()):
+        pcm = stored_pcm(data, key)
+        starts = np.flatnonzero(pcm[: len(pcm) - len(clean) + 1] == clean[0])
+        assert any(np.array_equal(pcm[s : s + len(clean)], clean) for s in starts)
+    # The student's view: the same crops augmented.
+    assert unlabelled.x.dtype == torch.float32 and unlabelled.clean.dtype == torch.int16
+    for x, clean in zip(unlabelled.x, unlabelled.clean):
+        assert not torch.allclose(x, clean.float(), atol=1.0)
+
+    inputs = trainer.step_inputs(batch)
+    expected = reference_teacher(teacher, unlabelled.clean)
+    assert torch.allclose(inputs.pseudo_labels, expected, atol=1e-5)
+    assert torch.equal(inputs.labels, batch.labelled.y)
+
+    # What the two networks are actually fed in a training step, and the loss they give.
+    seen = {}
+    trainer.teacher.model.register_forward_pre_hook(lambda m, a: seen.__setitem__("teacher", a[0]))
+    trainer.model.register_forward_pre_hook(lambda m, a: seen.__setitem__("student", a[0]))
+    trainer.model.register_forward_hook(lambda m, a, out: seen.__setitem__("logits", out))
+    loss = trainer._loss(batch)
+    clean_input = trainer.teacher.device_input(unlabelled.clean)
+    assert torch.allclose(seen["teacher"], clean_input)
+    augmented = trainer.device_input(torch.cat([batch.labelled.x, unlabelled.x]))
+    assert torch.allclose(seen["student"], augmented)
+    assert not torch.allclose(seen["student"][3:], trainer.device_input(unlabelled.clean), atol=0.1)
+    logits = seen["logits"].detach().float()
+    by_hand = F.binary_cross_entropy_with_logits(
+        logits[:3], batch.labelled.y
+    ) + 0.5 * F.binary_cross_entropy_with_logits(logits[3:], expected)
+    assert torch.isclose(loss.detach(), by_hand, atol=1e-5)
+
+
+def evaluate(run_dir: Path) -> dict:
+    assert main(["evaluate", "--run", str(run_dir), "--chunks", "1", "--workers", "0"]) == 0
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def assert_evaluable_student(run_dir: Path, teacher_dir: Path, mode: str) -> None:
+    for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    info = json.loads((run_dir / "student.json").read_text())
+    assert info["teacher"] == str(teacher_dir) and info["mode"] == mode
+    assert info["unlabeled_split"] == "unlabeled" and info["unlabeled_samples"] > 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 2 and summary["student"]["mode"] == mode
+    metrics = evaluate(run_dir)
+    assert math.isfinite(metrics["roc_auc"]) and math.isfinite(metrics["pr_auc"])
+
+
+@pytest.mark.slow
+def test_a_knowledge_expansion_student_from_the_command_line(half_unlabelled, teacher, tmp_path):
+    data, _ = half_unlabelled
+    out = tmp_path / "ke"
+    result = run_cli(
+        "tagtrain", "student", "--teacher", str(teacher), "--data", data,
+        "--student-model", TEACHER, "--out", str(out), *TINY_FLAGS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "noisy student (expansion)" in result.stdout
+    assert_evaluable_student(out, teacher, "expansion")
+    info = json.loads((out / "student.json").read_text())
+    assert info["student_parameters"] == info["teacher_parameters"]
+
+
+@pytest.mark.slow
+def test_a_distilled_compact_student_iterated_twice(half_unlabelled, teacher, tmp_path):
+    data, _ = half_unlabelled
+    out = tmp_path / "kd"
+    cfg = RunConfig(
+        data=data, model="music_tagging_transformer_small", out=str(out), augment="default",
+        **{**TINY, "width": 0.25},
+    )  # fmt: skip
+    summaries = train_students(cfg, StudentConfig(teacher=str(teacher), iterations=2))
+    first = Path(f"{out}-iter1")
+    assert [s["run_dir"] for s in summaries] == [str(first), str(out)]
+    assert_evaluable_student(first, teacher, "distillation")
+    assert_evaluable_student(out, first, "expansion")  # same size as its teacher now
+    info = json.loads((first / "student.json").read_text())
+    assert info["student_parameters"] < info["teacher_parameters"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--unlabeled-split", "extra"], "the dataset has no split 'extra'"),
+        (["--augment", "none"], "a noisy student needs waveform augmentation"),
+        (["--teacher-checkpoint", "last", "--student-model", "fcn"], "needs pcm at 16000 Hz"),
+    ],
+)
+def test_student_misuse_is_one_line(half_unlabelled, teacher, tmp_path, capsys, flags, message):
+    data, _ = half_unlabelled
+    args = ["student", "--teacher", str(teacher), "--data", data, "--student-model", TEACHER]
+    args += ["--out", str(tmp_path / "s"), *TINY_FLAGS, *flags]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_a_missing_teacher_or_bad_iterations_is_one_line(half_unlabelled, tmp_path, capsys):
+    data, _ = half_unlabelled
+    args = ["student", "--data", data, "--student-model", TEACHER, "--out", str(tmp_path / "s")]
+    assert main([*args, "--teacher", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nowhere" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--teacher", str(tmp_path), "--iterations", "0"])
+    assert info.value.code == 2
+    assert "--iterations: 0 must be at least 1" in capsys.readouterr().err
