@@ -123,7 +123,7 @@ def encode_mp3(pcm: np.ndarray, sample_rate: int, encoding: Encoding, mp3_path: 
     encoder delay, so decoders that honour it (libsndfile, ffmpeg) give back exactly 30 s."""
     _run(
         ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "f32le"]
-        + ["-ar", str(sample_rate), "-ac", str(pcm.shape[1]), "-i", "pipe:0"]
+        + ["-ar", str(sample_rate), "-ac", str(pcm.shape[1]), "-i", "-"]
         + ["-map_metadata", "-1", "-c:a", "libmp3lame", "-b:a", encoding.bitrate]
         # LAME's fast mode: half the encoding time of the default at the same bitrate
         + ["-compression_level", "7"]
