@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from manifests.demo_music import CLIP_SECONDS, STYLE_NAMES, TAGS, compose
 from manifests.schema import write_manifest
+from pipelines.argtypes import non_negative_int, positive_int
 
 DEFAULT_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 FLUIDSYNTH_GAIN = 0.5  # float output: nothing clips before mastering sets the level
@@ -276,26 +277,6 @@ def summary(table: pa.Table) -> str:
         if label == "clips" or label == f"style: {STYLE_NAMES[-1]}":
             lines.append("")
     return "\n".join(lines)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

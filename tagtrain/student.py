@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pipelines.argtypes import non_negative_float, positive_int
 from tagtrain.augment import resolve_chain
 from tagtrain.config import ConfigError, RunConfig, build_config
 from tagtrain.data import (
@@ -336,26 +337,6 @@ def train_students(cfg: RunConfig, student: StudentConfig) -> list[dict]:
 # --- command line ---------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", required=True, help="run directory of the teacher")
     parser.add_argument(
@@ -372,13 +353,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--unlabeled-weight",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=1.0,
         help="weight of the pseudo-label loss (1.0)",
     )
     parser.add_argument(
         "--iterations",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="student generations; each teaches the next (1)",
     )
