@@ -110,6 +110,10 @@ def validate_table(table: pa.Table, require_tags: bool = False) -> None:
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise ManifestError(f"manifest is missing column(s): {', '.join(missing)}")
+    for field in SCHEMA:
+        actual = table.schema.field(field.name).type
+        if not _compatible(actual, field.type):
+            raise ManifestError(f"column {field.name!r} has type {actual}; expected {field.type}")
     keys = table.column("key").to_pylist()
     for i, key in enumerate(keys):
         if key is None or not is_safe_key(key):
@@ -137,6 +141,26 @@ def validate_table(table: pa.Table, require_tags: bool = False) -> None:
                 raise ManifestError(
                     f"row {i} ({keys[i]}): empty tag list in labelled split {splits[i]!r}"
                 )
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+
+
+def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Types a reader can use as the schema's: either string width, list or large list
+    of text, any number for floats, and all-null columns."""
+    if pa.types.is_null(actual):
+        return True
+    if pa.types.is_string(expected):
+        return _is_text(actual)
+    if pa.types.is_list(expected):
+        return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and _is_text(
+            actual.value_type
+        )
+    if pa.types.is_floating(expected):
+        return pa.types.is_floating(actual) or pa.types.is_integer(actual)
+    return actual == expected
 
 
 def read_manifest(path: str | Path, require_tags: bool = False) -> pa.Table:

@@ -645,3 +645,26 @@ def test_built_manifest_has_exactly_the_schema(tmp_path):
     assert main(["build", "jamendo-moodtheme", "--audio-root", str(tmp_path), "--out", str(out),
                  "--allow-missing"]) == 0  # fmt: skip
     assert pq.read_schema(out).remove_metadata().equals(SCHEMA)
+
+
+def test_a_column_of_the_wrong_type_is_named_in_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from manifests.schema import read_manifest, rows_to_table
+
+    table = rows_to_table(
+        [{"key": "a", "track_id": "a", "dataset": "d", "split": "train", "audio_path": "a.mp3",
+          "tags": ["rock"]}]
+    )  # fmt: skip
+    flat = table.set_column(table.schema.get_field_index("tags"), "tags", pa.array(["rock"]))
+    pq.write_table(flat, tmp_path / "flat.parquet")
+    with pytest.raises(ManifestError, match="column 'tags' has type string"):
+        read_manifest(tmp_path / "flat.parquet")
+    # Large strings and integer durations are what other writers produce: accepted.
+    wide = table.set_column(
+        table.schema.get_field_index("audio_path"), "audio_path",
+        pa.array(["a.mp3"], pa.large_string()),
+    ).set_column(table.schema.get_field_index("duration"), "duration", pa.array([30]))  # fmt: skip
+    pq.write_table(wide, tmp_path / "wide.parquet")
+    assert read_manifest(tmp_path / "wide.parquet").num_rows == 1
