@@ -42,20 +42,17 @@ import copy
 import dataclasses
 import json
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
-from pipelines.card import CardError
 from tagtrain import checkpoint as ckpt
 from tagtrain import train
 from tagtrain.config import ConfigError, RunConfig, apply
 from tagtrain.data import LoaderError, assign_shards, planned_steps
 from tagtrain.models.patchout import PATCHOUT_MODELS, default_time_patchout, grid_size
-from tagtrain.openers import OpenerError
 from tagtrain.registry import get_entry
 
 COMMAND = "train-patchout"
@@ -442,21 +439,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, PatchoutOptio
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    def build():
         cfg, options = config_from_args(args)
-        trainer = PatchoutTrainer(cfg, options, resume=args.resume)
-    except (ConfigError, CardError, LoaderError, OpenerError, ckpt.CheckpointError) as exc:
-        print(f"error: {train._first_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyError as exc:  # unknown model
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
-    try:
-        trainer.run()
-    except LoaderError as exc:
-        print(f"error: {train._first_line(exc)}", file=sys.stderr)
-        return 1
-    return 0
+        return PatchoutTrainer(cfg, options, resume=args.resume)
+
+    return train.run_trainer(build)
 
 
 __all__ = [

@@ -958,9 +958,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_trainer(lambda: Trainer(config_from_args(args), resume=args.resume))
+
+
+def run_trainer(build) -> int:
+    """Build a trainer and run it: a user error is one line and exit 2, a loader that
+    cannot deliver one line and exit 1."""
     try:
-        cfg = config_from_args(args)
-        trainer = Trainer(cfg, resume=args.resume)
+        trainer = build()
     except (ConfigError, CardError, LoaderError, OpenerError, ckpt.CheckpointError) as exc:
         print(f"error: {_first_line(exc)}", file=sys.stderr)
         return 2
