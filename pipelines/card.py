@@ -6,11 +6,14 @@ Layout (all plain JSON):
     vocabulary       tags in label order
     splits           {split: {"samples", "seconds", "shards": [{"name", "samples", "seconds", "bytes"}]}}
     mel_stats        {"mean": [n_mels], "std": [n_mels]} over the train split (or null)
-    decoder          {"name", "versions": {library: version}}
+    decoder          {"requested", "versions": {library: version}}
     manifest         {"path", "sha256"}
+    counts           {"inputs", "samples", "rejects", "rejects_by_reason"}: inputs = samples + rejects
+    job              {"min_seconds", "max_seconds", "shard_size_mb", "planned_shards"}
+    identity         what a re-run into the same output must match
     code_version     the package version that wrote it
     deformation      null, or {"name", "params"} for a perturbed copy
-    job              {"min_seconds", "max_seconds", ...}: validation settings
+    source           perturbed copies only: {"dataset", "split", "card_sha256"} of the source
 """
 
 from __future__ import annotations

@@ -628,6 +628,9 @@ def make_loader(stream: ShardStream, pin_memory: bool = False) -> torch.utils.da
         pin_memory=pin_memory,
         prefetch_factor=cfg.prefetch_factor if cfg.workers else None,
         persistent_workers=False,
+        # Starting an iterator draws a base seed; from the global generator it would shift
+        # the trainer's dropout stream on --resume. The workers' randomness is all hashed.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
 
 

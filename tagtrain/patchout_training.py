@@ -43,6 +43,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +134,20 @@ class PatchoutOptions:
 
 
 # --- the recipe's pieces (pure functions of tensors) -----------------------------------
+
+
+def restore_inference_patchout(model: torch.nn.Module, run_dir: Path) -> None:
+    """A run trained with --inference-patchout is evaluated with the same patches dropped."""
+    path = run_dir / OPTIONS_FILE
+    if not path.is_file():
+        return
+    options = PatchoutOptions.from_dict(json.loads(path.read_text()), str(path))
+    if options.inference_patchout:
+        model.set_patchout(
+            time=options.resolved_time_patchout(model.input_spec.seconds),
+            freq=options.freq_patchout,
+            inference=True,
+        )
 
 
 def lr_factor(epoch: float, options: PatchoutOptions) -> float:
@@ -266,9 +281,6 @@ class PatchoutTrainer(train.Trainer):
         super().__init__(cfg, resume)
         if not resume:
             self._install_schedule()
-            # Patchout, masks and mixup draw from torch's generator: seeded, and restored
-            # from the checkpoint on --resume.
-            torch.manual_seed(cfg.seed * 1000 + self.dist.rank)
         self.model.set_patchout(
             time=options.resolved_time_patchout(self.model.input_spec.seconds),
             freq=options.freq_patchout,

@@ -93,6 +93,7 @@ class TrainedRun:
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedRun:
     """The run's model with the chosen checkpoint's weights (torch.load weights_only)."""
+    from tagtrain.patchout_training import restore_inference_patchout
     from tagtrain.train import amp_settings, resolve_device
 
     run_dir = Path(run_dir)
@@ -115,6 +116,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
         norm = state.get("normalisation") or {}
         model = create_model(config.model, len(vocabulary), seed=None, width=config.width)
         model.load_state_dict(state["model"])
+        restore_inference_patchout(model, run_dir)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         if isinstance(exc, ConfigError):
             raise

@@ -459,8 +459,12 @@ class Trainer:
         self.norm_source = "card" if self.plan.mean is not None else "none"
         if resume:
             self._resume()
-        elif self.plan.kind == "mel" and self.plan.mean is None:
-            self._estimate_stats()
+        else:
+            # Dropout (and the subclasses' patchout, masks, mixup) draw from torch's
+            # generator: seeded per rank here, restored from the checkpoint on --resume.
+            torch.manual_seed(cfg.seed * 1000 + self.dist.rank)
+            if self.plan.kind == "mel" and self.plan.mean is None:
+                self._estimate_stats()
 
     # -- set-up helpers
 

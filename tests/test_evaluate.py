@@ -1,7 +1,7 @@
 """Evaluation, robustness, tagging and embeddings on runs trained here on the demo shards.
 
 Two real runs of a small short-chunk CNN: `short` (2 epochs) and `long` (the same run
-resumed to 4 epochs), so the robustness figure compares two different models.
+resumed to 8 epochs), so the robustness figure compares two different models.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def runs(demo_dataset, tmp_path_factory):
     short, long = base / "short", base / "long"
     train(RunConfig(out=str(short), epochs=2, **common))
     shutil.copytree(short, long)
-    train(RunConfig(out=str(long), epochs=4, **common), resume=True)
+    train(RunConfig(out=str(long), epochs=8, **common), resume=True)
     return short, long
 
 
@@ -90,6 +90,8 @@ def test_evaluate_learns_the_learnable_tags_and_lists_every_tag(runs, demo_datas
     assert metrics["tracks"] == len(test_rows) and metrics["chunks"] == 16
     for row in rows:
         assert int(row["positives"]) == sum(row["tag"] in r["tags"] for r in test_rows)
+    # Seeded, so one machine always gets the same numbers; across seeds 8 epochs gave
+    # 0.89-0.99 on these tags (4 epochs: 0.74-0.88, too close to the bound).
     learnable = [float(r["roc_auc"]) for r in rows if r["tag"] in LEARNABLE]
     assert len(learnable) == len(LEARNABLE)
     assert np.mean(learnable) > 0.75, rows

@@ -22,6 +22,7 @@ from tagtrain.models.patchout import even_keep, grid_size, patchout_input
 from tagtrain.patchout_training import PatchoutOptions, TagBalance, lr_factor, mixup, spec_mask
 from tagtrain.probe import multi_hot, read_index
 from tagtrain.registry import create_model, get_entry
+from tagtrain.runs import load_run
 from tests.conftest import run_cli, tone
 
 
@@ -264,6 +265,14 @@ def test_tiny_preset_trains_resumes_with_swa_and_its_block_embeddings_probe(
     if summary["best_epoch"] == 2:  # best.pt is what was validated: the average
         assert all(torch.equal(best["model"][k], swa[k]) for k in swa)
     assert "swa" not in best
+    # Evaluation uses the run's inference patchout: off here, on once the options say so.
+    assert not load_run(run_dir).model.inference_patchout
+    options = json.loads((run_dir / "patchout.json").read_text())
+    (run_dir / "patchout.json").write_text(json.dumps({**options, "inference_patchout": True}))
+    restored = load_run(run_dir).model
+    assert restored.inference_patchout
+    assert (restored.time_patchout, restored.freq_patchout) == (30, 2)
+    (run_dir / "patchout.json").write_text(json.dumps(options))
 
     emb = tmp_path / "emb.parquet"
     embed = ["embed", "--run", str(run_dir), "--out", str(emb), "--block", "1", "--chunks", "2"]

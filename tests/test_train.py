@@ -119,6 +119,17 @@ def test_killed_run_resumes_mid_epoch_without_replaying(dataset, tmp_path):
     assert len(redone) == len(set(redone))
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [(r["epoch"], r["steps"], r["samples"]) for r in rows] == [("0", "8", "32")]
+    # The same seed without the kill: the same batches and the same weights, bit for bit
+    # (initialisation, shuffles, crops and dropout are all seeded or restored).
+    whole = tmp_path / "whole"
+    uninterrupted = trainer_cli("--data", str(out), "--out", str(whole), "--epochs", "1", *FLAGS)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    assert logged_steps(whole) == before[:4] + after
+    resumed_weights = ckpt.load_checkpoint(run / "last.pt")["model"]
+    whole_weights = ckpt.load_checkpoint(whole / "last.pt")["model"]
+    assert resumed_weights.keys() == whole_weights.keys()
+    for name, tensor in whole_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), name
 
 
 def test_card_that_does_not_fit_the_model_is_refused(tmp_path):
