@@ -114,7 +114,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
         vocabulary = [str(t) for t in state["vocabulary"]]
         plan = InputPlan(**{k: state["input_plan"][k] for k in _PLAN_FIELDS})
         norm = state.get("normalisation") or {}
-        model = create_model(config.model, len(vocabulary), seed=None, width=config.width)
+        # Seeded (in a forked generator) although the weights are replaced: loading a run,
+        # e.g. a student's teacher, must not move the caller's random stream.
+        model = create_model(config.model, len(vocabulary), seed=0, width=config.width)
         model.load_state_dict(state["model"])
         restore_inference_patchout(model, run_dir)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

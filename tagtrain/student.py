@@ -20,8 +20,11 @@ distillation: a smaller one (e.g. music_tagging_transformer_small, 64-d). With
 The run directory has the layout of `train` runs (config.json, metrics.csv, best.pt,
 last.pt, summary.json, ...) plus student.json (the teacher and the student settings), so
 every command that reads a run reads it. Validation and model selection are those of
-`train`: the student's loss and AUCs on the labelled validation split. A student run is
-not resumable (`--resume` is not offered): the unlabelled stream's position is not saved.
+`train`: the student's loss and AUCs on the labelled validation split.
+
+`--resume` (the same command again, plus --resume) continues where the last checkpoint
+left off: finished iterations are kept, the interrupted one resumes mid-epoch from both
+streams' saved positions (the labelled rows, then the unlabelled rows and its pass number).
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pipelines.argtypes import non_negative_float, positive_int
+from tagtrain import checkpoint as ckpt
 from tagtrain.augment import resolve_chain
 from tagtrain.config import ConfigError, RunConfig, build_config
 from tagtrain.data import (
@@ -48,6 +53,7 @@ from tagtrain.data import (
     ShardStream,
     assign_shards,
     check_enough_shards,
+    decode_positions,
     plan_input,
     planned_steps,
     split_shards,
@@ -55,7 +61,7 @@ from tagtrain.data import (
 )
 from tagtrain.registry import count_parameters, get_entry
 from tagtrain.runs import CHECKPOINTS, RUN_ERRORS, RunError, TrainedRun, load_run
-from tagtrain.train import Trainer, add_config_flags, config_overrides
+from tagtrain.train import Trainer, add_config_flags, add_run_flags, config_overrides
 
 COMMAND = "student"
 HELP = "noisy-student training: a teacher run labels the unlabelled split for a student"
@@ -130,32 +136,41 @@ class PairedBatch:
 class PairedReader:
     """The labelled epoch reader, each batch paired with the next unlabelled batch.
 
-    The labelled split sets the epoch's length (and the positions a checkpoint stores);
-    the unlabelled stream restarts with a fresh shuffle and fresh crops when it runs out,
-    and an epoch that ends first simply leaves the rest of it unread."""
+    The labelled split sets the epoch's length; the unlabelled stream restarts with a fresh
+    shuffle and fresh crops when it runs out (pass 1, 2, ...), and an epoch that ends first
+    simply leaves the rest of it unread. A checkpoint stores both streams' positions and
+    the unlabelled pass (see `encoded_positions`)."""
 
-    def __init__(self, labelled: EpochReader, open_unlabelled: Callable[[int], EpochReader]):
+    def __init__(
+        self,
+        labelled: EpochReader,
+        open_unlabelled: Callable[[int, torch.Tensor | None], EpochReader],
+        resume: torch.Tensor | None = None,
+    ):
         self.labelled = labelled
         self.stream = labelled.stream
         self._open_unlabelled = open_unlabelled
         self._unlabelled: EpochReader | None = None
         self._finished_stats = LoaderStats()
+        self._slots = labelled.stream.cfg.slots
+        self._resume = None if resume is None else resume[self._slots : 2 * self._slots]
+        self.passes = 0 if resume is None else int(resume[2 * self._slots, 0])
 
-    def _next_pass(self, passes: int) -> Iterator[Batch]:
+    def _next_pass(self) -> Iterator[Batch]:
         if self._unlabelled is not None:
             self._finished_stats = self._finished_stats.add(self._unlabelled.stats)
             self._unlabelled.close()
-        self._unlabelled = self._open_unlabelled(passes)
+        self._unlabelled = self._open_unlabelled(self.passes, self._resume)
+        self._resume = None
         return iter(self._unlabelled)
 
     def __iter__(self) -> Iterator[PairedBatch]:
-        passes = 0
-        unlabelled = self._next_pass(passes)
+        unlabelled = self._next_pass()
         for batch in self.labelled:
             other = next(unlabelled, None)
             if other is None:
-                passes += 1
-                unlabelled = self._next_pass(passes)
+                self.passes += 1
+                unlabelled = self._next_pass()
                 other = next(unlabelled, None)
                 if other is None:
                     first = self.stats.errors[0] if self.stats.errors else "no samples"
@@ -164,6 +179,7 @@ class PairedReader:
 
     def commit(self, batch: PairedBatch) -> None:
         self.labelled.commit(batch.labelled)
+        self._unlabelled.commit(batch.unlabelled)  # the pass that made it: batches are pairs
 
     def close(self) -> None:
         self.labelled.close()
@@ -176,7 +192,12 @@ class PairedReader:
         return total.add(self._unlabelled.stats) if self._unlabelled is not None else total
 
     def encoded_positions(self) -> torch.Tensor:
-        return self.labelled.encoded_positions()
+        """[2 * workers + 1, width]: the labelled rows, the unlabelled rows, the pass."""
+        labelled = self.labelled.encoded_positions()
+        unlabelled = self._unlabelled.encoded_positions()
+        passes = torch.full_like(labelled[:1], -1)
+        passes[0, 0] = self.passes
+        return torch.cat([labelled, unlabelled, passes])
 
 
 # --- the student trainer ------------------------------------------------------------------
@@ -190,10 +211,10 @@ class StepInputs:
 
 
 class StudentTrainer(Trainer):
-    def __init__(self, cfg: RunConfig, student: StudentConfig):
+    def __init__(self, cfg: RunConfig, student: StudentConfig, resume: bool = False):
         if resolve_chain(cfg.augment) is None:
             raise ConfigError("a noisy student needs waveform augmentation: --augment default|FILE")
-        super().__init__(cfg)
+        super().__init__(cfg, resume)
         self.student = student.validate()
         self.teacher = load_teacher(
             student.teacher, student.teacher_checkpoint, self.card, cfg.data, self.device
@@ -256,12 +277,18 @@ class StudentTrainer(Trainer):
 
     # -- streams
 
-    def _train_reader(self, epoch: int, resume) -> PairedReader:
+    def _train_reader(self, epoch: int, resume: torch.Tensor | None) -> PairedReader:
+        slots = self.train_loader_cfg.slots
+        if resume is not None and resume.shape[0] != 2 * slots + 1:
+            raise ConfigError(f"{self.run_dir}/last.pt was not written by a student run")
+        labelled = None if resume is None else resume[:slots]
         return PairedReader(
-            super()._train_reader(epoch, resume), lambda n: self._unlabelled_reader(epoch, n)
+            super()._train_reader(epoch, labelled),
+            lambda n, at: self._unlabelled_reader(epoch, n, at),
+            resume,
         )
 
-    def _unlabelled_reader(self, epoch: int, n: int) -> EpochReader:
+    def _unlabelled_reader(self, epoch: int, n: int, resume: torch.Tensor | None) -> EpochReader:
         # Pass n of the unlabelled split within this epoch: its own shuffle, crops, noise.
         stream_epoch = epoch if n == 0 else stable_int("unlabelled pass", epoch, n) % 2**62
         stream = ShardStream(
@@ -270,6 +297,7 @@ class StudentTrainer(Trainer):
             self.vocabulary,
             self.train_loader_cfg,
             stream_epoch,
+            None if resume is None else decode_positions(resume),
             augment=self.augment,
             keep_clean=True,
         )
@@ -322,14 +350,40 @@ def iteration_dirs(out: str, iterations: int) -> list[str]:
     return [f"{out}-iter{i}" for i in range(1, iterations)] + [out]
 
 
-def train_students(cfg: RunConfig, student: StudentConfig) -> list[dict]:
-    """Run every iteration (each student teaches the next); their summaries."""
+def finished_summary(run_cfg: RunConfig) -> dict | None:
+    """The summary of an iteration that needs no more training, else None."""
+    path = run_cfg.run_dir() / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    done = summary["epochs_completed"] >= run_cfg.total_epochs()
+    return summary if done or summary["stopped"].startswith("early stopping") else None
+
+
+def train_students(cfg: RunConfig, student: StudentConfig, resume: bool = False) -> list[dict]:
+    """Run every iteration (each student teaches the next); their summaries. With
+    `resume`, finished iterations are kept and the interrupted one continues."""
     student.validate()
+    dirs = iteration_dirs(str(cfg.run_dir()), student.iterations)
+    if resume and not (Path(dirs[0]) / ckpt.LAST).is_file():
+        raise ConfigError(f"--resume: no student run to resume at {dirs[0]}")
     summaries, teacher = [], student.teacher
-    for i, out in enumerate(iteration_dirs(str(cfg.run_dir()), student.iterations)):
+    for i, out in enumerate(dirs):
         run_cfg = dataclasses.replace(cfg, out=out, seed=cfg.seed + i)
-        trainer = StudentTrainer(run_cfg, dataclasses.replace(student, teacher=teacher))
-        summaries.append(trainer.run())
+        started = resume and (Path(out) / ckpt.LAST).is_file()
+        if started:
+            was = json.loads((Path(out) / STUDENT_FILE).read_text())["teacher"]
+            if was != str(Path(teacher)):
+                raise ConfigError(f"{out} was taught by {was}, not {teacher}")
+        summary = finished_summary(run_cfg) if started else None
+        if summary is None:
+            trainer = StudentTrainer(
+                run_cfg, dataclasses.replace(student, teacher=teacher), started
+            )
+            summary = trainer.run()
+        else:
+            print(f"{out}: finished already, kept", flush=True)
+        summaries.append(summary)
         teacher = out
     return summaries
 
@@ -364,7 +418,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="student generations; each teaches the next (1)",
     )
     add_config_flags(parser, exclude=("model",))
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    add_run_flags(parser, "continue the run in --out (give the same command again)")
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[RunConfig, StudentConfig]:
@@ -392,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg, student = configs_from_args(args)
         get_entry(cfg.model)
-        train_students(cfg, student)
+        train_students(cfg, student, resume=args.resume)
     except KeyError as exc:  # unknown model
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2

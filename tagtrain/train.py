@@ -520,7 +520,7 @@ class Trainer:
                     f"cannot resume mid-epoch with a different loader layout ({diffs}); "
                     "use the run's original settings"
                 )
-            self.resume_positions = decode_positions(loader["positions"][self.dist.rank].cpu())
+            self.resume_positions = loader["positions"][self.dist.rank].cpu()
         if self.dist.is_main:
             print(
                 f"resuming {self.run_dir} at epoch {self.progress.epoch + 1}, "
@@ -688,15 +688,16 @@ class Trainer:
             done_here, samples_here * dist.world, seconds, wait, stats, timed_out, positions
         )
 
-    def _train_reader(self, epoch: int, resume) -> EpochReader:
-        """The epoch's training batches (a subclass may pair them with other streams)."""
+    def _train_reader(self, epoch: int, resume: torch.Tensor | None) -> EpochReader:
+        """The epoch's training batches, from the checkpointed position table `resume`
+        (a subclass may pair them with other streams)."""
         stream = ShardStream(
             self.train_shards,
             self.plan,
             self.vocabulary,
             self.train_loader_cfg,
             epoch,
-            resume,
+            None if resume is None else decode_positions(resume),
             augment=self.augment,
         )
         return EpochReader(stream, pin_memory=self.device.type == "cuda")
@@ -931,12 +932,14 @@ def config_overrides(args: argparse.Namespace) -> dict:
     overrides = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
     if getattr(args, "no_progress", False):
         overrides["progress"] = False
+    if getattr(args, "log_samples", False):
+        overrides["log_samples"] = True
     return overrides
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_flags(parser)
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+def add_run_flags(parser: argparse.ArgumentParser, resume_help: str) -> None:
+    """--resume, --no-progress and --log-samples: how to run, not what to train."""
+    parser.add_argument("--resume", action="store_true", help=resume_help)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     parser.add_argument(
         "--log-samples",
@@ -945,10 +948,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_flags(parser)
+    add_run_flags(parser, "continue the run in --out")
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides = config_overrides(args)
-    if args.log_samples:
-        overrides["log_samples"] = True
     base = None
     if args.resume:
         probe = build_config(args.config, {"data": "-", "model": "-", **overrides})

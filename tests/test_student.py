@@ -25,6 +25,7 @@ from tagtrain.config import RunConfig
 from tagtrain.data import load_card
 from tagtrain.registry import create_model
 from tagtrain.student import StudentConfig, StudentTrainer, train_students
+from tagtrain.train import KILL_AT_STEP_ENV
 from tests.conftest import run_cli
 
 TEACHER = "music_tagging_transformer"
@@ -259,3 +260,49 @@ def test_a_missing_teacher_or_bad_iterations_is_one_line(half_unlabelled, tmp_pa
         main([*args, "--teacher", str(tmp_path), "--iterations", "0"])
     assert info.value.code == 2
     assert "--iterations: 0 must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_student_resumes_to_the_weights_of_an_uninterrupted_run(
+    half_unlabelled, teacher, tmp_path
+):
+    data, _ = half_unlabelled
+    # The valid split (14 clips, 7 batches) stands in for the unlabelled one: shorter than
+    # the labelled epoch (10 steps), so the unlabelled stream starts its second pass at
+    # step 8, where the checkpoint before the kill is taken.
+    args = [
+        "tagtrain", "student", "--teacher", str(teacher), "--data", data,
+        "--student-model", TEACHER, "--unlabeled-split", "valid", "--width", "0.125",
+        "--epochs", "1", "--batch-size", "2", "--workers", "1", "--val-chunks", "1",
+        "--no-progress", "--log-samples",
+    ]  # fmt: skip
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    killed = run_cli(
+        *args, "--out", str(run), "--checkpoint-every", "4", env={KILL_AT_STEP_ENV: "9"}
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    state = ckpt.load_checkpoint(run / ckpt.LAST)
+    assert state["progress"]["global_step"] == 8
+    assert state["loader"]["positions"][0, -1, 0] == 1  # the unlabelled stream's second pass
+    resumed = run_cli(*args, "--out", str(run), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert run_cli(*args, "--out", str(whole)).returncode == 0
+
+    def steps(run_dir):
+        lines = (run_dir / "samples-rank0.tsv").read_text().splitlines()
+        return [line.split("\t") for line in lines]
+
+    logged = steps(run)
+    assert [int(s) for _, s, _ in logged] == [*range(1, 10), *range(9, 11)]
+    assert logged[:8] + logged[9:] == steps(whole)  # the same pairs of batches, none replayed
+    weights = ckpt.load_checkpoint(run / ckpt.LAST)["model"]
+    for name, tensor in ckpt.load_checkpoint(whole / ckpt.LAST)["model"].items():
+        assert torch.equal(weights[name], tensor), name
+    # Resuming a finished run keeps it; resuming nothing, or with another teacher, is refused.
+    again = run_cli(*args, "--out", str(run), "--resume")
+    assert again.returncode == 0 and "finished already, kept" in again.stdout
+    other = [str(whole) if a == str(teacher) else a for a in args]
+    refused = run_cli(*other, "--out", str(run), "--resume")
+    assert refused.returncode == 2 and f"was taught by {teacher}" in refused.stderr
+    nothing = run_cli(*args, "--out", str(tmp_path / "none"), "--resume")
+    assert nothing.returncode == 2 and "no student run to resume" in nothing.stderr
