@@ -52,8 +52,6 @@ from pipelines.deformations import (
 )
 from pipelines.features import FeatureConfig
 from pipelines.prepare import (
-    REJECT,
-    SAMPLE,
     TrackStageFn,
     summarize_counts,
     summarize_splits,
@@ -66,6 +64,7 @@ from pipelines.track import Reject, TrackConfig, make_sample
 PERTURBED_DIR = "perturbed"
 AUGMENTED_DIR = "augmented"
 AUGMENT = "augment"
+SAMPLE, REJECT = "sample", "reject"
 
 # JSON fields that make_sample writes itself; every other field of the original JSON
 # (decoder, source rate/channels/seconds, cropped, ...) is carried over unchanged.

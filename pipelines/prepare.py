@@ -7,6 +7,11 @@ ParDo and `with_exception_handling`), and shards are written by a DoFn after the
 GroupByKey instead of a fileio sink. Shard assignment is a stable hash of the key, and a
 shard's bytes depend only on its samples, so any runner and worker count gives the same
 files (the TFDS BeamWriter recipe).
+
+The shard of a track is known from its key before its audio is read, so the job groups the
+manifest rows by shard and then decodes, featurises and writes each shard in one step: only
+the small rows cross the shuffle, never the ~0.5 MB samples (which cost 11-30% of the CPU
+when they did; see bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pipelines.card import CARD_NAME, FORMAT, INDEX_NAME, REJECTS_NAME, card_che
 from pipelines.shards import num_shards_for, shard_index, shard_name, write_tar
 from pipelines.track import Reject, Sample, TrackConfig, process_row
 
-SAMPLE, REJECT = "sample", "reject"
+INDEX, REJECTS, STATS = "index", "rejects", "stats"  # what PrepareShardFn yields
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -89,7 +94,7 @@ def read_manifest_rows(path: str, filesystem_args: tuple[str, ...] = ()):
 
 
 class ReadManifest(beam.PTransform):
-    """Manifest Parquet -> rows (dicts), spread across workers."""
+    """Manifest Parquet -> rows (dicts)."""
 
     def __init__(self, path: str, filesystem_args: tuple[str, ...] = ()):
         super().__init__()
@@ -101,7 +106,6 @@ class ReadManifest(beam.PTransform):
             pbegin
             | "ManifestPath" >> beam.Create([self.path])
             | "ReadRows" >> beam.FlatMap(read_manifest_rows, self.filesystem_args)
-            | "Spread" >> beam.Reshuffle()
         )
 
 
@@ -139,45 +143,67 @@ class TrackStageFn(beam.DoFn):
             Metrics.counter(self.namespace, f"rejected_{result.reason}").inc()
 
 
-class ProcessTrackFn(TrackStageFn):
-    """Row -> (SAMPLE, Sample) or (REJECT, Reject), in the one main output."""
+class GroupRowsByShard(beam.PTransform):
+    """Manifest rows -> ((split code, shard index), rows): the shard of every track."""
+
+    def __init__(self, num_shards: dict[str, int]):
+        super().__init__()
+        self.num_shards = num_shards
+
+    def expand(self, rows):
+        counts = self.num_shards
+
+        def assign(row):
+            split = row["split"]
+            return (split_code(split), shard_index(row["key"], counts[split])), row
+
+        return rows | "AssignShard" >> beam.Map(assign) | "GroupShards" >> beam.GroupByKey()
+
+
+class PrepareShardFn(TrackStageFn):
+    """((split code, shard index), rows) -> the shard's tracks decoded and featurised, in
+    key order, and its tar written atomically (none when every track is rejected). Yields
+    tagged tuples in the one main output: (INDEX, index row), (REJECTS, reject row) and,
+    for train samples, (STATS, ((split code, bucket), per-band mel sums))."""
 
     def __init__(self, cfg: PrepareConfig):
         super().__init__("prepare", "decoded", cfg.filesystem_args, cfg.progress_path)
         self.cfg = cfg
+        self.bytes_written = Metrics.counter("prepare", "bytes_written")
+        self.shards_written = Metrics.counter("prepare", "shards_written")
 
-    def process(self, row):
+    def prepare_track(self, row) -> Sample | Reject:
         path = beam_io.resolve(self.cfg.audio_root, row["audio_path"])
         try:
             data = beam_io.read_bytes(path)
         except OSError as exc:
-            result = Reject(
+            return Reject(
                 row["key"], row["track_id"], row["split"], row["audio_path"], "read",
                 "unreadable", str(exc).splitlines()[0][:300],
             )  # fmt: skip
-        else:
-            result = process_row(row, data, self.cfg.track, list(self.cfg.vocabulary))
-        self.count(result)
-        yield (SAMPLE if isinstance(result, Sample) else REJECT), result
+        return process_row(row, data, self.cfg.track, list(self.cfg.vocabulary))
 
-
-class ProcessTracks(beam.PTransform):
-    """Rows -> tagged samples and rejects (split them with `SplitTagged`)."""
-
-    def __init__(self, cfg: PrepareConfig):
-        super().__init__()
-        self.cfg = cfg
-
-    def expand(self, rows):
-        return rows | "DecodeAndFeaturize" >> beam.ParDo(ProcessTrackFn(self.cfg))
-
-
-def split_tagged(tagged, tag: str, label: str):
-    return (
-        tagged
-        | f"Only{label}" >> beam.Filter(lambda kv: kv[0] == tag)
-        | f"Untag{label}" >> (beam.Map(lambda kv: kv[1]))
-    )
+    def process(self, element):
+        (code, index), rows = element
+        samples = []
+        for row in sorted(rows, key=lambda r: r["key"]):
+            result = self.prepare_track(row)
+            self.count(result)
+            if isinstance(result, Sample):
+                samples.append(result)
+            else:
+                yield REJECTS, result.to_row()
+        if not samples:
+            return
+        index_rows = write_shard(self.cfg.output, SPLITS[code], index, samples)
+        self.shards_written.inc()
+        self.bytes_written.inc(sum(r["bytes"] for r in index_rows))
+        for row in index_rows:
+            yield INDEX, row
+        if SPLITS[code] == "train":
+            for s in samples:
+                bucket = shard_index(s.key, STAT_BUCKETS)
+                yield STATS, ((code, bucket), (s.mel_sum, s.mel_sumsq, s.mel_frames))
 
 
 def _add(a: tuple, b: tuple) -> tuple:
@@ -232,19 +258,12 @@ def mel_stats_from_sums(sums: tuple) -> dict:
 
 
 class MelStats(beam.PTransform):
-    """Train samples -> one dict of per-band mean/std (no element if there are none)."""
+    """((split code, bucket), per-band sums) of the train samples -> one dict of per-band
+    mean/std (no element if there are none)."""
 
-    def expand(self, samples):
+    def expand(self, band_sums):
         return (
-            samples
-            | "TrainOnly" >> beam.Filter(lambda s: s.split == "train")
-            | "BandSums"
-            >> beam.Map(
-                lambda s: (
-                    (split_code("train"), shard_index(s.key, STAT_BUCKETS)),
-                    (s.mel_sum, s.mel_sumsq, s.mel_frames),
-                )
-            )
+            band_sums
             | "Sum" >> SumPerKey()
             | "Stats" >> beam.Map(lambda kv: mel_stats_from_sums(kv[1]))
         )
@@ -268,52 +287,6 @@ def write_shard(output: str, split: str, index: int, samples) -> list[dict]:
         }
         for s in samples
     ]
-
-
-class WriteShardFn(beam.DoFn):
-    """((split, shard), samples) -> one tar written atomically; yields its index rows."""
-
-    def __init__(self, output: str, filesystem_args: tuple[str, ...] = ()):
-        self.output = output
-        self.filesystem_args = filesystem_args
-        self.bytes_written = Metrics.counter("prepare", "bytes_written")
-        self.shards_written = Metrics.counter("prepare", "shards_written")
-
-    def setup(self):
-        beam_io.configure(self.filesystem_args)
-
-    def process(self, element):
-        (code, index), samples = element
-        rows = write_shard(self.output, SPLITS[code], index, samples)
-        self.shards_written.inc()
-        self.bytes_written.inc(sum(r["bytes"] for r in rows))
-        yield from rows
-
-
-class WriteShards(beam.PTransform):
-    """Samples -> deterministic shards; output: index rows (dicts)."""
-
-    def __init__(
-        self, output: str, num_shards: dict[str, int], filesystem_args: tuple[str, ...] = ()
-    ):
-        super().__init__()
-        self.output = output
-        self.num_shards = num_shards
-        self.filesystem_args = filesystem_args
-
-    def expand(self, samples):
-        counts = self.num_shards
-
-        def assign(sample):
-            index = shard_index(sample.key, counts[sample.split])
-            return (split_code(sample.split), index), sample
-
-        return (
-            samples
-            | "AssignShard" >> beam.Map(assign)
-            | "GroupShards" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(WriteShardFn(self.output, self.filesystem_args))
-        )
 
 
 def bytes_per_second(track: TrackConfig) -> float:
@@ -428,9 +401,6 @@ def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats) -> dict:
     }
 
 
-INDEX, REJECTS, STATS = "index", "rejects", "stats"
-
-
 def write_dataset_files(element, cfg: PrepareConfig):
     """Runs once, after every shard is written: index, rejects, then the card last."""
     beam_io.configure(cfg.filesystem_args)
@@ -456,7 +426,8 @@ def write_dataset_dir(output: str, index_rows, reject_rows, card: dict) -> str:
 
 
 class WriteDatasetFiles(beam.PTransform):
-    """(index rows, rejects, mel stats) -> index.parquet, rejects.parquet, dataset.json.
+    """(tagged index and reject rows, mel stats) -> index.parquet, rejects.parquet,
+    dataset.json.
 
     One GroupByKey over the tagged union instead of side inputs: Beam's DaskRunner
     recomputes the whole upstream graph for every side input (and duplicated its output
@@ -467,13 +438,9 @@ class WriteDatasetFiles(beam.PTransform):
         self.cfg = cfg
 
     def expand(self, inputs):
-        index_rows, rejects, mel_stats = inputs
+        rows, mel_stats = inputs  # rows: (INDEX, index row) and (REJECTS, reject row)
         return (
-            (
-                index_rows | "TagIndex" >> beam.Map(lambda r: (INDEX, r)),
-                rejects | "TagRejects" >> beam.Map(lambda r: (REJECTS, r.to_row())),
-                mel_stats | "TagStats" >> beam.Map(lambda m: (STATS, m)),
-            )
+            (rows, mel_stats | "TagStats" >> beam.Map(lambda m: (STATS, m)))
             | "Union" >> beam.Flatten()
             | "OneGroup" >> beam.Map(lambda tv: (0, tv))
             | "Gather" >> beam.GroupByKey()
@@ -493,15 +460,17 @@ class Prepare(beam.PTransform):
         tagged = (
             pbegin
             | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.filesystem_args)
-            | ProcessTracks(cfg)
+            | "GroupRowsByShard" >> GroupRowsByShard(dict(cfg.num_shards))
+            | "PrepareShards" >> beam.ParDo(PrepareShardFn(cfg))
         )
-        samples = split_tagged(tagged, SAMPLE, "Samples")
-        rejects = split_tagged(tagged, REJECT, "Rejects")
-        mel_stats = samples | "MelStats" >> MelStats()
-        index_rows = samples | "WriteShards" >> WriteShards(
-            cfg.output, dict(cfg.num_shards), cfg.filesystem_args
+        rows = tagged | "IndexAndRejects" >> beam.Filter(lambda tv: tv[0] != STATS)
+        band_sums = (
+            tagged
+            | "OnlyStats" >> beam.Filter(lambda tv: tv[0] == STATS)
+            | "UntagStats" >> beam.Map(lambda tv: tv[1])
         )
-        return (index_rows, rejects, mel_stats) | "WriteDatasetFiles" >> WriteDatasetFiles(cfg)
+        mel_stats = band_sums | "MelStats" >> MelStats()
+        return (rows, mel_stats) | "WriteDatasetFiles" >> WriteDatasetFiles(cfg)
 
 
 def file_sha256(path: str) -> str:

@@ -124,7 +124,18 @@ def run(args, beam_args: list[str]) -> int:
     check_existing_output(cfg, args.force)
     if not beam_io.is_url(cfg.output):
         os.makedirs(cfg.output, exist_ok=True)
-    print(f"prepare: {table.num_rows} tracks, runner {runner}, config:")
+    shards = dict(cfg.num_shards)
+    plan = ", ".join(f"{split} {n}" for split, n in shards.items())
+    print(f"prepare: {table.num_rows} tracks into at most {plan} shards, runner {runner}")
+    workers = options.get_all_options().get("direct_num_workers") or 0
+    if runner == "FnApiRunner" and sum(shards.values()) < workers:
+        # A shard is one task (its rows are grouped before decoding): fewer shards than
+        # workers leaves workers idle.
+        print(
+            f"note: {sum(shards.values())} shards for {workers} workers; a smaller "
+            "--shard-size-mb gives more shards and more parallelism"
+        )
+    print("config:")
     print(json.dumps(cfg.identity()["track"], indent=2))
     start = time.time()
     progress = None
