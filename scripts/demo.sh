@@ -30,23 +30,28 @@ stage "1/7 demo corpus: $N procedurally composed clips rendered with FluidSynth"
 run $PY -m manifests.demo --out "$DEMO_DIR/corpus" --n "$N" --seed 0
 run $PY -m manifests info "$DEMO_DIR/corpus/manifest.parquet" --audio-root "$DEMO_DIR/corpus"
 
+# The demo owns $DEMO_DIR: --force replaces what an older demo (other settings) left there;
+# with the same settings the jobs rewrite identical files.
 stage "2/7 Beam prepare: decode, resample, log-mel + PCM, deterministic shards"
 run $PY beam_runner.py prepare --manifest "$DEMO_DIR/corpus/manifest.parquet" \
   --audio-root "$DEMO_DIR/corpus" --output "$DATA" --features mel,pcm \
-  --shard-size-mb "$SHARD_MB" --direct_num_workers="$WORKERS"
+  --shard-size-mb "$SHARD_MB" --direct_num_workers="$WORKERS" --force
 
 stage "3/7 Beam perturb: the paper's 8 MUDA deformations of the test split"
 run $PY beam_runner.py perturb --dataset "$DATA" --split test --deformations paper --seed 0 \
-  --direct_num_workers="$WORKERS"
+  --direct_num_workers="$WORKERS" --force
 
 stage "4/7 train a small short-chunk CNN for at most $TRAIN_MINUTES minutes"
-if [[ -f "$RUN/summary.json" ]]; then
-  echo "(already trained: $RUN; delete it to train again)"
+# A finished run is kept while the dataset card it was trained on is unchanged.
+STAMP="$RUN/demo-data-card.sha256"
+if [[ -f "$RUN/summary.json" ]] && sha256sum --check --status "$STAMP" 2>/dev/null; then
+  echo "(already trained on this dataset: $RUN; delete it to train again)"
 else
   rm -rf "$RUN"
   run $PY -m tagtrain train --data "$DATA" --model short_chunk_cnn --width 0.25 \
     --epochs 30 --batch-size 16 --workers "$WORKERS" --schedule early_stop --patience 6 \
     --lr 1e-3 --max-minutes "$TRAIN_MINUTES" --out "$RUN"
+  sha256sum "$DATA/dataset.json" > "$STAMP"
 fi
 
 stage "5/7 evaluate on the test split (16 chunks per track)"

@@ -21,12 +21,7 @@ from tests.conftest import DEMO_TEST_N, ROOT
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="module")
-def demo_run(demo_corpus, tmp_path_factory) -> Path:
-    demo_dir = tmp_path_factory.mktemp("demo")
-    # The session's rendered corpus has the same seed and size: the demo's render step
-    # finds every clip already there and skips it.
-    shutil.copytree(demo_corpus, demo_dir / "corpus")
+def run_demo(demo_dir: Path) -> str:
     env = {
         **os.environ,
         "DEMO_DIR": str(demo_dir),
@@ -42,7 +37,16 @@ def demo_run(demo_corpus, tmp_path_factory) -> Path:
         timeout=1200,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (demo_dir / "stdout.txt").write_text(result.stdout)
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_corpus, tmp_path_factory) -> Path:
+    demo_dir = tmp_path_factory.mktemp("demo")
+    # The session's rendered corpus has the same seed and size: the demo's render step
+    # finds every clip already there and skips it.
+    shutil.copytree(demo_corpus, demo_dir / "corpus")
+    (demo_dir / "stdout.txt").write_text(run_demo(demo_dir))
     return demo_dir
 
 
@@ -103,3 +107,22 @@ def test_report_renders_in_a_real_browser_with_its_figures_and_tables(demo_run, 
     assert pixels.shape[:2] == (2400, 1200)
     # The page is drawn, not blank: plenty of non-white pixels.
     assert np.mean(pixels[..., :3].mean(axis=-1) < 0.9) > 0.02
+
+
+@pytest.mark.slow
+def test_demo_again_replaces_an_older_demos_data_and_keeps_the_trained_run(demo_run):
+    # Last in this module: it runs the demo again in the same directory. The card now
+    # claims other settings, as an older demo's would: the demo must replace the data,
+    # not stop, and keep the run, which was trained on exactly the shards it rewrites.
+    card_path = demo_run / "data/dataset.json"
+    original = card_path.read_bytes()
+    card = json.loads(original)
+    card["identity"]["shard_size_mb"] = 999.0
+    card_path.write_text(json.dumps(card))
+    best = demo_run / "runs/short_chunk_cnn/best.pt"
+    trained_at = best.stat().st_mtime_ns
+    stdout = run_demo(demo_run)
+    assert card_path.read_bytes() == original
+    assert "already trained on this dataset" in stdout
+    assert best.stat().st_mtime_ns == trained_at
+    assert "demo finished" in stdout
