@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tagtrain.errors import first_line
+
 FORMAT = "tagtrain-checkpoint/1"
 LAST = "last.pt"
 BEST = "best.pt"
@@ -37,8 +39,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001  (any unreadable file is one message)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load checkpoint {path}: {first[:200]}") from None
+        raise CheckpointError(f"cannot load checkpoint {path}: {first_line(exc, 200)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
     return payload

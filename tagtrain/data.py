@@ -58,16 +58,12 @@ from pipelines.card import (
 )
 from pipelines.features import FeatureConfig, harmonic_tensor, log_mel
 from pipelines.shards import load_npy
+from tagtrain.errors import first_line
 from tagtrain.openers import join_url, read_bytes, register_with_webdataset
 from tagtrain.registry import InputSpec
 
 _NPY_SUFFIX = "npy"  # with "json", the only member types a shard may hold
 _MAX_ERRORS_KEPT = 5
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 class LoaderError(ValueError):
@@ -83,7 +79,7 @@ def load_card(data: str, options: Mapping | None = None) -> dict:
     try:
         text = read_bytes(url, options)
     except Exception as exc:  # noqa: BLE001  (any storage failure: one line, e.g. no credentials)
-        raise CardError(f"cannot read the dataset card {url}: {_first_line(exc)}") from None
+        raise CardError(f"cannot read the dataset card {url}: {first_line(exc, 200)}") from None
     return parse_card(text, url)
 
 
@@ -443,7 +439,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         def record(exc: BaseException) -> bool:
             if not failed:
                 stats.shard_errors += 1
-                stats.note(f"{shard.name}: {type(exc).__name__}: {_first_line(exc)}")
+                stats.note(f"{shard.name}: {type(exc).__name__}: {first_line(exc, 200)}")
             failed.append(exc)
             return True  # keep going: a bad shard is skipped, not fatal
 
@@ -489,7 +485,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             x = self._crops(array, key)
         except (KeyError, ValueError, IndexError, TypeError) as exc:
             stats.bad_samples += 1
-            stats.note(f"{key}: {type(exc).__name__}: {_first_line(exc)}")
+            stats.note(f"{key}: {type(exc).__name__}: {first_line(exc, 200)}")
             return None
         stats.samples += 1
         return x, y

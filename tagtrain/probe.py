@@ -30,6 +30,7 @@ from torch import nn
 
 from pipelines.card import INDEX_NAME, CardError
 from tagtrain.data import load_card
+from tagtrain.errors import first_line
 from tagtrain.metrics import bce_on_probabilities, tag_scores
 from tagtrain.openers import OpenerError, join_url, read_bytes
 
@@ -50,8 +51,7 @@ def read_index(data: str, options: dict | None = None):
     try:
         return pq.read_table(io.BytesIO(read_bytes(url, options)))
     except Exception as exc:  # noqa: BLE001  (any storage or Parquet failure: one line)
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ProbeError(f"cannot read {url}: {text[:200]}") from None
+        raise ProbeError(f"cannot read {url}: {first_line(exc, 200)}") from None
 
 
 @dataclass
@@ -302,8 +302,7 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
     except (ProbeError, CardError, OpenerError, OSError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {text}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     t, v = report["test"], report["valid"]
     print(

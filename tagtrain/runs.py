@@ -35,6 +35,7 @@ from tagtrain.data import (
     plan_input,
     split_shards,
 )
+from tagtrain.errors import first_line
 from tagtrain.openers import OpenerError
 from tagtrain.registry import InputSpec, create_model
 
@@ -107,7 +108,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     try:
         torch_device = resolve_device(device, 0)
     except RuntimeError as exc:  # an unparsable device string
-        raise RunError(f"bad --device {device!r}: {_first_line(exc)}") from None
+        raise RunError(f"bad --device {device!r}: {first_line(exc, 200)}") from None
     state = ckpt.load_checkpoint(path)
     try:
         config = apply(RunConfig(), json.loads(state["config"]), f"{path} config")
@@ -122,7 +123,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         if isinstance(exc, ConfigError):
             raise
-        raise RunError(f"{path} does not fit its run: {_first_line(exc)}") from None
+        raise RunError(f"{path} does not fit its run: {first_line(exc, 200)}") from None
     model.to(torch_device).eval()
     autocast_dtype, _ = amp_settings(config.precision, torch_device)
     return TrainedRun(
@@ -141,11 +142,6 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
 
 
 _PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(InputPlan))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 @dataclass
@@ -234,7 +230,7 @@ def check_run_arguments(args: argparse.Namespace) -> None:
 
 def fail(exc: BaseException) -> int:
     """Print an expected failure as one line; the exit status of a bad invocation."""
-    print(f"error: {_first_line(exc)}", file=sys.stderr)
+    print(f"error: {first_line(exc, 200)}", file=sys.stderr)
     return 2
 
 

@@ -59,6 +59,7 @@ from tagtrain.data import (
     split_shards,
     stable_int,
 )
+from tagtrain.errors import first_line
 from tagtrain.registry import count_parameters, get_entry
 from tagtrain.runs import CHECKPOINTS, RUN_ERRORS, RunError, TrainedRun, load_run
 from tagtrain.train import Trainer, add_config_flags, add_run_flags, config_overrides
@@ -437,11 +438,6 @@ def configs_from_args(args: argparse.Namespace) -> tuple[RunConfig, StudentConfi
     return cfg, student.validate()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         cfg, student = configs_from_args(args)
@@ -451,6 +447,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     except RUN_ERRORS as exc:  # includes ConfigError, CardError, LoaderError, checkpoints
-        print(f"error: {_first_line(exc)}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     return 0

@@ -52,6 +52,7 @@ from tagtrain.data import (
     planned_steps,
     split_shards,
 )
+from tagtrain.errors import first_line
 from tagtrain.metrics import bce_on_probabilities, tag_scores
 from tagtrain.openers import OpenerError
 from tagtrain.registry import count_parameters, create_model, get_entry
@@ -394,11 +395,6 @@ class EpochOutcome:
     stats: LoaderStats  # summed over ranks
     timed_out: bool
     positions: torch.Tensor | None  # loader positions when the epoch stopped early
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Trainer:
@@ -977,7 +973,7 @@ def run_trainer(build) -> int:
     try:
         trainer = build()
     except (ConfigError, CardError, LoaderError, OpenerError, ckpt.CheckpointError) as exc:
-        print(f"error: {_first_line(exc)}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     except KeyError as exc:  # unknown model
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
@@ -985,6 +981,6 @@ def run_trainer(build) -> int:
     try:
         trainer.run()
     except LoaderError as exc:  # e.g. not one training batch could be read
-        print(f"error: {_first_line(exc)}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 1
     return 0
