@@ -15,6 +15,7 @@ test: setup lint
 	$(PY) -m pytest
 
 lint:
+	.venv/bin/lint-imports
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 

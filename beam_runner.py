@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         handler.addFilter(lambda record: "apitools not found" not in record.getMessage())
     parser = OneLineParser(prog="beam_runner.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="job", required=True, parser_class=OneLineParser)
-    from pipelines import prepare_cli
+    from pipelines.beam import prepare_cli
 
     prepare_cli.add_parser(sub)
     try:
-        from pipelines import perturb_cli
+        from pipelines.beam import perturb_cli
     except ImportError:
         perturb_cli = None
     if perturb_cli is not None:

@@ -1,4 +1,4 @@
-"""Seconds per clip per deformation: pipelines.deformations (MUDA through JAMS) vs the bare tools.
+"""Seconds per clip per deformation: pipelines.core.deformations (MUDA through JAMS) vs the bare tools.
 
 The bare side is what a hand-written script would run on the same clips: the rubberband CLI
 (`--pitch`, `--tempo`) and `sox -R ... compand <the muda preset>` writing a WAV that is then
@@ -28,7 +28,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.deformations import (  # noqa: E402
+from pipelines.core.deformations import (  # noqa: E402
     DynamicRangeCompression,
     Noise,
     PitchShift,
@@ -36,7 +36,7 @@ from pipelines.deformations import (  # noqa: E402
     deform_track,
     paper_set,
 )
-from pipelines.muda_compat import muda_sox  # noqa: E402
+from pipelines.core.muda_compat import muda_sox  # noqa: E402
 
 
 def synth_clip(seconds: float, sample_rate: int, seed: int) -> np.ndarray:

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from manifests.schema import read_manifest, write_manifest  # noqa: E402
-from pipelines.audio import load_audio  # noqa: E402
-from pipelines.features import FeatureConfig, log_mel  # noqa: E402
+from pipelines.core.audio import load_audio  # noqa: E402
+from pipelines.core.features import FeatureConfig, log_mel  # noqa: E402
 
 CFG = FeatureConfig()
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from manifests.demo_music import CLIP_SECONDS, STYLE_NAMES, TAGS, compose
 from manifests.schema import write_manifest
-from pipelines.argtypes import non_negative_int, positive_int
+from pipelines.core.argtypes import non_negative_int, positive_int
 
 DEFAULT_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 FLUIDSYNTH_GAIN = 0.5  # float output: nothing clips before mastering sets the level

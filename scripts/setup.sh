@@ -34,6 +34,9 @@ echo "setup: creating .venv with the pinned requirements (first run takes a few 
 # soundfile module: reinstall the pinned modern one last so it wins.
 sf_pin=$(grep -E '^soundfile==' requirements.txt)
 .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps "$sf_pin"
+# musicnn's wheel carries the published MTT/MSD checkpoints (ISC licence); --no-deps keeps
+# TensorFlow out: tagtrain reads the checkpoints itself.
+.venv/bin/pip install -q --disable-pip-version-check --no-deps musicnn==0.1.0
 # Editable install of our own packages: Beam and Dask worker processes import them from
 # any working directory.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .

@@ -1,1 +1,1 @@
-__version__ = "0.1.0"
+from pipelines.core.versions import CODE_VERSION as __version__  # noqa: F401

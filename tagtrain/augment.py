@@ -43,7 +43,7 @@ import numpy as np
 
 from tagtrain.config import ConfigError
 
-PCM_SCALE = 32767.0  # int16 full scale, as in pipelines.audio.to_int16/from_int16
+PCM_SCALE = 32767.0  # int16 full scale, as in pipelines.core.audio.to_int16/from_int16
 DEFAULT = "default"
 
 

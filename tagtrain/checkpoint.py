@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tagtrain.errors import first_line
+from pipelines.core.errors import first_line
 
 FORMAT = "tagtrain-checkpoint/1"
 LAST = "last.pt"

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipelines.card import (
+from pipelines.core.card import (
     CARD_NAME,
     CardError,
     card_checksum,
@@ -56,9 +56,9 @@ from pipelines.card import (
     parse_card,
     stored_features,
 )
-from pipelines.features import FeatureConfig, harmonic_tensor, log_mel
-from pipelines.shards import load_npy
-from tagtrain.errors import first_line
+from pipelines.core.errors import first_line
+from pipelines.core.features import FeatureConfig, harmonic_tensor, log_mel
+from pipelines.core.shards import load_npy
 from tagtrain.openers import join_url, read_bytes, register_with_webdataset
 from tagtrain.registry import InputSpec
 

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.card import INDEX_NAME, CardError
+from pipelines.core.card import INDEX_NAME, CardError
+from pipelines.core.errors import first_line
 from tagtrain.data import load_card
-from tagtrain.errors import first_line
 from tagtrain.metrics import bce_on_probabilities, tag_scores
 from tagtrain.openers import OpenerError, join_url, read_bytes
 

@@ -25,6 +25,9 @@ class InputSpec:
     chunk_level: True when the model sees chunks and evaluation averages over chunks;
     False for song-level models (FCN, CRNN) that see one crop of the track.
     The feature fields must match the dataset card (`features`) for mel/harm inputs.
+    standardize: what is done to a mel/harm input before the model, as its paper does:
+    "none" (the model's own input batch-norm), "band" (per-band mean/std of the training
+    split, from the card), or "global" (one (mean, std) pair, `global_stats`, as in MAEST).
     """
 
     kind: str
@@ -38,6 +41,8 @@ class InputSpec:
     log_scale: str = "db"
     chunk_level: bool = True
     exact_samples: int | None = None  # e.g. 59,049 for the sample-level CNN
+    standardize: str = "band"
+    global_stats: tuple[float, float] | None = None
 
     @property
     def samples(self) -> int:

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.card import CARD_NAME
+from pipelines.core.card import CARD_NAME
 from tagtrain.data import load_card
 from tagtrain.evaluate import evaluate_set, fmt
 from tagtrain.openers import filesystem, join_url, local_path, scheme_of
@@ -63,7 +63,7 @@ class TestSet:
 
 
 def _paper_order() -> list[str]:
-    from pipelines.deformations import paper_set
+    from pipelines.core.deformations import paper_set
 
     return [d.name for d in paper_set()]
 

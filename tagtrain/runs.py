@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines.card import CardError
+from pipelines.core.card import CardError
+from pipelines.core.errors import first_line
 from tagtrain import checkpoint as ckpt
 from tagtrain.config import ConfigError, RunConfig, apply
 from tagtrain.data import (
@@ -35,7 +36,6 @@ from tagtrain.data import (
     plan_input,
     split_shards,
 )
-from tagtrain.errors import first_line
 from tagtrain.openers import OpenerError
 from tagtrain.registry import InputSpec, create_model
 

@@ -40,7 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipelines.argtypes import non_negative_float, positive_int
+from pipelines.core.argtypes import non_negative_float, positive_int
+from pipelines.core.errors import first_line
 from tagtrain import checkpoint as ckpt
 from tagtrain.augment import resolve_chain
 from tagtrain.config import ConfigError, RunConfig, build_config
@@ -59,7 +60,6 @@ from tagtrain.data import (
     split_shards,
     stable_int,
 )
-from tagtrain.errors import first_line
 from tagtrain.registry import count_parameters, get_entry
 from tagtrain.runs import CHECKPOINTS, RUN_ERRORS, RunError, TrainedRun, load_run
 from tagtrain.train import Trainer, add_config_flags, add_run_flags, config_overrides

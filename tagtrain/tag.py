@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.audio import AudioRejected, load_audio, to_int16
+from pipelines.core.audio import AudioRejected, load_audio, to_int16
 from tagtrain.data import DeviceInput
 from tagtrain.runs import RUN_ERRORS, RunError, TrainedRun, fail, load_run
 

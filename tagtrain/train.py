@@ -33,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.card import CardError, card_checksum
+from pipelines.core.card import CardError, card_checksum
+from pipelines.core.errors import first_line
 from tagtrain import checkpoint as ckpt
 from tagtrain.augment import WaveformAugment, resolve_chain
 from tagtrain.config import PRECISIONS, SCHEDULES, ConfigError, RunConfig, build_config
@@ -52,7 +53,6 @@ from tagtrain.data import (
     planned_steps,
     split_shards,
 )
-from tagtrain.errors import first_line
 from tagtrain.metrics import bce_on_probabilities, tag_scores
 from tagtrain.openers import OpenerError
 from tagtrain.registry import count_parameters, create_model, get_entry

@@ -26,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.audio import to_int16
-from pipelines.card import CARD_NAME, FORMAT, INDEX_NAME
-from pipelines.features import FeatureConfig, log_mel
-from pipelines.shards import json_bytes, npy_bytes, sample_size, shard_name, tar_bytes
+from pipelines.core.audio import to_int16
+from pipelines.core.card import CARD_NAME, FORMAT, INDEX_NAME
+from pipelines.core.features import FeatureConfig, log_mel
+from pipelines.core.shards import json_bytes, npy_bytes, sample_size, shard_name, tar_bytes
 
 VOCABULARY = ("tone_a", "tone_b", "tone_c", "tone_d", "tone_e")
 _TONE_HZ = (220.0, 440.0, 880.0, 1760.0, 3520.0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.audio import to_int16
+from pipelines.core.audio import to_int16
 from tagtrain.augment import (
     RECIPE,
     AugmentError,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipelines import muda_compat
-from pipelines.deformations import (
+from pipelines.core import muda_compat
+from pipelines.core.deformations import (
     BackgroundNoise,
     Clipping,
     DeformationError,

@@ -16,7 +16,7 @@ import pytest
 from manifests import demo
 from manifests.demo_music import STYLE_NAMES, TAGS, classes_of, compose, style_of
 from manifests.schema import read_manifest
-from pipelines.audio import load_audio
+from pipelines.core.audio import load_audio
 
 # Two clips of each style: the index cycles (see classes_of) put loud, quiet, drums and
 # no-drums clips into any corpus this size; test_small_corpus_covers_the_contrasts checks.

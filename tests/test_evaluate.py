@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from pipelines.deformations import paper_set
+from pipelines.core.deformations import paper_set
 from tagtrain.__main__ import main
 from tagtrain.config import RunConfig
 from tagtrain.registry import list_models

@@ -6,8 +6,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipelines.audio import AudioRejected, load_audio, resample
-from pipelines.features import (
+from pipelines.core.audio import AudioRejected, load_audio, resample
+from pipelines.core.features import (
     FeatureConfig,
     harmonic_center_frequencies,
     harmonic_tensor,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.card import CardError
-from pipelines.features import FeatureConfig
-from pipelines.shards import json_bytes
+from pipelines.core.card import CardError
+from pipelines.core.features import FeatureConfig
+from pipelines.core.shards import json_bytes
 from tagtrain import data
 from tagtrain.openers import OpenerError, join_url
 from tagtrain.registry import get_entry

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.features import FeatureConfig, log_mel
+from pipelines.core.features import FeatureConfig, log_mel
 from tagtrain import checkpoint as ckpt
 from tagtrain.__main__ import main
 from tagtrain.models.patchout import even_keep, grid_size, patchout_input

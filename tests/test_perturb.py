@@ -16,11 +16,11 @@ import pytest
 import soundfile as sf
 
 from manifests.schema import write_manifest
-from pipelines.audio import from_int16, to_int16
-from pipelines.card import parse_card
-from pipelines.deformations import augment_track, paper_set, track_rng
-from pipelines.muda_compat import replay
-from pipelines.perturb import length_factor, plan_target_shards
+from pipelines.beam.perturb import length_factor, plan_target_shards
+from pipelines.core.audio import from_int16, to_int16
+from pipelines.core.card import parse_card
+from pipelines.core.deformations import augment_track, paper_set, track_rng
+from pipelines.core.muda_compat import replay
 from tests.conftest import run_cli, tone
 
 SR = 16000

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from manifests.schema import read_manifest, write_manifest
-from pipelines.features import FeatureConfig, log_mel
-from pipelines.shards import load_npy, read_tar
+from pipelines.core.features import FeatureConfig, log_mel
+from pipelines.core.shards import load_npy, read_tar
 from tagtrain import checkpoint as ckpt
 from tagtrain.__main__ import main
 from tagtrain.augment import resolve_chain

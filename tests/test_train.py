@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from pipelines.features import FeatureConfig
+from pipelines.core.features import FeatureConfig
 from tagtrain import checkpoint as ckpt
 from tagtrain.__main__ import main
 from tagtrain.config import ConfigError, RunConfig, build_config

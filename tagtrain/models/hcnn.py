@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipelines.features import (
+from pipelines.core.features import (
     compress,
     harmonic_center_frequencies,
     harmonic_filterbank,

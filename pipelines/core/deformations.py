@@ -41,8 +41,8 @@ from typing import ClassVar
 import numpy as np
 import yaml
 
-from pipelines import muda_compat
-from pipelines.muda_compat import DRC_PRESETS, NOISE_COLORS, BaseTransformer
+from pipelines.core import muda_compat
+from pipelines.core.muda_compat import DRC_PRESETS, NOISE_COLORS, BaseTransformer
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 MAX_STRETCH = 4.0  # rubberband handles more, but beyond 4x a "deformed copy" is another piece

@@ -40,26 +40,27 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from pipelines import beam_io
-from pipelines.audio import from_int16
-from pipelines.card import card_checksum, stored_features
-from pipelines.deformations import (
-    AUGMENT_KINDS,
-    Deformation,
-    augmentations,
-    deform_track,
-    track_rng,
-)
-from pipelines.features import FeatureConfig
-from pipelines.prepare import (
+from pipelines.beam import beam_io
+from pipelines.beam.prepare import (
     TrackStageFn,
     summarize_counts,
     summarize_splits,
     write_dataset_dir,
     write_shard,
 )
-from pipelines.shards import load_npy, num_shards_for, read_tar, shard_index
-from pipelines.track import Reject, TrackConfig, make_sample
+from pipelines.beam.track import Reject, TrackConfig, make_sample
+from pipelines.core.audio import from_int16
+from pipelines.core.card import card_checksum, stored_features
+from pipelines.core.deformations import (
+    AUGMENT_KINDS,
+    Deformation,
+    augmentations,
+    deform_track,
+    track_rng,
+)
+from pipelines.core.features import FeatureConfig
+from pipelines.core.shards import load_npy, num_shards_for, read_tar, shard_index
+from pipelines.core.versions import CODE_VERSION
 
 PERTURBED_DIR = "perturbed"
 AUGMENTED_DIR = "augmented"
@@ -324,8 +325,6 @@ INDEX, REJECTS = "index", "rejects"
 
 def perturbed_card(cfg: PerturbConfig, target: Target, index_rows, reject_rows) -> dict:
     """The source card with this copy's splits, counts, job, identity and deformation."""
-    from tagtrain import __version__
-
     source = cfg.source_card
     return {
         **source,
@@ -333,7 +332,7 @@ def perturbed_card(cfg: PerturbConfig, target: Target, index_rows, reject_rows) 
         "counts": summarize_counts(cfg.num_tracks * target.copies, index_rows, reject_rows),
         "job": {**source.get("job", {}), "planned_shards": {cfg.split: target.num_shards}},
         "identity": cfg.identity(target),
-        "code_version": __version__,
+        "code_version": CODE_VERSION,
         "deformation": target.card_deformation(cfg.seed),
         "source": {
             "dataset": cfg.dataset,

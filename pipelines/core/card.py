@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from pipelines.features import FeatureConfig
+from pipelines.core.features import FeatureConfig
 
 FORMAT = "tagging-shards/1"
 CARD_NAME = "dataset.json"

@@ -7,11 +7,8 @@ import os
 import tempfile
 import time
 
-from pipelines import beam_io
-from pipelines.audio import DECODERS
-from pipelines.card import CARD_NAME, FEATURES, INDEX_NAME, REJECTS_NAME
-from pipelines.features import FeatureConfig
-from pipelines.prepare import (
+from pipelines.beam import beam_io
+from pipelines.beam.prepare import (
     Prepare,
     PrepareConfig,
     file_sha256,
@@ -19,8 +16,11 @@ from pipelines.prepare import (
     plan_shards,
     read_manifest_table,
 )
-from pipelines.runner_options import ProgressBar, is_local, pipeline_options, print_counters
-from pipelines.track import TrackConfig
+from pipelines.beam.runner_options import ProgressBar, is_local, pipeline_options, print_counters
+from pipelines.beam.track import TrackConfig
+from pipelines.core.audio import DECODERS
+from pipelines.core.card import CARD_NAME, FEATURES, INDEX_NAME, REJECTS_NAME
+from pipelines.core.features import FeatureConfig
 
 
 def add_parser(sub) -> None:

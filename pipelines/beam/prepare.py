@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -31,10 +30,11 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from manifests.schema import SPLITS
-from pipelines import beam_io
-from pipelines.card import CARD_NAME, FORMAT, INDEX_NAME, REJECTS_NAME, card_checksum
-from pipelines.shards import num_shards_for, shard_index, shard_name, write_tar
-from pipelines.track import Reject, Sample, TrackConfig, process_row
+from pipelines.beam import beam_io
+from pipelines.beam.track import Reject, Sample, TrackConfig, process_row
+from pipelines.core.card import CARD_NAME, FORMAT, INDEX_NAME, REJECTS_NAME, card_checksum
+from pipelines.core.shards import num_shards_for, shard_index, shard_name, write_tar
+from pipelines.core.versions import CODE_VERSION, library_versions
 
 INDEX, REJECTS, STATS = "index", "rejects", "stats"  # what PrepareShardFn yields
 
@@ -319,31 +319,6 @@ def plan_shards(table: pa.Table, track: TrackConfig, shard_size_mb: float) -> di
     return {split: num_shards_for(int(expected[split]), int(target), rows[split]) for split in rows}
 
 
-def library_versions() -> dict:
-    import apache_beam
-    import soundfile
-    import soxr
-    import torch
-
-    versions = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "soundfile": soundfile.__version__,
-        "libsndfile": soundfile.__libsndfile_version__,
-        "soxr": soxr.__version__,
-        "apache_beam": apache_beam.__version__,
-        "pyarrow": pa.__version__,
-    }
-    try:
-        import essentia
-
-        versions["essentia"] = essentia.__version__
-    except ImportError:
-        pass
-    return versions
-
-
 def summarize_splits(index_rows) -> dict:
     """The card's `splits`: per split and shard, samples, seconds and bytes."""
     splits: dict[str, dict] = {}
@@ -378,15 +353,16 @@ def summarize_counts(num_inputs: int, index_rows, reject_rows) -> dict:
 
 
 def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats) -> dict:
-    from tagtrain import __version__
-
     return {
         "format": FORMAT,
         "features": {**cfg.track.features.to_dict(), "stored": list(cfg.track.stored)},
         "vocabulary": list(cfg.vocabulary),
         "splits": summarize_splits(index_rows),
         "mel_stats": mel_stats,
-        "decoder": {"requested": cfg.track.decoder, "versions": library_versions()},
+        "decoder": {
+            "requested": cfg.track.decoder,
+            "versions": library_versions("apache_beam", "essentia"),
+        },
         "manifest": {"path": cfg.manifest, "sha256": cfg.manifest_sha256},
         "counts": summarize_counts(cfg.num_inputs, index_rows, reject_rows),
         "job": {
@@ -396,7 +372,7 @@ def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats) -> dict:
             "planned_shards": dict(cfg.num_shards),
         },
         "identity": cfg.identity(),
-        "code_version": __version__,
+        "code_version": CODE_VERSION,
         "deformation": None,
     }
 

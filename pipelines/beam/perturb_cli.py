@@ -8,10 +8,8 @@ import os
 import tempfile
 import time
 
-from pipelines import beam_io
-from pipelines.card import CARD_NAME, REJECTS_NAME, parse_card
-from pipelines.deformations import load_deformations
-from pipelines.perturb import (
+from pipelines.beam import beam_io
+from pipelines.beam.perturb import (
     AUGMENTED_DIR,
     PERTURBED_DIR,
     Perturb,
@@ -20,8 +18,10 @@ from pipelines.perturb import (
     check_source,
     make_targets,
 )
-from pipelines.prepare_cli import check_existing
-from pipelines.runner_options import ProgressBar, is_local, pipeline_options, print_counters
+from pipelines.beam.prepare_cli import check_existing
+from pipelines.beam.runner_options import ProgressBar, is_local, pipeline_options, print_counters
+from pipelines.core.card import CARD_NAME, REJECTS_NAME, parse_card
+from pipelines.core.deformations import load_deformations
 
 MAX_AUGMENT = 100
 

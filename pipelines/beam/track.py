@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.audio import AudioRejected, Decoded, from_int16, load_audio, to_int16
-from pipelines.features import FeatureConfig, harmonic_tensor, log_mel
-from pipelines.shards import json_bytes, npy_bytes, sample_size
+from pipelines.core.audio import AudioRejected, Decoded, from_int16, load_audio, to_int16
+from pipelines.core.features import FeatureConfig, harmonic_tensor, log_mel
+from pipelines.core.shards import json_bytes, npy_bytes, sample_size
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The Beam jobs (prepare, perturb) as composite PTransforms over the contract core."""
