@@ -1,6 +1,24 @@
-"""One-line error messages: what the commands print and what loader statistics record."""
+"""One-line errors for every command line: the `UserError` base, the argparse parser that
+reports a bad flag in one line, and the one wrapper that turns errors into exit codes.
+
+All three CLIs (`beam_runner.py`, `python -m tagtrain`, `python -m manifests`) end in
+`run_cli`, so a user error is always one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+from collections.abc import Callable
+
+USAGE_ERROR = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad flag, missing file, unusable dataset): one line,
+    exit 2. Every project error that a command reports derives from it."""
 
 
 def first_line(exc: BaseException, limit: int | None = None) -> str:
@@ -9,3 +27,59 @@ def first_line(exc: BaseException, limit: int | None = None) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
     return line[:limit] if limit else line
+
+
+def suggest(word: str, choices) -> str:
+    """' (did you mean --x?)' when `word` is close to one of `choices`, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line on stderr and exit 2, not a usage dump; an unknown flag
+    gets a suggestion when one of the parser's flags is close."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            flags = [s for a in self._actions for s in a.option_strings]
+            unknown = message.split(":", 1)[1].split()
+            if unknown:
+                message += suggest(unknown[0].split("=")[0], flags)
+        raise SystemExit(f"{self.prog}: error: {message} (see --help)")
+
+
+def run_cli(prog: str, main: Callable[[], int]) -> int:
+    """Run a command's `main`, mapping errors to one line and an exit status:
+    UserError and OS errors 2, Ctrl-C 130, anything else 1 with its type named
+    (TAGKIT_DEBUG=1 re-raises to show the traceback)."""
+    try:
+        return main()
+    except SystemExit as exc:  # argparse errors and --help
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return USAGE_ERROR
+        return exc.code or 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, OSError) as exc:
+        if os.environ.get("TAGKIT_DEBUG"):
+            raise
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return USAGE_ERROR
+    except Exception as exc:
+        if os.environ.get("TAGKIT_DEBUG"):
+            raise
+        print(
+            f"{prog}: error: unexpected {type(exc).__name__}: {_one_line(exc)} "
+            "(TAGKIT_DEBUG=1 shows a traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return " ".join(str(exc).split()) or type(exc).__name__
