@@ -90,3 +90,12 @@ def demo_dataset(demo_corpus, tmp_path_factory) -> Path:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+@pytest.fixture
+def seaweed_s3(tmp_path):
+    """A real S3 server (SeaweedFS) on localhost for one test, stopped afterwards."""
+    from tests.seaweed import SeaweedS3
+
+    with SeaweedS3(tmp_path / "seaweed") as server:
+        yield server
