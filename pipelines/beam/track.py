@@ -1,5 +1,13 @@
 """One track from manifest row to shard sample (or reject): plain functions, no Beam.
 
+`prepare_track(row, audio_root, cfg, vocabulary)` is the whole per-track step: fetch the
+audio (`fetch.py`: contained paths, size cap, special files refused, changed sources
+caught), decode and validate it (`core/audio.py`: never silently short), featurise it.
+Permanent per-file problems become a `Reject` with a reason; transient ones (network,
+timeouts, throttling, a full disk) are retried with backoff and then raised, so the
+runner retries the bundle or the job fails: never a reject that depends on luck.
+MemoryError is never caught.
+
 `prepare` and `perturb` both end in `make_sample`, so a deformed copy of a track is
 featurised exactly like the original.
 """
@@ -12,9 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.core.audio import AudioRejected, Decoded, from_int16, load_audio, to_int16
+from pipelines.beam import fetch
+from pipelines.core.audio import Decoded, from_int16, load_audio, to_int16
+from pipelines.core.failures import MISSING, AudioRejected
 from pipelines.core.features import FeatureConfig, harmonic_tensor, log_mel
 from pipelines.core.shards import json_bytes, npy_bytes, sample_size
+from pipelines.core.source import DEFAULT_MAX_FILE_MB, Signature, max_bytes
+
+
+DECODE_ATTEMPTS = 2  # a decode timeout or a killed ffmpeg is tried once more, then raised
 
 
 @dataclass(frozen=True)
@@ -26,6 +40,7 @@ class TrackConfig:
     decoder: str = "auto"
     min_seconds: float = 1.0
     max_seconds: float | None = None
+    max_file_mb: float | None = DEFAULT_MAX_FILE_MB  # per-file size cap (None: no cap)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -126,31 +141,59 @@ def make_sample(
 
 def decode_row(row: dict, data: bytes, cfg: TrackConfig) -> Decoded:
     suffix = "." + row["audio_path"].rsplit(".", 1)[-1] if "." in row["audio_path"] else ""
-    return load_audio(
-        data,
-        cfg.features.sample_rate,
-        decoder=cfg.decoder,
-        suffix=suffix,
-        min_seconds=cfg.min_seconds,
-        max_seconds=cfg.max_seconds,
-        expected_seconds=row.get("duration"),
+    return fetch.with_retries(
+        lambda: load_audio(
+            data,
+            cfg.features.sample_rate,
+            decoder=cfg.decoder,
+            suffix=suffix,
+            min_seconds=cfg.min_seconds,
+            max_seconds=cfg.max_seconds,
+            expected_seconds=row.get("duration"),
+        ),
+        attempts=DECODE_ATTEMPTS,
     )
+
+
+def _reject(row: dict, stage: str, reason: str, message: str) -> Reject:
+    return Reject(
+        row["key"], row["track_id"], row["split"], row["audio_path"], stage, reason, message
+    )
+
+
+def read_track(
+    row: dict, audio_root: str | None, cfg: TrackConfig, planned: Signature | None = None
+) -> fetch.SourceBytes:
+    """The row's audio bytes and their signature (size + mtime/etag). Raises
+    AudioRejected (permanent) or, after retries, TransientError."""
+    path = fetch.resolve(audio_root, row["audio_path"])
+    limit = max_bytes(cfg.max_file_mb)
+    return fetch.with_retries(lambda: fetch.read_source(path, limit, planned))
+
+
+def prepare_track(
+    row: dict,
+    audio_root: str | None,
+    cfg: TrackConfig,
+    vocabulary: list[str],
+    planned: Signature | None = None,
+) -> Sample | Reject:
+    """Manifest row -> Sample or Reject; transient failures raise (see the module doc)."""
+    try:
+        source = read_track(row, audio_root, cfg, planned)
+    except AudioRejected as exc:
+        return _reject(row, exc.stage, exc.reason, exc.message)
+    return process_row(row, source.data, cfg, vocabulary)
 
 
 def process_row(row: dict, data: bytes | None, cfg: TrackConfig, vocabulary: list[str]):
     """Manifest row + the file's bytes (None: missing) -> Sample or Reject."""
-
-    def reject(stage, reason, message):
-        return Reject(
-            row["key"], row["track_id"], row["split"], row["audio_path"], stage, reason, message
-        )
-
     if data is None:
-        return reject("read", "missing", "audio file not found")
+        return _reject(row, "read", MISSING, "audio file not found")
     try:
         decoded = decode_row(row, data, cfg)
     except AudioRejected as exc:
-        return reject(exc.stage, exc.reason, exc.message)
+        return _reject(row, exc.stage, exc.reason, exc.message)
     info = {
         "decoder": decoded.decoder,
         "source_sample_rate": decoded.source_sample_rate,
@@ -158,7 +201,11 @@ def process_row(row: dict, data: bytes | None, cfg: TrackConfig, vocabulary: lis
         "source_seconds": round(decoded.source_seconds, 6),
         "cropped": decoded.cropped,
     }
+    if decoded.warnings:  # a recovered or partial decode is never stored as if complete
+        info["decode_warnings"] = list(decoded.warnings)
     try:
         return make_sample(row, decoded.pcm, cfg, vocabulary, info)
-    except Exception as exc:  # a feature failure must not kill the job either
-        return reject("features", "feature_error", f"{type(exc).__name__}: {exc}"[:300])
+    except (ValueError, ArithmeticError, IndexError) as exc:
+        # A signal the features cannot handle is this file's problem; anything else
+        # (MemoryError, a torch allocation failure) is not, and fails the bundle.
+        return _reject(row, "features", "feature_error", f"{type(exc).__name__}: {exc}"[:300])

@@ -1,0 +1,152 @@
+"""Fetching one track's audio: where it is (paths contained in the audio root), reading it
+from disk, HTTP or an object store with a size cap and a version check, and retrying
+transient failures with backoff before giving up.
+
+Every failure is sorted by `pipelines.core.failures`: a permanent one is an
+`AudioRejected` (the caller's reject), a transient one a `TransientError`, retried here a
+few times and then raised so the runner retries the bundle (or the job fails loudly). An
+unreachable HTTP server is transient, not "missing"; only 404/410 are.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import random
+import time
+import urllib.request
+
+from pipelines.core.failures import (
+    OUTSIDE_ROOT,
+    AudioRejected,
+    TransientError,
+    classify_read_error,
+)
+from pipelines.core.source import Signature, SourceBytes, changed, read_local, too_large
+
+URL_SCHEMES = ("gs://", "s3://", "http://", "https://")
+HTTP_TIMEOUT_S = 60.0
+RETRY_ATTEMPTS = 4
+RETRY_BASE_DELAY_S = 0.5
+
+
+def is_url(path: str) -> bool:
+    return path.startswith(URL_SCHEMES)
+
+
+def resolve(audio_root: str | None, audio_path: str) -> str:
+    """The full path or URL of a manifest's `audio_path`. Absolute paths and URLs stand
+    as they are (manifest validation decides whether they are allowed); a relative path
+    must stay inside `audio_root` (no `..` escape)."""
+    if is_url(audio_path) or audio_path.startswith("/"):
+        return audio_path
+    normal = posixpath.normpath(audio_path)
+    if normal == ".." or normal.startswith("../"):
+        raise AudioRejected("read", OUTSIDE_ROOT, f"{audio_path!r} leaves the audio root")
+    if not audio_root:
+        return normal
+    if is_url(audio_root):
+        return audio_root.rstrip("/") + "/" + normal
+    return os.path.join(audio_root, normal)
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    # urllib follows redirects to ftp:// too; a track URL may only lead to another HTTP one.
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not newurl.lower().startswith(("http://", "https://")):
+            raise AudioRejected("read", "unreadable", f"redirect to a non-HTTP URL: {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _http_opener() -> urllib.request.OpenerDirector:
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        _HttpOnlyRedirects(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+def read_http(url: str, limit: int | None) -> SourceBytes:
+    request = urllib.request.Request(url, headers={"Accept-Encoding": "identity"})
+    try:
+        with _http_opener().open(request, timeout=HTTP_TIMEOUT_S) as response:
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit():
+                rejected = too_large(int(declared), limit)
+                if rejected is not None:
+                    raise rejected
+            data = response.read() if limit is None else response.read(limit + 1)
+            version = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
+    except (AudioRejected, TransientError):
+        raise
+    except Exception as exc:  # urllib, http.client and socket errors share no base class
+        raise classify_read_error(exc) from None
+    rejected = too_large(len(data), limit)
+    if rejected is not None:
+        raise rejected
+    return SourceBytes(data, Signature(len(data), version))
+
+
+def read_object(path: str, limit: int | None) -> SourceBytes:
+    """gs:// or s3:// through Beam's FileSystems: metadata first (size cap, version),
+    then the bytes, which must be as many as the metadata said."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        matches = FileSystems.match([path])[0].metadata_list
+    except Exception as exc:  # BeamIOError wraps the client's error
+        raise classify_read_error(exc) from None
+    meta = next((m for m in matches if m.path == path), None)
+    if meta is None:
+        raise AudioRejected("read", "missing", f"no such object: {path}")
+    rejected = too_large(meta.size_in_bytes, limit)
+    if rejected is not None:
+        raise rejected
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = f.read(meta.size_in_bytes + 1)
+    except Exception as exc:
+        raise classify_read_error(exc) from None
+    if len(data) != meta.size_in_bytes:
+        raise changed(f"object has {len(data)} bytes; its metadata said {meta.size_in_bytes}")
+    return SourceBytes(
+        data, Signature(meta.size_in_bytes, f"updated={meta.last_updated_in_seconds}")
+    )
+
+
+def read_source(path: str, limit: int | None, planned: Signature | None = None) -> SourceBytes:
+    """One attempt at reading `path` (local path or URL)."""
+    if path.startswith(("http://", "https://")):
+        source = read_http(path, limit)
+    elif path.startswith(("gs://", "s3://")):
+        source = read_object(path, limit)
+    else:
+        return read_local(path, limit, planned)
+    if planned is not None and planned != source.signature:
+        raise changed(f"source changed since it was planned ({planned} -> {source.signature})")
+    return source
+
+
+def with_retries(
+    attempt,
+    attempts: int = RETRY_ATTEMPTS,
+    base_delay: float = RETRY_BASE_DELAY_S,
+    sleep=time.sleep,
+):
+    """`attempt()`, retried on TransientError with exponential backoff and jitter; the
+    last TransientError is raised. AudioRejected and anything else pass straight through."""
+    for number in range(attempts):
+        try:
+            return attempt()
+        except TransientError:
+            if number == attempts - 1:
+                raise
+            sleep(base_delay * 2**number * (1 + random.random()))
+    raise AssertionError("unreachable")
