@@ -1,0 +1,211 @@
+"""Hostile and broken inputs to the per-track step of prepare: a permanent problem is one
+reject with a reason, a transient one is retried and raised (never a reject), nothing
+hangs (every test runs under a timeout)."""
+
+from __future__ import annotations
+
+import errno
+import http.server
+import json
+import os
+import threading
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from pipelines.beam import fetch
+from pipelines.beam.track import Reject, Sample, TrackConfig, prepare_track, read_track
+from pipelines.core.failures import AudioRejected, TransientError, classify_read_error
+from tests.conftest import encode_mp3, tone
+
+pytestmark = pytest.mark.timeout(120)
+SR = 22050
+VOCAB = ["rock"]
+
+
+def row(path: str, key: str = "k1") -> dict:
+    return {
+        "key": key, "track_id": key, "dataset": "d", "split": "train",
+        "audio_path": path, "tags": ["rock"], "duration": None,
+    }  # fmt: skip
+
+
+@pytest.fixture()
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(fetch, "RETRY_BASE_DELAY_S", 0.0)
+    monkeypatch.setattr(
+        fetch.with_retries, "__defaults__", (fetch.RETRY_ATTEMPTS, 0.0, lambda s: None)
+    )
+
+
+@pytest.fixture(scope="module")
+def audio_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("audio")
+    encode_mp3(tone(440, 3.0, SR), SR, root / "good.mp3")
+    return root
+
+
+# --- classification of errors ----------------------------------------------------------
+
+
+def test_classification_of_storage_errors():
+    from apache_beam.io.aws.clients.s3.messages import S3ClientError
+    from apache_beam.io.filesystem import BeamIOError
+
+    def kind(exc):
+        result = classify_read_error(exc)
+        return result.reason if isinstance(result, AudioRejected) else "transient"
+
+    http = lambda code: urllib.error.HTTPError("http://x/a.mp3", code, "status", {}, None)  # noqa: E731
+    assert kind(FileNotFoundError(errno.ENOENT, "No such file", "/a.mp3")) == "missing"
+    assert kind(PermissionError(errno.EACCES, "Permission denied")) == "unreadable"
+    assert kind(http(404)) == "missing"
+    assert kind(http(403)) == "unreadable"
+    for code in (429, 500, 503):
+        assert kind(http(code)) == "transient"
+    assert kind(S3ClientError("Not Found", 404)) == "missing"
+    assert kind(S3ClientError("SlowDown", 503)) == "transient"
+    assert kind(S3ClientError('Could not connect to the endpoint URL: "http://h/b/k"', None)) == (
+        "transient"
+    )
+    assert kind(BeamIOError("Match operation failed", {"s3://b/k": S3ClientError("x", 500)})) == (
+        "transient"
+    )
+    for exc in (
+        ConnectionResetError(errno.ECONNRESET, "reset"),
+        OSError(errno.ENOSPC, "No space left on device"),
+        TimeoutError("timed out"),
+        urllib.error.URLError(ConnectionRefusedError(errno.ECONNREFUSED, "refused")),
+        RuntimeError("something nobody classified"),  # unknown: fail loudly, not a reject
+    ):
+        assert kind(exc) == "transient", exc
+    with pytest.raises(MemoryError):
+        classify_read_error(MemoryError())
+
+
+# --- local files -----------------------------------------------------------------------
+
+
+def test_good_file_missing_file_and_escape(audio_root):
+    assert isinstance(prepare_track(row("good.mp3"), str(audio_root), TrackConfig(), VOCAB), Sample)
+    missing = prepare_track(row("nope.mp3"), str(audio_root), TrackConfig(), VOCAB)
+    assert (missing.stage, missing.reason) == ("read", "missing")
+    escape = prepare_track(row("../audio/good.mp3"), str(audio_root), TrackConfig(), VOCAB)
+    assert isinstance(escape, Reject) and escape.reason == "outside_root"
+
+
+@pytest.mark.timeout(20)
+def test_special_files_are_refused_without_reading(tmp_path):
+    fifo = tmp_path / "fifo.mp3"
+    os.mkfifo(fifo)  # no writer: a blocking open or read would hang forever
+    (tmp_path / "dir.mp3").mkdir()
+    for path in ("/dev/zero", str(fifo), str(tmp_path / "dir.mp3")):
+        result = prepare_track(row(path), None, TrackConfig(), VOCAB)
+        assert isinstance(result, Reject) and result.reason == "not_regular_file", path
+
+
+def test_size_cap(audio_root):
+    result = prepare_track(row("good.mp3"), str(audio_root), TrackConfig(max_file_mb=0.01), VOCAB)
+    assert (result.stage, result.reason) == ("read", "too_large")
+    assert isinstance(prepare_track(row("good.mp3"), str(audio_root), TrackConfig(), VOCAB), Sample)
+
+
+def test_file_changed_since_planning_is_rejected(tmp_path):
+    path = tmp_path / "a.mp3"
+    encode_mp3(tone(440, 3.0, SR), SR, path)
+    planned = read_track(row("a.mp3"), str(tmp_path), TrackConfig()).signature
+    assert isinstance(
+        prepare_track(row("a.mp3"), str(tmp_path), TrackConfig(), VOCAB, planned), Sample
+    )
+    encode_mp3(tone(660, 3.5, SR), SR, path)  # overwritten while the job runs
+    result = prepare_track(row("a.mp3"), str(tmp_path), TrackConfig(), VOCAB, planned)
+    assert (result.stage, result.reason) == ("read", "changed")
+
+
+def test_memory_error_is_never_a_reject(audio_root, monkeypatch):
+    import pipelines.beam.track as track
+
+    def boom(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(track, "make_sample", boom)
+    with pytest.raises(MemoryError):
+        prepare_track(row("good.mp3"), str(audio_root), TrackConfig(), VOCAB)
+
+
+# --- real HTTP -------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def http_root(audio_root):
+    """A real HTTP server on the audio folder; /flaky/* answers 503, and every request is
+    counted."""
+    seen: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.path)
+            if self.path.startswith("/flaky/"):
+                self.send_error(503, "try later")
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a: Handler(*a, directory=str(audio_root))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+
+
+def test_http_found_missing_and_throttled(http_root, no_backoff):
+    base, seen = http_root
+    ok = prepare_track(row("good.mp3"), base, TrackConfig(), VOCAB)
+    assert isinstance(ok, Sample) and json.loads(ok.members["json"])["source_path"] == "good.mp3"
+    missing = prepare_track(row("gone.mp3"), base, TrackConfig(), VOCAB)
+    assert (missing.stage, missing.reason) == ("read", "missing")
+    seen.clear()
+    with pytest.raises(TransientError):
+        prepare_track(row("flaky/good.mp3"), base, TrackConfig(), VOCAB)
+    assert len(seen) == fetch.RETRY_ATTEMPTS  # retried, then raised: not a reject
+
+
+def test_unreachable_http_is_transient_not_missing(no_backoff):
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/a.mp3"  # nothing listens there
+    with pytest.raises(TransientError):
+        prepare_track(row(url), None, TrackConfig(), VOCAB)
+
+
+# --- real S3 (SeaweedFS) ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_s3_found_missing_and_server_down(seaweed_s3, audio_root, no_backoff):
+    from pipelines.beam import beam_io
+    from tests.seaweed import seaweed_env_for_beam
+
+    prefix = seaweed_s3.upload_dir(audio_root, "bucket/audio")
+    beam_io.configure(tuple(seaweed_env_for_beam(seaweed_s3)))
+    ok = prepare_track(row("good.mp3"), prefix, TrackConfig(), VOCAB)
+    assert isinstance(ok, Sample)
+    missing = prepare_track(row("gone.mp3"), prefix, TrackConfig(), VOCAB)
+    assert (missing.stage, missing.reason) == ("read", "missing")
+    # The server goes away mid-job and comes back: Beam's S3 client and our retries ride it
+    # out; the track is neither rejected nor lost.
+    seaweed_s3.stop()
+    restarter = threading.Timer(3.0, seaweed_s3.start)
+    restarter.start()
+    started = time.monotonic()
+    try:
+        result = prepare_track(row("good.mp3"), prefix, TrackConfig(), VOCAB)
+    finally:
+        restarter.join()
+    assert isinstance(result, Sample), result
+    assert time.monotonic() - started > 2.0  # it did live through the outage
