@@ -2,17 +2,34 @@
 
 Validation errors are raised as `ManifestError` with a one-line message naming what is
 wrong, so command-line tools can print it without a traceback.
+
+Limits checked up front, before a job spends hours on a manifest that cannot work:
+- a key fits a tar member name: USTAR stores names of up to 100 bytes (keys have no `/`,
+  so the 155-byte prefix field cannot help), and the longest member is `{key}.harm.npy`;
+  keys are capped at `MAX_KEY_LENGTH` = 80 characters, leaving room for longer member
+  extensions. Longer keys are refused (not silently rewritten: keys are the identity of
+  samples); `key_from_path` makes keys of at most 71 characters from any path;
+- a relative `audio_path` stays inside the audio root (no `..` escape); an absolute one is
+  not a device or kernel file (`/dev`, `/proc`, `/sys`), and with `audio_root` given it
+  must lie under it unless `allow_outside_root`; only gs://, s3://, http:// and https://
+  URLs; no NUL bytes;
+- durations are null or finite, non-negative and at most `MAX_DURATION_S` (7 days);
+- at least one row.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipelines.core.errors import UserError
 
 SPLITS = ("train", "valid", "test", "unlabeled")
 
@@ -38,7 +55,14 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-class ManifestError(ValueError):
+MAX_KEY_LENGTH = 80  # + the longest member extension (".harm.npy") <= USTAR's 100 bytes
+MAX_DURATION_S = 7 * 24 * 3600.0
+URL_SCHEMES = ("gs://", "s3://", "http://", "https://")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_SYSTEM_DIRS = ("/dev/", "/proc/", "/sys/")
+
+
+class ManifestError(UserError, ValueError):
     """A manifest that does not satisfy the schema; the message is one line."""
 
 
@@ -101,11 +125,17 @@ def write_manifest(
     return table
 
 
-def validate_table(table: pa.Table, require_tags: bool = False) -> None:
+def validate_table(
+    table: pa.Table,
+    require_tags: bool = False,
+    audio_root: str | None = None,
+    allow_outside_root: bool = False,
+) -> None:
     """Raise ManifestError naming the first problem found.
 
     `require_tags`: labelled splits (train/valid/test) must have at least one tag.
-    The `unlabeled` split never needs tags.
+    The `unlabeled` split never needs tags. `audio_root`/`allow_outside_root`: see
+    `check_audio_path`.
     """
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
@@ -114,11 +144,18 @@ def validate_table(table: pa.Table, require_tags: bool = False) -> None:
         actual = table.schema.field(field.name).type
         if not _compatible(actual, field.type):
             raise ManifestError(f"column {field.name!r} has type {actual}; expected {field.type}")
+    if table.num_rows == 0:
+        raise ManifestError("manifest has no rows")
     keys = table.column("key").to_pylist()
     for i, key in enumerate(keys):
         if key is None or not is_safe_key(key):
             raise ManifestError(
-                f"row {i}: key {key!r} is not WebDataset-safe (only letters, digits, _ and -)"
+                f"row {i}: key {_short(key)} is not WebDataset-safe (only letters, digits, _ and -)"
+            )
+        if len(key) > MAX_KEY_LENGTH:
+            raise ManifestError(
+                f"row {i}: key {_short(key)} has {len(key)} characters; at most {MAX_KEY_LENGTH} "
+                "fit a tar member name"
             )
     seen: set[str] = set()
     for key in keys:
@@ -134,6 +171,18 @@ def validate_table(table: pa.Table, require_tags: bool = False) -> None:
         for i, value in enumerate(table.column(name).to_pylist()):
             if not value:
                 raise ManifestError(f"row {i} ({keys[i]}): empty {name}")
+    for i, path in enumerate(table.column("audio_path").to_pylist()):
+        problem = check_audio_path(path, audio_root, allow_outside_root)
+        if problem:
+            raise ManifestError(f"row {i} ({keys[i]}): audio_path {_short(path)} {problem}")
+    for i, duration in enumerate(table.column("duration").to_pylist()):
+        if duration is not None and not (
+            math.isfinite(duration) and 0 <= duration <= MAX_DURATION_S
+        ):
+            raise ManifestError(
+                f"row {i} ({keys[i]}): duration {duration!r} is not a number of seconds "
+                f"between 0 and {MAX_DURATION_S:.0f}"
+            )
     if require_tags:
         splits = table.column("split").to_pylist()
         for i, tags in enumerate(table.column("tags").to_pylist()):
@@ -141,6 +190,38 @@ def validate_table(table: pa.Table, require_tags: bool = False) -> None:
                 raise ManifestError(
                     f"row {i} ({keys[i]}): empty tag list in labelled split {splits[i]!r}"
                 )
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def check_audio_path(
+    path: str, audio_root: str | None = None, allow_outside_root: bool = False
+) -> str | None:
+    """What is wrong with one `audio_path` (None: nothing). A relative path must stay
+    inside the audio root; an absolute one must not be a device or kernel file and, when
+    `audio_root` is a local folder, must lie under it unless `allow_outside_root`."""
+    if "\0" in path:
+        return "contains a NUL byte"
+    if path.startswith(URL_SCHEMES):
+        return None
+    if _SCHEME.match(path) and "://" in path:
+        scheme = path.split(":", 1)[0]
+        return f"uses the unsupported scheme {scheme!r} (gs, s3, http, https or a path)"
+    normal = posixpath.normpath(path)
+    if not path.startswith("/"):
+        if normal == ".." or normal.startswith("../"):
+            return "leaves the audio root (..)"
+        return None
+    if (normal + "/").startswith(_SYSTEM_DIRS):
+        return "is a device or kernel file"
+    if audio_root and not allow_outside_root:
+        root = posixpath.normpath(str(audio_root))
+        if root.startswith(URL_SCHEMES) or not (normal + "/").startswith(root.rstrip("/") + "/"):
+            return f"is outside the audio root {root} (allow it explicitly if meant)"
+    return None
 
 
 def _is_text(t: pa.DataType) -> bool:
