@@ -27,7 +27,13 @@ from manifests.builders import (
     with_vocabulary,
     write_missing_report,
 )
-from manifests.folder import FolderOptions, build_folder, parse_ratios
+from manifests.folder import (
+    FolderOptions,
+    build_folder,
+    parse_ratios,
+    skipped_report_path,
+    write_skipped_report,
+)
 from manifests.schema import SPLITS, ManifestError, read_manifest, write_manifest
 
 
@@ -159,6 +165,12 @@ def _folder(args: argparse.Namespace) -> int:
     result = build_folder(options)
     for message in result.notes:
         _note(message)
+    report = skipped_report_path(args.out)
+    if result.skipped:
+        write_skipped_report(report, result.skipped)
+        _note(f"every skipped file and why: {report}")
+    elif report.exists():
+        report.unlink()  # a stale report from an earlier run would mislead
     table = write_manifest(_with_audio_root(result.table, args.root), args.out)
     print(f"wrote {args.out}: {_split_summary(table)}")
     return 0

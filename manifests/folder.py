@@ -26,8 +26,9 @@ import soundfile as sf
 
 from manifests.builders import read_tsv, split_tags, top_tags, with_vocabulary
 from manifests.schema import ManifestError, key_from_path, rows_to_table, safe_key
+from pipelines.core.formats import AUDIO_SUFFIXES, audio_by_content, has_audio_suffix, skip_by_name
 
-AUDIO_EXTENSIONS = (".mp3", ".flac", ".wav", ".ogg", ".m4a", ".aiff", ".aif")
+AUDIO_EXTENSIONS = tuple(sorted(AUDIO_SUFFIXES))  # the fast path; other files are probed
 SPLIT_MODES = ("auto", "artist", "track")
 SPLIT_NAMES = ("train", "valid", "test")
 # Formats whose length libsndfile reads from the header; m4a needs a full decode.
@@ -56,6 +57,7 @@ class FolderLabel:
 class FolderBuild:
     table: pa.Table
     notes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:
@@ -70,27 +72,58 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     return values
 
 
-def scan_audio(root: Path) -> tuple[list[str], list[str]]:
-    """Relative POSIX paths of the audio files under `root` (sorted), and what had to be
-    skipped: names that are not valid UTF-8 (Parquet cannot store them), unreadable folders."""
+def scan_audio(root: Path, probe: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+    """Relative POSIX paths of the audio files under `root` (sorted), and what was skipped,
+    each as (path, why): macOS `._*` files, names known not to be audio, files neither
+    libsndfile nor ffmpeg decodes (probed by content when the suffix is not a known audio
+    one; `probe=False` skips them unopened), special files, names that are not valid
+    UTF-8 (Parquet cannot store them), unreadable folders."""
     found, skipped = [], []
     errors: list[OSError] = []
     for directory, subdirs, files in os.walk(root, onerror=errors.append):
         subdirs.sort()
-        for name in files:
-            if not name.lower().endswith(AUDIO_EXTENSIONS):
-                continue
-            relative = os.path.relpath(os.path.join(directory, name), root).replace(os.sep, "/")
-            try:
-                relative.encode("utf-8")
-            except UnicodeEncodeError:
-                skipped.append(relative.encode("utf-8", "backslashreplace").decode())
+        for name in sorted(files):
+            full = os.path.join(directory, name)
+            relative = os.path.relpath(full, root).replace(os.sep, "/")
+            why = _skip_reason(name, full, probe)
+            if why is None:
+                try:
+                    relative.encode("utf-8")
+                except UnicodeEncodeError:
+                    why = "name is not valid UTF-8"
+            if why is not None:
+                shown = relative.encode("utf-8", "backslashreplace").decode()
+                skipped.append((shown, why))
                 continue
             found.append(relative)
     if errors and not found:
         raise ManifestError(f"cannot read {errors[0].filename}: {errors[0].strerror}")
-    skipped.extend(f"{e.filename} ({e.strerror})" for e in errors)
+    skipped.extend((str(e.filename), e.strerror or "unreadable") for e in errors)
     return sorted(found), skipped
+
+
+def _skip_reason(name: str, full: str, probe: bool) -> str | None:
+    why = skip_by_name(name)
+    if why is not None:
+        return why
+    if has_audio_suffix(name):
+        return None if os.path.isfile(full) else "not a regular file"
+    if not probe:
+        return "unknown extension (not probed)"
+    ok, why = audio_by_content(full)
+    return None if ok else why
+
+
+def skipped_summary(skipped: list[tuple[str, str]]) -> str:
+    """One line: how many were skipped, by reason (details in parentheses folded), with
+    the first of each."""
+    by_reason: dict[str, list[str]] = {}
+    for path, why in skipped:
+        by_reason.setdefault(why.split(" (")[0], []).append(f"{path} ({why})")
+    parts = [
+        f"{len(paths)} {reason} (first: {paths[0]})" for reason, paths in sorted(by_reason.items())
+    ]
+    return f"{len(skipped)} files skipped: " + "; ".join(parts)
 
 
 def _nfc(text: str) -> str:
@@ -171,13 +204,13 @@ def build_folder(options: FolderOptions) -> FolderBuild:
         raise ManifestError(f"--split-by {options.split_by!r}: expected artist or track")
     files, skipped = scan_audio(root)
     if not files:
-        raise ManifestError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
+        detail = f"; {skipped_summary(skipped)}" if skipped else ""
+        raise ManifestError(
+            f"no audio files (decodable by libsndfile or ffmpeg) under {root}{detail}"
+        )
     notes = []
     if skipped:
-        notes.append(
-            f"{len(skipped)} entries skipped (names that are not UTF-8, unreadable folders); "
-            f"first: {skipped[0]}"
-        )
+        notes.append(skipped_summary(skipped))
     labels = read_folder_tags(options.tags) if options.tags is not None else None
     by_nfc = {_nfc(f): f for f in files}
     if labels is not None:
@@ -241,4 +274,17 @@ def build_folder(options: FolderOptions) -> FolderBuild:
     table = rows_to_table(rows, metadata)
     # The vocabulary: every train tag, most frequent first (`vocab --top N` can trim it).
     vocabulary = [tag for tag, _ in top_tags(table)]
-    return FolderBuild(with_vocabulary(table, vocabulary), notes)
+    return FolderBuild(with_vocabulary(table, vocabulary), notes, skipped)
+
+
+def skipped_report_path(manifest_path: str | Path) -> Path:
+    path = Path(manifest_path)
+    stem = path.name[: -len(".parquet")] if path.name.endswith(".parquet") else path.name
+    return path.with_name(f"{stem}.skipped.tsv")
+
+
+def write_skipped_report(path: Path, skipped: list[tuple[str, str]]) -> None:
+    """path<TAB>why per skipped file, so a user can see every one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["path\treason"] + [f"{p}\t{why}".replace("\n", " ") for p, why in skipped]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -472,6 +473,62 @@ def test_folder_bad_arguments_are_one_line(tmp_path, args, needle):
         "folder", "--root", str(tmp_path / "r"), "--out", str(tmp_path / "o.parquet"), *args
     )
     _assert_one_line_error(result, needle)
+
+
+OTHER_CONTAINERS = {  # name: ffmpeg encoder arguments; none of these suffixes was scanned before
+    "opus/a.opus": ["-c:a", "libopus"],
+    "opus/b.webm": ["-c:a", "libopus"],
+    "wma/c.WMA": ["-c:a", "wmav2"],
+    "mp2/d.mp2": ["-c:a", "mp2"],
+    "wavpack/e.wv": ["-c:a", "wavpack"],
+    "aac/f.aac": ["-c:a", "aac"],
+    "aac/g.m4a": ["-c:a", "aac"],
+    "odd/mp3 with a .bin suffix.bin": ["-c:a", "libmp3lame", "-f", "mp3"],
+    "odd/flac without suffix": ["-c:a", "flac", "-f", "flac"],
+}
+
+
+@pytest.mark.timeout(120)
+def test_folder_scan_finds_audio_by_content_and_reports_what_it_skipped(tmp_path):
+    root = tmp_path / "music"
+    src = tmp_path / "src.wav"
+    _write_audio(src)
+    for name, codec in OTHER_CONTAINERS.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), *codec, str(root / name)],
+            check=True,
+            timeout=60,
+        )
+    (root / "notes.txt").write_text("not audio")
+    (root / "readme.weird").write_text("a text file with an unknown extension\n" * 20)
+    (root / "._a.opus").write_bytes((root / "opus/a.opus").read_bytes())  # macOS metadata twin
+    (root / "evil.m3u8").write_text(f"#EXTM3U\n#EXTINF:3,\nfile://{src}\n#EXT-X-ENDLIST\n")
+    os.mkfifo(root / "pipe.wav")  # a FIFO must be skipped, not opened (it would hang)
+    out = tmp_path / "m.parquet"
+    result = _cli("folder", "--root", str(root), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sorted(r["audio_path"] for r in read_manifest(out).to_pylist()) == sorted(
+        OTHER_CONTAINERS
+    )
+    report = dict(
+        line.split("\t") for line in (tmp_path / "m.skipped.tsv").read_text().splitlines()[1:]
+    )
+    assert report["notes.txt"] == "not audio (.txt)"
+    assert report["readme.weird"].startswith("no decodable audio")
+    assert report["._a.opus"].startswith("macOS resource fork")
+    assert report["evil.m3u8"].startswith("playlist")
+    assert report["pipe.wav"] == "not a regular file"
+    assert len(report) == 5
+    assert "5 files skipped" in result.stderr and "m.skipped.tsv" in result.stderr
+
+
+def test_one_audio_suffix_list_for_every_command():
+    from manifests.folder import AUDIO_EXTENSIONS
+    from pipelines.core.formats import AUDIO_SUFFIXES
+
+    assert set(AUDIO_EXTENSIONS) == AUDIO_SUFFIXES
+    assert {".opus", ".webm", ".wma", ".mp2", ".wv", ".aac", ".m4a", ".ape"} <= AUDIO_SUFFIXES
 
 
 def test_folder_without_audio_is_one_line(tmp_path):
