@@ -211,7 +211,7 @@ def test_unrestricted_ffmpeg_would_follow_the_playlist(tmp_path, secret_server):
     assert len(out) > 44100  # the secret's audio came out
 
 
-@pytest.mark.parametrize("decoder", ["auto", "ffmpeg"])
+@pytest.mark.parametrize("decoder", ["auto", "ffmpeg", "essentia"])
 def test_playlists_are_refused_and_nothing_else_is_read(secret_server, decoder):
     secret, url, handler = secret_server
     before = secret.stat().st_atime_ns
