@@ -262,3 +262,28 @@ def test_two_hour_file_with_max_seconds_stays_under_a_memory_bound(tmp_path, dec
     print(f"peak RSS, 30 s of a 2-hour MP3 ({size_mb} MB) with {decoder}: {peak_mb} MB")
     # A whole decode would be 2.5 GB; reading the file (55 MB) and 30 s stay far below.
     assert peak_mb < 400, (peak_mb, proc.stdout)
+
+
+def test_ffmpeg_timeout_is_transient_and_raised_not_rejected(corpus, monkeypatch):
+    from pipelines.core.failures import TransientError
+
+    data = (corpus / "noxing.mp3").read_bytes()
+    with pytest.raises(TransientError, match="timed out"):
+        load_audio(data, SR, decoder="ffmpeg", timeout=0.001)
+    row = {
+        "key": "k", "track_id": "k", "dataset": "d", "split": "train",
+        "audio_path": "x.mp3", "tags": [], "duration": None,
+    }  # fmt: skip
+    import pipelines.core.ffmpeg as core_ffmpeg
+
+    real = core_ffmpeg.decode_file
+    calls = []
+
+    def slow(path, max_seconds=None, timeout=None):
+        calls.append(path)
+        return real(path, max_seconds, 0.001)
+
+    monkeypatch.setattr(core_ffmpeg, "decode_file", slow)
+    with pytest.raises(TransientError):
+        process_row(row, data, TrackConfig(decoder="ffmpeg"), [])
+    assert len(calls) == 2  # tried again once, then raised for the runner to retry
