@@ -82,8 +82,8 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
         raise RuntimeError("ffmpeg is not installed (needed to decode this file)") from None
 
 
-def _failure(proc: subprocess.CompletedProcess) -> Exception:
-    lines = _messages(proc.stderr)
+def _failure(proc: subprocess.CompletedProcess, path: str) -> Exception:
+    lines = _messages(proc.stderr, path)
     if proc.returncode < 0:  # killed by a signal (the OOM killer, a shutdown): not the file
         return TransientError("decode", f"ffmpeg was killed by signal {-proc.returncode}")
     refused = next((ln for ln in lines if any(m in ln for m in _FORMAT_REFUSED)), None)
@@ -95,8 +95,11 @@ def _failure(proc: subprocess.CompletedProcess) -> Exception:
     return AudioRejected("decode", UNREADABLE, (lines[-1] if lines else "ffmpeg failed")[:300])
 
 
-def _messages(stderr: bytes) -> list[str]:
-    text = stderr.decode(errors="replace")
+def _messages(stderr: bytes, path: str) -> list[str]:
+    # The private copy's name is random: rejects must be reproducible, so it is "<input>".
+    text = (
+        stderr.decode(errors="replace").replace("file:" + path, "<input>").replace(path, "<input>")
+    )
     return [
         _CONTEXT.sub(lambda m: f"[{m.group(1)}] ", ln).strip()
         for ln in text.splitlines()
@@ -132,9 +135,9 @@ def decode_file(
     cmd += ["-c:a", "pcm_f32le", "-f", "wav", "-bitexact", "pipe:1"]
     proc = _run(cmd, timeout)
     if proc.returncode != 0:
-        raise _failure(proc)
+        raise _failure(proc, path)
     frames, rate = parse_wav(proc.stdout)
-    return FfmpegDecode(frames, rate, _messages(proc.stderr))
+    return FfmpegDecode(frames, rate, _messages(proc.stderr, path))
 
 
 def decode_bytes(
@@ -152,7 +155,7 @@ def check_container(path: str, timeout: float = 60.0) -> None:
     cmd = _base_command(path) + ["-map", "0:a:0", "-t", "0", "-f", "null", "-"]
     proc = _run(cmd, timeout)
     if proc.returncode != 0:
-        raise _failure(proc)
+        raise _failure(proc, path)
 
 
 def has_audio(path: str, timeout: float = 30.0) -> tuple[bool, str]:
@@ -165,5 +168,5 @@ def has_audio(path: str, timeout: float = 30.0) -> tuple[bool, str]:
         return False, exc.message
     if proc.returncode == 0:
         return True, ""
-    failure = _failure(proc)
+    failure = _failure(proc, path)
     return False, getattr(failure, "message", str(failure))
