@@ -287,3 +287,15 @@ def test_ffmpeg_timeout_is_transient_and_raised_not_rejected(corpus, monkeypatch
     with pytest.raises(TransientError):
         process_row(row, data, TrackConfig(decoder="ffmpeg"), [])
     assert len(calls) == 2  # tried again once, then raised for the runner to retry
+
+
+def test_reject_messages_are_reproducible_and_name_no_temporary_file():
+    junk = b"this is not audio" * 10
+    messages = set()
+    for _ in range(2):
+        with pytest.raises(AudioRejected) as exc:
+            load_audio(junk, SR, suffix=".mp3")
+        assert exc.value.reason == "unreadable"
+        messages.add(exc.value.message)
+    assert len(messages) == 1
+    assert "tagkit-decode" not in messages.pop()
