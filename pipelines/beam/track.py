@@ -27,7 +27,6 @@ from pipelines.core.features import FeatureConfig, harmonic_tensor, log_mel
 from pipelines.core.shards import json_bytes, npy_bytes, sample_size
 from pipelines.core.source import DEFAULT_MAX_FILE_MB, Signature, max_bytes
 
-
 DECODE_ATTEMPTS = 2  # a decode timeout or a killed ffmpeg is tried once more, then raised
 
 
