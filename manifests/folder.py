@@ -191,7 +191,7 @@ def _duration(path: str) -> float | None:
         return None
     try:
         info = sf.info(path)
-    except Exception:  # any unreadable header: the duration is simply unknown
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError):  # unknown, not an error
         return None
     return float(info.duration) if info.duration > 0 else None
 
