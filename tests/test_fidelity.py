@@ -157,3 +157,74 @@ def test_maest_lengths_and_time_patchout(seconds, columns, patchout):
     assert model.input_spec.samples // 256 + 1 == seconds * 16000 // 256
     assert model.grid == (9, columns)
     assert model.time_patchout == patchout and model.freq_patchout == 0
+
+
+def passt_layout(model, rows: int, cols: int) -> dict:
+    """A checkpoint in PaSST's layout made from `model`, with PaSST's larger position
+    tables (128 bands: 12 rows; 998 frames: 99 columns) and its two heads."""
+    from tagtrain.models.patchout_init import _BLOCK_PARTS, _TOP
+
+    own = model.state_dict()
+    back = {ours: theirs for theirs, ours in _TOP.items()}
+    state = {}
+    for name, value in own.items():
+        if name.startswith("classifier."):
+            continue
+        if name in back:
+            state[back[name]] = value.clone()
+            continue
+        layer, part = name.split(".", 3)[2], name.split(".", 3)[3]
+        theirs = next(k for k, v in _BLOCK_PARTS.items() if v == part)
+        state[f"blocks.{layer}.{theirs}"] = value.clone()
+    dim = own["cls_token"].shape[-1]
+    freq = torch.randn(1, dim, rows, 1)
+    freq[:, :, : own["freq_pos"].shape[2]] = own["freq_pos"]
+    state["freq_new_pos_embed"] = freq
+    state["time_new_pos_embed"] = torch.randn(1, dim, 1, cols)
+    state["head.0.weight"], state["head.1.weight"] = torch.ones(dim), torch.zeros(527, dim)
+    state["head_dist.weight"] = torch.zeros(527, dim)
+    return state
+
+
+def test_maest_initialises_strictly_from_a_passt_checkpoint(tmp_path):
+    from tagtrain.models.patchout_init import CheckpointError, load_passt_weights
+
+    source = create_model("patchout_tiny", 527, seed=1)
+    path = tmp_path / "passt.pt"
+    state = passt_layout(source, rows=12, cols=99)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in state.items()}}, path)
+    target = create_model("patchout_tiny", 50, seed=2)
+    fresh = load_passt_weights(target, path)
+    assert fresh == [
+        "classifier.linear.bias",
+        "classifier.linear.weight",
+        "classifier.norm.bias",
+        "classifier.norm.weight",
+    ]
+    ours = target.state_dict()
+    assert torch.equal(
+        ours["encoder.layers.0.self_attn.in_proj_weight"], state["blocks.0.attn.qkv.weight"]
+    )
+    assert torch.equal(ours["freq_pos"], state["freq_new_pos_embed"][:, :, :9])
+    assert torch.equal(ours["time_pos"], state["time_new_pos_embed"][..., :61])
+    # A 30 s model has more columns than PaSST's 99: the table is interpolated.
+    longer = create_model("patchout_tiny", 50, seed=2, seconds=30.0)
+    load_passt_weights(longer, path)
+    assert longer.time_pos.shape[-1] == 186
+    assert torch.allclose(longer.time_pos[..., 0], state["time_new_pos_embed"][..., 0])
+
+    bad = dict(state)
+    bad["blocks.0.attn.extra"] = torch.zeros(1)
+    torch.save(bad, path)
+    with pytest.raises(CheckpointError, match="does not have: blocks.0.attn.extra"):
+        load_passt_weights(target, path)
+    bad = {k: v for k, v in state.items() if k != "blocks.1.mlp.fc2.weight"}
+    torch.save(bad, path)
+    with pytest.raises(CheckpointError, match="encoder.layers.1.linear2.weight"):
+        load_passt_weights(target, path)
+    torch.save({**state, "pos_embed": torch.zeros(1, 3, 96)}, path)
+    with pytest.raises(CheckpointError, match="plain ViT/DeiT"):
+        load_passt_weights(target, path)
+    torch.save(passt_layout(create_model("patchout_small", 527), 12, 99), path)
+    with pytest.raises(CheckpointError, match="shape"):
+        load_passt_weights(target, path)
