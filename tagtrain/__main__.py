@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "tagtrain.patchout_training",
     "tagtrain.probe",
     "tagtrain.report",
+    "tagtrain.recipes",
     "tagtrain.__main__",
 )
 

@@ -228,3 +228,76 @@ def test_maest_initialises_strictly_from_a_passt_checkpoint(tmp_path):
     torch.save(passt_layout(create_model("patchout_small", 527), 12, 99), path)
     with pytest.raises(CheckpointError, match="shape"):
         load_passt_weights(target, path)
+
+
+# --- recipes ----------------------------------------------------------------------------
+
+TABLE2_MODELS = {
+    "fcn",
+    "fcn_128",
+    "musicnn",
+    "musicnn_128",
+    "crnn",
+    "crnn_128",
+    "samplecnn",
+    "samplecnn_se",
+    "cnnsa",
+    "hcnn",
+    "short_chunk_cnn",
+    "short_chunk_resnet",
+}
+
+
+def test_every_paper_setting_has_a_recipe():
+    from tagtrain.recipes import load_recipe, recipe_names
+
+    recipes = {name: load_recipe(name) for name in recipe_names()}
+    table2 = {r["train"]["model"] for n, r in recipes.items() if n.startswith("won2020_")}
+    assert table2 == TABLE2_MODELS
+    assert {"won2019_cnnsa", "won2021_teacher", "won2021_ke", "won2021_kd"} <= set(recipes)
+    for front in ("spec", "wave"):
+        for secs in (3, 15):
+            r = recipes[f"pons2018_{front}_{secs}s"]
+            assert get_entry(r["train"]["model"]).input_spec.seconds == secs
+    for secs in (5, 10, 20, 30):
+        r = recipes[f"maest_{secs}s"]
+        assert r["command"] == "patchout" and r["train"]["model"] == f"maest_{secs}s"
+        assert r["train"]["lr"] == 2e-5 and r["train"]["epochs"] == 130
+        assert r["prepare"]["log_scale"] == "log10_1p" and r["prepare"]["n_mels"] == 96
+    for name, r in recipes.items():
+        assert r["cite"] and r["protocol"].get("selection") in ("val_loss", "val_roc_auc"), name
+        # The prepare flags are the model's own features.
+        spec = get_entry(r["train"]["model"]).input_spec
+        assert r["prepare"]["sample_rate"] == spec.sample_rate
+    assert recipes["won2019_cnnsa"]["protocol"]["selection"] == "val_roc_auc"
+    seed000 = recipes["won2020_fcn"]
+    assert seed000["train"]["epochs"] == 200 and seed000["train"]["val_chunks"] == 16
+    assert seed000["protocol"]["train_crop"] == "random"
+    teacher = recipes["won2021_teacher"]["train"]
+    assert (teacher["lr"], teacher["weight_decay"], teacher["schedule"]) == (
+        1e-4,
+        0.0,
+        "early_stop",
+    )
+    assert recipes["won2021_kd"]["train"]["model"] == "music_tagging_transformer_student"
+
+
+def test_a_bad_recipe_is_one_clear_line(tmp_path, capsys):
+    from tagtrain.__main__ import main
+    from tagtrain.recipes import RecipeError, load_recipe
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cite: x\ncommand: train\ntrain: {model: fcn, epoch: 3}\n")
+    with pytest.raises(RecipeError, match="unknown field.s. epoch"):
+        load_recipe(str(bad))
+    bad.write_text("cite: x\ncommand: train\ntrain: {model: fcn, batch_size: many}\n")
+    with pytest.raises(RecipeError, match="batch_size"):
+        load_recipe(str(bad))
+    bad.write_text("cite: x\ncommand: train\ntrain: {model: fcn}\nprotocol: {selection: f1}\n")
+    with pytest.raises(RecipeError, match="selection"):
+        load_recipe(str(bad))
+    assert main(["recipes", "--show", "nope"]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert "won2020_musicnn_128" in listed and "maest_30s" in listed

@@ -238,7 +238,7 @@ PRESETS = {
     "patchout_small": (384, 6, 6, "Patchout transformer, CPU preset: 6 blocks x 384-d x 6 heads"),
     "patchout_tiny": (96, 4, 3, "Patchout transformer, CPU preset: 4 blocks x 96-d x 3 heads"),
 }
-PATCHOUT_MODELS = tuple(PRESETS)
+PATCHOUT_MODELS = (*PRESETS, *(f"maest_{s}s" for s in MAEST_SECONDS))
 
 
 def _register(name: str, dims: int, blocks: int, heads: int, description: str) -> None:

@@ -24,7 +24,7 @@ from tagtrain.models.layers import (
 )
 from tagtrain.registry import InputSpec, register_model
 
-PONS_SPEC_INPUT = InputSpec(kind="mel", seconds=15.0, n_mels=96)
+PONS_SPEC_INPUT = InputSpec(kind="mel", seconds=15.0, n_mels=96, log_scale="log10_1p")
 PONS_WAVE_INPUT = InputSpec(kind="pcm", seconds=15.0, standardize="none")
 
 # Spectrogram front end, in multiples of num_filt (16): (filters, frequency fraction, frames)
