@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "tagtrain.probe",
     "tagtrain.report",
     "tagtrain.recipes",
+    "tagtrain.explain",
     "tagtrain.__main__",
 )
 

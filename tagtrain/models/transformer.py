@@ -83,13 +83,19 @@ class MusicTaggingTransformer(Tagger):
         tokens = torch.cat([self.cls.expand(b, 1, -1), tokens], dim=1)
         return self.token_dropout(self.positions(tokens))
 
-    def embed(self, mel: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.norm(self.encoder(self.tokens(mel), key_mask)[:, 0])
+    def from_tokens(self, tokens, key_mask=None, return_attention: bool = False):
+        """Logits from a token sequence (see `tokens`); `key_mask` [B, N+1] (False: a
+        token no position may attend to) and, on request, every layer's attention."""
+        hidden, maps = self.encoder(tokens, key_mask, return_attention=True)
+        logits = self.classifier(self.norm(hidden[:, 0]))
+        return (logits, maps) if return_attention else logits
 
-    def attention(self, mel: torch.Tensor, key_mask: torch.Tensor | None = None):
+    def embed(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.encoder(self.tokens(mel))[:, 0])
+
+    def attention(self, mel: torch.Tensor):
         """(logits, [per layer: attention probabilities [B, heads, N+1, N+1]])."""
-        hidden, maps = self.encoder(self.tokens(mel), key_mask, return_attention=True)
-        return self.classifier(self.norm(hidden[:, 0])), maps
+        return self.from_tokens(self.tokens(mel), return_attention=True)
 
 
 def _builder(dim: int, conv_channels: int):
