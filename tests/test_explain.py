@@ -7,6 +7,8 @@ the second half."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,41 @@ def test_attention_maps_come_from_the_models():
         assert maps[-1].shape == (1, 8, n + 1, n + 1)
         assert torch.allclose(maps[-1].sum(-1), torch.ones(()), atol=1e-5)
     assert not explainable(create_model("fcn", 3))
+
+
+@pytest.mark.slow
+def test_explain_writes_a_heat_map_for_a_cnnsa_run_on_the_demo_corpus(
+    demo_corpus, demo_dataset, tmp_path, capsys
+):
+    from tagtrain.__main__ import main
+    from tagtrain.config import RunConfig
+    from tagtrain.runs import load_run
+    from tagtrain.train import train
+
+    run = tmp_path / "cnnsa"
+    cfg = RunConfig(
+        data=str(demo_dataset), model="cnnsa", out=str(run), width=0.125, batch_size=2,
+        workers=0, shuffle_buffer=4, epochs=1, max_steps_per_epoch=2, val_chunks=1,
+        schedule="early_stop", lr=1e-3, progress=False,
+    )  # fmt: skip
+    train(cfg)
+    tags = load_run(run, device="cpu").vocabulary[:2]
+    audio = sorted(p for p in (demo_corpus / "audio").rglob("*") if p.is_file())[0]
+    png, out_json = tmp_path / "heat.png", tmp_path / "heat.json"
+    args = ["explain", str(audio), "--run", str(run), "--device", "cpu", "--out", str(png)]
+    assert main([*args, "--tag", tags[0], "--tag", tags[1], "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{tags[0]}: p=" in printed and f"heat map: {png}" in printed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    curves = json.loads(out_json.read_text())
+    assert curves["tags"] == tags and len(curves["contribution"]) == 2
+    tokens = len(curves["attention"])
+    assert all(len(c) == tokens for c in curves["contribution"])
+    import soundfile as sf
+
+    seconds = sf.info(str(audio)).duration if audio.suffix != ".mp3" else None
+    if seconds:
+        assert abs(tokens * curves["seconds_per_token"] - max(seconds, 15.0)) < 1.0
+    assert main([*args, "--tag", "no-such-tag"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown tag(s) no-such-tag" in err[0]
