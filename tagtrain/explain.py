@@ -155,10 +155,11 @@ def plot(explanation: Explanation, out: Path, title: str) -> None:
         vmin=-np.abs(e.contribution).max(),
         vmax=np.abs(e.contribution).max(),
     )
-    axes[1].set(yticks=range(len(e.tags)), yticklabels=e.tags)
+    labels = [f"{tag} (p={p:.2f})" for tag, p in zip(e.tags, e.probability)]
+    axes[1].set(yticks=range(len(e.tags)), yticklabels=labels)
     t = (np.arange(e.contribution.shape[1]) + 0.5) * e.seconds_per_token
     for name, curve in zip(e.tags, e.contribution):
-        axes[2].plot(t, curve, label=f"{name}: contribution")
+        axes[2].plot(t, curve, label=f"{name}: evidence")
     scale = np.abs(e.contribution).max() / max(e.attention.max(), 1e-12)
     axes[2].plot(t, e.attention * scale, color="gray", lw=1, label="attention (scaled)")
     axes[2].set(xlabel="time (s)", ylabel="evidence (logit)")
