@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "tagtrain.patchout_training",
     "tagtrain.probe",
     "tagtrain.report",
+    "tagtrain.recipes",
+    "tagtrain.explain",
     "tagtrain.__main__",
 )
 

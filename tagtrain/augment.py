@@ -7,14 +7,15 @@ Each transform is applied independently with its own probability, in the order l
                                the ratio range as SNR (6.0-10.5 dB; uniform in dB, not in ratio)
     gain                p 0.2  Gain, -20 to -1 dB
     filter              p 0.8  OneOf(HighPassFilter 200-1200 Hz, LowPassFilter 2.2-4 kHz)
-    delay               p 0.5  composed here (audiomentations has none): the crop plus a copy
-                               delayed by 200-450 ms at half volume
+    delay               p 0.5  composed here (audiomentations has none), as
+                               torchaudio-augmentations' Delay: a delay of 200, 250, ..., 450
+                               ms, then (x + 0.5 d) / 2 (the echo at half volume, averaged)
     pitch_shift         p 0.4  PitchShift, +-7 semitones (signalsmith_stretch, ~40 ms per 10 s
                                chunk on one core; librosa_phase_vocoder is similar)
-    reverb              p 0.3  composed here (RoomSimulator needs pyroomacoustics, not
-                               installed): convolution with an exponentially decaying noise
-                               impulse response (RT60 0.3-1.5 s), mixed 20-60 % wet, at
-                               the dry level
+    reverb              p 0.3  sox's reverb effect (the `sox` binary, no shell), as
+                               torchaudio-augmentations' Reverb through WavAugment:
+                               reverberance, HF damping and room scale each a random integer
+                               in [0, 100)
 
 A chain is a list of entries `{transform: NAME, p: ..., PARAM: ...}` (YAML or JSON); missing
 parameters take the recipe's values, and only the listed transforms run. `--augment default`
@@ -67,74 +68,77 @@ def _waveform_base():
 @functools.cache
 def _make_delay_class():
     class Delay(_waveform_base()):
-        """The signal plus a copy of itself delayed by `min_ms`-`max_ms`, scaled by `volume`
-        (an echo, as in torchaudio-augmentations' Delay)."""
+        """(x + volume · d) / 2, d = x delayed by a multiple of `step_ms` in [min_ms,
+        max_ms) (torchaudio-augmentations' Delay, the one seed 003 used)."""
 
         supports_multichannel = False
 
-        def __init__(self, min_ms=200.0, max_ms=450.0, volume=0.5, p=0.5):
+        def __init__(self, min_ms=200.0, max_ms=500.0, step_ms=50.0, volume=0.5, p=0.5):
             super().__init__(p)
-            self.min_ms, self.max_ms, self.volume = min_ms, max_ms, volume
+            self.choices = np.arange(min_ms, max_ms, step_ms)
+            self.volume = volume
 
         def randomize_parameters(self, samples, sample_rate):
             super().randomize_parameters(samples, sample_rate)
             if self.parameters["should_apply"]:
-                self.parameters["delay_ms"] = random.uniform(self.min_ms, self.max_ms)
+                self.parameters["delay_ms"] = float(random.choice(self.choices))
 
         def apply(self, samples, sample_rate):
-            offset = int(round(self.parameters["delay_ms"] / 1000.0 * sample_rate))
-            if offset <= 0 or offset >= samples.shape[-1]:
-                return samples
-            out = samples.copy()
-            out[offset:] += np.float32(self.volume) * samples[:-offset]
-            return out
+            offset = int(self.parameters["delay_ms"] * sample_rate / 1000.0)
+            delayed = np.zeros_like(samples)
+            if 0 < offset < samples.shape[-1]:
+                delayed[offset:] = samples[:-offset]
+            return ((samples + np.float32(self.volume) * delayed) / 2).astype(np.float32)
 
     return Delay
 
 
+def sox_reverb(samples: np.ndarray, sample_rate: int, reverberance, damping, room_scale):
+    """sox's `reverb` effect on float32 mono PCM, through pipes (no shell, no files)."""
+    import subprocess
+
+    raw = ["-t", "f32", "-r", str(int(sample_rate)), "-c", "1"]
+    args = ["sox", "-V1", *raw, "-", *raw, "-", "reverb"]
+    args += [f"{reverberance:g}", f"{damping:g}", f"{room_scale:g}", "channels", "1"]
+    try:
+        done = subprocess.run(
+            args,
+            input=np.ascontiguousarray(samples, np.float32).tobytes(),
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+    except FileNotFoundError:
+        raise AugmentError("reverb needs the sox binary on PATH") from None
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"sox reverb failed: {exc.stderr.decode(errors='replace')}") from None
+    out = np.frombuffer(done.stdout, dtype=np.float32)
+    return out[: samples.shape[-1]].copy()
+
+
 @functools.cache
 def _make_reverb_class():
-    class ConvolutionReverb(_waveform_base()):
-        """Convolution with a synthetic room: Gaussian noise under an exponential envelope
-        that decays by 60 dB over RT60 seconds. The reverberant part is scaled to the dry
-        signal's RMS, mixed in at `wet` (0 dry only, 1 reverb only), and the mix brought
-        back to the dry RMS."""
+    class SoxReverb(_waveform_base()):
+        """sox reverb with reverberance, HF damping and room scale drawn as integers in
+        [min, max) (torchaudio.randint, as torchaudio-augmentations' Reverb)."""
 
         supports_multichannel = False
 
-        def __init__(self, min_rt60=0.3, max_rt60=1.5, min_wet=0.2, max_wet=0.6, p=0.3):
+        def __init__(self, ranges: dict, p=0.3):
             super().__init__(p)
-            self.min_rt60, self.max_rt60 = min_rt60, max_rt60
-            self.min_wet, self.max_wet = min_wet, max_wet
+            self.ranges = ranges
 
         def randomize_parameters(self, samples, sample_rate):
             super().randomize_parameters(samples, sample_rate)
             if self.parameters["should_apply"]:
-                self.parameters["rt60"] = random.uniform(self.min_rt60, self.max_rt60)
-                self.parameters["wet"] = random.uniform(self.min_wet, self.max_wet)
-                self.parameters["ir_seed"] = random.getrandbits(32)
+                for name, (low, high) in self.ranges.items():
+                    self.parameters[name] = random.randrange(int(low), max(int(high), int(low) + 1))
 
         def apply(self, samples, sample_rate):
-            from scipy.signal import oaconvolve
+            values = [self.parameters[name] for name in self.ranges]
+            return sox_reverb(samples, sample_rate, *values)
 
-            rt60 = self.parameters["rt60"]
-            n = max(1, int(rt60 * sample_rate))
-            t = np.arange(n) / sample_rate
-            rng = np.random.default_rng(self.parameters["ir_seed"])
-            ir = rng.standard_normal(n) * np.exp(-math.log(1000.0) * t / rt60)
-            reverberant = oaconvolve(samples.astype(np.float64), ir)[: samples.shape[-1]]
-            dry_rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
-            wet_rms = float(np.sqrt(np.mean(np.square(reverberant))))
-            if wet_rms == 0.0:
-                return samples
-            wet = self.parameters["wet"]
-            out = (1.0 - wet) * samples + wet * (dry_rms / wet_rms) * reverberant
-            # Level-neutral: gain is the gain transform's job, and a tone can partly cancel
-            # against its own reverberation.
-            out_rms = float(np.sqrt(np.mean(np.square(out))))
-            return (out * (dry_rms / out_rms if out_rms > 0 else 1.0)).astype(np.float32)
-
-    return ConvolutionReverb
+    return SoxReverb
 
 
 # --- the chain's entries: typed, checked, buildable ------------------------------------
@@ -222,16 +226,20 @@ class HighOrLowPass:
 class Delay:
     p: float = 0.5
     min_ms: float = 200.0
-    max_ms: float = 450.0
+    max_ms: float = 500.0  # exclusive: 200, 250, ..., 450 ms
+    step_ms: float = 50.0
     volume: float = 0.5
 
     def check(self) -> None:
         if self.min_ms < 0:
             raise AugmentError(f"delay: min_ms must not be negative, got {self.min_ms}")
-        _check_range("delay", self.min_ms, self.max_ms)
+        if self.step_ms <= 0:
+            raise AugmentError(f"delay: step_ms must be positive, got {self.step_ms}")
+        if self.max_ms <= self.min_ms:
+            raise AugmentError(f"delay: max_ms {self.max_ms} must be above min_ms {self.min_ms}")
 
     def build(self):
-        return _make_delay_class()(self.min_ms, self.max_ms, self.volume, p=self.p)
+        return _make_delay_class()(self.min_ms, self.max_ms, self.step_ms, self.volume, p=self.p)
 
 
 @dataclass(frozen=True)
@@ -260,22 +268,26 @@ class PitchShift:
 @dataclass(frozen=True)
 class Reverb:
     p: float = 0.3
-    min_rt60: float = 0.3  # seconds to decay by 60 dB
-    max_rt60: float = 1.5
-    min_wet: float = 0.2
-    max_wet: float = 0.6
+    min_reverberance: float = 0.0  # sox reverb's three percentages; max is exclusive
+    max_reverberance: float = 100.0
+    min_damping: float = 0.0
+    max_damping: float = 100.0
+    min_room_scale: float = 0.0
+    max_room_scale: float = 100.0
 
     def check(self) -> None:
-        if self.min_rt60 <= 0:
-            raise AugmentError(f"reverb: min_rt60 must be positive, got {self.min_rt60}")
-        _check_range("reverb rt60", self.min_rt60, self.max_rt60)
-        _check_range("reverb wet", self.min_wet, self.max_wet)
-        if self.min_wet < 0 or self.max_wet > 1:
-            raise AugmentError("reverb: wet must lie within 0..1")
+        for name in ("reverberance", "damping", "room_scale"):
+            low, high = getattr(self, f"min_{name}"), getattr(self, f"max_{name}")
+            _check_range(f"reverb {name}", low, high)
+            if low < 0 or high > 100:
+                raise AugmentError(f"reverb: {name} must lie within 0..100")
 
     def build(self):
-        cls = _make_reverb_class()
-        return cls(self.min_rt60, self.max_rt60, self.min_wet, self.max_wet, p=self.p)
+        ranges = {
+            name: (getattr(self, f"min_{name}"), getattr(self, f"max_{name}"))
+            for name in ("reverberance", "damping", "room_scale")
+        }
+        return _make_reverb_class()(ranges, p=self.p)
 
 
 TRANSFORMS = {

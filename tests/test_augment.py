@@ -75,8 +75,13 @@ def test_the_default_chain_is_seed_003s_recipe():
     assert (by_name["gain"]["min_gain_db"], by_name["gain"]["max_gain_db"]) == (-20.0, -1.0)
     assert by_name["filter"]["high_pass_min_hz"] == 200.0
     assert by_name["filter"]["low_pass_max_hz"] == 4000.0
-    assert (by_name["delay"]["min_ms"], by_name["delay"]["max_ms"]) == (200.0, 450.0)
-    assert by_name["delay"]["volume"] == 0.5
+    # torchaudio-augmentations' Delay: 200, 250, ..., 450 ms (max exclusive), volume 0.5.
+    assert (by_name["delay"]["min_ms"], by_name["delay"]["max_ms"]) == (200.0, 500.0)
+    assert by_name["delay"]["step_ms"] == 50.0 and by_name["delay"]["volume"] == 0.5
+    # Its Reverb: sox reverb, each percentage a random integer in [0, 100).
+    reverb = by_name["reverb"]
+    for name in ("reverberance", "damping", "room_scale"):
+        assert (reverb[f"min_{name}"], reverb[f"max_{name}"]) == (0.0, 100.0)
     assert by_name["pitch_shift"]["max_semitones"] == 7.0
     assert resolve_chain("") is None and resolve_chain("none") is None
 
@@ -135,22 +140,32 @@ def test_each_transform_does_what_the_recipe_says():
         noise = only("noise", p=1.0)(x, seed) - xf
         assert 0.28 <= noise.std() / rms <= 0.52
 
-        echo = only("delay", p=1.0)(x, seed) - xf
-        offset = int(np.flatnonzero(np.abs(echo) > 0)[0])
-        assert 0.2 * SR - 2 <= offset <= 0.45 * SR + 2
-        assert np.allclose(echo[offset:], 0.5 * xf[: len(xf) - offset], atol=0.05)
+        # (x + 0.5 d) / 2: the reference averages the signal and its half-volume echo.
+        delayed = only("delay", p=1.0)(x, seed)
+        echo = 2 * delayed - xf
+        offset = int(np.flatnonzero(np.abs(echo) > 1e-3)[0])
+        assert offset in {int(ms * SR / 1000) for ms in range(200, 500, 50)}
+        assert np.allclose(delayed[:offset], xf[:offset] / 2, atol=1e-4)
+        assert np.allclose(echo[offset:], 0.5 * xf[: len(xf) - offset], atol=1e-3)
 
         shifted = only("pitch_shift", p=1.0)(x, seed)
         assert 440 * 2 ** (-7 / 12) * 0.97 <= peak_hz(shifted) <= 440 * 2 ** (7 / 12) * 1.03
 
-        # A 50 ms burst then silence: the reverb rings on into the silence, at the dry level.
+        # A 50 ms burst then silence: sox's reverb rings on into the silence, and the
+        # burst itself is still there (dry + wet, as sox mixes them).
         burst = x.copy()
         burst[int(0.05 * SR) :] = 0
-        wet = only("reverb", p=1.0)(burst, seed)
+        reverb = only("reverb", p=1.0)
+        wet, fired = reverb.apply(burst, seed)
+        assert fired == ("reverb",) and wet.shape == burst.shape
         tail = slice(int(0.1 * SR), int(0.2 * SR))
-        assert np.sqrt(np.mean(wet[tail] ** 2)) > 0.01 * np.sqrt(np.mean(wet**2))
-        assert np.isclose(
-            np.sqrt(np.mean(wet**2)), np.sqrt(np.mean(burst.astype(float) ** 2)), rtol=1e-3
+        assert np.sqrt(np.mean(wet[tail] ** 2)) > 0.001 * np.sqrt(np.mean(wet**2))
+        head = slice(0, int(0.05 * SR))
+        assert np.corrcoef(wet[head], burst[head].astype(float))[0, 1] > 0.5
+        drawn = reverb._transforms[0].parameters
+        assert all(
+            isinstance(drawn[k], int) and 0 <= drawn[k] < 100
+            for k in ("reverberance", "damping", "room_scale")
         )
 
     two_tones = make_signal(0.5, freqs=(100.0, 7000.0))
@@ -192,7 +207,7 @@ def test_a_yaml_chain_runs_what_it_lists_with_the_recipe_filling_gaps(tmp_path):
         ("- transform: gain\n  gain_db: 3\n", "unknown parameter(s) gain_db"),
         ("- transform: gain\n  p: 1.5\n", "p must lie within 0..1"),
         ("- transform: gain\n  p: high\n", "p must be a float"),
-        ("- transform: delay\n  min_ms: 500\n", "min 500.0 is above max 450.0"),
+        ("- transform: delay\n  min_ms: 500\n", "max_ms 500.0 must be above min_ms 500.0"),
         ("transform: gain\n", "must be a list of transforms"),
         ("- [unclosed\n", "is not valid YAML"),
     ],

@@ -120,9 +120,10 @@ def test_drc_reduces_the_loud_quiet_level_difference(preset):
 
 
 @pytest.mark.parametrize("a", [0.1, 0.4])
-def test_white_noise_mix_gives_the_snr_it_implies(a):
+def test_rms_scaled_white_noise_mix_gives_the_snr_it_implies(a):
     x = music_like(2 * SR)
-    deformation = Noise(a)
+    deformation = Noise(a, scale="rms")
+    assert deformation.name == f"noise_rms_{a:g}"
     out, _ = deform_track(deformation, x, SR, seed=0, key="track")
     residual = out - (1 - a) * x
     measured = db((1 - a) * x) - db(residual)
@@ -135,6 +136,55 @@ def test_white_noise_mix_gives_the_snr_it_implies(a):
     assert abs(10 * math.log10(low.mean() / high.mean())) < 1.0
 
 
+def sustained_chord(n: int) -> np.ndarray:
+    """Three steady partials at constant level: a low crest factor, unlike music_like's
+    decaying notes."""
+    t = np.arange(n) / SR
+    y = sum(0.2 * np.sin(2 * np.pi * f * t) for f in (220.0, 330.0, 440.0))
+    return y.astype(np.float32)
+
+
+def crest_db(x: np.ndarray) -> float:
+    return 20 * math.log10(float(np.max(np.abs(x))) / muda_compat.rms(x))
+
+
+@pytest.mark.parametrize("a", [0.1, 0.4])
+def test_white_noise_is_peak_normalised_as_muda_and_ignores_crest_factor(a):
+    """muda's ColoredNoise: x and n each peak-normalised, then (1 - a) x + a n. The noise
+    peak is then a/(1 - a) of the signal peak on every track; with the RMS scaling it
+    replaced, that ratio moved with the track's crest factor."""
+    peaky = music_like(2 * SR)
+    # A real sox compand of the same music flattens its dynamics, plus a sustained chord.
+    compressed, _ = deform_track(DynamicRangeCompression("radio"), peaky, SR, seed=0, key="c")
+    tracks = [peaky, compressed[: 2 * SR], sustained_chord(2 * SR)]
+    crests = [crest_db(x) for x in tracks]
+    assert max(crests) - min(crests) > 6.0
+
+    def noise_to_signal_peak(x, scale):
+        out, _ = deform_track(Noise(a, scale=scale), x, SR, seed=0, key="t")
+        signal = (1 - a) * x / np.max(np.abs(x)) if scale == "peak" else (1 - a) * x
+        return float(np.max(np.abs(out - signal)) / np.max(np.abs(signal)))
+
+    peak_ratios = [noise_to_signal_peak(x, "peak") for x in tracks]
+    assert peak_ratios == pytest.approx([a / (1 - a)] * 3, rel=1e-3)
+    rms_ratios = [noise_to_signal_peak(x, "rms") for x in tracks]
+    spread_db = 20 * math.log10(max(rms_ratios) / min(rms_ratios))
+    assert spread_db > 5.0  # the crest-factor dependence the peak scaling removes
+    # muda's own ColoredNoise on the same track gives the same kind of mix: peak 1 inputs.
+    out, provenance = deform_track(Noise(a), peaky, SR, seed=0, key="t")
+    assert provenance["params"]["scale"] == "peak" and provenance["name"] == f"noise_{a:g}"
+    assert np.max(np.abs(out)) <= 1.0 + 1e-6
+
+
+def test_absolute_noise_is_seed000s_script():
+    x = music_like(2 * SR)
+    out, _ = deform_track(Noise(0.01, scale="absolute"), x, SR, seed=0, key="t")
+    added = out - x
+    assert muda_compat.rms(added) == pytest.approx(0.01, rel=0.05)  # N(0, 1) x a
+    with pytest.raises(DeformationError, match="scale"):
+        Noise(0.1, scale="loud")
+
+
 def octave_power_db(y: np.ndarray, lo: float) -> float:
     power = np.abs(np.fft.rfft(y)) ** 2
     freqs = np.fft.rfftfreq(len(y), 1 / SR)
@@ -143,8 +193,8 @@ def octave_power_db(y: np.ndarray, lo: float) -> float:
 
 def test_pink_noise_has_equal_power_per_octave_and_white_does_not():
     x = music_like(2 * SR)
-    pink, _ = deform_track(Noise(0.5, color="pink"), x, SR, seed=0, key="k")
-    white, _ = deform_track(Noise(0.5), x, SR, seed=0, key="k")
+    pink, _ = deform_track(Noise(0.5, color="pink", scale="rms"), x, SR, seed=0, key="k")
+    white, _ = deform_track(Noise(0.5, scale="rms"), x, SR, seed=0, key="k")
     pink_res, white_res = pink - 0.5 * x, white - 0.5 * x
     assert abs(octave_power_db(pink_res, 4000) - octave_power_db(pink_res, 500)) < 1.5
     assert octave_power_db(white_res, 4000) - octave_power_db(white_res, 500) == pytest.approx(

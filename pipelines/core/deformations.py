@@ -15,11 +15,14 @@ The paper's protocol (`paper_set()`, eight deformations):
 | stretch_rate_1.414   | rate 2^1/2: faster, lasts 1/sqrt(2) as long (muda TimeStretch)    |
 | drc_music_standard   | sox compand, Dolby E "music standard" (muda DynamicRangeCompression) |
 | drc_speech           | sox compand, Dolby E "speech"                                     |
-| noise_0.1, noise_0.4 | (1 - a) x + a n, n white noise at the RMS of x: SNR 19.1 / 3.5 dB  |
+| noise_0.1, noise_0.4 | (1 - a) x + a n, x and white noise n peak-normalised (muda)       |
 
 `rate` follows muda/rubberband (`--tempo`): rate > 1 plays faster, so the output lasts
-duration / rate. Noise is scaled to the track's RMS so that the mix at `a` has
-SNR = 20 log10((1 - a) / a) dB on every track (see muda_compat.AdditiveNoise).
+duration / rate. Noise is mixed as muda's ColoredNoise does: signal and noise each
+peak-normalised, then (1 - a) x + a n, so the noise peak is a fixed fraction of the signal
+peak. `scale="rms"` (noise at the track's RMS: a fixed SNR of 20 log10((1 - a) / a) dB)
+and `scale="absolute"` (seed 000's script: x + a N(0, 1)) are named options
+(see muda_compat.AdditiveNoise and docs/FIDELITY.md).
 
 Randomness (noise samples, background-clip offsets) comes only from the `rng` passed to
 `apply`; `track_rng(seed, key, name)` seeds it from hashlib, so a re-run gives the same
@@ -42,7 +45,7 @@ import numpy as np
 import yaml
 
 from pipelines.core import muda_compat
-from pipelines.core.muda_compat import DRC_PRESETS, NOISE_COLORS, BaseTransformer
+from pipelines.core.muda_compat import DRC_PRESETS, NOISE_COLORS, NOISE_SCALES, BaseTransformer
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 MAX_STRETCH = 4.0  # rubberband handles more, but beyond 4x a "deformed copy" is another piece
@@ -198,10 +201,12 @@ def _check_weight(kind: str, a) -> float:
 
 @dataclass(frozen=True)
 class Noise(Deformation):
-    """(1 - a) x + a n, n white/pink/brownian noise with the RMS of x."""
+    """(1 - a) x + a n, n white/pink/brownian noise; x and n peak-normalised (muda), or
+    n at the RMS of x (`scale="rms"`), or x + a N(0, 1) (`scale="absolute"`)."""
 
     a: float
     color: str = "white"
+    scale: str = "peak"
     kind: ClassVar[str] = "noise"
 
     def validate(self):
@@ -212,18 +217,26 @@ class Noise(Deformation):
                 f"noise: unknown color {self.color!r}; expected one of {', '.join(NOISE_COLORS)}"
             )
         object.__setattr__(self, "color", color)
+        if self.scale not in NOISE_SCALES:
+            raise DeformationError(
+                f"noise: unknown scale {self.scale!r}; expected one of {', '.join(NOISE_SCALES)}"
+            )
 
     def default_name(self):
         color = "" if self.color == "white" else f"{self.color}_"
-        return f"noise_{color}{self.a:g}"
+        scale = "" if self.scale == "peak" else f"{self.scale}_"
+        return f"noise_{scale}{color}{self.a:g}"
 
     def snr_db(self) -> float:
-        """The SNR the mix implies (infinite at a = 0)."""
+        """The SNR of the mix under `scale="rms"` (infinite at a = 0); under "peak" it
+        depends on the crest factors of track and noise."""
         return 20 * math.log10((1 - self.a) / self.a) if self.a > 0 else math.inf
 
     def muda_step(self, rng, jam):
         seed = int(rng.integers(2**63))
-        transformer = muda_compat.AdditiveNoise(color=self.color, weight=self.a, seed=seed)
+        transformer = muda_compat.AdditiveNoise(
+            color=self.color, weight=self.a, seed=seed, scale=self.scale
+        )
         return transformer, next(transformer.states(jam))
 
 

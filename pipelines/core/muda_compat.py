@@ -18,9 +18,11 @@ reinstalled soundfile after muda's obsolete `pysoundfile` dependency.
 Extra transformers (muda `BaseTransformer`s, so they go through muda's `_transform` and
 leave the same kind of history entry as muda's own):
 
-- `AdditiveNoise`: x_mixed = (1 - a) x + a n, with n scaled to the RMS of x (muda's
-  ColoredNoise peak-normalises x and n instead, which changes the track's loudness and
-  makes the SNR depend on crest factors).
+- `AdditiveNoise`: x_mixed = (1 - a) x + a n. Default scaling "peak" is muda's
+  ColoredNoise exactly (x and n each peak-normalised to 1 before the mix), with our seeds
+  and one fixed weight; "rms" scales n to the RMS of x instead (a fixed SNR of
+  20 log10((1 - a) / a) dB on every track, not what the papers ran); "absolute" is
+  seed 000's robustness script, x + a n with n ~ N(0, 1) and no normalisation.
 - `FixedBackgroundNoise`: muda's BackgroundNoise at one weight instead of a random range.
 - `Clipping`: a backport of muda's (post-0.4.1) `Clipping`: clip to
   [clip_limit * min(y), clip_limit * max(y)].
@@ -107,35 +109,56 @@ def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.dot(x, x) / len(x))) if len(x) else 0.0
 
 
-class AdditiveNoise(BaseTransformer):
-    """x_mixed = (1 - weight) x + weight n, n white/pink/brownian noise with the RMS of x.
+NOISE_SCALES = ("peak", "rms", "absolute")
 
-    The mix then has SNR = 20 log10((1 - weight) / weight) dB whatever the track: 19.1 dB at
-    weight 0.1, 3.5 dB at 0.4. The noise comes from numpy's PCG64 seeded with `seed`.
+
+def peak_normalised(x: np.ndarray) -> np.ndarray:
+    """x / max|x| (librosa.util.normalize's default); silence stays silence."""
+    peak = float(np.max(np.abs(x))) if len(x) else 0.0
+    return x / np.float32(peak) if peak > 0 else x
+
+
+class AdditiveNoise(BaseTransformer):
+    """White/pink/brownian noise n mixed into x; see the module docstring for `scale`.
+
+    "peak" (muda's ColoredNoise): (1 - w) x/max|x| + w n/max|n|, so the noise's peak is a
+    fixed fraction of the signal's peak whatever its crest factor (and the track comes out
+    peak-normalised, as muda leaves it). The noise comes from numpy's PCG64 seeded with
+    `seed`.
     """
 
-    def __init__(self, color="white", weight=0.1, seed=0):
+    def __init__(self, color="white", weight=0.1, seed=0, scale="peak"):
         BaseTransformer.__init__(self)
         if color not in NOISE_COLORS:
             raise ValueError(f"unknown noise color {color!r}; expected one of {NOISE_COLORS}")
+        if scale not in NOISE_SCALES:
+            raise ValueError(f"unknown noise scale {scale!r}; expected one of {NOISE_SCALES}")
         self.color = color
         self.weight = float(weight)
         self.seed = int(seed)
+        self.scale = scale
 
     def states(self, jam):
-        yield dict(color=self.color, weight=self.weight, seed=self.seed)
+        yield dict(color=self.color, weight=self.weight, seed=self.seed, scale=self.scale)
 
     @staticmethod
     def audio(mudabox, state):
-        y = mudabox._audio["y"]
+        y = np.asarray(mudabox._audio["y"], dtype=np.float32)
         noise = np.random.default_rng(state["seed"]).standard_normal(len(y), dtype=np.float32)
         if state["color"] != "white":
             noise = shape_noise(noise, state["color"]).astype(np.float32)
-        noise_rms = rms(noise)
-        scale = rms(y) / noise_rms if noise_rms > 0 else 0.0
         weight = state["weight"]
-        noise *= weight * scale  # in place: a whole track is large
-        noise += (1.0 - weight) * np.asarray(y, dtype=np.float32)
+        scale = state.get("scale", "rms")  # histories written before "scale" existed
+        if scale == "absolute":
+            mudabox._audio["y"] = y + np.float32(weight) * noise
+            return
+        if scale == "peak":
+            y, noise = peak_normalised(y), peak_normalised(noise)
+        else:
+            noise_rms = rms(noise)
+            noise *= rms(y) / noise_rms if noise_rms > 0 else 0.0
+        noise *= weight  # in place: a whole track is large
+        noise += (1.0 - weight) * y
         mudabox._audio["y"] = noise
 
 

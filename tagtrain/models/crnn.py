@@ -12,7 +12,7 @@ from torch import nn
 from tagtrain.models.layers import ConvBlock2d, MelInput, Tagger, scaled
 from tagtrain.registry import InputSpec, register_model
 
-CRNN_INPUT = InputSpec(kind="mel", seconds=29.1, n_mels=96, chunk_level=False)
+CRNN_INPUT = InputSpec(kind="mel", seconds=29.1, n_mels=96, chunk_level=False, standardize="none")
 
 _CHANNELS = (64, 128, 128, 128)
 _POOLS = ((2, 2), (3, 3), (4, 4), (4, 4))  # 96 bands -> 1; 1819 frames -> 18 steps
@@ -54,3 +54,13 @@ class CRNN(Tagger):
 )
 def crnn(n_classes: int, width: float = 1.0, n_mels: int = 96, dropout: float = 0.5) -> CRNN:
     return CRNN(n_classes, width=width, n_mels=n_mels, dropout=dropout)
+
+
+@register_model(
+    "crnn_128",
+    input_spec=dataclasses.replace(CRNN_INPUT, n_mels=128),
+    reference_params=394_100,
+    description="CRNN on 128 mel bands (seed 000 Table 2 row), song-level",
+)
+def crnn_128(n_classes: int, width: float = 1.0, dropout: float = 0.5) -> CRNN:
+    return CRNN(n_classes, width=width, n_mels=128, dropout=dropout)

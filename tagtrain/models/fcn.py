@@ -12,7 +12,7 @@ from torch import nn
 from tagtrain.models.layers import ConvBlock2d, MelInput, Tagger, global_max_pool_2d, scaled
 from tagtrain.registry import InputSpec, register_model
 
-FCN_INPUT = InputSpec(kind="mel", seconds=29.1, n_mels=96, chunk_level=False)
+FCN_INPUT = InputSpec(kind="mel", seconds=29.1, n_mels=96, chunk_level=False, standardize="none")
 
 _CHANNELS = (64, 128, 128, 128, 64)
 # (frequency, time) pools: 96 x 1819 -> 1 x 1.
@@ -44,3 +44,13 @@ class FCN(Tagger):
 )
 def fcn(n_classes: int, width: float = 1.0, n_mels: int = 96, dropout: float = 0.5) -> FCN:
     return FCN(n_classes, width=width, n_mels=n_mels, dropout=dropout)
+
+
+@register_model(
+    "fcn_128",
+    input_spec=dataclasses.replace(FCN_INPUT, n_mels=128),
+    reference_params=447_732,
+    description="FCN on 128 mel bands (seed 000 Table 2 row), song-level",
+)
+def fcn_128(n_classes: int, width: float = 1.0, dropout: float = 0.5) -> FCN:
+    return FCN(n_classes, width=width, n_mels=128, dropout=dropout)

@@ -25,7 +25,7 @@ from tagtrain.models.layers import (
 )
 from tagtrain.registry import InputSpec, register_model
 
-HCNN_INPUT = InputSpec(kind="pcm", seconds=5.0)
+HCNN_INPUT = InputSpec(kind="pcm", seconds=5.0, standardize="none")
 
 
 class HarmonicFrontEnd(nn.Module):

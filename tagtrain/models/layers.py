@@ -6,8 +6,6 @@ jordipons/musicnn) so that parameter counts match the papers at width 1.0.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,9 +43,9 @@ class Tagger(nn.Module):
 class MelInput(nn.Module):
     """[B, n_mels, frames] -> [B, 1, n_mels, frames], batch-normalised.
 
-    The references end their front ends with BatchNorm2d(1) on the dB mel; the loader's
-    per-band normalisation comes first here, and this layer is kept so the learned affine
-    (and the parameter count) match the papers.
+    The references put BatchNorm2d(1) on the dB mel and normalise nothing else; their
+    InputSpecs say `standardize="none"`, so this layer is the models' only input
+    normalisation, as in the papers.
     """
 
     def __init__(self):
@@ -215,18 +213,6 @@ class EnvelopeConv(nn.Module):
         return self.bn(torch.relu(x))
 
 
-def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
-    """[length, dim] fixed sinusoidal position encoding (Vaswani et al.); any length."""
-    position = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(1)
-    freqs = torch.exp(
-        torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim)
-    )
-    table = torch.zeros(length, dim, device=device)
-    table[:, 0::2] = torch.sin(position * freqs)
-    table[:, 1::2] = torch.cos(position * freqs[: dim // 2])
-    return table
-
-
 class LearnedPositions(nn.Module):
     """Learned position embedding for `max_len` tokens plus a CLS slot.
 
@@ -247,18 +233,6 @@ class LearnedPositions(nn.Module):
         body = self.table[:, 1:].transpose(1, 2)  # [1, dim, max_len]
         body = F.interpolate(body, size=n, mode="linear", align_corners=True).transpose(1, 2)
         return tokens_with_cls + torch.cat([self.table[:, :1], body], dim=1)
-
-
-class ClsToken(nn.Module):
-    """A learned [CLS] vector prepended to a token sequence [B, N, D] -> [B, N+1, D]."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.token = nn.Parameter(torch.randn(dim))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        cls = self.token.expand(tokens.shape[0], 1, -1)
-        return torch.cat([cls, tokens], dim=1)
 
 
 def transformer_encoder(

@@ -43,7 +43,11 @@ STRIDE = 10
 N_MELS = 96
 SAMPLE_RATE = 16000
 HOP = 256
-TIME_PATCHOUT_PER_SECOND = 3  # MAEST: 15/30/60/90 columns for 5/10/20/30 s inputs
+TIME_PATCHOUT_PER_SECOND = 3  # 15/30/60/90 columns for 5/10/20/30 s inputs (docs/FIDELITY.md)
+# palonso/MAEST's dataset statistics of the log10(1 + 10000 x) mel (Discogs).
+MAEST_MEAN = 2.06755686098554
+MAEST_STD = 1.268292820667291
+MAEST_SECONDS = (5, 10, 20, 30)
 
 
 def patchout_input(seconds: float = 10.0, n_mels: int = N_MELS) -> InputSpec:
@@ -61,6 +65,9 @@ def patchout_input(seconds: float = 10.0, n_mels: int = N_MELS) -> InputSpec:
         f_max=8000.0,
         log_scale="log10_1p",
         exact_samples=(frames - 1) * HOP,
+        # MAEST's one global normalisation of the log-mel: (x - mean) / (2 * std).
+        standardize="global",
+        global_stats=(MAEST_MEAN, 2.0 * MAEST_STD),
     )
 
 
@@ -231,7 +238,7 @@ PRESETS = {
     "patchout_small": (384, 6, 6, "Patchout transformer, CPU preset: 6 blocks x 384-d x 6 heads"),
     "patchout_tiny": (96, 4, 3, "Patchout transformer, CPU preset: 4 blocks x 96-d x 3 heads"),
 }
-PATCHOUT_MODELS = tuple(PRESETS)
+PATCHOUT_MODELS = (*PRESETS, *(f"maest_{s}s" for s in MAEST_SECONDS))
 
 
 def _register(name: str, dims: int, blocks: int, heads: int, description: str) -> None:
@@ -261,3 +268,36 @@ def _register(name: str, dims: int, blocks: int, heads: int, description: str) -
 
 for _name, (_dims, _blocks, _heads, _text) in PRESETS.items():
     _register(_name, _dims, _blocks, _heads, _text)
+
+
+def _register_maest(seconds: int) -> None:
+    """MAEST at one input length: the 768-d, 12-block model with that length's time
+    positions and time patchout (Alonso-Jiménez et al. 2023, Section 4.3)."""
+
+    @register_model(
+        f"maest_{seconds}s",
+        input_spec=patchout_input(float(seconds)),
+        description=f"MAEST {seconds} s (PaSST-S architecture, time patchout "
+        f"{default_time_patchout(seconds)})",
+    )
+    def build(
+        n_classes: int,
+        width: float = 1.0,
+        dropout: float = 0.0,
+        time_patchout: int | None = None,
+        freq_patchout: int = 0,
+        inference_patchout: bool = False,
+    ) -> PatchoutTransformer:
+        return PatchoutTransformer(
+            n_classes,
+            width=width,
+            seconds=float(seconds),
+            time_patchout=time_patchout,
+            freq_patchout=freq_patchout,
+            inference_patchout=inference_patchout,
+            dropout=dropout,
+        )
+
+
+for _seconds in MAEST_SECONDS:
+    _register_maest(_seconds)

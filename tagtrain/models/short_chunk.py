@@ -18,7 +18,9 @@ from tagtrain.models.layers import (
 from tagtrain.registry import InputSpec, register_model
 
 # 59,049 samples at 16 kHz (3.69 s): 231 frames, which seven 2x2 pools bring to 1x1.
-SHORT_CHUNK_INPUT = InputSpec(kind="mel", seconds=59049 / 16000, n_mels=128, exact_samples=59049)
+SHORT_CHUNK_INPUT = InputSpec(
+    kind="mel", seconds=59049 / 16000, n_mels=128, exact_samples=59049, standardize="none"
+)
 
 # Channel plan of the seven blocks, in multiples of the base width (128).
 _CHANNEL_FACTORS = (1, 1, 2, 2, 2, 2, 4)

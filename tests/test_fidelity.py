@@ -1,0 +1,303 @@
+"""Faithfulness to the papers' reference code: exact parameter counts and the structural
+facts a faithful model must keep (docs/FIDELITY.md). A regression to an unfaithful
+default fails here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tagtrain.models.attention import BertLayer, PreNormLayer
+from tagtrain.registry import count_parameters, create_model, get_entry
+
+torch.set_num_threads(2)
+
+# Exact counts at 50 tags, from the reference implementations.
+FAITHFUL_PARAMS = {
+    "musicnn": 784_300,  # sota-music-tagging-models Musicnn (dataset='mtat')
+    "musicnn_128": 784_300,  # the timbral filter heights are fixed from 96 bands
+    "cnnsa": 10_521_652,
+    "music_tagging_transformer": 4_567_732,  # teacher.ckpt
+    "music_tagging_transformer_small": 1_108_852,  # compact_student.ckpt
+    # Table 4 student (conv 64 / attention 64) without the q/k/v bias the reference lacks;
+    # 488,628 is the same model with that bias (4 layers x 3 x 64).
+    "music_tagging_transformer_student": 487_860,
+    "fcn": 447_732,
+    "crnn": 394_100,
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAITHFUL_PARAMS))
+def test_exact_parameter_count(name):
+    model = create_model(name, 50, seed=None)
+    assert count_parameters(model) == FAITHFUL_PARAMS[name]
+    assert get_entry(name).reference_params == FAITHFUL_PARAMS[name]
+
+
+def test_musicnn_is_the_seed000_reimplementation():
+    model = create_model("musicnn", 50)
+    timbral = [m for m in model.front if hasattr(m, "conv") and m.conv.weight.dim() == 4]
+    temporal = [m for m in model.front if hasattr(m, "conv") and m.conv.weight.dim() == 3]
+    assert [m.conv.kernel_size for m in timbral] == [(67, 7), (38, 7)]
+    assert [m.conv.out_channels for m in timbral] == [204, 204]
+    assert [m.conv.kernel_size[0] for m in temporal] == [129, 65, 33]
+    assert [m.conv.out_channels for m in temporal] == [51, 51, 51]
+    # The temporal filters see the mean over frequency: a band-permuted input gives the
+    # same temporal features, which a max-pooled 2-D filter would not guarantee.
+    model.eval()
+    x = torch.randn(1, 1, 96, 188)
+    perm = x[:, :, torch.randperm(96)]
+    for conv in temporal:
+        assert torch.allclose(conv(x), conv(perm), atol=1e-5)
+    # BN before ReLU: every output of a front-end filter is >= 0 (ReLU last).
+    assert all((conv(x) >= 0).all() for conv in model.front)
+    assert model(torch.randn(2, 96, 188)).shape == (2, 50)
+
+
+def test_cnnsa_cls_is_fixed_seeded_and_there_are_no_positions():
+    model = create_model("cnnsa", 50)
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("cls" in n or "pos" in n for n in names)
+    expected = np.random.RandomState(0).random_sample(256).astype(np.float32)
+    assert torch.equal(model.cls, torch.from_numpy(expected))
+    assert model.cls.min() >= 0 and model.cls.max() < 1
+    # Two models built with different seeds share the [CLS] vector.
+    assert torch.equal(create_model("cnnsa", 50, seed=1).cls, model.cls)
+    layers = model.encoder.layers
+    assert len(layers) == 2 and all(isinstance(layer, BertLayer) for layer in layers)
+    layer = layers[0]
+    assert layer.heads == 8 and layer.intermediate.out_features == 1024
+    assert layer.hidden_dropout.p == 0.4 and layer.attention_dropout.p == 0.5
+    assert layer.query.bias is not None  # BERT's projections have a bias
+    # No positional information: permuting the frame tokens leaves the [CLS] output alone.
+    model.eval()
+    with torch.no_grad():
+        tokens = model.tokens(torch.randn(1, 128, 300))
+        shuffled = torch.cat([tokens[:, :1], tokens[:, 1:].flip(1)], dim=1)
+        assert torch.allclose(model.encoder(tokens)[:, 0], model.encoder(shuffled)[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "music_tagging_transformer",
+        "music_tagging_transformer_small",
+        "music_tagging_transformer_student",
+    ],
+)
+def test_transformer_has_no_qkv_bias_and_no_attention_dropout(name):
+    model = create_model(name, 50)
+    layers = model.encoder.layers
+    assert len(layers) == 4 and all(isinstance(layer, PreNormLayer) for layer in layers)
+    for layer in layers:
+        assert layer.qkv.bias is None
+    # In training mode the attention probabilities are not dropped: rows still sum to 1.
+    model.train()
+    _, maps = model.attention(torch.randn(2, 128, 431))
+    assert torch.allclose(maps[-1].sum(-1), torch.ones(()), atol=1e-5)
+    # The head is LayerNorm + Linear without dropout, as the reference's mlp_head.
+    assert model.dropout.p == 0.0
+
+
+def test_student_sizes_are_both_selectable():
+    small = create_model("music_tagging_transformer_small", 50)
+    student = create_model("music_tagging_transformer_student", 50)
+    assert small.front[0].conv1.out_channels == 128 and small.embed_dim == 64
+    assert student.front[0].conv1.out_channels == 64 and student.embed_dim == 64
+
+
+def test_standardisation_is_what_each_paper_does():
+    for name in (
+        "fcn",
+        "crnn",
+        "musicnn",
+        "cnnsa",
+        "short_chunk_resnet",
+        "music_tagging_transformer",
+    ):
+        spec = get_entry(name).input_spec
+        assert spec.standardize == "none", name
+        # ... and the model carries its own learned input batch-norm.
+        assert isinstance(create_model(name, 50).input.bn, nn.BatchNorm2d)
+    for seconds in (5, 10, 20, 30):
+        spec = get_entry(f"maest_{seconds}s").input_spec
+        assert spec.standardize == "global"
+        assert spec.global_stats == pytest.approx((2.06755686098554, 2 * 1.268292820667291))
+
+
+@pytest.mark.parametrize("name", ["fcn_128", "crnn_128", "musicnn_128"])
+def test_128_band_variants_run_at_128_bands(name):
+    model = create_model(name, 50).eval()
+    spec = model.input_spec
+    assert spec.n_mels == 128 and get_entry(name).input_spec.n_mels == 128
+    with torch.no_grad():
+        assert model(torch.randn(1, 128, spec.frames)).shape == (1, 50)
+
+
+@pytest.mark.parametrize(
+    ("name", "seconds"),
+    [("pons_spec_3s", 3.0), ("pons_wave_3s", 3.0), ("pons_spec", 15.0), ("pons_wave", 15.0)],
+)
+def test_pons_models_at_3_and_15_seconds(name, seconds):
+    model = create_model(name, 50, width=0.25).eval()
+    spec = model.input_spec
+    assert spec.seconds == seconds and get_entry(name).input_spec.seconds == seconds
+    x = torch.randn(1, spec.samples) if spec.kind == "pcm" else torch.randn(1, 96, spec.frames)
+    with torch.no_grad():
+        assert model(x).shape == (1, 50)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "columns", "patchout"), [(5, 30, 15), (10, 61, 30), (20, 124, 60), (30, 186, 90)]
+)
+def test_maest_lengths_and_time_patchout(seconds, columns, patchout):
+    model = create_model(f"maest_{seconds}s", 400, seed=None, width=0.125)
+    assert model.input_spec.samples // 256 + 1 == seconds * 16000 // 256
+    assert model.grid == (9, columns)
+    assert model.time_patchout == patchout and model.freq_patchout == 0
+
+
+def passt_layout(model, rows: int, cols: int) -> dict:
+    """A checkpoint in PaSST's layout made from `model`, with PaSST's larger position
+    tables (128 bands: 12 rows; 998 frames: 99 columns) and its two heads."""
+    from tagtrain.models.patchout_init import _BLOCK_PARTS, _TOP
+
+    own = model.state_dict()
+    back = {ours: theirs for theirs, ours in _TOP.items()}
+    state = {}
+    for name, value in own.items():
+        if name.startswith("classifier."):
+            continue
+        if name in back:
+            state[back[name]] = value.clone()
+            continue
+        layer, part = name.split(".", 3)[2], name.split(".", 3)[3]
+        theirs = next(k for k, v in _BLOCK_PARTS.items() if v == part)
+        state[f"blocks.{layer}.{theirs}"] = value.clone()
+    dim = own["cls_token"].shape[-1]
+    freq = torch.randn(1, dim, rows, 1)
+    freq[:, :, : own["freq_pos"].shape[2]] = own["freq_pos"]
+    state["freq_new_pos_embed"] = freq
+    state["time_new_pos_embed"] = torch.randn(1, dim, 1, cols)
+    state["head.0.weight"], state["head.1.weight"] = torch.ones(dim), torch.zeros(527, dim)
+    state["head_dist.weight"] = torch.zeros(527, dim)
+    return state
+
+
+def test_maest_initialises_strictly_from_a_passt_checkpoint(tmp_path):
+    from tagtrain.models.patchout_init import CheckpointError, load_passt_weights
+
+    source = create_model("patchout_tiny", 527, seed=1)
+    path = tmp_path / "passt.pt"
+    state = passt_layout(source, rows=12, cols=99)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in state.items()}}, path)
+    target = create_model("patchout_tiny", 50, seed=2)
+    fresh = load_passt_weights(target, path)
+    assert fresh == [
+        "classifier.linear.bias",
+        "classifier.linear.weight",
+        "classifier.norm.bias",
+        "classifier.norm.weight",
+    ]
+    ours = target.state_dict()
+    assert torch.equal(
+        ours["encoder.layers.0.self_attn.in_proj_weight"], state["blocks.0.attn.qkv.weight"]
+    )
+    assert torch.equal(ours["freq_pos"], state["freq_new_pos_embed"][:, :, :9])
+    assert torch.equal(ours["time_pos"], state["time_new_pos_embed"][..., :61])
+    # A 30 s model has more columns than PaSST's 99: the table is interpolated.
+    longer = create_model("patchout_tiny", 50, seed=2, seconds=30.0)
+    load_passt_weights(longer, path)
+    assert longer.time_pos.shape[-1] == 186
+    assert torch.allclose(longer.time_pos[..., 0], state["time_new_pos_embed"][..., 0])
+
+    bad = dict(state)
+    bad["blocks.0.attn.extra"] = torch.zeros(1)
+    torch.save(bad, path)
+    with pytest.raises(CheckpointError, match="does not have: blocks.0.attn.extra"):
+        load_passt_weights(target, path)
+    bad = {k: v for k, v in state.items() if k != "blocks.1.mlp.fc2.weight"}
+    torch.save(bad, path)
+    with pytest.raises(CheckpointError, match="encoder.layers.1.linear2.weight"):
+        load_passt_weights(target, path)
+    torch.save({**state, "pos_embed": torch.zeros(1, 3, 96)}, path)
+    with pytest.raises(CheckpointError, match="plain ViT/DeiT"):
+        load_passt_weights(target, path)
+    torch.save(passt_layout(create_model("patchout_small", 527), 12, 99), path)
+    with pytest.raises(CheckpointError, match="shape"):
+        load_passt_weights(target, path)
+
+
+# --- recipes ----------------------------------------------------------------------------
+
+TABLE2_MODELS = {
+    "fcn",
+    "fcn_128",
+    "musicnn",
+    "musicnn_128",
+    "crnn",
+    "crnn_128",
+    "samplecnn",
+    "samplecnn_se",
+    "cnnsa",
+    "hcnn",
+    "short_chunk_cnn",
+    "short_chunk_resnet",
+}
+
+
+def test_every_paper_setting_has_a_recipe():
+    from tagtrain.recipes import load_recipe, recipe_names
+
+    recipes = {name: load_recipe(name) for name in recipe_names()}
+    table2 = {r["train"]["model"] for n, r in recipes.items() if n.startswith("won2020_")}
+    assert table2 == TABLE2_MODELS
+    assert {"won2019_cnnsa", "won2021_teacher", "won2021_ke", "won2021_kd"} <= set(recipes)
+    for front in ("spec", "wave"):
+        for secs in (3, 15):
+            r = recipes[f"pons2018_{front}_{secs}s"]
+            assert get_entry(r["train"]["model"]).input_spec.seconds == secs
+    for secs in (5, 10, 20, 30):
+        r = recipes[f"maest_{secs}s"]
+        assert r["command"] == "patchout" and r["train"]["model"] == f"maest_{secs}s"
+        assert r["train"]["lr"] == 2e-5 and r["train"]["epochs"] == 130
+        assert r["prepare"]["log_scale"] == "log10_1p" and r["prepare"]["n_mels"] == 96
+    for name, r in recipes.items():
+        assert r["cite"] and r["protocol"].get("selection") in ("val_loss", "val_roc_auc"), name
+        # The prepare flags are the model's own features.
+        spec = get_entry(r["train"]["model"]).input_spec
+        assert r["prepare"]["sample_rate"] == spec.sample_rate
+    assert recipes["won2019_cnnsa"]["protocol"]["selection"] == "val_roc_auc"
+    seed000 = recipes["won2020_fcn"]
+    assert seed000["train"]["epochs"] == 200 and seed000["train"]["val_chunks"] == 16
+    assert seed000["protocol"]["train_crop"] == "random"
+    teacher = recipes["won2021_teacher"]["train"]
+    assert (teacher["lr"], teacher["weight_decay"], teacher["schedule"]) == (
+        1e-4,
+        0.0,
+        "early_stop",
+    )
+    assert recipes["won2021_kd"]["train"]["model"] == "music_tagging_transformer_student"
+
+
+def test_a_bad_recipe_is_one_clear_line(tmp_path, capsys):
+    from tagtrain.__main__ import main
+    from tagtrain.recipes import RecipeError, load_recipe
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cite: x\ncommand: train\ntrain: {model: fcn, epoch: 3}\n")
+    with pytest.raises(RecipeError, match="unknown field.s. epoch"):
+        load_recipe(str(bad))
+    bad.write_text("cite: x\ncommand: train\ntrain: {model: fcn, batch_size: many}\n")
+    with pytest.raises(RecipeError, match="batch_size"):
+        load_recipe(str(bad))
+    bad.write_text("cite: x\ncommand: train\ntrain: {model: fcn}\nprotocol: {selection: f1}\n")
+    with pytest.raises(RecipeError, match="selection"):
+        load_recipe(str(bad))
+    assert main(["recipes", "--show", "nope"]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert "won2020_musicnn_128" in listed and "maest_30s" in listed
