@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "tagtrain.patchout_training",
     "tagtrain.probe",
     "tagtrain.report",
+    "tagtrain.export",
     "tagtrain.__main__",
 )
 
