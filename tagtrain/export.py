@@ -8,6 +8,11 @@ window; output `probabilities`: float32 [batch, tags]. The batch axis is dynamic
 `tag`, a longer file is cut into windows and the probabilities averaged over them.
 The vocabulary, sample rate and window length travel in the model's metadata.
 
+`--pretrained NAME` (musicnn's published models, where tagtrain.pretrained is installed)
+exports the network alone: input `log_mel` float32 [batch, 96, 187], the official front
+end's windows (tagtrain/pretrained/frontend.py: its float16 rounding and window cutting
+stay outside the graph, so the graph's numbers are the published model's exactly).
+
 The feature path is traced from the very code `tag` runs (`tag.pcm_input`), with one
 substitution while tracing: the STFT is computed as a convolution with a windowed DFT
 basis, which is the same arithmetic as `torch.stft` (centred, zero-padded, periodic Hann)
@@ -29,6 +34,7 @@ import torch
 from torch import nn
 
 from pipelines.core import features
+from pipelines.core.errors import UserError
 from tagtrain.runs import RUN_ERRORS, RunError, TrainedRun, fail, load_run
 
 COMMAND = "export"
@@ -84,6 +90,17 @@ class ServingModel(nn.Module):
         return torch.sigmoid(self.model(self.device_input(waveform * PCM_SCALE)).float())
 
 
+class WindowModel(nn.Module):
+    """Model input windows -> probabilities (a pretrained model's network alone)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(x).float())
+
+
 def metadata(run: TrainedRun) -> dict[str, str]:
     return {
         "vocabulary": json.dumps(run.vocabulary),
@@ -96,36 +113,64 @@ def metadata(run: TrainedRun) -> dict[str, str]:
     }
 
 
-def export_onnx(run: TrainedRun, out: Path, batch: int = 2) -> Path:
-    """Write `out` (ONNX, opset 17, dynamic batch) for the run's model, on the CPU."""
+def write_onnx(module: nn.Module, example: torch.Tensor, name: str, out: Path, meta: dict) -> Path:
+    """Trace `module` on `example` into `out` (opset 17, dynamic batch) with `meta`."""
     import onnx
 
-    run.model.to("cpu").eval()
-    run.device = torch.device("cpu")
-    serving = ServingModel(run).eval()
-    example = torch.zeros(batch, run.spec.samples)
     out.parent.mkdir(parents=True, exist_ok=True)
     with exportable_ops(), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            serving,
+            module.eval(),
             (example,),
             str(out),
             dynamo=False,
             opset_version=OPSET,
-            input_names=["waveform"],
+            input_names=[name],
             output_names=["probabilities"],
-            dynamic_axes={"waveform": {0: "batch"}, "probabilities": {0: "batch"}},
+            dynamic_axes={name: {0: "batch"}, "probabilities": {0: "batch"}},
         )
     graph = onnx.load(str(out))
-    for key, value in metadata(run).items():
+    for key, value in meta.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(out))
     return out
 
 
+def export_onnx(run: TrainedRun, out: Path, batch: int = 2) -> Path:
+    """Write `out` for the run's whole `tag` path, on the CPU."""
+    run.model.to("cpu").eval()
+    run.device = torch.device("cpu")
+    example = torch.zeros(batch, run.spec.samples)
+    return write_onnx(ServingModel(run), example, "waveform", out, metadata(run))
+
+
+def export_pretrained_onnx(name: str, out: Path, batch: int = 2) -> tuple[Path, list[str]]:
+    """Write `out` for a published pretrained model's network (log-mel windows in)."""
+    try:
+        from tagtrain.pretrained import frontend
+        from tagtrain.pretrained.musicnn import load_pretrained
+    except ImportError:
+        raise RunError("--pretrained: this build has no pretrained models") from None
+    model, vocabulary = load_pretrained(name)
+    example = torch.zeros(batch, frontend.N_MELS, frontend.WINDOW_FRAMES)
+    meta = {
+        "vocabulary": json.dumps(list(vocabulary)),
+        "sample_rate": str(frontend.SAMPLE_RATE),
+        "model": name,
+        "input": f"log_mel: float32 [batch, {frontend.N_MELS}, {frontend.WINDOW_FRAMES}], "
+        "windows of tagtrain.pretrained.frontend.official_log_mel",
+        "output": "probabilities: float32 [batch, len(vocabulary)], sigmoid of the logits",
+    }
+    return write_onnx(WindowModel(model.to("cpu")), example, "log_mel", out, meta), vocabulary
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run directory (config.json, best.pt, ...)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run directory (config.json, best.pt, ...)")
+    source.add_argument(
+        "--pretrained", metavar="NAME", help="a published model instead (e.g. musicnn-mtt)"
+    )
     parser.add_argument("--onnx", required=True, type=Path, help="output .onnx file")
     parser.add_argument(
         "--checkpoint", choices=("best", "last"), default="best", help="default best"
@@ -136,9 +181,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.onnx.suffix != ".onnx":
             raise RunError(f"--onnx must name a .onnx file, got {args.onnx}")
+        if args.pretrained:
+            out, vocabulary = export_pretrained_onnx(args.pretrained, args.onnx)
+            print(f"wrote {out}: {args.pretrained}, {len(vocabulary)} tags, log-mel windows in")
+            return 0
         trained = load_run(args.run, args.checkpoint, "cpu")
         out = export_onnx(trained, args.onnx)
-    except RUN_ERRORS as exc:
+    except (*RUN_ERRORS, UserError) as exc:
         return fail(exc)
     print(
         f"wrote {out}: {trained.model_name}, {len(trained.vocabulary)} tags, "

@@ -156,3 +156,24 @@ def test_export_command_on_a_trained_run(tmp_path):
 
     bad = cli("export", "--run", str(tmp_path / "nope"), "--onnx", str(out))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_pretrained_export_matches_the_published_model(tmp_path):
+    tagger_module = pytest.importorskip("tagtrain.pretrained.tagger")
+    import soundfile as sf
+
+    from tagtrain.export import export_pretrained_onnx
+
+    tagger = tagger_module.Tagger.from_pretrained("musicnn-mtt")
+    rng = np.random.default_rng(2)
+    sf.write(tmp_path / "a.wav", shardkit.track_audio([0, 3], 10.0, 16000, rng), 16000)
+    windows, _ = tagger.windows(tmp_path / "a.wav")
+    expected = tagger.features(windows)["taggram"]
+    out, vocabulary = export_pretrained_onnx("musicnn-mtt", tmp_path / "musicnn.onnx")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"log_mel": windows.astype(np.float32)})
+    assert got.shape == expected.shape == (len(windows), len(vocabulary))
+    np.testing.assert_allclose(got, expected, atol=2e-4, rtol=1e-3)
+    assert np.abs(got[0] - got[-1]).max() > 10 * np.abs(got - expected).max()
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["vocabulary"]) == list(tagger.vocabulary)
