@@ -86,7 +86,7 @@ def fmt(value, digits: int = 3) -> str:
             return "–"
         if abs(value) >= 1000:
             return f"{value:,.0f}"
-        if value != 0 and abs(value) < 10**-digits:
+        if value != 0 and abs(value) < 0.5 * 10**-digits:  # would show as 0.000
             return f"{value:.1e}"
         return f"{value:.{digits}f}"
     text = str(value)
