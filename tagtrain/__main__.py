@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "tagtrain.report",
     "tagtrain.recipes",
     "tagtrain.explain",
+    "tagtrain.export",
     "tagtrain.__main__",
 )
 

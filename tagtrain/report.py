@@ -1,8 +1,16 @@
 """`python -m tagtrain report`: one self-contained HTML page about a run.
 
-Dataset summary (tracks, seconds, rejects by reason), training curves, evaluation with the
-per-tag table, the robustness table and figure, and the exact commands that produced them.
-Images are embedded (base64), so the page can be moved or mailed as one file.
+Dataset summary (tracks, seconds, rejects by reason), training (curves, learning rate, the
+per-epoch table), evaluation (per-tag table sorted by ROC-AUC, AUC against positives, PR
+curves of the best and worst tags), robustness (table, figure, per-tag x deformation heat
+map), and the exact commands. Epochs are counted from 1 everywhere. Runs given with
+`--compare` (e.g. a pretrained model evaluated on the same data) appear beside the run.
+Images are embedded (base64), so the page can be moved or mailed as one file; the layout
+wraps long cells and commands so nothing runs off the page.
+
+Optional inputs, used when present: `predictions.parquet` next to evaluate's outputs
+(key, tags, probabilities: PR curves) and, in the robustness directory,
+`predictions-{set}.parquet` per test set (`clean` and each deformation: the heat map).
 """
 
 from __future__ import annotations
@@ -12,23 +20,38 @@ import base64
 import csv
 import html
 import json
+import math
 import sys
 from pathlib import Path
+
+import numpy as np
+
+from tagtrain import report_figures as figures
 
 COMMAND = "report"
 HELP = "write report.html for a run: dataset, training curves, evaluation, robustness"
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { border-bottom: 2px solid #446; } h2 { margin-top: 1.6em; color: #335; }
-table { border-collapse: collapse; margin: .6em 0; font-size: 14px; }
-th, td { border: 1px solid #ccd; padding: 3px 8px; text-align: right; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em;
+       color: #222; }
+h1 { border-bottom: 2px solid #446; overflow-wrap: anywhere; } h2 { margin-top: 1.6em; color: #335; }
+table { border-collapse: collapse; margin: .6em 0; font-size: 13px; max-width: 100%; }
+th, td { border: 1px solid #ccd; padding: 2px 7px; text-align: right; overflow-wrap: anywhere; }
 th { background: #eef; } td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; border: 1px solid #ddd; }
-pre { background: #f6f6fa; padding: .8em; overflow-x: auto; font-size: 13px; }
+td.text { text-align: left; max-width: 28em; }
+.columns { column-width: 20em; column-gap: 1.5em; } .columns table { break-inside: avoid; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.figures img { flex: 1 1 460px; min-width: 0; }
+img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+pre { background: #f6f6fa; padding: .8em; font-size: 12px; white-space: pre-wrap;
+      overflow-wrap: anywhere; }
 .kpi { display: inline-block; margin: 0 1.5em .5em 0; } .kpi b { font-size: 1.5em; }
-.missing { color: #a33; }
+.missing { color: #a33; } .note { color: #555; font-size: 13px; }
 """
+
+EPOCH_COLUMNS = ("epoch", "phase", "lr", "train_loss", "val_loss", "roc_auc", "pr_auc", "best",
+                 "seconds")  # fmt: skip
+DEFAULT_SET = "clean"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,41 +63,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--commands", type=Path, default=None, help="file of the commands that made it"
     )
+    parser.add_argument(
+        "--compare", type=Path, action="append", default=[],
+        help="another evaluated run (e.g. a pretrained model) shown beside this one; repeatable",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="default RUN/report.html")
 
 
-def _table(header: list[str], rows: list[list], cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows
-    )
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+# --- HTML pieces -----------------------------------------------------------------------
 
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
-    if value is None:
+def fmt(value, digits: int = 3) -> str:
+    """Numbers rounded for reading (3 decimals; large values as integers), None as a dash."""
+    if value is None or value == "":
         return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if value != 0 and abs(value) < 0.5 * 10**-digits:  # would show as 0.000
+            return f"{value:.1e}"
+        return f"{value:.{digits}f}"
     text = str(value)
     try:
         number = float(text)
     except ValueError:
         return text
-    return _fmt(number) if "." in text else text
+    return fmt(int(number) if number.is_integer() and "." not in text else number, digits)
 
 
-def _image(path: Path | None, alt: str) -> str:
-    if path is None or not path.exists():
-        return f'<p class="missing">({html.escape(alt)}: not found)</p>'
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def table(header: list[str], rows: list[list], cls: str = "", text_columns=()) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+
+    def cell(i, v):
+        attr = ' class="text"' if i in text_columns else ""
+        return f"<td{attr}>{html.escape(fmt(v))}</td>"
+
+    body = "".join(
+        "<tr>" + "".join(cell(i, v) for i, v in enumerate(row)) + "</tr>" for row in rows
+    )
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+def image(data: bytes | None, alt: str) -> str:
+    if data is None:
+        return f'<p class="missing">({html.escape(alt)}: not available)</p>'
+    encoded = base64.b64encode(data).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def image_file(path: Path | None, alt: str) -> str:
+    return image(path.read_bytes() if path is not None and path.exists() else None, alt)
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
     with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    return (rows[0], rows[1:]) if rows else ([], [])
+        return list(csv.DictReader(f))
 
 
 def _first(directory: Path, pattern: str) -> Path | None:
@@ -82,8 +133,17 @@ def _first(directory: Path, pattern: str) -> Path | None:
     return found[0] if found else None
 
 
-def dataset_section(data: Path) -> str:
-    card = json.loads((data / "dataset.json").read_text())
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# --- sections --------------------------------------------------------------------------
+
+
+def dataset_section(data: Path, card: dict) -> str:
     counts = card.get("counts", {})
     rows = [
         [name, s["samples"], len(s["shards"]), round(s["seconds"] / 60, 1)]
@@ -97,9 +157,11 @@ def dataset_section(data: Path) -> str:
         f'<div class="kpi">samples <b>{counts.get("samples", "?")}</b></div>',
         f'<div class="kpi">rejects <b>{counts.get("rejects", "?")}</b></div>',
         f'<div class="kpi">audio <b>{total_seconds / 3600:.2f} h</b></div>',
-        _table(["split", "tracks", "shards", "minutes"], rows, "splits"),
+        table(["split", "tracks", "shards", "minutes"], rows, "splits"),
         "<h3>Rejects by reason</h3>",
-        _table(["reason", "tracks"], sorted(reasons.items())) if reasons else "<p>none</p>",
+        table(["reason", "tracks"], sorted(reasons.items(), key=lambda kv: -kv[1]))
+        if reasons
+        else "<p>none</p>",
     ]
     rejects = data / "rejects.parquet"
     if rejects.exists() and reasons:
@@ -107,24 +169,23 @@ def dataset_section(data: Path) -> str:
 
         listed = pq.read_table(rejects).to_pylist()[:20]
         parts.append(
-            _table(
+            table(
                 ["key", "path", "stage", "reason", "message"],
                 [[r["key"], r["path"], r["stage"], r["reason"], r["message"]] for r in listed],
+                text_columns=(1, 4),
             )
         )
     features = card["features"]
-    parts.append(
-        "<p>Features: "
-        + html.escape(
-            ", ".join(
-                f"{k}={features[k]}"
-                for k in ("sample_rate", "n_fft", "hop", "n_mels", "f_max", "log_scale", "stored")
-                if k in features
-            )
-        )
-        + f"; {len(card['vocabulary'])} tags.</p>"
-    )
+    shown = ("sample_rate", "n_fft", "hop", "n_mels", "f_max", "log_scale", "stored")
+    described = ", ".join(f"{k}={features[k]}" for k in shown if k in features)
+    parts.append(f"<p>Features: {html.escape(described)}; {len(card['vocabulary'])} tags.</p>")
     return "\n".join(parts)
+
+
+def epoch_rows(run: Path) -> list[dict]:
+    """Complete epochs of metrics.csv (partial ones are resumed and logged again)."""
+    rows = read_csv(run / "metrics.csv")
+    return [r for r in rows if str(r.get("partial", "0")) in ("0", "False", "")]
 
 
 def training_section(run: Path) -> str:
@@ -132,48 +193,172 @@ def training_section(run: Path) -> str:
     summary = run / "summary.json"
     if summary.exists():
         data = json.loads(summary.read_text())
-        flat = {k: v for k, v in data.items() if isinstance(v, (int, float, str))}
-        parts.append(_table(["", "value"], sorted(flat.items()), "summary"))
-    parts.append(_image(run / "curves.png", "training curves"))
-    metrics = run / "metrics.csv"
-    if metrics.exists():
-        header, rows = _read_csv(metrics)
-        parts.append("<h3>Per epoch</h3>" + _table(header, rows[-30:], "epochs"))
+        flat = {
+            k: v for k, v in data.items() if isinstance(v, (int, float, str)) and k != "run_dir"
+        }
+        parts.append(table(["", "value"], sorted(flat.items()), "summary", text_columns=(1,)))
+    rows = epoch_rows(run)
+    lr = figures.learning_rate_curve(rows)
+    parts.append('<div class="figures">')
+    parts.append(image_file(run / "curves.png", "training curves"))
+    parts.append(image(lr, "learning rate"))
+    parts.append("</div>")
+    if rows:
+        columns = [c for c in EPOCH_COLUMNS if c in rows[0]]
+        shown = rows[-30:]
+        body = [[int(r["epoch"]) + 1 if c == "epoch" else r[c] for c in columns] for r in shown]
+        note = f" (last 30 of {len(rows)})" if len(rows) > len(shown) else ""
+        parts.append(f"<h3>Per epoch{note}</h3>" + table(columns, body, "epochs"))
     return "\n".join(parts)
 
 
-def evaluation_section(run: Path) -> str:
+def _kpis(metrics: dict) -> str:
+    return "".join(
+        f'<div class="kpi">{key} <b>{metrics[key]:.3f}</b></div>'
+        for key in ("roc_auc", "pr_auc")
+        if isinstance(metrics.get(key), (int, float))
+    )
+
+
+def comparison_table(run: Path, others: list[Path]) -> str:
+    rows = []
+    for path in [run, *others]:
+        metrics_path = path / "metrics.json"
+        m = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        rows.append(
+            [path.name, m.get("model", "?"), m.get("tracks"), m.get("roc_auc"), m.get("pr_auc")]
+        )
+    return "<h3>Beside other runs</h3>" + table(
+        ["run", "model", "tracks", "ROC-AUC", "PR-AUC"], rows, "compare"
+    )
+
+
+def per_tag_table(rows: list[dict]) -> str:
+    """Sorted by ROC-AUC (best first, unscored tags last), split into page columns."""
+    ordered = sorted(rows, key=lambda r: -_number(r.get("roc_auc")) if r.get("roc_auc") else 9)
+    body = [[r["tag"], r.get("positives"), r.get("roc_auc"), r.get("pr_auc")] for r in ordered]
+    header = ["tag", "positives", "ROC-AUC", "PR-AUC"]
+    size = max(1, math.ceil(len(body) / 3)) if len(body) > 15 else len(body)
+    chunks = [body[i : i + size] for i in range(0, len(body), size)] or [[]]
+    return '<div class="columns">' + "".join(table(header, c, "per-tag") for c in chunks) + "</div>"
+
+
+def evaluation_section(run: Path, vocabulary: list[str], compare: list[Path]) -> str:
     parts = ["<h2>Evaluation (test split)</h2>"]
     metrics = run / "metrics.json"
     if metrics.exists():
         m = json.loads(metrics.read_text())
-        for key in ("roc_auc", "pr_auc", "macro_roc_auc", "macro_pr_auc"):
-            if isinstance(m.get(key), (int, float)):
-                parts.append(f'<div class="kpi">{key} <b>{m[key]:.3f}</b></div>')
-        excluded = m.get("excluded_tags") or m.get("excluded") or []
+        parts.append(_kpis(m))
+        excluded = m.get("excluded_tags") or []
         if excluded:
             parts.append(
-                "<p>Left out of the macro averages (no positives or no negatives): "
+                '<p class="note">Left out of the macro averages (no positives or no negatives): '
                 + html.escape(", ".join(map(str, excluded)))
                 + "</p>"
             )
     else:
         parts.append('<p class="missing">(metrics.json not found: run evaluate)</p>')
-    per_tag = run / "per_tag.csv"
-    if per_tag.exists():
-        header, rows = _read_csv(per_tag)
-        parts.append(_table(header, rows, "per-tag"))
+    if compare:
+        parts.append(comparison_table(run, compare))
+    rows = read_csv(run / "per_tag.csv")
+    predictions = figures.read_predictions(run / "predictions.parquet", vocabulary)
+    pr = figures.pr_curves(*predictions, vocabulary) if predictions is not None else None
+    parts.append('<div class="figures">')
+    parts.append(image(figures.auc_vs_positives(rows), "per-tag AUC against positives"))
+    parts.append(image(pr, "PR curves of the best and worst tags"))
+    parts.append("</div>")
+    if predictions is None:
+        parts.append('<p class="note">PR curves need per-track predictions '
+                     "(predictions.parquet from evaluate).</p>")  # fmt: skip
+    if rows:
+        parts.append(per_tag_table(rows))
     return "\n".join(parts)
 
 
-def robustness_section(directory: Path) -> str:
+def _params(text: str) -> str:
+    """'{"semitones": 1.0}' -> 'semitones=1'."""
+    try:
+        params = json.loads(text) if text else {}
+    except ValueError:
+        return text
+    if not isinstance(params, dict):
+        return str(params)
+    return ", ".join(f"{k}={fmt(v, 2).rstrip('0').rstrip('.')}" for k, v in params.items())
+
+
+def robustness_table(rows: list[dict]) -> str:
+    """One row per test set; each run's ROC-AUC, PR-AUC and drops side by side."""
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    sets = list(dict.fromkeys(r["deformation"] for r in rows))
+    by = {(r["run"], r["deformation"]): r for r in rows}
+    params = {r["deformation"]: _params(r.get("params", "")) for r in rows}
+    metrics = [("roc_auc", "ROC-AUC"), ("roc_auc_drop", "drop"), ("pr_auc", "PR-AUC"),
+               ("pr_auc_drop", "drop")]  # fmt: skip
+    header = ["test set", "parameters", "tracks"]
+    for run in runs:
+        prefix = f"{run}: " if len(runs) > 1 else ""
+        header += [prefix + title for _, title in metrics]
+    body = []
+    for name in sets:
+        first = next(by[(run, name)] for run in runs if (run, name) in by)
+        row = [name, params[name], first.get("tracks")]
+        for run in runs:
+            r = by.get((run, name), {})
+            row += [r.get(key) for key, _ in metrics]
+        body.append(row)
+    return table(header, body, "robustness", text_columns=(1,))
+
+
+def tag_set_predictions(directory: Path, run_name: str) -> dict[str, Path]:
+    """{test set: predictions Parquet} written by robustness for this run, if any."""
+    for where in (directory / run_name, directory):
+        found = sorted(where.glob("predictions-*.parquet")) if where.is_dir() else []
+        if found:
+            return {p.stem.removeprefix("predictions-"): p for p in found}
+    return {}
+
+
+def per_tag_changes(directory: Path, run_name: str, vocabulary: list[str], sets: list[str]):
+    """(tags, sets, ROC-AUC change from clean [tags, sets]) or None."""
+    files = tag_set_predictions(directory, run_name)
+    if DEFAULT_SET not in files or len(files) < 2:
+        return None
+    scores = {}
+    for name, path in files.items():
+        loaded = figures.read_predictions(path, vocabulary)
+        if loaded is not None:
+            scores[name] = figures.per_tag_roc(*loaded)
+    if DEFAULT_SET not in scores:
+        return None
+    clean = scores[DEFAULT_SET]
+    names = [s for s in sets if s in scores and s != DEFAULT_SET]
+    names += sorted(set(scores) - set(names) - {DEFAULT_SET})
+    order = [t for t in np.argsort(-np.nan_to_num(clean, nan=-1.0)) if np.isfinite(clean[t])]
+    values = np.array([[scores[s][t] - clean[t] for s in names] for t in order])
+    return [vocabulary[t] for t in order], names, values
+
+
+def robustness_section(directory: Path, run: Path, vocabulary: list[str]) -> str:
     parts = ["<h2>Robustness (MUDA deformations of the test split)</h2>"]
-    table = _first(directory, "*.csv")
-    if table is None:
+    table_path = directory / "robustness.csv"
+    rows = read_csv(table_path if table_path.exists() else _first(directory, "*.csv") or table_path)
+    if not rows:
         return "\n".join(parts + ['<p class="missing">(no robustness results found)</p>'])
-    header, rows = _read_csv(table)
-    parts.append(_table(header, rows, "robustness"))
-    parts.append(_image(_first(directory, "*.png"), "robustness figure"))
+    parts.append(robustness_table(rows))
+    parts.append('<p class="note">drop = clean minus deformed: positive is worse.</p>')
+    changes = per_tag_changes(directory, run.name, vocabulary, [r["deformation"] for r in rows])
+    heat = (
+        figures.deformation_heatmap(*changes, f"{run.name}: per-tag ROC-AUC change")
+        if changes
+        else None
+    )
+    parts.append('<div class="figures">')
+    parts.append(image_file(_first(directory, "*.png"), "robustness figure"))
+    parts.append(image(heat, "per-tag x deformation heat map"))
+    parts.append("</div>")
+    if changes is None:
+        parts.append('<p class="note">The per-tag heat map needs per-track predictions of '
+                     "each test set (predictions-{set}.parquet from robustness).</p>")  # fmt: skip
     return "\n".join(parts)
 
 
@@ -185,32 +370,41 @@ def commands_section(commands: Path | None) -> str:
 
 
 def build_report(
-    run: Path, data: Path, robustness: Path | None = None, commands: Path | None = None
+    run: Path,
+    data: Path,
+    robustness: Path | None = None,
+    commands: Path | None = None,
+    compare: list[Path] | None = None,
 ) -> str:
+    card = json.loads((data / "dataset.json").read_text())
+    vocabulary = [str(t) for t in card["vocabulary"]]
     robustness = robustness or run / "robustness"
     title = f"Tagging run: {run.name}"
     body = "\n".join(
         [
             f"<h1>{html.escape(title)}</h1>",
-            dataset_section(data),
+            dataset_section(data, card),
             training_section(run),
-            evaluation_section(run),
-            robustness_section(robustness),
+            evaluation_section(run, vocabulary, compare or []),
+            robustness_section(robustness, run, vocabulary),
             commands_section(commands),
         ]
     )
     return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f"</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    for path, what in ((args.run, "run"), (args.data / "dataset.json", "dataset card")):
+    needed = [(args.run, "run"), (args.data / "dataset.json", "dataset card")]
+    needed += [(path, "--compare run") for path in args.compare]
+    for path, what in needed:
         if not path.exists():
             print(f"error: {what} not found: {path}", file=sys.stderr)
             return 2
     out = args.out or args.run / "report.html"
-    out.write_text(build_report(args.run, args.data, args.robustness, args.commands))
+    out.write_text(build_report(args.run, args.data, args.robustness, args.commands, args.compare))
     print(f"report: {out.resolve()}")
     return 0
