@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from tagtrain.data import EpochReader, ShardStream
+from tagtrain.inference import chunk_outputs, evaluating
 from tagtrain.runs import (
     RUN_ERRORS,
     EvalSet,
@@ -116,16 +117,13 @@ def embed_split(
     cfg = loader_config(run, eval_set, args)
     stream = ShardStream(eval_set.shards, eval_set.plan, run.vocabulary, cfg)
     reader = EpochReader(stream, pin_memory=run.device.type == "cuda")
-    dtype = run.autocast_dtype
-    with torch.inference_mode():
-        for batch in reader:
-            b, k = batch.x.shape[:2]
-            x = eval_set.device_input(batch.x, chunked=True)
-            with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
-                e = fn(x)
-            e = e.float().reshape(b, k, -1).mean(dim=1).cpu().numpy()
-            tags = [[run.vocabulary[i] for i in np.flatnonzero(y)] for y in batch.y.numpy()]
-            yield batch.keys, tags, e
+    with evaluating(run.model):
+        for out in chunk_outputs(fn, reader, eval_set.device_input, run.autocast_dtype):
+            tags = [[run.vocabulary[i] for i in np.flatnonzero(y)] for y in out.labels.numpy()]
+            values = out.values.numpy()
+            if not np.isfinite(values).all():
+                raise RunError(f"non-finite embedding for one of {', '.join(out.keys[:4])}")
+            yield out.keys, tags, values
     if reader.stats.shard_errors or reader.stats.bad_samples:
         first = reader.stats.errors[0] if reader.stats.errors else ""
         print(
@@ -165,7 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", default=None, help="dataset directory or URL (default: the run's own dataset)"
     )
-    parser.add_argument("--out", required=True, help="output Parquet file")
+    parser.add_argument("--out", required=True, help="output Parquet file (.parquet)")
     parser.add_argument("--split", default="all", help="a split name, or all (default)")
     parser.add_argument("--layer", default=None, help="named submodule to hook instead of embed()")
     parser.add_argument("--block", type=int, default=None, help="embed(x, block=N) (patchout)")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tagtrain.data import LoaderStats
+from tagtrain.inference import predict_split
 from tagtrain.metrics import TagScores, tag_scores
 from tagtrain.runs import (
     RUN_ERRORS,
@@ -39,6 +40,7 @@ from tagtrain.runs import (
     open_split,
     same_data,
 )
+from tagtrain.runtime import DistEnv
 
 COMMAND = "evaluate"
 HELP = "macro ROC-AUC / PR-AUC and per-tag scores of a trained run on a split"
@@ -118,8 +120,6 @@ def _number(value: float) -> float | None:
 
 def evaluate_set(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -> Evaluation:
     """Chunk-averaged predictions for every track of the split, scored per tag."""
-    from tagtrain.train import DistEnv, predict_split
-
     cfg = loader_config(run, eval_set, args)
     preds = predict_split(
         run.model,

@@ -23,6 +23,7 @@ import torch
 
 from pipelines.core.audio import AudioRejected, load_audio, to_int16
 from tagtrain.data import DeviceInput
+from tagtrain.inference import predict_windows, window_offsets  # noqa: F401  (re-exported)
 from tagtrain.runs import RUN_ERRORS, RunError, TrainedRun, fail, load_run
 
 COMMAND = "tag"
@@ -64,16 +65,6 @@ def audio_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def window_offsets(total: int, length: int) -> list[int]:
-    """Starts of consecutive windows covering [0, total); the last ends at `total`."""
-    if total <= length:
-        return [0]
-    offsets = list(range(0, total - length + 1, length))
-    if offsets[-1] + length < total:
-        offsets.append(total - length)
-    return offsets
-
-
 def pcm_input(run: TrainedRun) -> DeviceInput:
     """Model input from int16 PCM windows: the run's features and normalisation."""
     kind = run.plan.kind
@@ -91,24 +82,10 @@ def tag_file(run: TrainedRun, path: Path, device_input: DeviceInput, batch_size:
     decoded = load_audio(path.read_bytes(), sample_rate, suffix=path.suffix, min_seconds=0.0)
     pcm = torch.from_numpy(to_int16(decoded.pcm))
     length = run.spec.samples
-    padded = len(pcm) < length
-    if padded:
-        pcm = torch.nn.functional.pad(pcm, (0, length - len(pcm)))
-    offsets = window_offsets(len(pcm), length)
-    total = torch.zeros(len(run.vocabulary), dtype=torch.float64)
-    dtype = run.autocast_dtype
-    with torch.inference_mode():
-        for start in range(0, len(offsets), batch_size):
-            windows = torch.stack(
-                [pcm[o : o + length] for o in offsets[start : start + batch_size]]
-            )
-            x = device_input(windows)
-            with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
-                logits = run.model(x)
-            total += torch.sigmoid(logits.float()).sum(dim=0).double().cpu()
-    return TagResult(
-        str(path), decoded.seconds, len(offsets), padded, (total / len(offsets)).numpy()
+    probs, windows = predict_windows(
+        run.model, pcm, length, device_input, run.autocast_dtype, batch_size
     )
+    return TagResult(str(path), decoded.seconds, windows, len(pcm) < length, probs)
 
 
 def padding_note(result: TagResult, run: TrainedRun) -> str:

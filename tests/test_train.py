@@ -38,6 +38,7 @@ FLAGS = [
     "--shuffle-buffer", "8", "--val-chunks", "1", "--no-progress", "--log-samples",
 ]  # fmt: skip
 ENV = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+ERROR = "python -m tagtrain: error: "  # every user error: this prefix, one line, exit 2
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_card_that_does_not_fit_the_model_is_refused(tmp_path):
     result = trainer_cli("--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), *FLAGS)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "n_mels 96 != 128" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(ERROR) and "n_mels 96 != 128" in lines[0]
     assert not (tmp_path / "run").exists()
 
 
@@ -218,7 +219,8 @@ def test_schedule_a_switches_to_sgd_and_drops_after_reloading_best():
     assert [e[0] for e in events].count(None) == 6
     optimiser = schedule.make_optimizer([torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(optimiser, torch.optim.SGD) and optimiser.defaults["nesterov"]
-    assert cfg.total_epochs() == 3 + 4 + 20
+    # The reference trains 200 epochs whatever the phases (minzwon/sota-music-tagging-models).
+    assert cfg.total_epochs() == 200
 
 
 def test_schedule_b_stops_after_patience_epochs_without_improvement():
@@ -249,9 +251,9 @@ def test_config_file_then_flags_and_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="batch_size must be int"):
         build_config(path)
     stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_:
-        main(["train", "--batch-size", "lots"])
-    assert exit_.value.code == 2 and "invalid int value" in stderr.getvalue()
+    with contextlib.redirect_stderr(stderr):
+        assert main(["train", "--batch-size", "lots"]) == 2
+    assert "invalid int value" in stderr.getvalue() and len(stderr.getvalue().splitlines()) == 1
     with contextlib.redirect_stderr(stderr):
         assert main(["train", "--data", str(tmp_path), "--model", "no_such_model"]) == 2
     assert "unknown model 'no_such_model'" in stderr.getvalue().splitlines()[-1]
