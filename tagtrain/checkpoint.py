@@ -58,14 +58,17 @@ def load_latest(path: str | Path, map_location="cpu", warn=print) -> dict:
     try:
         return load_checkpoint(path, map_location)
     except CheckpointError as exc:
-        previous = previous_path(path)
-        if not previous.is_file():
-            raise CheckpointError(
-                f"{first_line(exc)}; no previous checkpoint to fall back to: start again "
-                f"with another --out (or delete {path.parent})"
-            ) from None
-        warn(f"warning: {first_line(exc)}; resuming from the previous checkpoint {previous}")
-        return load_checkpoint(previous, map_location)
+        problem = first_line(exc)
+    previous = previous_path(path)
+    try:
+        state = load_checkpoint(previous, map_location)
+    except CheckpointError:
+        raise CheckpointError(
+            f"{problem}, and no usable previous checkpoint: start again with another --out "
+            f"(or delete {path.parent})"
+        ) from None
+    warn(f"warning: {problem}; resuming from the previous checkpoint {previous}")
+    return state
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

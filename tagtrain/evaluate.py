@@ -26,7 +26,7 @@ import numpy as np
 
 from tagtrain.data import LoaderStats
 from tagtrain.inference import predict_split
-from tagtrain.metrics import TagScores, tag_scores
+from tagtrain.metrics import METRICS, TagScores, tag_scores
 from tagtrain.runs import (
     RUN_ERRORS,
     EvalSet,
@@ -44,7 +44,7 @@ from tagtrain.runtime import DistEnv
 
 COMMAND = "evaluate"
 HELP = "macro ROC-AUC / PR-AUC and per-tag scores of a trained run on a split"
-PER_TAG_FIELDS = ("tag", "positives", "roc_auc", "pr_auc")
+PER_TAG_FIELDS = ("tag", "positives", *METRICS)
 
 
 @dataclass
@@ -68,16 +68,10 @@ class Evaluation:
 
     def per_tag(self) -> list[dict]:
         """One row per tag, in vocabulary order; excluded tags have no AUCs (None)."""
+        per_tag = self.scores.per_tag
         return [
-            {
-                "tag": tag,
-                "positives": pos,
-                "roc_auc": _number(roc),
-                "pr_auc": _number(pr),
-            }
-            for tag, pos, roc, pr in zip(
-                self.run.vocabulary, self.positives, self.scores.per_tag_roc, self.scores.per_tag_pr
-            )
+            {"tag": tag, "positives": pos, **{m: _number(per_tag[m][i]) for m in METRICS}}
+            for i, (tag, pos) in enumerate(zip(self.run.vocabulary, self.positives))
         ]
 
     def excluded(self) -> dict[str, str]:
@@ -101,8 +95,7 @@ class Evaluation:
             "chunks": self.chunks,
             "tracks": self.tracks,
             "tags": len(self.run.vocabulary),
-            "roc_auc": _number(self.scores.roc_auc),
-            "pr_auc": _number(self.scores.pr_auc),
+            **{m: _number(v) for m, v in self.scores.macro.items()},
             "evaluated_tags": self.scores.evaluated_tags,
             "excluded_tags": list(excluded),
             "excluded_reasons": excluded,
@@ -190,19 +183,14 @@ def print_evaluation(evaluation: Evaluation) -> None:
         title_justify="left",
     )
     table.add_column("tag")
-    for name in ("positives", "ROC-AUC", "PR-AUC"):
+    for name in ("positives", *(m.label for m in METRICS.values())):
         table.add_column(name, justify="right")
     for row in evaluation.per_tag():
-        table.add_row(row["tag"], str(row["positives"]), fmt(row["roc_auc"]), fmt(row["pr_auc"]))
+        table.add_row(row["tag"], str(row["positives"]), *(fmt(row[m]) for m in METRICS))
     s = evaluation.summary()
     table.add_section()
-    table.add_row(
-        f"macro over {s['evaluated_tags']} tags",
-        "",
-        fmt(s["roc_auc"]),
-        fmt(s["pr_auc"]),
-        style="bold",
-    )
+    macro = (fmt(s[m]) for m in METRICS)
+    table.add_row(f"macro over {s['evaluated_tags']} tags", "", *macro, style="bold")
     console.print(table)
     level = (
         f"{evaluation.chunks} chunks per track"

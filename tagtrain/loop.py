@@ -219,9 +219,15 @@ class Trainer:
         return EpochOutcome(samples_here * dist.world, seconds, wait, stats, timed_out, positions)
 
     def step(self, batch) -> float | None:
-        """One optimiser step; None (nothing applied) when the loss is not finite anywhere."""
+        """One optimiser step; None (nothing applied) when the loss is not finite anywhere.
+        The forward pass of a skipped step may have moved buffers (batch-norm statistics):
+        they are put back."""
+        buffers = [b.detach().clone() for b in self.model.buffers()]
         loss = self.recipe.loss(self, batch)
         if not self.rt.dist.all_min([float(torch.isfinite(loss.detach()).item())])[0]:
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), buffers):
+                    buffer.copy_(saved)
             return None
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -299,8 +305,8 @@ class Trainer:
             "epoch": epoch, "partial": int(partial), "phase": self.schedule.phase,
             "lr": self.optimizer.param_groups[0]["lr"], "steps": progress.epoch_step,
             "samples": progress.epoch_samples, "train_loss": round(train_loss, 6),
-            "val_loss": round(val_loss, 6), "roc_auc": round(scores.roc_auc, 6),
-            "pr_auc": round(scores.pr_auc, 6), "best": int(improved),
+            "val_loss": round(val_loss, 6), "best": int(improved),
+            **{name: round(value, 6) for name, value in scores.macro.items()},
             "seconds": round(outcome.seconds, 3),
             "samples_per_s": round(outcome.samples / max(1e-9, outcome.seconds), 1),
             "data_wait_fraction": round(outcome.wait_seconds / max(1e-9, outcome.seconds), 4),

@@ -6,14 +6,15 @@ from __future__ import annotations
 import csv
 import math
 
+from tagtrain.metrics import METRICS
 from tagtrain.rundir import RunDir
 
 METRIC_FIELDS = (
     "epoch", "partial", "phase", "lr", "steps", "samples", "train_loss", "val_loss",
-    "roc_auc", "pr_auc", "best", "seconds", "samples_per_s", "data_wait_fraction",
+    *METRICS, "best", "seconds", "samples_per_s", "data_wait_fraction",
     "shard_errors", "bad_samples", "foreign_members", "skipped_steps",
 )  # fmt: skip
-TENSORBOARD_FIELDS = ("train_loss", "val_loss", "roc_auc", "pr_auc", "lr", "data_wait_fraction")
+TENSORBOARD_FIELDS = ("train_loss", "val_loss", *METRICS, "lr", "data_wait_fraction")
 
 
 class RunLog:
@@ -109,8 +110,8 @@ def epoch_line(row: dict, partial: bool, improved: bool) -> str:
     return (
         f"epoch {row['epoch'] + 1}{' (partial)' if partial else ''}: "
         f"train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-        f"ROC-AUC {row['roc_auc']:.4f}  PR-AUC {row['pr_auc']:.4f}  "
-        f"{row['samples_per_s']:.0f} samples/s  "
+        + "".join(f"{m.label} {row[m.name]:.4f}  " for m in METRICS.values())
+        + f"{row['samples_per_s']:.0f} samples/s  "
         f"data wait {100 * row['data_wait_fraction']:.0f}%{'  *best*' if improved else ''}"
         + (f"  ({row['skipped_steps']} non-finite step(s) skipped)" if row["skipped_steps"] else "")
     )
