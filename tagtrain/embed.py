@@ -28,13 +28,11 @@ from torch import nn
 from tagtrain.data import EpochReader, ShardStream
 from tagtrain.inference import chunk_outputs, evaluating
 from tagtrain.runs import (
-    RUN_ERRORS,
     EvalSet,
     RunError,
     TrainedRun,
     add_run_arguments,
     check_run_arguments,
-    fail,
     load_run,
     loader_config,
     open_split,
@@ -171,34 +169,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        check_run_arguments(args)
-        out = Path(args.out)
-        if out.suffix.lower() != ".parquet":
-            raise RunError(f"--out must name a .parquet file, got {out}")
-        trained = load_run(args.run, args.checkpoint, args.device)
-        fn = extractor(trained, args.layer, args.block)
-        data = args.data or trained.config.data
-        sets = _splits(trained, data, args.split)
-        rows = {"key": [], "split": [], "tags": [], "embedding": []}
-        for eval_set in sets:
-            for keys, tags, e in embed_split(trained, eval_set, args, fn):
-                rows["key"] += keys
-                rows["split"] += [eval_set.split] * len(keys)
-                rows["tags"] += tags
-                rows["embedding"].append(e)
-        if not rows["key"]:
-            raise RunError(f"no track of {data} could be read")
-        metadata = {
-            "run": str(trained.dir),
-            "model": trained.model_name,
-            "checkpoint": trained.checkpoint.name,
-            "data": data,
-            "layer": args.layer or (f"block {args.block}" if args.block is not None else "embed"),
-        }
-        write_parquet(rows, out, metadata)
-    except RUN_ERRORS as exc:
-        return fail(exc)
+    check_run_arguments(args)
+    out = Path(args.out)
+    if out.suffix.lower() != ".parquet":
+        raise RunError(f"--out must name a .parquet file, got {out}")
+    trained = load_run(args.run, args.checkpoint, args.device)
+    fn = extractor(trained, args.layer, args.block)
+    data = args.data or trained.config.data
+    sets = _splits(trained, data, args.split)
+    rows = {"key": [], "split": [], "tags": [], "embedding": []}
+    for eval_set in sets:
+        for keys, tags, e in embed_split(trained, eval_set, args, fn):
+            rows["key"] += keys
+            rows["split"] += [eval_set.split] * len(keys)
+            rows["tags"] += tags
+            rows["embedding"].append(e)
+    if not rows["key"]:
+        raise RunError(f"no track of {data} could be read")
+    metadata = {
+        "run": str(trained.dir),
+        "model": trained.model_name,
+        "checkpoint": trained.checkpoint.name,
+        "data": data,
+        "layer": args.layer or (f"block {args.block}" if args.block is not None else "embed"),
+    }
+    write_parquet(rows, out, metadata)
     dim = rows["embedding"][0].shape[1]
     print(f"wrote {len(rows['key'])} tracks x {dim}-d embeddings ({metadata['layer']}) to {out}")
     return 0

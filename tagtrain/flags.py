@@ -46,8 +46,11 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_flags(parser, cls, exclude=(), title: str | None = None) -> list[str]:
-    """One flag per documented field of dataclass `cls`; the field names added."""
+def add_flags(
+    parser, cls, exclude=(), title: str | None = None, with_defaults: bool = False
+) -> list[str]:
+    """One flag per documented field of dataclass `cls`; the field names added. Flags
+    default to None (see `given`), or with `with_defaults` to the fields' defaults."""
     target = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
     added = []
@@ -58,7 +61,11 @@ def add_flags(parser, cls, exclude=(), title: str | None = None) -> list[str]:
         default = _default(f)
         kind = _scalar_type(hints[f.name])
         shown = "" if default in ("", None) else f" (default: {_show(default)})"
-        kwargs = {"default": None, "help": meta["help"] + shown, "dest": f.name}
+        kwargs = {
+            "default": default if with_defaults else None,
+            "help": meta["help"] + shown,
+            "dest": f.name,
+        }
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind in (list, dict):
@@ -80,6 +87,11 @@ def given(args: argparse.Namespace, cls) -> dict:
     """The fields of `cls` set on the command line (flags left at None are not)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def from_args(args: argparse.Namespace, cls):
+    """An instance of dataclass `cls` from the flags `add_flags` made for it."""
+    return cls(**given(args, cls))
 
 
 def diff_from_defaults(instance, skip=()) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 
-from tagtrain.config import RunConfig
 from tagtrain.flags import diff_from_defaults
 from tagtrain.registry import count_parameters
 from tagtrain.rundir import RunDir
@@ -18,12 +17,10 @@ def print_header(trainer) -> None:
     source = f"{p.member} -> {p.device_feature} on {rt.device}" if p.device_feature else p.member
     print(f"run {trainer.run_dir}: {cfg.model} on {rt.dist.world} rank(s)")
     changed = diff_from_defaults(cfg, skip=("augment",))
-    default = RunConfig()
     print(
         "config (vs defaults; whole in config.json): "
         + (" ".join(changed) if changed else "defaults")
-        + f"; {cfg.total_epochs()} epochs of schedule {cfg.schedule}"
-        + ("" if cfg.select == default.select else "")
+        + f"; {cfg.total_epochs()} epochs of schedule {cfg.schedule}, selection by {cfg.select}"
     )
     print(
         f"model: {cfg.model}  {count_parameters(trainer.model):,} parameters at width "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from tagtrain.data import (
     plan_input,
     split_shards,
 )
+from tagtrain.flags import add_flags, setting
 from tagtrain.openers import OpenerError
 from tagtrain.registry import InputSpec, create_model
 from tagtrain.rundir import RunDir
@@ -208,22 +208,19 @@ def same_data(a: str, b: str) -> bool:
 # --- shared command-line pieces --------------------------------------------------------
 
 
+@dataclass
+class EvalOptions:
+    """How a run is applied to a dataset (evaluate, robustness, embed)."""
+
+    checkpoint: str = setting("best", "checkpoint of the run", choices=tuple(CHECKPOINTS))
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    batch_size: int = setting(8, "tracks per batch")
+    workers: int = setting(2, "loader processes (0 = main process)")
+    chunks: int = setting(16, "evenly spaced chunks averaged per track (chunk-level models)")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, chunks: bool = True) -> None:
-    parser.add_argument(
-        "--checkpoint", choices=tuple(CHECKPOINTS), default="best", help="default: best"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=8, help="tracks per batch (default 8)")
-    parser.add_argument(
-        "--workers", type=int, default=2, help="loader processes (default 2; 0 = main process)"
-    )
-    if chunks:
-        parser.add_argument(
-            "--chunks",
-            type=int,
-            default=16,
-            help="evenly spaced chunks averaged per track for chunk-level models (default 16)",
-        )
+    add_flags(parser, EvalOptions, exclude=() if chunks else ("chunks",), with_defaults=True)
 
 
 def check_run_arguments(args: argparse.Namespace) -> None:
@@ -235,21 +232,15 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         raise RunError("--chunks must be at least 1")
 
 
-def fail(exc: BaseException) -> int:
-    """Print an expected failure as one line; the exit status of a bad invocation."""
-    print(f"error: {first_line(exc, 200)}", file=sys.stderr)
-    return 2
-
-
 __all__ = [
     "CHECKPOINTS",
     "RUN_ERRORS",
+    "EvalOptions",
     "EvalSet",
     "RunError",
     "TrainedRun",
     "add_run_arguments",
     "check_run_arguments",
-    "fail",
     "load_run",
     "loader_config",
     "open_split",

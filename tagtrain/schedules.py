@@ -81,6 +81,9 @@ class Schedule:
         return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        if "best_loss" in state:  # checkpoints written before selection was selectable
+            state["best_value"] = state.pop("best_loss")
         for k, v in state.items():
             setattr(self, k, v)
 

@@ -23,8 +23,9 @@ import torch
 
 from pipelines.core.audio import AudioRejected, load_audio, to_int16
 from tagtrain.data import DeviceInput
+from tagtrain.flags import add_flags, setting
 from tagtrain.inference import predict_windows, window_offsets  # noqa: F401  (re-exported)
-from tagtrain.runs import RUN_ERRORS, RunError, TrainedRun, fail, load_run
+from tagtrain.runs import RunError, TrainedRun, load_run
 
 COMMAND = "tag"
 HELP = "tag audio files (any length) with a trained run"
@@ -130,28 +131,28 @@ def result_json(result: TagResult, run: TrainedRun, top: int) -> dict:
 # --- command line ------------------------------------------------------------------------
 
 
+@dataclass
+class TagOptions:
+    top: int = setting(10, "tags shown per file")
+    json: bool = setting(False, "print JSON instead of text")
+    checkpoint: str = setting("best", "checkpoint of the run", choices=("best", "last"))
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    batch_size: int = setting(16, "windows per forward pass")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="audio files or folders")
     parser.add_argument("--run", required=True, help="run directory (config.json, best.pt, ...)")
-    parser.add_argument("--top", type=int, default=10, help="tags shown per file (default 10)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--batch-size", type=int, default=16, help="windows per forward pass (default 16)"
-    )
+    add_flags(parser, TagOptions, with_defaults=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.top < 1:
-            raise RunError("--top must be at least 1")
-        if args.batch_size < 1:
-            raise RunError("--batch-size must be at least 1")
-        files = audio_files(args.paths)
-        trained = load_run(args.run, args.checkpoint, args.device)
-    except RUN_ERRORS as exc:
-        return fail(exc)
+    if args.top < 1:
+        raise RunError("--top must be at least 1")
+    if args.batch_size < 1:
+        raise RunError("--batch-size must be at least 1")
+    files = audio_files(args.paths)
+    trained = load_run(args.run, args.checkpoint, args.device)
     device_input = pcm_input(trained)
     results, failed = [], 0
     for path in files:
