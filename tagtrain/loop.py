@@ -37,7 +37,7 @@ from tagtrain.metrics import bce_on_probabilities, tag_scores
 from tagtrain.recipes import Supervised
 from tagtrain.registry import create_model, get_entry
 from tagtrain.rundir import RunDir
-from tagtrain.runlog import RunLog, epoch_line, loader_line, progress_bar
+from tagtrain.runlog import RunLog, epoch_line, epoch_row, loader_line
 from tagtrain.runtime import Runtime
 from tagtrain.trainingdata import TrainingData, check_batch_norm
 
@@ -155,7 +155,31 @@ class Trainer:
         return summary
 
     def train_epoch(self, epoch: int) -> EpochOutcome:
-        cfg, dist, progress = self.cfg, self.rt.dist, self.progress
+        progress = self.progress
+        reader, steps = self._open_epoch(epoch)
+        batches, timed_out = iter(reader), False
+        self.samples_here, self.wait, t_epoch = 0, 0.0, time.perf_counter()
+        self.net.train()
+        while progress.epoch_step < steps:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            self.wait += time.perf_counter() - t0
+            within = time.monotonic() < self.deadline
+            have, within = self.rt.dist.all_min([float(batch is not None), float(within)])
+            if not have:
+                break  # some rank ran dry (unreadable shards): every rank ends the epoch
+            if not within:
+                timed_out = True
+                break
+            self.schedule.before_step(epoch + progress.epoch_step / steps, self.optimizer)
+            loss = self.step(batch)
+            reader.commit(batch)
+            self._count(batch, loss)
+            self._after_step(epoch, reader, batch, loss)
+        return self._close_epoch(reader, time.perf_counter() - t_epoch, timed_out)
+
+    def _open_epoch(self, epoch: int):
+        cfg, progress = self.cfg, self.progress
         resume = self.resume_positions if progress.epoch_step else None
         self.resume_positions = None
         reader = self.recipe.reader(self, epoch, resume)
@@ -168,55 +192,35 @@ class Trainer:
                 f"epoch {epoch + 1} has no full batch of {cfg.batch_size} per rank: lower "
                 "--batch-size or --workers"
             )
-        bar = progress_bar(
-            cfg.progress and dist.is_main, steps, progress.epoch_step, epoch, cfg.total_epochs()
-        )
-        kill_at = int(os.environ.get(KILL_AT_STEP_ENV, 0) or 0)
-        self.net.train()
-        batches = iter(reader)
-        samples_here, wait, t_epoch, timed_out = 0, 0.0, time.perf_counter(), False
-        while progress.epoch_step < steps:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            wait += time.perf_counter() - t0
-            have, within = dist.all_min(
-                [float(batch is not None), float(time.monotonic() < self.deadline)]
-            )
-            if not have:
-                break  # some rank ran dry (unreadable shards): every rank ends the epoch
-            if not within:
-                timed_out = True
-                break
-            self.schedule.before_step(epoch + progress.epoch_step / steps, self.optimizer)
-            loss = self.step(batch)
-            reader.commit(batch)
-            self._count(batch, loss)
-            samples_here += len(batch.keys)
-            log_now = loss is not None and progress.global_step % max(1, cfg.log_every) == 0
-            self.log.step(epoch, progress.global_step, batch.keys, loss if log_now else None)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{loss:.4f}" if loss is not None else "skipped", refresh=False
-                )
-            if cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0:
-                self.save(RunDir.LAST, dist.gather_stack(reader.encoded_positions()))
-            if kill_at and progress.global_step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+        show = cfg.progress and self.rt.dist.is_main
+        self.log.open_bar(show, steps, progress.epoch_step, epoch, cfg.total_epochs())
+        return reader, steps
+
+    def _after_step(self, epoch: int, reader, batch, loss: float | None) -> None:
+        cfg, step = self.cfg, self.progress.global_step
+        self.samples_here += len(batch.keys)
+        log_now = loss is not None and step % max(1, cfg.log_every) == 0
+        self.log.step(epoch, step, batch.keys, loss, log_now)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            self.save(RunDir.LAST, self.rt.dist.gather_stack(reader.encoded_positions()))
+        if step == int(os.environ.get(KILL_AT_STEP_ENV, 0) or 0):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _close_epoch(self, reader, seconds: float, timed_out: bool) -> EpochOutcome:
+        dist, progress = self.rt.dist, self.progress
         if not timed_out and progress.epoch_step == 0:
             reader.close()
             first = reader.stats.errors[0] if reader.stats.errors else "no samples"
-            raise LoaderError(f"no training batch could be read from {cfg.data}: {first}")
-        seconds = time.perf_counter() - t_epoch
+            raise LoaderError(f"no training batch could be read from {self.cfg.data}: {first}")
         progress.train_seconds += seconds
         positions = dist.gather_stack(reader.encoded_positions()) if timed_out else None
         reader.close()
-        if bar is not None:
-            bar.close()
+        self.log.close_bar()
         stats = reader.stats
         counts = dist.all_sum([stats.shard_errors, stats.bad_samples, stats.foreign_members])
         stats.shard_errors, stats.bad_samples, stats.foreign_members = (int(c) for c in counts)
-        return EpochOutcome(samples_here * dist.world, seconds, wait, stats, timed_out, positions)
+        samples = self.samples_here * dist.world
+        return EpochOutcome(samples, seconds, self.wait, stats, timed_out, positions)
 
     def step(self, batch) -> float | None:
         """One optimiser step; None (nothing applied) when the loss is not finite anywhere.
@@ -296,24 +300,10 @@ class Trainer:
         scores = tag_scores(val.labels, val.probs)
         value = val_loss if self.cfg.select == "val_loss" else -scores.roc_auc
         improved = self.schedule.observe(epoch, value, count=not partial)
-        train_loss = (
-            progress.epoch_loss_sum / progress.epoch_loss_count
-            if progress.epoch_loss_count
-            else math.nan
-        )
-        row = {
-            "epoch": epoch, "partial": int(partial), "phase": self.schedule.phase,
-            "lr": self.optimizer.param_groups[0]["lr"], "steps": progress.epoch_step,
-            "samples": progress.epoch_samples, "train_loss": round(train_loss, 6),
-            "val_loss": round(val_loss, 6), "best": int(improved),
-            **{name: round(value, 6) for name, value in scores.macro.items()},
-            "seconds": round(outcome.seconds, 3),
-            "samples_per_s": round(outcome.samples / max(1e-9, outcome.seconds), 1),
-            "data_wait_fraction": round(outcome.wait_seconds / max(1e-9, outcome.seconds), 4),
-            "shard_errors": outcome.stats.shard_errors, "bad_samples": outcome.stats.bad_samples,
-            "foreign_members": outcome.stats.foreign_members,
-            "skipped_steps": progress.epoch_skipped,
-        }  # fmt: skip
+        lr = self.optimizer.param_groups[0]["lr"]
+        row = epoch_row(epoch, partial, self.schedule.phase, lr, progress, outcome)
+        row.update(val_loss=round(val_loss, 6), best=int(improved))
+        row.update({name: round(value, 6) for name, value in scores.macro.items()})
         return row, improved
 
     # -- checkpoints

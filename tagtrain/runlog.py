@@ -22,6 +22,7 @@ class RunLog:
         self.run = run
         self.main = rank == 0
         self.history: list[dict] = []
+        self.bar = None
         self.samples_file = open(run.samples(rank), "a") if log_samples else None  # noqa: SIM115
         self.tb = None
         if self.main:
@@ -36,13 +37,27 @@ class RunLog:
                 with open(metrics, "w", newline="") as f:
                     csv.writer(f).writerow(METRIC_FIELDS)
 
-    def step(self, epoch: int, global_step: int, keys: list[str], loss: float | None) -> None:
+    def open_bar(self, enabled: bool, total: int, initial: int, epoch: int, epochs: int) -> None:
+        self.bar = progress_bar(enabled, total, initial, epoch, epochs)
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def step(self, epoch: int, global_step: int, keys, loss: float | None, to_tb: bool) -> None:
+        """A training step: its keys (samples log), its loss (TensorBoard when `to_tb`;
+        None: skipped as non-finite) and the progress bar."""
         if self.samples_file:
             # Flushed per step: a killed run's log shows exactly what it trained on.
             self.samples_file.write(f"{epoch}\t{global_step}\t{','.join(keys)}\n")
             self.samples_file.flush()
-        if self.tb is not None and loss is not None:
+        if self.tb is not None and loss is not None and to_tb:
             self.tb.add_scalar("train/loss", loss, global_step)
+        if self.bar is not None:
+            self.bar.update(1)
+            shown = f"{loss:.4f}" if loss is not None else "skipped"
+            self.bar.set_postfix(loss=shown, refresh=False)
 
     def epoch(self, row: dict, global_step: int) -> None:
         if not self.main:
@@ -89,6 +104,7 @@ class RunLog:
         plt.close(fig)
 
     def close(self) -> None:
+        self.close_bar()
         if self.samples_file:
             self.samples_file.close()
         if self.tb is not None:
@@ -104,6 +120,21 @@ def progress_bar(enabled: bool, total: int, initial: int, epoch: int, epochs: in
         total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
         dynamic_ncols=True, leave=False,
     )  # fmt: skip
+
+
+def epoch_row(epoch: int, partial: bool, phase: str, lr: float, progress, outcome) -> dict:
+    """An epoch's metrics.csv row, less the validation figures."""
+    p, seconds = progress, max(1e-9, outcome.seconds)
+    train_loss = p.epoch_loss_sum / p.epoch_loss_count if p.epoch_loss_count else math.nan
+    return {
+        "epoch": epoch, "partial": int(partial), "phase": phase, "lr": lr,
+        "steps": p.epoch_step, "samples": p.epoch_samples, "train_loss": round(train_loss, 6),
+        "seconds": round(outcome.seconds, 3),
+        "samples_per_s": round(outcome.samples / seconds, 1),
+        "data_wait_fraction": round(outcome.wait_seconds / seconds, 4),
+        "shard_errors": outcome.stats.shard_errors, "bad_samples": outcome.stats.bad_samples,
+        "foreign_members": outcome.stats.foreign_members, "skipped_steps": p.epoch_skipped,
+    }  # fmt: skip
 
 
 def epoch_line(row: dict, partial: bool, improved: bool) -> str:
