@@ -428,3 +428,23 @@ def test_help_prints_every_default_from_the_dataclass_and_a_typo_gets_a_suggesti
         assert main(["train", "--bach-size", "3"]) == 2
     line = stderr.getvalue().strip()
     assert len(line.splitlines()) == 1 and "did you mean --batch-size?" in line
+
+
+def test_train_fraction_keeps_whole_shards_and_roc_auc_selects(dataset, tmp_path):
+    out, card = dataset
+    run = tmp_path / "run"
+    args = ["--data", str(out), "--out", str(run), "--epochs", "1", *FLAGS]
+    result = trainer_cli(*args, "--train-fraction", "0.5", "--select", "roc_auc")
+    assert result.returncode == 0, result.stderr[-2000:]
+    # The start of the run is the config as a diff from the defaults (config.json has all).
+    assert "train_fraction=0.5" in result.stdout and "select=roc_auc" in result.stdout
+    assert "lr=" not in result.stdout.split("config (vs defaults", 1)[1].splitlines()[0]
+    seen = {k for _, _, keys in logged_steps(run) for k in keys}
+    by_shard = [
+        {name.split(".", 1)[0] for name, _ in shardkit.read_members(out / s["name"])}
+        for s in card["splits"]["train"]["shards"]
+    ]
+    kept = [keys for keys in by_shard if keys & seen]
+    assert len(kept) == 2 and seen == set().union(*kept)  # two whole shards of the four
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["select"] == "roc_auc" and summary["best_epoch"] == 1
