@@ -218,6 +218,8 @@ class StudentRecipe(Supervised):
 
     def __init__(self, student: StudentConfig):
         self.student = student.validate()
+        if not Path(student.teacher).is_dir():  # before the data: the cheaper mistake first
+            raise RunError(f"no run directory at {student.teacher} (the --teacher)")
         self.teacher: Teacher | None = None
 
     def augment_chain(self, cfg: RunConfig):
