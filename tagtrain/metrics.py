@@ -16,42 +16,51 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _roc_auc(y: np.ndarray, s: np.ndarray) -> float:
-    """Area under the ROC curve as the Mann-Whitney statistic (average ranks for ties):
-    scikit-learn's roc_auc_score, fast enough to bootstrap (tests compare the two)."""
+def roc_auc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Per-column area under the ROC curve of labels y and scores s [N, C], as the
+    Mann-Whitney statistic with average ranks for ties: scikit-learn's roc_auc_score,
+    vectorised so that bootstrapping is cheap (tests compare the two)."""
     from scipy.stats import rankdata
 
     positive = y > 0.5
-    n_pos = int(positive.sum())
+    n_pos = positive.sum(axis=0)
     n_neg = len(y) - n_pos
-    ranks = rankdata(s)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    ranks = rankdata(s, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((ranks * positive).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def _pr_auc(y: np.ndarray, s: np.ndarray) -> float:
-    """Average precision, one step per distinct score (scikit-learn's definition)."""
-    order = np.argsort(-s, kind="mergesort")
-    hits, scores = (y[order] > 0.5).astype(np.float64), s[order]
-    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    tp = np.cumsum(hits)[last]
-    precision = tp / (last + 1)
-    recall = tp / tp[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+def pr_auc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Per-column average precision (scikit-learn's: one step per distinct score): the
+    mean over positives of the precision at the last rank of their score's tie group."""
+    n = len(y)
+    order = np.argsort(-s, axis=0, kind="stable")
+    hits = np.take_along_axis(y > 0.5, order, axis=0).astype(np.float64)
+    scores = np.take_along_axis(s, order, axis=0)
+    index = np.arange(n)[:, None]
+    group_end = np.ones_like(scores, dtype=bool)
+    group_end[:-1] = scores[:-1] != scores[1:]
+    last = np.where(group_end, index, n)
+    last = np.minimum.accumulate(last[::-1], axis=0)[::-1]  # each row's group end
+    tp = np.cumsum(hits, axis=0)
+    precision = np.take_along_axis(tp, last, axis=0) / (last + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (hits * precision).sum(axis=0) / hits.sum(axis=0)
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str  # the key in every output
     label: str  # the column title in tables
-    per_tag: Callable[[np.ndarray, np.ndarray], float]  # one tag's labels and scores
+    per_tag: Callable[[np.ndarray, np.ndarray], np.ndarray]  # labels, scores [N, C] -> [C]
     needs_both_classes: bool = True  # undefined for a tag without positives or negatives
 
 
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("roc_auc", "ROC-AUC", _roc_auc),
-        Metric("pr_auc", "PR-AUC", _pr_auc),
+        Metric("roc_auc", "ROC-AUC", roc_auc),
+        Metric("pr_auc", "PR-AUC", pr_auc),
     )
 }
 
@@ -93,9 +102,9 @@ def tag_scores(y_true, y_score) -> TagScores:
     per_tag, macro = {}, {}
     for metric in METRICS.values():
         values = np.full(n_tags, np.nan)
-        usable = mask if metric.needs_both_classes else np.ones(n_tags, dtype=bool)
-        for c in np.flatnonzero(usable if len(y_true) else np.zeros(n_tags, dtype=bool)):
-            values[c] = metric.per_tag(y_true[:, c], y_score[:, c])
+        usable = mask if metric.needs_both_classes else np.full(n_tags, len(y_true) > 0)
+        if usable.any():
+            values[usable] = metric.per_tag(y_true[:, usable], y_score[:, usable])
         per_tag[metric.name] = tuple(values.tolist())
         macro[metric.name] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
     n = int(mask.sum())

@@ -348,7 +348,7 @@ def test_metrics_match_scikit_learn_and_a_new_metric_is_one_registry_entry(monke
         )
     assert math.isnan(scores.per_tag["roc_auc"][5]) and scores.skipped_tags == 1
     # A throwaway metric: one entry, and it appears per tag and macro.
-    mean_score = metrics.Metric("mean_score", "mean", lambda t, s: float(s.mean()), False)
+    mean_score = metrics.Metric("mean_score", "mean", lambda t, s: s.mean(axis=0), False)
     monkeypatch.setitem(metrics.METRICS, "mean_score", mean_score)
     scores = metrics.tag_scores(y, p)
     assert scores.per_tag["mean_score"][5] == pytest.approx(p[:, 5].mean())
