@@ -1,14 +1,17 @@
-"""`python -m tagtrain evaluate`: macro ROC-AUC / PR-AUC and a per-tag table for a run.
+"""`python -m tagtrain evaluate`: the registered metrics (tagtrain.metrics: macro ROC-AUC
+and PR-AUC) with bootstrap 95% intervals, and a per-tag table, for a run.
 
 Chunk-level models average their sigmoid outputs over `--chunks` evenly spaced chunks of
-each track; song-level models see one whole-input crop (the trainer's `predict_split`).
-Tags with no positives or no negatives in the split have no AUC: they are left out of the
-macro averages and listed, never averaged in as NaN.
+each track; song-level models see one whole-input crop (tagtrain.inference, as in
+validation). Tags with no positives or no negatives in the split have no AUC: they are
+left out of the macro averages and listed, never averaged in as NaN. The intervals come
+from `--bootstrap` resamples of the tracks (percentile method).
 
-Writes, in the run directory, `metrics.json` and `per_tag.csv` for the test split of the
-run's own dataset; other splits get `metrics-{split}.json`, other datasets
-`metrics-{dataset}-{hash}-{split}.json` (and the same for per_tag), so nothing is
-overwritten by a different evaluation.
+Writes, in the run directory, `metrics.json`, `per_tag.csv` and `predictions.parquet`
+(key, true tags, one probability per tag; the vocabulary in the file's metadata) for the
+test split of the run's own dataset; other splits get `metrics-{split}.json`, other
+datasets `metrics-{dataset}-{hash}-{split}.json` (and the same for the others, see
+tagtrain.rundir), so nothing is overwritten by a different evaluation.
 """
 
 from __future__ import annotations
