@@ -9,6 +9,12 @@ deformations, its clean score drawn as a reference line (after Figure 2 of Won e
 
 Every set is normalised with the statistics each run trained with (see tagtrain.runs):
 the clean card's, which the perturbed cards copy.
+
+With `--bootstrap N` (default 1000) each row also has 95% intervals of its scores and of
+its drop; the drop's is a paired bootstrap (the same resampled tracks scored clean and
+deformed), and `{metric}_drop_significant` says whether it excludes 0 (marked * in the
+printed table). Per-track predictions of every run and set are written next to the
+tables as `predictions-{run}-{set}.parquet`.
 """
 
 from __future__ import annotations
