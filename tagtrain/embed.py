@@ -149,8 +149,12 @@ def write_parquet(rows: dict, path: Path, metadata: dict) -> None:
     table = table.replace_schema_metadata({"tagtrain": json.dumps({**metadata, "dim": dim})})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: no partial file left behind
+        raise
 
 
 # --- command line ------------------------------------------------------------------------
@@ -173,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".parquet":
         raise RunError(f"--out must name a .parquet file, got {out}")
+    if out.is_dir():
+        raise RunError(f"--out {out} is a directory: name a .parquet file")
     trained = load_run(args.run, args.checkpoint, args.device)
     fn = extractor(trained, args.layer, args.block)
     data = args.data or trained.config.data

@@ -321,11 +321,14 @@ def test_bad_arguments_get_one_line(runs, demo_dataset, tmp_path):
             ["robustness", "--run", str(short), "--perturbed", str(tmp_path / "none")],
             "no perturbed sets",
         ),
+        (["embed", "--run", str(short), "--out", str(tmp_path / "dir.parquet")], "a directory"),
     ]
+    (tmp_path / "dir.parquet").mkdir()
     for args, expected in cases:
         status, _, err = cli(*args)
         assert expected in one_line_error(status, err), args
     assert not (tmp_path / "e.parquet").exists()
+    assert [p.name for p in (tmp_path / "dir.parquet").iterdir()] == []
     status, _, err = cli("evaluate")  # argparse: --run is required
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert "the following arguments are required: --run" in err
