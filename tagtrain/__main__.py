@@ -2,7 +2,8 @@
 
 Each command lives in its own module, which defines `COMMAND` (its name), `HELP`,
 `add_arguments(parser)` and `run(args) -> int` (the exit status). Adding a command is
-adding its module to `COMMAND_MODULES`.
+adding its module to `COMMAND_MODULES`. Every command ends in `pipelines.core.errors.
+run_cli`: a user error (a bad flag included, with a suggestion) is one line, exit 2.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import argparse
 import importlib
 import sys
 
+from pipelines.core.card import CardError
+from pipelines.core.errors import OneLineParser, UserError, first_line, run_cli
+
+PROG = "python -m tagtrain"
 COMMAND_MODULES = (
     "tagtrain.train",
     "tagtrain.evaluate",
@@ -39,17 +44,16 @@ def run(args: argparse.Namespace) -> int:
     from tagtrain.models import models_table
 
     if args.n_classes < 1:
-        print("error: --n-classes must be at least 1", file=sys.stderr)
-        return 2
+        raise UserError("--n-classes must be at least 1")
     print(models_table(args.n_classes))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m tagtrain", description="Music auto-tagging: train and use taggers."
+    parser = OneLineParser(prog=PROG, description="Music auto-tagging: train and use taggers.")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         module = (
             sys.modules[__name__] if name == "tagtrain.__main__" else importlib.import_module(name)
@@ -57,12 +61,33 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(module.COMMAND, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)
+    parser.commands = commands.choices  # name -> its parser, for one-line flag errors
     return parser
 
 
+def _foreign_errors() -> tuple[type[BaseException], ...]:
+    """Errors of modules this package does not own that are the user's to fix."""
+    from tagtrain.data import LoaderError
+    from tagtrain.openers import OpenerError
+
+    return (CardError, LoaderError, OpenerError)
+
+
+def _dispatch(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's parser, which knows the flags to suggest
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        return args.handler(args)
+    except _foreign_errors() as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(first_line(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
+    return run_cli(PROG, lambda: _dispatch(argv))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The run configuration: one typed dataclass, loaded from YAML/JSON, overridden by flags,
-printed at the start of a run and saved as `config.json` in the run directory.
+"""The run configuration: one typed dataclass, loaded from YAML/JSON, overridden by flags
+(generated from its fields, see tagtrain.flags), printed at the start of a run as a diff
+from the defaults and saved whole as `config.json` in the run directory.
 
 Precedence: defaults < `--config FILE` < command-line flags. On `--resume` the saved
 `config.json` of the run takes the place of the defaults.
@@ -12,62 +13,82 @@ import json
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from pipelines.core.errors import UserError
+from tagtrain.flags import setting
 
 SCHEDULES = ("adam_sgd", "early_stop")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SELECTIONS = ("val_loss", "roc_auc")
+# Reference epochs of each schedule (minzwon/sota-music-tagging-models trains 200 epochs:
+# Adam 80, SGD 1e-3 20, 1e-4 20, then 1e-5 to the end).
+SCHEDULE_EPOCHS = {"adam_sgd": 200, "early_stop": 200}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid setting; the message is one line."""
 
 
 @dataclass
 class RunConfig:
-    data: str = ""  # dataset directory or URL prefix (https://, s3://, gs://)
-    model: str = ""  # a registered model name (`python -m tagtrain models`)
-    out: str = ""  # run directory; default runs/{model}
-    width: float = 1.0  # channel-width multiplier passed to the model builder
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU
+    data: str = setting("", "dataset directory or URL prefix (https://, s3://, gs://)")
+    model: str = setting("", "registered model name (see `python -m tagtrain models`)")
+    out: str = setting("", "run directory (empty: runs/MODEL)")
+    width: float = setting(1.0, "channel-width multiplier of the model")
+    seed: int = setting(0, "seed of initialisation, shuffles and crops")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = setting("auto", "autocast on CUDA (auto: bf16 or fp16)", choices=PRECISIONS)
     # data
-    train_split: str = "train"
-    val_split: str = "valid"
-    batch_size: int = 16
-    workers: int = 4
-    shuffle_buffer: int = 256
-    val_chunks: int = 4  # evenly spaced chunks averaged per validation track (chunk models)
-    # waveform augmentation of training crops (tagtrain.augment): "" off, "default" (seed
-    # 003's recipe), a YAML file, or the chain's entries (what config.json records)
-    augment: str | list = ""
-    storage_options: dict = field(default_factory=dict)  # fsspec options per protocol
-    s3_endpoint_url: str = ""  # S3-compatible endpoint (or AWS_ENDPOINT_URL)
+    train_split: str = setting("train", "split trained on")
+    val_split: str = setting("valid", "split validated on")
+    train_fraction: float = setting(
+        1.0, "fraction of the train split's shards used (data-size experiments)"
+    )
+    batch_size: int = setting(16, "batch size per rank")
+    workers: int = setting(4, "loader worker processes per rank (0 = main process)")
+    shuffle_buffer: int = setting(256, "samples in each loader worker's shuffle buffer")
+    val_chunks: int = setting(
+        16, "evenly spaced chunks averaged per validation track (the test protocol's)"
+    )
+    augment: str | list = setting(
+        "",
+        "waveform augmentation of training crops: default (noisy-student chain), a YAML "
+        "file, or none; config.json records the chain itself",
+    )
+    storage_options: dict = setting({}, "fsspec options per protocol", flag=False)
+    s3_endpoint_url: str = setting("", "S3-compatible endpoint (or set AWS_ENDPOINT_URL)")
     # schedule
-    schedule: str = "adam_sgd"  # adam_sgd (a) or early_stop (b)
-    epochs: int = 0  # 0: the schedule's default (adam_sgd: 140, early_stop: 200)
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    adam_epochs: int = 80  # (a): Adam epochs before switching to SGD
-    sgd_lr: float = 1e-3
-    sgd_momentum: float = 0.9
-    sgd_drop_after: list = field(default_factory=lambda: [20, 40])  # (a): /10 after these
-    patience: int = 20  # (b): epochs without val-loss improvement before stopping
+    schedule: str = setting(
+        "adam_sgd",
+        "adam_sgd: Adam then SGD with drops; early_stop: Adam + patience",
+        choices=SCHEDULES,
+    )
+    epochs: int = setting(0, "epochs (0: the schedule's reference count, 200)")
+    select: str = setting(
+        "val_loss", "model-selection criterion on the validation split", choices=SELECTIONS
+    )
+    lr: float = setting(1e-4, "Adam learning rate")
+    weight_decay: float = setting(1e-4, "weight decay of every optimiser")
+    adam_epochs: int = setting(80, "adam_sgd: Adam epochs before SGD")
+    sgd_lr: float = setting(1e-3, "adam_sgd: SGD learning rate")
+    sgd_momentum: float = setting(0.9, "adam_sgd: Nesterov momentum")
+    sgd_drop_after: list = setting([20, 40], "adam_sgd: SGD epochs after which lr /= 10")
+    patience: int = setting(20, "early_stop: epochs without improvement before stopping")
     # budget and bookkeeping
-    max_minutes: float = 0.0  # 0: no time budget
-    max_steps_per_epoch: int = 0  # 0: the whole epoch
-    checkpoint_every: int = 500  # steps between mid-epoch checkpoints; 0: epoch ends only
-    log_every: int = 10  # steps between TensorBoard training-loss points
-    progress: bool = True
-    log_samples: bool = False  # write samples-rank{R}.tsv: the keys of every training step
+    max_minutes: float = setting(0.0, "time budget; the run checkpoints and stops (0: none)")
+    max_steps_per_epoch: int = setting(0, "cap on steps per epoch (0: the whole epoch)")
+    checkpoint_every: int = setting(500, "steps between mid-epoch checkpoints (0: epoch ends)")
+    log_every: int = setting(10, "steps between TensorBoard training-loss points")
+    max_bad_steps: int = setting(
+        5, "consecutive steps with a non-finite loss that stop the run (each is skipped)"
+    )
+    progress: bool = setting(True, "tqdm progress bars")
+    log_samples: bool = setting(False, "write samples-rankR.tsv: the keys of every step")
 
     def total_epochs(self) -> int:
-        if self.epochs:
-            return self.epochs
-        if self.schedule == "adam_sgd":
-            return self.adam_epochs + max(self.sgd_drop_after or [0]) + 20
-        return 200
+        return self.epochs or SCHEDULE_EPOCHS[self.schedule]
 
     def effective_storage_options(self) -> dict:
         options = {k: dict(v) for k, v in self.storage_options.items()}
@@ -84,41 +105,35 @@ class RunConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def describe(self) -> str:
-        return "\n".join(f"  {k:<20} {v}" for k, v in self.to_dict().items())
-
     def validate(self) -> RunConfig:
         if not self.data:
             raise ConfigError("no dataset: give --data DIR_OR_URL (or 'data' in the config file)")
         if not self.model:
             raise ConfigError("no model: give --model NAME (see `python -m tagtrain models`)")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(
-                f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
-            )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+        for name, allowed in (
+            ("schedule", SCHEDULES), ("precision", PRECISIONS), ("select", SELECTIONS)
+        ):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
         positive = {"batch_size": self.batch_size, "width": self.width, "lr": self.lr}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
-        non_negative = {
-            "workers": self.workers,
-            "shuffle_buffer": self.shuffle_buffer,
-            "epochs": self.epochs,
-            "max_minutes": self.max_minutes,
-            "max_steps_per_epoch": self.max_steps_per_epoch,
-            "checkpoint_every": self.checkpoint_every,
-            "patience": self.patience,
-            "adam_epochs": self.adam_epochs,
-        }
-        for name, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{name} must not be negative, got {value}")
+        non_negative = (
+            "workers", "shuffle_buffer", "epochs", "max_minutes", "max_steps_per_epoch",
+            "checkpoint_every", "patience", "adam_epochs",
+        )  # fmt: skip
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.val_chunks < 1:
             raise ConfigError(f"val_chunks must be at least 1, got {self.val_chunks}")
+        if self.max_bad_steps < 1:
+            raise ConfigError(f"max_bad_steps must be at least 1, got {self.max_bad_steps}")
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         return self
 
 

@@ -26,14 +26,13 @@ import torch
 from torch import nn
 
 from tagtrain.data import EpochReader, ShardStream
+from tagtrain.inference import chunk_outputs, evaluating
 from tagtrain.runs import (
-    RUN_ERRORS,
     EvalSet,
     RunError,
     TrainedRun,
     add_run_arguments,
     check_run_arguments,
-    fail,
     load_run,
     loader_config,
     open_split,
@@ -116,16 +115,13 @@ def embed_split(
     cfg = loader_config(run, eval_set, args)
     stream = ShardStream(eval_set.shards, eval_set.plan, run.vocabulary, cfg)
     reader = EpochReader(stream, pin_memory=run.device.type == "cuda")
-    dtype = run.autocast_dtype
-    with torch.inference_mode():
-        for batch in reader:
-            b, k = batch.x.shape[:2]
-            x = eval_set.device_input(batch.x, chunked=True)
-            with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
-                e = fn(x)
-            e = e.float().reshape(b, k, -1).mean(dim=1).cpu().numpy()
-            tags = [[run.vocabulary[i] for i in np.flatnonzero(y)] for y in batch.y.numpy()]
-            yield batch.keys, tags, e
+    with evaluating(run.model):
+        for out in chunk_outputs(fn, reader, eval_set.device_input, run.autocast_dtype):
+            tags = [[run.vocabulary[i] for i in np.flatnonzero(y)] for y in out.labels.numpy()]
+            values = out.values.numpy()
+            if not np.isfinite(values).all():
+                raise RunError(f"non-finite embedding for one of {', '.join(out.keys[:4])}")
+            yield out.keys, tags, values
     if reader.stats.shard_errors or reader.stats.bad_samples:
         first = reader.stats.errors[0] if reader.stats.errors else ""
         print(
@@ -153,8 +149,12 @@ def write_parquet(rows: dict, path: Path, metadata: dict) -> None:
     table = table.replace_schema_metadata({"tagtrain": json.dumps({**metadata, "dim": dim})})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: no partial file left behind
+        raise
 
 
 # --- command line ------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", default=None, help="dataset directory or URL (default: the run's own dataset)"
     )
-    parser.add_argument("--out", required=True, help="output Parquet file")
+    parser.add_argument("--out", required=True, help="output Parquet file (.parquet)")
     parser.add_argument("--split", default="all", help="a split name, or all (default)")
     parser.add_argument("--layer", default=None, help="named submodule to hook instead of embed()")
     parser.add_argument("--block", type=int, default=None, help="embed(x, block=N) (patchout)")
@@ -173,34 +173,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        check_run_arguments(args)
-        out = Path(args.out)
-        if out.suffix.lower() != ".parquet":
-            raise RunError(f"--out must name a .parquet file, got {out}")
-        trained = load_run(args.run, args.checkpoint, args.device)
-        fn = extractor(trained, args.layer, args.block)
-        data = args.data or trained.config.data
-        sets = _splits(trained, data, args.split)
-        rows = {"key": [], "split": [], "tags": [], "embedding": []}
-        for eval_set in sets:
-            for keys, tags, e in embed_split(trained, eval_set, args, fn):
-                rows["key"] += keys
-                rows["split"] += [eval_set.split] * len(keys)
-                rows["tags"] += tags
-                rows["embedding"].append(e)
-        if not rows["key"]:
-            raise RunError(f"no track of {data} could be read")
-        metadata = {
-            "run": str(trained.dir),
-            "model": trained.model_name,
-            "checkpoint": trained.checkpoint.name,
-            "data": data,
-            "layer": args.layer or (f"block {args.block}" if args.block is not None else "embed"),
-        }
-        write_parquet(rows, out, metadata)
-    except RUN_ERRORS as exc:
-        return fail(exc)
+    check_run_arguments(args)
+    out = Path(args.out)
+    if out.suffix.lower() != ".parquet":
+        raise RunError(f"--out must name a .parquet file, got {out}")
+    if out.is_dir():
+        raise RunError(f"--out {out} is a directory: name a .parquet file")
+    trained = load_run(args.run, args.checkpoint, args.device)
+    fn = extractor(trained, args.layer, args.block)
+    data = args.data or trained.config.data
+    sets = _splits(trained, data, args.split)
+    rows = {"key": [], "split": [], "tags": [], "embedding": []}
+    for eval_set in sets:
+        for keys, tags, e in embed_split(trained, eval_set, args, fn):
+            rows["key"] += keys
+            rows["split"] += [eval_set.split] * len(keys)
+            rows["tags"] += tags
+            rows["embedding"].append(e)
+    if not rows["key"]:
+        raise RunError(f"no track of {data} could be read")
+    metadata = {
+        "run": str(trained.dir),
+        "model": trained.model_name,
+        "checkpoint": trained.checkpoint.name,
+        "data": data,
+        "layer": args.layer or (f"block {args.block}" if args.block is not None else "embed"),
+    }
+    write_parquet(rows, out, metadata)
     dim = rows["embedding"][0].shape[1]
     print(f"wrote {len(rows['key'])} tracks x {dim}-d embeddings ({metadata['layer']}) to {out}")
     return 0

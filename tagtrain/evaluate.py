@@ -1,14 +1,17 @@
-"""`python -m tagtrain evaluate`: macro ROC-AUC / PR-AUC and a per-tag table for a run.
+"""`python -m tagtrain evaluate`: the registered metrics (tagtrain.metrics: macro ROC-AUC
+and PR-AUC) with bootstrap 95% intervals, and a per-tag table, for a run.
 
 Chunk-level models average their sigmoid outputs over `--chunks` evenly spaced chunks of
-each track; song-level models see one whole-input crop (the trainer's `predict_split`).
-Tags with no positives or no negatives in the split have no AUC: they are left out of the
-macro averages and listed, never averaged in as NaN.
+each track; song-level models see one whole-input crop (tagtrain.inference, as in
+validation). Tags with no positives or no negatives in the split have no AUC: they are
+left out of the macro averages and listed, never averaged in as NaN. The intervals come
+from `--bootstrap` resamples of the tracks (percentile method).
 
-Writes, in the run directory, `metrics.json` and `per_tag.csv` for the test split of the
-run's own dataset; other splits get `metrics-{split}.json`, other datasets
-`metrics-{dataset}-{hash}-{split}.json` (and the same for per_tag), so nothing is
-overwritten by a different evaluation.
+Writes, in the run directory, `metrics.json`, `per_tag.csv` and `predictions.parquet`
+(key, true tags, one probability per tag; the vocabulary in the file's metadata) for the
+test split of the run's own dataset; other splits get `metrics-{split}.json`, other
+datasets `metrics-{dataset}-{hash}-{split}.json` (and the same for the others, see
+tagtrain.rundir), so nothing is overwritten by a different evaluation.
 """
 
 from __future__ import annotations
@@ -19,30 +22,31 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tagtrain.data import LoaderStats
-from tagtrain.metrics import TagScores, tag_scores
+from tagtrain.inference import predict_split
+from tagtrain.metrics import METRICS, TagScores, bootstrap_macro, tag_scores
+from tagtrain.rundir import RunDir
 from tagtrain.runs import (
-    RUN_ERRORS,
     EvalSet,
     RunError,
     TrainedRun,
     add_run_arguments,
     check_run_arguments,
-    fail,
     load_run,
     loader_config,
     open_split,
     same_data,
 )
+from tagtrain.runtime import DistEnv
 
 COMMAND = "evaluate"
 HELP = "macro ROC-AUC / PR-AUC and per-tag scores of a trained run on a split"
-PER_TAG_FIELDS = ("tag", "positives", "roc_auc", "pr_auc")
+PER_TAG_FIELDS = ("tag", "positives", *METRICS)
 
 
 @dataclass
@@ -55,6 +59,9 @@ class Evaluation:
     probs: np.ndarray  # [tracks, tags], chunk-averaged
     scores: TagScores
     stats: LoaderStats
+    keys: list[str] = field(default_factory=list)  # one per track
+    intervals: dict = field(default_factory=dict)  # metric -> bootstrap 95% {low, high}
+    resamples: int = 0
 
     @property
     def tracks(self) -> int:
@@ -66,16 +73,10 @@ class Evaluation:
 
     def per_tag(self) -> list[dict]:
         """One row per tag, in vocabulary order; excluded tags have no AUCs (None)."""
+        per_tag = self.scores.per_tag
         return [
-            {
-                "tag": tag,
-                "positives": pos,
-                "roc_auc": _number(roc),
-                "pr_auc": _number(pr),
-            }
-            for tag, pos, roc, pr in zip(
-                self.run.vocabulary, self.positives, self.scores.per_tag_roc, self.scores.per_tag_pr
-            )
+            {"tag": tag, "positives": pos, **{m: _number(per_tag[m][i]) for m in METRICS}}
+            for i, (tag, pos) in enumerate(zip(self.run.vocabulary, self.positives))
         ]
 
     def excluded(self) -> dict[str, str]:
@@ -99,8 +100,8 @@ class Evaluation:
             "chunks": self.chunks,
             "tracks": self.tracks,
             "tags": len(self.run.vocabulary),
-            "roc_auc": _number(self.scores.roc_auc),
-            "pr_auc": _number(self.scores.pr_auc),
+            **{m: _number(v) for m, v in self.scores.macro.items()},
+            "bootstrap": {"resamples": self.resamples, **self.intervals},
             "evaluated_tags": self.scores.evaluated_tags,
             "excluded_tags": list(excluded),
             "excluded_reasons": excluded,
@@ -118,8 +119,6 @@ def _number(value: float) -> float | None:
 
 def evaluate_set(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -> Evaluation:
     """Chunk-averaged predictions for every track of the split, scored per tag."""
-    from tagtrain.train import DistEnv, predict_split
-
     cfg = loader_config(run, eval_set, args)
     preds = predict_split(
         run.model,
@@ -134,16 +133,12 @@ def evaluate_set(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -
     if preds.labels.shape[0] == 0:
         first = preds.stats.errors[0] if preds.stats.errors else "no samples"
         raise RunError(f"no track of {eval_set.data} split {eval_set.split} could be read: {first}")
+    resamples = getattr(args, "bootstrap", 0)
+    intervals = bootstrap_macro(preds.labels, preds.probs, resamples) if resamples else {}
     return Evaluation(
-        run,
-        eval_set.data,
-        eval_set.split,
-        cfg.eval_chunks,
-        preds.labels,
-        preds.probs,
-        tag_scores(preds.labels, preds.probs),
-        preds.stats,
-    )
+        run, eval_set.data, eval_set.split, cfg.eval_chunks, preds.labels, preds.probs,
+        tag_scores(preds.labels, preds.probs), preds.stats, preds.keys, intervals, resamples,
+    )  # fmt: skip
 
 
 # --- outputs ---------------------------------------------------------------------------
@@ -156,24 +151,52 @@ def dataset_label(data: str) -> str:
     return f"{base}-{digest}"
 
 
-def result_paths(run: TrainedRun, data: str, split: str) -> tuple[Path, Path]:
-    """(metrics JSON, per-tag CSV) in the run directory for this evaluation."""
+def result_paths(run: TrainedRun, data: str, split: str) -> tuple[Path, Path, Path]:
+    """(metrics JSON, per-tag CSV, per-track predictions Parquet) in the run directory."""
     if same_data(data, run.config.data):
         suffix = "" if split == "test" else f"-{split}"
     else:
         suffix = f"-{dataset_label(data)}-{split}"
-    return run.dir / f"metrics{suffix}.json", run.dir / f"per_tag{suffix}.csv"
+    return RunDir(run.dir).evaluation(suffix)
 
 
-def write_results(evaluation: Evaluation) -> tuple[Path, Path]:
-    metrics_path, per_tag_path = result_paths(evaluation.run, evaluation.data, evaluation.split)
+def write_predictions(evaluation: Evaluation, path: Path) -> Path:
+    """One row per track: key, its true tags, and the probability of every tag (in the
+    vocabulary order that the file's metadata records)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vocabulary = evaluation.run.vocabulary
+    tags = [[vocabulary[i] for i in np.flatnonzero(y > 0.5)] for y in evaluation.labels]
+    table = pa.table(
+        {
+            "key": pa.array(evaluation.keys, pa.string()),
+            "tags": pa.array(tags, pa.list_(pa.string())),
+            "probabilities": pa.array(
+                evaluation.probs.astype(np.float32).tolist(), pa.list_(pa.float32())
+            ),
+        }
+    )
+    metadata = {"vocabulary": vocabulary, "run": str(evaluation.run.dir), "data": evaluation.data}
+    table = table.replace_schema_metadata({"tagtrain": json.dumps(metadata)})
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def write_results(evaluation: Evaluation) -> tuple[Path, Path, Path]:
+    paths = result_paths(evaluation.run, evaluation.data, evaluation.split)
+    metrics_path, per_tag_path, predictions_path = paths
     metrics_path.write_text(json.dumps(evaluation.summary(), indent=2) + "\n")
     with open(per_tag_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, PER_TAG_FIELDS)
+        writer = csv.DictWriter(f, ("tag", "positives", *METRICS))
         writer.writeheader()
         for row in evaluation.per_tag():
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return metrics_path, per_tag_path
+    if len(evaluation.keys) == evaluation.tracks:
+        write_predictions(evaluation, predictions_path)
+    return paths
 
 
 def fmt(value: float | None) -> str:
@@ -190,19 +213,14 @@ def print_evaluation(evaluation: Evaluation) -> None:
         title_justify="left",
     )
     table.add_column("tag")
-    for name in ("positives", "ROC-AUC", "PR-AUC"):
+    for name in ("positives", *(m.label for m in METRICS.values())):
         table.add_column(name, justify="right")
     for row in evaluation.per_tag():
-        table.add_row(row["tag"], str(row["positives"]), fmt(row["roc_auc"]), fmt(row["pr_auc"]))
+        table.add_row(row["tag"], str(row["positives"]), *(fmt(row[m]) for m in METRICS))
     s = evaluation.summary()
     table.add_section()
-    table.add_row(
-        f"macro over {s['evaluated_tags']} tags",
-        "",
-        fmt(s["roc_auc"]),
-        fmt(s["pr_auc"]),
-        style="bold",
-    )
+    macro = (fmt(s[m]) for m in METRICS)
+    table.add_row(f"macro over {s['evaluated_tags']} tags", "", *macro, style="bold")
     console.print(table)
     level = (
         f"{evaluation.chunks} chunks per track"
@@ -210,6 +228,12 @@ def print_evaluation(evaluation: Evaluation) -> None:
         else ("one whole-input crop per track (song-level model)")
     )
     console.print(f"{evaluation.run.describe()}; {level}")
+    for name, interval in evaluation.intervals.items():
+        if interval["low"] is not None:
+            console.print(
+                f"{METRICS[name].label} 95% interval ({evaluation.resamples} bootstrap "
+                f"resamples of the tracks): {interval['low']:.4f} - {interval['high']:.4f}"
+            )
     for tag, reason in s["excluded_reasons"].items():
         console.print(f"left out of the macro averages: {tag} ({reason})")
     if evaluation.stats.shard_errors or evaluation.stats.bad_samples:
@@ -223,24 +247,32 @@ def print_evaluation(evaluation: Evaluation) -> None:
 # --- command line ------------------------------------------------------------------------
 
 
+def add_bootstrap_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000,
+        help="resamples of the tracks for 95%% intervals of the macro scores (0 = off; "
+        "default: 1000)",
+    )  # fmt: skip
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory (config.json, best.pt, ...)")
     parser.add_argument(
         "--data", default=None, help="dataset directory or URL (default: the run's own dataset)"
     )
-    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    add_bootstrap_argument(parser)
     add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        check_run_arguments(args)
-        trained = load_run(args.run, args.checkpoint, args.device)
-        data = args.data or trained.config.data
-        evaluation = evaluate_set(trained, open_split(trained, data, args.split), args)
-        paths = write_results(evaluation)
-    except RUN_ERRORS as exc:
-        return fail(exc)
+    check_run_arguments(args)
+    if args.bootstrap < 0:
+        raise RunError("--bootstrap must not be negative")
+    trained = load_run(args.run, args.checkpoint, args.device)
+    data = args.data or trained.config.data
+    evaluation = evaluate_set(trained, open_split(trained, data, args.split), args)
+    paths = write_results(evaluation)
     print_evaluation(evaluation)
-    print(f"wrote {paths[0]} and {paths[1]}")
+    print(f"wrote {paths[0]}, {paths[1]} and {paths[2]}")
     return 0

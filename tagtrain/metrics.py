@@ -1,24 +1,85 @@
-"""Tagging metrics: macro ROC-AUC and PR-AUC over tags (scikit-learn), loss on probabilities.
+"""Tagging metrics, declared once: the registry `METRICS` feeds the training rows
+(metrics.csv, TensorBoard), evaluate (metrics.json, per_tag.csv), robustness and probe,
+and its names are the keys every output uses (report.py reads the same names).
 
-Tags without both positives and negatives in the evaluated set have no defined AUC; they
-are skipped and counted, so a macro figure never silently averages over NaNs.
+A metric is a function of one tag's labels and scores; the macro figure is its mean over
+the tags it is defined for. Tags without both positives and negatives in the evaluated
+set have no defined AUC: metrics that need both classes skip them and count them, so a
+macro figure never silently averages over NaNs. Adding a metric is one `Metric(...)` line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 
+def roc_auc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Per-column area under the ROC curve of labels y and scores s [N, C], as the
+    Mann-Whitney statistic with average ranks for ties: scikit-learn's roc_auc_score,
+    vectorised so that bootstrapping is cheap (tests compare the two)."""
+    from scipy.stats import rankdata
+
+    positive = y > 0.5
+    n_pos = positive.sum(axis=0)
+    n_neg = len(y) - n_pos
+    ranks = rankdata(s, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((ranks * positive).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def pr_auc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Per-column average precision (scikit-learn's: one step per distinct score): the
+    mean over positives of the precision at the last rank of their score's tie group."""
+    n = len(y)
+    order = np.argsort(-s, axis=0, kind="stable")
+    hits = np.take_along_axis(y > 0.5, order, axis=0).astype(np.float64)
+    scores = np.take_along_axis(s, order, axis=0)
+    index = np.arange(n)[:, None]
+    group_end = np.ones_like(scores, dtype=bool)
+    group_end[:-1] = scores[:-1] != scores[1:]
+    last = np.where(group_end, index, n)
+    last = np.minimum.accumulate(last[::-1], axis=0)[::-1]  # each row's group end
+    tp = np.cumsum(hits, axis=0)
+    precision = np.take_along_axis(tp, last, axis=0) / (last + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (hits * precision).sum(axis=0) / hits.sum(axis=0)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # the key in every output
+    label: str  # the column title in tables
+    per_tag: Callable[[np.ndarray, np.ndarray], np.ndarray]  # labels, scores [N, C] -> [C]
+    needs_both_classes: bool = True  # undefined for a tag without positives or negatives
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("roc_auc", "ROC-AUC", roc_auc),
+        Metric("pr_auc", "PR-AUC", pr_auc),
+    )
+}
+
+
 @dataclass(frozen=True)
 class TagScores:
-    roc_auc: float  # macro over the evaluable tags (NaN if none)
-    pr_auc: float  # macro average precision over the same tags
-    per_tag_roc: tuple[float, ...]  # NaN for skipped tags
-    per_tag_pr: tuple[float, ...]
+    macro: dict[str, float]  # metric -> mean over the evaluable tags (NaN if none)
+    per_tag: dict[str, tuple[float, ...]]  # metric -> one value per tag, NaN where skipped
     evaluated_tags: int
     skipped_tags: int
+    nonfinite_tracks: int = 0  # tracks left out because a score was NaN or infinite
+
+    @property
+    def roc_auc(self) -> float:
+        return self.macro["roc_auc"]
+
+    @property
+    def pr_auc(self) -> float:
+        return self.macro["pr_auc"]
 
 
 def evaluable_tags(y_true: np.ndarray) -> np.ndarray:
@@ -28,36 +89,26 @@ def evaluable_tags(y_true: np.ndarray) -> np.ndarray:
 
 
 def tag_scores(y_true, y_score) -> TagScores:
-    """Per-tag and macro ROC-AUC / PR-AUC for multi-hot labels [N, C] and scores [N, C]."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
+    """Every registered metric per tag and macro, for multi-hot labels [N, C] and scores
+    [N, C]. Tracks with a non-finite score are left out and counted."""
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, dtype=np.float64)
     if y_true.shape != y_score.shape or y_true.ndim != 2:
         raise ValueError(f"labels {y_true.shape} and scores {y_score.shape} must both be [N, C]")
-    mask = evaluable_tags(y_true) if len(y_true) else np.zeros(y_true.shape[1], dtype=bool)
-    roc = np.full(y_true.shape[1], np.nan)
-    pr = np.full(y_true.shape[1], np.nan)
-    for c in np.flatnonzero(mask):
-        roc[c] = roc_auc_score(y_true[:, c], y_score[:, c])
-        pr[c] = average_precision_score(y_true[:, c], y_score[:, c])
+    finite = np.isfinite(y_score).all(axis=1)
+    y_true, y_score = y_true[finite], y_score[finite]
+    n_tags = y_true.shape[1]
+    mask = evaluable_tags(y_true) if len(y_true) else np.zeros(n_tags, dtype=bool)
+    per_tag, macro = {}, {}
+    for metric in METRICS.values():
+        values = np.full(n_tags, np.nan)
+        usable = mask if metric.needs_both_classes else np.full(n_tags, len(y_true) > 0)
+        if usable.any():
+            values[usable] = metric.per_tag(y_true[:, usable], y_score[:, usable])
+        per_tag[metric.name] = tuple(values.tolist())
+        macro[metric.name] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
     n = int(mask.sum())
-    return TagScores(
-        roc_auc=float(np.nanmean(roc)) if n else float("nan"),
-        pr_auc=float(np.nanmean(pr)) if n else float("nan"),
-        per_tag_roc=tuple(roc.tolist()),
-        per_tag_pr=tuple(pr.tolist()),
-        evaluated_tags=n,
-        skipped_tags=int(y_true.shape[1] - n),
-    )
-
-
-def macro_roc_auc(y_true, y_score) -> float:
-    return tag_scores(y_true, y_score).roc_auc
-
-
-def macro_pr_auc(y_true, y_score) -> float:
-    return tag_scores(y_true, y_score).pr_auc
+    return TagScores(macro, per_tag, n, int(n_tags - n), int((~finite).sum()))
 
 
 def bce_on_probabilities(y_true, probs, eps: float = 1e-7) -> float:
@@ -67,3 +118,44 @@ def bce_on_probabilities(y_true, probs, eps: float = 1e-7) -> float:
     if y.size == 0:
         return float("nan")
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+# --- uncertainty over tracks -------------------------------------------------------------
+
+
+def bootstrap_macro(
+    y_true, y_score, resamples: int = 1000, seed: int = 0, y_other=None
+) -> dict[str, dict]:
+    """95% percentile intervals of every macro metric over tracks resampled with
+    replacement. With `y_other` (scores of the same tracks by another system, e.g. the
+    clean set), also the paired difference (this minus other) and whether its interval
+    excludes 0."""
+    y_true = np.asarray(y_true)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    draws: dict[str, list] = {name: [] for name in METRICS}
+    diffs: dict[str, list] = {name: [] for name in METRICS}
+    for _ in range(resamples if n else 0):
+        idx = rng.integers(0, n, n)
+        here = tag_scores(y_true[idx], y_score[idx]).macro
+        there = (
+            tag_scores(y_true[idx], np.asarray(y_other)[idx]).macro if y_other is not None else None
+        )
+        for name in METRICS:
+            draws[name].append(here[name])
+            if there is not None:
+                diffs[name].append(here[name] - there[name])
+    out = {}
+    for name in METRICS:
+        out[name] = {"low": _percentile(draws[name], 2.5), "high": _percentile(draws[name], 97.5)}
+        if y_other is not None:
+            low, high = _percentile(diffs[name], 2.5), _percentile(diffs[name], 97.5)
+            significant = low is not None and (low > 0 or high < 0)
+            out[name].update(diff_low=low, diff_high=high, significant=bool(significant))
+    return out
+
+
+def _percentile(values: list, q: float) -> float | None:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.percentile(finite, q)) if finite else None

@@ -20,7 +20,6 @@ import argparse
 import io
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,17 +28,19 @@ import torch
 from torch import nn
 
 from pipelines.core.card import INDEX_NAME, CardError
-from pipelines.core.errors import first_line
+from pipelines.core.errors import UserError, first_line
 from tagtrain.data import load_card
+from tagtrain.flags import add_flags, from_args, setting
 from tagtrain.metrics import bce_on_probabilities, tag_scores
-from tagtrain.openers import OpenerError, join_url, read_bytes
+from tagtrain.openers import join_url, read_bytes
+from tagtrain.runtime import resolve_device
 
 COMMAND = "probe"
 HELP = "train an MLP probe on embeddings (embed's Parquet) and report test macro ROC/PR-AUC"
 SELECT = ("roc_auc", "pr_auc", "loss")
 
 
-class ProbeError(ValueError):
+class ProbeError(UserError, ValueError):
     """Embeddings or settings the probe cannot use; the message is one line."""
 
 
@@ -111,15 +112,15 @@ def multi_hot(tag_lists: list[list[str]], vocabulary: list[str]) -> np.ndarray:
 
 @dataclass
 class ProbeConfig:
-    hidden: int = 512
-    dropout: float = 0.5
-    lr: float = 1e-4
-    weight_decay: float = 1e-3
-    batch_size: int = 128
-    epochs: int = 60
-    select: str = "roc_auc"
-    seed: int = 0
-    device: str = "cpu"
+    hidden: int = setting(512, "hidden units of the MLP")
+    dropout: float = setting(0.5, "dropout after the hidden layer")
+    lr: float = setting(1e-4, "AdamW learning rate")
+    weight_decay: float = setting(1e-3, "AdamW weight decay")
+    batch_size: int = setting(128, "tracks per batch")
+    epochs: int = setting(60, "epochs")
+    select: str = setting("roc_auc", "validation criterion of the kept epoch", choices=SELECT)
+    seed: int = setting(0, "seed of initialisation and shuffles")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
 
     def validate(self) -> ProbeConfig:
         if self.hidden < 1 or self.batch_size < 1 or self.epochs < 1:
@@ -172,7 +173,7 @@ def train_probe(
 ) -> ProbeResult:
     """Train on x["train"], select on x["valid"], report on x["test"] (standardised with
     the train split's statistics)."""
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     mean = x["train"].mean(axis=0)
     std = x["train"].std(axis=0) + 1e-6
     t = {k: torch.from_numpy((v - mean) / std).float().to(device) for k, v in x.items()}
@@ -256,24 +257,14 @@ def probe(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = ProbeConfig()
     parser.add_argument("--embeddings", required=True, help="Parquet written by `embed`")
     parser.add_argument("--data", required=True, help="the dataset (directory or URL prefix)")
     parser.add_argument("--out", default=None, help="report JSON (default: EMB.probe.json)")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
-    parser.add_argument("--hidden", type=int, default=d.hidden, help=f"default {d.hidden}")
-    parser.add_argument("--dropout", type=float, default=d.dropout, help=f"default {d.dropout}")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"AdamW rate (default {d.lr})")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument(
-        "--select", choices=SELECT, default=d.select, help="validation criterion (default roc_auc)"
-    )
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", default=d.device, help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument("--val-split", default="valid")
-    parser.add_argument("--test-split", default="test")
+    add_flags(parser, ProbeConfig, with_defaults=True)
+    for role, split in (("train", "train"), ("val", "valid"), ("test", "test")):
+        parser.add_argument(
+            f"--{role}-split", default=split, help=f"{role} split (default: {split})"
+        )
 
 
 def _fmt(value: float) -> str:
@@ -281,29 +272,16 @@ def _fmt(value: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = ProbeConfig(
-        hidden=args.hidden,
-        dropout=args.dropout,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        select=args.select,
-        seed=args.seed,
-        device=args.device,
-    )
+    cfg = from_args(args, ProbeConfig)
     splits = (args.train_split, args.val_split, args.test_split)
     try:
         cfg.validate()
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ProbeError("--device cuda requested but CUDA is not available")
         report = probe(args.embeddings, args.data, cfg, splits)
-        out = Path(args.out) if args.out else Path(args.embeddings).with_suffix(".probe.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-    except (ProbeError, CardError, OpenerError, OSError) as exc:
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 2
+    except CardError as exc:
+        raise ProbeError(first_line(exc)) from None
+    out = Path(args.out) if args.out else Path(args.embeddings).with_suffix(".probe.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     t, v = report["test"], report["valid"]
     print(
         f"probe on {report['dim']}-d embeddings, {len(report['history'])} epochs, "

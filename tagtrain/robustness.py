@@ -9,6 +9,12 @@ deformations, its clean score drawn as a reference line (after Figure 2 of Won e
 
 Every set is normalised with the statistics each run trained with (see tagtrain.runs):
 the clean card's, which the perturbed cards copy.
+
+With `--bootstrap N` (default 1000) each row also has 95% intervals of its scores and of
+its drop; the drop's is a paired bootstrap (the same resampled tracks scored clean and
+deformed), and `{metric}_drop_significant` says whether it excludes 0 (marked * in the
+printed table). Per-track predictions of every run and set are written next to the
+tables as `predictions-{run}-{set}.parquet`.
 """
 
 from __future__ import annotations
@@ -19,17 +25,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipelines.core.card import CARD_NAME
 from tagtrain.data import load_card
-from tagtrain.evaluate import evaluate_set, fmt
+from tagtrain.evaluate import add_bootstrap_argument, evaluate_set, fmt, write_predictions
+from tagtrain.metrics import METRICS, bootstrap_macro
 from tagtrain.openers import filesystem, join_url, local_path, scheme_of
 from tagtrain.runs import (
-    RUN_ERRORS,
     RunError,
     TrainedRun,
     add_run_arguments,
     check_run_arguments,
-    fail,
     load_run,
     open_split,
 )
@@ -44,10 +51,10 @@ ROW_FIELDS = (
     "deformation",
     "params",
     "tracks",
-    "roc_auc",
-    "pr_auc",
-    "roc_auc_drop",
-    "pr_auc_drop",
+    *METRICS,
+    *(f"{m}_drop" for m in METRICS),
+    *(f"{m}_{end}" for m in METRICS for end in ("low", "high")),
+    *(f"{m}_drop_{end}" for m in METRICS for end in ("low", "high", "significant")),
 )
 # The figure's size, fixed so that its pixel size is known: 1200 x 450.
 FIGURE_INCHES = (12.0, 4.5)
@@ -113,8 +120,12 @@ def run_labels(runs: list[TrainedRun]) -> list[str]:
 
 
 def robustness_rows(
-    runs: list[TrainedRun], sets: list[TestSet], split: str, args: argparse.Namespace
-) -> list[dict]:
+    runs: list[TrainedRun], sets: list[TestSet], split: str, args: argparse.Namespace,
+    out_dir: Path | None = None,
+) -> list[dict]:  # fmt: skip
+    """One row per run and set: every metric, its drop from clean, and with --bootstrap
+    95% intervals of the score and of the paired drop (the same tracks resampled on both
+    sets), a drop being significant when its interval excludes 0."""
     rows = []
     for run, label in zip(runs, run_labels(runs)):
         clean = None
@@ -122,25 +133,51 @@ def robustness_rows(
             evaluation = evaluate_set(
                 run, open_split(run, test_set.data, split, test_set.card), args
             )
+            if out_dir is not None:
+                write_predictions(
+                    evaluation, out_dir / f"predictions-{label}-{test_set.name}.parquet"
+                )
             summary = evaluation.summary()
-            roc, pr = summary["roc_auc"], summary["pr_auc"]
             if clean is None:
-                clean = (roc, pr)
-            rows.append(
-                {
-                    "run": label,
-                    "model": run.model_name,
-                    "deformation": test_set.name,
-                    "params": json.dumps(test_set.params, sort_keys=True),
-                    "tracks": evaluation.tracks,
-                    "roc_auc": roc,
-                    "pr_auc": pr,
-                    "roc_auc_drop": _drop(clean[0], roc),
-                    "pr_auc_drop": _drop(clean[1], pr),
-                }
-            )
-            print(f"  {label} / {test_set.name}: ROC-AUC {fmt(roc)}  PR-AUC {fmt(pr)}", flush=True)
+                clean = evaluation
+            row = {
+                "run": label, "model": run.model_name, "deformation": test_set.name,
+                "params": json.dumps(test_set.params, sort_keys=True),
+                "tracks": evaluation.tracks,
+            }  # fmt: skip
+            for m in METRICS:
+                row[m] = summary[m]
+                row[f"{m}_drop"] = _drop(clean.summary()[m], summary[m])
+                row.update(
+                    {
+                        f"{m}_{end}": evaluation.intervals.get(m, {}).get(end)
+                        for end in ("low", "high")
+                    }
+                )
+            row.update(paired_drops(clean, evaluation, args.bootstrap))
+            rows.append(row)
+            scores = "  ".join(f"{METRICS[m].label} {fmt(row[m])}" for m in METRICS)
+            print(f"  {label} / {test_set.name}: {scores}", flush=True)
     return rows
+
+
+def paired_drops(clean, deformed, resamples: int) -> dict:
+    """Bootstrap intervals of clean minus deformed over the tracks both sets hold."""
+    empty = {f"{m}_drop_{e}": None for m in METRICS for e in ("low", "high", "significant")}
+    if not resamples or clean is deformed:
+        return empty
+    where = {k: i for i, k in enumerate(deformed.keys)}
+    common = [(i, where[k]) for i, k in enumerate(clean.keys) if k in where]
+    if not common:
+        return empty
+    a, b = (np.array(ix) for ix in zip(*common))
+    boot = bootstrap_macro(clean.labels[a], clean.probs[a], resamples, y_other=deformed.probs[b])
+    out = {}
+    for m, interval in boot.items():
+        out[f"{m}_drop_low"] = interval["diff_low"]
+        out[f"{m}_drop_high"] = interval["diff_high"]
+        out[f"{m}_drop_significant"] = interval["significant"]
+    return out
 
 
 def _drop(clean: float | None, value: float | None) -> float | None:
@@ -201,19 +238,20 @@ def print_table(rows: list[dict], labels: list[str], set_names: list[str], split
     from rich.table import Table
 
     table = Table(
-        title=f"robustness on the {split} split (change from clean in brackets)",
+        title=f"robustness on the {split} split (change from clean in brackets; * = "
+        "significant: its paired-bootstrap 95% interval excludes 0)",
         title_justify="left",
     )
     table.add_column("deformation")
     for label in labels:
-        table.add_column(f"{label}\nROC-AUC", justify="right")
-        table.add_column(f"{label}\nPR-AUC", justify="right")
+        for metric in METRICS.values():
+            table.add_column(f"{label}\n{metric.label}", justify="right")
     index = {(r["run"], r["deformation"]): r for r in rows}
     for name in set_names:
         cells = []
         for label in labels:
             row = index.get((label, name))
-            for metric in ("roc_auc", "pr_auc"):
+            for metric in METRICS:
                 if row is None:
                     cells.append("-")
                 elif name == CLEAN:
@@ -221,6 +259,8 @@ def print_table(rows: list[dict], labels: list[str], set_names: list[str], split
                 else:
                     drop = row[f"{metric}_drop"]
                     change = "-" if drop is None else f"{-drop:+.4f}"
+                    if row.get(f"{metric}_drop_significant"):
+                        change += "*"
                     cells.append(f"{fmt(row[metric])} ({change})")
         table.add_row(name, *cells)
     Console(highlight=False, width=max(100, 30 + 36 * len(labels))).print(table)
@@ -243,27 +283,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", default="test", help="the split that was perturbed (test)")
     parser.add_argument("--out", default=None, help="output directory (default RUN/robustness)")
+    add_bootstrap_argument(parser)
     add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        check_run_arguments(args)
-        runs = [load_run(r, args.checkpoint, args.device) for r in args.run]
-        data = args.data or runs[0].config.data
-        perturbed = args.perturbed or join_url(data, PERTURBED_DIR)
-        sets = find_sets(data, perturbed, runs[0].config.effective_storage_options())
-        if len(sets) == 1:
-            raise RunError(
-                f"no perturbed sets under {perturbed}: run "
-                f"`python beam_runner.py perturb --dataset {data} --split {args.split}`"
-            )
-        out_dir = Path(args.out) if args.out else runs[0].dir / "robustness"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        print(f"{len(runs)} run(s) x {len(sets)} sets ({args.split} split of {data})", flush=True)
-        rows = robustness_rows(runs, sets, args.split, args)
-    except RUN_ERRORS as exc:
-        return fail(exc)
+    check_run_arguments(args)
+    runs = [load_run(r, args.checkpoint, args.device) for r in args.run]
+    data = args.data or runs[0].config.data
+    perturbed = args.perturbed or join_url(data, PERTURBED_DIR)
+    sets = find_sets(data, perturbed, runs[0].config.effective_storage_options())
+    if len(sets) == 1:
+        raise RunError(
+            f"no perturbed sets under {perturbed}: run "
+            f"`python beam_runner.py perturb --dataset {data} --split {args.split}`"
+        )
+    out_dir = Path(args.out) if args.out else runs[0].dir / "robustness"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"{len(runs)} run(s) x {len(sets)} sets ({args.split} split of {data})", flush=True)
+    rows = robustness_rows(runs, sets, args.split, args, out_dir)
     labels = run_labels(runs)
     set_names = [s.name for s in sets]
     report = {

@@ -2,8 +2,10 @@
 
 Shared by `evaluate`, `robustness`, `tag` and `embed`. The checkpoint carries everything
 inference needs (model name and width, vocabulary, the input plan with the model's
-feature configuration, the normalisation it trained with), so a run directory alone is
-enough to tag audio; a dataset to evaluate on is checked against it here.
+feature configuration, the normalisation it trained with, and `model_setup`: the calls
+that configure the rebuilt model, e.g. a patchout run's inference patchout), so a run
+directory alone is enough to tag audio and nothing here knows one model from another; a
+dataset to evaluate on is checked against it here. Nothing here imports the trainers.
 
 Normalisation always comes from the checkpoint: the statistics the model trained with
 (the clean training card's mel_stats, or estimated ones), never those of the set being
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from pipelines.core.card import CardError
-from pipelines.core.errors import first_line
+from pipelines.core.errors import UserError, first_line
 from tagtrain import checkpoint as ckpt
 from tagtrain.config import ConfigError, RunConfig, apply
 from tagtrain.data import (
@@ -36,13 +37,16 @@ from tagtrain.data import (
     plan_input,
     split_shards,
 )
+from tagtrain.flags import add_flags, setting
 from tagtrain.openers import OpenerError
 from tagtrain.registry import InputSpec, create_model
+from tagtrain.rundir import RunDir
+from tagtrain.runtime import DeviceError, amp_settings, resolve_device
 
-CHECKPOINTS = {"best": ckpt.BEST, "last": ckpt.LAST}
+CHECKPOINTS = RunDir.CHECKPOINTS
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """A run directory (or its use) that cannot work; the message is one line."""
 
 
@@ -54,6 +58,7 @@ RUN_ERRORS = (
     LoaderError,
     OpenerError,
     ckpt.CheckpointError,
+    DeviceError,
     OSError,
 )
 
@@ -94,9 +99,6 @@ class TrainedRun:
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedRun:
     """The run's model with the chosen checkpoint's weights (torch.load weights_only)."""
-    from tagtrain.patchout_training import restore_inference_patchout
-    from tagtrain.train import amp_settings, resolve_device
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"no run directory at {run_dir}")
@@ -105,10 +107,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     path = run_dir / CHECKPOINTS[checkpoint]
     if checkpoint == "best" and not path.is_file() and (run_dir / ckpt.LAST).is_file():
         raise RunError(f"{run_dir} has no best.pt yet (no validated epoch): use --checkpoint last")
-    try:
-        torch_device = resolve_device(device, 0)
-    except RuntimeError as exc:  # an unparsable device string
-        raise RunError(f"bad --device {device!r}: {first_line(exc, 200)}") from None
+    torch_device = resolve_device(device, 0)
     state = ckpt.load_checkpoint(path)
     try:
         config = apply(RunConfig(), json.loads(state["config"]), f"{path} config")
@@ -119,7 +118,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
         # e.g. a student's teacher, must not move the caller's random stream.
         model = create_model(config.model, len(vocabulary), seed=0, width=config.width)
         model.load_state_dict(state["model"])
-        restore_inference_patchout(model, run_dir)
+        for method, kwargs in (state.get("model_setup") or {}).items():
+            _setup_method(model, method)(**kwargs)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -139,6 +139,13 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
         device=torch_device,
         autocast_dtype=autocast_dtype,
     )
+
+
+def _setup_method(model: nn.Module, name: str):
+    """A configuration method the checkpoint names (only `set_*` methods are called)."""
+    if not name.startswith("set_") or not callable(getattr(model, name, None)):
+        raise RunError(f"the checkpoint asks for {name}(), which the model does not have")
+    return getattr(model, name)
 
 
 _PLAN_FIELDS = tuple(f.name for f in dataclasses.fields(InputPlan))
@@ -201,22 +208,19 @@ def same_data(a: str, b: str) -> bool:
 # --- shared command-line pieces --------------------------------------------------------
 
 
+@dataclass
+class EvalOptions:
+    """How a run is applied to a dataset (evaluate, robustness, embed)."""
+
+    checkpoint: str = setting("best", "checkpoint of the run", choices=tuple(CHECKPOINTS))
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    batch_size: int = setting(8, "tracks per batch")
+    workers: int = setting(2, "loader processes (0 = main process)")
+    chunks: int = setting(16, "evenly spaced chunks averaged per track (chunk-level models)")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, chunks: bool = True) -> None:
-    parser.add_argument(
-        "--checkpoint", choices=tuple(CHECKPOINTS), default="best", help="default: best"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=8, help="tracks per batch (default 8)")
-    parser.add_argument(
-        "--workers", type=int, default=2, help="loader processes (default 2; 0 = main process)"
-    )
-    if chunks:
-        parser.add_argument(
-            "--chunks",
-            type=int,
-            default=16,
-            help="evenly spaced chunks averaged per track for chunk-level models (default 16)",
-        )
+    add_flags(parser, EvalOptions, exclude=() if chunks else ("chunks",), with_defaults=True)
 
 
 def check_run_arguments(args: argparse.Namespace) -> None:
@@ -228,21 +232,15 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         raise RunError("--chunks must be at least 1")
 
 
-def fail(exc: BaseException) -> int:
-    """Print an expected failure as one line; the exit status of a bad invocation."""
-    print(f"error: {first_line(exc, 200)}", file=sys.stderr)
-    return 2
-
-
 __all__ = [
     "CHECKPOINTS",
     "RUN_ERRORS",
+    "EvalOptions",
     "EvalSet",
     "RunError",
     "TrainedRun",
     "add_run_arguments",
     "check_run_arguments",
-    "fail",
     "load_run",
     "loader_config",
     "open_split",

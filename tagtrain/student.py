@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +39,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipelines.core.argtypes import non_negative_float, positive_int
-from pipelines.core.errors import first_line
-from tagtrain import checkpoint as ckpt
-from tagtrain.augment import resolve_chain
 from tagtrain.config import ConfigError, RunConfig, build_config
 from tagtrain.data import (
     Batch,
@@ -51,33 +46,36 @@ from tagtrain.data import (
     EpochReader,
     LoaderError,
     LoaderStats,
-    ShardStream,
-    assign_shards,
     check_enough_shards,
-    decode_positions,
     plan_input,
-    planned_steps,
     split_shards,
     stable_int,
 )
-from tagtrain.registry import count_parameters, get_entry
-from tagtrain.runs import CHECKPOINTS, RUN_ERRORS, RunError, TrainedRun, load_run
-from tagtrain.train import Trainer, add_config_flags, add_run_flags, config_overrides
+from tagtrain.flags import add_flags, given, setting
+from tagtrain.loop import Trainer
+from tagtrain.recipes import Supervised
+from tagtrain.registry import count_parameters
+from tagtrain.rundir import RunDir
+from tagtrain.runs import CHECKPOINTS, RunError, TrainedRun, load_run
+from tagtrain.train import add_config_flags, checked_model, config_overrides
+from tagtrain.trainingdata import check_batches
 
 COMMAND = "student"
 HELP = "noisy-student training: a teacher run labels the unlabelled split for a student"
-STUDENT_FILE = "student.json"
+STUDENT_FILE = RunDir.STUDENT
 
 
 @dataclass(frozen=True)
 class StudentConfig:
-    teacher: str  # run directory of the teacher
-    teacher_checkpoint: str = "best"  # best or last
-    unlabeled_split: str = "unlabeled"
-    unlabeled_weight: float = 1.0  # w: weight of the pseudo-label loss
-    iterations: int = 1  # >1: each student teaches the next
+    teacher: str = setting("", "run directory of the teacher (required)")
+    teacher_checkpoint: str = setting("best", "teacher checkpoint", choices=tuple(CHECKPOINTS))
+    unlabeled_split: str = setting("unlabeled", "split the teacher labels")
+    unlabeled_weight: float = setting(1.0, "weight w of the pseudo-label loss")
+    iterations: int = setting(1, "student generations; each teaches the next")
 
     def validate(self) -> StudentConfig:
+        if not self.teacher:
+            raise ConfigError("no teacher: give --teacher RUN_DIR")
         if self.teacher_checkpoint not in CHECKPOINTS:
             raise ConfigError(
                 f"teacher checkpoint must be best or last, not {self.teacher_checkpoint!r}"
@@ -85,7 +83,7 @@ class StudentConfig:
         if self.unlabeled_weight < 0:
             raise ConfigError(f"unlabeled weight must not be negative, got {self.unlabeled_weight}")
         if self.iterations < 1:
-            raise ConfigError(f"iterations must be at least 1, got {self.iterations}")
+            raise ConfigError(f"--iterations: {self.iterations} must be at least 1")
         return self
 
 
@@ -201,7 +199,7 @@ class PairedReader:
         return torch.cat([labelled, unlabelled, passes])
 
 
-# --- the student trainer ------------------------------------------------------------------
+# --- the recipe ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -211,66 +209,74 @@ class StepInputs:
     pseudo_labels: torch.Tensor  # [n_unlabelled, C]: the teacher's probabilities, clean audio
 
 
-class StudentTrainer(Trainer):
-    def __init__(self, cfg: RunConfig, student: StudentConfig, resume: bool = False):
-        if resolve_chain(cfg.augment) is None:
-            raise ConfigError("a noisy student needs waveform augmentation: --augment default|FILE")
-        super().__init__(cfg, resume)
+class StudentRecipe(Supervised):
+    """Batches: labelled and unlabelled crops in pairs; loss: BCE on the labels plus w x
+    BCE on the frozen teacher's probabilities for the clean twins of the unlabelled crops."""
+
+    name = "noisy_student"
+    settings_file = RunDir.STUDENT
+
+    def __init__(self, student: StudentConfig):
         self.student = student.validate()
+        if not Path(student.teacher).is_dir():  # before the data: the cheaper mistake first
+            raise RunError(f"no run directory at {student.teacher} (the --teacher)")
+        self.teacher: Teacher | None = None
+
+    def augment_chain(self, cfg: RunConfig):
+        chain = super().augment_chain(cfg)
+        if chain is None:
+            raise ConfigError("a noisy student needs waveform augmentation: --augment default|FILE")
+        return chain
+
+    def setup(self, trainer) -> None:
+        cfg, data = trainer.cfg, trainer.data
+        student = self.student
         self.teacher = load_teacher(
-            student.teacher, student.teacher_checkpoint, self.card, cfg.data, self.device
+            student.teacher, student.teacher_checkpoint, data.card, cfg.data, trainer.rt.device
         )
         teacher_plan = self.teacher.device_input.plan
-        if teacher_plan.length != self.plan.length or (
-            teacher_plan.features["sample_rate"] != self.plan.features["sample_rate"]
+        if teacher_plan.length != data.plan.length or (
+            teacher_plan.features["sample_rate"] != data.plan.features["sample_rate"]
         ):
             raise ConfigError(
                 f"teacher {self.teacher.run.model_name} and student {cfg.model} need the same "
-                f"crops: {teacher_plan.length} vs {self.plan.length} samples"
+                f"crops: {teacher_plan.length} vs {data.plan.length} samples"
             )
         split = student.unlabeled_split
-        self.unlabelled_shards = split_shards(self.card, cfg.data, split)
-        loader = self.train_loader_cfg
-        check_enough_shards(self.unlabelled_shards, loader, split)
-        layout = assign_shards(
-            self.unlabelled_shards, loader.world, loader.slots, cfg.seed, 0, True
-        )
-        if planned_steps(layout, loader.batch_size) == 0:
-            raise LoaderError(
-                f"split {split!r} has too few samples for batches of {loader.batch_size} "
-                f"from {loader.slots} loader worker(s) per rank"
-            )
+        self.unlabelled_shards = split_shards(data.card, cfg.data, split)
+        check_enough_shards(self.unlabelled_shards, data.train_loader, split)
+        check_batches(self.unlabelled_shards, data.train_loader, split)
         self.mode = (
             "expansion"
-            if count_parameters(self.model) >= self.teacher.parameters
+            if count_parameters(trainer.model) >= self.teacher.parameters
             else "distillation"
         )
+        self.info = self._describe(trainer)
+        if trainer.rt.dist.is_main:
+            trainer.run_dir.create()
+            info = {**self.info, **dataclasses.asdict(student)}
+            (trainer.run_dir / RunDir.STUDENT).write_text(json.dumps(info, indent=2) + "\n")
 
     # -- what a step trains on
 
-    def pseudo_labels(self, clean: torch.Tensor) -> torch.Tensor:
+    def pseudo_labels(self, trainer, clean: torch.Tensor) -> torch.Tensor:
         """The frozen teacher's probabilities for clean PCM crops."""
-        dtype = self.autocast_dtype
-        with (
-            torch.no_grad(),
-            torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None),
-        ):
+        with torch.no_grad(), trainer.rt.autocast():
             logits = self.teacher.model(self.teacher.device_input(clean))
         return torch.sigmoid(logits.float())
 
-    def step_inputs(self, batch: PairedBatch) -> StepInputs:
+    def step_inputs(self, trainer, batch: PairedBatch) -> StepInputs:
         x = torch.cat([batch.labelled.x, batch.unlabelled.x])
         return StepInputs(
-            x=self.device_input(x),
-            labels=batch.labelled.y.to(self.device, non_blocking=True),
-            pseudo_labels=self.pseudo_labels(batch.unlabelled.clean),
+            x=trainer.data.device_input(x),
+            labels=batch.labelled.y.to(trainer.rt.device, non_blocking=True),
+            pseudo_labels=self.pseudo_labels(trainer, batch.unlabelled.clean),
         )
 
-    def _loss(self, batch: PairedBatch) -> torch.Tensor:
-        inputs = self.step_inputs(batch)
-        dtype = self.autocast_dtype
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = self.net(inputs.x).float()  # one forward: batch norm sees both halves
+    def loss(self, trainer, batch: PairedBatch) -> torch.Tensor:
+        inputs = self.step_inputs(trainer, batch)
+        with trainer.rt.autocast():
+            logits = trainer.net(inputs.x).float()  # one forward: batch norm sees both halves
         n = inputs.labels.shape[0]
         supervised = F.binary_cross_entropy_with_logits(logits[:n], inputs.labels)
         distilled = F.binary_cross_entropy_with_logits(logits[n:], inputs.pseudo_labels)
@@ -278,44 +284,35 @@ class StudentTrainer(Trainer):
 
     # -- streams
 
-    def _train_reader(self, epoch: int, resume: torch.Tensor | None) -> PairedReader:
-        slots = self.train_loader_cfg.slots
+    def reader(self, trainer, epoch: int, resume: torch.Tensor | None) -> PairedReader:
+        slots = trainer.data.train_loader.slots
         if resume is not None and resume.shape[0] != 2 * slots + 1:
-            raise ConfigError(f"{self.run_dir}/last.pt was not written by a student run")
+            raise ConfigError(f"{trainer.run_dir}/last.pt was not written by a student run")
         labelled = None if resume is None else resume[:slots]
         return PairedReader(
-            super()._train_reader(epoch, labelled),
-            lambda n, at: self._unlabelled_reader(epoch, n, at),
+            super().reader(trainer, epoch, labelled),
+            lambda n, at: self._unlabelled_reader(trainer, epoch, n, at),
             resume,
         )
 
-    def _unlabelled_reader(self, epoch: int, n: int, resume: torch.Tensor | None) -> EpochReader:
+    def _unlabelled_reader(self, trainer, epoch: int, n: int, resume) -> EpochReader:
         # Pass n of the unlabelled split within this epoch: its own shuffle, crops, noise.
         stream_epoch = epoch if n == 0 else stable_int("unlabelled pass", epoch, n) % 2**62
-        stream = ShardStream(
-            self.unlabelled_shards,
-            self.plan,
-            self.vocabulary,
-            self.train_loader_cfg,
-            stream_epoch,
-            None if resume is None else decode_positions(resume),
-            augment=self.augment,
-            keep_clean=True,
-        )
-        return EpochReader(stream, pin_memory=self.device.type == "cuda")
+        return trainer.data.reader(self.unlabelled_shards, stream_epoch, resume, keep_clean=True)
 
     # -- the run directory
 
-    def describe(self) -> dict:
+    def _describe(self, trainer) -> dict:
+        teacher = self.teacher
         return {
-            "teacher": str(self.teacher.run.dir),
-            "teacher_checkpoint": str(self.teacher.run.checkpoint),
-            "teacher_model": self.teacher.run.model_name,
-            "teacher_width": self.teacher.run.config.width,
-            "teacher_parameters": self.teacher.parameters,
-            "student_model": self.cfg.model,
-            "student_width": self.cfg.width,
-            "student_parameters": count_parameters(self.model),
+            "teacher": str(teacher.run.dir),
+            "teacher_checkpoint": str(teacher.run.checkpoint),
+            "teacher_model": teacher.run.model_name,
+            "teacher_width": teacher.run.config.width,
+            "teacher_parameters": teacher.parameters,
+            "student_model": trainer.cfg.model,
+            "student_width": trainer.cfg.width,
+            "student_parameters": count_parameters(trainer.model),
             "mode": self.mode,
             "unlabeled_split": self.student.unlabeled_split,
             "unlabeled_samples": sum(s.samples for s in self.unlabelled_shards),
@@ -323,27 +320,25 @@ class StudentTrainer(Trainer):
             "pseudo_labels": "soft, on the fly (teacher on the clean crop)",
         }
 
-    def _print_header(self) -> None:
-        super()._print_header()
-        d = self.describe()
-        print(
+    def settings(self) -> dict:
+        return dataclasses.asdict(self.student)
+
+    def describe(self, trainer) -> list[str]:
+        d = self.info
+        return [
             f"noisy student ({d['mode']}): teacher {d['teacher_model']} "
             f"({d['teacher_parameters']:,} parameters) from {d['teacher_checkpoint']}; "
             f"{d['unlabeled_samples']} unlabelled samples in {len(self.unlabelled_shards)} "
-            f"shards, weight {d['unlabeled_weight']:g}",
-            flush=True,
-        )
+            f"shards, weight {d['unlabeled_weight']:g}"
+        ]
 
-    def run(self) -> dict:
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            info = {**self.describe(), **dataclasses.asdict(self.student)}
-            (self.run_dir / STUDENT_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        summary = super().run()
-        summary["student"] = self.describe()
-        if self.dist.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+    def summary(self, trainer) -> dict:
+        return {"student": self.info}
+
+
+def StudentTrainer(cfg: RunConfig, student: StudentConfig, resume: bool = False) -> Trainer:
+    """The loop with the noisy-student recipe."""
+    return Trainer(cfg, StudentRecipe(student), resume)
 
 
 def iteration_dirs(out: str, iterations: int) -> list[str]:
@@ -353,7 +348,7 @@ def iteration_dirs(out: str, iterations: int) -> list[str]:
 
 def finished_summary(run_cfg: RunConfig) -> dict | None:
     """The summary of an iteration that needs no more training, else None."""
-    path = run_cfg.run_dir() / "summary.json"
+    path = RunDir(run_cfg.run_dir()) / RunDir.SUMMARY
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
@@ -366,12 +361,12 @@ def train_students(cfg: RunConfig, student: StudentConfig, resume: bool = False)
     `resume`, finished iterations are kept and the interrupted one continues."""
     student.validate()
     dirs = iteration_dirs(str(cfg.run_dir()), student.iterations)
-    if resume and not (Path(dirs[0]) / ckpt.LAST).is_file():
+    if resume and not RunDir(dirs[0]).has_run():
         raise ConfigError(f"--resume: no student run to resume at {dirs[0]}")
     summaries, teacher = [], student.teacher
     for i, out in enumerate(dirs):
         run_cfg = dataclasses.replace(cfg, out=out, seed=cfg.seed + i)
-        started = resume and (Path(out) / ckpt.LAST).is_file()
+        started = resume and RunDir(out).has_run()
         if started:
             was = json.loads((Path(out) / STUDENT_FILE).read_text())["teacher"]
             if was != str(Path(teacher)):
@@ -381,7 +376,7 @@ def train_students(cfg: RunConfig, student: StudentConfig, resume: bool = False)
             trainer = StudentTrainer(
                 run_cfg, dataclasses.replace(student, teacher=teacher), started
             )
-            summary = trainer.run()
+            summary = trainer.fit()
         else:
             print(f"{out}: finished already, kept", flush=True)
         summaries.append(summary)
@@ -393,33 +388,17 @@ def train_students(cfg: RunConfig, student: StudentConfig, resume: bool = False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", required=True, help="run directory of the teacher")
     parser.add_argument(
         "--student-model",
         required=True,
         help="registered model of the student (as large as the teacher: knowledge expansion; "
         "smaller, e.g. music_tagging_transformer_small: distillation)",
     )
-    parser.add_argument(
-        "--teacher-checkpoint", choices=tuple(CHECKPOINTS), default="best", help="(best)"
-    )
-    parser.add_argument(
-        "--unlabeled-split", default="unlabeled", help="split the teacher labels (unlabeled)"
-    )
-    parser.add_argument(
-        "--unlabeled-weight",
-        type=non_negative_float,
-        default=1.0,
-        help="weight of the pseudo-label loss (1.0)",
-    )
-    parser.add_argument(
-        "--iterations",
-        type=positive_int,
-        default=1,
-        help="student generations; each teaches the next (1)",
-    )
+    add_flags(parser, StudentConfig, title="noisy student")
     add_config_flags(parser, exclude=("model",))
-    add_run_flags(parser, "continue the run in --out (give the same command again)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (the same command again)"
+    )
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[RunConfig, StudentConfig]:
@@ -428,25 +407,10 @@ def configs_from_args(args: argparse.Namespace) -> tuple[RunConfig, StudentConfi
     cfg = build_config(args.config, overrides, base={"augment": "default"})
     if not cfg.out:
         cfg = dataclasses.replace(cfg, out=f"runs/{cfg.model}-student")
-    student = StudentConfig(
-        teacher=args.teacher,
-        teacher_checkpoint=args.teacher_checkpoint,
-        unlabeled_split=args.unlabeled_split,
-        unlabeled_weight=args.unlabeled_weight,
-        iterations=args.iterations,
-    )
-    return cfg, student.validate()
+    return checked_model(cfg), StudentConfig(**given(args, StudentConfig)).validate()
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg, student = configs_from_args(args)
-        get_entry(cfg.model)
-        train_students(cfg, student, resume=args.resume)
-    except KeyError as exc:  # unknown model
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
-    except RUN_ERRORS as exc:  # includes ConfigError, CardError, LoaderError, checkpoints
-        print(f"error: {first_line(exc)}", file=sys.stderr)
-        return 2
+    cfg, student = configs_from_args(args)
+    train_students(cfg, student, resume=args.resume)
     return 0

@@ -23,7 +23,9 @@ import torch
 
 from pipelines.core.audio import AudioRejected, load_audio, to_int16
 from tagtrain.data import DeviceInput
-from tagtrain.runs import RUN_ERRORS, RunError, TrainedRun, fail, load_run
+from tagtrain.flags import add_flags, setting
+from tagtrain.inference import predict_windows, window_offsets  # noqa: F401  (re-exported)
+from tagtrain.runs import RunError, TrainedRun, load_run
 
 COMMAND = "tag"
 HELP = "tag audio files (any length) with a trained run"
@@ -64,16 +66,6 @@ def audio_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def window_offsets(total: int, length: int) -> list[int]:
-    """Starts of consecutive windows covering [0, total); the last ends at `total`."""
-    if total <= length:
-        return [0]
-    offsets = list(range(0, total - length + 1, length))
-    if offsets[-1] + length < total:
-        offsets.append(total - length)
-    return offsets
-
-
 def pcm_input(run: TrainedRun) -> DeviceInput:
     """Model input from int16 PCM windows: the run's features and normalisation."""
     kind = run.plan.kind
@@ -91,24 +83,10 @@ def tag_file(run: TrainedRun, path: Path, device_input: DeviceInput, batch_size:
     decoded = load_audio(path.read_bytes(), sample_rate, suffix=path.suffix, min_seconds=0.0)
     pcm = torch.from_numpy(to_int16(decoded.pcm))
     length = run.spec.samples
-    padded = len(pcm) < length
-    if padded:
-        pcm = torch.nn.functional.pad(pcm, (0, length - len(pcm)))
-    offsets = window_offsets(len(pcm), length)
-    total = torch.zeros(len(run.vocabulary), dtype=torch.float64)
-    dtype = run.autocast_dtype
-    with torch.inference_mode():
-        for start in range(0, len(offsets), batch_size):
-            windows = torch.stack(
-                [pcm[o : o + length] for o in offsets[start : start + batch_size]]
-            )
-            x = device_input(windows)
-            with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
-                logits = run.model(x)
-            total += torch.sigmoid(logits.float()).sum(dim=0).double().cpu()
-    return TagResult(
-        str(path), decoded.seconds, len(offsets), padded, (total / len(offsets)).numpy()
+    probs, windows = predict_windows(
+        run.model, pcm, length, device_input, run.autocast_dtype, batch_size
     )
+    return TagResult(str(path), decoded.seconds, windows, len(pcm) < length, probs)
 
 
 def padding_note(result: TagResult, run: TrainedRun) -> str:
@@ -153,28 +131,28 @@ def result_json(result: TagResult, run: TrainedRun, top: int) -> dict:
 # --- command line ------------------------------------------------------------------------
 
 
+@dataclass
+class TagOptions:
+    top: int = setting(10, "tags shown per file")
+    json: bool = setting(False, "print JSON instead of text")
+    checkpoint: str = setting("best", "checkpoint of the run", choices=("best", "last"))
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    batch_size: int = setting(16, "windows per forward pass")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="audio files or folders")
     parser.add_argument("--run", required=True, help="run directory (config.json, best.pt, ...)")
-    parser.add_argument("--top", type=int, default=10, help="tags shown per file (default 10)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--batch-size", type=int, default=16, help="windows per forward pass (default 16)"
-    )
+    add_flags(parser, TagOptions, with_defaults=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.top < 1:
-            raise RunError("--top must be at least 1")
-        if args.batch_size < 1:
-            raise RunError("--batch-size must be at least 1")
-        files = audio_files(args.paths)
-        trained = load_run(args.run, args.checkpoint, args.device)
-    except RUN_ERRORS as exc:
-        return fail(exc)
+    if args.top < 1:
+        raise RunError("--top must be at least 1")
+    if args.batch_size < 1:
+        raise RunError("--batch-size must be at least 1")
+    files = audio_files(args.paths)
+    trained = load_run(args.run, args.checkpoint, args.device)
     device_input = pcm_input(trained)
     results, failed = [], 0
     for path in files:

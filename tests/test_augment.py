@@ -228,7 +228,9 @@ def test_train_refuses_a_bad_augment_file_with_one_line(tmp_path):
         "--augment", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "run"),
     )  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: cannot read augmentation file")
+    assert result.stderr.strip().startswith(
+        "python -m tagtrain: error: cannot read augmentation file"
+    )
     assert len(result.stderr.strip().splitlines()) == 1
 
 

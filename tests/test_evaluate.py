@@ -47,7 +47,8 @@ def cli(*args: str) -> tuple[int, str, str]:
 
 def one_line_error(status, stderr: str) -> str:
     lines = stderr.strip().splitlines()
-    assert status == 2 and len(lines) == 1 and lines[0].startswith("error:"), stderr
+    assert status == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith("python -m tagtrain: error:"), stderr
     return lines[0]
 
 
@@ -99,6 +100,17 @@ def test_evaluate_learns_the_learnable_tags_and_lists_every_tag(runs, demo_datas
     assert metrics["roc_auc"] == pytest.approx(np.mean(scored))
     assert metrics["evaluated_tags"] == len(scored)
     assert "macro over" in out and "loud" in out and str(long / "metrics.json") in out
+    # Per-track predictions for other tools, and 95% bootstrap intervals around the scores.
+    predictions = pq.read_table(long / "predictions.parquet").to_pylist()
+    truth = {r["key"]: sorted(r["tags"]) for r in test_rows}
+    assert sorted(p["key"] for p in predictions) == sorted(truth)
+    for p in predictions:
+        assert sorted(p["tags"]) == truth[p["key"]] and len(p["probabilities"]) == len(vocabulary)
+    assert metrics["bootstrap"]["resamples"] == 1000
+    for name in ("roc_auc", "pr_auc"):
+        interval = metrics["bootstrap"][name]
+        assert interval["low"] < metrics[name] < interval["high"], interval
+    assert "95% interval (1000 bootstrap resamples" in out
 
 
 def test_split_with_a_tag_without_positives_lists_it(runs, index):
@@ -143,7 +155,7 @@ def test_robustness_covers_the_eight_deformations_and_both_runs(
     short, long = runs
     status, out, err = cli(
         "robustness", "--run", str(short), "--run", str(long), "--data", str(data),
-        "--chunks", "2", *FAST,
+        "--chunks", "2", "--bootstrap", "50", *FAST,
     )  # fmt: skip
     assert status == 0, err
     out_dir = short / "robustness"  # the default: next to the first run
@@ -167,6 +179,14 @@ def test_robustness_covers_the_eight_deformations_and_both_runs(
         assert len({round(r["roc_auc"], 6) for r in mine}) > 4
     assert {r["run"] for r in rows if r["deformation"] == "clean"} == {"short", "long"}
     assert rows[0]["roc_auc"] != rows[len(names)]["roc_auc"]  # two different models
+    for r in rows:  # paired bootstrap of each drop over the same tracks
+        clean_row = r["deformation"] == "clean"
+        assert isinstance(r["roc_auc_drop_significant"], bool) != clean_row
+        if not clean_row:
+            assert r["roc_auc_drop_low"] <= r["roc_auc_drop"] <= r["roc_auc_drop_high"]
+            significant = r["roc_auc_drop_low"] > 0 or r["roc_auc_drop_high"] < 0
+            assert r["roc_auc_drop_significant"] == significant
+    assert len(list(out_dir.glob("predictions-*.parquet"))) == len(rows)
     csv_rows = list(csv.DictReader(open(out_dir / "robustness.csv")))
     assert len(csv_rows) == len(rows) and csv_rows[3]["deformation"] == names[3]
 
@@ -301,10 +321,40 @@ def test_bad_arguments_get_one_line(runs, demo_dataset, tmp_path):
             ["robustness", "--run", str(short), "--perturbed", str(tmp_path / "none")],
             "no perturbed sets",
         ),
+        (["embed", "--run", str(short), "--out", str(tmp_path / "dir.parquet")], "a directory"),
     ]
+    (tmp_path / "dir.parquet").mkdir()
     for args, expected in cases:
         status, _, err = cli(*args)
         assert expected in one_line_error(status, err), args
     assert not (tmp_path / "e.parquet").exists()
+    assert [p.name for p in (tmp_path / "dir.parquet").iterdir()] == []
     status, _, err = cli("evaluate")  # argparse: --run is required
-    assert status == 2 and err.strip().splitlines()[-1].endswith("--run")
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert "the following arguments are required: --run" in err
+
+
+def test_metrics_match_scikit_learn_and_a_new_metric_is_one_registry_entry(monkeypatch):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from tagtrain import metrics
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, 6)) < 0.3).astype(float)
+    y[:, 5] = 0  # a tag without positives: skipped by metrics that need both classes
+    p = np.round(rng.random((40, 6)), 1)  # ties, as sigmoid outputs can have
+    scores = metrics.tag_scores(y, p)
+    for c in range(5):
+        assert scores.per_tag["roc_auc"][c] == pytest.approx(roc_auc_score(y[:, c], p[:, c]))
+        assert scores.per_tag["pr_auc"][c] == pytest.approx(
+            average_precision_score(y[:, c], p[:, c])
+        )
+    assert math.isnan(scores.per_tag["roc_auc"][5]) and scores.skipped_tags == 1
+    # A throwaway metric: one entry, and it appears per tag and macro.
+    mean_score = metrics.Metric("mean_score", "mean", lambda t, s: s.mean(axis=0), False)
+    monkeypatch.setitem(metrics.METRICS, "mean_score", mean_score)
+    scores = metrics.tag_scores(y, p)
+    assert scores.per_tag["mean_score"][5] == pytest.approx(p[:, 5].mean())
+    assert scores.macro["mean_score"] == pytest.approx(p.mean())
+    p[3, 2] = np.nan  # a track with a non-finite score is left out and counted
+    assert metrics.tag_scores(y, p).nonfinite_tracks == 1

@@ -265,14 +265,17 @@ def test_tiny_preset_trains_resumes_with_swa_and_its_block_embeddings_probe(
     if summary["best_epoch"] == 2:  # best.pt is what was validated: the average
         assert all(torch.equal(best["model"][k], swa[k]) for k in swa)
     assert "swa" not in best
-    # Evaluation uses the run's inference patchout: off here, on once the options say so.
+    # Evaluation uses the run's inference patchout, as its checkpoint records it: off here,
+    # on once the checkpoint says so (load_run knows no model: it replays `model_setup`).
     assert not load_run(run_dir).model.inference_patchout
-    options = json.loads((run_dir / "patchout.json").read_text())
-    (run_dir / "patchout.json").write_text(json.dumps({**options, "inference_patchout": True}))
+    assert best["model_setup"] == {"set_patchout": {"time": 30, "freq": 2, "inference": False}}
+    saved = (run_dir / ckpt.BEST).read_bytes()
+    setup = {"set_patchout": {"time": 30, "freq": 2, "inference": True}}
+    ckpt.save_checkpoint(run_dir / ckpt.BEST, {**best, "model_setup": setup})
     restored = load_run(run_dir).model
     assert restored.inference_patchout
     assert (restored.time_patchout, restored.freq_patchout) == (30, 2)
-    (run_dir / "patchout.json").write_text(json.dumps(options))
+    (run_dir / ckpt.BEST).write_bytes(saved)
 
     emb = tmp_path / "emb.parquet"
     embed = ["embed", "--run", str(run_dir), "--out", str(emb), "--block", "1", "--chunks", "2"]
@@ -338,5 +341,5 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys, mel96):
     assert main([*common, "--model", "patchout_tiny", "--time-patchout", "61"]) == 2
     assert main([*common, "--model", "patchout_tiny", "--swa-every", "0"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line]
-    assert len(lines) == 5 and all(line.startswith("error: ") for line in lines)
+    assert len(lines) == 5 and all(line.startswith("python -m tagtrain: error: ") for line in lines)
     assert "trains patchout models" in lines[2] and "time_patchout" in lines[3]

@@ -1,0 +1,163 @@
+"""What a run trains and validates on: the card, the input plan, the splits' shards, the
+loader settings of both, and the input on the device with its normalisation.
+
+Everything the trainer asks of the loader goes through here (tagtrain.data's public API).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from pipelines.core.card import card_checksum
+from tagtrain.augment import WaveformAugment
+from tagtrain.config import ConfigError, RunConfig
+from tagtrain.data import (
+    DeviceInput,
+    EpochReader,
+    InputPlan,
+    LoaderConfig,
+    LoaderError,
+    ShardInfo,
+    ShardStream,
+    check_enough_shards,
+    decode_positions,
+    estimate_mel_stats,
+    load_card,
+    plan_input,
+    planned_steps,
+    split_shards,
+    stable_int,
+)
+from tagtrain.registry import InputSpec
+from tagtrain.runtime import Runtime
+
+
+@dataclass
+class TrainingData:
+    card: dict
+    checksum: str
+    vocabulary: list[str]
+    plan: InputPlan
+    augment: WaveformAugment | None
+    train_shards: list[ShardInfo]
+    val_shards: list[ShardInfo]
+    train_loader: LoaderConfig
+    val_loader: LoaderConfig
+    device_input: DeviceInput
+    norm_source: str  # card, estimated or none
+
+    @classmethod
+    def open(cls, cfg: RunConfig, spec: InputSpec, chain, rt: Runtime) -> TrainingData:
+        options = cfg.effective_storage_options()
+        card = load_card(cfg.data, options)
+        plan = plan_input(card, spec, source=cfg.data, from_pcm=chain is not None)
+        augment = WaveformAugment(chain, plan.features["sample_rate"]) if chain else None
+        train_shards = subset(split_shards(card, cfg.data, cfg.train_split), cfg)
+        val_shards = split_shards(card, cfg.data, cfg.val_split)
+        train_loader = LoaderConfig(
+            batch_size=cfg.batch_size, workers=cfg.workers, shuffle_buffer=cfg.shuffle_buffer,
+            seed=cfg.seed, rank=rt.dist.rank, world=rt.dist.world, train=True,
+            storage_options=options,
+        )  # fmt: skip
+        check_enough_shards(train_shards, train_loader, cfg.train_split)
+        check_batches(train_shards, train_loader, cfg.train_split)
+        if not val_shards:
+            raise LoaderError(f"split {cfg.val_split!r} has no samples to validate on")
+        val_workers = min(cfg.workers, len(val_shards) // rt.dist.world)
+        val_loader = dataclasses.replace(
+            train_loader, train=False, workers=val_workers, eval_chunks=cfg.val_chunks
+        )
+        return cls(
+            card, card_checksum(card), list(card["vocabulary"]), plan, augment, train_shards,
+            val_shards, train_loader, val_loader, DeviceInput(plan, rt.device),
+            "card" if plan.mean is not None else "none",
+        )  # fmt: skip
+
+    def reader(self, shards, epoch: int, resume: torch.Tensor | None, **stream) -> EpochReader:
+        """An epoch's training batches from `shards`, from the opaque positions `resume`."""
+        positions = None if resume is None else decode_positions(resume)
+        stream_ = ShardStream(
+            shards, self.plan, self.vocabulary, self.train_loader, epoch, positions,
+            augment=self.augment, **stream,
+        )  # fmt: skip
+        return EpochReader(stream_, pin_memory=self.device_input.device.type == "cuda")
+
+    def steps(self, reader) -> int:
+        return planned_steps(reader.stream.assignment, self.train_loader.batch_size)
+
+    def geometry(self) -> dict:
+        """The loader settings a mid-epoch resume must keep."""
+        c = self.train_loader
+        keys = ("world", "slots", "shuffle_buffer", "batch_size", "seed")
+        values = {k: getattr(c, k) for k in keys}
+        values["workers"] = values.pop("slots")
+        return values
+
+    def estimate_stats(self) -> None:
+        """No usable card statistics (e.g. mel computed from PCM at other settings): take
+        them from the first training shards, identically on every rank."""
+        cfg = dataclasses.replace(
+            self.val_loader, rank=0, world=1, workers=0, eval_chunks=1, batch_size=8
+        )
+        stream = ShardStream(self.train_shards[:2], self.plan, self.vocabulary, cfg)
+        flat = (
+            dataclasses.replace(b, x=b.x.reshape(-1, *b.x.shape[2:])) for b in EpochReader(stream)
+        )
+        mean, std = estimate_mel_stats(flat, self.device_input)
+        self.device_input.set_stats(mean, std)
+        self.norm_source = "estimated"
+
+    def norm_state(self) -> dict:
+        di = self.device_input
+        if di.mean is None:
+            return {"mean": None, "std": None, "source": self.norm_source}
+        return {
+            "mean": di.mean[:, 0].cpu().tolist(),
+            "std": di.std[:, 0].cpu().tolist(),
+            "source": self.norm_source,
+        }
+
+    def load_norm(self, state: dict) -> None:
+        self.device_input.set_stats(state["mean"], state["std"])
+        self.norm_source = state["source"]
+
+
+def subset(shards: list[ShardInfo], cfg: RunConfig) -> list[ShardInfo]:
+    """`--train-fraction`: whole shards in a seeded order until the fraction of samples."""
+    if cfg.train_fraction >= 1:
+        return shards
+    order = sorted(shards, key=lambda s: stable_int("fraction", cfg.seed, s.name))
+    wanted = cfg.train_fraction * sum(s.samples for s in shards)
+    kept, total = [], 0
+    for shard in order:
+        if total >= wanted:
+            break
+        kept.append(shard)
+        total += shard.samples
+    return sorted(kept, key=lambda s: s.name)
+
+
+def check_batches(shards: list[ShardInfo], loader: LoaderConfig, split: str) -> None:
+    """A split that gives no full batch is a one-line error, not a run of 0 steps."""
+    from tagtrain.data import assign_shards
+
+    layout = assign_shards(shards, loader.world, loader.slots, loader.seed, 0, True)
+    if planned_steps(layout, loader.batch_size) == 0:
+        samples = sum(s.samples for s in shards)
+        raise LoaderError(
+            f"split {split!r} ({samples} samples) gives no full batch of {loader.batch_size} "
+            f"from {loader.world} rank(s) x {loader.slots} loader worker(s): lower "
+            "--batch-size or --workers"
+        )
+
+
+def check_batch_norm(model: torch.nn.Module, batch_size: int) -> None:
+    """BatchNorm cannot train on one sample per batch: a one-line error, not a traceback."""
+    norms = (torch.nn.modules.batchnorm._BatchNorm,)
+    if batch_size < 2 and any(isinstance(m, norms) for m in model.modules()):
+        raise ConfigError(
+            "--batch-size 1 cannot train a model with batch normalisation: use 2 or more"
+        )
