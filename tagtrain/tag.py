@@ -23,6 +23,8 @@ import torch
 
 from pipelines.core.audio import AudioRejected, load_audio, to_int16
 from tagtrain.data import DeviceInput
+from tagtrain.pretrained.cli import add_pretrained_argument
+from tagtrain.pretrained.cli import run_tag as run_pretrained_tag
 from tagtrain.runs import RUN_ERRORS, RunError, TrainedRun, fail, load_run
 
 COMMAND = "tag"
@@ -155,7 +157,11 @@ def result_json(result: TagResult, run: TrainedRun, top: int) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="audio files or folders")
-    parser.add_argument("--run", required=True, help="run directory (config.json, best.pt, ...)")
+    parser.add_argument("--run", default=None, help="run directory (config.json, best.pt, ...)")
+    add_pretrained_argument(parser)
+    parser.add_argument(
+        "--out", default=None, help="--pretrained: JSON lines file (default stdout)"
+    )
     parser.add_argument("--top", type=int, default=10, help="tags shown per file (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
@@ -166,7 +172,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        return run_pretrained_tag(args)
     try:
+        if not args.run:
+            raise RunError("give --run RUN_DIR or --pretrained NAME")
         if args.top < 1:
             raise RunError("--top must be at least 1")
         if args.batch_size < 1:
