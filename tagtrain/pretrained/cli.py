@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.core.errors import UserError
-from tagtrain.pretrained.musicnn import PRETRAINED
+from pipelines.core.errors import USAGE_ERROR, UserError, first_line
+from tagtrain.pretrained.frontend import COMPRESSIONS
+from tagtrain.pretrained.musicnn import PRETRAINED, pretrained_spec
 
 AUDIO_SUFFIXES = frozenset(
     ".mp3 .wav .flac .ogg .oga .opus .m4a .aac .aif .aiff .au .wma .mp4".split()
@@ -55,8 +56,14 @@ def add_pretrained_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pretrained",
         default=None,
-        choices=sorted(PRETRAINED),
-        help="a published musicnn model (instead of --run)",
+        metavar="NAME",
+        help=f"a published musicnn model instead of --run: {', '.join(sorted(PRETRAINED))}",
+    )
+    parser.add_argument(
+        "--musicnn-log",
+        default="numpy1",
+        help="--pretrained front end: numpy1 (as published, default) or numpy2 (float16 "
+        "overflow of musicnn 0.1.0 under numpy>=2; see tagtrain/pretrained/frontend.py)",
     )
 
 
@@ -69,8 +76,11 @@ def _progress(files: list[Path], enabled: bool):
 def _tagger(args):
     from tagtrain.pretrained.tagger import Tagger
 
+    pretrained_spec(args.pretrained)  # an unknown name is a one-line error
+    if args.musicnn_log not in COMPRESSIONS:
+        raise UserError(f"--musicnn-log must be one of {', '.join(COMPRESSIONS)}")
     device = "cpu" if getattr(args, "device", "auto") in ("auto", None) else args.device
-    return Tagger.from_pretrained(args.pretrained, device=device)
+    return Tagger.from_pretrained(args.pretrained, device=device, compression=args.musicnn_log)
 
 
 # --- tag -------------------------------------------------------------------------------------
@@ -86,6 +96,23 @@ def tag_record(tagger, path: Path, top: int) -> dict:
     return record
 
 
+def _one_line_errors(command: str):
+    """A user error is one line on stderr and exit status 2 (as pipelines.core.errors)."""
+
+    def wrap(fn):
+        def run(args):
+            try:
+                return fn(args)
+            except (UserError, OSError) as exc:
+                print(f"{command}: error: {first_line(exc)}", file=sys.stderr)
+                return USAGE_ERROR
+
+        return run
+
+    return wrap
+
+
+@_one_line_errors("tag")
 def run_tag(args: argparse.Namespace) -> int:
     """Tag args.paths with args.pretrained; JSON lines to args.out (or stdout)."""
     if args.top < 1:
@@ -115,6 +142,7 @@ def layer_vector(features: dict[str, np.ndarray], layer: str) -> np.ndarray:
     return value.reshape(len(value), -1, value.shape[-1]).mean(axis=(0, 1))
 
 
+@_one_line_errors("embed")
 def run_embed(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
