@@ -289,3 +289,17 @@ def test_embed_command_writes_named_layer(clips, tmp_path):
     want = golden("chords")["MSD_musicnn.max_pool"].mean(axis=0)
     got = np.asarray(table["embedding"][0])
     assert got.shape == (753,) and np.abs(got - want).max() <= FEATURE_RTOL * np.abs(want).max()
+
+
+def test_pool_first_front_end_is_bit_identical_to_the_full_computation(models):
+    """Eval mode pools the front end's conv output before ReLU and BN (monotone per
+    channel); it must pick exactly the element the literal graph order picks."""
+    model = models["musicnn-mtt"]
+    x = torch.from_numpy(frontend.cut_windows(golden("chords")["mel"], [0, 187]))
+    with torch.no_grad():
+        normed = model.input_bn(x.transpose(1, 2).unsqueeze(1))
+        for block in model.front:
+            z = block.conv(F.pad(normed, (0, 0, *block.time_padding)))
+            literal = musicnn_tf.tf_max(block.bn(musicnn_tf.tf_relu(z)), dim=3)
+            assert torch.equal(block(normed), literal)
+    assert (model.front[0].bn.weight < 0).any()  # both pooling directions are exercised
