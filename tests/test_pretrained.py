@@ -303,3 +303,28 @@ def test_pool_first_front_end_is_bit_identical_to_the_full_computation(models):
             literal = musicnn_tf.tf_max(block.bn(musicnn_tf.tf_relu(z)), dim=3)
             assert torch.equal(block(normed), literal)
     assert (model.front[0].bn.weight < 0).any()  # both pooling directions are exercised
+
+
+def test_init_from_pretrained_keeps_or_replaces_the_head():
+    from tagtrain.pretrained.finetune import init_from_pretrained
+    from tagtrain.pretrained.musicnn import musicnn_labels
+    from tagtrain.registry import create_model
+
+    published, _ = load_pretrained("musicnn-msd")
+    msd = musicnn_labels("MSD_LABELS")
+    same = create_model("musicnn_tf", 50, seed=0)
+    assert "its output layer" in init_from_pretrained(
+        same, "musicnn_tf", "pretrained:musicnn-msd", msd
+    )
+    for key, value in published.state_dict().items():
+        assert torch.equal(same.state_dict()[key], value), key
+    other = create_model("musicnn_tf", 7, seed=0)
+    fresh_head = other.classifier.weight.clone()
+    line = init_from_pretrained(other, "musicnn_tf", "pretrained:musicnn-msd", list("abcdefg"))
+    assert "new 7-tag output layer" in line
+    assert torch.equal(other.classifier.weight, fresh_head)
+    assert torch.equal(other.dense.weight, published.dense.weight)
+    with pytest.raises(Exception, match="holds vgg_tf weights"):
+        init_from_pretrained(other, "musicnn_tf", "pretrained:vgg-msd", list("abcdefg"))
+    with pytest.raises(Exception, match="unknown pretrained model"):
+        init_from_pretrained(other, "musicnn_tf", "pretrained:nope", list("abcdefg"))

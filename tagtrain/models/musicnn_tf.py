@@ -63,7 +63,7 @@ _FLOAT32_LOWEST = float(torch.finfo(torch.float32).min)
 
 def tf_relu(x: torch.Tensor) -> torch.Tensor:
     """ReLU as TF's fused conv/matmul + bias + ReLU computes it: NaN -> 0, inf kept."""
-    return torch.nan_to_num(x, nan=0.0, posinf=float("inf"), neginf=0.0).clamp_(min=0.0)
+    return torch.nan_to_num(x, nan=0.0, posinf=float("inf"), neginf=0.0).clamp(min=0.0)
 
 
 def _tf_pool_input(x: torch.Tensor) -> torch.Tensor:
@@ -72,14 +72,14 @@ def _tf_pool_input(x: torch.Tensor) -> torch.Tensor:
 
 def tf_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     """A max-pool over a whole axis as TF's MaxPool: NaN skipped, floor -FLT_MAX."""
-    return _tf_pool_input(x).amax(dim=dim).clamp_(min=_FLOAT32_LOWEST)
+    return _tf_pool_input(x).amax(dim=dim).clamp(min=_FLOAT32_LOWEST)
 
 
 class TFMaxPool2d(nn.MaxPool2d):
     """'valid' max-pooling with TF's MaxPool handling of NaN and -inf (see tf_max)."""
 
     def forward(self, x):
-        return super().forward(_tf_pool_input(x)).clamp_(min=_FLOAT32_LOWEST)
+        return super().forward(_tf_pool_input(x)).clamp(min=_FLOAT32_LOWEST)
 
 
 def tf_same_padding(kernel: int) -> tuple[int, int]:
@@ -131,16 +131,23 @@ class MidEndLayer(nn.Module):
 class MusicnnTF(Tagger):
     """musicnn (`build_musicnn`): `features(mel)` returns the official named layers."""
 
-    def __init__(self, n_classes: int = 50, midend: int = 64, dense: int = 200):
+    def __init__(
+        self,
+        n_classes: int = 50,
+        midend: int = 64,
+        dense: int = 200,
+        timbral_filters: int = _TIMBRAL_FILTERS,
+        temporal_filters: int = _TEMPORAL_FILTERS,
+    ):
         super().__init__(dense, n_classes, dropout=0.5)
         self.input_spec = MUSICNN_TF_INPUT
         self.input_bn = tf_batch_norm(1, 2)
-        timbral = [FrontEndBlock(_TIMBRAL_FILTERS, 7, w, (3, 3)) for w in _TIMBRAL_WIDTHS]
+        timbral = [FrontEndBlock(timbral_filters, 7, w, (3, 3)) for w in _TIMBRAL_WIDTHS]
         temporal = [
-            FrontEndBlock(_TEMPORAL_FILTERS, t, 1, tf_same_padding(t)) for t in _TEMPORAL_LENGTHS
+            FrontEndBlock(temporal_filters, t, 1, tf_same_padding(t)) for t in _TEMPORAL_LENGTHS
         ]
         self.front = nn.ModuleList(timbral + temporal)
-        front_channels = 2 * _TIMBRAL_FILTERS + 3 * _TEMPORAL_FILTERS  # 561
+        front_channels = 2 * timbral_filters + 3 * temporal_filters  # 561
         self.mid = nn.ModuleList(
             [MidEndLayer(front_channels, midend), MidEndLayer(midend, midend)]
             + [MidEndLayer(midend, midend)]
@@ -230,14 +237,25 @@ class VggTF(Tagger):
         return self.features(mel)["logits"]
 
 
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
 @register_model(
     "musicnn_tf",
     input_spec=MUSICNN_TF_INPUT,
     reference_params=None,
     description="Pons & Serra's TF musicnn (published MTT/MSD weights: --pretrained)",
 )
-def musicnn_tf(n_classes: int = 50, midend: int = 64, dense: int = 200) -> MusicnnTF:
-    return MusicnnTF(n_classes, midend=midend, dense=dense)
+def musicnn_tf(n_classes: int = 50, width: float = 1.0) -> MusicnnTF:
+    """`width` scales every layer (1.0 = the published model, the only one with weights)."""
+    return MusicnnTF(
+        n_classes,
+        midend=_scaled(64, width),
+        dense=_scaled(200, width),
+        timbral_filters=_scaled(_TIMBRAL_FILTERS, width),
+        temporal_filters=_scaled(_TEMPORAL_FILTERS, width),
+    )
 
 
 @register_model(
@@ -246,5 +264,5 @@ def musicnn_tf(n_classes: int = 50, midend: int = 64, dense: int = 200) -> Music
     reference_params=None,
     description="Pons & Serra's TF VGG baseline (published MTT/MSD weights: --pretrained)",
 )
-def vgg_tf(n_classes: int = 50, filters: int = 128) -> VggTF:
-    return VggTF(n_classes, filters=filters)
+def vgg_tf(n_classes: int = 50, width: float = 1.0) -> VggTF:
+    return VggTF(n_classes, filters=_scaled(128, width))
