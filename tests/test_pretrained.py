@@ -328,3 +328,18 @@ def test_init_from_pretrained_keeps_or_replaces_the_head():
         init_from_pretrained(other, "musicnn_tf", "pretrained:vgg-msd", list("abcdefg"))
     with pytest.raises(Exception, match="unknown pretrained model"):
         init_from_pretrained(other, "musicnn_tf", "pretrained:nope", list("abcdefg"))
+
+
+@pytest.mark.parametrize("numpy_major", [1, 2])
+def test_mp3_tagged_as_the_official_does(numpy_major):
+    """A real MP3 (44.1 kHz stereo): decoding, downmix and resampling as librosa.load."""
+    mp3 = FIXTURES / "chords44k.mp3"
+    record = json.loads((FIXTURES / f"golden.numpy{numpy_major}.json").read_text())
+    assert hashlib.sha256(mp3.read_bytes()).hexdigest() == record["mp3"]["sha256"]
+    official = np.load(FIXTURES / f"mp3.numpy{numpy_major}.npz")
+    for name in ("musicnn-mtt", "vgg-msd"):
+        tagger = Tagger.from_pretrained(name, compression=f"numpy{numpy_major}")
+        taggram = np.asarray(tagger.predict(mp3)["taggram"])
+        ref = official[f"{TF_NAME[name]}.taggram"]
+        assert taggram.shape == ref.shape == (2, 50)
+        assert np.abs(taggram - ref).max() <= E2E_ATOL, name

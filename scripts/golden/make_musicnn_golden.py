@@ -23,7 +23,9 @@ MSD_musicnn, MTT_vgg and MSD_vgg, and writes tests/fixtures/musicnn/CLIP.numpyN.
 and the library versions. Note: the official extractor's `cnn1..cnn3` and `penultimate`
 features repeat the first window's for later windows (its loop appends stale
 variables); they are kept as the extractor returns them and the tests compare window 0.
-It also writes tests/fixtures/musicnn/tiny_bundle/ (once): a TensorFlow-written
+It also runs the official on tests/fixtures/musicnn/chords44k.mp3 (a committed MP3, written
+once from the chords clip: real MP3 decoding and 44.1 kHz -> 16 kHz resampling) into
+mp3.numpyN.npz (taggrams only), and writes tests/fixtures/musicnn/tiny_bundle/ (once): a TensorFlow-written
 checkpoint of a few known tensors for the tests of our checkpoint reader.
 """
 
@@ -111,6 +113,16 @@ def main() -> None:
                 "mel_inf": int(np.isinf(arrays["mel"]).sum()),
             }
             print(name, record["clips"][name])
+    mp3 = OUT / "chords44k.mp3"
+    if not mp3.exists():
+        import soundfile as sf
+        from musicnn_clips import chords
+
+        audio = chords(44100, 6.5).astype(np.float32)
+        sf.write(mp3, audio, 44100, format="MP3", compression_level=0.9)
+    taggrams = {f"{m}.taggram": official(mp3, m)["taggram"] for m in MODELS}
+    np.savez_compressed(OUT / f"mp3.numpy{numpy_major}.npz", **taggrams)
+    record["mp3"] = {"sha256": hashlib.sha256(mp3.read_bytes()).hexdigest()}
     record["versions"] = {
         "tensorflow": tf.__version__,
         "librosa": librosa.__version__,
