@@ -27,6 +27,8 @@ from torch import nn
 
 from tagtrain.data import EpochReader, ShardStream
 from tagtrain.inference import chunk_outputs, evaluating
+from tagtrain.pretrained.cli import add_pretrained_argument
+from tagtrain.pretrained.cli import run_embed as run_pretrained_embed
 from tagtrain.runs import (
     EvalSet,
     RunError,
@@ -161,7 +163,9 @@ def write_parquet(rows: dict, path: Path, metadata: dict) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run directory (config.json, best.pt, ...)")
+    parser.add_argument("--run", default=None, help="run directory (config.json, best.pt, ...)")
+    add_pretrained_argument(parser)
+    parser.add_argument("paths", nargs="*", metavar="FILE_OR_DIR", help="--pretrained: audio")
     parser.add_argument(
         "--data", default=None, help="dataset directory or URL (default: the run's own dataset)"
     )
@@ -173,6 +177,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        return run_pretrained_embed(args)
+    if not args.run:
+        raise RunError("give --run RUN_DIR or --pretrained NAME with audio files")
     check_run_arguments(args)
     out = Path(args.out)
     if out.suffix.lower() != ".parquet":

@@ -25,6 +25,8 @@ from pipelines.core.audio import AudioRejected, load_audio, to_int16
 from tagtrain.data import DeviceInput
 from tagtrain.flags import add_flags, setting
 from tagtrain.inference import predict_windows, window_offsets  # noqa: F401  (re-exported)
+from tagtrain.pretrained.cli import add_pretrained_argument
+from tagtrain.pretrained.cli import run_tag as run_pretrained_tag
 from tagtrain.runs import RunError, TrainedRun, load_run
 
 COMMAND = "tag"
@@ -142,11 +144,19 @@ class TagOptions:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="audio files or folders")
-    parser.add_argument("--run", required=True, help="run directory (config.json, best.pt, ...)")
+    parser.add_argument("--run", default=None, help="run directory (config.json, best.pt, ...)")
+    add_pretrained_argument(parser)
+    parser.add_argument(
+        "--out", default=None, help="--pretrained: JSON lines file (default stdout)"
+    )
     add_flags(parser, TagOptions, with_defaults=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        return run_pretrained_tag(args)
+    if not args.run:
+        raise RunError("give --run RUN_DIR or --pretrained NAME")
     if args.top < 1:
         raise RunError("--top must be at least 1")
     if args.batch_size < 1:

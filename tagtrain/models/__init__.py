@@ -9,6 +9,7 @@ from tagtrain.models import (  # noqa: F401
     fcn,
     hcnn,
     musicnn,
+    musicnn_tf,
     patchout,
     pons,
     samplecnn,

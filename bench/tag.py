@@ -1,0 +1,116 @@
+"""Files/s tagging 30 s MP3s on one CPU core: our musicnn port (`Tagger.from_pretrained`)
+against the official musicnn (TensorFlow) on the same files, in one run.
+
+    PYTHONPATH=. .venv/bin/python bench/tag.py --n 6 --official-python /work/tfvenv-np1/bin/python
+
+The official side runs `musicnn.extractor.extractor(file, model, extract_features=False)`
+per file, as `python -m musicnn.tagger` does (it rebuilds its graph per file), in the
+dev-only TensorFlow environment of scripts/golden/ (a subprocess of the interpreter given
+by --official-python, with TF_USE_LEGACY_KERAS=1). Both sides are pinned to one core
+(taskset) with one thread, decode the same MP3s with libsndfile and resample with soxr;
+the taggrams are compared (max abs difference) as well as timed. Without
+--official-python only our side is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+TF_NAMES = {"musicnn-mtt": "MTT_musicnn", "musicnn-msd": "MSD_musicnn"}
+TF_NAMES |= {"vgg-mtt": "MTT_vgg", "vgg-msd": "MSD_vgg"}
+
+OFFICIAL = r"""
+import contextlib, io, json, sys, time
+import numpy as np
+from musicnn.extractor import extractor
+model, files = sys.argv[1], sys.argv[2:]
+with contextlib.redirect_stdout(io.StringIO()):
+    extractor(files[0], model=model, extract_features=False)  # import/JIT warm-up
+out = {}
+start = time.perf_counter()
+for f in files:
+    with contextlib.redirect_stdout(io.StringIO()):
+        taggram, _ = extractor(f, model=model, extract_features=False)
+    out[f] = np.asarray(taggram).tolist()
+print(json.dumps({"seconds": time.perf_counter() - start, "taggrams": out}))
+"""
+
+
+def make_mp3s(folder: Path, n: int) -> list[Path]:
+    """n 30 s stereo 44.1 kHz MP3s built from the test clips (varied per file)."""
+    from musicnn_clips import beat, chords, melody
+
+    sources = [
+        np.tile(melody(44100, 10.0), 3),
+        np.tile(beat(44100, 10.0), 3),
+        np.tile(chords(44100, 10.0).mean(axis=1), 3),
+    ]
+    files = []
+    for i in range(n):
+        mono = sources[i % 3] * (0.3 + 0.1 * (i % 4))
+        stereo = np.stack([mono, np.roll(mono, 100 * (i + 1))], axis=1).astype(np.float32)
+        path = folder / f"track{i:02d}.mp3"
+        sf.write(path, stereo, 44100, format="MP3")
+        files.append(path)
+    return files
+
+
+def time_ours(name: str, files: list[Path]) -> tuple[float, dict]:
+    import torch
+
+    from tagtrain.pretrained.tagger import Tagger
+
+    torch.set_num_threads(1)
+    tagger = Tagger.from_pretrained(name)
+    tagger.predict(files[0])  # warm-up
+    start = time.perf_counter()
+    taggrams = {str(f): tagger.predict(f)["taggram"] for f in files}
+    return time.perf_counter() - start, taggrams
+
+
+def time_official(python: str, name: str, files: list[Path]) -> tuple[float, dict]:
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env |= {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    cmd = ["taskset", "-c", "0", python, "-c", OFFICIAL, TF_NAMES[name], *map(str, files)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result["seconds"], result["taggrams"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=6, help="30 s MP3s (default 6)")
+    parser.add_argument("--model", default="musicnn-mtt", choices=sorted(TF_NAMES))
+    parser.add_argument("--official-python", default=None, help="python of the TF venv")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {0})
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_mp3s(Path(tmp), args.n)
+        ours_s, ours = time_ours(args.model, files)
+        print(f"ours     {args.n / ours_s:6.2f} files/s ({ours_s:.1f} s for {args.n} files)")
+        if args.official_python:
+            off_s, official = time_official(args.official_python, args.model, files)
+            diff = max(
+                float(np.abs(np.asarray(ours[f]) - np.asarray(official[f])).max()) for f in ours
+            )
+            print(f"official {args.n / off_s:6.2f} files/s ({off_s:.1f} s for {args.n} files)")
+            print(f"speed-up {off_s / ours_s:.1f}x; taggram max |ours - official| = {diff:.2e}")
+    load = os.getloadavg()
+    print(f"one core each (taskset -c 0), load average {load[0]:.1f} {load[1]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

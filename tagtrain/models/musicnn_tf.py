@@ -1,0 +1,268 @@
+"""The original TensorFlow musicnn and its VGG baseline (Pons & Serra, jordipons/musicnn,
+the graphs of `musicnn/models.py` that the published MTT/MSD weights belong to).
+
+Registered as `musicnn_tf` and `vgg_tf`, so they are never mistaken for `musicnn`, the
+seed-000 PyTorch re-implementation. Layer for layer as the TF graph, in TF's order:
+ReLU before batch-norm, TF batch-norm epsilon 1e-3 (momentum 0.99 = torch 0.01), TF
+'same' padding (the extra row of an even kernel goes after), the flattened
+[max, mean] pooling interleaved per channel as `tf.concat(..., 2)` + flatten gives it,
+and VGG's pool5 flattened time-major (NHWC). Input: the mel batch [B, 96, 187] already
+compressed with `log10(1 + 10000 mel)` (tagtrain/pretrained/frontend.py computes it as
+the official extractor does); the first layer is the graph's batch-norm on that input.
+Internally tensors are [B, C, time, freq], TF's NHWC with C moved first.
+
+Non-finite values follow TensorFlow-on-CPU exactly, because they are common: the official
+float16 compression overflows to +inf on loud bins (see frontend.py), so most real songs
+feed +inf into the graph. TF (grappler) fuses conv/dense + bias + ReLU and that fused ReLU
+maps NaN (inf - inf) to 0 (`tf_relu`); TF's MaxPool skips NaN and never returns less than
+-FLT_MAX (`tf_max`); `reduce_max`/`mean` over time propagate NaN as torch does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tagtrain.models.layers import Tagger
+from tagtrain.registry import InputSpec, register_model
+
+TF_BN_EPSILON = 1e-3
+TF_BN_MOMENTUM = 0.01  # TF's momentum 0.99 in torch's convention
+N_MELS = 96
+N_FRAMES = 187  # librosa.time_to_frames(3 s, sr 16000, n_fft 512, hop 256) + 1
+
+# 187 frames = 1 + samples // 256 for samples = 186 * 256 (the trainer's crop length).
+MUSICNN_TF_INPUT = InputSpec(
+    kind="mel",
+    seconds=(N_FRAMES - 1) * 256 / 16000,
+    sample_rate=16000,
+    n_mels=N_MELS,
+    n_fft=512,
+    hop=256,
+    f_min=0.0,
+    f_max=8000.0,
+    log_scale="log10_1p",
+    exact_samples=(N_FRAMES - 1) * 256,
+    standardize="none",
+)
+
+_TIMBRAL_FILTERS = 204  # int(1.6 * 128)
+_TEMPORAL_FILTERS = 51  # int(1.6 * 32)
+_TIMBRAL_WIDTHS = (int(0.4 * N_MELS), int(0.7 * N_MELS))  # 38, 67 mel bands
+_TEMPORAL_LENGTHS = (128, 64, 32)
+
+
+def tf_batch_norm(channels: int, dims: int) -> nn.Module:
+    cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}[dims]
+    return cls(channels, eps=TF_BN_EPSILON, momentum=TF_BN_MOMENTUM)
+
+
+_FLOAT32_LOWEST = float(torch.finfo(torch.float32).min)
+
+
+def tf_relu(x: torch.Tensor) -> torch.Tensor:
+    """ReLU as TF's fused conv/matmul + bias + ReLU computes it: NaN -> 0, inf kept."""
+    return torch.nan_to_num(x, nan=0.0, posinf=float("inf"), neginf=0.0).clamp(min=0.0)
+
+
+def _tf_pool_input(x: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(x, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+
+
+def tf_max(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """A max-pool over a whole axis as TF's MaxPool: NaN skipped, floor -FLT_MAX."""
+    return _tf_pool_input(x).amax(dim=dim).clamp(min=_FLOAT32_LOWEST)
+
+
+class TFMaxPool2d(nn.MaxPool2d):
+    """'valid' max-pooling with TF's MaxPool handling of NaN and -inf (see tf_max)."""
+
+    def forward(self, x):
+        return super().forward(_tf_pool_input(x)).clamp(min=_FLOAT32_LOWEST)
+
+
+def tf_same_padding(kernel: int) -> tuple[int, int]:
+    """(before, after) of TF's 'same' at stride 1: the odd pixel goes after."""
+    total = kernel - 1
+    return total // 2, total - total // 2
+
+
+class FrontEndBlock(nn.Module):
+    """conv (kernel [time, freq]) -> ReLU -> BN -> max over all remaining frequency bins."""
+
+    def __init__(self, filters: int, time: int, freq: int, time_padding: tuple[int, int]):
+        super().__init__()
+        self.time_padding = time_padding
+        self.conv = nn.Conv2d(1, filters, (time, freq))
+        self.bn = tf_batch_norm(filters, 2)
+
+    def forward(self, x):  # [B, 1, T, F] -> [B, filters, T]
+        z = self.conv(F.pad(x, (0, 0, *self.time_padding)))
+        if not self.training:
+            z_max, z_min = z.amax(dim=3), z.amin(dim=3)
+            if torch.isfinite(z_max).all() and torch.isfinite(z_min).all():  # z all finite
+                return self.pooled_first(z_max, z_min)
+        return tf_max(self.bn(tf_relu(z)), dim=3)
+
+    def pooled_first(self, z_max: torch.Tensor, z_min: torch.Tensor) -> torch.Tensor:
+        """The same result, for finite z in eval mode, from z's max and min over frequency:
+        ReLU and BN are monotone per channel (BN decreasing where its scale is negative,
+        so the minimum is the one pooled there) and float rounding keeps order, so this
+        is the element the full computation picks, bit for bit, for 1/F of the work."""
+        bn = self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        picked = torch.where((scale >= 0).view(1, -1, 1), z_max, z_min)
+        return bn(tf_relu(picked).unsqueeze(3)).squeeze(3)
+
+
+class MidEndLayer(nn.Module):
+    """conv spanning all channels over 7 frames (padded 3+3) -> ReLU -> BN."""
+
+    def __init__(self, in_channels: int, filters: int):
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, filters, 7, padding=3)
+        self.bn = tf_batch_norm(filters, 1)
+
+    def forward(self, x):  # [B, C, T]
+        return self.bn(tf_relu(self.conv(x)))
+
+
+class MusicnnTF(Tagger):
+    """musicnn (`build_musicnn`): `features(mel)` returns the official named layers."""
+
+    def __init__(
+        self,
+        n_classes: int = 50,
+        midend: int = 64,
+        dense: int = 200,
+        timbral_filters: int = _TIMBRAL_FILTERS,
+        temporal_filters: int = _TEMPORAL_FILTERS,
+    ):
+        super().__init__(dense, n_classes, dropout=0.5)
+        self.input_spec = MUSICNN_TF_INPUT
+        self.input_bn = tf_batch_norm(1, 2)
+        timbral = [FrontEndBlock(timbral_filters, 7, w, (3, 3)) for w in _TIMBRAL_WIDTHS]
+        temporal = [
+            FrontEndBlock(temporal_filters, t, 1, tf_same_padding(t)) for t in _TEMPORAL_LENGTHS
+        ]
+        self.front = nn.ModuleList(timbral + temporal)
+        front_channels = 2 * timbral_filters + 3 * temporal_filters  # 561
+        self.mid = nn.ModuleList(
+            [MidEndLayer(front_channels, midend), MidEndLayer(midend, midend)]
+            + [MidEndLayer(midend, midend)]
+        )
+        pooled = 2 * (front_channels + 3 * midend)  # 1506
+        self.pool_bn = tf_batch_norm(pooled, 1)
+        self.pool_dropout = nn.Dropout(0.5)
+        self.dense = nn.Linear(pooled, dense)
+        self.dense_bn = tf_batch_norm(dense, 1)
+
+    def features(self, mel: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The official extractor's layers for mel [B, 96, T]: timbral/temporal/cnn1-3 as
+        [B, T, C] (TF layout), mean_pool/max_pool [B, 753], penultimate [B, 200], logits."""
+        x = self.input_bn(mel.transpose(1, 2).unsqueeze(1))  # [B, 1, T, F]
+        front = [block(x) for block in self.front]
+        front_out = torch.cat(front, dim=1)  # [B, 561, T]
+        cnn1 = self.mid[0](front_out)
+        cnn2 = self.mid[1](cnn1) + cnn1
+        cnn3 = self.mid[2](cnn2) + cnn2
+        stacked = torch.cat([front_out, cnn1, cnn2, cnn3], dim=1)  # [B, 753, T]
+        max_pool, mean_pool = stacked.amax(dim=2), stacked.mean(dim=2)
+        # tf.concat([max, mean], 2) then flatten: max and mean interleaved per channel.
+        flat = torch.stack([max_pool, mean_pool], dim=2).flatten(1)
+        hidden = tf_relu(self.dense(self.pool_dropout(self.pool_bn(flat))))
+        penultimate = self.dense_bn(hidden)
+        logits = self.classifier(self.dropout(penultimate))
+        return {
+            "timbral": torch.cat(front[:2], dim=1).transpose(1, 2),
+            "temporal": torch.cat(front[2:], dim=1).transpose(1, 2),
+            "cnn1": cnn1.transpose(1, 2),
+            "cnn2": cnn2.transpose(1, 2),
+            "cnn3": cnn3.transpose(1, 2),
+            "mean_pool": mean_pool,
+            "max_pool": max_pool,
+            "penultimate": penultimate,
+            "logits": logits,
+        }
+
+    def embed(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.features(mel)["penultimate"]
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.features(mel)["logits"]
+
+
+# (pool kernel, pool stride) after each of VGG's five 3x3 convs, as [time, freq].
+_VGG_POOLS = (((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)))
+_VGG_POOLS += (((4, 4), (4, 4)),)
+
+
+class VggTF(Tagger):
+    """The VGG-like baseline (`vgg`): five conv3x3 -> ReLU -> BN -> max-pool blocks,
+    dropout 0.25 between them, dropout 0.5 and one dense layer on the flattened pool5."""
+
+    def __init__(self, n_classes: int = 50, filters: int = 128):
+        pooled_frames, pooled_bands = N_FRAMES, N_MELS
+        for (kt, kf), (st, sf) in _VGG_POOLS:
+            pooled_frames = (pooled_frames - kt) // st + 1
+            pooled_bands = (pooled_bands - kf) // sf + 1
+        super().__init__(pooled_frames * pooled_bands * filters, n_classes, dropout=0.5)
+        self.input_spec = MUSICNN_TF_INPUT
+        self.input_bn = tf_batch_norm(1, 2)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(1 if i == 0 else filters, filters, 3, padding=1) for i in range(5)
+        )
+        self.bns = nn.ModuleList(tf_batch_norm(filters, 2) for _ in range(5))
+        self.pools = nn.ModuleList(TFMaxPool2d(k, s) for k, s in _VGG_POOLS)
+        self.block_dropout = nn.Dropout(0.25)
+
+    def features(self, mel: torch.Tensor) -> dict[str, torch.Tensor]:
+        """pool1..pool5 in TF layout [B, T, F, C], the flattened pool5 and the logits."""
+        x = self.input_bn(mel.transpose(1, 2).unsqueeze(1))
+        out = {}
+        for i, (conv, bn, pool) in enumerate(zip(self.convs, self.bns, self.pools)):
+            if i > 0:
+                x = self.block_dropout(x)
+            x = pool(bn(tf_relu(conv(x))))
+            out[f"pool{i + 1}"] = x.permute(0, 2, 3, 1)
+        out["flat_pool5"] = out["pool5"].flatten(1)  # NHWC order, as TF's flatten
+        out["logits"] = self.classifier(self.dropout(out["flat_pool5"]))
+        return out
+
+    def embed(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.features(mel)["flat_pool5"]
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.features(mel)["logits"]
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+@register_model(
+    "musicnn_tf",
+    input_spec=MUSICNN_TF_INPUT,
+    reference_params=None,
+    description="Pons & Serra's TF musicnn (published MTT/MSD weights: --pretrained)",
+)
+def musicnn_tf(n_classes: int = 50, width: float = 1.0) -> MusicnnTF:
+    """`width` scales every layer (1.0 = the published model, the only one with weights)."""
+    return MusicnnTF(
+        n_classes,
+        midend=_scaled(64, width),
+        dense=_scaled(200, width),
+        timbral_filters=_scaled(_TIMBRAL_FILTERS, width),
+        temporal_filters=_scaled(_TEMPORAL_FILTERS, width),
+    )
+
+
+@register_model(
+    "vgg_tf",
+    input_spec=MUSICNN_TF_INPUT,
+    reference_params=None,
+    description="Pons & Serra's TF VGG baseline (published MTT/MSD weights: --pretrained)",
+)
+def vgg_tf(n_classes: int = 50, width: float = 1.0) -> VggTF:
+    return VggTF(n_classes, filters=_scaled(128, width))

@@ -1,0 +1,97 @@
+"""`Tagger.from_pretrained("musicnn-mtt").predict(path)`: tag audio with musicnn's
+published weights, as `musicnn.extractor` does (see frontend.py), without TensorFlow.
+
+`predict` returns a dict: path, vocabulary, probabilities (mean of the taggram over
+windows, full vector), taggram (sigmoid per 3 s window) and windows_s ([start, end] of
+each window in seconds); `features` gives the official named layers per window.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.core.audio import AudioRejected, load_audio
+from pipelines.core.errors import UserError
+from tagtrain.pretrained import frontend
+from tagtrain.pretrained.musicnn import load_pretrained, pretrained_spec
+
+# A window is 187 frames: files shorter than this have no window (the official extractor
+# fails on them); they are reported, not padded.
+MIN_SECONDS = (frontend.WINDOW_FRAMES - 1) * frontend.HOP / frontend.SAMPLE_RATE
+
+
+class TooShort(UserError):
+    pass
+
+
+class Tagger:
+    def __init__(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        vocabulary: list[str],
+        batch_size: int = 32,
+        compression: str = "numpy1",
+    ):
+        if compression not in frontend.COMPRESSIONS:
+            raise UserError(f"compression must be one of {frontend.COMPRESSIONS}")
+        self.compression = compression
+        self.name = name
+        self.model = model
+        self.vocabulary = vocabulary
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str, device: str = "cpu", batch_size: int = 32, compression: str = "numpy1"
+    ) -> Tagger:
+        """`name`: musicnn-mtt, musicnn-msd, vgg-mtt or vgg-msd; `compression`: the
+        front end's "numpy1" (default, as published) or "numpy2" (frontend.py)."""
+        pretrained_spec(name)
+        model, vocabulary = load_pretrained(name)
+        return cls(name, model.to(device), vocabulary, batch_size, compression)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def windows(self, path: str | Path) -> tuple[np.ndarray, list[int]]:
+        """The model input [windows, 96, 187] of a file and each window's first frame."""
+        try:
+            decoded = load_audio(Path(path).read_bytes(), frontend.SAMPLE_RATE, min_seconds=0.0)
+        except AudioRejected as exc:
+            raise UserError(f"{path}: {exc}") from None
+        log_mel = frontend.official_log_mel(decoded.pcm, self.compression)
+        starts = frontend.window_starts(len(log_mel))
+        if not starts:
+            raise TooShort(
+                f"{path}: {decoded.seconds:.2f} s is shorter than one {MIN_SECONDS:.2f} s window"
+            )
+        return frontend.cut_windows(log_mel, starts), starts
+
+    @torch.inference_mode()
+    def features(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's named layers (and `taggram`) for a window batch [N, 96, 187]."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for i in range(0, len(batch), self.batch_size):
+            x = torch.from_numpy(batch[i : i + self.batch_size]).to(self.device)
+            out = self.model.features(x)
+            out["taggram"] = torch.sigmoid(out["logits"])
+            for key, value in out.items():
+                parts.setdefault(key, []).append(value.float().cpu().numpy())
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def predict(self, path: str | Path) -> dict:
+        batch, starts = self.windows(path)
+        taggram = self.features(batch)["taggram"]
+        return {
+            "path": str(path),
+            "model": self.name,
+            "vocabulary": list(self.vocabulary),
+            "probabilities": taggram.mean(axis=0).tolist(),
+            "taggram": taggram.tolist(),
+            "windows_s": [list(w) for w in frontend.window_seconds(starts)],
+        }
