@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from pipelines.core.audio import AudioRejected, load_audio, to_int16
-from tagtrain.runs import RUN_ERRORS, RunError, TrainedRun, fail, load_run
+from tagtrain.runs import RunError, TrainedRun, load_run
 from tagtrain.tag import pcm_input, window_offsets
 
 COMMAND = "explain"
@@ -195,8 +195,6 @@ def run(args: argparse.Namespace) -> int:
     except AudioRejected as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 1
-    except RUN_ERRORS as exc:
-        return fail(exc)
     for i, tag in enumerate(explanation.tags):
         print(
             f"{tag}: p={explanation.probability[i]:.3f}, strongest at "

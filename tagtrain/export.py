@@ -34,8 +34,7 @@ import torch
 from torch import nn
 
 from pipelines.core import features
-from pipelines.core.errors import UserError
-from tagtrain.runs import RUN_ERRORS, RunError, TrainedRun, fail, load_run
+from tagtrain.runs import RunError, TrainedRun, load_run
 
 COMMAND = "export"
 HELP = "export a run to ONNX: waveform windows in, tag probabilities out"
@@ -178,17 +177,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.onnx.suffix != ".onnx":
-            raise RunError(f"--onnx must name a .onnx file, got {args.onnx}")
-        if args.pretrained:
-            out, vocabulary = export_pretrained_onnx(args.pretrained, args.onnx)
-            print(f"wrote {out}: {args.pretrained}, {len(vocabulary)} tags, log-mel windows in")
-            return 0
-        trained = load_run(args.run, args.checkpoint, "cpu")
-        out = export_onnx(trained, args.onnx)
-    except (*RUN_ERRORS, UserError) as exc:
-        return fail(exc)
+    if args.onnx.suffix != ".onnx":
+        raise RunError(f"--onnx must name a .onnx file, got {args.onnx}")
+    if args.pretrained:
+        out, vocabulary = export_pretrained_onnx(args.pretrained, args.onnx)
+        print(f"wrote {out}: {args.pretrained}, {len(vocabulary)} tags, log-mel windows in")
+        return 0
+    trained = load_run(args.run, args.checkpoint, "cpu")
+    out = export_onnx(trained, args.onnx)
     print(
         f"wrote {out}: {trained.model_name}, {len(trained.vocabulary)} tags, "
         f"windows of {trained.spec.samples} samples at {trained.spec.sample_rate} Hz"

@@ -7,7 +7,7 @@
 
 Where things live: the device, DDP and autocast in tagtrain.runtime; the data in
 tagtrain.trainingdata; schedules and selection in tagtrain.schedules; what to train in a
-recipe (tagtrain.recipes, student, patchout_training) plus callbacks (tagtrain.callbacks);
+recipe (tagtrain.training_recipe, student, patchout_training) plus callbacks (tagtrain.callbacks);
 checkpoints in tagtrain.checkpoint; the run's files in tagtrain.rundir and runlog.
 
 Guarantees: a step whose loss is not finite (on any rank) is skipped, never applied, and
@@ -34,11 +34,11 @@ from tagtrain.config import ConfigError, RunConfig
 from tagtrain.data import LoaderError
 from tagtrain.inference import predict_split
 from tagtrain.metrics import bce_on_probabilities, tag_scores
-from tagtrain.recipes import Supervised
 from tagtrain.registry import create_model, get_entry
 from tagtrain.rundir import RunDir
 from tagtrain.runlog import RunLog, epoch_line, epoch_row, loader_line
 from tagtrain.runtime import Runtime
+from tagtrain.training_recipe import Supervised
 from tagtrain.trainingdata import TrainingData, check_batch_norm
 
 # Test hook: SIGKILL this process right after the given global step (a simulated crash).

@@ -49,13 +49,13 @@ from tagtrain.config import ConfigError, RunConfig, apply
 from tagtrain.flags import add_flags, given, setting
 from tagtrain.loop import Trainer
 from tagtrain.models.patchout import PATCHOUT_MODELS, default_time_patchout, grid_size
-from tagtrain.recipes import Supervised
 from tagtrain.registry import get_entry
 from tagtrain.rundir import RunDir
 from tagtrain.schedules import RampSchedule, lr_factor
 from tagtrain.train import add_arguments as add_train_arguments
 from tagtrain.train import checked_model
 from tagtrain.train import config_from_args as train_config_from_args
+from tagtrain.training_recipe import Supervised
 
 COMMAND = "train-patchout"
 HELP = (

@@ -53,11 +53,11 @@ from tagtrain.data import (
 )
 from tagtrain.flags import add_flags, given, setting
 from tagtrain.loop import Trainer
-from tagtrain.recipes import Supervised
 from tagtrain.registry import count_parameters
 from tagtrain.rundir import RunDir
 from tagtrain.runs import CHECKPOINTS, RunError, TrainedRun, load_run
 from tagtrain.train import add_config_flags, checked_model, config_overrides
+from tagtrain.training_recipe import Supervised
 from tagtrain.trainingdata import check_batches
 
 COMMAND = "student"

@@ -22,8 +22,8 @@ from tagtrain import checkpoint as ckpt
 from tagtrain.__main__ import main
 from tagtrain.config import ConfigError, RunConfig, build_config
 from tagtrain.loop import Trainer, TrainingError
-from tagtrain.recipes import Supervised
 from tagtrain.train import KILL_AT_STEP_ENV, Schedule, train
+from tagtrain.training_recipe import Supervised
 from tests import shardkit
 from tests.conftest import ROOT, free_port
 
