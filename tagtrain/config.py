@@ -35,6 +35,9 @@ class ConfigError(UserError, ValueError):
 class RunConfig:
     data: str = setting("", "dataset directory or URL prefix (https://, s3://, gs://)")
     model: str = setting("", "registered model name (see `python -m tagtrain models`)")
+    recipe: str = setting(
+        "", "paper recipe to start from (`python -m tagtrain recipes`); flags override it"
+    )
     out: str = setting("", "run directory (empty: runs/MODEL)")
     width: float = setting(1.0, "channel-width multiplier of the model")
     seed: int = setting(0, "seed of initialisation, shuffles and crops")

@@ -53,7 +53,7 @@ from tagtrain.registry import get_entry
 from tagtrain.rundir import RunDir
 from tagtrain.schedules import RampSchedule, lr_factor
 from tagtrain.train import add_arguments as add_train_arguments
-from tagtrain.train import checked_model
+from tagtrain.train import checked_model, config_overrides, with_recipe
 from tagtrain.train import config_from_args as train_config_from_args
 from tagtrain.training_recipe import Supervised
 
@@ -208,12 +208,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, PatchoutOptions]:
-    cfg = train_config_from_args(args)
-    saved = {}
+    cfg = train_config_from_args(args, command=COMMAND)
+    saved = with_recipe(config_overrides(args), COMMAND)[1]
     if args.resume:
         path = RunDir(cfg.run_dir()) / RunDir.PATCHOUT
         if path.is_file():
-            saved = json.loads(path.read_text())
+            saved = {**saved, **json.loads(path.read_text())}
     options = PatchoutOptions.from_dict(
         {**saved, **given(args, PatchoutOptions)}, "patchout options"
     )

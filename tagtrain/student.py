@@ -56,7 +56,7 @@ from tagtrain.loop import Trainer
 from tagtrain.registry import count_parameters
 from tagtrain.rundir import RunDir
 from tagtrain.runs import CHECKPOINTS, RunError, TrainedRun, load_run
-from tagtrain.train import add_config_flags, checked_model, config_overrides
+from tagtrain.train import add_config_flags, checked_model, config_overrides, with_recipe
 from tagtrain.training_recipe import Supervised
 from tagtrain.trainingdata import check_batches
 
@@ -390,7 +390,7 @@ def train_students(cfg: RunConfig, student: StudentConfig, resume: bool = False)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--student-model",
-        required=True,
+        default=None,
         help="registered model of the student (as large as the teacher: knowledge expansion; "
         "smaller, e.g. music_tagging_transformer_small: distillation)",
     )
@@ -402,12 +402,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[RunConfig, StudentConfig]:
-    overrides = {**config_overrides(args), "model": args.student_model}
+    overrides = config_overrides(args)
+    recipe, student_options = with_recipe(overrides, COMMAND)
+    overrides["model"] = args.student_model or recipe.get("model", "")
+    if not overrides["model"]:
+        raise ConfigError("give --student-model NAME (or a student --recipe)")
     # Noise is what makes the student noisy: the recipe unless the config or a flag says.
-    cfg = build_config(args.config, overrides, base={"augment": "default"})
+    cfg = build_config(args.config, overrides, base={"augment": "default", **recipe})
     if not cfg.out:
         cfg = dataclasses.replace(cfg, out=f"runs/{cfg.model}-student")
-    return checked_model(cfg), StudentConfig(**given(args, StudentConfig)).validate()
+    return checked_model(cfg), StudentConfig(
+        **{**student_options, **given(args, StudentConfig)}
+    ).validate()
 
 
 def run(args: argparse.Namespace) -> int:

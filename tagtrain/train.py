@@ -43,8 +43,27 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return given(args, RunConfig)
 
 
-def config_from_args(args: argparse.Namespace, base: dict | None = None) -> RunConfig:
+def with_recipe(overrides: dict, command: str) -> tuple[dict, dict]:
+    """(base settings, the command's recipe options) of `--recipe NAME`, or ({}, {}).
+    Flags given beside the recipe override it; the run says which."""
+    name = overrides.get("recipe")
+    if not name:
+        return {}, {}
+    from tagtrain.recipes import recipe_settings
+
+    base, options = recipe_settings(name, command)
+    changed = sorted(k for k in overrides if k in base and k != "recipe" and base[k] != overrides[k])
+    if changed:
+        print(f"recipe {name}, overridden by flags: {', '.join(changed)}")
+    return base, options
+
+
+def config_from_args(
+    args: argparse.Namespace, base: dict | None = None, command: str = COMMAND
+) -> RunConfig:
     overrides = config_overrides(args)
+    if base is None:
+        base = with_recipe(overrides, command)[0]
     if args.resume:
         probe = build_config(args.config, {"data": "-", "model": "-", **overrides})
         if not (probe.out or "model" in overrides):
