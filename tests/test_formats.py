@@ -139,7 +139,7 @@ def test_plain_webdataset_reads_every_sample_as_documented(dataset):
     for s in samples:
         meta = s["meta"]
         assert SAMPLE_FIELDS <= set(meta)
-        assert meta["key"] == s["key"] and meta["deformation"] in (None, "null")
+        assert meta["key"] == s["key"] and meta["deformation"] == "null"
         assert s["mel"].dtype == np.float16 and s["mel"].shape == (n_mels, meta["frames"])
         assert s["pcm"].dtype == np.int16 and len(s["pcm"]) // hop + 1 == meta["frames"]
         assert [card["vocabulary"][i] for i in meta["labels"]] == meta["tags"]
@@ -152,9 +152,7 @@ def test_plain_webdataset_reads_every_sample_as_documented(dataset):
         deformed = read_with_webdataset(sorted(glob.glob(str(pert / "test-*.tar"))))
         assert sorted(s["key"] for s in deformed) == test_keys
         for s in deformed:
-            provenance = s["meta"]["deformation"]
-            if isinstance(provenance, str):  # the fixed format: JSON text (FORMATS.md)
-                provenance = json.loads(provenance)
+            provenance = json.loads(s["meta"]["deformation"])
             assert provenance["name"] == pert.name and provenance["source_key"] == s["key"]
 
 
@@ -181,10 +179,6 @@ def test_hf_datasets_reads_the_shards(dataset, tmp_path):
         assert row["json"]["key"] == row["__key__"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until make_sample writes `deformation` as JSON text (docs/FORMATS.md, 'deformation')",
-)
 def test_hf_clean_and_perturbed_sets_load_separately_and_concatenate(dataset, tmp_path):
     datasets = pytest.importorskip("datasets")
     clean = hf_load({"test": str(dataset / "test-*.tar")}, tmp_path / "a")["test"]

@@ -138,9 +138,10 @@ def test_paper_set_writes_eight_datasets_that_validate_and_read_back(source, pap
             assert {k: v for k, v in meta.items() if k not in changed} == {
                 k: v for k, v in original.items() if k not in changed
             }
-            assert meta["deformation"]["name"] == d.name
-            assert meta["deformation"]["source_key"] == key
-            assert meta["deformation"]["seed"] == 0
+            deformation = json.loads(meta["deformation"])
+            assert deformation["name"] == d.name
+            assert deformation["source_key"] == key
+            assert deformation["seed"] == 0
     for name in PAPER:
         assert name in result.stdout
     assert "wrote 8 dataset(s)" in result.stdout
@@ -208,7 +209,7 @@ def test_provenance_in_the_shard_round_trips_and_replays_the_stored_audio(source
     src = originals(source)
     for name in PAPER:
         for key, m in read_members(root / name).items():
-            provenance = json.loads(m["json"])["deformation"]
+            provenance = json.loads(json.loads(m["json"])["deformation"])
             assert json.loads(json.dumps(provenance)) == provenance
             original = from_int16(npy(src[key]["pcm.npy"]))
             replayed = to_int16(replay(provenance["history"], original, SR))
@@ -288,7 +289,7 @@ def test_augment_writes_k_recorded_copies_per_track(source):
             m = members[f"{key}-aug{i}"]
             meta = json.loads(m["json"])
             assert meta["key"] == f"{key}-aug{i}" and meta["track_id"] == key
-            recorded = meta["deformation"]
+            recorded = json.loads(meta["deformation"])
             assert recorded["copy"] == i and recorded["source_key"] == key
             assert recorded["seed"] == 3
             for field in ("name", "type", "params", "history"):

@@ -157,7 +157,7 @@ def test_shards_read_back_with_tarfile_and_numpy(awkward):
         assert meta["key"] == key and meta["sample_rate"] == SR
         assert meta["duration"] == pytest.approx(len(pcm) / SR)
         assert [card["vocabulary"][i] for i in meta["labels"]] == meta["tags"]
-        assert meta["deformation"] is None
+        assert meta["deformation"] == "null"
     by_name = {json.loads(m["json"])["track_id"]: json.loads(m["json"]) for m in members.values()}
     assert by_name["rate_8k.wav"]["source_sample_rate"] == 8000
     assert by_name["rate_8k.wav"]["duration"] == pytest.approx(4.0, abs=1e-3)

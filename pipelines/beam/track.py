@@ -122,7 +122,8 @@ def make_sample(
         "artist_id": row.get("artist_id"),
         "album_id": row.get("album_id"),
         **info,
-        "deformation": deformation,
+        # JSON text, "null" when clean: one column type for columnar readers (FORMATS.md).
+        "deformation": json_bytes(deformation).decode(),
     }
     members["json"] = json_bytes(meta)
     mel64 = mel.astype(np.float64)
