@@ -247,7 +247,7 @@ def test_remote_schemes_go_through_fsspec_in_webdataset_and_pipes_are_gone():
 
     register_with_webdataset({})
     for scheme in ("http", "https", "s3", "gs"):
-        assert wds.gopen_schemes[scheme].func.__module__ == "tagtrain.openers"
+        assert wds.gopen_schemes[scheme].func.__module__ == "tagtrain.loader.openers"
     assert "pipe" not in wds.gopen_schemes
     with pytest.raises(ValueError, match="no gopen handler"):
         wds.gopen("pipe:echo hello")

@@ -1,0 +1,68 @@
+"""What a loader counts while it reads, and the loader's one-line error."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from pipelines.core.errors import UserError
+
+_MAX_ERRORS_KEPT = 5
+_COUNTERS = (
+    "shards_opened",
+    "shard_errors",
+    "samples",
+    "bad_samples",
+    "foreign_members",
+    "duplicate_keys",
+)
+
+
+class LoaderError(UserError, ValueError):
+    """A loader set-up that cannot work (e.g. too few shards); the message is one line."""
+
+
+@dataclass
+class LoaderStats:
+    shards_opened: int = 0
+    shard_errors: int = 0
+    samples: int = 0  # samples decoded
+    bad_samples: int = 0  # samples skipped for any reason (see bad_by_reason)
+    foreign_members: int = 0  # members that are neither .json nor .npy: skipped unread
+    duplicate_keys: int = 0  # samples whose key was already read from the same shard
+    bad_by_reason: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: LoaderStats) -> LoaderStats:
+        out = LoaderStats()
+        for name in _COUNTERS:
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        reasons = dict(self.bad_by_reason)
+        for reason, count in other.bad_by_reason.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+        out.bad_by_reason = reasons
+        out.errors = (self.errors + other.errors)[:_MAX_ERRORS_KEPT]
+        return out
+
+    def note(self, message: str) -> None:
+        if len(self.errors) < _MAX_ERRORS_KEPT:
+            self.errors.append(message[:300])
+
+    def reject(self, key: str, reason: str, detail: str) -> None:
+        """Count one skipped sample under `reason` (a short fixed word)."""
+        self.bad_samples += 1
+        self.bad_by_reason[reason] = self.bad_by_reason.get(reason, 0) + 1
+        self.note(f"{key}: {reason}: {detail}")
+
+    @property
+    def bad_fraction(self) -> float:
+        seen = self.samples + self.bad_samples
+        return self.bad_samples / seen if seen else 0.0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> LoaderStats:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
