@@ -209,6 +209,26 @@ def test_card_stats_normalise_each_band(dataset):
     assert ((per_band.std(dim=1) - 1).abs() < 0.5).float().mean() > 0.9
 
 
+def test_standardize_none_band_and_global(dataset):
+    out, card = dataset
+    cfg = data.LoaderConfig(batch_size=8, workers=0, shuffle_buffer=0)
+    x = torch.cat([b.x for b in read_epoch(out, card, cfg)[0]])
+    cpu = torch.device("cpu")
+
+    def fed(**changes):
+        plan = data.plan_input(card, dataclasses.replace(SPEC, **changes))
+        return data.DeviceInput(plan, cpu)(x)
+
+    assert torch.equal(fed(standardize="none"), x.float())
+    band = fed(standardize="band")
+    assert band.permute(1, 0, 2).reshape(128, -1).mean(dim=1).abs().max() < 0.5
+    assert torch.allclose(
+        fed(standardize="global", global_stats=(-40.0, 20.0)), (x.float() + 40) / 20
+    )
+    with pytest.raises(CardError, match="global_stats"):
+        data.plan_input(card, dataclasses.replace(SPEC, standardize="global"))
+
+
 def test_too_few_shards_for_ranks_times_workers_is_a_clear_error(dataset):
     out, card = dataset
     shards = data.split_shards(card, str(out), "train")

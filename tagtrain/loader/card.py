@@ -3,12 +3,14 @@ ranges of every field the loader relies on, one-line errors), and its shards lis
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pipelines.core.card import CARD_NAME, FEATURES, CardError, parse_card
 from pipelines.core.errors import first_line
+from pipelines.core.features import FeatureConfig
 from tagtrain.loader.openers import join_url, read_bytes
 
 MAX_CARD_BYTES = 64 << 20  # a card lists shards and stats: far below this
@@ -43,6 +45,7 @@ def check_card(card: Mapping, source: str = "dataset.json") -> None:
     features = card["features"]
     if not isinstance(features, dict):
         _fail(source, "features", "is not an object")
+    _check_feature_types(source, features)
     stored = features.get("stored", ())
     if not isinstance(stored, list | tuple) or not all(s in FEATURES for s in stored):
         _fail(source, "features.stored", f"must be a list of {list(FEATURES)}")
@@ -57,6 +60,24 @@ def check_card(card: Mapping, source: str = "dataset.json") -> None:
     for split, entry in splits.items():
         _check_split(source, str(split), entry)
     _check_stats(source, card.get("mel_stats"))
+
+
+def _check_feature_types(source: str, features: Mapping) -> None:
+    for spec in dataclasses.fields(FeatureConfig):
+        if spec.name not in features:
+            continue
+        value, kind = features[spec.name], str(spec.type)
+        ok = {
+            "int": _is_int(value) and value > 0,
+            "float": isinstance(value, int | float) and not isinstance(value, bool),
+            "str": isinstance(value, str),
+        }.get(kind, True)
+        if not ok:
+            _fail(source, f"features.{spec.name}", f"must be a positive {kind}, not {value!r:.40}")
+    try:
+        FeatureConfig.from_dict(dict(features))
+    except (TypeError, ValueError, OverflowError) as exc:
+        _fail(source, "features", first_line(exc, 200))
 
 
 def _check_split(source: str, split: str, entry) -> None:
