@@ -29,7 +29,14 @@ import pyarrow.parquet as pq
 from pipelines.core.audio import to_int16
 from pipelines.core.card import CARD_NAME, FORMAT, INDEX_NAME
 from pipelines.core.features import FeatureConfig, log_mel
-from pipelines.core.shards import json_bytes, npy_bytes, sample_size, shard_name, tar_bytes
+from pipelines.core.shards import (
+    json_bytes,
+    member_offsets,
+    npy_bytes,
+    sample_size,
+    shard_name,
+    tar_bytes,
+)
 
 VOCABULARY = ("tone_a", "tone_b", "tone_c", "tone_d", "tone_e")
 _TONE_HZ = (220.0, 440.0, 880.0, 1760.0, 3520.0)
@@ -51,11 +58,13 @@ def make_dataset(
     features: FeatureConfig | None = None,
     vocabulary: Sequence[str] = VOCABULARY,
     seed: int = 0,
+    member_index: bool = True,
 ) -> dict:
     """Write `out/{dataset.json, index.parquet, {split}-{NNNNNN}.tar}`; returns the card.
 
     `shard_sizes` gives the number of samples of each shard per split (uneven on purpose
-    where a test needs it)."""
+    where a test needs it). `member_index`: write the index's `members` column (byte
+    offset and size of each tar member), which lets the loader read single samples."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     features = features or FeatureConfig()
@@ -99,9 +108,12 @@ def make_dataset(
                 samples.append((key, members))
                 total_seconds += duration
                 index_rows.append(
-                    (key, split, shard_name(split, shard_no), tags, duration, sample_size(members))
+                    [key, split, shard_name(split, shard_no), tags, duration, sample_size(members)]
                 )
             data = tar_bytes(samples)
+            offsets = member_offsets(io.BytesIO(data))
+            for row in index_rows[len(index_rows) - size :]:
+                row.append(offsets[row[0]])
             name = shard_name(split, shard_no)
             (out / name).write_bytes(data)
             shards.append(
@@ -138,6 +150,7 @@ def make_dataset(
                 "tags": [r[3] for r in index_rows],
                 "duration": [r[4] for r in index_rows],
                 "bytes": [r[5] for r in index_rows],
+                **({"members": [r[6] for r in index_rows]} if member_index else {}),
             }
         ),
         out / INDEX_NAME,
@@ -222,3 +235,21 @@ def serve_s3(directory: str | Path, bucket: str = "shards", prefix: str = "data"
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def reindex(directory: str | Path) -> None:
+    """Rewrite the index's `members` column from the shards as they now are (after a test
+    crafted one), keeping one row per key of the card's shards."""
+    directory = Path(directory)
+    table = pq.read_table(directory / INDEX_NAME)
+    offsets: dict[tuple[str, str], list] = {}
+    for shard in set(table.column("shard").to_pylist()):
+        path = directory / shard
+        if path.is_file():
+            with open(path, "rb") as f:
+                for key, members in member_offsets(f).items():
+                    offsets[(shard, key)] = members
+    rows = zip(table.column("shard").to_pylist(), table.column("key").to_pylist())
+    members = [offsets.get((shard, key), []) for shard, key in rows]
+    table = table.drop_columns(["members"]) if "members" in table.column_names else table
+    pq.write_table(table.append_column("members", pa.array(members)), directory / INDEX_NAME)

@@ -47,6 +47,13 @@ def dataset(tmp_path_factory):
     return out, card
 
 
+@pytest.fixture(params=["shards", "samples"])
+def partition(request):
+    """Both reading paths: whole shards in order, and samples by the index's byte ranges
+    (the index rewritten for the crafted shard, as prepare would have written it)."""
+    return request.param
+
+
 def read_all(data_dir, card, **cfg):
     shards = loader.split_shards(card, str(data_dir), "train")
     plan = loader.plan_input(card, SPEC)
@@ -57,20 +64,22 @@ def read_all(data_dir, card, **cfg):
     return batches, reader.stats
 
 
-def with_members(dataset, tmp_path, change):
+def with_members(dataset, tmp_path, change, reindex=False):
     """A copy of the dataset whose one shard's members went through `change(list)`."""
     out, card = dataset
     copy = tmp_path / "data"
     shutil.copytree(out, copy)
     members = shardkit.read_members(out / "train-000000.tar")
     shardkit.write_raw_tar(copy / "train-000000.tar", change(members))
+    if reindex:
+        shardkit.reindex(copy)
     return copy, card
 
 
-def replaced(dataset, tmp_path, ext, data):
+def replaced(dataset, tmp_path, ext, data, reindex=False):
     name = f"{VICTIM}.{ext}"
     return with_members(
-        dataset, tmp_path, lambda ms: [(n, data if n == name else d) for n, d in ms]
+        dataset, tmp_path, lambda ms: [(n, data if n == name else d) for n, d in ms], reindex
     )
 
 
@@ -79,8 +88,8 @@ def victim_meta(dataset):
     return json.loads(members[f"{VICTIM}.json"])
 
 
-def assert_only_victim_skipped(copy, card, reason):
-    batches, stats = read_all(copy, card)
+def assert_only_victim_skipped(copy, card, reason, partition="shards"):
+    batches, stats = read_all(copy, card, partition=partition)
     keys = [k for b in batches for k in b.keys]
     assert sorted(keys) == [k for k in shardkit.split_keys(card, "train") if k != VICTIM]
     assert stats.bad_by_reason == {reason: 1}, stats.errors
@@ -110,9 +119,9 @@ def npy_with_header(shape, descr="<f2", payload=b"\0" * 64) -> bytes:
     ],
     ids=["huge-shape", "wrong-bands", "short-data", "int64", "bad-header", "garbage", "nan", "inf"],
 )
-def test_bad_mel_members_are_skipped_and_counted(dataset, tmp_path, data, reason):
-    copy, card = replaced(dataset, tmp_path, "mel.npy", data)
-    assert_only_victim_skipped(copy, card, reason)
+def test_bad_mel_members_are_skipped_and_counted(dataset, tmp_path, data, reason, partition):
+    copy, card = replaced(dataset, tmp_path, "mel.npy", data, partition == "samples")
+    assert_only_victim_skipped(copy, card, reason, partition)
 
 
 def _deep_json(depth: int) -> bytes:
@@ -133,29 +142,42 @@ def _deep_json(depth: int) -> bytes:
         ({"tags": [1]}, "labels"),
     ],
 )
-def test_bad_json_members_are_skipped_and_counted(dataset, tmp_path, meta, reason):
-    copy, card = replaced(dataset, tmp_path, "json", json_bytes(meta))
-    assert_only_victim_skipped(copy, card, reason)
+def test_bad_json_members_are_skipped_and_counted(dataset, tmp_path, meta, reason, partition):
+    copy, card = replaced(dataset, tmp_path, "json", json_bytes(meta), partition == "samples")
+    assert_only_victim_skipped(copy, card, reason, partition)
 
 
 @pytest.mark.parametrize(
     "data", [_deep_json(200_000), b"{" + b" " * (2 << 20) + b"}", b"\xff\xfe", b"1e999999"]
 )
-def test_unparseable_json_is_skipped_and_counted(dataset, tmp_path, data):
-    copy, card = replaced(dataset, tmp_path, "json", data)
-    assert_only_victim_skipped(copy, card, "json")
+def test_unparseable_json_is_skipped_and_counted(dataset, tmp_path, data, partition):
+    copy, card = replaced(dataset, tmp_path, "json", data, partition == "samples")
+    assert_only_victim_skipped(copy, card, "json", partition)
 
 
-def test_missing_member_is_skipped_and_counted(dataset, tmp_path):
+def test_missing_member_is_skipped_and_counted(dataset, tmp_path, partition):
     copy, card = with_members(
-        dataset, tmp_path, lambda ms: [(n, d) for n, d in ms if n != f"{VICTIM}.mel.npy"]
+        dataset,
+        tmp_path,
+        lambda ms: [(n, d) for n, d in ms if n != f"{VICTIM}.mel.npy"],
+        partition == "samples",
     )
-    assert_only_victim_skipped(copy, card, "missing_member")
+    assert_only_victim_skipped(copy, card, "missing_member", partition)
+
+
+def test_a_stale_index_fails_its_shard_instead_of_reading_other_bytes(dataset, tmp_path):
+    copy, card = replaced(dataset, tmp_path, "json", json_bytes({"labels": [0], "pad": "x" * 900}))
+    batches, stats = read_all(copy, card, partition="samples")
+    # The victim's json grew: every later member moved, the index no longer fits.
+    assert stats.shard_errors == 1 and "IndexMismatch" in stats.errors[0]
+    assert set(stats.bad_by_reason) == {"read_error"}
+    assert len([k for b in batches for k in b.keys]) + stats.bad_samples == 4
 
 
 def test_tags_by_name_still_work(dataset, tmp_path):
     meta = {k: v for k, v in victim_meta(dataset).items() if k != "labels"}
-    copy, card = replaced(dataset, tmp_path, "json", json_bytes({**meta, "tags": ["tone_b"]}))
+    new = json_bytes({**meta, "tags": ["tone_b"]})
+    copy, card = replaced(dataset, tmp_path, "json", new, reindex=True)
     batches, stats = read_all(copy, card)
     assert stats.bad_samples == 0
     (victim,) = [b for b in batches if b.keys == [VICTIM]]
@@ -168,7 +190,7 @@ def test_non_adjacent_duplicate_keys_are_counted_not_read_twice(dataset, tmp_pat
         return members + again
 
     copy, card = with_members(dataset, tmp_path, duplicate)
-    batches, stats = read_all(copy, card)
+    batches, stats = read_all(copy, card, partition="shards")
     keys = [k for b in batches for k in b.keys]
     assert sorted(keys) == shardkit.split_keys(card, "train")  # 4 samples, as the card says
     assert stats.duplicate_keys == 1 and stats.bad_by_reason == {"duplicate_key": 1}
@@ -181,27 +203,27 @@ def test_a_member_claiming_gigabytes_is_never_read(dataset, tmp_path):
     info = tarfile.TarInfo(f"{VICTIM}.mel.npy")
     info.size = 8 * 2**30 - 1  # the USTAR maximum
     (copy / "train-000000.tar").write_bytes(info.tobuf(tarfile.USTAR_FORMAT) + b"\0" * 4096)
-    batches, stats = read_all(copy, card)
+    batches, stats = read_all(copy, card, partition="shards")
     assert batches == [] and stats.shard_errors == 1
     assert "8589934591" in stats.errors[0]
 
 
-def test_a_fifo_named_as_a_shard_is_refused_without_hanging(dataset, tmp_path):
+def test_a_fifo_named_as_a_shard_is_refused_without_hanging(dataset, tmp_path, partition):
     out, card = dataset
     copy = tmp_path / "data"
     shutil.copytree(out, copy)
     (copy / "train-000000.tar").unlink()
     os.mkfifo(copy / "train-000000.tar")
-    batches, stats = read_all(copy, card, workers=1)
+    batches, stats = read_all(copy, card, workers=1, partition=partition)
     assert batches == [] and stats.shard_errors == 1
     assert "not a regular file" in stats.errors[0]
 
 
 def test_too_many_bad_samples_fail_loudly_with_one_line(dataset, tmp_path):
     copy, card = replaced(dataset, tmp_path, "json", b"[]")
-    read_all(copy, card, max_bad_fraction=0.5)  # 1 of 4: allowed
+    read_all(copy, card, max_bad_fraction=0.5, partition="shards")  # 1 of 4: allowed
     with pytest.raises(loader.LoaderError) as info:
-        read_all(copy, card, max_bad_fraction=0.2)
+        read_all(copy, card, max_bad_fraction=0.2, partition="shards")
     assert isinstance(info.value, UserError)
     message = str(info.value)
     assert "\n" not in message and "1 of 4 samples were bad (json 1)" in message

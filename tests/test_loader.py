@@ -88,8 +88,11 @@ def test_shard_order_and_crops_depend_on_seed_and_epoch(dataset):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_mid_epoch_sees_each_remaining_sample_once(dataset, workers):
+    """Shard-level streams (datasets whose index has no member byte ranges)."""
     out, card = dataset
-    cfg = data.LoaderConfig(batch_size=3, workers=workers, shuffle_buffer=6, seed=5)
+    cfg = data.LoaderConfig(
+        batch_size=3, workers=workers, shuffle_buffer=6, seed=5, partition="shards"
+    )
     full, _ = read_epoch(out, card, cfg, epoch=2)
     first, reader = read_epoch(out, card, cfg, epoch=2, limit=4)
     # What a checkpoint stores, through its tensor encoding.
@@ -143,11 +146,16 @@ def test_foreign_and_pickled_members_are_never_unpickled(dataset, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(out, copy)
     shardkit.write_raw_tar(copy / "train-000000.tar", members)
-    cfg = data.LoaderConfig(batch_size=1, workers=0, shuffle_buffer=0)
+    cfg = data.LoaderConfig(batch_size=1, workers=0, shuffle_buffer=0, partition="shards")
     batches, reader = read_epoch(copy, card, cfg)
     assert not marker.exists()
     assert reader.stats.foreign_members == 2
     assert reader.stats.bad_samples == 1  # the object-array .npy refused by allow_pickle=False
+    assert sorted(keys_of(batches)) == shardkit.split_keys(card, "train")
+    # By byte ranges (the index rewritten to list them): the pickles are never fetched.
+    shardkit.reindex(copy)
+    batches, reader = read_epoch(copy, card, dataclasses.replace(cfg, partition="samples"))
+    assert not marker.exists()
     assert sorted(keys_of(batches)) == shardkit.split_keys(card, "train")
 
 
@@ -232,9 +240,11 @@ def test_standardize_none_band_and_global(dataset):
 def test_too_few_shards_for_ranks_times_workers_is_a_clear_error(dataset):
     out, card = dataset
     shards = data.split_shards(card, str(out), "train")
-    cfg = data.LoaderConfig(batch_size=4, workers=4, world=2)
+    cfg = data.LoaderConfig(batch_size=4, workers=4, world=2, partition="shards")
     with pytest.raises(data.LoaderError, match=r"4 shard\(s\), fewer than .* 2 x 4 = 8"):
         data.check_enough_shards(shards, cfg, "train")
+    # Sample-level partitioning (the index gives member byte ranges) needs no more shards.
+    data.check_enough_shards(shards, dataclasses.replace(cfg, partition="auto"), "train")
 
 
 def test_ranks_get_equal_planned_batches_from_uneven_shards():

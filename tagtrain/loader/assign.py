@@ -26,6 +26,11 @@ class LoaderConfig:
     # Fail the epoch (LoaderError) when more than this fraction of samples is bad; 1.0
     # never fails (bad samples are always skipped and counted).
     max_bad_fraction: float = 1.0
+    # "auto": sample-level partitioning for training when the index gives member byte
+    # ranges, else shard-level; "samples" requires the index; "shards" never uses it.
+    partition: str = "auto"
+    read_retries: int = 6  # retries of a transient read failure, with doubling backoff
+    retry_backoff: float = 0.5  # seconds before the first retry
 
     @property
     def slots(self) -> int:
@@ -59,6 +64,12 @@ def assign_shards(
 
 
 def check_enough_shards(shards: Sequence[ShardInfo], cfg: LoaderConfig, split: str) -> None:
+    """LoaderError unless every rank's worker gets a shard; sample-level partitioning
+    (an index with member byte ranges) needs no more shards than one."""
+    from tagtrain.loader.index import load_sample_refs
+
+    if cfg.train and cfg.partition != "shards" and load_sample_refs(shards, cfg.storage_options):
+        return
     needed = cfg.world * cfg.slots
     if len(shards) < needed:
         raise LoaderError(
@@ -69,7 +80,27 @@ def check_enough_shards(shards: Sequence[ShardInfo], cfg: LoaderConfig, split: s
 
 def planned_steps(assignment, batch_size: int) -> int:
     """Batches every rank runs in a training epoch: the smallest rank's count of full
-    per-worker batches."""
+    per-worker batches (or the sample-level plan's own count)."""
+    if hasattr(assignment, "planned_steps"):
+        return assignment.planned_steps()
     return min(
         sum(sum(s.samples for s in slot) // batch_size for slot in slots) for slots in assignment
     )
+
+
+@dataclass(frozen=True)
+class SampleAssignment:
+    """The sample-level plan of an epoch: `total` samples in the global order, of which
+    `consumed` were consumed before this stream started (resume)."""
+
+    total: int
+    consumed: int
+    batch_size: int
+    world: int
+
+    def planned_steps(self) -> int:
+        step = self.batch_size * self.world
+        return self.consumed // step + max(0, self.total - self.consumed) // step
+
+    def remaining_steps(self) -> int:
+        return max(0, self.total - self.consumed) // (self.batch_size * self.world)

@@ -65,8 +65,8 @@ class EpochReader:
             w = item["worker"]
             self.worker_stats[w] = LoaderStats.from_dict(item["stats"])
             self.check_bad_fraction(final=False)
-            if item.get("final"):
-                continue
+            if item.get("final") or item.get("empty"):
+                continue  # an empty batch (every sample bad) still counts as a turn
             position = WorkerPosition.from_row(item["position"])
             yield Batch(item["x"], item["y"], item["keys"], w, position, item.get("clean"))
         self.check_bad_fraction(final=True)

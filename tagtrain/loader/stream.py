@@ -15,10 +15,13 @@ import numpy as np
 import torch
 
 from pipelines.core.errors import first_line
-from tagtrain.loader.assign import LoaderConfig, assign_shards
+from tagtrain.loader.assign import LoaderConfig, SampleAssignment, assign_shards
 from tagtrain.loader.card import ShardInfo
+from tagtrain.loader.index import load_sample_refs
+from tagtrain.loader.partition import epoch_order, rank_batches
 from tagtrain.loader.plan import InputPlan
 from tagtrain.loader.positions import WorkerPosition, first_role, position_width
+from tagtrain.loader.sampled import SampleRoleStream, consumed_samples
 from tagtrain.loader.samples import SampleDecoder, SampleRejected
 from tagtrain.loader.shuffle import ShuffleBuffer, stable_int
 from tagtrain.loader.stats import LoaderError, LoaderStats
@@ -61,12 +64,47 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.cfg = cfg
         self.epoch = epoch
         self.resume = dict(resume or {})
-        self.first_role = first_role(self.resume, cfg.slots)
-        self.assignment = assign_shards(
-            shards, cfg.world, cfg.slots, cfg.seed, epoch, shuffle=cfg.train
-        )
+        self.shards = list(shards)
         self.width = position_width(cfg.shuffle_buffer if cfg.train else 0)
         self.decoder = SampleDecoder(plan, self.vocabulary, cfg, epoch)
+        self.refs = self._sample_refs()
+        if self.refs is not None:
+            self._plan_samples()
+        else:
+            self.first_role = first_role(self.resume, cfg.slots)
+            self.assignment = assign_shards(
+                shards, cfg.world, cfg.slots, cfg.seed, epoch, shuffle=cfg.train
+            )
+
+    def _sample_refs(self):
+        """Per-shard sample byte ranges when sample-level partitioning applies."""
+        cfg = self.cfg
+        if not cfg.train or cfg.partition == "shards":
+            if consumed_samples(self.resume) is not None:
+                raise LoaderError("a sample-level resume state needs sample-level partitioning")
+            return None
+        refs = load_sample_refs(self.shards, cfg.storage_options)
+        if refs is None and cfg.partition == "samples":
+            raise LoaderError("partition 'samples' needs an index with member byte ranges")
+        if refs is None and consumed_samples(self.resume) is not None:
+            raise LoaderError("the checkpoint was taken with the index's byte ranges, now gone")
+        return refs
+
+    def _plan_samples(self) -> None:
+        cfg = self.cfg
+        names = [s.name for s in self.shards]
+        self.order = epoch_order(self.refs, names, cfg.seed, self.epoch, cfg.shuffle_buffer)
+        self.consumed = consumed_samples(self.resume) or 0
+        self.sample_batches = rank_batches(
+            len(self.order), self.consumed, cfg.batch_size, cfg.world, cfg.rank
+        )
+        self.assignment = SampleAssignment(
+            len(self.order), self.consumed, cfg.batch_size, cfg.world
+        )
+
+    @property
+    def sample_level(self) -> bool:
+        return self.refs is not None
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -75,8 +113,26 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise LoaderError("the DataLoader's worker count differs from the loader config")
         if info is not None:
             torch.set_num_threads(1)  # workers parse and crop; torch threads would contend
+        if self.sample_level:
+            yield from SampleRoleStream(self, worker).batches()
+            return
         role = (worker + self.first_role) % self.cfg.slots
         yield from RoleStream(self, role).batches()
+
+    def tensors(self, entries) -> dict:
+        """x, y, keys (and clean) of a batch of (position, (crop, labels), key) entries."""
+        crops = [e[1][0] for e in entries]
+        xs = crops
+        if self.augment is not None:
+            xs = [self.augmented(crop, e[2]) for crop, e in zip(crops, entries)]
+        out = {
+            "x": torch.from_numpy(np.stack(xs)),
+            "y": torch.from_numpy(np.stack([e[1][1] for e in entries])),
+            "keys": [e[2] for e in entries],
+        }
+        if self.keep_clean:
+            out["clean"] = torch.from_numpy(np.stack(crops))
+        return out
 
     def decode(self, raw: Mapping, stats: LoaderStats):
         """(x, y) for a raw sample, or None (counted by reason) when it cannot be used."""
@@ -133,15 +189,7 @@ class RoleStream:
         }
         if final:
             return {**out, "final": True}
-        crops = [e[1][0] for e in entries]
-        xs = crops
-        if self.stream.augment is not None:
-            xs = [self.stream.augmented(crop, e[2]) for crop, e in zip(crops, entries)]
-        out["x"] = torch.from_numpy(np.stack(xs))
-        out["y"] = torch.from_numpy(np.stack([e[1][1] for e in entries]))
-        if self.stream.keep_clean:
-            out["clean"] = torch.from_numpy(np.stack(crops))
-        return {**out, "keys": [e[2] for e in entries]}
+        return {**out, **self.stream.tensors(entries)}
 
     def take(self, entry):
         """Add an entry to the batch being made; the batch once it is full, else None."""

@@ -62,8 +62,7 @@ def read_shard(shard: ShardInfo, member: str, stats: LoaderStats, options) -> It
 
     def record(exc: BaseException) -> bool:
         if not failed:
-            stats.shard_errors += 1
-            stats.note(f"{shard.name}: {type(exc).__name__}: {first_line(exc, 200)}")
+            stats.shard_failed(shard.name, f"{type(exc).__name__}: {first_line(exc, 200)}")
         failed.append(exc)
         return True  # keep going: a bad shard is skipped, not fatal
 

@@ -1,0 +1,112 @@
+"""The batches of one loader worker under sample-level partitioning (see `partition`):
+its share of the rank's batches, each sample's needed members fetched by byte range
+(`ranged`), one batch read ahead in a thread while the current one is decoded."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections import deque
+
+import torch
+
+from tagtrain.loader.index import SampleRef
+from tagtrain.loader.positions import WorkerPosition
+from tagtrain.loader.ranged import RangeFailure, RangeFetcher
+from tagtrain.loader.stats import LoaderStats
+
+SAMPLE_MODE = -2  # WorkerPosition.next_shard of a sample-level state; next_index = consumed
+READ_AHEAD = 2  # batches fetched ahead of the one being decoded
+
+
+def sample_state(consumed: int) -> WorkerPosition:
+    return WorkerPosition(SAMPLE_MODE, consumed)
+
+
+def consumed_samples(resume) -> int | None:
+    """Samples of the epoch's global order consumed, from a resume table's rows; None
+    when the rows are per-worker shard positions (or there are none)."""
+    counts = [p.next_index for p in (resume or {}).values() if p.next_shard == SAMPLE_MODE]
+    return max(counts) if counts else None
+
+
+class SampleRoleStream:
+    """Worker `worker`'s batches: rank batches worker, worker + W, ... of the epoch."""
+
+    def __init__(self, stream, worker: int):
+        self.stream, self.worker, self.cfg = stream, worker, stream.cfg
+        self.specs = list(enumerate(stream.sample_batches))[worker :: self.cfg.slots]
+        self.stats = LoaderStats()
+        self.needed = ("json", stream.plan.member)
+        self.touched: set[int] = set()
+        urls = [s.url for s in stream.shards]
+        self.fetcher = RangeFetcher(
+            urls, self.cfg.storage_options, self.cfg.read_retries, self.cfg.retry_backoff
+        )
+
+    def fetch(self, refs: list[SampleRef]) -> list:
+        """[(ref, raw sample or RangeFailure)] for a batch's samples, shard by shard."""
+        by_shard: dict[int, list[SampleRef]] = {}
+        self.touched.update(ref.shard for ref in refs)
+        for ref in refs:
+            by_shard.setdefault(ref.shard, []).append(ref)
+        out = {}
+        for shard, group in by_shard.items():
+            wanted = [(ref, ext, ref.member(ext)) for ref in group for ext in self.needed]
+            members = [(f"{ref.key}.{ext}", *r) for ref, ext, r in wanted if r is not None]
+            try:
+                parts = iter(self.fetcher.fetch_members(shard, members))
+            except RangeFailure as exc:
+                out.update({ref.key: (shard, exc) for ref in group})
+                continue
+            for ref, ext, r in wanted:
+                raw = out.setdefault(ref.key, {"__key__": ref.key})
+                if r is not None:
+                    raw[ext] = next(parts)
+        return [(ref, out[ref.key]) for ref in refs]
+
+    def batches(self):
+        order = self.stream.order
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fetch")
+        pending: deque = deque()
+        specs = iter(self.specs)
+        try:
+            while True:
+                while len(pending) < READ_AHEAD and (spec := next(specs, None)) is not None:
+                    j, (start, stop) = spec
+                    pending.append((j, pool.submit(self.fetch, order[start:stop])))
+                if not pending:
+                    break
+                j, future = pending.popleft()
+                yield self.make_batch(j, future.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.fetcher.close()
+        yield self.final()
+
+    def make_batch(self, j: int, fetched: list) -> dict:
+        entries = []
+        for ref, raw in fetched:
+            if isinstance(raw, tuple):  # (shard, RangeFailure)
+                self.stats.shard_failed(self.stream.shards[raw[0]].name, str(raw[1]))
+                self.stats.reject(ref.key, "read_error", str(raw[1]), note=False)
+                continue
+            item = self.stream.decode(raw, self.stats)
+            if item is not None:
+                entries.append((None, item, ref.key))
+        self.stats.shards_opened = len(self.touched)
+        consumed = self.stream.consumed + (j + 1) * self.cfg.batch_size * self.cfg.world
+        out = self.header(sample_state(consumed))
+        if not entries:
+            return {**out, "empty": True}
+        return {**out, **self.stream.tensors(entries)}
+
+    def header(self, position: WorkerPosition) -> dict:
+        row = position.to_row(self.stream.width)
+        return {
+            "worker": self.worker,
+            "position": torch.tensor(row, dtype=torch.int64),
+            "stats": self.stats.as_dict(),
+        }
+
+    def final(self) -> dict:
+        return {**self.header(sample_state(self.stream.consumed)), "final": True}
