@@ -118,3 +118,19 @@ def test_resume_with_another_world_size_sees_each_sample_once(dataset):
     seen = done + keys(rest)
     assert len(seen) == len(set(seen))
     assert len(seen) == 12 + (23 - 12) // 2 * 2  # nothing replayed, nothing skipped
+
+
+def test_resume_rows_take_any_rank_of_a_sample_level_state(dataset):
+    out, card = dataset
+    cfg = loader.LoaderConfig(batch_size=2, workers=2, shuffle_buffer=8, seed=1, world=2)
+    tables = [
+        read(out, card, dataclasses.replace(cfg, rank=r), limit=2)[1].encoded_positions()
+        for r in range(2)
+    ]
+    table = torch.stack(tables)  # what the trainer gathers: [world, workers, width]
+    assert loader.is_sample_state(table)
+    rows = loader.resume_rows(table, rank=2)  # a rank the old run did not have
+    assert loader.decode_positions(rows)[0].next_index == 8  # 2 steps x 2 ranks x 2
+    shard_level = torch.zeros(2, 2, 5, dtype=torch.int64)
+    assert not loader.is_sample_state(shard_level)
+    assert torch.equal(loader.resume_rows(shard_level, 1), shard_level[1])

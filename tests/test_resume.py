@@ -49,3 +49,22 @@ def test_resume_with_two_workers_is_bit_identical_wherever_killed(uninterrupted,
     resumed_weights = ckpt.load_checkpoint(run / "last.pt")["model"]
     for name, tensor in ckpt.load_checkpoint(whole / "last.pt")["model"].items():
         assert torch.equal(resumed_weights[name], tensor), name
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the trainer's _resume to accept sample-level states with other --workers "
+    "(tagtrain.loader.is_sample_state / resume_rows; see the loader report)",
+)
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_resume_with_other_worker_counts_sees_each_sample_once(uninterrupted, tmp_path, workers):
+    out, card, _ = uninterrupted
+    run = tmp_path / "run"
+    killed = trainer_cli("--data", str(out), "--out", str(run), *FLAGS, env={KILL_AT_STEP_ENV: "9"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    before = logged_steps(run)
+    resumed = trainer_cli("--out", str(run), "--resume", "--no-progress", "--workers", workers)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    epoch2 = [k for e, _, keys in logged_steps(run) if e == 1 for k in keys]
+    assert len(epoch2) == len(set(epoch2)) == 12  # every sample of the epoch exactly once
+    assert len(logged_steps(run)) - len(before) == 3

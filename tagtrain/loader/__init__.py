@@ -71,6 +71,7 @@ from tagtrain.loader.positions import (
     position_width,
 )
 from tagtrain.loader.reader import Batch, EpochReader, make_loader
+from tagtrain.loader.sampled import is_sample_state, resume_rows
 from tagtrain.loader.shuffle import ShuffleBuffer, stable_int
 from tagtrain.loader.stats import LoaderError, LoaderStats
 from tagtrain.loader.stream import ShardStream
@@ -96,11 +97,13 @@ __all__ = [
     "decode_positions",
     "encode_positions",
     "estimate_mel_stats",
+    "is_sample_state",
     "load_card",
     "make_loader",
     "plan_input",
     "planned_steps",
     "position_width",
+    "resume_rows",
     "split_shards",
     "stable_int",
     "tar_members",

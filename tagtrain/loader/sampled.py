@@ -110,3 +110,21 @@ class SampleRoleStream:
 
     def final(self) -> dict:
         return {**self.header(sample_state(self.stream.consumed)), "final": True}
+
+
+def is_sample_state(table: torch.Tensor) -> bool:
+    """Whether a checkpointed position table ([world, workers, width] or [workers, width])
+    holds a sample-level state: one global count, valid for any world size and worker
+    count (the trainer may then resume with other --workers or ranks)."""
+    rows = table.reshape(-1, table.shape[-1])
+    return bool(rows.numel()) and bool((rows[:, 0] == SAMPLE_MODE).any())
+
+
+def resume_rows(table: torch.Tensor, rank: int) -> torch.Tensor:
+    """The rows a rank resumes from: its own for shard-level states; for a sample-level
+    state any rank's (they all hold the same global count), so world sizes may differ."""
+    if is_sample_state(table):
+        rows = table.reshape(-1, table.shape[-1])
+        rows = rows[rows[:, 0] == SAMPLE_MODE]
+        return rows[rows[:, 1].argmax()][None]  # the latest consumed count
+    return table[rank]
