@@ -102,6 +102,21 @@ def filesystem(url: str, options: Mapping | None = None):
     return _filesystem(protocol, json.dumps(kwargs, sort_keys=True), os.getpid())
 
 
+def open_url_at(url: str, options: Mapping | None, offset: int):
+    """A read-ahead stream over `url` from byte `offset` on (to resume a failed read)."""
+    scheme = check_supported(url)
+    if scheme in LOCAL_SCHEMES:
+        stream = open_regular_file(local_path(url))
+        stream.seek(offset)
+        return stream
+    fs = filesystem(url, options)
+    if scheme in ("http", "https"):
+        stream = ReadAhead(fs.open(url, "rb", block_size=0))
+        stream.seek(offset)  # forward: reads and drops (servers need not honour ranges)
+        return stream
+    return RangeReader(fs, url, fs.size(url), start=offset)
+
+
 def open_url(url: str, options: Mapping | None = None, readahead: bool = True):
     """A binary read stream for a local path or a supported URL. With `readahead`, remote
     bytes arrive ahead of the reader, so downloading overlaps decoding: HTTP responses
@@ -204,13 +219,22 @@ class _BlockStream(io.RawIOBase):
 class RangeReader(_BlockStream):
     """An object read as consecutive `block_size` ranges, `depth` of them in flight."""
 
-    def __init__(self, fs, path: str, size: int, block_size: int = BLOCK_SIZE, depth: int = 4):
+    def __init__(
+        self,
+        fs,
+        path: str,
+        size: int,
+        block_size: int = BLOCK_SIZE,
+        depth: int = 4,
+        start: int = 0,
+    ):
         super().__init__()
         self._fs, self._path, self._size, self._block_size = fs, path, size, block_size
         self._pool = concurrent.futures.ThreadPoolExecutor(depth, thread_name_prefix="range")
         self._depth = depth
         self._pending: collections.deque = collections.deque()
-        self._next_start = 0
+        self._next_start = start
+        self._position = start
         self._submit()
 
     def _submit(self) -> None:

@@ -226,7 +226,15 @@ class RoleStream:
 
     def shard_batches(self, ordinal: int, shard: ShardInfo):
         last_wanted = max((i for o, i in self.wanted if o == ordinal), default=-1)
-        raws = read_shard(shard, self.stream.plan.member, self.stats, self.cfg.storage_options)
+        cfg = self.cfg
+        raws = read_shard(
+            shard,
+            self.stream.plan.member,
+            self.stats,
+            cfg.storage_options,
+            cfg.read_retries,
+            cfg.retry_backoff,
+        )
         for index, raw in enumerate(raws):
             pos = (ordinal, index)
             if ordinal < self.frontier[0] and index > last_wanted:

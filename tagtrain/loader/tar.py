@@ -8,12 +8,14 @@ shards are counted and skipped, never fatal."""
 
 from __future__ import annotations
 
+import functools
 import tarfile
 from collections.abc import Iterator
 
 from pipelines.core.errors import first_line
 from tagtrain.loader.card import ShardInfo
-from tagtrain.loader.openers import open_url
+from tagtrain.loader.openers import open_url_at
+from tagtrain.loader.retry import RetryingStream
 from tagtrain.loader.stats import LoaderStats
 
 _NPY_SUFFIX = "npy"  # with "json", the only member types a shard may hold
@@ -53,7 +55,14 @@ def member_selector(needed: set[str], stats: LoaderStats):
     return select
 
 
-def read_shard(shard: ShardInfo, member: str, stats: LoaderStats, options) -> Iterator[dict]:
+def read_shard(
+    shard: ShardInfo,
+    member: str,
+    stats: LoaderStats,
+    options,
+    retries: int = 0,
+    backoff: float = 0.5,
+) -> Iterator[dict]:
     """Raw samples {"__key__", "json", member} of one shard, in tar order. A key seen
     before in the same shard is counted as a duplicate and skipped."""
     import webdataset as wds
@@ -69,7 +78,9 @@ def read_shard(shard: ShardInfo, member: str, stats: LoaderStats, options) -> It
     select = member_selector({"json", member}, stats)
     stats.shards_opened += 1
     try:
-        stream = open_url(shard.url, options)
+        stream = RetryingStream(
+            functools.partial(open_url_at, shard.url, options), retries, backoff
+        )
     except Exception as exc:  # noqa: BLE001  (missing, refused or unreachable: counted, skipped)
         record(exc)
         return
