@@ -280,3 +280,21 @@ def test_a_card_nested_too_deep_or_too_large_is_one_line(tmp_path):
     os.symlink(tmp_path / "fifo", tmp_path / "dataset.json")
     with pytest.raises(CardError, match="not a regular file"):
         loader.load_card(str(tmp_path))
+
+
+def test_verify_checks_shard_checksums_from_the_card(dataset, tmp_path):
+    import hashlib
+
+    out, card = dataset
+    copy = tmp_path / "data"
+    shutil.copytree(out, copy)
+    digest = hashlib.sha256((copy / "train-000000.tar").read_bytes()).hexdigest()
+    good = _with_shard(card, sha256=digest)
+    shards = loader.split_shards(good, str(copy), "train")
+    assert loader.verify_shards(shards, {}) == 1
+    data = bytearray((copy / "train-000000.tar").read_bytes())
+    data[5000] ^= 1  # one flipped bit
+    (copy / "train-000000.tar").write_bytes(bytes(data))
+    with pytest.raises(loader.LoaderError, match="1 of 1 shards differ.*train-000000.tar"):
+        loader.verify_shards(shards, {})
+    assert loader.verify_shards(loader.split_shards(card, str(copy), "train"), {}) == 0

@@ -12,6 +12,13 @@ Modules, one job each:
     reader     the DataLoader over it and EpochReader (commit, positions, stats)
     device     DeviceInput: the batch to the model's input on the device
     stats      LoaderStats and LoaderError
+    index      the index's member byte ranges (SampleRef per sample)
+    partition  sample-level partitioning: one global order, equal batches, elastic resume
+    sampled    a worker's batches under sample-level partitioning (ranged reads)
+    ranged     member byte ranges by pread / fsspec cat_ranges, with retries
+    retry      a sequential shard stream that reopens at the failed offset
+    cache      a local shard cache (cache_dir, cache_limit) shared by workers and ranks
+    verify     --verify: shard sha256 against the card
     openers    local/HTTP/S3/GCS streams (fsspec), never a shell pipe
 
 The dataset card (`dataset.json`, next to the shards) is the contract: it lists the shards
@@ -76,6 +83,7 @@ from tagtrain.loader.shuffle import ShuffleBuffer, stable_int
 from tagtrain.loader.stats import LoaderError, LoaderStats
 from tagtrain.loader.stream import ShardStream
 from tagtrain.loader.tar import tar_members
+from tagtrain.loader.verify import verify_shards
 
 __all__ = [
     "Batch",
@@ -107,4 +115,5 @@ __all__ = [
     "split_shards",
     "stable_int",
     "tar_members",
+    "verify_shards",
 ]

@@ -31,6 +31,8 @@ class LoaderConfig:
     partition: str = "auto"
     read_retries: int = 6  # retries of a transient read failure, with doubling backoff
     retry_backoff: float = 0.5  # seconds before the first retry
+    cache_dir: str | None = None  # keep local copies of remote shards here (see cache)
+    cache_limit: int = 0  # bytes the cache may hold; 0: no limit
 
     @property
     def slots(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tarfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pipelines.core.errors import first_line
 from tagtrain.loader.openers import (
@@ -51,8 +51,16 @@ class ShortRead(Exception):
 class RangeFetcher:
     """Fetches member byte ranges of a split's shards (one per loader worker)."""
 
-    def __init__(self, urls: Sequence[str], options: Mapping, retries: int, backoff: float):
+    def __init__(
+        self,
+        urls: Sequence[str],
+        options: Mapping,
+        retries: int,
+        backoff: float,
+        locate: Callable[[str], str] = lambda url: url,
+    ):
         self.urls = list(urls)
+        self.locate = locate  # e.g. to a local cached copy
         self.options = dict(options or {})
         self.retries = retries
         self.backoff = backoff
@@ -97,7 +105,9 @@ class RangeFetcher:
 
     def _read(self, shard: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         url = self.urls[shard]
-        if scheme_of(url) in LOCAL_SCHEMES:
+        if shard not in self.files:
+            url = self.locate(url)
+        if shard in self.files or scheme_of(url) in LOCAL_SCHEMES:
             handle = self.files.get(shard)
             if handle is None:
                 handle = self.files[shard] = open_regular_file(local_path(url))

@@ -5,10 +5,12 @@ its share of the rank's batches, each sample's needed members fetched by byte ra
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from collections import deque
 
 import torch
 
+from tagtrain.loader.cache import locate
 from tagtrain.loader.index import SampleRef
 from tagtrain.loader.positions import WorkerPosition
 from tagtrain.loader.ranged import RangeFailure, RangeFetcher
@@ -39,8 +41,13 @@ class SampleRoleStream:
         self.needed = ("json", stream.plan.member)
         self.touched: set[int] = set()
         urls = [s.url for s in stream.shards]
+        cfg = self.cfg
         self.fetcher = RangeFetcher(
-            urls, self.cfg.storage_options, self.cfg.read_retries, self.cfg.retry_backoff
+            urls,
+            cfg.storage_options,
+            cfg.read_retries,
+            cfg.retry_backoff,
+            functools.partial(locate, cfg=cfg),
         )
 
     def fetch(self, refs: list[SampleRef]) -> list:

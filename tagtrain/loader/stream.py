@@ -234,6 +234,7 @@ class RoleStream:
             cfg.storage_options,
             cfg.read_retries,
             cfg.retry_backoff,
+            cfg,
         )
         for index, raw in enumerate(raws):
             pos = (ordinal, index)

@@ -13,6 +13,7 @@ import tarfile
 from collections.abc import Iterator
 
 from pipelines.core.errors import first_line
+from tagtrain.loader.cache import locate
 from tagtrain.loader.card import ShardInfo
 from tagtrain.loader.openers import open_url_at
 from tagtrain.loader.retry import RetryingStream
@@ -62,6 +63,7 @@ def read_shard(
     options,
     retries: int = 0,
     backoff: float = 0.5,
+    cfg=None,
 ) -> Iterator[dict]:
     """Raw samples {"__key__", "json", member} of one shard, in tar order. A key seen
     before in the same shard is counted as a duplicate and skipped."""
@@ -78,9 +80,8 @@ def read_shard(
     select = member_selector({"json", member}, stats)
     stats.shards_opened += 1
     try:
-        stream = RetryingStream(
-            functools.partial(open_url_at, shard.url, options), retries, backoff
-        )
+        url = locate(shard.url, cfg) if cfg is not None else shard.url
+        stream = RetryingStream(functools.partial(open_url_at, url, options), retries, backoff)
     except Exception as exc:  # noqa: BLE001  (missing, refused or unreachable: counted, skipped)
         record(exc)
         return
