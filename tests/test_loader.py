@@ -282,3 +282,20 @@ def test_remote_schemes_go_through_fsspec_in_webdataset_and_pipes_are_gone():
     with pytest.raises(ValueError, match="no gopen handler"):
         wds.gopen("pipe:echo hello")
     assert "gcs" in filesystem("gs://bucket/data", {"gcs": {"token": "anon"}}).protocol
+
+
+def test_song_level_models_get_random_training_crops_and_chunked_evaluation(dataset):
+    from tagtrain.loader.samples import crop_offsets
+
+    _, card = dataset
+    plan = dataclasses.replace(data.plan_input(card, SPEC), chunk_level=False)
+    train = [crop_offsets(1000, "k1", plan, True, 0, e, 1)[0] for e in range(6)]
+    assert len(set(train)) > 1 and all(0 <= o <= 1000 for o in train)  # per epoch
+    assert crop_offsets(1000, "k2", plan, True, 0, 0, 1) != crop_offsets(
+        1000, "k1", plan, True, 0, 0, 1
+    )
+    assert (
+        crop_offsets(1000, "k1", plan, False, 0, 0, 16)
+        == np.linspace(0, 1000, 16).round().astype(int).tolist()
+    )
+    assert crop_offsets(1000, "k1", plan, False, 0, 0, 1) == [0]

@@ -116,10 +116,15 @@ def checked_array(data: bytes, member: str, features: Mapping) -> np.ndarray:
 def crop_offsets(
     span: int, key: str, plan: InputPlan, train: bool, seed: int, epoch: int, chunks: int
 ):
-    """Where crops of the plan's length start in a track `span` frames/samples longer."""
+    """Where crops of the plan's length start in a track `span` frames/samples longer.
+
+    Training: a random crop per (seed, epoch, track), for chunk-level and song-level
+    models alike (FCN/CRNN in their reference code too). Evaluation: `chunks` evenly
+    spaced crops for every model; one crop is the centre (chunk-level) or the start
+    (song-level, whose input is the track's opening as long as the model sees)."""
     if train:
-        return [stable_int("crop", seed, epoch, key) % (span + 1) if plan.chunk_level else 0]
-    if plan.chunk_level and chunks > 1:
+        return [stable_int("crop", seed, epoch, key) % (span + 1)]
+    if chunks > 1:
         return np.linspace(0, span, chunks).round().astype(int).tolist()
     return [span // 2 if plan.chunk_level else 0]
 
