@@ -134,3 +134,19 @@ def test_resume_rows_take_any_rank_of_a_sample_level_state(dataset):
     shard_level = torch.zeros(2, 2, 5, dtype=torch.int64)
     assert not loader.is_sample_state(shard_level)
     assert torch.equal(loader.resume_rows(shard_level, 1), shard_level[1])
+
+
+def test_a_mel_model_fetches_only_the_mel_of_a_mel_and_pcm_dataset(tmp_path):
+    card = shardkit.make_dataset(
+        tmp_path, {"train": [4, 4]}, seconds=(3.0, 3.5), stored=("mel", "pcm"), seed=1
+    )
+    ratios = {}
+    for partition in ("samples", "shards"):
+        cfg = loader.LoaderConfig(batch_size=2, workers=0, partition=partition)
+        shards = loader.split_shards(card, str(tmp_path), "train")
+        plan = loader.plan_input(card, SPEC)
+        reader = loader.EpochReader(loader.ShardStream(shards, plan, card["vocabulary"], cfg))
+        assert sum(len(b.keys) for b in reader) == 8
+        ratios[partition] = reader.stats.bytes_read / reader.stats.bytes_used
+    assert ratios["samples"] <= 1.1  # the PCM members are never fetched
+    assert ratios["shards"] > 2  # a whole-shard stream passes over them

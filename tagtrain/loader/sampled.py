@@ -40,6 +40,7 @@ class SampleRoleStream:
         self.stats = LoaderStats()
         self.needed = ("json", stream.plan.member)
         self.touched: set[int] = set()
+        self.fetched_bytes = 0
         urls = [s.url for s in stream.shards]
         cfg = self.cfg
         self.fetcher = RangeFetcher(
@@ -69,6 +70,8 @@ class SampleRoleStream:
                 raw = out.setdefault(ref.key, {"__key__": ref.key})
                 if r is not None:
                     raw[ext] = next(parts)
+            # Counted per worker here, read by the main loop after the future is done.
+            self.fetched_bytes += sum(size + 512 for _, _, size in members)
         return [(ref, out[ref.key]) for ref in refs]
 
     def batches(self):
@@ -101,6 +104,14 @@ class SampleRoleStream:
             if item is not None:
                 entries.append((None, item, ref.key))
         self.stats.shards_opened = len(self.touched)
+        self.stats.bytes_read = self.fetched_bytes
+        self.stats.bytes_used += sum(
+            len(v)
+            for _, raw in fetched
+            if isinstance(raw, dict)
+            for v in raw.values()
+            if isinstance(v, bytes)
+        )
         consumed = self.stream.consumed + (j + 1) * self.cfg.batch_size * self.cfg.world
         out = self.header(sample_state(consumed))
         if not entries:

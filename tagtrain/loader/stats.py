@@ -15,6 +15,8 @@ _COUNTERS = (
     "bad_samples",
     "foreign_members",
     "duplicate_keys",
+    "bytes_read",
+    "bytes_used",
 )
 
 
@@ -44,6 +46,8 @@ class LoaderStats:
     bad_samples: int = 0  # samples skipped for any reason (see bad_by_reason)
     foreign_members: int = 0  # members that are neither .json nor .npy: skipped unread
     duplicate_keys: int = 0  # samples whose key was already read from the same shard
+    bytes_read: int = 0  # shard bytes read or downloaded (whole shards, or member ranges)
+    bytes_used: int = 0  # bytes of the members decoded (json + the model's member)
     bad_by_reason: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     # Names of the shards that failed: with sample-level partitioning several workers

@@ -98,8 +98,10 @@ def read_shard(
                 stats.reject(sample["__key__"], "duplicate_key", f"again in {shard.name}")
                 continue
             seen.add(sample["__key__"])
+            stats.bytes_used += sum(len(v) for v in sample.values() if isinstance(v, bytes))
             yield sample
     except Exception as exc:  # noqa: BLE001  (truncated or corrupt tar: counted, skipped)
         record(exc)
     finally:
+        stats.bytes_read += stream.tell()  # a remote stream downloads all it passes
         stream.close()
