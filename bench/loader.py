@@ -34,7 +34,7 @@ from tagtrain.registry import create_model, get_entry  # noqa: E402
 from tagtrain.train import amp_settings, resolve_device  # noqa: E402
 
 
-def generated_dataset(tracks: int, seconds: float, stored: tuple[str, ...]) -> Path:
+def generated_dataset(tracks: int, seconds: float, stored: tuple[str, ...], features=None) -> Path:
     """`tracks` samples per epoch: 64 generated tracks in two shards, the shards then
     copied under further names, with their index rows (generating audio is slow; reading
     is what is measured)."""
@@ -46,12 +46,19 @@ def generated_dataset(tracks: int, seconds: float, stored: tuple[str, ...]) -> P
 
     from tagtrain.loader import synthetic
 
-    out = Path(tempfile.gettempdir()) / f"tagtrain-bench2-{tracks}x{seconds:g}s-{'+'.join(stored)}"
+    rate = f"-{features.sample_rate}" if features is not None else ""
+    name = f"tagtrain-bench2-{tracks}x{seconds:g}s-{'+'.join(stored)}{rate}"
+    out = Path(tempfile.gettempdir()) / name
     if (out / "dataset.json").exists():
         return out
     print(f"writing generated {seconds:g} s tracks to {out} ...", flush=True)
     card = synthetic.make_dataset(
-        out, {"train": [32, 32]}, seconds=(seconds, seconds + 0.1), stored=stored, seed=0
+        out,
+        {"train": [32, 32]},
+        seconds=(seconds, seconds + 0.1),
+        stored=stored,
+        features=features,
+        seed=0,
     )
     originals = card["splits"]["train"]["shards"]
     index = pq.read_table(out / "index.parquet")
