@@ -298,3 +298,53 @@ def test_verify_checks_shard_checksums_from_the_card(dataset, tmp_path):
     with pytest.raises(loader.LoaderError, match="1 of 1 shards differ.*train-000000.tar"):
         loader.verify_shards(shards, {})
     assert loader.verify_shards(loader.split_shards(card, str(copy), "train"), {}) == 0
+
+
+def _rewrite_index(directory, members):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(directory / "index.parquet").drop_columns(["members"])
+    column = members(table.num_rows)
+    pq.write_table(table.append_column("members", column), directory / "index.parquet")
+
+
+@pytest.mark.parametrize(
+    "members, words",
+    [
+        (lambda n: __import__("pyarrow").array([["x"]] * n), "must be {name, offset, size}"),
+        (
+            lambda n: __import__("pyarrow").array(
+                [[{"name": "other.json", "offset": 512, "size": 3}]] * n
+            ),
+            "out of range",
+        ),
+        (
+            lambda n: __import__("pyarrow").array(
+                [[{"name": "k.json", "offset": 7, "size": 3}]] * n
+            ),
+            "out of range",
+        ),
+    ],
+    ids=["strings", "foreign-name", "offset-in-header"],
+)
+def test_index_schema_errors_are_one_line(dataset, tmp_path, members, words):
+    out, card = dataset
+    copy = tmp_path / "data"
+    shutil.copytree(out, copy)
+    _rewrite_index(copy, members)
+    with pytest.raises(CardError) as info:
+        read_all(copy, card, partition="samples")
+    assert words in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, UserError)
+
+
+def test_an_index_that_disagrees_with_the_card_is_one_line(dataset, tmp_path):
+    import pyarrow.parquet as pq
+
+    out, card = dataset
+    copy = tmp_path / "data"
+    shutil.copytree(out, copy)
+    table = pq.read_table(copy / "index.parquet")
+    pq.write_table(table.slice(0, 3), copy / "index.parquet")
+    with pytest.raises(CardError, match="lists 3 samples of train-000000.tar, the card 4"):
+        read_all(copy, card, partition="samples")
