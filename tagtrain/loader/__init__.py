@@ -35,31 +35,39 @@ no WebDataset decoder ever sees a shard's bytes. Unreadable, truncated or missin
 and invalid samples (see `samples`) are counted by reason and skipped, never fatal unless
 their fraction passes `LoaderConfig.max_bad_fraction`.
 
-Determinism and resumption. Everything random is a pure function of (seed, epoch, ...):
+Two ways to read a training epoch. When the index (`index.parquet`) gives each tar
+member's byte range (its `members` column), training uses sample-level partitioning
+(`partition`, `sampled`): one global sample order per epoch, cut into equal batches for
+any world size, worker count and batch size, each worker fetching only the members the
+model needs by byte range; the resume state is the number of samples of that order
+consumed, so a run may resume with another world size or worker count. Without the
+column (older datasets), and always for evaluation, shards are read whole, in order, as
+described next (`LoaderConfig.partition` forces either).
+
+Determinism and resumption (whole-shard reading). Everything random is a pure function of
+(seed, epoch, ...):
 - shards are shuffled per epoch and dealt to ranks, then to each rank's loader workers
   (greedy by sample count, so ranks get near-equal shares);
 - each worker reads its shards in order and feeds a shuffle buffer whose choices are a
   hash of (seed, epoch, rank, worker, number emitted so far);
 - a training crop's offset is a hash of (seed, epoch, key), and so is the seed of its
   waveform augmentation, if any (`augment`).
-So a worker's sample stream is fixed given (seed, epoch, rank, worker). Each batch carries
-its worker's position after it (next shard and sample to read, the positions held in the
-shuffle buffer, the count emitted); the trainer keeps the position of the last batch it
-consumed from each worker, and the turn at which it did, and stores them in checkpoints.
-On resume the role after the last consumed one goes first (the DataLoader's turn-taking
-restarts at its worker 0), and a worker rebuilds its
-buffer from those positions, skips everything before its frontier without decoding it
-(whole shards without buffered samples are not even opened) and continues: the resumed
-epoch sees exactly the samples the interrupted one had not consumed, each once (batches
-still in the loader's prefetch queue at the kill are simply produced again). If a shard
-became unreadable in between, only its buffered samples are lost: at most one shuffle
-buffer.
+So a worker's sample stream is fixed given (seed, epoch, rank, worker). Each batch
+carries its worker's position after it (next shard and sample to read, the positions
+held in the shuffle buffer, the count emitted); the trainer keeps the position of the
+last batch it consumed from each worker, and the turn at which it did, and stores them
+in checkpoints. On resume the role after the last consumed one goes first (the
+DataLoader's turn-taking restarts at its worker 0), and a worker rebuilds its buffer
+from those positions, skips everything before its frontier without decoding it (whole
+shards without buffered samples are not even opened) and continues: the resumed epoch
+sees exactly the samples the interrupted one had not consumed, each once (batches still
+in the loader's prefetch queue at the kill are simply produced again). If a shard became
+unreadable in between, only its buffered samples are lost: at most one shuffle buffer.
 
-Equal batches per rank (DDP): training drops each worker's last partial batch and every
-rank runs `planned_steps` batches per epoch: the smallest rank's batch count, computed
-from the card's shard sample counts; the trainer also stops all ranks together if one
-runs dry early (corrupt shards).
-"""
+Equal batches per rank (DDP, whole-shard reading): training drops each worker's last
+partial batch and every rank runs `planned_steps` batches per epoch: the smallest rank's
+batch count, computed from the card's shard sample counts; the trainer also stops all
+ranks together if one runs dry early (corrupt shards). """
 
 from pipelines.core.card import CardError, card_checksum
 from tagtrain.loader.assign import (
