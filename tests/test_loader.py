@@ -299,3 +299,17 @@ def test_song_level_models_get_random_training_crops_and_chunked_evaluation(data
         == np.linspace(0, 1000, 16).round().astype(int).tolist()
     )
     assert crop_offsets(1000, "k1", plan, False, 0, 0, 1) == [0]
+
+
+@pytest.mark.parametrize("kill_after", [3, 4])
+def test_shard_level_resume_with_two_workers_keeps_the_batch_order(dataset, kill_after):
+    """The DataLoader takes batches from its workers in turn from worker 0; a resumed
+    epoch must continue the turns where they stopped (issue 18: steps swapped after a kill
+    at an odd batch position)."""
+    out, card = dataset
+    cfg = data.LoaderConfig(batch_size=2, workers=2, shuffle_buffer=4, seed=5, partition="shards")
+    full, _ = read_epoch(out, card, cfg, epoch=1)
+    first, reader = read_epoch(out, card, cfg, epoch=1, limit=kill_after)
+    positions = data.decode_positions(reader.encoded_positions())
+    rest, _ = read_epoch(out, card, cfg, epoch=1, resume=positions)
+    assert [b.keys for b in first + rest] == [b.keys for b in full]
