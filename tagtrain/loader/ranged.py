@@ -25,6 +25,8 @@ from tagtrain.loader.openers import (
 )
 
 HEADER = 512  # a USTAR member header
+# Ranges this close are fetched as one request (a sample's json and mel sit side by side).
+_MAX_GAP = 16 << 10
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, OpenerError)
 
 
@@ -113,22 +115,40 @@ class RangeFetcher:
                 handle = self.files[shard] = open_regular_file(local_path(url))
             parts = [os.pread(handle.fileno(), size, offset) for offset, size in ranges]
         else:
-            fs = filesystem(url, self.options)
-            starts = [offset for offset, _ in ranges]
-            ends = [offset + size for offset, size in ranges]
-            parts = fs.cat_ranges([url] * len(ranges), starts, ends, on_error="raise")
+            parts = self._remote_ranges(url, ranges)
         out = []
         for part, (offset, size) in zip(parts, ranges):
             if isinstance(part, BaseException):
                 raise part
-            if len(part) > size and len(part) >= offset + size:
-                # An HTTP server that ignores Range sends the whole object (e.g. Python's
-                # http.server): correct, if wasteful.
-                part = part[offset : offset + size]
             if len(part) != size:
                 raise ShortRead(f"{len(part)} of {size} bytes at offset {offset}")
             out.append(part)
         return out
+
+    def _remote_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """One concurrent `cat_ranges` call; ranges closer than `_MAX_GAP` are merged into
+        one request (fsspec's `merge_offset_ranges`) and cut apart again here."""
+        from fsspec.utils import merge_offset_ranges
+
+        fs = filesystem(url, self.options)
+        starts = [offset for offset, _ in ranges]
+        ends = [offset + size for offset, size in ranges]
+        _, merged_starts, merged_ends = merge_offset_ranges(
+            [url] * len(ranges), starts, ends, max_gap=_MAX_GAP, sort=True
+        )
+        blobs = fs.cat_ranges(
+            [url] * len(merged_starts), merged_starts, merged_ends, on_error="raise"
+        )
+        parts = []
+        for start, end in zip(starts, ends):
+            i = max(j for j, s in enumerate(merged_starts) if s <= start)
+            blob = blobs[i]
+            if isinstance(blob, BaseException):
+                raise blob
+            if len(blob) > merged_ends[i] - merged_starts[i]:  # a server ignoring Range
+                blob = blob[merged_starts[i] : merged_ends[i]]
+            parts.append(blob[start - merged_starts[i] : end - merged_starts[i]])
+        return parts
 
     def _close(self, shard: int) -> None:
         handle = self.files.pop(shard, None)

@@ -17,7 +17,7 @@ from tagtrain.loader.ranged import RangeFailure, RangeFetcher
 from tagtrain.loader.stats import LoaderStats
 
 SAMPLE_MODE = -2  # WorkerPosition.next_shard of a sample-level state; next_index = consumed
-READ_AHEAD = 2  # batches fetched ahead of the one being decoded
+READ_AHEAD = 4  # batches fetched ahead of the one being decoded
 
 
 def sample_state(consumed: int) -> WorkerPosition:
