@@ -67,7 +67,7 @@ unreadable in between, only its buffered samples are lost: at most one shuffle b
 Equal batches per rank (DDP, whole-shard reading): training drops each worker's last
 partial batch and every rank runs `planned_steps` batches per epoch: the smallest rank's
 batch count, computed from the card's shard sample counts; the trainer also stops all
-ranks together if one runs dry early (corrupt shards). """
+ranks together if one runs dry early (corrupt shards)."""
 
 from pipelines.core.card import CardError, card_checksum
 from tagtrain.loader.assign import (
