@@ -5,9 +5,9 @@ fraction of each training step spent waiting for data.
     .venv/bin/python bench/loader.py --data demo_out/data    # a prepared dataset
     .venv/bin/python bench/loader.py --workers 16 --train-workers 16 --device cuda
 
-HTTP is a local `http.server` and S3 a local moto server (both Python, in this process):
-stand-ins that exercise the same code path as a real bucket; their figures are bounded by
-those servers, not by the loader. Throughput is measured over `--epochs` whole epochs
+HTTP is a local `http.server` process and S3 a local SeaweedFS server (`weed server -s3`,
+a real S3 implementation, in its own process); "s3-cache" reads S3 through the loader's
+local shard cache, so its second epoch reads local disk. Throughput is measured over `--epochs` whole epochs
 (worker start-up and shuffle-buffer fill included, so it is a lower bound); "per worker" divides by the worker count (the
 main process counts as one worker when --workers is 0).
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -35,29 +34,45 @@ from tagtrain.registry import create_model, get_entry  # noqa: E402
 from tagtrain.train import amp_settings, resolve_device  # noqa: E402
 
 
-def generated_dataset(tracks: int, seconds: float, stored: tuple[str, ...]) -> Path:
+def generated_dataset(tracks: int, seconds: float, stored: tuple[str, ...], features=None) -> Path:
     """`tracks` samples per epoch: 64 generated tracks in two shards, the shards then
-    copied under further names (generating audio is slow; reading is what is measured)."""
+    copied under further names, with their index rows (generating audio is slow; reading
+    is what is measured)."""
     import json
     import shutil
 
-    from tests import shardkit
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    out = Path(tempfile.gettempdir()) / f"tagtrain-bench-{tracks}x{seconds:g}s-{'+'.join(stored)}"
+    from tagtrain.loader import synthetic
+
+    rate = f"-{features.sample_rate}" if features is not None else ""
+    name = f"tagtrain-bench2-{tracks}x{seconds:g}s-{'+'.join(stored)}{rate}"
+    out = Path(tempfile.gettempdir()) / name
     if (out / "dataset.json").exists():
         return out
     print(f"writing generated {seconds:g} s tracks to {out} ...", flush=True)
-    card = shardkit.make_dataset(
-        out, {"train": [32, 32]}, seconds=(seconds, seconds + 0.1), stored=stored, seed=0
+    card = synthetic.make_dataset(
+        out,
+        {"train": [32, 32]},
+        seconds=(seconds, seconds + 0.1),
+        stored=stored,
+        features=features,
+        seed=0,
     )
     originals = card["splits"]["train"]["shards"]
-    shards = []
+    index = pq.read_table(out / "index.parquet")
+    shards, tables = [], []
     for i in range(max(1, tracks // 32)):
         source = originals[i % len(originals)]
         name = f"train-{i:06d}.tar"
         if name != source["name"]:
             shutil.copyfile(out / source["name"], out / name)
         shards.append({**source, "name": name})
+        rows = index.filter(pa.compute.equal(index["shard"], source["name"]))
+        shard_column = rows.schema.get_field_index("shard")
+        tables.append(rows.set_column(shard_column, "shard", pa.array([name] * len(rows))))
+    pq.write_table(pa.concat_tables(tables), out / "index.parquet")
     card["splits"]["train"] = {
         "samples": sum(s["samples"] for s in shards),
         "seconds": sum(s["seconds"] for s in shards),
@@ -77,42 +92,82 @@ def _wait_for_port(port: int, seconds: float = 30.0) -> None:
     raise SystemExit(f"error: local server on port {port} did not start")
 
 
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+_WEED_PORTS = (
+    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+    "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
+)  # fmt: skip
+_S3_KEYS = {"key": "bench", "secret": "bench-secret"}
+
+
+def _seaweed(directory: Path, work: Path):
+    """A SeaweedFS S3 server (`.venv/bin/weed server -s3`) holding `directory` under
+    s3://bench/data; returns (process, storage options)."""
+    work.mkdir(parents=True, exist_ok=True)
+    ports = dict(zip(_WEED_PORTS, _free_ports(len(_WEED_PORTS))))
+    cmd = [
+        str(Path(sys.executable).with_name("weed")), "server", f"-dir={work}",
+        "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", "-s3.port.iceberg=0",
+        "-s3.port.lance=0", "-metricsPort=0", "-master.volumeSizeLimitMB=64",
+        "-volume.max=50", *(f"-{name}={port}" for name, port in ports.items()),
+    ]  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_port(ports["s3.port"], 60)
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    options = {"s3": {**_S3_KEYS, "client_kwargs": {"endpoint_url": endpoint}}}
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options["s3"])
+    for _attempt in range(50):  # the gateway accepts connections before it serves
+        try:
+            fs.mkdir("bench")
+            break
+        except Exception:  # noqa: BLE001
+            time.sleep(0.2)
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            fs.pipe_file(f"bench/data/{path.name}", path.read_bytes())
+    return server, options
+
+
 @contextlib.contextmanager
 def served(source: str, directory: Path):
-    """(data URL, storage options) for a source over `directory`. The HTTP and S3
-    servers run in their own processes, so they do not share the loader's interpreter."""
-    from tests import shardkit
-
+    """(data URL, storage options) for a source over `directory`: local files, a local
+    `http.server` process, or a local SeaweedFS S3 server (a real S3 implementation, in
+    its own process); "s3-cache" is S3 read through the loader's local shard cache."""
     if source == "local":
         yield str(directory), {}
         return
-    if source not in ("http", "s3"):
+    if source not in ("http", "s3", "s3-cache"):
         raise SystemExit(f"error: unknown source {source!r}")
-    port = shardkit.free_port()
-    if source == "http":
-        cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
-        cmd += ["--directory", str(directory)]
-    else:
-        cmd = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for_port(port)
-        endpoint = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="tagtrain-bench-") as work:
         if source == "http":
-            yield endpoint, {}
-            return
-        import boto3
-
-        os.environ.update(shardkit.S3_CREDENTIALS, AWS_DEFAULT_REGION="us-east-1")
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        client.create_bucket(Bucket="bench")
-        for path in sorted(directory.iterdir()):
-            if path.is_file():
-                client.upload_file(str(path), "bench", f"data/{path.name}")
-        yield "s3://bench/data", {"s3": {"endpoint_url": endpoint}}
-    finally:
-        server.kill()
-        server.wait()
+            (port,) = _free_ports(1)
+            cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+            server = subprocess.Popen(
+                [*cmd, "--directory", str(directory)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _wait_for_port(port)
+            url, options = f"http://127.0.0.1:{port}", {}
+        else:
+            server, options = _seaweed(directory, Path(work) / "weed")
+            url = "s3://bench/data"
+        try:
+            yield url, options
+        finally:
+            server.terminate()
+            server.wait()
 
 
 def stream_rate(url, options) -> tuple[float, float]:
@@ -129,7 +184,7 @@ def stream_rate(url, options) -> tuple[float, float]:
     return total / 1e6 / seconds, sum(s.samples for s in shards) / seconds
 
 
-def reader_for(url, options, spec, workers, batch_size, epoch, split="train"):
+def reader_for(url, options, spec, workers, batch_size, epoch, split="train", cache_dir=None):
     card = data.load_card(url, options)
     plan = data.plan_input(card, spec)
     shards = data.split_shards(card, url, split)
@@ -139,19 +194,25 @@ def reader_for(url, options, spec, workers, batch_size, epoch, split="train"):
         shuffle_buffer=256,
         seed=0,
         storage_options=options,
+        cache_dir=cache_dir,
     )
     data.check_enough_shards(shards, cfg, split)
     stream = data.ShardStream(shards, plan, card["vocabulary"], cfg, epoch)
     return data.EpochReader(stream, pin_memory=torch.cuda.is_available()), plan
 
 
-def loader_rate(url, options, spec, workers, batch_size, epochs) -> tuple[float, int]:
-    """Chunks/s over `epochs` whole epochs (start-up and shuffle-buffer fill included)."""
-    chunks, start = 0, time.perf_counter()
+def loader_rate(url, options, spec, workers, batch_size, epochs, cache_dir=None):
+    """([chunks/s of each epoch], chunks per epoch, bytes fetched / bytes used), start-up
+    included in every epoch."""
+    rates, chunks, fetched, used = [], 0, 0, 0
     for epoch in range(epochs):
-        reader, _ = reader_for(url, options, spec, workers, batch_size, epoch)
-        chunks += sum(len(batch.keys) for batch in reader)
-    return chunks / (time.perf_counter() - start), chunks
+        start = time.perf_counter()
+        reader, _ = reader_for(url, options, spec, workers, batch_size, epoch, cache_dir=cache_dir)
+        chunks = sum(len(batch.keys) for batch in reader)
+        rates.append(chunks / (time.perf_counter() - start))
+        if epoch == 0:
+            fetched, used = reader.stats.bytes_read, reader.stats.bytes_used
+    return rates, chunks, fetched / max(1, used)
 
 
 def step_wait(url, options, args, device) -> dict:
@@ -201,13 +262,34 @@ def step_wait(url, options, args, device) -> dict:
     }
 
 
+def print_table(rows, ceilings, spec, directory, args) -> None:
+    local = {w: rates for s, w, _, rates, _ in rows if s == "local"}
+    print()
+    print(f"loader: {spec.kind} crops of {spec.frames} frames from {directory}")
+    print(f"batch {args.batch_size}; chunks/s per epoch, start-up included; one shared machine")
+    header = ("source", "workers", "chunks", "epoch 1/s", "vs local", "epoch 2/s", "vs local",
+              "fetch/use", "source max")  # fmt: skip
+    print("".join(f"{h:>11}" for h in header))
+    for source, workers, chunks, rates, ratio in rows:
+        base = local.get(workers, [float("nan")] * len(rates))
+        second = rates[1] if len(rates) > 1 else float("nan")
+        cells = (
+            source, workers, chunks, f"{rates[0]:.0f}", f"{rates[0] / base[0]:.2f}",
+            f"{second:.0f}", f"{second / base[min(1, len(base) - 1)]:.2f}",
+            f"{ratio:.2f}", f"{ceilings[source][1]:.0f}/s",
+        )  # fmt: skip
+        print("".join(f"{c:>11}" for c in cells))
+    print("vs local: per-worker ratio to local disk at the same worker count; fetch/use:")
+    print("shard bytes read or downloaded / member bytes decoded (first epoch)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="a prepared dataset (default: generate one)")
     parser.add_argument("--tracks", type=int, default=1024, help="generated samples per epoch")
     parser.add_argument("--seconds", type=float, default=29.1, help="generated track length")
     parser.add_argument("--stored", default="mel", help="generated members: mel, pcm or mel,pcm")
-    parser.add_argument("--sources", default="local,http,s3")
+    parser.add_argument("--sources", default="local,s3,s3-cache")
     parser.add_argument("--workers", default="0,1", help="loader worker counts to measure")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
@@ -229,36 +311,19 @@ def main(argv=None) -> int:
     for source in args.sources.split(","):
         with served(source, directory) as (url, options):
             ceilings[source] = stream_rate(url, options)
-            print(f"  {source:<6} raw stream {ceilings[source][0]:6.0f} MB/s", flush=True)
+            print(f"  {source:<8} raw stream {ceilings[source][0]:6.0f} MB/s", flush=True)
             for workers in worker_counts:
-                rate, chunks = loader_rate(
-                    url, options, spec, workers, args.batch_size, args.epochs
-                )
-                rows.append((source, workers, chunks, rate, rate / max(1, workers)))
-                print(f"  {source:<6} workers={workers:<3} {rate:8.0f} chunks/s", flush=True)
+                with tempfile.TemporaryDirectory(prefix="tagtrain-cache-") as cache:
+                    rates, chunks, ratio = loader_rate(
+                        url, options, spec, workers, args.batch_size, args.epochs,
+                        cache if source.endswith("-cache") else None,
+                    )  # fmt: skip
+                rows.append((source, workers, chunks, rates, ratio))
+                shown = " ".join(f"{r:.0f}" for r in rates)
+                print(f"  {source:<8} workers={workers:<3} {shown} chunks/s", flush=True)
             if source == "local" and args.train_steps:
                 training = step_wait(url, options, args, device)
-
-    local = {w: r for s, w, _, _, r in rows if s == "local"}
-    print()
-    print(f"loader: {spec.kind} crops of {spec.frames} frames from {directory}")
-    print(f"batch {args.batch_size}, {args.epochs} epoch(s) per figure, start-up included")
-    header = ("source", "workers", "chunks", "chunks/s", "per worker", "vs local", "source max")
-    print("".join(f"{h:>11}" for h in header))
-    for source, workers, chunks, rate, per_worker in rows:
-        ratio = per_worker / local[workers] if local.get(workers) else float("nan")
-        ceiling = f"{ceilings[source][1]:.0f}/s"
-        cells = (
-            source,
-            workers,
-            chunks,
-            f"{rate:.0f}",
-            f"{per_worker:.0f}",
-            f"{ratio:.2f}",
-            ceiling,
-        )
-        print("".join(f"{c:>11}" for c in cells))
-    print("source max: chunks/s at which the raw shard bytes alone arrive from that source")
+    print_table(rows, ceilings, spec, directory, args)
     if training:
         print()
         print(

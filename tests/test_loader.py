@@ -88,8 +88,11 @@ def test_shard_order_and_crops_depend_on_seed_and_epoch(dataset):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_mid_epoch_sees_each_remaining_sample_once(dataset, workers):
+    """Shard-level streams (datasets whose index has no member byte ranges)."""
     out, card = dataset
-    cfg = data.LoaderConfig(batch_size=3, workers=workers, shuffle_buffer=6, seed=5)
+    cfg = data.LoaderConfig(
+        batch_size=3, workers=workers, shuffle_buffer=6, seed=5, partition="shards"
+    )
     full, _ = read_epoch(out, card, cfg, epoch=2)
     first, reader = read_epoch(out, card, cfg, epoch=2, limit=4)
     # What a checkpoint stores, through its tensor encoding.
@@ -143,11 +146,16 @@ def test_foreign_and_pickled_members_are_never_unpickled(dataset, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(out, copy)
     shardkit.write_raw_tar(copy / "train-000000.tar", members)
-    cfg = data.LoaderConfig(batch_size=1, workers=0, shuffle_buffer=0)
+    cfg = data.LoaderConfig(batch_size=1, workers=0, shuffle_buffer=0, partition="shards")
     batches, reader = read_epoch(copy, card, cfg)
     assert not marker.exists()
     assert reader.stats.foreign_members == 2
     assert reader.stats.bad_samples == 1  # the object-array .npy refused by allow_pickle=False
+    assert sorted(keys_of(batches)) == shardkit.split_keys(card, "train")
+    # By byte ranges (the index rewritten to list them): the pickles are never fetched.
+    shardkit.reindex(copy)
+    batches, reader = read_epoch(copy, card, dataclasses.replace(cfg, partition="samples"))
+    assert not marker.exists()
     assert sorted(keys_of(batches)) == shardkit.split_keys(card, "train")
 
 
@@ -209,12 +217,34 @@ def test_card_stats_normalise_each_band(dataset):
     assert ((per_band.std(dim=1) - 1).abs() < 0.5).float().mean() > 0.9
 
 
+def test_standardize_none_band_and_global(dataset):
+    out, card = dataset
+    cfg = data.LoaderConfig(batch_size=8, workers=0, shuffle_buffer=0)
+    x = torch.cat([b.x for b in read_epoch(out, card, cfg)[0]])
+    cpu = torch.device("cpu")
+
+    def fed(**changes):
+        plan = data.plan_input(card, dataclasses.replace(SPEC, **changes))
+        return data.DeviceInput(plan, cpu)(x)
+
+    assert torch.equal(fed(standardize="none"), x.float())
+    band = fed(standardize="band")
+    assert band.permute(1, 0, 2).reshape(128, -1).mean(dim=1).abs().max() < 0.5
+    assert torch.allclose(
+        fed(standardize="global", global_stats=(-40.0, 20.0)), (x.float() + 40) / 20
+    )
+    with pytest.raises(CardError, match="global_stats"):
+        data.plan_input(card, dataclasses.replace(SPEC, standardize="global"))
+
+
 def test_too_few_shards_for_ranks_times_workers_is_a_clear_error(dataset):
     out, card = dataset
     shards = data.split_shards(card, str(out), "train")
-    cfg = data.LoaderConfig(batch_size=4, workers=4, world=2)
+    cfg = data.LoaderConfig(batch_size=4, workers=4, world=2, partition="shards")
     with pytest.raises(data.LoaderError, match=r"4 shard\(s\), fewer than .* 2 x 4 = 8"):
         data.check_enough_shards(shards, cfg, "train")
+    # Sample-level partitioning (the index gives member byte ranges) needs no more shards.
+    data.check_enough_shards(shards, dataclasses.replace(cfg, partition="auto"), "train")
 
 
 def test_ranks_get_equal_planned_batches_from_uneven_shards():
@@ -247,8 +277,39 @@ def test_remote_schemes_go_through_fsspec_in_webdataset_and_pipes_are_gone():
 
     register_with_webdataset({})
     for scheme in ("http", "https", "s3", "gs"):
-        assert wds.gopen_schemes[scheme].func.__module__ == "tagtrain.openers"
+        assert wds.gopen_schemes[scheme].func.__module__ == "tagtrain.loader.openers"
     assert "pipe" not in wds.gopen_schemes
     with pytest.raises(ValueError, match="no gopen handler"):
         wds.gopen("pipe:echo hello")
     assert "gcs" in filesystem("gs://bucket/data", {"gcs": {"token": "anon"}}).protocol
+
+
+def test_song_level_models_get_random_training_crops_and_chunked_evaluation(dataset):
+    from tagtrain.loader.samples import crop_offsets
+
+    _, card = dataset
+    plan = dataclasses.replace(data.plan_input(card, SPEC), chunk_level=False)
+    train = [crop_offsets(1000, "k1", plan, True, 0, e, 1)[0] for e in range(6)]
+    assert len(set(train)) > 1 and all(0 <= o <= 1000 for o in train)  # per epoch
+    assert crop_offsets(1000, "k2", plan, True, 0, 0, 1) != crop_offsets(
+        1000, "k1", plan, True, 0, 0, 1
+    )
+    assert (
+        crop_offsets(1000, "k1", plan, False, 0, 0, 16)
+        == np.linspace(0, 1000, 16).round().astype(int).tolist()
+    )
+    assert crop_offsets(1000, "k1", plan, False, 0, 0, 1) == [0]
+
+
+@pytest.mark.parametrize("kill_after", [3, 4])
+def test_shard_level_resume_with_two_workers_keeps_the_batch_order(dataset, kill_after):
+    """The DataLoader takes batches from its workers in turn from worker 0; a resumed
+    epoch must continue the turns where they stopped (issue 18: steps swapped after a kill
+    at an odd batch position)."""
+    out, card = dataset
+    cfg = data.LoaderConfig(batch_size=2, workers=2, shuffle_buffer=4, seed=5, partition="shards")
+    full, _ = read_epoch(out, card, cfg, epoch=1)
+    first, reader = read_epoch(out, card, cfg, epoch=1, limit=kill_after)
+    positions = data.decode_positions(reader.encoded_positions())
+    rest, _ = read_epoch(out, card, cfg, epoch=1, resume=positions)
+    assert [b.keys for b in first + rest] == [b.keys for b in full]

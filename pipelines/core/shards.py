@@ -88,3 +88,21 @@ def read_tar(data: bytes) -> dict[str, dict[str, bytes]]:
             key, _, ext = info.name.partition(".")
             out.setdefault(key, {})[ext] = tar.extractfile(info).read()
     return out
+
+
+def member_offsets(fileobj) -> dict[str, list[dict]]:
+    """{key: [{"name", "offset", "size"}]} for each regular member of a tar stream, in
+    tar order: `offset` is the byte offset of the member's data in the shard (its USTAR
+    header starts 512 bytes earlier), `size` its data bytes. This is the index's
+    `members` column, which lets a reader fetch one sample's members by byte range."""
+    out: dict[str, list[dict]] = {}
+    with tarfile.open(fileobj=fileobj, mode="r:") as tar:
+        while (info := tar.next()) is not None:
+            tar.members = []  # keep memory flat on large shards
+            if not info.isreg():
+                continue
+            name = info.name.rsplit("/", 1)[-1]
+            key = name.partition(".")[0]
+            entry = {"name": name, "offset": info.offset_data, "size": info.size}
+            out.setdefault(key, []).append(entry)
+    return out
