@@ -181,7 +181,13 @@ def restore_training(trainer, state: dict) -> torch.Tensor | None:
     loader = state.get("loader")
     if not (trainer.progress.epoch_step and loader):
         return None
+    from tagtrain.loader import is_sample_state, resume_rows
+
     want = trainer.data.geometry()
+    if is_sample_state(loader["positions"]):
+        # A sample-level state is one global count: any world size or worker count resumes
+        # the same epoch (elastic), so only the order-defining settings must match.
+        want = {k: v for k, v in want.items() if k not in ("world", "workers")}
     have = {k: loader[k] for k in want}
     if have != want:
         from tagtrain.config import ConfigError
@@ -191,7 +197,7 @@ def restore_training(trainer, state: dict) -> torch.Tensor | None:
             f"cannot resume mid-epoch with a different loader layout ({diffs}); "
             "use the run's original settings"
         )
-    return loader["positions"][trainer.rt.dist.rank].cpu()
+    return resume_rows(loader["positions"], trainer.rt.dist.rank).cpu()
 
 
 def resume(trainer) -> torch.Tensor | None:

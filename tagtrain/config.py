@@ -61,6 +61,12 @@ class RunConfig:
         "file, or none; config.json records the chain itself",
     )
     storage_options: dict = setting({}, "fsspec options per protocol", flag=False)
+    max_bad_fraction: float = setting(
+        0.05, "fail the run when more than this fraction of an epoch's samples is bad"
+    )
+    cache_dir: str = setting("", "keep local copies of remote shards here (empty: no cache)")
+    cache_limit: float = setting(0.0, "GiB the shard cache may hold (0: no limit)")
+    verify: bool = setting(False, "check every shard's sha256 against the card before training")
     s3_endpoint_url: str = setting("", "S3-compatible endpoint (or set AWS_ENDPOINT_URL)")
     # schedule
     schedule: str = setting(
@@ -135,6 +141,10 @@ class RunConfig:
             raise ConfigError(f"val_chunks must be at least 1, got {self.val_chunks}")
         if self.max_bad_steps < 1:
             raise ConfigError(f"max_bad_steps must be at least 1, got {self.max_bad_steps}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.cache_limit < 0:
+            raise ConfigError(f"cache_limit must not be negative, got {self.cache_limit}")
         if not 0 < self.train_fraction <= 1:
             raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         return self

@@ -54,7 +54,7 @@ class Evaluation:
     run: TrainedRun
     data: str
     split: str
-    chunks: int  # chunks averaged per track (1 for song-level models)
+    chunks: int  # chunks averaged per track
     labels: np.ndarray  # [tracks, tags]
     probs: np.ndarray  # [tracks, tags], chunk-averaged
     scores: TagScores
@@ -222,12 +222,7 @@ def print_evaluation(evaluation: Evaluation) -> None:
     macro = (fmt(s[m]) for m in METRICS)
     table.add_row(f"macro over {s['evaluated_tags']} tags", "", *macro, style="bold")
     console.print(table)
-    level = (
-        f"{evaluation.chunks} chunks per track"
-        if evaluation.run.spec.chunk_level
-        else ("one whole-input crop per track (song-level model)")
-    )
-    console.print(f"{evaluation.run.describe()}; {level}")
+    console.print(f"{evaluation.run.describe()}; {evaluation.chunks} chunks per track")
     for name, interval in evaluation.intervals.items():
         if interval["low"] is not None:
             console.print(

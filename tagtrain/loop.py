@@ -183,7 +183,7 @@ class Trainer:
         resume = self.resume_positions if progress.epoch_step else None
         self.resume_positions = None
         reader = self.recipe.reader(self, epoch, resume)
-        steps = self.data.steps(reader)
+        steps = self.data.steps(reader, progress.epoch_step)
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
         if steps == 0:

@@ -154,5 +154,10 @@ def loader_line(stats) -> str | None:
     return (
         f"  loader: {stats.shard_errors} shard error(s), {stats.bad_samples} bad sample(s), "
         f"{stats.foreign_members} foreign member(s) skipped unread"
+        + (f" ({_reasons(stats.bad_by_reason)})" if stats.bad_by_reason else "")
         + (f"; first: {stats.errors[0]}" if stats.errors else "")
     )
+
+
+def _reasons(counts: dict) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))

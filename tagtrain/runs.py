@@ -112,7 +112,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     try:
         config = apply(RunConfig(), json.loads(state["config"]), f"{path} config")
         vocabulary = [str(t) for t in state["vocabulary"]]
-        plan = InputPlan(**{k: state["input_plan"][k] for k in _PLAN_FIELDS})
+        # Fields added since a checkpoint was written take their defaults.
+        plan = InputPlan(
+            **{k: state["input_plan"][k] for k in _PLAN_FIELDS if k in state["input_plan"]}
+        )
         norm = state.get("normalisation") or {}
         # Seeded (in a forked generator) although the weights are replaced: loading a run,
         # e.g. a student's teacher, must not move the caller's random stream.
@@ -193,7 +196,8 @@ def loader_config(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) 
         workers=min(args.workers, len(eval_set.shards)),
         shuffle_buffer=0,
         train=False,
-        eval_chunks=args.chunks if run.spec.chunk_level else 1,
+        # Song-level models too: the reference evaluates every model on 16 chunks.
+        eval_chunks=args.chunks,
         storage_options=run.config.effective_storage_options(),
     )
 

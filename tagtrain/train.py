@@ -52,7 +52,9 @@ def with_recipe(overrides: dict, command: str) -> tuple[dict, dict]:
     from tagtrain.recipes import recipe_settings
 
     base, options = recipe_settings(name, command)
-    changed = sorted(k for k in overrides if k in base and k != "recipe" and base[k] != overrides[k])
+    changed = sorted(
+        k for k in overrides if k in base and k != "recipe" and base[k] != overrides[k]
+    )
     if changed:
         print(f"recipe {name}, overridden by flags: {', '.join(changed)}")
     return base, options

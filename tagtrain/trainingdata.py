@@ -30,6 +30,7 @@ from tagtrain.data import (
     planned_steps,
     split_shards,
     stable_int,
+    verify_shards,
 )
 from tagtrain.registry import InputSpec
 from tagtrain.runtime import Runtime
@@ -60,8 +61,11 @@ class TrainingData:
         train_loader = LoaderConfig(
             batch_size=cfg.batch_size, workers=cfg.workers, shuffle_buffer=cfg.shuffle_buffer,
             seed=cfg.seed, rank=rt.dist.rank, world=rt.dist.world, train=True,
-            storage_options=options,
+            storage_options=options, max_bad_fraction=cfg.max_bad_fraction,
+            cache_dir=cfg.cache_dir or None, cache_limit=int(cfg.cache_limit * 2**30),
         )  # fmt: skip
+        if cfg.verify:
+            verify_shards([*train_shards, *val_shards], options)
         check_enough_shards(train_shards, train_loader, cfg.train_split)
         check_batches(train_shards, train_loader, cfg.train_split)
         if not val_shards:
@@ -85,8 +89,13 @@ class TrainingData:
         )  # fmt: skip
         return EpochReader(stream_, pin_memory=self.device_input.device.type == "cuda")
 
-    def steps(self, reader) -> int:
-        return planned_steps(reader.stream.assignment, self.train_loader.batch_size)
+    def steps(self, reader, done: int = 0) -> int:
+        """Steps of the epoch; `done` already run before a resume (a sample-level epoch
+        resumed with another world size continues with what its samples still give)."""
+        assignment = reader.stream.assignment
+        if done and hasattr(assignment, "remaining_steps"):
+            return done + assignment.remaining_steps()
+        return planned_steps(assignment, self.train_loader.batch_size)
 
     def geometry(self) -> dict:
         """The loader settings a mid-epoch resume must keep."""

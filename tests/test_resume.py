@@ -51,11 +51,6 @@ def test_resume_with_two_workers_is_bit_identical_wherever_killed(uninterrupted,
         assert torch.equal(resumed_weights[name], tensor), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the trainer's _resume to accept sample-level states with other --workers "
-    "(tagtrain.loader.is_sample_state / resume_rows; see the loader report)",
-)
 @pytest.mark.parametrize("workers", ["1", "3"])
 def test_resume_with_other_worker_counts_sees_each_sample_once(uninterrupted, tmp_path, workers):
     out, card, _ = uninterrupted

@@ -369,7 +369,11 @@ def test_nan_mel_samples_leave_finite_weights(tmp_path):
             payload = buffer.getvalue()
         members.append((name, payload))
     shardkit.write_raw_tar(shard, members)
-    cfg = RunConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, **{**TINY, "workers": 0})
+    # Half the samples are bad: lift the bad-fraction limit (tested on its own) to train on.
+    cfg = RunConfig(
+        data=str(data), out=str(tmp_path / "run"), epochs=1, max_bad_fraction=1.0,
+        **{**TINY, "workers": 0},
+    )  # fmt: skip
     summary = train(cfg)
     weights = ckpt.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
@@ -448,3 +452,21 @@ def test_train_fraction_keeps_whole_shards_and_roc_auc_selects(dataset, tmp_path
     assert len(kept) == 2 and seen == set().union(*kept)  # two whole shards of the four
     summary = json.loads((run / "summary.json").read_text())
     assert summary["select"] == "roc_auc" and summary["best_epoch"] == 1
+
+
+def test_more_bad_samples_than_max_bad_fraction_fails_the_run_in_one_line(tmp_path):
+    data = tmp_path / "d"
+    card = shardkit.make_dataset(data, {"train": [4, 4], "valid": [4]}, stored=("mel",))
+    shard = data / card["splits"]["train"]["shards"][0]["name"]
+    members = [
+        (name, b"\x93NUMPY garbage" if name.endswith(".mel.npy") else payload)
+        for name, payload in shardkit.read_members(shard)
+    ]
+    shardkit.write_raw_tar(shard, members)
+    result = trainer_cli(
+        "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
+        "--max-bad-fraction", "0.1", *FLAGS,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "bad" in result.stderr
