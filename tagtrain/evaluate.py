@@ -1,9 +1,9 @@
 """`python -m tagtrain evaluate`: the registered metrics (tagtrain.metrics: macro ROC-AUC
 and PR-AUC) with bootstrap 95% intervals, and a per-tag table, for a run.
 
-Chunk-level models average their sigmoid outputs over `--chunks` evenly spaced chunks of
-each track; song-level models see one whole-input crop (tagtrain.inference, as in
-validation). Tags with no positives or no negatives in the split have no AUC: they are
+Every model averages its sigmoid outputs over `--chunks` evenly spaced chunks of each
+track, song-level models (FCN, CRNN) included, as the reference code evaluates them
+(tagtrain.inference, as in validation). Tags with no positives or no negatives in the split have no AUC: they are
 left out of the macro averages and listed, never averaged in as NaN. The intervals come
 from `--bootstrap` resamples of the tracks (percentile method).
 
