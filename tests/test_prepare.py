@@ -86,7 +86,7 @@ def prepare(manifest, audio_root, output, *extra, check=True):
         str(manifest),
         "--audio-root",
         str(audio_root),
-        "--output",
+        "--out",
         str(output),
         *extra,
     )
@@ -120,7 +120,7 @@ def awkward(tmp_path_factory):
     out = base / "out"
     result = prepare(
         base / "manifest.parquet", base / "audio", out, "--max-seconds", "10", "--features",
-        "mel,harm,pcm", "--direct_num_workers=2",
+        "mel,harm,pcm", "--direct_num_workers=2", "--max-reject-fraction", "0.5",
     )  # fmt: skip
     return base, rows, out, result
 
@@ -189,9 +189,11 @@ def test_rerun_with_same_config_gives_identical_files_and_other_config_is_refuse
     base, _, out, _ = awkward
     before = tree_bytes(out)
     prepare(base / "manifest.parquet", base / "audio", out, "--max-seconds", "10",
-            "--features", "mel,harm,pcm", "--direct_num_workers=1")  # fmt: skip
+            "--features", "mel,harm,pcm", "--direct_num_workers=1",
+            "--max-reject-fraction", "0.5")  # fmt: skip
     assert tree_bytes(out) == before
-    refused = prepare(base / "manifest.parquet", base / "audio", out, "--n-mels", "64", check=False)
+    refused = prepare(base / "manifest.parquet", base / "audio", out, "--n-mels", "64",
+                      "--max-reject-fraction", "0.5", check=False)  # fmt: skip
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0 and "--force" in refused.stderr
     assert tree_bytes(out) == before
@@ -208,6 +210,10 @@ def test_bad_arguments_get_one_line(tmp_path):
         assert result.returncode == 2, args
         assert result.stderr.strip().count("\n") == 0, result.stderr
         assert "error" in result.stderr
+
+
+# "bad.mp3" is 1 of 7 inputs: above the default --max-reject-fraction.
+SMALL_ARGS = ("--shard-size-mb", "0.3", "--max-reject-fraction", "0.2")
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +238,7 @@ def small(tmp_path_factory):
     write_manifest(rows, base / "manifest.parquet")
     # A small shard size gives several shards per split, so assignment is exercised.
     reference = base / "ref"
-    prepare(base / "manifest.parquet", audio, reference, "--shard-size-mb", "0.3",
+    prepare(base / "manifest.parquet", audio, reference, *SMALL_ARGS,
             "--direct_running_mode=in_memory", "--direct_num_workers=1")  # fmt: skip
     return base, reference
 
@@ -251,7 +257,7 @@ def test_same_bytes_on_every_runner_and_worker_count(small, runner_args):
     base, reference = small
     assert len(list(reference.glob("train-*.tar"))) >= 2
     out = base / ("out-" + "-".join(a.split("=")[-1] for a in runner_args))
-    prepare(base / "manifest.parquet", base / "audio", out, "--shard-size-mb", "0.3", *runner_args)
+    prepare(base / "manifest.parquet", base / "audio", out, *SMALL_ARGS, *runner_args)
     assert tree_bytes(out) == tree_bytes(reference)
 
 
@@ -264,7 +270,7 @@ def test_same_bytes_on_dask_local_cluster(small):
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
-        prepare(base / "manifest.parquet", base / "audio", out, "--shard-size-mb", "0.3",
+        prepare(base / "manifest.parquet", base / "audio", out, *SMALL_ARGS,
                 "--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}")  # fmt: skip
     assert tree_bytes(out) == tree_bytes(reference)
 

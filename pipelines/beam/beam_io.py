@@ -33,6 +33,10 @@ def is_url(path: str) -> bool:
     return path.startswith(URL_SCHEMES)
 
 
+def is_absolute(path: str) -> bool:
+    return path.startswith("/") or is_url(path)
+
+
 def resolve(root: str | None, path: str) -> str:
     """Absolute paths and URLs stand as they are; others are relative to `root`."""
     if path.startswith("/") or is_url(path) or not root:

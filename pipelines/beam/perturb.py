@@ -58,6 +58,7 @@ from pipelines.core.deformations import (
     deform_track,
     track_rng,
 )
+from pipelines.core.errors import UserError
 from pipelines.core.features import FeatureConfig
 from pipelines.core.shards import load_npy, num_shards_for, read_tar, shard_index
 from pipelines.core.versions import CODE_VERSION
@@ -75,7 +76,7 @@ MADE_FIELDS = (
 )  # fmt: skip
 
 
-class PerturbError(ValueError):
+class PerturbError(UserError, ValueError):
     """The source dataset cannot be perturbed as asked; the message is one line."""
 
 

@@ -22,6 +22,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 
+from pipelines.core.errors import UserError
 from pipelines.core.features import FeatureConfig
 
 FORMAT = "tagging-shards/1"
@@ -31,7 +32,7 @@ REJECTS_NAME = "rejects.parquet"
 FEATURES = ("mel", "harm", "pcm")
 
 
-class CardError(ValueError):
+class CardError(UserError, ValueError):
     """The card is missing, malformed, or does not match what a consumer expects."""
 
 
