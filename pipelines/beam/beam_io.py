@@ -1,6 +1,11 @@
 """File access for Beam jobs through Beam's FileSystems (local, gs://, s3://), plus
-https:// reads through fsspec (Beam has no HTTP filesystem). Writes are atomic: a
-temporary name, then a rename, so a reader never sees a half-written file."""
+https:// reads through fsspec (Beam has no HTTP filesystem).
+
+Writes are atomic. Locally: a temporary name, then a rename, and the temporary file is
+removed if the write fails (a full disk included). On gs:// and s3:// an object only
+appears when its upload completes, and a rename is a full copy that adds nothing, so the
+final name is written directly; the dataset card, written last, is the commit.
+"""
 
 from __future__ import annotations
 
@@ -71,19 +76,52 @@ def join(root: str, *parts: str) -> str:
     return FileSystems.join(root, *parts)
 
 
+OBJECT_STORES = ("gs://", "s3://")
+TMP_MARK = ".tmp-"  # temporary names: {final name}.tmp-{random}
+
+
 def write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-    with FileSystems.create(tmp, compression_type=_RAW) as f:
-        f.write(data)
-    FileSystems.rename([tmp], [path])
+    write_atomic_with(path, lambda f: f.write(data))
 
 
-def write_atomic_with(path: str, write) -> None:
-    """`write(fileobj)` streams into a temporary file that is renamed when complete."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-    with FileSystems.create(tmp, compression_type=_RAW) as f:
-        write(f)
-    FileSystems.rename([tmp], [path])
+def write_atomic_with(path: str, write):
+    """`write(fileobj)` streams the file's content; returns what `write` returns."""
+    if path.startswith(OBJECT_STORES):
+        with FileSystems.create(path, compression_type=_RAW) as f:
+            return write(f)
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:12]}"
+    try:
+        with FileSystems.create(tmp, compression_type=_RAW) as f:
+            result = write(f)
+        FileSystems.rename([tmp], [path])
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return result
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+    except Exception:  # the original error matters more
+        pass
+
+
+def remove_orphans(directory: str) -> int:
+    """Delete temporary files (`*.tmp-*`) that killed writers left in `directory` (not
+    recursive); returns how many. Call only when no other job writes there."""
+    found = FileSystems.match([join(directory, f"*{TMP_MARK}*")])[0].metadata_list
+    paths = [m.path for m in found]
+    if paths:
+        FileSystems.delete(paths)
+    return len(paths)
+
+
+def list_names(directory: str, pattern: str) -> list[str]:
+    """Base names of the files in `directory` matching the glob `pattern`."""
+    found = FileSystems.match([join(directory, pattern)])[0].metadata_list
+    return sorted(m.path.rstrip("/").rsplit("/", 1)[-1] for m in found)
 
 
 def write_parquet(path: str, table) -> None:

@@ -41,13 +41,8 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipelines.beam import beam_io
-from pipelines.beam.prepare import (
-    TrackStageFn,
-    summarize_counts,
-    summarize_splits,
-    write_dataset_dir,
-    write_shard,
-)
+from pipelines.beam.dataset_files import summarize_counts, summarize_splits, write_dataset_dir
+from pipelines.beam.prepare import TrackStageFn, write_shard
 from pipelines.beam.track import Reject, TrackConfig, make_sample
 from pipelines.core.audio import from_int16
 from pipelines.core.card import card_checksum, stored_features
@@ -315,21 +310,24 @@ class WriteTargetShardFn(beam.DoFn):
 
     def process(self, element):
         (t, index), samples = element
-        rows = write_shard(self.cfg.targets[t].output, self.cfg.split, index, samples)
+        rows, shard = write_shard(self.cfg.targets[t].output, self.cfg.split, index, samples)
         self.shards_written.inc()
         for row in rows:
-            yield t, row
+            yield t, (INDEX, row)
+        yield t, (SHARDS, shard)
 
 
-INDEX, REJECTS = "index", "rejects"
+INDEX, REJECTS, SHARDS = "index", "rejects", "shards"
 
 
-def perturbed_card(cfg: PerturbConfig, target: Target, index_rows, reject_rows) -> dict:
+def perturbed_card(
+    cfg: PerturbConfig, target: Target, index_rows, reject_rows, shard_files=None
+) -> dict:
     """The source card with this copy's splits, counts, job, identity and deformation."""
     source = cfg.source_card
     return {
         **source,
-        "splits": summarize_splits(index_rows),
+        "splits": summarize_splits(index_rows, shard_files),
         "counts": summarize_counts(cfg.num_tracks * target.copies, index_rows, reject_rows),
         "job": {**source.get("job", {}), "planned_shards": {cfg.split: target.num_shards}},
         "identity": cfg.identity(target),
@@ -349,8 +347,10 @@ def write_target_files(element, cfg: PerturbConfig):
     t, tagged = element
     index_rows = sorted((v for k, v in tagged if k == INDEX), key=lambda r: r["key"])
     reject_rows = sorted((v for k, v in tagged if k == REJECTS), key=lambda r: r["key"])
+    shard_files = {v["name"]: {"sha256": v["sha256"], "bytes": v["bytes"]}
+                   for k, v in tagged if k == SHARDS}  # fmt: skip
     target = cfg.targets[t]
-    card = perturbed_card(cfg, target, index_rows, reject_rows)
+    card = perturbed_card(cfg, target, index_rows, reject_rows, shard_files)
     yield target.name, write_dataset_dir(target.output, index_rows, reject_rows, card)
 
 
@@ -380,7 +380,7 @@ class Perturb(beam.PTransform):
         # One GroupByKey per target over the tagged union, not side inputs (see prepare.py).
         return (
             (
-                index_rows | "TagIndex" >> beam.Map(lambda tr: (tr[0], (INDEX, tr[1]))),
+                index_rows,
                 rejects | "TagRejects" >> beam.Map(lambda x: (x[0], (REJECTS, x[2].to_row()))),
             )
             | "Union" >> beam.Flatten()

@@ -10,15 +10,11 @@ import shutil
 import tempfile
 import time
 
+from manifests.schema import SPLITS
 from pipelines.beam import beam_io
-from pipelines.beam.prepare import (
-    Prepare,
-    PrepareConfig,
-    file_sha256,
-    manifest_vocabulary,
-    plan_shards,
-    read_manifest_table,
-)
+from pipelines.beam.plan import file_sha256, manifest_vocabulary, plan_shards, read_manifest_table
+from pipelines.beam.prepare import Prepare, PrepareConfig, job_versions
+from pipelines.beam.progress import PROGRESS_DIR
 from pipelines.beam.runner_options import ProgressBar, is_local, pipeline_options, print_counters
 from pipelines.beam.track import TrackConfig
 from pipelines.core.argtypes import positive_int
@@ -159,7 +155,42 @@ def check_existing(output: str, identity: dict, force: bool) -> None:
         for split in old.get("splits", {}).values()
         for s in split.get("shards", [])
     ]
-    beam_io.delete(stale + [card_path])
+    records = [beam_io.join(output, PROGRESS_DIR, n) for n in _names(output, PROGRESS_DIR)]
+    beam_io.delete(stale + records + [card_path])
+
+
+def _names(output: str, sub: str = "", pattern: str = "*") -> list[str]:
+    try:
+        return beam_io.list_names(beam_io.join(output, sub) if sub else output, pattern)
+    except Exception:  # nothing there yet (object stores may raise on an empty prefix)
+        return []
+
+
+def remove_orphans(output: str) -> None:
+    """Temporary files of writers killed in an earlier attempt (local runs only leave
+    them: object stores are written under final names)."""
+    for directory in (output, beam_io.join(output, PROGRESS_DIR)):
+        try:
+            beam_io.remove_orphans(directory)
+        except Exception:  # the directory does not exist yet
+            pass
+
+
+def remove_stale(cfg: PrepareConfig) -> None:
+    """After a successful job: shards and completion records of an earlier layout that
+    this one no longer has (another shard count, or a shard now without samples)."""
+    card = json.loads(beam_io.read_bytes(beam_io.join(cfg.output, CARD_NAME)))
+    planned = dict(cfg.num_shards)
+    keep = {s["name"] for split in card["splits"].values() for s in split["shards"]}
+    stale = []
+    for split in SPLITS:
+        for name in _names(cfg.output, pattern=f"{split}-*.tar"):
+            if name not in keep:
+                stale.append(beam_io.join(cfg.output, name))
+        for name in _names(cfg.output, PROGRESS_DIR, f"{split}-*.json"):
+            if int(name[len(split) + 1 : -5]) >= planned.get(split, 0):
+                stale.append(beam_io.join(cfg.output, PROGRESS_DIR, name))
+    beam_io.delete(stale)
 
 
 def audio_root_for(args, table) -> str | None:
@@ -194,6 +225,7 @@ def build_config(args, beam_args: list[str], table) -> PrepareConfig:
         num_inputs=table.num_rows,
         num_shards=tuple(sorted(plan_shards(table, track, args.shard_size_mb).items())),
         filesystem_args=tuple(beam_args),
+        versions=job_versions(),
     )
 
 
@@ -226,6 +258,7 @@ def run(args, beam_args: list[str]) -> int:
     check_existing_output(cfg, args.force)
     if not beam_io.is_url(cfg.output):
         os.makedirs(cfg.output, exist_ok=True)
+    remove_orphans(cfg.output)
     announce(cfg, options, runner)
     start = time.time()
     quiet = getattr(args, "quiet", None)
@@ -236,6 +269,7 @@ def run(args, beam_args: list[str]) -> int:
             with beam.Pipeline(options=options) as pipeline:
                 _ = pipeline | "Prepare" >> Prepare(cfg)
             result = pipeline.result
+    remove_stale(cfg)
     print_summary(cfg.output, time.time() - start, result, quiet.summary() if quiet else "")
     check_rejects(cfg.output, args.max_reject_fraction)
     return 0

@@ -128,7 +128,8 @@ def print_counters(console, result) -> None:
     except Exception:  # some runners do not report metrics
         return
     if counters:
-        console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+        text = "counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
+        console.print(text, soft_wrap=True)  # one line, however narrow the terminal
 
 
 def _beam_parser():
