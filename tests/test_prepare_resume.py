@@ -129,3 +129,52 @@ def test_a_changed_shard_is_rebuilt_and_the_rest_reused(corpus, tmp_path):
                   if r["shard"] == victim.name)  # fmt: skip
     assert count["decoded"] == samples and count["shards_written"] == 1
     assert tree_bytes(out) == tree_bytes(reference)
+
+
+def test_appending_tracks_rebuilds_only_the_shards_they_land_in(corpus, tmp_path):
+    import shutil
+
+    base, reference = corpus
+    out = tmp_path / "grown"
+    shutil.copytree(reference, out)
+    audio = Path(json.loads((reference / "dataset.json").read_text())["manifest"]["path"]).parent
+    rows = pq.read_table(base / "manifest.parquet").to_pylist()
+    for i in (N, N + 1):
+        # Tag "y" first: it becomes the most frequent train tag, yet the labels keep their order.
+        encode_mp3(tone(1500 + 100 * i, 5, 22050, seed=i), 22050, tmp_path / f"new{i}.mp3", "64k")
+        rows.append({**rows[0], "key": f"t{i:02d}", "track_id": str(i), "tags": ["y"],
+                     "audio_path": str(tmp_path / f"new{i}.mp3")})  # fmt: skip
+    write_manifest(rows, tmp_path / "grown.parquet", metadata={"audio_root": str(audio / "audio")})
+    args = ("beam_runner.py", "prepare", "--manifest", str(tmp_path / "grown.parquet"),
+            "--out", str(out), *ARGS, "--direct_running_mode=in_memory")  # fmt: skip
+    refused = run_cli(*args)
+    assert refused.returncode == 2 and "--update" in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0
+    result = run_cli(*args, "--update")
+    assert result.returncode == 0, result.stderr[-3000:]
+    count = counters(result.stdout)
+    index = {r["key"]: r for r in pq.read_table(out / "index.parquet").to_pylist()}
+    assert len(index) == N + 2
+    touched = {index[f"t{i:02d}"]["shard"] for i in (N, N + 1)}
+    assert count["decoded"] == 2 and count["shards_written"] == len(touched)
+    assert "reused" in result.stdout and "rebuilt" in result.stdout
+    before = tree_bytes(reference)
+    after = tree_bytes(out)
+    for name, data in before.items():
+        if name.endswith(".tar") and name not in touched:
+            assert after[name] == data, name  # untouched shards: not rewritten
+    # Tracks of a rebuilt shard kept their exact bytes (cut from the old tar).
+    old_index = {r["key"]: r for r in pq.read_table(reference / "index.parquet").to_pylist()}
+    for key, row in index.items():
+        if row["shard"] in touched and key in old_index:
+            old_data, new_data = before[row["shard"]], after[row["shard"]]
+            for m_old, m_new in zip(old_index[key]["members"], row["members"]):
+                a = old_data[m_old["offset"] : m_old["offset"] + m_old["size"]]
+                assert a == new_data[m_new["offset"] : m_new["offset"] + m_new["size"]]
+    card = json.loads((out / "dataset.json").read_text())
+    assert card["counts"]["samples"] == N + 2
+    assert card["vocabulary"] == json.loads((reference / "dataset.json").read_text())["vocabulary"]
+    assert (
+        card["job"]["planned_shards"]
+        == json.loads((reference / "dataset.json").read_text())["job"]["planned_shards"]
+    )

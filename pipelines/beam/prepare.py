@@ -216,22 +216,35 @@ class PrepareShardFn(TrackStageFn):
         yield from emit_record(record, code, index)
 
     def build_shard(self, split: str, index: int, rows, fingerprint: str) -> dict:
+        """Decode the shard's tracks (keeping those an earlier record of this shard holds
+        unchanged: an update), write its tar, then its completion record."""
+        reusable = progress.ReusableTracks(self.cfg.output, split, index, self.cfg.identity_sha)
         samples, rejects = [], []
         for row in rows:
-            result = self.prepare_track(row)
-            self.count(result)
+            result = reusable.take(row)
+            if result is None:
+                result = self.prepare_track(row)
+                self.count(result)
+            else:
+                self.tracks_reused.inc()
+                self.tick()
             (samples if isinstance(result, Sample) else rejects).append(result)
         shard, index_rows = None, []
         if samples:
             index_rows, shard = write_shard(self.cfg.output, split, index, samples)
             self.shards_written.inc()
             self.bytes_written.inc(shard["bytes"])
+        train = split == "train"
         record = {
             "fingerprint": fingerprint,
+            "identity": self.cfg.identity_sha,
             "shard": shard,
             "index": index_rows,
             "rejects": [r.to_row() for r in rejects],
-            "mel_sums": shard_mel_sums(samples) if split == "train" else None,
+            "mel_sums": shard_mel_sums(samples) if train else None,
+            # Per track, for a later update: its manifest row's hash and its mel sums.
+            "rows": {r["key"]: progress.row_sha(r) for r in rows},
+            "sums": {s.key: progress.encode_sums(s) for s in samples} if train else None,
         }
         progress.write_record(self.cfg.output, split, index, record)
         return record

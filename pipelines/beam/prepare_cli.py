@@ -107,6 +107,13 @@ def add_parser(sub) -> None:
         help="fail the job (one line, exit 2, no dataset.json) when a larger fraction of "
         "the inputs is rejected; a job whose every input is rejected always fails",
     )
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="the manifest changed (tracks added, removed or edited): keep the dataset's "
+        "shard layout and rebuild only the shards whose tracks changed, reusing every "
+        "unchanged track's features",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an output of another config")
     p.set_defaults(run=run)
 
@@ -131,8 +138,50 @@ def track_config(args) -> TrackConfig:
     return TrackConfig(features, stored, args.decoder, args.min_seconds, args.max_seconds)
 
 
-def check_existing_output(cfg: PrepareConfig, force: bool) -> None:
+def check_existing_output(cfg: PrepareConfig, force: bool, update: bool) -> None:
+    old = read_card(cfg.output)
+    if old is not None and not force and manifest_changed_only(old, cfg):
+        if update:
+            return
+        raise OutputExists(
+            f"the manifest changed since {cfg.output} was prepared: --update rebuilds only "
+            "the shards whose tracks changed, --force replaces the dataset"
+        )
     check_existing(cfg.output, cfg.identity(), force)
+
+
+def read_card(output: str) -> dict | None:
+    data = beam_io.read_bytes(beam_io.join(output, CARD_NAME))
+    return None if data is None else json.loads(data)
+
+
+def manifest_changed_only(card: dict, cfg: PrepareConfig) -> bool:
+    """Same features, code and libraries; another manifest (whose tag ranks, and so the
+    derived vocabulary, may differ: --update keeps the dataset's)."""
+    old = dict(card.get("identity") or {})
+    new = cfg.shard_identity()
+    old.pop("vocabulary", None), new.pop("vocabulary", None)
+    return old.pop("manifest_sha256", None) != cfg.manifest_sha256 and old == new
+
+
+def updated_vocabulary(card: dict | None, vocabulary: list[str]) -> list[str]:
+    """--update keeps the dataset's label order (a tag's frequency rank may shift when
+    tracks are added, which would relabel every track); tags new to it come last."""
+    old = list((card or {}).get("vocabulary") or [])
+    if not old:
+        return vocabulary
+    return old + sorted(set(vocabulary) - set(old))
+
+
+def updated_layout(card: dict | None, planned: dict[str, int]) -> dict[str, int]:
+    """--update keeps each split's shard count, so that a track stays in its shard and
+    only shards with added, removed or edited tracks are rebuilt; a split that has more
+    than doubled is planned afresh (all its shards are rebuilt)."""
+    old = (card or {}).get("job", {}).get("planned_shards", {})
+    return {
+        split: old[split] if split in old and n <= 2 * old[split] else n
+        for split, n in planned.items()
+    }
 
 
 def check_existing(output: str, identity: dict, force: bool) -> None:
@@ -214,16 +263,22 @@ def audio_root_for(args, table) -> str | None:
 
 def build_config(args, beam_args: list[str], table) -> PrepareConfig:
     track = track_config(args)
+    layout = plan_shards(table, track, args.shard_size_mb)
+    vocabulary = manifest_vocabulary(table)
+    if args.update:
+        old = read_card(args.out.rstrip("/"))
+        layout = updated_layout(old, layout)
+        vocabulary = updated_vocabulary(old, vocabulary)
     return PrepareConfig(
         manifest=args.manifest,
         output=args.out.rstrip("/"),
         audio_root=audio_root_for(args, table),
         track=track,
         shard_size_mb=args.shard_size_mb,
-        vocabulary=tuple(manifest_vocabulary(table)),
+        vocabulary=tuple(vocabulary),
         manifest_sha256=file_sha256(args.manifest),
         num_inputs=table.num_rows,
-        num_shards=tuple(sorted(plan_shards(table, track, args.shard_size_mb).items())),
+        num_shards=tuple(sorted(layout.items())),
         filesystem_args=tuple(beam_args),
         versions=job_versions(),
     )
@@ -255,7 +310,7 @@ def run(args, beam_args: list[str]) -> int:
     if table.num_rows == 0:
         raise UserError(f"{args.manifest} has no rows: nothing to prepare")
     cfg = build_config(args, beam_args, table)
-    check_existing_output(cfg, args.force)
+    check_existing_output(cfg, args.force, args.update)
     if not beam_io.is_url(cfg.output):
         os.makedirs(cfg.output, exist_ok=True)
     remove_orphans(cfg.output)
@@ -310,6 +365,21 @@ def check_rejects(output: str, max_fraction: float) -> None:
     )
 
 
+def reuse_line(result) -> str:
+    """What a resumed or updated job kept and what it rebuilt, from its counters."""
+    try:
+        counts = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    except Exception:  # runners without metrics
+        return ""
+    reused, tracks = counts.get("shards_reused", 0), counts.get("tracks_reused", 0)
+    if not (reused or tracks):
+        return ""
+    built = counts.get("shards_written", 0)
+    decoded = counts.get("decoded", 0) + counts.get("rejected", 0)
+    return (f"reused {reused} finished shards and {tracks} tracks in all; rebuilt {built} "
+            f"shards, decoding {decoded} tracks")  # fmt: skip
+
+
 def print_summary(output: str, seconds: float, result=None, quiet_line: str = "") -> None:
     """End-of-job table from the written card, rejects and Beam counters."""
     from rich.console import Console
@@ -339,6 +409,9 @@ def print_summary(output: str, seconds: float, result=None, quiet_line: str = ""
         reasons = ", ".join(f"{k}: {v}" for k, v in counts["rejects_by_reason"].items())
         console.print(f"rejects by reason: {reasons}  (see {beam_io.join(output, REJECTS_NAME)})")
     print_counters(console, result)
+    reuse = reuse_line(result)
+    if reuse:
+        console.print(reuse)
     if quiet_line:
         console.print(quiet_line)
     console.print(
