@@ -97,9 +97,12 @@ def test_an_empty_manifest_and_a_missing_root_are_one_line(tmp_path):
 def test_every_input_rejected_fails_after_writing_the_rejects(tmp_path):
     manifest = make_corpus(tmp_path, n=2)
     out = tmp_path / "out"
-    result = beam("prepare", "--manifest", str(manifest), "--out", str(out),
-                  "--audio-root", str(tmp_path), *FAST)  # fmt: skip
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    result = run_cli("beam_runner.py", "prepare", "--manifest", str(manifest), "--out", str(out),
+                     "--audio-root", str(tmp_path), *FAST, env={"TMPDIR": str(temp)})  # fmt: skip
     one_line_error(result, "every input was rejected", "missing 2", "rejects.parquet")
+    assert not list(temp.glob("prepare-progress-*"))  # the progress tick file's directory
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
     assert sorted(r["reason"] for r in rejects) == ["missing", "missing"]
     assert not (out / "dataset.json").exists()
@@ -139,3 +142,26 @@ def test_a_run_is_quiet_and_uses_the_manifests_audio_root(corpus, tmp_path):
                    "--direct_num_workers=2")  # fmt: skip
     assert verbose.returncode == 0
     assert LOG_LINE.search(verbose.stderr)
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    """A write that fails midway (here: the disk is full) removes its temporary file and
+    leaves the final name untouched."""
+    import errno
+
+    from pipelines.beam import beam_io
+
+    target = tmp_path / "train-000000.tar"
+    target.write_bytes(b"old")
+
+    def fill_the_disk(f):
+        f.write(b"x" * 10000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        beam_io.write_atomic_with(str(target), fill_the_disk)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train-000000.tar"]
+    assert target.read_bytes() == b"old"
+    (tmp_path / "valid-000001.tar.tmp-0123456789ab").write_bytes(b"orphan")
+    assert beam_io.remove_orphans(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train-000000.tar"]
