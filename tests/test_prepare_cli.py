@@ -165,3 +165,27 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     (tmp_path / "valid-000001.tar.tmp-0123456789ab").write_bytes(b"orphan")
     assert beam_io.remove_orphans(str(tmp_path)) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train-000000.tar"]
+
+
+def test_decoder_warnings_are_counted_not_printed(tmp_path):
+    """mpg123 warns on stderr about a cut MP3 ("Xing stream size off ..."): quiet runs count
+    the line in the summary instead of printing it."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    full = encode_mp3(tone(330, 30, 44100), 44100, audio / "full.mp3").read_bytes()
+    (audio / "cut.mp3").write_bytes(full[: len(full) // 8])
+    rows = [{"key": "cut", "track_id": "cut", "dataset": "w", "split": "train",
+             "audio_path": "cut.mp3", "tags": ["a"]}]  # fmt: skip
+    write_manifest(rows, tmp_path / "m.parquet", metadata={"audio_root": str(audio)})
+    args = (
+        "prepare",
+        "--manifest",
+        str(tmp_path / "m.parquet"),
+        "--max-reject-fraction",
+        "1",
+        *FAST,
+    )
+    verbose = beam(*args, "--out", str(tmp_path / "v"), "--verbose")
+    assert "Xing" in verbose.stderr  # the decoder does warn
+    quiet = beam(*args, "--out", str(tmp_path / "q"))
+    assert "Xing" not in quiet.stderr and "decoder warnings: 1" in quiet.stdout, quiet.stdout

@@ -182,9 +182,7 @@ _LIBRARY_LOG = re.compile(
     rb"|[IWD]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)"
 )
 # Per-file decoder chatter (mpg123 via libsndfile, ffmpeg's "[mp3 @ 0x...]"): counted.
-_DECODER_NOTE = re.compile(
-    rb"^(?:\[(?:src/libmpg123|[\w.]+ @ 0x)|Note: Illegal Audio-MPEG|\[mpg123)"
-)
+_DECODER_NOTE = re.compile(rb"^(?:\[(?:src/libmpg123|[\w.]+ @ 0x)|\[mpg123|Note: |Warning: )")
 
 
 class QuietOutput:
