@@ -265,6 +265,8 @@ def perturb_item(item, cfg: PerturbConfig, track: TrackConfig, vocabulary: list[
     sample_rate = track.features.sample_rate
     try:
         pcm, provenance = deform_copy(target, copy, key, from_int16(pcm16), sample_rate, cfg.seed)
+    except MemoryError:
+        raise  # transient (a busy worker), not a property of the track: the runner retries
     except Exception as exc:  # one track's failure must not kill the job
         message = str(exc).splitlines()[0] if str(exc) else ""
         return reject("deform", "deform_error", f"{type(exc).__name__}: {message}")
@@ -276,6 +278,8 @@ def perturb_item(item, cfg: PerturbConfig, track: TrackConfig, vocabulary: list[
     row, info = row_and_info(meta, out_key)
     try:
         return t, SAMPLE, make_sample(row, pcm, track, vocabulary, info, provenance)
+    except MemoryError:
+        raise
     except Exception as exc:
         return reject("features", "feature_error", f"{type(exc).__name__}: {exc}")
 
