@@ -16,9 +16,15 @@ from pipelines.beam.perturb import (
     PerturbConfig,
     PerturbError,
     check_source,
+    finished_shards,
     make_targets,
 )
-from pipelines.beam.prepare_cli import add_output_flags, check_existing, progress_file
+from pipelines.beam.prepare_cli import (
+    add_output_flags,
+    check_existing,
+    progress_file,
+    remove_orphans,
+)
 from pipelines.beam.runner_options import ProgressBar, pipeline_options, print_counters
 from pipelines.core.card import CARD_NAME, REJECTS_NAME, parse_card
 from pipelines.core.deformations import load_deformations
@@ -116,6 +122,9 @@ def run(args, beam_args: list[str]) -> int:
     if not beam_io.is_url(cfg.targets[0].output):
         for target in cfg.targets:
             os.makedirs(target.output, exist_ok=True)
+    for target in cfg.targets:
+        remove_orphans(target.output)
+    cfg = PerturbConfig(**{**cfg.__dict__, "done": finished_shards(cfg)})
     items = cfg.num_tracks * sum(t.copies for t in cfg.targets)
     what = (
         f"{cfg.targets[0].copies} augmented copies per track"
