@@ -1,29 +1,22 @@
 #!/usr/bin/env python
 """The one command-line entry to every Beam job.
 
-    python beam_runner.py prepare --manifest M.parquet --audio-root ROOT --output OUT [...]
-    python beam_runner.py perturb --dataset OUT --split test [...]
+    python beam_runner.py prepare --manifest M.parquet --out OUT [--audio-root ROOT] [...]
+    python beam_runner.py perturb --data OUT --split test [...]
 
-Our flags are parsed here; every other flag (--runner, --direct_num_workers,
---dask_client_address, --s3_endpoint_url, --project, --region, --flink_master, ...)
-passes to Beam unchanged.
+Our flags are parsed here; Beam's own registered options (--runner, --direct_num_workers,
+--dask_client_address, --s3_endpoint_url, --project, --region, --flink_master, ...) pass
+to Beam unchanged. Any other flag is a one-line error (Beam itself would only warn and run
+with defaults).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 
 PROJECT_ROOT = os.path.dirname(os.path.abspath(__file__))
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad arguments get one line on stderr and exit 2, not a usage dump."""
-
-    def error(self, message):
-        sys.exit(f"{self.prog}: error: {message}")
 
 
 def _export_project_path() -> None:
@@ -35,38 +28,43 @@ def _export_project_path() -> None:
         sys.path.insert(0, PROJECT_ROOT)
 
 
-def main(argv: list[str] | None = None) -> int:
-    _export_project_path()
+def _run(argv: list[str] | None) -> int:
+    # Before Beam is imported: it warns at import that the optional GCP client is absent.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        # Beam warns at import that the optional GCP client is absent; it is not needed.
-        handler.addFilter(lambda record: "apitools not found" not in record.getMessage())
+    logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
+    from pipelines.beam import perturb_cli, prepare_cli
+    from pipelines.beam.runner_options import QuietOutput, checked_beam_args
+    from pipelines.core.errors import OneLineParser, UserError, first_line
+
     parser = OneLineParser(prog="beam_runner.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="job", required=True, parser_class=OneLineParser)
-    from pipelines.beam import prepare_cli
-
     prepare_cli.add_parser(sub)
+    perturb_cli.add_parser(sub)
+    args, rest = parser.parse_known_args(argv)
+    beam_args = checked_beam_args(rest, sub.choices[args.job])
+    if args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    else:
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)
     try:
-        from pipelines.beam import perturb_cli
-    except ImportError:
-        perturb_cli = None
-    if perturb_cli is not None:
-        perturb_cli.add_parser(sub)
-    args, beam_args = parser.parse_known_args(argv)
-    try:
-        return args.run(args, beam_args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"beam_runner.py {args.job}: error: {exc}", file=sys.stderr)
-        return 2
+        with QuietOutput(enabled=not args.verbose) as quiet:
+            args.quiet = quiet
+            return args.run(args, beam_args)
+    except ValueError as exc:
+        # The manifest, deformation and card checks raise ValueError subclasses with
+        # one-line messages: they are user errors.
+        raise UserError(first_line(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.core.errors import run_cli
+
+    _export_project_path()
+    return run_cli("beam_runner.py", lambda: _run(argv))
 
 
 if __name__ == "__main__":
-    try:
-        code = main()
-    except SystemExit as exc:  # argparse errors and --help
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-        code = exc.code if isinstance(exc.code, int) else 2
+    code = main()
     # Leave without running library destructors: arrow's and grpc's thread pools can race
     # at interpreter exit and abort a process that has already finished its work.
     sys.stdout.flush()

@@ -103,7 +103,7 @@ def beam_job(manifest: Path, audio_root: Path, workers: int, shard_mb: float) ->
     out = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     cmd = [
         sys.executable, str(ROOT / "beam_runner.py"), "prepare", "--manifest", str(manifest),
-        "--audio-root", str(audio_root), "--output", str(out / "data"), "--features", "mel",
+        "--audio-root", str(audio_root), "--out", str(out / "data"), "--features", "mel",
         "--decoder", "soundfile", "--shard-size-mb", str(shard_mb),
         f"--direct_num_workers={workers}",
     ]  # fmt: skip
@@ -111,6 +111,55 @@ def beam_job(manifest: Path, audio_root: Path, workers: int, shard_mb: float) ->
         subprocess.run(cmd, check=True, capture_output=True)
     shutil.rmtree(out)
     return t
+
+
+def timed_prepare(manifest: Path, audio_root: Path, out: Path, shard_mb: float, *extra) -> float:
+    cmd = [
+        sys.executable, str(ROOT / "beam_runner.py"), "prepare", "--manifest", str(manifest),
+        "--audio-root", str(audio_root), "--out", str(out), "--features", "mel",
+        "--decoder", "soundfile", "--shard-size-mb", str(shard_mb), *extra,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def lose_shards(out: Path, fraction: float) -> int:
+    """What a job killed at (1 - fraction) leaves: the card and the last `fraction` of the
+    shards (tars and completion records) gone. Deterministic, unlike a real kill (the
+    test suite does the real kill -9)."""
+    records = sorted((out / "_progress").glob("*.json"))
+    lost = records[len(records) - int(round(fraction * len(records))) :]
+    for record in lost:
+        record.unlink()
+        (out / record.name.replace(".json", ".tar")).unlink(missing_ok=True)
+    (out / "dataset.json").unlink()
+    return len(lost)
+
+
+def resume_and_update(manifest: Path, corpus: Path, shard_mb: float, tmp: Path) -> dict:
+    """Full run vs resume after losing the last 20% of shards vs --update after appending
+    2% new tracks; all with the default workers (one per core)."""
+    full_out = tmp / "full"
+    full = timed_prepare(manifest, corpus, full_out, shard_mb)
+    resumed_out = tmp / "resumed"
+    shutil.copytree(full_out, resumed_out)
+    lost = lose_shards(resumed_out, 0.2)
+    resume = timed_prepare(manifest, corpus, resumed_out, shard_mb)
+    rows = read_manifest(manifest).to_pylist()
+    extra = [{**r, "key": f"{r['key']}-new"} for r in rows[: max(1, len(rows) // 50)]]
+    write_manifest(rows + extra, tmp / "appended.parquet")
+    updated_out = tmp / "updated"
+    shutil.copytree(full_out, updated_out)
+    update = timed_prepare(tmp / "appended.parquet", corpus, updated_out, shard_mb, "--update")
+    return {
+        "tracks": len(rows),
+        "shards": len(list(full_out.glob("*.tar"))),
+        "shards lost": lost,
+        "appended": len(extra),
+        "seconds": {"full": full, "resume": resume, "update": update},
+        "ratios": {"resume after 80% / full": resume / full, "append 2% / full": update / full},
+    }
 
 
 def repeated_manifest(corpus: Path, n: int, copies: int, dest: Path) -> Path:
@@ -134,6 +183,12 @@ def main() -> None:
         default=16.0,
         help="the job's shard size: a shard is one task, so several per worker (16)",
     )
+    parser.add_argument(
+        "--resume-only",
+        action="store_true",
+        help="only time a full run, a resume after losing 20%% of the shards, and an "
+        "--update after appending 2%% new tracks",
+    )
     args = parser.parse_args()
     corpus = args.corpus or Path(tempfile.gettempdir()) / "bench-demo-corpus"
     if (
@@ -149,6 +204,12 @@ def main() -> None:
     m1 = repeated_manifest(corpus, args.n, args.copies, tmp / "n.parquet")
     m2 = repeated_manifest(corpus, args.n, 2 * args.copies, tmp / "2n.parquet")
     n_job = args.n * args.copies
+    if args.resume_only:
+        result = resume_and_update(m1, corpus, args.shard_size_mb, tmp)
+        print(f"{os.cpu_count()} cores (shared machine: other jobs ran alongside)")
+        print(json.dumps(result, indent=2))
+        shutil.rmtree(tmp)
+        return
 
     bare_chain(paths[:2])  # warm caches and imports
     bare, ess = bare_chain(paths), essentia_chain(paths)

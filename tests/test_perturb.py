@@ -248,6 +248,32 @@ def test_rerun_is_byte_identical_and_other_config_is_refused_unless_force(source
 
 
 @pytest.mark.slow
+def test_a_resumed_job_deforms_only_the_unfinished_shards(source, paper, tmp_path):
+    """Completion records: with one deformation's shard, record and card lost (a job
+    killed before it finished), a re-run deforms only that shard's tracks and ends with
+    the bytes of the uninterrupted run."""
+    import re
+    import shutil
+
+    root, _ = paper
+    out = tmp_path / "perturbed"
+    shutil.copytree(root, out)
+    victim = out / PAPER[0]
+    tars = sorted(victim.glob("*.tar"))
+    assert tars
+    for tar in tars:
+        tar.unlink()
+        (victim / "_progress" / tar.name.replace(".tar", ".json")).unlink()
+    (victim / "dataset.json").unlink()
+    result = perturb(source, "--split", "test", "--out", str(out), *FAST)
+    line = next(x for x in result.stdout.splitlines() if x.startswith("counters: "))
+    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    tracks = json.loads((root / PAPER[0] / "dataset.json").read_text())["counts"]["samples"]
+    assert counts["deformed"] == tracks and counts["shards_written"] == len(tars)
+    assert counts["shards_reused"] >= len(PAPER) - 1
+    assert tree_bytes(out) == tree_bytes(root)
+
+
 def test_same_bytes_with_two_worker_processes(source, paper, tmp_path):
     root, _ = paper  # written by one in-memory worker
     out = tmp_path / "mp2"

@@ -1,10 +1,16 @@
 """File access for Beam jobs through Beam's FileSystems (local, gs://, s3://), plus
-https:// reads through fsspec (Beam has no HTTP filesystem). Writes are atomic: a
-temporary name, then a rename, so a reader never sees a half-written file."""
+https:// reads through fsspec (Beam has no HTTP filesystem).
+
+Writes are atomic. Locally: a temporary name, then a rename, and the temporary file is
+removed if the write fails (a full disk included). On gs:// and s3:// an object only
+appears when its upload completes, and a rename is a full copy that adds nothing, so the
+final name is written directly; the dataset card, written last, is the commit.
+"""
 
 from __future__ import annotations
 
 import io
+import time
 import uuid
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -33,6 +39,10 @@ def is_url(path: str) -> bool:
     return path.startswith(URL_SCHEMES)
 
 
+def is_absolute(path: str) -> bool:
+    return path.startswith("/") or is_url(path)
+
+
 def resolve(root: str | None, path: str) -> str:
     """Absolute paths and URLs stand as they are; others are relative to `root`."""
     if path.startswith("/") or is_url(path) or not root:
@@ -40,8 +50,17 @@ def resolve(root: str | None, path: str) -> str:
     return FileSystems.join(root, path)
 
 
+class TransientIOError(RuntimeError):
+    """A remote read failed for a reason other than "not found" after the filesystem's own
+    retries (Beam's S3 and GCS clients back off for minutes): a network or server
+    problem, not a property of the file. Deliberately not an OSError, so that no job
+    turns it into a reject: it fails the bundle (the runner retries it, or the job
+    stops and a re-run resumes from the finished shards)."""
+
+
 def read_bytes(path: str) -> bytes | None:
-    """The file's bytes, or None when it does not exist."""
+    """The file's bytes, or None when it does not exist. A local file that exists but
+    cannot be read raises OSError (a permanent problem); a remote one TransientIOError."""
     if path.startswith(("http://", "https://")):
         import fsspec
 
@@ -50,13 +69,57 @@ def read_bytes(path: str) -> bytes | None:
                 return f.read()
         except FileNotFoundError:
             return None
+        except Exception as exc:
+            raise TransientIOError(f"cannot read {path}: {_first_line(exc)}") from exc
     try:
-        with FileSystems.open(path, compression_type=_RAW) as f:
-            return f.read()
+        if is_url(path):
+            return with_retries(lambda: _read(path))
+        return _read(path)
+    except FileNotFoundError:
+        return None
     except Exception as exc:  # Beam wraps "not found" differently per filesystem
+        if is_url(path):
+            raise TransientIOError(f"cannot read {path}: {_first_line(exc)}") from exc
         if not FileSystems.exists(path):
             return None
-        raise OSError(f"cannot read {path}: {exc}") from exc
+        raise OSError(f"cannot read {path}: {_first_line(exc)}") from exc
+
+
+def _read(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=_RAW) as f:
+        return f.read()
+
+
+# How long an object-store operation is retried beyond the client's own retries: long
+# enough to ride out a server restart or a throttling burst, short enough that a real
+# outage fails the job (which a re-run then resumes).
+RETRY_SECONDS = 180.0
+
+
+def _is_transient(exc: BaseException) -> bool:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):  # an HTTP status from the S3/GCS client
+        return code >= 500 or code in (408, 429)
+    return not isinstance(exc, (FileNotFoundError, PermissionError, ValueError, TypeError))
+
+
+def with_retries(operation, seconds: float | None = None):
+    """`operation()`, retried with exponential backoff while it fails transiently."""
+    deadline = time.monotonic() + (RETRY_SECONDS if seconds is None else seconds)
+    delay = 0.5
+    while True:
+        try:
+            return operation()
+        except Exception as exc:
+            if not _is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 15.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def exists(path: str) -> bool:
@@ -67,19 +130,56 @@ def join(root: str, *parts: str) -> str:
     return FileSystems.join(root, *parts)
 
 
+OBJECT_STORES = ("gs://", "s3://")
+TMP_MARK = ".tmp-"  # temporary names: {final name}.tmp-{random}
+
+
 def write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-    with FileSystems.create(tmp, compression_type=_RAW) as f:
-        f.write(data)
-    FileSystems.rename([tmp], [path])
+    write_atomic_with(path, lambda f: f.write(data))
 
 
-def write_atomic_with(path: str, write) -> None:
-    """`write(fileobj)` streams into a temporary file that is renamed when complete."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-    with FileSystems.create(tmp, compression_type=_RAW) as f:
-        write(f)
-    FileSystems.rename([tmp], [path])
+def write_atomic_with(path: str, write):
+    """`write(fileobj)` streams the file's content; returns what `write` returns."""
+    if path.startswith(OBJECT_STORES):
+        return with_retries(lambda: _create(path, write))
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:12]}"
+    try:
+        with FileSystems.create(tmp, compression_type=_RAW) as f:
+            result = write(f)
+        FileSystems.rename([tmp], [path])
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return result
+
+
+def _create(path: str, write):
+    with FileSystems.create(path, compression_type=_RAW) as f:
+        return write(f)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+    except Exception:  # the original error matters more
+        pass
+
+
+def remove_orphans(directory: str) -> int:
+    """Delete temporary files (`*.tmp-*`) that killed writers left in `directory` (not
+    recursive); returns how many. Call only when no other job writes there."""
+    found = FileSystems.match([join(directory, f"*{TMP_MARK}*")])[0].metadata_list
+    paths = [m.path for m in found]
+    if paths:
+        FileSystems.delete(paths)
+    return len(paths)
+
+
+def list_names(directory: str, pattern: str) -> list[str]:
+    """Base names of the files in `directory` matching the glob `pattern`."""
+    found = FileSystems.match([join(directory, pattern)])[0].metadata_list
+    return sorted(m.path.rstrip("/").rsplit("/", 1)[-1] for m in found)
 
 
 def write_parquet(path: str, table) -> None:

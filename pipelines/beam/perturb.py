@@ -40,14 +40,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from pipelines.beam import beam_io
-from pipelines.beam.prepare import (
-    TrackStageFn,
-    summarize_counts,
-    summarize_splits,
-    write_dataset_dir,
-    write_shard,
-)
+from pipelines.beam import beam_io, progress
+from pipelines.beam.dataset_files import summarize_counts, summarize_splits, write_dataset_dir
+from pipelines.beam.prepare import TrackStageFn, write_shard
 from pipelines.beam.track import Reject, TrackConfig, make_sample
 from pipelines.core.audio import from_int16
 from pipelines.core.card import card_checksum, stored_features
@@ -58,6 +53,7 @@ from pipelines.core.deformations import (
     deform_track,
     track_rng,
 )
+from pipelines.core.errors import UserError
 from pipelines.core.features import FeatureConfig
 from pipelines.core.shards import load_npy, num_shards_for, read_tar, shard_index
 from pipelines.core.versions import CODE_VERSION
@@ -75,7 +71,7 @@ MADE_FIELDS = (
 )  # fmt: skip
 
 
-class PerturbError(ValueError):
+class PerturbError(UserError, ValueError):
     """The source dataset cannot be perturbed as asked; the message is one line."""
 
 
@@ -108,6 +104,17 @@ class PerturbConfig:
     output_root: str = ""  # where the targets are (for messages)
     progress_path: str | None = None  # local runs: workers append a byte per deformed track
     filesystem_args: tuple[str, ...] = ()
+    # (target, shard) pairs whose completion record matches: a resumed job skips them.
+    done: tuple[tuple[int, int], ...] = ()
+
+    def shard_fingerprint(self, t: int, index: int) -> str:
+        """A target shard's bytes depend on the target's identity and the source dataset
+        (whose card lists every source shard's sha256)."""
+        target = self.targets[t]
+        identity = [self.identity(target), card_checksum(self.source_card), index]
+        return progress.shard_fingerprint(
+            json.dumps(identity, sort_keys=True), self.split, target.num_shards, []
+        )
 
     @property
     def track(self) -> TrackConfig:
@@ -198,9 +205,12 @@ def read_shard_tracks(name: str, cfg: PerturbConfig):
 def fan_out(track, cfg: PerturbConfig):
     """One track -> one work item per (target, copy): (target, copy, key, meta, pcm)."""
     key, meta, pcm = track
+    done = set(cfg.done)
     for t, target in enumerate(cfg.targets):
         for copy in range(target.copies):
-            yield t, copy, key, meta, pcm
+            out_key = augment_key(key, copy) if target.deformation is None else key
+            if (t, shard_index(out_key, target.num_shards)) not in done:
+                yield t, copy, key, meta, pcm
 
 
 class ReadTracks(beam.PTransform):
@@ -269,6 +279,8 @@ def perturb_item(item, cfg: PerturbConfig, track: TrackConfig, vocabulary: list[
     sample_rate = track.features.sample_rate
     try:
         pcm, provenance = deform_copy(target, copy, key, from_int16(pcm16), sample_rate, cfg.seed)
+    except MemoryError:
+        raise  # transient (a busy worker), not a property of the track: the runner retries
     except Exception as exc:  # one track's failure must not kill the job
         message = str(exc).splitlines()[0] if str(exc) else ""
         return reject("deform", "deform_error", f"{type(exc).__name__}: {message}")
@@ -280,6 +292,8 @@ def perturb_item(item, cfg: PerturbConfig, track: TrackConfig, vocabulary: list[
     row, info = row_and_info(meta, out_key)
     try:
         return t, SAMPLE, make_sample(row, pcm, track, vocabulary, info, provenance)
+    except MemoryError:
+        raise
     except Exception as exc:
         return reject("features", "feature_error", f"{type(exc).__name__}: {exc}")
 
@@ -313,22 +327,63 @@ class WriteTargetShardFn(beam.DoFn):
         beam_io.configure(self.cfg.filesystem_args)
 
     def process(self, element):
-        (t, index), samples = element
-        rows = write_shard(self.cfg.targets[t].output, self.cfg.split, index, samples)
-        self.shards_written.inc()
-        for row in rows:
-            yield t, row
+        (t, index), results = element
+        samples = [v for tag, v in results if tag == SAMPLE]
+        rejects = sorted(
+            (v.to_row() for tag, v in results if tag == REJECT), key=lambda r: r["key"]
+        )
+        output, split = self.cfg.targets[t].output, self.cfg.split
+        rows, shard = [], None
+        if samples:
+            rows, shard = write_shard(output, split, index, samples)
+            self.shards_written.inc()
+        record = {"fingerprint": self.cfg.shard_fingerprint(t, index), "shard": shard,
+                  "index": rows, "rejects": rejects}  # fmt: skip
+        progress.write_record(output, split, index, record)
+        yield from emit_target_record(t, record)
 
 
-INDEX, REJECTS = "index", "rejects"
+def emit_target_record(t: int, record: dict):
+    for row in record["index"]:
+        yield t, (INDEX, row)
+    for row in record["rejects"]:
+        yield t, (REJECTS, row)
+    if record["shard"] is not None:
+        yield t, (SHARDS, record["shard"])
 
 
-def perturbed_card(cfg: PerturbConfig, target: Target, index_rows, reject_rows) -> dict:
+def finished_shards(cfg: PerturbConfig) -> tuple[tuple[int, int], ...]:
+    """The (target, shard) pairs of an earlier attempt whose record matches (driver side)."""
+    return tuple(
+        (t, index)
+        for t, target in enumerate(cfg.targets)
+        for index in range(target.num_shards)
+        if progress.valid_record(target.output, cfg.split, index, cfg.shard_fingerprint(t, index))
+    )
+
+
+def reuse_finished(pair, cfg: PerturbConfig):
+    t, index = pair
+    beam_io.configure(cfg.filesystem_args)
+    target = cfg.targets[t]
+    record = progress.valid_record(target.output, cfg.split, index, cfg.shard_fingerprint(t, index))
+    if record is None:
+        raise RuntimeError(f"the completion record of {target.name} shard {index} changed")
+    Metrics.counter("perturb", "shards_reused").inc()
+    yield from emit_target_record(t, record)
+
+
+INDEX, REJECTS, SHARDS = "index", "rejects", "shards"
+
+
+def perturbed_card(
+    cfg: PerturbConfig, target: Target, index_rows, reject_rows, shard_files=None
+) -> dict:
     """The source card with this copy's splits, counts, job, identity and deformation."""
     source = cfg.source_card
     return {
         **source,
-        "splits": summarize_splits(index_rows),
+        "splits": summarize_splits(index_rows, shard_files),
         "counts": summarize_counts(cfg.num_tracks * target.copies, index_rows, reject_rows),
         "job": {**source.get("job", {}), "planned_shards": {cfg.split: target.num_shards}},
         "identity": cfg.identity(target),
@@ -348,8 +403,10 @@ def write_target_files(element, cfg: PerturbConfig):
     t, tagged = element
     index_rows = sorted((v for k, v in tagged if k == INDEX), key=lambda r: r["key"])
     reject_rows = sorted((v for k, v in tagged if k == REJECTS), key=lambda r: r["key"])
+    shard_files = {v["name"]: {"sha256": v["sha256"], "bytes": v["bytes"]}
+                   for k, v in tagged if k == SHARDS}  # fmt: skip
     target = cfg.targets[t]
-    card = perturbed_card(cfg, target, index_rows, reject_rows)
+    card = perturbed_card(cfg, target, index_rows, reject_rows, shard_files)
     yield target.name, write_dataset_dir(target.output, index_rows, reject_rows, card)
 
 
@@ -363,25 +420,27 @@ class Perturb(beam.PTransform):
     def expand(self, pbegin):
         cfg = self.cfg
         tagged = pbegin | "ReadTracks" >> ReadTracks(cfg) | "Deform" >> beam.ParDo(DeformFn(cfg))
-        samples = tagged | "OnlySamples" >> beam.Filter(lambda x: x[1] == SAMPLE)
-        rejects = tagged | "OnlyRejects" >> beam.Filter(lambda x: x[1] == REJECT)
 
         def assign(x):
-            t, _, sample = x
-            return (t, shard_index(sample.key, cfg.targets[t].num_shards)), sample
+            # Samples and rejects of a target shard meet in one group: its completion
+            # record holds both.
+            t, tag, value = x
+            return (t, shard_index(value.key, cfg.targets[t].num_shards)), (tag, value)
 
-        index_rows = (
-            samples
+        written = (
+            tagged
             | "AssignShard" >> beam.Map(assign)
             | "GroupShards" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(WriteTargetShardFn(cfg))
         )
+        reused = (
+            pbegin
+            | "FinishedShards" >> beam.Create(list(cfg.done))
+            | "ReuseFinished" >> beam.FlatMap(reuse_finished, cfg=cfg)
+        )
         # One GroupByKey per target over the tagged union, not side inputs (see prepare.py).
         return (
-            (
-                index_rows | "TagIndex" >> beam.Map(lambda tr: (tr[0], (INDEX, tr[1]))),
-                rejects | "TagRejects" >> beam.Map(lambda x: (x[0], (REJECTS, x[2].to_row()))),
-            )
+            (written, reused)
             | "Union" >> beam.Flatten()
             | "GatherPerTarget" >> beam.GroupByKey()
             | "WriteCards" >> beam.FlatMap(write_target_files, cfg=cfg)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
-import tempfile
 import time
 
 from pipelines.beam import beam_io
@@ -16,12 +16,19 @@ from pipelines.beam.perturb import (
     PerturbConfig,
     PerturbError,
     check_source,
+    finished_shards,
     make_targets,
 )
-from pipelines.beam.prepare_cli import check_existing
-from pipelines.beam.runner_options import ProgressBar, is_local, pipeline_options, print_counters
+from pipelines.beam.prepare_cli import (
+    add_output_flags,
+    check_existing,
+    progress_file,
+    remove_orphans,
+)
+from pipelines.beam.runner_options import ProgressBar, pipeline_options, print_counters
 from pipelines.core.card import CARD_NAME, REJECTS_NAME, parse_card
 from pipelines.core.deformations import load_deformations
+from pipelines.core.errors import UserError
 
 MAX_AUGMENT = 100
 
@@ -32,9 +39,12 @@ def add_parser(sub) -> None:
         help="deformed copies of a prepared split (MUDA robustness sets, offline augmentation)",
         description="Deform every track of one split of a prepared dataset (from the PCM in "
         "its shards) and write one dataset per deformation, or K random copies per track "
-        "with --augment. Unknown flags pass through to Beam.",
+        "with --augment. Beam's own options (--runner, --direct_num_workers, ...) pass "
+        "through; any other flag is an error.",
+        allow_abbrev=False,
     )
-    p.add_argument("--dataset", required=True, help="prepared dataset directory or bucket prefix")
+    p.add_argument("--data", default=None, help="prepared dataset directory or bucket prefix")
+    p.add_argument("--dataset", dest="data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--split", default=None, help="default: test, or train with --augment")
     p.add_argument(
         "--deformations",
@@ -49,11 +59,10 @@ def add_parser(sub) -> None:
         metavar="K",
         help="write K randomly deformed copies per track instead (offline augmentation)",
     )
-    p.add_argument(
-        "--output",
-        default=None,
-        help=f"default: DATASET/{PERTURBED_DIR} (one dataset per deformation under it), "
-        f"or DATASET/{AUGMENTED_DIR} with --augment",
+    add_output_flags(
+        p,
+        f"default: DATA/{PERTURBED_DIR} (one dataset per deformation under it), "
+        f"or DATA/{AUGMENTED_DIR} with --augment",
     )
     p.add_argument("--force", action="store_true", help="overwrite an output of another config")
     p.set_defaults(run=run)
@@ -63,27 +72,29 @@ def read_source_card(dataset: str) -> dict:
     path = beam_io.join(dataset, CARD_NAME)
     data = beam_io.read_bytes(path)
     if data is None:
-        raise FileNotFoundError(f"no dataset card at {path}: run beam_runner.py prepare first")
+        raise UserError(f"no dataset card at {path}: run beam_runner.py prepare first")
     return parse_card(data, path)
 
 
 def check_args(args) -> None:
+    if not args.data:
+        raise UserError("--data is required (the prepared dataset directory or bucket prefix)")
     if args.seed < 0:
-        raise ValueError("--seed must be >= 0")
+        raise UserError("--seed must be >= 0")
     if not 0 <= args.augment <= MAX_AUGMENT:
-        raise ValueError(f"--augment must be within 0..{MAX_AUGMENT}")
+        raise UserError(f"--augment must be within 0..{MAX_AUGMENT}")
     if args.augment and args.deformations is not None:
-        raise ValueError("--augment draws random deformations; leave out --deformations")
+        raise UserError("--augment draws random deformations; leave out --deformations")
 
 
 def build_config(args, beam_args: list[str]) -> PerturbConfig:
     check_args(args)
-    dataset = args.dataset.rstrip("/")
+    dataset = args.data.rstrip("/")
     split = args.split or ("train" if args.augment else "test")
     deformations = [] if args.augment else load_deformations(args.deformations or "paper")
     card = read_source_card(dataset)
     check_source(card, split, dataset)
-    root = args.output or beam_io.join(dataset, AUGMENTED_DIR if args.augment else PERTURBED_DIR)
+    root = args.out or beam_io.join(dataset, AUGMENTED_DIR if args.augment else PERTURBED_DIR)
     cfg = PerturbConfig(
         dataset=dataset,
         split=split,
@@ -111,6 +122,9 @@ def run(args, beam_args: list[str]) -> int:
     if not beam_io.is_url(cfg.targets[0].output):
         for target in cfg.targets:
             os.makedirs(target.output, exist_ok=True)
+    for target in cfg.targets:
+        remove_orphans(target.output)
+    cfg = PerturbConfig(**{**cfg.__dict__, "done": finished_shards(cfg)})
     items = cfg.num_tracks * sum(t.copies for t in cfg.targets)
     what = (
         f"{cfg.targets[0].copies} augmented copies per track"
@@ -120,20 +134,19 @@ def run(args, beam_args: list[str]) -> int:
     print(f"perturb: {cfg.num_tracks} {cfg.split} tracks x {what}, seed {cfg.seed}, "
           f"runner {runner}")  # fmt: skip
     start = time.time()
-    progress = None
-    if is_local(runner):
-        progress = os.path.join(tempfile.mkdtemp(prefix="perturb-progress-"), "ticks")
+    quiet = getattr(args, "quiet", None)
+    with progress_file(runner, "perturb-progress-") as progress:
         cfg = PerturbConfig(**{**cfg.__dict__, "progress_path": progress})
-    bar = ProgressBar(progress, items, "perturb") if progress else contextlib.nullcontext()
-    with bar:
-        with beam.Pipeline(options=options) as pipeline:
-            _ = pipeline | "Perturb" >> Perturb(cfg)
-        result = pipeline.result
-    print_summary(cfg, time.time() - start, result)
+        bar = ProgressBar(progress, items, "perturb", getattr(quiet, "stream", None))
+        with bar if progress else contextlib.nullcontext():
+            with beam.Pipeline(options=options) as pipeline:
+                _ = pipeline | "Perturb" >> Perturb(cfg)
+            result = pipeline.result
+    print_summary(cfg, time.time() - start, result, quiet.summary() if quiet else "")
     return 0
 
 
-def print_summary(cfg: PerturbConfig, seconds: float, result=None) -> None:
+def print_summary(cfg: PerturbConfig, seconds: float, result=None, quiet_line: str = "") -> None:
     """End-of-job table, one row per written dataset, from the cards and Beam counters."""
     from rich.console import Console
     from rich.table import Table
@@ -167,6 +180,8 @@ def print_summary(cfg: PerturbConfig, seconds: float, result=None) -> None:
         listed = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
         console.print(f"rejects by reason: {listed}  (see each dataset's {REJECTS_NAME})")
     print_counters(console, result)
+    if quiet_line:
+        console.print(quiet_line)
     console.print(
         f"wrote {len(cfg.targets)} dataset(s) under {cfg.output_root}; "
         f"{seconds:.1f} s ({items / max(seconds, 1e-9):.2f} deformed tracks/s)"

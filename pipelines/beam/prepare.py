@@ -16,41 +16,42 @@ when they did; see bench/RESULTS.md).
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import hashlib
-import io
+import itertools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from manifests.schema import SPLITS
-from pipelines.beam import beam_io
+from pipelines.beam import beam_io, progress
+from pipelines.beam.dataset_files import (
+    mel_stats_from_sums,
+    summarize_counts,
+    summarize_splits,
+    write_dataset_dir,
+)
 from pipelines.beam.track import Reject, Sample, TrackConfig, process_row
-from pipelines.core.card import CARD_NAME, FORMAT, INDEX_NAME, REJECTS_NAME, card_checksum
-from pipelines.core.shards import num_shards_for, shard_index, shard_name, write_tar
+from pipelines.core.card import FORMAT
+from pipelines.core.shards import (
+    member_layout,
+    shard_index,
+    shard_name,
+    write_tar_hashed,
+)
 from pipelines.core.versions import CODE_VERSION, library_versions
 
-INDEX, REJECTS, STATS = "index", "rejects", "stats"  # what PrepareShardFn yields
+# Remote audio files fetched ahead of the decoder per worker (17.7): enough to hide an
+# object store's latency behind a ~0.1 s decode, few enough to bound memory.
+FETCH_AHEAD = 4
 
-INDEX_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("split", pa.string()),
-        ("shard", pa.string()),
-        ("tags", pa.list_(pa.string())),
-        ("duration", pa.float64()),
-        ("bytes", pa.int64()),
-    ]
-)
-REJECT_SCHEMA = pa.schema(
-    [(f.name, pa.string()) for f in dataclasses.fields(Reject)]  # all text columns
-)
+# What PrepareShardFn yields, tagged in its one main output.
+INDEX, REJECTS, STATS, SHARDS = "index", "rejects", "stats", "shards"
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,31 @@ class PrepareConfig:
     num_shards: tuple[tuple[str, int], ...] = ()
     progress_path: str | None = None  # local runs: workers append a byte per track
     filesystem_args: tuple[str, ...] = ()  # Beam flags the workers' FileSystems need
+    # Code and library versions of the driver, (name, version) pairs: part of the identity.
+    versions: tuple[tuple[str, str], ...] = ()
 
     def identity(self) -> dict:
         """What must match for a re-run into an existing output to be allowed."""
+        return {**self.shard_identity(), "manifest_sha256": self.manifest_sha256}
+
+    def shard_identity(self) -> dict:
+        """What every shard's bytes depend on besides its own manifest rows."""
         return {
             "track": self.track.to_dict(),
             "shard_size_mb": self.shard_size_mb,
             "vocabulary": list(self.vocabulary),
-            "manifest_sha256": self.manifest_sha256,
+            "code_version": CODE_VERSION,
+            "versions": dict(self.versions),
         }
+
+    @property
+    def identity_sha(self) -> str:
+        text = json.dumps(self.shard_identity(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def job_versions() -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(library_versions("apache_beam", "essentia").items()))
 
 
 def set_worker_threads() -> None:
@@ -132,9 +149,12 @@ class TrackStageFn(beam.DoFn):
         if getattr(self, "_progress", None) is not None:
             os.close(self._progress)
 
-    def count(self, result: Sample | Reject) -> None:
+    def tick(self, n: int = 1) -> None:
         if self._progress is not None:
-            os.write(self._progress, b".")
+            os.write(self._progress, b"." * n)
+
+    def count(self, result: Sample | Reject) -> None:
+        self.tick()
         if isinstance(result, Sample):
             self.done.inc()
             self.audio_ms.inc(int(result.seconds * 1000))
@@ -162,48 +182,132 @@ class GroupRowsByShard(beam.PTransform):
 
 class PrepareShardFn(TrackStageFn):
     """((split code, shard index), rows) -> the shard's tracks decoded and featurised, in
-    key order, and its tar written atomically (none when every track is rejected). Yields
-    tagged tuples in the one main output: (INDEX, index row), (REJECTS, reject row) and,
-    for train samples, (STATS, ((split code, bucket), per-band mel sums))."""
+    key order, its tar written (none when every track is rejected), then its completion
+    record; or, when a matching record exists (a resumed or updated job), the record's
+    rows without decoding. Yields tagged tuples in the one main output: (INDEX, index
+    row), (REJECTS, reject row), (SHARDS, tar name/sha256/size) and, for train shards,
+    (STATS, ((split code, bucket), per-band mel sums))."""
 
     def __init__(self, cfg: PrepareConfig):
         super().__init__("prepare", "decoded", cfg.filesystem_args, cfg.progress_path)
         self.cfg = cfg
         self.bytes_written = Metrics.counter("prepare", "bytes_written")
         self.shards_written = Metrics.counter("prepare", "shards_written")
+        self.shards_reused = Metrics.counter("prepare", "shards_reused")
+        self.tracks_reused = Metrics.counter("prepare", "tracks_reused")
 
-    def prepare_track(self, row) -> Sample | Reject:
+    def read_track(self, row) -> bytes | None | Reject:
+        """The file's bytes (None: missing), or a Reject for a local file that cannot be
+        read. A remote read error is raised (TransientIOError): never a reject."""
         path = beam_io.resolve(self.cfg.audio_root, row["audio_path"])
         try:
-            data = beam_io.read_bytes(path)
+            return beam_io.read_bytes(path)
         except OSError as exc:
             return Reject(
                 row["key"], row["track_id"], row["split"], row["audio_path"], "read",
                 "unreadable", str(exc).splitlines()[0][:300],
             )  # fmt: skip
-        return process_row(row, data, self.cfg.track, list(self.cfg.vocabulary))
+
+    def fetched(self, rows):
+        """(row, what read_track returned), in order. Remote files are fetched up to
+        FETCH_AHEAD tracks ahead on threads while the current one decodes (bounded
+        memory: at most FETCH_AHEAD + 1 files are held)."""
+        remote = [
+            beam_io.is_url(beam_io.resolve(self.cfg.audio_root, r["audio_path"])) for r in rows
+        ]
+        if not any(remote):
+            for row in rows:
+                yield row, self.read_track(row)
+            return
+        with ThreadPoolExecutor(FETCH_AHEAD) as pool:
+            pending = collections.deque()
+            upcoming = iter(rows)
+            for row in itertools.islice(upcoming, FETCH_AHEAD):
+                pending.append((row, pool.submit(self.read_track, row)))
+            while pending:
+                row, future = pending.popleft()
+                following = next(upcoming, None)
+                if following is not None:
+                    pending.append((following, pool.submit(self.read_track, following)))
+                yield row, future.result()
 
     def process(self, element):
         (code, index), rows = element
-        samples = []
-        for row in sorted(rows, key=lambda r: r["key"]):
-            result = self.prepare_track(row)
+        split = SPLITS[code]
+        rows = sorted(rows, key=lambda r: r["key"])
+        num_shards = dict(self.cfg.num_shards)[split]
+        fingerprint = progress.shard_fingerprint(self.cfg.identity_sha, split, num_shards, rows)
+        record = progress.valid_record(self.cfg.output, split, index, fingerprint)
+        if record is None:
+            record = self.build_shard(split, index, rows, fingerprint)
+        else:
+            self.shards_reused.inc()
+            self.tracks_reused.inc(len(rows))
+            self.tick(len(rows))
+        yield from emit_record(record, code, index)
+
+    def build_shard(self, split: str, index: int, rows, fingerprint: str) -> dict:
+        """Decode the shard's tracks (keeping those an earlier record of this shard holds
+        unchanged: an update), write its tar, then its completion record."""
+        reusable = progress.ReusableTracks(self.cfg.output, split, index, self.cfg.identity_sha)
+        results = {}
+        for row in rows:
+            kept = reusable.take(row)
+            if kept is not None:
+                results[row["key"]] = kept
+                self.tracks_reused.inc()
+                self.tick()
+        todo = [row for row in rows if row["key"] not in results]
+        for row, data in self.fetched(todo):
+            result = data
+            if not isinstance(data, Reject):
+                result = process_row(row, data, self.cfg.track, list(self.cfg.vocabulary))
             self.count(result)
-            if isinstance(result, Sample):
-                samples.append(result)
-            else:
-                yield REJECTS, result.to_row()
-        if not samples:
-            return
-        index_rows = write_shard(self.cfg.output, SPLITS[code], index, samples)
-        self.shards_written.inc()
-        self.bytes_written.inc(sum(r["bytes"] for r in index_rows))
-        for row in index_rows:
-            yield INDEX, row
-        if SPLITS[code] == "train":
-            for s in samples:
-                bucket = shard_index(s.key, STAT_BUCKETS)
-                yield STATS, ((code, bucket), (s.mel_sum, s.mel_sumsq, s.mel_frames))
+            results[row["key"]] = result
+        samples = [results[r["key"]] for r in rows if isinstance(results[r["key"]], Sample)]
+        rejects = [results[r["key"]] for r in rows if isinstance(results[r["key"]], Reject)]
+        shard, index_rows = None, []
+        if samples:
+            index_rows, shard = write_shard(self.cfg.output, split, index, samples)
+            self.shards_written.inc()
+            self.bytes_written.inc(shard["bytes"])
+        train = split == "train"
+        record = {
+            "fingerprint": fingerprint,
+            "identity": self.cfg.identity_sha,
+            "shard": shard,
+            "index": index_rows,
+            "rejects": [r.to_row() for r in rejects],
+            "mel_sums": shard_mel_sums(samples) if train else None,
+            # Per track, for a later update: its manifest row's hash and its mel sums.
+            "rows": {r["key"]: progress.row_sha(r) for r in rows},
+            "sums": {s.key: progress.encode_sums(s) for s in samples} if train else None,
+        }
+        progress.write_record(self.cfg.output, split, index, record)
+        return record
+
+
+def shard_mel_sums(samples: list[Sample]) -> list | None:
+    """(per-band sum, per-band sum of squares, frames) of a shard's samples in key order,
+    as plain lists (exact in JSON), or None without samples."""
+    if not samples:
+        return None
+    total = sum(s.mel_sum for s in samples)
+    total_sq = sum(s.mel_sumsq for s in samples)
+    return [total.tolist(), total_sq.tolist(), int(sum(s.mel_frames for s in samples))]
+
+
+def emit_record(record: dict, code: int, index: int):
+    for row in record["index"]:
+        yield INDEX, row
+    for row in record["rejects"]:
+        yield REJECTS, row
+    if record["shard"] is not None:
+        yield SHARDS, record["shard"]
+    if record.get("mel_sums") is not None:
+        sums = record["mel_sums"]
+        value = (np.asarray(sums[0]), np.asarray(sums[1]), sums[2])
+        yield STATS, ((code, index % STAT_BUCKETS), value)
 
 
 def _add(a: tuple, b: tuple) -> tuple:
@@ -246,17 +350,6 @@ def split_code(split: str) -> int:
     return SPLITS.index(split)
 
 
-def mel_stats_from_sums(sums: tuple) -> dict:
-    """Per-mel-band mean/std over every frame, from (sum, sum of squares, frames)."""
-    total, total_sq, n = sums
-    mean = total / n
-    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
-    return {
-        "mean": [round(float(x), 6) for x in mean],
-        "std": [round(float(x), 6) for x in std],
-    }
-
-
 class MelStats(beam.PTransform):
     """((split code, bucket), per-band sums) of the train samples -> one dict of per-band
     mean/std (no element if there are none)."""
@@ -269,14 +362,17 @@ class MelStats(beam.PTransform):
         )
 
 
-def write_shard(output: str, split: str, index: int, samples) -> list[dict]:
-    """One shard of `split` written atomically under `output`; returns its index rows."""
+def write_shard(output: str, split: str, index: int, samples) -> tuple[list[dict], dict]:
+    """One shard of `split` written under `output`; returns its index rows (with each
+    member's byte offset) and {"name", "sha256", "bytes"} of the tar."""
     samples = sorted(samples, key=lambda s: s.key)
     name = shard_name(split, index)
-    beam_io.write_atomic_with(
-        beam_io.join(output, name), lambda f: write_tar(f, [(s.key, s.members) for s in samples])
+    pairs = [(s.key, s.members) for s in samples]
+    written = beam_io.write_atomic_with(
+        beam_io.join(output, name), lambda f: write_tar_hashed(f, pairs)
     )
-    return [
+    layout = member_layout(pairs)
+    rows = [
         {
             "key": s.key,
             "split": split,
@@ -284,84 +380,23 @@ def write_shard(output: str, split: str, index: int, samples) -> list[dict]:
             "tags": s.tags,
             "duration": round(s.seconds, 6),
             "bytes": s.nbytes,
+            "members": layout[s.key],
         }
         for s in samples
     ]
+    return rows, {"name": name, "sha256": written[0], "bytes": written[1]}
 
 
-def bytes_per_second(track: TrackConfig) -> float:
-    f = track.features
-    frames = f.sample_rate / f.hop
-    per_feature = {
-        "mel": 2 * f.n_mels * frames,
-        "harm": 2 * f.harmonics * f.harmonic_bands * frames,
-        "pcm": 2 * f.sample_rate,
-    }
-    return sum(per_feature[name] for name in track.stored)
-
-
-def plan_shards(table: pa.Table, track: TrackConfig, shard_size_mb: float) -> dict[str, int]:
-    """Shards per split from the manifest alone: rows x expected seconds (the manifest's
-    durations where known, else 30 s, capped by --max-seconds) x feature bytes/second.
-    Decided up front so the layout depends only on the manifest and the config."""
-    per_second = bytes_per_second(track)
-    expected: dict[str, float] = {}
-    rows: dict[str, int] = {}
-    for split, duration in zip(
-        table.column("split").to_pylist(), table.column("duration").to_pylist()
-    ):
-        seconds = duration if duration and duration > 0 else 30.0
-        if track.max_seconds:
-            seconds = min(seconds, track.max_seconds)
-        expected[split] = expected.get(split, 0.0) + seconds * per_second + 4096
-        rows[split] = rows.get(split, 0) + 1
-    target = shard_size_mb * 1024 * 1024
-    return {split: num_shards_for(int(expected[split]), int(target), rows[split]) for split in rows}
-
-
-def summarize_splits(index_rows) -> dict:
-    """The card's `splits`: per split and shard, samples, seconds and bytes."""
-    splits: dict[str, dict] = {}
-    for row in index_rows:
-        split = splits.setdefault(row["split"], {"samples": 0, "seconds": 0.0, "shards": {}})
-        shard = split["shards"].setdefault(
-            row["shard"], {"name": row["shard"], "samples": 0, "seconds": 0.0, "bytes": 0}
-        )
-        for d in (split, shard):
-            d["samples"] += 1
-            d["seconds"] += row["duration"]
-        shard["bytes"] += row["bytes"]
-    for split in splits.values():
-        split["seconds"] = round(split["seconds"], 3)
-        split["shards"] = [
-            {**s, "seconds": round(s["seconds"], 3)} for _, s in sorted(split["shards"].items())
-        ]
-    return dict(sorted(splits.items()))
-
-
-def summarize_counts(num_inputs: int, index_rows, reject_rows) -> dict:
-    """The card's `counts`: inputs = samples + rejects, and rejects by reason."""
-    reasons: dict[str, int] = {}
-    for r in reject_rows:
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    return {
-        "inputs": num_inputs,
-        "samples": len(index_rows),
-        "rejects": len(reject_rows),
-        "rejects_by_reason": dict(sorted(reasons.items())),
-    }
-
-
-def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats) -> dict:
+def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats, shard_files) -> dict:
     return {
         "format": FORMAT,
         "features": {**cfg.track.features.to_dict(), "stored": list(cfg.track.stored)},
         "vocabulary": list(cfg.vocabulary),
-        "splits": summarize_splits(index_rows),
+        "splits": summarize_splits(index_rows, shard_files),
         "mel_stats": mel_stats,
         "decoder": {
             "requested": cfg.track.decoder,
-            "versions": library_versions("apache_beam", "essentia"),
+            "versions": dict(cfg.versions) or library_versions("apache_beam", "essentia"),
         },
         "manifest": {"path": cfg.manifest, "sha256": cfg.manifest_sha256},
         "counts": summarize_counts(cfg.num_inputs, index_rows, reject_rows),
@@ -384,21 +419,11 @@ def write_dataset_files(element, cfg: PrepareConfig):
     index_rows = sorted((v for t, v in tagged if t == INDEX), key=lambda r: (r["split"], r["key"]))
     reject_rows = sorted((v for t, v in tagged if t == REJECTS), key=lambda r: r["key"])
     mel_stats = next((v for t, v in tagged if t == STATS), None)
-    card = build_card(cfg, index_rows, reject_rows, mel_stats)
+    shard_files = {
+        v["name"]: {"sha256": v["sha256"], "bytes": v["bytes"]} for t, v in tagged if t == SHARDS
+    }
+    card = build_card(cfg, index_rows, reject_rows, mel_stats, shard_files)
     yield write_dataset_dir(cfg.output, index_rows, reject_rows, card)
-
-
-def write_dataset_dir(output: str, index_rows, reject_rows, card: dict) -> str:
-    """index.parquet, rejects.parquet, then dataset.json last; returns the card checksum."""
-    beam_io.write_parquet(
-        beam_io.join(output, INDEX_NAME), pa.Table.from_pylist(index_rows, INDEX_SCHEMA)
-    )
-    beam_io.write_parquet(
-        beam_io.join(output, REJECTS_NAME), pa.Table.from_pylist(reject_rows, REJECT_SCHEMA)
-    )
-    text = json.dumps(card, indent=2, sort_keys=True) + "\n"
-    beam_io.write_atomic(beam_io.join(output, CARD_NAME), text.encode())
-    return card_checksum(card)
 
 
 class WriteDatasetFiles(beam.PTransform):
@@ -414,7 +439,7 @@ class WriteDatasetFiles(beam.PTransform):
         self.cfg = cfg
 
     def expand(self, inputs):
-        rows, mel_stats = inputs  # rows: (INDEX, index row) and (REJECTS, reject row)
+        rows, mel_stats = inputs  # rows: (INDEX, ...), (REJECTS, ...) and (SHARDS, ...)
         return (
             (rows, mel_stats | "TagStats" >> beam.Map(lambda m: (STATS, m)))
             | "Union" >> beam.Flatten()
@@ -447,40 +472,3 @@ class Prepare(beam.PTransform):
         )
         mel_stats = band_sums | "MelStats" >> MelStats()
         return (rows, mel_stats) | "WriteDatasetFiles" >> WriteDatasetFiles(cfg)
-
-
-def file_sha256(path: str) -> str:
-    data = beam_io.read_bytes(path)
-    if data is None:
-        raise FileNotFoundError(path)
-    return hashlib.sha256(data).hexdigest()
-
-
-def manifest_vocabulary(table: pa.Table) -> list[str]:
-    """The manifest's own vocabulary (metadata written by `manifests vocab`), else every
-    tag of the train split by frequency (ties alphabetical), then tags seen only in
-    other splits."""
-    meta = table.schema.metadata or {}
-    if b"vocabulary" in meta:
-        return list(json.loads(meta[b"vocabulary"]))
-    counts: dict[str, int] = {}
-    other: set[str] = set()
-    for split, tags in zip(table.column("split").to_pylist(), table.column("tags").to_pylist()):
-        for t in tags or []:
-            if split == "train":
-                counts[t] = counts.get(t, 0) + 1
-            else:
-                other.add(t)
-    vocab = sorted(counts, key=lambda t: (-counts[t], t))
-    return vocab + sorted(other - set(counts))
-
-
-def read_manifest_table(path: str) -> pa.Table:
-    from manifests.schema import validate_table
-
-    data = beam_io.read_bytes(path)
-    if data is None:
-        raise FileNotFoundError(f"manifest not found: {path}")
-    table = pq.read_table(io.BytesIO(data), use_threads=False)
-    validate_table(table)
-    return table

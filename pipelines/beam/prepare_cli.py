@@ -2,25 +2,67 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 
+from manifests.schema import SPLITS
 from pipelines.beam import beam_io
-from pipelines.beam.prepare import (
-    Prepare,
-    PrepareConfig,
-    file_sha256,
-    manifest_vocabulary,
-    plan_shards,
-    read_manifest_table,
-)
+from pipelines.beam.plan import file_sha256, manifest_vocabulary, plan_shards, read_manifest_table
+from pipelines.beam.prepare import Prepare, PrepareConfig, job_versions
+from pipelines.beam.progress import PROGRESS_DIR
 from pipelines.beam.runner_options import ProgressBar, is_local, pipeline_options, print_counters
 from pipelines.beam.track import TrackConfig
+from pipelines.core.argtypes import positive_int
 from pipelines.core.audio import DECODERS
 from pipelines.core.card import CARD_NAME, FEATURES, INDEX_NAME, REJECTS_NAME
+from pipelines.core.errors import UserError
 from pipelines.core.features import FeatureConfig
+
+# Public benchmarks lose far fewer tracks than this (MagnaTagATune: 3 unreadable files of
+# 25,863; MTG-Jamendo and the MSD previews of a complete download: none), while a wrong
+# --audio-root, an incomplete download or a broken decoder loses far more: 5% tells the
+# two apart. A user who knowingly prepares a partial corpus raises it.
+MAX_REJECT_FRACTION = 0.05
+
+
+class OutputExists(UserError):
+    """The output holds a dataset of another config or input."""
+
+
+class TooManyRejects(UserError):
+    """More inputs were rejected than --max-reject-fraction allows."""
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be within 0..1")
+    return value
+
+
+def add_output_flags(p, what: str) -> None:
+    """--out (with --output kept as a hidden alias of earlier releases) and --verbose."""
+    p.add_argument("--out", default=None, help=what)
+    p.add_argument("--output", dest="out", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--verbose", action="store_true", help="show Beam's and the decoders' log lines")
 
 
 def add_parser(sub) -> None:
@@ -28,17 +70,24 @@ def add_parser(sub) -> None:
         "prepare",
         help="audio -> log-mel / harmonic / PCM features -> WebDataset shards",
         description="Decode, validate and featurise every manifest row into deterministic "
-        "WebDataset shards. Unknown flags pass through to Beam.",
+        "WebDataset shards. Beam's own options (--runner, --direct_num_workers, ...) pass "
+        "through; any other flag is an error.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     p.add_argument("--manifest", required=True, help="manifest Parquet (local, gs://, s3://)")
-    p.add_argument("--audio-root", default=None, help="root that relative audio paths are under")
-    p.add_argument("--output", required=True, help="output directory or bucket prefix")
+    p.add_argument(
+        "--audio-root",
+        default=None,
+        help="root that relative audio paths are under (default: the manifest's audio_root)",
+    )
+    add_output_flags(p, "output directory or bucket prefix (required)")
     p.add_argument("--features", default="mel,pcm", help="comma list of mel,harm,pcm")
     d = FeatureConfig()
-    p.add_argument("--sample-rate", type=int, default=d.sample_rate)
-    p.add_argument("--n-fft", type=int, default=d.n_fft)
-    p.add_argument("--hop", type=int, default=d.hop)
-    p.add_argument("--n-mels", type=int, default=d.n_mels)
+    p.add_argument("--sample-rate", type=positive_int, default=d.sample_rate)
+    p.add_argument("--n-fft", type=positive_int, default=d.n_fft)
+    p.add_argument("--hop", type=positive_int, default=d.hop)
+    p.add_argument("--n-mels", type=positive_int, default=d.n_mels)
     p.add_argument("--f-min", type=float, default=d.f_min)
     p.add_argument("--f-max", type=float, default=None, help="default: min(8000, sr/2)")
     p.add_argument("--log-scale", choices=("db", "log10_1p"), default="db")
@@ -49,8 +98,22 @@ def add_parser(sub) -> None:
         default=None,
         help="longer tracks are cropped to their first MAX seconds (recorded as cropped)",
     )
-    p.add_argument("--shard-size-mb", type=float, default=256.0)
+    p.add_argument("--shard-size-mb", type=positive_float, default=256.0)
     p.add_argument("--decoder", choices=DECODERS, default="auto")
+    p.add_argument(
+        "--max-reject-fraction",
+        type=fraction,
+        default=MAX_REJECT_FRACTION,
+        help="fail the job (one line, exit 2, no dataset.json) when a larger fraction of "
+        "the inputs is rejected; a job whose every input is rejected always fails",
+    )
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="the manifest changed (tracks added, removed or edited): keep the dataset's "
+        "shard layout and rebuild only the shards whose tracks changed, reusing every "
+        "unchanged track's features",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an output of another config")
     p.set_defaults(run=run)
 
@@ -59,7 +122,7 @@ def track_config(args) -> TrackConfig:
     stored = tuple(f.strip() for f in args.features.split(",") if f.strip())
     unknown = [f for f in stored if f not in FEATURES]
     if unknown or not stored:
-        raise ValueError(f"--features: unknown {unknown or '(empty)'}; choose from {FEATURES}")
+        raise UserError(f"--features: unknown {unknown or '(empty)'}; choose from {FEATURES}")
     f_max = args.f_max if args.f_max is not None else min(8000.0, args.sample_rate / 2)
     features = FeatureConfig(
         sample_rate=args.sample_rate,
@@ -71,12 +134,54 @@ def track_config(args) -> TrackConfig:
         log_scale=args.log_scale,
     )
     if args.min_seconds < 0 or (args.max_seconds is not None and args.max_seconds <= 0):
-        raise ValueError("--min-seconds must be >= 0 and --max-seconds > 0")
+        raise UserError("--min-seconds must be >= 0 and --max-seconds > 0")
     return TrackConfig(features, stored, args.decoder, args.min_seconds, args.max_seconds)
 
 
-def check_existing_output(cfg: PrepareConfig, force: bool) -> None:
+def check_existing_output(cfg: PrepareConfig, force: bool, update: bool) -> None:
+    old = read_card(cfg.output)
+    if old is not None and not force and manifest_changed_only(old, cfg):
+        if update:
+            return
+        raise OutputExists(
+            f"the manifest changed since {cfg.output} was prepared: --update rebuilds only "
+            "the shards whose tracks changed, --force replaces the dataset"
+        )
     check_existing(cfg.output, cfg.identity(), force)
+
+
+def read_card(output: str) -> dict | None:
+    data = beam_io.read_bytes(beam_io.join(output, CARD_NAME))
+    return None if data is None else json.loads(data)
+
+
+def manifest_changed_only(card: dict, cfg: PrepareConfig) -> bool:
+    """Same features, code and libraries; another manifest (whose tag ranks, and so the
+    derived vocabulary, may differ: --update keeps the dataset's)."""
+    old = dict(card.get("identity") or {})
+    new = cfg.shard_identity()
+    old.pop("vocabulary", None), new.pop("vocabulary", None)
+    return old.pop("manifest_sha256", None) != cfg.manifest_sha256 and old == new
+
+
+def updated_vocabulary(card: dict | None, vocabulary: list[str]) -> list[str]:
+    """--update keeps the dataset's label order (a tag's frequency rank may shift when
+    tracks are added, which would relabel every track); tags new to it come last."""
+    old = list((card or {}).get("vocabulary") or [])
+    if not old:
+        return vocabulary
+    return old + sorted(set(vocabulary) - set(old))
+
+
+def updated_layout(card: dict | None, planned: dict[str, int]) -> dict[str, int]:
+    """--update keeps each split's shard count, so that a track stays in its shard and
+    only shards with added, removed or edited tracks are rebuilt; a split that has more
+    than doubled is planned afresh (all its shards are rebuilt)."""
+    old = (card or {}).get("job", {}).get("planned_shards", {})
+    return {
+        split: old[split] if split in old and n <= 2 * old[split] else n
+        for split, n in planned.items()
+    }
 
 
 def check_existing(output: str, identity: dict, force: bool) -> None:
@@ -90,43 +195,145 @@ def check_existing(output: str, identity: dict, force: bool) -> None:
     if old.get("identity") == identity:
         return
     if not force:
-        raise FileExistsError(
+        raise OutputExists(
             f"{output} holds a dataset made with another config or input; "
-            "use --force to replace it or choose another --output"
+            "use --force to replace it or choose another --out"
         )
     stale = [
         beam_io.join(output, s["name"])
         for split in old.get("splits", {}).values()
         for s in split.get("shards", [])
     ]
-    beam_io.delete(stale + [card_path])
+    records = [beam_io.join(output, PROGRESS_DIR, n) for n in _names(output, PROGRESS_DIR)]
+    beam_io.delete(stale + records + [card_path])
+
+
+def _names(output: str, sub: str = "", pattern: str = "*") -> list[str]:
+    try:
+        return beam_io.list_names(beam_io.join(output, sub) if sub else output, pattern)
+    except Exception:  # nothing there yet (object stores may raise on an empty prefix)
+        return []
+
+
+def remove_orphans(output: str) -> None:
+    """Temporary files of writers killed in an earlier attempt (local runs only leave
+    them: object stores are written under final names)."""
+    for directory in (output, beam_io.join(output, PROGRESS_DIR)):
+        try:
+            beam_io.remove_orphans(directory)
+        except Exception:  # the directory does not exist yet
+            pass
+
+
+def remove_stale(cfg: PrepareConfig) -> None:
+    """After a successful job: shards and completion records of an earlier layout that
+    this one no longer has (another shard count, or a shard now without samples)."""
+    card = json.loads(beam_io.read_bytes(beam_io.join(cfg.output, CARD_NAME)))
+    planned = dict(cfg.num_shards)
+    keep = {s["name"] for split in card["splits"].values() for s in split["shards"]}
+    stale = []
+    for split in SPLITS:
+        for name in _names(cfg.output, pattern=f"{split}-*.tar"):
+            if name not in keep:
+                stale.append(beam_io.join(cfg.output, name))
+        for name in _names(cfg.output, PROGRESS_DIR, f"{split}-*.json"):
+            if int(name[len(split) + 1 : -5]) >= planned.get(split, 0):
+                stale.append(beam_io.join(cfg.output, PROGRESS_DIR, name))
+    beam_io.delete(stale)
+
+
+def audio_root_for(args, table) -> str | None:
+    """--audio-root, else the root the manifest recorded when it was built; a local root
+    must be a directory, and relative audio paths need a root."""
+    from manifests.schema import manifest_metadata
+
+    root = args.audio_root or manifest_metadata(table).get("audio_root")
+    if root and not beam_io.is_url(root) and not os.path.isdir(root):
+        source = "--audio-root" if args.audio_root else "the manifest's audio_root"
+        raise UserError(f"{source} {root} is not a directory (pass --audio-root)")
+    if not root:
+        relative = [p for p in table.column("audio_path").to_pylist() if not beam_io.is_absolute(p)]
+        if relative:
+            raise UserError(
+                f"the manifest has relative audio paths (e.g. {relative[0]}) and records no "
+                "audio_root: pass --audio-root"
+            )
+    return root
+
+
+def build_config(args, beam_args: list[str], table) -> PrepareConfig:
+    track = track_config(args)
+    layout = plan_shards(table, track, args.shard_size_mb)
+    vocabulary = manifest_vocabulary(table)
+    if args.update:
+        old = read_card(args.out.rstrip("/"))
+        layout = updated_layout(old, layout)
+        vocabulary = updated_vocabulary(old, vocabulary)
+    return PrepareConfig(
+        manifest=args.manifest,
+        output=args.out.rstrip("/"),
+        audio_root=audio_root_for(args, table),
+        track=track,
+        shard_size_mb=args.shard_size_mb,
+        vocabulary=tuple(vocabulary),
+        manifest_sha256=file_sha256(args.manifest),
+        num_inputs=table.num_rows,
+        num_shards=tuple(sorted(layout.items())),
+        filesystem_args=tuple(beam_args),
+        versions=job_versions(),
+    )
+
+
+@contextlib.contextmanager
+def progress_file(runner: str, prefix: str):
+    """A temporary tick file for the progress bar of a local run (None elsewhere); its
+    directory is removed however the job ends."""
+    if not is_local(runner):
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield os.path.join(directory, "ticks")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def run(args, beam_args: list[str]) -> int:
     import apache_beam as beam
 
-    track = track_config(args)
+    if not args.out:
+        raise UserError("--out is required (the output directory or bucket prefix)")
+    track_config(args)  # flag errors before anything is read
     options, runner = pipeline_options(beam_args)
     beam_io.configure(tuple(beam_args))
     table = read_manifest_table(args.manifest)
-    cfg = PrepareConfig(
-        manifest=args.manifest,
-        output=args.output.rstrip("/"),
-        audio_root=args.audio_root,
-        track=track,
-        shard_size_mb=args.shard_size_mb,
-        vocabulary=tuple(manifest_vocabulary(table)),
-        manifest_sha256=file_sha256(args.manifest),
-        num_inputs=table.num_rows,
-        num_shards=tuple(sorted(plan_shards(table, track, args.shard_size_mb).items())),
-        filesystem_args=tuple(beam_args),
-    )
-    check_existing_output(cfg, args.force)
+    if table.num_rows == 0:
+        raise UserError(f"{args.manifest} has no rows: nothing to prepare")
+    cfg = build_config(args, beam_args, table)
+    check_existing_output(cfg, args.force, args.update)
     if not beam_io.is_url(cfg.output):
         os.makedirs(cfg.output, exist_ok=True)
+    remove_orphans(cfg.output)
+    announce(cfg, options, runner)
+    start = time.time()
+    quiet = getattr(args, "quiet", None)
+    with progress_file(runner, "prepare-progress-") as progress:
+        cfg = PrepareConfig(**{**cfg.__dict__, "progress_path": progress})
+        bar = ProgressBar(progress, cfg.num_inputs, "prepare", getattr(quiet, "stream", None))
+        with bar if progress else contextlib.nullcontext():
+            with beam.Pipeline(options=options) as pipeline:
+                _ = pipeline | "Prepare" >> Prepare(cfg)
+            result = pipeline.result
+    remove_stale(cfg)
+    print_summary(cfg.output, time.time() - start, result, quiet.summary() if quiet else "")
+    check_rejects(cfg.output, args.max_reject_fraction)
+    return 0
+
+
+def announce(cfg: PrepareConfig, options, runner: str) -> None:
     shards = dict(cfg.num_shards)
     plan = ", ".join(f"{split} {n}" for split, n in shards.items())
-    print(f"prepare: {table.num_rows} tracks into at most {plan} shards, runner {runner}")
+    print(f"prepare: {cfg.num_inputs} tracks into at most {plan} shards, runner {runner}")
     workers = options.get_all_options().get("direct_num_workers") or 0
     if runner == "FnApiRunner" and sum(shards.values()) < workers:
         # A shard is one task (its rows are grouped before decoding): fewer shards than
@@ -135,30 +342,45 @@ def run(args, beam_args: list[str]) -> int:
             f"note: {sum(shards.values())} shards for {workers} workers; a smaller "
             "--shard-size-mb gives more shards and more parallelism"
         )
-    print("config:")
-    print(json.dumps(cfg.identity()["track"], indent=2))
-    start = time.time()
-    progress = None
-    if is_local(runner):
-        progress = os.path.join(tempfile.mkdtemp(prefix="prepare-progress-"), "ticks")
-        cfg = PrepareConfig(**{**cfg.__dict__, "progress_path": progress})
-    with ProgressBar(progress, table.num_rows, "prepare") if progress else _nothing():
-        with beam.Pipeline(options=options) as pipeline:
-            _ = pipeline | "Prepare" >> Prepare(cfg)
-        result = pipeline.result
-    print_summary(cfg.output, time.time() - start, result)
-    return 0
 
 
-class _nothing:
-    def __enter__(self):
-        return self
+def check_rejects(output: str, max_fraction: float) -> None:
+    """All inputs rejected, or more than `max_fraction` of them: one line, and the card
+    (the dataset's commit mark) is withdrawn; shards, index and rejects stay for a look
+    and for a cheap re-run."""
+    card_path = beam_io.join(output, CARD_NAME)
+    counts = json.loads(beam_io.read_bytes(card_path))["counts"]
+    inputs, rejects = counts["inputs"], counts["rejects"]
+    if rejects == 0 or (rejects < inputs and rejects <= max_fraction * inputs):
+        return
+    beam_io.delete([card_path])
+    top = ", ".join(f"{k} {v}" for k, v in sorted(
+        counts["rejects_by_reason"].items(), key=lambda kv: -kv[1])[:3])  # fmt: skip
+    where = beam_io.join(output, REJECTS_NAME)
+    if rejects == inputs:
+        raise TooManyRejects(f"every input was rejected ({top}); see {where}")
+    raise TooManyRejects(
+        f"{rejects} of {inputs} inputs rejected ({100 * rejects / inputs:.1f}% > "
+        f"--max-reject-fraction {max_fraction:g}; {top}); see {where}, or raise the limit"
+    )
 
-    def __exit__(self, *exc):
-        return False
+
+def reuse_line(result) -> str:
+    """What a resumed or updated job kept and what it rebuilt, from its counters."""
+    try:
+        counts = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    except Exception:  # runners without metrics
+        return ""
+    reused, tracks = counts.get("shards_reused", 0), counts.get("tracks_reused", 0)
+    if not (reused or tracks):
+        return ""
+    built = counts.get("shards_written", 0)
+    decoded = counts.get("decoded", 0) + counts.get("rejected", 0)
+    return (f"reused {reused} finished shards and {tracks} tracks in all; rebuilt {built} "
+            f"shards, decoding {decoded} tracks")  # fmt: skip
 
 
-def print_summary(output: str, seconds: float, result=None) -> None:
+def print_summary(output: str, seconds: float, result=None, quiet_line: str = "") -> None:
     """End-of-job table from the written card, rejects and Beam counters."""
     from rich.console import Console
     from rich.table import Table
@@ -187,6 +409,11 @@ def print_summary(output: str, seconds: float, result=None) -> None:
         reasons = ", ".join(f"{k}: {v}" for k, v in counts["rejects_by_reason"].items())
         console.print(f"rejects by reason: {reasons}  (see {beam_io.join(output, REJECTS_NAME)})")
     print_counters(console, result)
+    reuse = reuse_line(result)
+    if reuse:
+        console.print(reuse)
+    if quiet_line:
+        console.print(quiet_line)
     console.print(
         f"wrote {beam_io.join(output, INDEX_NAME)}, {CARD_NAME}; {seconds:.1f} s "
         f"({counts['inputs'] / max(seconds, 1e-9):.2f} tracks/s)"

@@ -9,11 +9,14 @@ DirectRunner therefore gets the FnApiRunner too.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.core.errors import UserError, suggest
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
@@ -79,8 +82,9 @@ class ProgressBar:
     """Local runs only: workers append one byte per finished track to a file; a thread
     here turns its size into a tqdm bar (works across worker processes)."""
 
-    def __init__(self, path: str, total: int, desc: str):
+    def __init__(self, path: str, total: int, desc: str, stream=None):
         self.path, self.total, self.desc = path, total, desc
+        self.stream = stream or sys.stderr
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -100,7 +104,9 @@ class ProgressBar:
     def _run(self):
         from tqdm import tqdm
 
-        with tqdm(total=self.total, desc=self.desc, unit="track", file=sys.stderr) as bar:
+        # disable=None: no bar when stderr is not a terminal (logs, CI, a test).
+        bar = tqdm(total=self.total, desc=self.desc, unit="track", file=self.stream, disable=None)
+        with bar:
             while True:
                 stopping = self._stop.is_set()
                 try:
@@ -122,4 +128,115 @@ def print_counters(console, result) -> None:
     except Exception:  # some runners do not report metrics
         return
     if counters:
-        console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+        text = "counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
+        console.print(text, soft_wrap=True)  # one line, however narrow the terminal
+
+
+def _beam_parser():
+    """An argparse parser of every registered Beam option, as Beam builds it itself."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def _beam_spelling(arg: str, beam_flags: set[str]) -> str:
+    """`--s3-endpoint-url=X` -> `--s3_endpoint_url=X` when that is a Beam option: the
+    project's flags use hyphens, Beam's underscores; both spellings are accepted."""
+    flag, sep, value = arg.partition("=")
+    if flag.startswith("--") and "-" in flag[2:]:
+        underscored = "--" + flag[2:].replace("-", "_")
+        if underscored in beam_flags:
+            return underscored + sep + value
+    return arg
+
+
+def checked_beam_args(rest: list[str], our_parser) -> list[str]:
+    """The flags left after our parser, if every one is a registered Beam option; else a
+    one-line UserError naming the first unknown flag, with a suggestion."""
+    if any(a.startswith("--dask") for a in rest) or "DaskRunner" in " ".join(rest):
+        import apache_beam.runners.dask.dask_runner  # noqa: F401  (registers DaskOptions)
+    parser = _beam_parser()
+    beam_flags = {s for a in parser._actions for s in a.option_strings}
+    args = [_beam_spelling(a, beam_flags) for a in rest]
+    _, unknown = parser.parse_known_args(args)
+    if unknown:
+        word = unknown[0]
+        if not word.startswith("-"):
+            raise UserError(f"unexpected argument {word!r} (see --help)")
+        flag = word.split("=", 1)[0]
+        ours = [s for a in our_parser._actions for s in a.option_strings if s.startswith("--")]
+        hint = suggest(flag, ours) or suggest(flag, sorted(beam_flags))
+        raise UserError(f"unknown flag {flag}{hint} (see --help; Beam's own options pass through)")
+    return args
+
+
+# Library log lines that are noise to a user: Beam's Python logging (driver and SDK
+# harness, "INFO:__main__:..." or "WARNING apache_beam...: ..."), absl/grpc lines
+# ("I0000 00:00:..."). Lines of our own loggers (pipelines, tagtrain, manifests) and every
+# ERROR line pass.
+_LIBRARY_LOG = re.compile(
+    rb"^(?:(?:DEBUG|INFO|WARNING|WARN)[: ](?!(?:pipelines|tagtrain|manifests)\b)"
+    rb"|[IWD]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)"
+)
+# Per-file decoder chatter (mpg123 via libsndfile, ffmpeg's "[mp3 @ 0x...]"): counted.
+_DECODER_NOTE = re.compile(rb"^(?:\[(?:src/libmpg123|[\w.]+ @ 0x)|\[mpg123|Note: |Warning: )")
+
+
+class QuietOutput:
+    """Unless --verbose: everything written to file descriptor 2 (by this process and by
+    the local runners' worker processes, which inherit it) passes a filter that drops
+    library log lines and counts decoder warnings. `stream` is the real stderr, for the
+    progress bar."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.hidden = 0
+        self.decoder_warnings = 0
+        self.stream = sys.stderr
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self.stream = os.fdopen(os.dup(self._saved), "w", buffering=1)
+        self._thread = threading.Thread(target=self._pump, args=(read_end,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _pump(self, read_end: int) -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if _DECODER_NOTE.match(line):
+                    self.decoder_warnings += 1
+                elif _LIBRARY_LOG.match(line):
+                    self.hidden += 1
+                else:
+                    os.write(self._saved, line)
+
+    def __exit__(self, *exc):
+        if not self.enabled:
+            return False
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # closes our write end of the pipe
+        # Worker processes may still hold the pipe briefly; never wait on them for long.
+        self._thread.join(timeout=5)
+        self.stream.close()
+        os.close(self._saved)
+        self.stream = sys.stderr
+        return False
+
+    def summary(self) -> str:
+        """One line for the end-of-job summary (empty when nothing was filtered)."""
+        parts = []
+        if self.decoder_warnings:
+            parts.append(f"decoder warnings: {self.decoder_warnings}")
+        if self.hidden:
+            parts.append(f"{self.hidden} library log lines hidden")
+        return f"{'; '.join(parts)} (--verbose shows them)" if parts else ""

@@ -4,13 +4,15 @@ Layout (all plain JSON):
     format           "tagging-shards/1"
     features         FeatureConfig fields + "stored": which of mel/harm/pcm the shards hold
     vocabulary       tags in label order
-    splits           {split: {"samples", "seconds", "shards": [{"name", "samples", "seconds", "bytes"}]}}
+    splits           {split: {"samples", "seconds", "shards": [{"name", "samples", "seconds",
+                     "bytes" (the tar's size), "sha256" (of the whole tar)}]}}
     mel_stats        {"mean": [n_mels], "std": [n_mels]} over the train split (or null)
     decoder          {"requested", "versions": {library: version}}
     manifest         {"path", "sha256"}
     counts           {"inputs", "samples", "rejects", "rejects_by_reason"}: inputs = samples + rejects
     job              {"min_seconds", "max_seconds", "shard_size_mb", "planned_shards"}
-    identity         what a re-run into the same output must match
+    identity         what a re-run into the same output must match (feature config,
+                     vocabulary, manifest sha256, code_version, library versions)
     code_version     the package version that wrote it
     deformation      null, or {"name", "params"} for a perturbed copy
     source           perturbed copies only: {"dataset", "split", "card_sha256"} of the source

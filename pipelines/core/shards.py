@@ -106,3 +106,45 @@ def member_offsets(fileobj) -> dict[str, list[dict]]:
             entry = {"name": name, "offset": info.offset_data, "size": info.size}
             out.setdefault(key, []).append(entry)
     return out
+
+
+def member_layout(samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> dict[str, list[dict]]:
+    """{key: [{"name", "offset", "size"}]} of the tar `write_tar` makes of `samples`:
+    `offset` is where a member's data starts (its 512-byte USTAR header just before it),
+    so a reader can fetch one sample, or one member, with a range request."""
+    layout: dict[str, list[dict]] = {}
+    position = 0
+    for key, members in sorted(samples, key=lambda kv: kv[0]):
+        entries = []
+        for ext in sorted(members):
+            size = len(members[ext])
+            entries.append({"name": f"{key}.{ext}", "offset": position + 512, "size": size})
+            position += 512 + -(-size // 512) * 512
+        layout[key] = entries
+    return layout
+
+
+class _HashingWriter:
+    """A write-only file object that hashes and counts what passes through it."""
+
+    def __init__(self, fileobj):
+        self.fileobj = fileobj
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        self.fileobj.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if hasattr(self.fileobj, "flush"):
+            self.fileobj.flush()
+
+
+def write_tar_hashed(fileobj, samples: list[tuple[str, Mapping[str, bytes]]]) -> tuple[str, int]:
+    """`write_tar` into `fileobj`; returns the sha256 (hex) and size of the whole tar."""
+    writer = _HashingWriter(fileobj)
+    write_tar(writer, samples)
+    return writer.sha256.hexdigest(), writer.size

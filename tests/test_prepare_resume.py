@@ -1,0 +1,180 @@
+"""A prepare job resumes: killed with SIGKILL halfway (real worker processes), a re-run
+decodes only the shards without a completion record and ends with the bytes of an
+uninterrupted run; the card lists each shard's sha256 and size; the index gives each
+member's byte offset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from manifests.schema import write_manifest
+from tests.conftest import PYTHON, ROOT, encode_mp3, run_cli, tone
+
+N = 16
+# A tiny shard size: about one track per shard, so "half the shards" is well defined.
+ARGS = ("--shard-size-mb", "0.05")
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def counters(stdout: str) -> dict[str, int]:
+    line = next((x for x in stdout.splitlines() if x.startswith("counters: ")), "counters: ")
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    base = tmp_path_factory.mktemp("resume")
+    audio = base / "audio"
+    audio.mkdir()
+    rows = []
+    for i in range(N):
+        encode_mp3(tone(200 + 60 * i, 6, 22050, seed=i), 22050, audio / f"t{i}.mp3", "64k")
+        rows.append(
+            {"key": f"t{i:02d}", "track_id": str(i), "dataset": "resume",
+             "split": ("train", "train", "valid", "test")[i % 4],
+             "audio_path": f"t{i}.mp3", "tags": ["x"] if i % 2 else ["y"]}
+        )  # fmt: skip
+    write_manifest(rows, base / "manifest.parquet", metadata={"audio_root": str(audio)})
+    reference = base / "reference"
+    result = run_cli("beam_runner.py", "prepare", "--manifest", str(base / "manifest.parquet"),
+                     "--out", str(reference), *ARGS, "--direct_running_mode=in_memory",
+                     "--direct_num_workers=1")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base, reference
+
+
+def test_card_lists_shard_checksums_and_index_gives_member_offsets(corpus):
+    _, reference = corpus
+    card = json.loads((reference / "dataset.json").read_text())
+    shards = [s for split in card["splits"].values() for s in split["shards"]]
+    assert len(shards) >= N // 2
+    for s in shards:
+        data = (reference / s["name"]).read_bytes()
+        assert s["sha256"] == hashlib.sha256(data).hexdigest() and s["bytes"] == len(data)
+    assert {"code_version", "versions"} <= set(card["identity"])
+    assert card["identity"]["versions"]["numpy"]
+    for row in pq.read_table(reference / "index.parquet").to_pylist():
+        with tarfile.open(reference / row["shard"]) as tar:
+            actual = {i.name: (i.offset_data, i.size) for i in tar}
+        assert [m["name"] for m in row["members"]] == sorted(
+            n for n in actual if n.startswith(row["key"] + ".")
+        )
+        data = (reference / row["shard"]).read_bytes()
+        for m in row["members"]:
+            assert actual[m["name"]] == (m["offset"], m["size"])
+            if m["name"].endswith(".json"):
+                assert json.loads(data[m["offset"] : m["offset"] + m["size"]])["key"] == row["key"]
+
+
+def test_a_job_killed_halfway_resumes_to_identical_bytes_with_fewer_decodes(corpus, tmp_path):
+    base, reference = corpus
+    want = len(list((reference / "_progress").glob("*.json")))
+    out = tmp_path / "out"
+    cmd = [PYTHON, str(ROOT / "beam_runner.py"), "prepare", "--manifest",
+           str(base / "manifest.parquet"), "--out", str(out), *ARGS,
+           "--direct_running_mode=multi_processing", "--direct_num_workers=2"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    job = subprocess.Popen(cmd, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((out / "_progress").glob("*.json"))) < want // 2:
+            assert job.poll() is None and time.monotonic() < deadline, "job ended before half"
+            time.sleep(0.02)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # the driver and its worker processes
+        job.wait()
+    done = len(list((out / "_progress").glob("*.json")))
+    assert not (out / "dataset.json").exists() and done < want
+    resumed = run_cli("beam_runner.py", "prepare", "--manifest", str(base / "manifest.parquet"),
+                      "--out", str(out), *ARGS, "--direct_num_workers=2")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    count = counters(resumed.stdout)
+    assert count["shards_reused"] >= done > 0
+    assert count.get("decoded", 0) + count.get("rejected", 0) <= N - done
+    assert tree_bytes(out) == tree_bytes(reference)  # no temporary file left either
+
+
+def test_a_changed_shard_is_rebuilt_and_the_rest_reused(corpus, tmp_path):
+    """A tar damaged after the job (its sha256 no longer matches its record) is rebuilt;
+    every other shard is reused."""
+    import shutil
+
+    base, reference = corpus
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    victim = sorted(out.glob("train-*.tar"))[0]
+    victim.write_bytes(victim.read_bytes()[:-2048] + b"\0" * 2048 + b"x")
+    result = run_cli("beam_runner.py", "prepare", "--manifest", str(base / "manifest.parquet"),
+                     "--out", str(out), *ARGS, "--direct_running_mode=in_memory")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    count = counters(result.stdout)
+    samples = sum(1 for r in pq.read_table(out / "index.parquet").to_pylist()
+                  if r["shard"] == victim.name)  # fmt: skip
+    assert count["decoded"] == samples and count["shards_written"] == 1
+    assert tree_bytes(out) == tree_bytes(reference)
+
+
+def test_appending_tracks_rebuilds_only_the_shards_they_land_in(corpus, tmp_path):
+    import shutil
+
+    base, reference = corpus
+    out = tmp_path / "grown"
+    shutil.copytree(reference, out)
+    audio = Path(json.loads((reference / "dataset.json").read_text())["manifest"]["path"]).parent
+    rows = pq.read_table(base / "manifest.parquet").to_pylist()
+    for i in (N, N + 1):
+        # Tag "y" first: it becomes the most frequent train tag, yet the labels keep their order.
+        encode_mp3(tone(1500 + 100 * i, 5, 22050, seed=i), 22050, tmp_path / f"new{i}.mp3", "64k")
+        rows.append({**rows[0], "key": f"t{i:02d}", "track_id": str(i), "tags": ["y"],
+                     "audio_path": str(tmp_path / f"new{i}.mp3")})  # fmt: skip
+    write_manifest(rows, tmp_path / "grown.parquet", metadata={"audio_root": str(audio / "audio")})
+    args = ("beam_runner.py", "prepare", "--manifest", str(tmp_path / "grown.parquet"),
+            "--out", str(out), *ARGS, "--direct_running_mode=in_memory")  # fmt: skip
+    refused = run_cli(*args)
+    assert refused.returncode == 2 and "--update" in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0
+    result = run_cli(*args, "--update")
+    assert result.returncode == 0, result.stderr[-3000:]
+    count = counters(result.stdout)
+    index = {r["key"]: r for r in pq.read_table(out / "index.parquet").to_pylist()}
+    assert len(index) == N + 2
+    touched = {index[f"t{i:02d}"]["shard"] for i in (N, N + 1)}
+    assert count["decoded"] == 2 and count["shards_written"] == len(touched)
+    assert "reused" in result.stdout and "rebuilt" in result.stdout
+    before = tree_bytes(reference)
+    after = tree_bytes(out)
+    for name, data in before.items():
+        if name.endswith(".tar") and name not in touched:
+            assert after[name] == data, name  # untouched shards: not rewritten
+    # Tracks of a rebuilt shard kept their exact bytes (cut from the old tar).
+    old_index = {r["key"]: r for r in pq.read_table(reference / "index.parquet").to_pylist()}
+    for key, row in index.items():
+        if row["shard"] in touched and key in old_index:
+            old_data, new_data = before[row["shard"]], after[row["shard"]]
+            for m_old, m_new in zip(old_index[key]["members"], row["members"]):
+                a = old_data[m_old["offset"] : m_old["offset"] + m_old["size"]]
+                assert a == new_data[m_new["offset"] : m_new["offset"] + m_new["size"]]
+    card = json.loads((out / "dataset.json").read_text())
+    assert card["counts"]["samples"] == N + 2
+    assert card["vocabulary"] == json.loads((reference / "dataset.json").read_text())["vocabulary"]
+    assert (
+        card["job"]["planned_shards"]
+        == json.loads((reference / "dataset.json").read_text())["job"]["planned_shards"]
+    )
