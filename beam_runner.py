@@ -28,6 +28,33 @@ def _export_project_path() -> None:
         sys.path.insert(0, PROJECT_ROOT)
 
 
+def with_recipe_flags(argv: list[str]) -> list[str]:
+    """`prepare --recipe NAME`: the recipe's prepare flags (the features its model eats,
+    tagtrain/recipes/) placed before the user's, so a flag given on the line wins."""
+    if len(argv) < 1 or argv[0] != "prepare":
+        return argv
+    rest, recipe = list(argv[1:]), None
+    for i, arg in enumerate(rest):
+        if arg == "--recipe" and i + 1 < len(rest):
+            recipe = rest[i + 1]
+            del rest[i : i + 2]
+            break
+        if arg.startswith("--recipe="):
+            recipe = arg.split("=", 1)[1]
+            del rest[i]
+            break
+    if recipe is None:
+        return argv
+    # This module is the one entry above both layers: it may read the trainer's recipes.
+    from tagtrain.recipes import load_recipe
+
+    flags = []
+    for name, value in load_recipe(recipe)["prepare"].items():
+        flags += [f"--{name.replace('_', '-')}", str(value)]
+    print(f"recipe {recipe}: prepare {' '.join(flags)}")
+    return ["prepare", *flags, *rest]
+
+
 def _run(argv: list[str] | None) -> int:
     # Before Beam is imported: it warns at import that the optional GCP client is absent.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -40,6 +67,7 @@ def _run(argv: list[str] | None) -> int:
     sub = parser.add_subparsers(dest="job", required=True, parser_class=OneLineParser)
     prepare_cli.add_parser(sub)
     perturb_cli.add_parser(sub)
+    argv = with_recipe_flags(list(sys.argv[1:] if argv is None else argv))
     args, rest = parser.parse_known_args(argv)
     beam_args = checked_beam_args(rest, sub.choices[args.job])
     if args.verbose:

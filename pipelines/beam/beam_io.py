@@ -16,6 +16,8 @@ import uuid
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.core.failures import AudioRejected, TransientError
+
 _RAW = CompressionTypes.UNCOMPRESSED
 _configured: tuple[str, ...] | None = None
 
@@ -50,12 +52,15 @@ def resolve(root: str | None, path: str) -> str:
     return FileSystems.join(root, path)
 
 
-class TransientIOError(RuntimeError):
+class TransientIOError(TransientError):
     """A remote read failed for a reason other than "not found" after the filesystem's own
     retries (Beam's S3 and GCS clients back off for minutes): a network or server
     problem, not a property of the file. Deliberately not an OSError, so that no job
     turns it into a reject: it fails the bundle (the runner retries it, or the job
     stops and a re-run resumes from the finished shards)."""
+
+    def __init__(self, message: str):
+        super().__init__("io", message)
 
 
 def read_bytes(path: str) -> bytes | None:
@@ -97,6 +102,8 @@ RETRY_SECONDS = 180.0
 
 
 def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (TransientError, AudioRejected)):  # sorted already (core.failures)
+        return isinstance(exc, TransientError)
     code = getattr(exc, "code", None)
     if isinstance(code, int):  # an HTTP status from the S3/GCS client
         return code >= 500 or code in (408, 429)

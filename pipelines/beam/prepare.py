@@ -29,7 +29,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from manifests.schema import SPLITS
-from pipelines.beam import beam_io, progress
+from pipelines.beam import beam_io, progress, track
 from pipelines.beam.dataset_files import (
     mel_stats_from_sums,
     summarize_counts,
@@ -38,6 +38,7 @@ from pipelines.beam.dataset_files import (
 )
 from pipelines.beam.track import Reject, Sample, TrackConfig, process_row
 from pipelines.core.card import FORMAT
+from pipelines.core.failures import AudioRejected
 from pipelines.core.shards import (
     member_layout,
     shard_index,
@@ -196,16 +197,23 @@ class PrepareShardFn(TrackStageFn):
         self.shards_reused = Metrics.counter("prepare", "shards_reused")
         self.tracks_reused = Metrics.counter("prepare", "tracks_reused")
 
-    def read_track(self, row) -> bytes | None | Reject:
-        """The file's bytes (None: missing), or a Reject for a local file that cannot be
-        read. A remote read error is raised (TransientIOError): never a reject."""
-        path = beam_io.resolve(self.cfg.audio_root, row["audio_path"])
+    def read_track(self, row) -> bytes | Reject:
+        """The file's bytes, or a Reject for a permanent problem (missing, not a regular
+        file, too large, outside the audio root, changed: pipelines.core.failures). A
+        transient failure is retried (for minutes on remote files, whose server may be
+        restarting) and then raised: never a reject."""
+
+        def attempt():
+            return track.read_track(row, self.cfg.audio_root, self.cfg.track).data
+
         try:
-            return beam_io.read_bytes(path)
-        except OSError as exc:
+            if beam_io.is_url(beam_io.resolve(self.cfg.audio_root, row["audio_path"])):
+                return beam_io.with_retries(attempt)
+            return attempt()
+        except AudioRejected as exc:
             return Reject(
-                row["key"], row["track_id"], row["split"], row["audio_path"], "read",
-                "unreadable", str(exc).splitlines()[0][:300],
+                row["key"], row["track_id"], row["split"], row["audio_path"], exc.stage,
+                exc.reason, exc.message,
             )  # fmt: skip
 
     def fetched(self, rows):

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 
-from manifests.schema import SPLITS
+from manifests.schema import SPLITS, validate_table
 from pipelines.beam import beam_io
 from pipelines.beam.plan import file_sha256, manifest_vocabulary, plan_shards, read_manifest_table
 from pipelines.beam.prepare import Prepare, PrepareConfig, job_versions
@@ -22,6 +22,7 @@ from pipelines.core.audio import DECODERS
 from pipelines.core.card import CARD_NAME, FEATURES, INDEX_NAME, REJECTS_NAME
 from pipelines.core.errors import UserError
 from pipelines.core.features import FeatureConfig
+from pipelines.core.source import DEFAULT_MAX_FILE_MB
 
 # Public benchmarks lose far fewer tracks than this (MagnaTagATune: 3 unreadable files of
 # 25,863; MTG-Jamendo and the MSD previews of a complete download: none), while a wrong
@@ -114,6 +115,22 @@ def add_parser(sub) -> None:
         "shard layout and rebuild only the shards whose tracks changed, reusing every "
         "unchanged track's features",
     )
+    p.add_argument(
+        "--max-file-mb",
+        type=positive_float,
+        default=DEFAULT_MAX_FILE_MB,
+        help="larger audio files are rejected as too_large (default %(default)s)",
+    )
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept absolute audio paths outside --audio-root",
+    )
+    p.add_argument(
+        "--recipe",
+        metavar="NAME",
+        help="the features of a paper recipe (python -m tagtrain recipes); flags override",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an output of another config")
     p.set_defaults(run=run)
 
@@ -135,7 +152,9 @@ def track_config(args) -> TrackConfig:
     )
     if args.min_seconds < 0 or (args.max_seconds is not None and args.max_seconds <= 0):
         raise UserError("--min-seconds must be >= 0 and --max-seconds > 0")
-    return TrackConfig(features, stored, args.decoder, args.min_seconds, args.max_seconds)
+    return TrackConfig(
+        features, stored, args.decoder, args.min_seconds, args.max_seconds, args.max_file_mb
+    )
 
 
 def check_existing_output(cfg: PrepareConfig, force: bool, update: bool) -> None:
@@ -310,6 +329,7 @@ def run(args, beam_args: list[str]) -> int:
     if table.num_rows == 0:
         raise UserError(f"{args.manifest} has no rows: nothing to prepare")
     cfg = build_config(args, beam_args, table)
+    validate_table(table, audio_root=cfg.audio_root, allow_outside_root=args.allow_outside_root)
     check_existing_output(cfg, args.force, args.update)
     if not beam_io.is_url(cfg.output):
         os.makedirs(cfg.output, exist_ok=True)
