@@ -64,12 +64,24 @@ def _number(value, what: str) -> float:
     return float(value)
 
 
+# Every deformation type by its `type` name; filled by Deformation subclasses as defined.
+KINDS: dict[str, type] = {}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Deformation:
-    """Base: subclasses add their parameters as fields and say how to run muda."""
+    """Base: subclasses add their parameters as fields and say how to run muda. A subclass
+    with a `kind` is registered under it (KINDS): adding a deformation is one class."""
 
     name: str = ""
     kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            if cls.kind in KINDS:
+                raise TypeError(f"deformation type {cls.kind!r} defined twice")
+            KINDS[cls.kind] = cls
 
     def __post_init__(self):
         self.validate()
@@ -292,12 +304,6 @@ class BackgroundNoise(Deformation):
             return transformer, next(transformer.states(jam))
         except RuntimeError as exc:  # muda: the noise file is shorter than the track
             raise DeformationError(f"background: {exc}") from None
-
-
-KINDS: dict[str, type[Deformation]] = {
-    cls.kind: cls
-    for cls in (PitchShift, TimeStretch, DynamicRangeCompression, Noise, Clipping, BackgroundNoise)
-}
 
 
 def paper_set() -> list[Deformation]:

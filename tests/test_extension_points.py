@@ -1,0 +1,58 @@
+"""Each extension point is one place (docs/ARCHITECTURE.md): a throwaway model, deformation
+and metric added here, the way a contributor would, work end to end without touching
+anything else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipelines.core import muda_compat
+from pipelines.core.deformations import Deformation, DeformationError, parse_deformation
+from tagtrain.registry import InputSpec, create_model, get_entry, register_model
+
+
+def test_a_model_is_one_registered_builder():
+    @register_model("throwaway_mean_mel", InputSpec(kind="mel", seconds=1.0, n_mels=16))
+    class MeanMel(nn.Module):
+        def __init__(self, n_classes: int, width: float = 1.0):
+            super().__init__()
+            self.head = nn.Linear(16, n_classes)
+
+        def forward(self, x):
+            return self.head(x.mean(-1))
+
+    assert get_entry("throwaway_mean_mel").input_spec.frames == 1 + 16000 // 256
+    model = create_model("throwaway_mean_mel", n_classes=3)
+    assert model(torch.zeros(2, 16, 63)).shape == (2, 3)
+
+
+@dataclass(frozen=True)
+class Halve(Deformation):
+    """A throwaway deformation: clip at half the signal's range, via muda."""
+
+    kind: ClassVar[str] = "throwaway_halve"
+
+    def default_name(self):
+        return "halve"
+
+    def muda_step(self, rng, jam):
+        transformer = muda_compat.Clipping(clip_limit=0.5)
+        return transformer, next(transformer.states(jam))
+
+
+def test_a_deformation_is_one_class():
+    deformation = parse_deformation({"type": "throwaway_halve"})
+    assert isinstance(deformation, Halve) and deformation.name == "halve"
+    t = np.arange(16000) / 16000
+    pcm = (0.8 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    out, provenance = deformation.apply(pcm, 16000, np.random.default_rng(0))
+    assert provenance["type"] == "throwaway_halve"
+    assert abs(np.abs(out).max() - 0.4) < 1e-3
+    with pytest.raises(DeformationError, match="unknown parameter"):
+        parse_deformation({"type": "throwaway_halve", "gain": 2})
