@@ -183,21 +183,24 @@ def restore_training(trainer, state: dict) -> torch.Tensor | None:
         return None
     from tagtrain.loader import is_sample_state, resume_rows
 
-    want = trainer.data.geometry()
-    if is_sample_state(loader["positions"]):
-        # A sample-level state is one global count: any world size or worker count resumes
-        # the same epoch (elastic), so only the order-defining settings must match.
-        want = {k: v for k, v in want.items() if k not in ("world", "workers")}
+    table, want = loader["positions"], trainer.data.geometry()
     have = {k: loader[k] for k in want}
-    if have != want:
-        from tagtrain.config import ConfigError
+    if have == want:
+        return table[trainer.rt.dist.rank].cpu()
+    # A sample-level state is one global count of the epoch's consumed samples: another
+    # world size or worker count resumes the same epoch (elastic) when the recipe's
+    # positions are that plain state (not, e.g., the student's two streams).
+    elastic = is_sample_state(table) and getattr(trainer.recipe, "elastic_resume", True)
+    order = ("shuffle_buffer", "batch_size", "seed")
+    if elastic and all(have[k] == want[k] for k in order):
+        return resume_rows(table, trainer.rt.dist.rank).cpu()
+    from tagtrain.config import ConfigError
 
-        diffs = ", ".join(f"{k} {have[k]} -> {want[k]}" for k in want if have[k] != want[k])
-        raise ConfigError(
-            f"cannot resume mid-epoch with a different loader layout ({diffs}); "
-            "use the run's original settings"
-        )
-    return resume_rows(loader["positions"], trainer.rt.dist.rank).cpu()
+    diffs = ", ".join(f"{k} {have[k]} -> {want[k]}" for k in want if have[k] != want[k])
+    raise ConfigError(
+        f"cannot resume mid-epoch with a different loader layout ({diffs}); "
+        "use the run's original settings"
+    )
 
 
 def resume(trainer) -> torch.Tensor | None:

@@ -215,6 +215,7 @@ class StudentRecipe(Supervised):
 
     name = "noisy_student"
     settings_file = RunDir.STUDENT
+    elastic_resume = False  # the positions hold two streams and the unlabelled pass
 
     def __init__(self, student: StudentConfig):
         self.student = student.validate()

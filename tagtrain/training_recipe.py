@@ -20,6 +20,9 @@ from tagtrain.schedules import Schedule
 class Supervised:
     name = "supervised"
     settings_file: str | None = None  # a JSON file of the recipe's settings in the run
+    # Whether a mid-epoch checkpoint's loader positions are the loader's own state, which
+    # a run with another world size or worker count can resume from (checkpoint.py).
+    elastic_resume = True
 
     def augment_chain(self, cfg: RunConfig):
         """The waveform augmentation chain (None: off); config.json records it."""

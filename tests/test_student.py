@@ -120,11 +120,18 @@ def reference_teacher(run_dir: Path, clean: torch.Tensor) -> torch.Tensor:
     model.eval()
     features = FeatureConfig.from_dict(state["input_plan"]["features"])
     mel = log_mel(clean.float() / 32767.0, features)
-    norm = state["normalisation"]
-    mean = torch.tensor(norm["mean"])[:, None]
-    std = torch.tensor(norm["std"]).clamp_min(1e-5)[:, None]
+    # The model's input standardisation, as its paper does (InputSpec.standardize).
+    standardize = state["input_plan"].get("standardize", "band")
+    if standardize == "band":
+        norm = state["normalisation"]
+        mean = torch.tensor(norm["mean"])[:, None]
+        std = torch.tensor(norm["std"]).clamp_min(1e-5)[:, None]
+        mel = (mel - mean) / std
+    elif standardize == "global":
+        mean, std = state["input_plan"]["global_stats"]
+        mel = (mel - mean) / std
     with torch.no_grad():
-        return torch.sigmoid(model((mel - mean) / std))
+        return torch.sigmoid(model(mel))
 
 
 def stored_pcm(data: str, key: str) -> np.ndarray:

@@ -115,8 +115,8 @@ class SampleRoleStream:
         consumed = self.stream.consumed + (j + 1) * self.cfg.batch_size * self.cfg.world
         out = self.header(sample_state(consumed))
         # Bad samples leave a smaller batch; one sample cannot train a BatchNorm model, so a
-        # training batch left with one is dropped too (its position still advances).
-        if len(entries) < (2 if self.cfg.train else 1):
+        # training batch of 2+ left with one is dropped too (its position still advances).
+        if not entries or (self.cfg.train and len(entries) == 1 < self.cfg.batch_size):
             return {**out, "empty": True}
         return {**out, **self.stream.tensors(entries)}
 
