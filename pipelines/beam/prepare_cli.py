@@ -122,11 +122,6 @@ def add_parser(sub) -> None:
         help="larger audio files are rejected as too_large (default %(default)s)",
     )
     p.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="accept absolute audio paths outside --audio-root",
-    )
-    p.add_argument(
         "--recipe",
         metavar="NAME",
         help="the features of a paper recipe (python -m tagtrain recipes); flags override",
@@ -329,7 +324,8 @@ def run(args, beam_args: list[str]) -> int:
     if table.num_rows == 0:
         raise UserError(f"{args.manifest} has no rows: nothing to prepare")
     cfg = build_config(args, beam_args, table)
-    validate_table(table, audio_root=cfg.audio_root, allow_outside_root=args.allow_outside_root)
+    # Relative paths must stay inside the audio root; absolute ones are explicit.
+    validate_table(table, audio_root=cfg.audio_root, allow_outside_root=True)
     check_existing_output(cfg, args.force, args.update)
     if not beam_io.is_url(cfg.output):
         os.makedirs(cfg.output, exist_ok=True)
