@@ -92,11 +92,9 @@ def main() -> None:
     code = dispatch(argv)
     sys.stdout.flush()
     sys.stderr.flush()
-    if argv and argv[0] in BEAM_JOBS:
-        # As beam_runner.py does: leave without library destructors, whose thread pools
-        # (arrow, grpc) can race at exit and abort a job that has finished its work.
-        os._exit(code)
-    sys.exit(code)
+    # As beam_runner.py and python -m tagtrain do: leave without library destructors, whose
+    # thread pools (arrow, grpc) can race at exit and abort a command that has finished.
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pipelines.core.card import CardError
@@ -90,5 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(PROG, lambda: _dispatch(argv))
 
 
+def exit_now(code: int) -> None:
+    """Leave without library destructors: arrow's thread pools (index and card reads) can
+    race at interpreter exit and abort ("terminate called ...") a command that has
+    finished, turning its exit status into a signal. Every file is closed by then."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -10,7 +10,8 @@ wraps long cells and commands so nothing runs off the page.
 
 Optional inputs, used when present: `predictions.parquet` next to evaluate's outputs
 (key, tags, probabilities: PR curves) and, in the robustness directory,
-`predictions-{set}.parquet` per test set (`clean` and each deformation: the heat map).
+`predictions-{run}-{set}.parquet` per test set, as robustness writes them (`clean` and
+each deformation: the heat map).
 """
 
 from __future__ import annotations
@@ -311,10 +312,12 @@ def robustness_table(rows: list[dict]) -> str:
 
 def tag_set_predictions(directory: Path, run_name: str) -> dict[str, Path]:
     """{test set: predictions Parquet} written by robustness for this run, if any."""
+    mine = f"predictions-{run_name}-"  # robustness names them by run and set
     for where in (directory / run_name, directory):
         found = sorted(where.glob("predictions-*.parquet")) if where.is_dir() else []
-        if found:
-            return {p.stem.removeprefix("predictions-"): p for p in found}
+        by_run = {p.stem.removeprefix(mine): p for p in found if p.stem.startswith(mine)}
+        if by_run or found:
+            return by_run or {p.stem.removeprefix("predictions-"): p for p in found}
     return {}
 
 

@@ -68,58 +68,7 @@ def demo_run(demo_corpus, tmp_path_factory) -> Path:
     # finds every clip already there and skips it.
     shutil.copytree(demo_corpus, demo_dir / "corpus")
     (demo_dir / "stdout.txt").write_text(run_demo(demo_dir))
-    if write_standin_predictions(demo_dir):
-        rerender_report(demo_dir)
     return demo_dir
-
-
-def write_standin_predictions(demo_dir: Path) -> bool:
-    """Per-track predictions in the layout the report reads (RUN/predictions.parquet and
-    RUN/robustness/predictions-{set}.parquet), made with the evaluation API, for as long as
-    evaluate/robustness do not write them themselves. True if any were written."""
-    run_dir, data = demo_dir / "runs/short_chunk_cnn", demo_dir / "data"
-    robustness = run_dir / "robustness"
-    need_eval = not (run_dir / "predictions.parquet").exists()
-    need_sets = not list(robustness.glob("**/predictions-*.parquet"))
-    if not (need_eval or need_sets):
-        return False
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from tagtrain.__main__ import build_parser
-    from tagtrain.evaluate import evaluate_set
-    from tagtrain.runs import load_run, open_split
-
-    argv = ["evaluate", "--run", str(run_dir), "--workers", "0", "--device", "cpu"]
-    args = build_parser().parse_args(argv)
-    run = load_run(run_dir, device="cpu")
-    sets = {"clean": data, **{p.name: p for p in sorted((data / "perturbed").iterdir())}}
-    for name, path in sets.items():
-        evaluation = evaluate_set(run, open_split(run, str(path), "test"), args)
-        tags = [[run.vocabulary[j] for j in np.flatnonzero(row)] for row in evaluation.labels]
-        table = pa.table(
-            {
-                "key": [f"{name}-{i}" for i in range(len(tags))],
-                "tags": tags,
-                "probabilities": evaluation.probs.astype(np.float32).tolist(),
-            }
-        )
-        if name == "clean" and need_eval:
-            pq.write_table(table, run_dir / "predictions.parquet")
-        if need_sets:
-            pq.write_table(table, robustness / f"predictions-{name}.parquet")
-    return True
-
-
-def rerender_report(demo_dir: Path) -> None:
-    run_dir = demo_dir / "runs/short_chunk_cnn"
-    result = subprocess.run(
-        [str(ROOT / ".venv/bin/python"), "-m", "tagtrain", "report", "--run", str(run_dir),
-         "--data", str(demo_dir / "data"), "--commands", str(demo_dir / "commands.sh")],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.slow
