@@ -40,6 +40,11 @@ class RunConfig:
     )
     out: str = setting("", "run directory (empty: runs/MODEL)")
     width: float = setting(1.0, "channel-width multiplier of the model")
+    init: str = setting(
+        "",
+        "start from published weights, e.g. pretrained:musicnn-msd (a new output layer "
+        "when the vocabulary differs)",
+    )
     seed: int = setting(0, "seed of initialisation, shuffles and crops")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     precision: str = setting("auto", "autocast on CUDA (auto: bf16 or fp16)", choices=PRECISIONS)

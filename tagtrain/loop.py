@@ -94,6 +94,10 @@ class Trainer:
         self.model = create_model(
             cfg.model, len(self.data.vocabulary), seed=cfg.seed, width=cfg.width
         )
+        if cfg.init and not resume:
+            from tagtrain.pretrained.finetune import init_from_pretrained
+
+            self._say(init_from_pretrained(self.model, cfg.model, cfg.init, self.data.vocabulary))
         check_batch_norm(self.model, cfg.batch_size)
         self.model.to(self.rt.device)
         self.net = self.rt.wrap(self.model)

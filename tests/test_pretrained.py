@@ -343,3 +343,32 @@ def test_mp3_tagged_as_the_official_does(numpy_major):
         ref = official[f"{TF_NAME[name]}.taggram"]
         assert taggram.shape == ref.shape == (2, 50)
         assert np.abs(taggram - ref).max() <= E2E_ATOL, name
+
+
+def test_train_init_pretrained_fine_tunes_from_the_published_weights(tmp_path):
+    from pipelines.core.features import FeatureConfig
+    from tagtrain.loader.synthetic import make_dataset
+    from tagtrain.models.musicnn_tf import MUSICNN_TF_INPUT
+    from tagtrain.pretrained.musicnn import musicnn_labels
+
+    spec = MUSICNN_TF_INPUT
+    features = FeatureConfig(
+        sample_rate=spec.sample_rate, n_fft=spec.n_fft, hop=spec.hop, n_mels=spec.n_mels,
+        f_min=spec.f_min, f_max=spec.f_max, log_scale=spec.log_scale,
+    )  # fmt: skip
+    data = tmp_path / "data"
+    make_dataset(data, {"train": [4], "valid": [2]}, stored=("mel",), features=features)
+    out = tmp_path / "run"
+    result = run_cli(
+        "tagtrain", "train", "--data", str(data), "--out", str(out), "--model", "musicnn_tf",
+        "--init", "pretrained:musicnn-msd", "--epochs", "1", "--batch-size", "2",
+        "--workers", "0", "--val-chunks", "1", "--no-progress", "--lr", "1e-12",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "new 5-tag output layer" in result.stdout + result.stderr
+    published, _ = load_pretrained("musicnn-msd")
+    trained = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["model"]
+    # A learning rate of 1e-12: the published body is what training started from.
+    assert torch.allclose(trained["dense.weight"], published.dense.weight, atol=1e-6)
+    assert len(musicnn_labels("MSD_LABELS")) == 50 and trained["classifier.weight"].shape[0] == 5

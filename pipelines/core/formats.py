@@ -38,6 +38,30 @@ def has_audio_suffix(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_SUFFIXES
 
 
+def audio_files(paths) -> list:
+    """The files named, and the audio files (by suffix) under the folders named, sorted;
+    a missing path or a folder without audio is a one-line UserError."""
+    from pathlib import Path
+
+    from pipelines.core.errors import UserError
+
+    files = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and has_audio_suffix(p.name))
+            if not found:
+                raise UserError(f"no audio files under {path}")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"no such file or directory: {path}")
+    if not files:
+        raise UserError("no audio files given")
+    return files
+
+
 def skip_by_name(name: str) -> str | None:
     """Why a file is skipped from its name alone, or None when it must be looked at."""
     if name.startswith("._"):

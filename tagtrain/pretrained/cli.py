@@ -20,36 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.core.errors import USAGE_ERROR, UserError, first_line
+from pipelines.core.formats import audio_files
 from tagtrain.pretrained.frontend import COMPRESSIONS
 from tagtrain.pretrained.musicnn import PRETRAINED, pretrained_spec
 
-AUDIO_SUFFIXES = frozenset(
-    ".mp3 .wav .flac .ogg .oga .opus .m4a .aac .aif .aiff .au .wma .mp4".split()
-)
 MUSICNN_LAYERS = ("timbral", "temporal", "cnn1", "cnn2", "cnn3", "mean_pool", "max_pool")
 MUSICNN_LAYERS += ("penultimate", "taggram")
 VGG_LAYERS = ("pool1", "pool2", "pool3", "pool4", "pool5", "taggram")
-
-
-def audio_files(paths: list[str]) -> list[Path]:
-    """The files named, and the audio files under the folders named (sorted)."""
-    files = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-            )
-            if not found:
-                raise UserError(f"no audio files under {path}")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"no such file or directory: {path}")
-    if not files:
-        raise UserError("no audio files given")
-    return files
 
 
 def add_pretrained_argument(parser: argparse.ArgumentParser) -> None:
