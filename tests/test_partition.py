@@ -14,6 +14,7 @@ from tagtrain.loader.index import SampleRef
 from tagtrain.loader.partition import epoch_order, rank_batches, steps_per_epoch
 from tagtrain.registry import get_entry
 from tests import shardkit
+from tests.test_loader import read_epoch
 
 SPEC = get_entry("short_chunk_cnn").input_spec
 
@@ -28,18 +29,9 @@ def dataset(tmp_path_factory):
 
 
 def read(out, card, cfg, epoch=1, resume=None, limit=None):
-    shards = loader.split_shards(card, str(out), "train")
-    plan = loader.plan_input(card, SPEC)
-    stream = loader.ShardStream(shards, plan, card["vocabulary"], cfg, epoch, resume)
-    assert stream.sample_level
-    reader = loader.EpochReader(stream)
-    batches = []
-    for batch in reader:
-        if limit is not None and len(batches) == limit:
-            break
-        reader.commit(batch)
-        batches.append(batch)
-    reader.close()
+    """test_loader's epoch reader, on the sample-level path (the index has member offsets)."""
+    batches, reader = read_epoch(out, card, cfg, epoch, resume, limit=limit)
+    assert reader.stream.sample_level
     return batches, reader
 
 
