@@ -1,22 +1,20 @@
 """python -m manifests {build,folder,vocab,info}: make and inspect manifests.
 
-Every error is one line `error: ...` on stderr and exit status 2.
+Flags come from the dataclasses of `manifests/flags.py`. Every user error is one line on
+stderr (`error: ...`; a bad flag names the command) and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 
 import pyarrow as pa
 
 from manifests.builders import (
-    BENCHMARKS,
-    DEFAULT_MIN_TAG_VALUE,
-    MSD_LAYOUTS,
     BuildOptions,
     build_benchmark,
     missing_report_path,
@@ -27,6 +25,7 @@ from manifests.builders import (
     with_vocabulary,
     write_missing_report,
 )
+from manifests.flags import BuildFlags, FolderFlags, InfoFlags, VocabFlags
 from manifests.folder import (
     FolderOptions,
     build_folder,
@@ -35,68 +34,18 @@ from manifests.folder import (
     write_skipped_report,
 )
 from manifests.schema import SPLITS, ManifestError, read_manifest, write_manifest
+from pipelines.core.errors import OneLineParser, UserError, run_cli
+from pipelines.core.flags import add_flags
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m manifests", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    build = commands.add_parser("build", help="a benchmark manifest from the shipped splits")
-    build.add_argument("dataset", choices=BENCHMARKS)
-    build.add_argument("--audio-root", required=True, type=Path, help="folder holding the audio")
-    build.add_argument("--out", required=True, type=Path, help="manifest to write (.parquet)")
-    build.add_argument("--split-variant", choices=("clean", "full"), default="clean", help="mtat")
-    build.add_argument(
-        "--allow-missing",
-        action="store_true",
-        help="write the manifest even when audio files are missing (they stay in it)",
-    )
-    build.add_argument(
-        "--train-labels",
-        "--labels",
-        type=Path,
-        help="msd/msd-cals labels: TSV (id<TAB>tag|tag) or the Last.fm lastfm_tags.db",
-    )
-    build.add_argument(
-        "--min-tag-value",
-        type=float,
-        default=DEFAULT_MIN_TAG_VALUE,
-        help="lastfm_tags.db: keep a tag when its value is above this (default 50)",
-    )
-    build.add_argument(
-        "--unlabeled-train",
-        action="store_true",
-        help="msd/msd-cals: train tracks without labels go to the unlabeled split",
-    )
-    build.add_argument("--train-ids", type=Path, help="msd-cals: train ids (.txt or .npy)")
-    build.add_argument("--msd-layout", choices=MSD_LAYOUTS, default="7digital")
-    build.add_argument("--path-map", type=Path, help="TSV id<TAB>audio path overriding paths")
-    build.set_defaults(run=_build)
-
-    folder = commands.add_parser("folder", help="a manifest for a folder of audio files")
-    folder.add_argument("--root", required=True, type=Path)
-    folder.add_argument("--out", required=True, type=Path)
-    folder.add_argument("--tags", type=Path, help="TSV path<TAB>tag|tag[<TAB>artist]")
-    folder.add_argument("--split-by", choices=("artist", "track"), default="auto")
-    folder.add_argument("--ratios", default="0.8,0.1,0.1", help="train,valid,test")
-    folder.add_argument("--seed", type=int, default=0)
-    folder.add_argument("--dataset", help="dataset name (default: the root folder's name)")
-    folder.add_argument(
-        "--no-durations", action="store_true", help="do not read durations from file headers"
-    )
-    folder.set_defaults(run=_folder)
-
-    vocab = commands.add_parser("vocab", help="tag vocabulary by train frequency")
-    vocab.add_argument("manifest", type=Path)
-    vocab.add_argument("--top", type=int, default=50)
-    vocab.add_argument("--write", action="store_true", help="store it in the manifest metadata")
-    vocab.set_defaults(run=_vocab)
-
-    info = commands.add_parser("info", help="counts per split, tag frequencies, missing audio")
-    info.add_argument("manifest", type=Path)
-    info.add_argument("--audio-root", type=Path)
-    info.add_argument("--top", type=int, default=50, help="tags to list (0: all)")
-    info.set_defaults(run=_info)
+def _parser() -> OneLineParser:
+    parser = OneLineParser(prog="python -m manifests", description=__doc__, allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for name, (help, flags, run) in COMMANDS.items():
+        command = commands.add_parser(name, help=help, description=help, allow_abbrev=False)
+        add_flags(command, flags, with_defaults=True)
+        command.set_defaults(run=run)
+    parser.commands = commands.choices  # name -> its parser, for one-line flag errors
     return parser
 
 
@@ -118,16 +67,7 @@ def _with_audio_root(table: pa.Table, root: Path) -> pa.Table:
 def _build(args: argparse.Namespace) -> int:
     if not args.audio_root.is_dir():
         raise ManifestError(f"--audio-root {args.audio_root} is not a directory")
-    options = BuildOptions(
-        dataset=args.dataset,
-        split_variant=args.split_variant,
-        train_labels=args.train_labels,
-        min_tag_value=args.min_tag_value,
-        unlabeled_train=args.unlabeled_train,
-        train_ids=args.train_ids,
-        msd_layout=args.msd_layout,
-        path_map=args.path_map,
-    )
+    options = BuildOptions(**{f.name: getattr(args, f.name) for f in fields(BuildOptions)})
     result = build_benchmark(options)
     for message in result.notes:
         _note(message)
@@ -258,27 +198,28 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "unknown error"
+COMMANDS = {  # name: (help, flags, what runs it)
+    "build": ("a benchmark manifest from the shipped splits", BuildFlags, _build),
+    "folder": ("a manifest for a folder of audio files", FolderFlags, _folder),
+    "vocab": ("tag vocabulary by train frequency", VocabFlags, _vocab),
+    "info": ("counts per split, tag frequencies, missing audio", InfoFlags, _info),
+}
+
+
+def _run(argv: list[str] | None) -> int:
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's parser, which knows the flags to suggest
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        return args.run(args)
+    except pa.ArrowException as exc:
+        raise UserError(f"arrow: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except ManifestError as exc:
-        message = str(exc)
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        message = f"{exc.strerror or exc}{where}"
-    except pa.ArrowException as exc:
-        message = f"arrow: {exc}"
-    except Exception as exc:  # never a traceback on the command line; opt in to see one
-        if os.environ.get("TAGKIT_DEBUG"):
-            raise
-        message = f"unexpected {type(exc).__name__}: {exc} (TAGKIT_DEBUG=1 shows a traceback)"
-    print(f"error: {_one_line(message)}", file=sys.stderr)
-    return 2
+    # No program name before "error:": this command's errors have always read that way.
+    return run_cli("", lambda: _run(argv))
 
 
 if __name__ == "__main__":

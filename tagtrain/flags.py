@@ -1,104 +1,12 @@
-"""Command-line flags generated from typed dataclasses.
+"""The trainer's flags come from the one generator of every command line,
+`pipelines.core.flags` (flags from typed dataclasses); this name stays for its callers."""
 
-A field declared with `setting(default, "help")` becomes `--field-name`; its type comes from
-the annotation, its help text from the metadata and its default from the field itself, so
-`--help` prints every default and no default is typed twice. Flags default to None, so the
-values a user gave are exactly the non-None ones (`given`), which then override a config
-file or a saved run in the dataclass's own `apply`.
-"""
-
-from __future__ import annotations
-
-import argparse
-import dataclasses
-import types
-import typing
-from dataclasses import MISSING, field
-
-_NO_FLAG = "no_flag"
-
-
-def setting(default, help: str, *, choices=None, flag: bool = True, metavar=None):
-    """A dataclass field with its command-line help (`flag=False`: config file only)."""
-    metadata = {"help": help, "choices": choices, _NO_FLAG: not flag, "metavar": metavar}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def _default(f: dataclasses.Field):
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return None
-
-
-def _scalar_type(hint):
-    """The type argparse converts a flag with (the first of a union; list -> its items)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return _scalar_type(next(a for a in typing.get_args(hint) if a is not type(None)))
-    return hint
-
-
-def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_flags(
-    parser, cls, exclude=(), title: str | None = None, with_defaults: bool = False
-) -> list[str]:
-    """One flag per documented field of dataclass `cls`; the field names added. Flags
-    default to None (see `given`), or with `with_defaults` to the fields' defaults."""
-    target = parser.add_argument_group(title) if title else parser
-    hints = typing.get_type_hints(cls)
-    added = []
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if "help" not in meta or meta.get(_NO_FLAG) or f.name in exclude:
-            continue
-        default = _default(f)
-        kind = _scalar_type(hints[f.name])
-        shown = "" if default in ("", None) else f" (default: {_show(default)})"
-        kwargs = {
-            "default": default if with_defaults else None,
-            "help": meta["help"] + shown,
-            "dest": f.name,
-        }
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind in (list, dict):
-            kwargs.update(nargs="+", type=int, metavar="N")
-        else:
-            kwargs.update(type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"))
-        target.add_argument(flag_name(f.name), **kwargs)
-        added.append(f.name)
-    return added
-
-
-def _show(value) -> str:
-    if isinstance(value, list):
-        return " ".join(map(str, value)) or "none"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def given(args: argparse.Namespace, cls) -> dict:
-    """The fields of `cls` set on the command line (flags left at None are not)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
-
-
-def from_args(args: argparse.Namespace, cls):
-    """An instance of dataclass `cls` from the flags `add_flags` made for it."""
-    return cls(**given(args, cls))
-
-
-def diff_from_defaults(instance, skip=()) -> list[str]:
-    """'name value' for each field of a dataclass instance that differs from its default."""
-    lines = []
-    for f in dataclasses.fields(instance):
-        value = getattr(instance, f.name)
-        if f.name not in skip and value != _default(f):
-            lines.append(f"{f.name}={_show(value) if not isinstance(value, str) else value}")
-    return lines
+from pipelines.core.flags import (  # noqa: F401
+    add_flags,
+    diff_from_defaults,
+    flag_name,
+    from_args,
+    given,
+    setting,
+    settings_line,
+)

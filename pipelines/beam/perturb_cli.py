@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import time
+from dataclasses import dataclass
 
 from pipelines.beam import beam_io
 from pipelines.beam.perturb import (
@@ -20,17 +20,41 @@ from pipelines.beam.perturb import (
     make_targets,
 )
 from pipelines.beam.prepare_cli import (
-    add_output_flags,
     check_existing,
     progress_file,
     remove_orphans,
 )
+from pipelines.beam.prepare_flags import force_setting, out_setting, verbose_setting
 from pipelines.beam.runner_options import ProgressBar, pipeline_options, print_counters
 from pipelines.core.card import CARD_NAME, REJECTS_NAME, parse_card
 from pipelines.core.deformations import load_deformations
 from pipelines.core.errors import UserError
+from pipelines.core.flags import add_flags, from_args, setting, settings_line
 
 MAX_AUGMENT = 100
+
+
+@dataclass
+class PerturbFlags:
+    data: str | None = setting(
+        None, "prepared dataset directory or bucket prefix", hidden_aliases=("--dataset",)
+    )
+    split: str | None = setting(None, "default: test, or train with --augment")
+    deformations: str | None = setting(
+        None, "'paper' (the 8 of the robustness protocol, default) or a YAML/JSON file"
+    )
+    seed: int = setting(0, "seeds the noise of every deformation")
+    augment: int = setting(
+        0,
+        "write K randomly deformed copies per track instead (offline augmentation)",
+        metavar="K",
+    )
+    out: str | None = out_setting(
+        f"default: DATA/{PERTURBED_DIR} (one dataset per deformation under it), "
+        f"or DATA/{AUGMENTED_DIR} with --augment"
+    )
+    verbose: bool = verbose_setting()
+    force: bool = force_setting()
 
 
 def add_parser(sub) -> None:
@@ -43,28 +67,7 @@ def add_parser(sub) -> None:
         "through; any other flag is an error.",
         allow_abbrev=False,
     )
-    p.add_argument("--data", default=None, help="prepared dataset directory or bucket prefix")
-    p.add_argument("--dataset", dest="data", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--split", default=None, help="default: test, or train with --augment")
-    p.add_argument(
-        "--deformations",
-        default=None,
-        help="'paper' (the 8 of the robustness protocol, default) or a YAML/JSON file",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seeds the noise of every deformation")
-    p.add_argument(
-        "--augment",
-        type=int,
-        default=0,
-        metavar="K",
-        help="write K randomly deformed copies per track instead (offline augmentation)",
-    )
-    add_output_flags(
-        p,
-        f"default: DATA/{PERTURBED_DIR} (one dataset per deformation under it), "
-        f"or DATA/{AUGMENTED_DIR} with --augment",
-    )
-    p.add_argument("--force", action="store_true", help="overwrite an output of another config")
+    add_flags(p, PerturbFlags, with_defaults=True)
     p.set_defaults(run=run)
 
 
@@ -133,6 +136,7 @@ def run(args, beam_args: list[str]) -> int:
     )
     print(f"perturb: {cfg.num_tracks} {cfg.split} tracks x {what}, seed {cfg.seed}, "
           f"runner {runner}")  # fmt: skip
+    print(f"settings (vs defaults): {settings_line(from_args(args, PerturbFlags))}")
     start = time.time()
     quiet = getattr(args, "quiet", None)
     with progress_file(runner, "perturb-progress-") as progress:

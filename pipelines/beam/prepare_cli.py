@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -14,21 +13,14 @@ from manifests.schema import SPLITS, validate_table
 from pipelines.beam import beam_io
 from pipelines.beam.plan import file_sha256, manifest_vocabulary, plan_shards, read_manifest_table
 from pipelines.beam.prepare import Prepare, PrepareConfig, job_versions
+from pipelines.beam.prepare_flags import PrepareFlags
 from pipelines.beam.progress import PROGRESS_DIR
 from pipelines.beam.runner_options import ProgressBar, is_local, pipeline_options, print_counters
 from pipelines.beam.track import TrackConfig
-from pipelines.core.argtypes import positive_int
-from pipelines.core.audio import DECODERS
 from pipelines.core.card import CARD_NAME, FEATURES, INDEX_NAME, REJECTS_NAME
 from pipelines.core.errors import UserError
 from pipelines.core.features import FeatureConfig
-from pipelines.core.source import DEFAULT_MAX_FILE_MB
-
-# Public benchmarks lose far fewer tracks than this (MagnaTagATune: 3 unreadable files of
-# 25,863; MTG-Jamendo and the MSD previews of a complete download: none), while a wrong
-# --audio-root, an incomplete download or a broken decoder loses far more: 5% tells the
-# two apart. A user who knowingly prepares a partial corpus raises it.
-MAX_REJECT_FRACTION = 0.05
+from pipelines.core.flags import add_flags, from_args, settings_line
 
 
 class OutputExists(UserError):
@@ -39,33 +31,6 @@ class TooManyRejects(UserError):
     """More inputs were rejected than --max-reject-fraction allows."""
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} must be within 0..1")
-    return value
-
-
-def add_output_flags(p, what: str) -> None:
-    """--out (with --output kept as a hidden alias of earlier releases) and --verbose."""
-    p.add_argument("--out", default=None, help=what)
-    p.add_argument("--output", dest="out", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--verbose", action="store_true", help="show Beam's and the decoders' log lines")
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "prepare",
@@ -73,60 +38,9 @@ def add_parser(sub) -> None:
         description="Decode, validate and featurise every manifest row into deterministic "
         "WebDataset shards. Beam's own options (--runner, --direct_num_workers, ...) pass "
         "through; any other flag is an error.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
-    p.add_argument("--manifest", required=True, help="manifest Parquet (local, gs://, s3://)")
-    p.add_argument(
-        "--audio-root",
-        default=None,
-        help="root that relative audio paths are under (default: the manifest's audio_root)",
-    )
-    add_output_flags(p, "output directory or bucket prefix (required)")
-    p.add_argument("--features", default="mel,pcm", help="comma list of mel,harm,pcm")
-    d = FeatureConfig()
-    p.add_argument("--sample-rate", type=positive_int, default=d.sample_rate)
-    p.add_argument("--n-fft", type=positive_int, default=d.n_fft)
-    p.add_argument("--hop", type=positive_int, default=d.hop)
-    p.add_argument("--n-mels", type=positive_int, default=d.n_mels)
-    p.add_argument("--f-min", type=float, default=d.f_min)
-    p.add_argument("--f-max", type=float, default=None, help="default: min(8000, sr/2)")
-    p.add_argument("--log-scale", choices=("db", "log10_1p"), default="db")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="shorter tracks are rejected")
-    p.add_argument(
-        "--max-seconds",
-        type=float,
-        default=None,
-        help="longer tracks are cropped to their first MAX seconds (recorded as cropped)",
-    )
-    p.add_argument("--shard-size-mb", type=positive_float, default=256.0)
-    p.add_argument("--decoder", choices=DECODERS, default="auto")
-    p.add_argument(
-        "--max-reject-fraction",
-        type=fraction,
-        default=MAX_REJECT_FRACTION,
-        help="fail the job (one line, exit 2, no dataset.json) when a larger fraction of "
-        "the inputs is rejected; a job whose every input is rejected always fails",
-    )
-    p.add_argument(
-        "--update",
-        action="store_true",
-        help="the manifest changed (tracks added, removed or edited): keep the dataset's "
-        "shard layout and rebuild only the shards whose tracks changed, reusing every "
-        "unchanged track's features",
-    )
-    p.add_argument(
-        "--max-file-mb",
-        type=positive_float,
-        default=DEFAULT_MAX_FILE_MB,
-        help="larger audio files are rejected as too_large (default %(default)s)",
-    )
-    p.add_argument(
-        "--recipe",
-        metavar="NAME",
-        help="the features of a paper recipe (python -m tagtrain recipes); flags override",
-    )
-    p.add_argument("--force", action="store_true", help="overwrite an output of another config")
+    add_flags(p, PrepareFlags, with_defaults=True)
     p.set_defaults(run=run)
 
 
@@ -331,6 +245,7 @@ def run(args, beam_args: list[str]) -> int:
         os.makedirs(cfg.output, exist_ok=True)
     remove_orphans(cfg.output)
     announce(cfg, options, runner)
+    print(f"settings (vs defaults): {settings_line(from_args(args, PrepareFlags))}")
     start = time.time()
     quiet = getattr(args, "quiet", None)
     with progress_file(runner, "prepare-progress-") as progress:

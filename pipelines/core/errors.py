@@ -51,7 +51,8 @@ class OneLineParser(argparse.ArgumentParser):
 def run_cli(prog: str, main: Callable[[], int]) -> int:
     """Run a command's `main`, mapping errors to one line and an exit status:
     UserError and OS errors 2, Ctrl-C 130, anything else 1 with its type named
-    (TAGKIT_DEBUG=1 re-raises to show the traceback)."""
+    (TAGKIT_DEBUG=1 re-raises to show the traceback). An empty `prog` prints the
+    message without a program name ("error: ...")."""
     try:
         return main()
     except SystemExit as exc:  # argparse errors and --help
@@ -60,22 +61,26 @@ def run_cli(prog: str, main: Callable[[], int]) -> int:
             return USAGE_ERROR
         return exc.code or 0
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{_prefix(prog)}interrupted", file=sys.stderr)
         return 130
     except (UserError, OSError) as exc:
         if os.environ.get("TAGKIT_DEBUG"):
             raise
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{_prefix(prog)}error: {_one_line(exc)}", file=sys.stderr)
         return USAGE_ERROR
     except Exception as exc:
         if os.environ.get("TAGKIT_DEBUG"):
             raise
         print(
-            f"{prog}: error: unexpected {type(exc).__name__}: {_one_line(exc)} "
+            f"{_prefix(prog)}error: unexpected {type(exc).__name__}: {_one_line(exc)} "
             "(TAGKIT_DEBUG=1 shows a traceback)",
             file=sys.stderr,
         )
         return 1
+
+
+def _prefix(prog: str) -> str:
+    return f"{prog}: " if prog else ""
 
 
 def _one_line(exc: BaseException) -> str:
