@@ -19,7 +19,10 @@ Each transform is applied independently with its own probability, in the order l
 
 A chain is a list of entries `{transform: NAME, p: ..., PARAM: ...}` (YAML or JSON); missing
 parameters take the recipe's values, and only the listed transforms run. `--augment default`
-is the whole recipe.
+is the whole recipe. Each transform is an `Augmentation` (the registry of named transforms
+the robustness deformations share, `pipelines.core.transforms`): adding one is one
+subclass with a `kind`, its parameters as fields, and `build` (an audiomentations
+transform) or `process` (what it does to float32 PCM); chains then name it.
 
 Seeding: audiomentations draws from the global `random` and `numpy.random` generators. Each
 call seeds both from the seed it is given and restores their previous state afterwards, so
@@ -39,16 +42,18 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from pipelines.core.transforms import Augmentation, AugmentationError, TransformError, parse
 from tagtrain.config import ConfigError
 
 PCM_SCALE = 32767.0  # int16 full scale, as in pipelines.core.audio.to_int16/from_int16
 DEFAULT = "default"
 
 
-class AugmentError(ConfigError):
+class AugmentError(ConfigError, AugmentationError):
     """An invalid augmentation chain; the message is one line."""
 
 
@@ -150,7 +155,8 @@ def _check_range(name: str, low: float, high: float) -> None:
 
 
 @dataclass(frozen=True)
-class PolarityInversion:
+class PolarityInversion(Augmentation):
+    kind: ClassVar[str] = "polarity_inversion"
     p: float = 0.8
 
     def build(self):
@@ -160,7 +166,8 @@ class PolarityInversion:
 
 
 @dataclass(frozen=True)
-class Noise:
+class Noise(Augmentation):
+    kind: ClassVar[str] = "noise"
     p: float = 0.3
     min_ratio: float = 0.3  # noise std / signal RMS
     max_ratio: float = 0.5
@@ -181,7 +188,8 @@ class Noise:
 
 
 @dataclass(frozen=True)
-class Gain:
+class Gain(Augmentation):
+    kind: ClassVar[str] = "gain"
     p: float = 0.2
     min_gain_db: float = -20.0
     max_gain_db: float = -1.0
@@ -196,7 +204,8 @@ class Gain:
 
 
 @dataclass(frozen=True)
-class HighOrLowPass:
+class HighOrLowPass(Augmentation):
+    kind: ClassVar[str] = "filter"
     p: float = 0.8
     high_pass_min_hz: float = 200.0
     high_pass_max_hz: float = 1200.0
@@ -223,7 +232,8 @@ class HighOrLowPass:
 
 
 @dataclass(frozen=True)
-class Delay:
+class Delay(Augmentation):
+    kind: ClassVar[str] = "delay"
     p: float = 0.5
     min_ms: float = 200.0
     max_ms: float = 500.0  # exclusive: 200, 250, ..., 450 ms
@@ -243,7 +253,8 @@ class Delay:
 
 
 @dataclass(frozen=True)
-class PitchShift:
+class PitchShift(Augmentation):
+    kind: ClassVar[str] = "pitch_shift"
     p: float = 0.4
     min_semitones: float = -7.0
     max_semitones: float = 7.0
@@ -266,7 +277,8 @@ class PitchShift:
 
 
 @dataclass(frozen=True)
-class Reverb:
+class Reverb(Augmentation):
+    kind: ClassVar[str] = "reverb"
     p: float = 0.3
     min_reverberance: float = 0.0  # sox reverb's three percentages; max is exclusive
     max_reverberance: float = 100.0
@@ -290,55 +302,24 @@ class Reverb:
         return _make_reverb_class()(ranges, p=self.p)
 
 
-TRANSFORMS = {
-    "polarity_inversion": PolarityInversion,
-    "noise": Noise,
-    "gain": Gain,
-    "filter": HighOrLowPass,
-    "delay": Delay,
-    "pitch_shift": PitchShift,
-    "reverb": Reverb,
-}
-RECIPE = tuple(TRANSFORMS)  # seed 003's chain, in its order
+# seed 003's chain, in its order (other registered augmentations run only when a chain
+# names them).
+RECIPE = ("polarity_inversion", "noise", "gain", "filter", "delay", "pitch_shift", "reverb")
 
 
 def default_chain() -> list[dict]:
     return [{"transform": name} for name in RECIPE]
 
 
-def _parse_entry(entry, index: int, source: str):
+def _parse_entry(entry, index: int, source: str) -> Augmentation:
     where = f"{source}: entry {index + 1}"
     if not isinstance(entry, Mapping) or "transform" not in entry:
         raise AugmentError(f"{where} must be a mapping with a 'transform' name")
-    name = entry["transform"]
-    if name not in TRANSFORMS:
-        raise AugmentError(f"{where}: unknown transform {name!r}; known: {', '.join(RECIPE)}")
-    cls = TRANSFORMS[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {k: v for k, v in entry.items() if k != "transform"}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise AugmentError(
-            f"{where} ({name}): unknown parameter(s) {', '.join(unknown)}; "
-            f"known: {', '.join(fields)}"
-        )
-    for key, value in values.items():
-        want = fields[key].type
-        ok = (
-            isinstance(value, str)
-            if want == "str"
-            else isinstance(value, int | float) and not isinstance(value, bool)
-        )
-        if not ok:
-            raise AugmentError(f"{where} ({name}): {key} must be a {want}, got {value!r}")
-        if want == "float":
-            values[key] = float(value)
-    spec = cls(**values)
-    if not 0.0 <= spec.p <= 1.0:
-        raise AugmentError(f"{where} ({name}): p must lie within 0..1, got {spec.p}")
-    if hasattr(spec, "check"):
-        spec.check()
-    return spec
+    try:
+        return parse(Augmentation, entry["transform"], values)
+    except TransformError as exc:
+        raise AugmentError(f"{where}: {exc}") from None
 
 
 def parse_chain(entries, source: str = "augment") -> tuple:
@@ -350,8 +331,7 @@ def parse_chain(entries, source: str = "augment") -> tuple:
 
 def chain_entries(chain: Sequence) -> list[dict]:
     """Entries with every parameter spelled out (what a run's config.json records)."""
-    names = {cls: name for name, cls in TRANSFORMS.items()}
-    return [{"transform": names[type(spec)], **dataclasses.asdict(spec)} for spec in chain]
+    return [{"transform": spec.kind, **dataclasses.asdict(spec)} for spec in chain]
 
 
 def read_chain_file(path: str | Path) -> list:

@@ -1,5 +1,5 @@
-"""Each extension point is one place (docs/ARCHITECTURE.md): a throwaway model, deformation
-and metric added here, the way a contributor would, work end to end without touching
+"""Each extension point is one place (docs/ARCHITECTURE.md): a throwaway model, deformation,
+augmentation and metric added here, the way a contributor would, work end to end without touching
 anything else."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from torch import nn
 
 from pipelines.core import muda_compat
 from pipelines.core.deformations import Deformation, DeformationError, parse_deformation
+from pipelines.core.transforms import Augmentation
+from tagtrain.augment import AugmentError, WaveformAugment, resolve_chain
 from tagtrain.registry import InputSpec, create_model, get_entry, register_model
 
 
@@ -56,3 +58,41 @@ def test_a_deformation_is_one_class():
     assert abs(np.abs(out).max() - 0.4) < 1e-3
     with pytest.raises(DeformationError, match="unknown parameter"):
         parse_deformation({"type": "throwaway_halve", "gain": 2})
+
+
+@dataclass(frozen=True)
+class ScaledInversion(Augmentation):
+    """A throwaway augmentation: the crop inverted and scaled by `gain`."""
+
+    kind: ClassVar[str] = "throwaway_scaled_inversion"
+    gain: float = 1.0
+
+    def check(self):
+        if self.gain <= 0:
+            raise AugmentError(f"{self.kind}: gain must be positive")
+
+    def process(self, samples, sample_rate):
+        return -np.float32(self.gain) * samples
+
+
+def test_an_augmentation_is_one_class_the_training_chain_uses_by_name():
+    entries = resolve_chain([{"transform": "throwaway_scaled_inversion", "gain": 0.5}])
+    assert entries == [{"transform": "throwaway_scaled_inversion", "p": 1.0, "gain": 0.5}]
+    crop = (1000 * np.sin(np.arange(4000) / 7)).astype(np.int16)
+    augment = WaveformAugment(entries, sample_rate=16000)
+    out, fired = augment.apply(crop, seed=3)
+    assert fired == ("throwaway_scaled_inversion",)
+    np.testing.assert_allclose(out, -0.5 * crop.astype(np.float32), rtol=1e-6)
+    # p is the chain's: a half-probability entry fires on some seeds only, the same way
+    # every time for a seed.
+    half = WaveformAugment([{"transform": "throwaway_scaled_inversion", "p": 0.5}], 16000)
+    fires = [bool(half.apply(crop, seed)[1]) for seed in range(40)]
+    assert 5 < sum(fires) < 35
+    assert fires == [bool(half.apply(crop, seed)[1]) for seed in range(40)]
+    # Its parameters are checked like every transform's, and the default chain (seed
+    # 003's recipe) does not grow by defining one.
+    with pytest.raises(AugmentError, match="unknown parameter"):
+        resolve_chain([{"transform": "throwaway_scaled_inversion", "volume": 2}])
+    with pytest.raises(AugmentError, match="gain must be positive"):
+        resolve_chain([{"transform": "throwaway_scaled_inversion", "gain": 0}])
+    assert "throwaway_scaled_inversion" not in {e["transform"] for e in resolve_chain("default")}

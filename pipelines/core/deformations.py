@@ -35,9 +35,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
 import re
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -46,42 +45,38 @@ import yaml
 
 from pipelines.core import muda_compat
 from pipelines.core.muda_compat import DRC_PRESETS, NOISE_COLORS, NOISE_SCALES, BaseTransformer
+from pipelines.core.transforms import (
+    REGISTRY,
+    Transform,
+    TransformError,
+    check_parameters,
+    lookup,
+    number,
+)
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 MAX_STRETCH = 4.0  # rubberband handles more, but beyond 4x a "deformed copy" is another piece
 MAX_SEMITONES = 12.0
 
 
-class DeformationError(ValueError):
+class DeformationError(TransformError):
     """A bad deformation or deformation set; the message is one line."""
 
 
 def _number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise DeformationError(f"{what} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise DeformationError(f"{what} must be finite, got {value!r}")
-    return float(value)
-
-
-# Every deformation type by its `type` name; filled by Deformation subclasses as defined.
-KINDS: dict[str, type] = {}
+    return number(value, what, DeformationError)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Deformation:
+class Deformation(Transform):
     """Base: subclasses add their parameters as fields and say how to run muda. A subclass
-    with a `kind` is registered under it (KINDS): adding a deformation is one class."""
+    with a `kind` is registered under it (the shared registry, `pipelines.core.transforms`):
+    adding a deformation is one class."""
 
+    family: ClassVar[str] = "deformation"
+    noun: ClassVar[str] = "deformation type"
+    error: ClassVar[type[TransformError]] = DeformationError
     name: str = ""
-    kind: ClassVar[str] = ""
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if cls.kind:
-            if cls.kind in KINDS:
-                raise TypeError(f"deformation type {cls.kind!r} defined twice")
-            KINDS[cls.kind] = cls
 
     def __post_init__(self):
         self.validate()
@@ -91,9 +86,6 @@ class Deformation:
             raise DeformationError(
                 f"deformation name {self.name!r} must be letters, digits, '.', '_', '+', '-'"
             )
-
-    def validate(self) -> None:
-        pass
 
     def default_name(self) -> str:
         raise NotImplementedError
@@ -306,6 +298,11 @@ class BackgroundNoise(Deformation):
             raise DeformationError(f"background: {exc}") from None
 
 
+# Every deformation type by its `type` name (the registry's view, filled as classes are
+# defined).
+KINDS = REGISTRY.setdefault(Deformation.family, {})
+
+
 def paper_set() -> list[Deformation]:
     """The eight deformations of the robustness protocol, in a fixed order."""
     return [
@@ -343,25 +340,8 @@ def parse_deformation(entry: dict, base_dir: Path | None = None) -> Deformation:
         raise DeformationError(f"expected a mapping with a 'type', got {entry!r}")
     entry = dict(entry)
     kind = entry.pop("type", None)
-    if kind not in KINDS:
-        raise DeformationError(
-            f"unknown deformation type {kind!r}; expected one of {', '.join(KINDS)}"
-        )
-    cls = KINDS[kind]
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(entry) - allowed)
-    if unknown:
-        raise DeformationError(
-            f"{kind}: unknown parameter(s) {', '.join(unknown)}; "
-            f"expected {', '.join(sorted(allowed))}"
-        )
-    missing = sorted(
-        f.name
-        for f in fields(cls)
-        if f.name not in entry and f.default is MISSING and f.default_factory is MISSING
-    )
-    if missing:
-        raise DeformationError(f"{kind}: missing parameter(s) {', '.join(missing)}")
+    cls = lookup(Deformation, kind)
+    check_parameters(cls, entry)
     if kind == "background" and base_dir is not None:
         files = entry["files"]
         files = [files] if isinstance(files, str) else files
