@@ -39,7 +39,9 @@ from pipelines.core.flags import add_flags
 
 
 def _parser() -> OneLineParser:
-    parser = OneLineParser(prog="python -m manifests", description=__doc__, allow_abbrev=False)
+    parser = OneLineParser(
+        prog="python -m manifests", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, (help, flags, run) in COMMANDS.items():
         command = commands.add_parser(name, help=help, description=help, allow_abbrev=False)
