@@ -118,6 +118,8 @@ def test_too_many_rejects_fail_loudly_and_a_higher_limit_accepts_them(tmp_path):
     ok = beam("prepare", "--manifest", str(manifest), "--out", str(out),
               "--max-reject-fraction", "0.25", *FAST)  # fmt: skip
     assert ok.returncode == 0, ok.stderr[-2000:]
+    # The job's settings, printed at its start as a diff from the defaults.
+    assert "settings (vs defaults): " in ok.stdout and "max_reject_fraction=0.25" in ok.stdout
     card = json.loads((out / "dataset.json").read_text())
     assert card["counts"] == {"inputs": 4, "samples": 3, "rejects": 1,
                               "rejects_by_reason": {"missing": 1}}  # fmt: skip

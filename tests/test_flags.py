@@ -1,0 +1,96 @@
+"""Flags generated from typed dataclasses (pipelines/core/flags.py) for every command line:
+--help shows each field's default, the spellings of earlier releases still parse, and a bad
+or mistyped flag is one line with a suggestion."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from manifests.__main__ import main as manifests_main
+from manifests.flags import BuildFlags, FolderFlags, InfoFlags, VocabFlags
+from pipelines.beam.perturb_cli import PerturbFlags
+from pipelines.beam.prepare_flags import PrepareFlags
+from pipelines.core.errors import OneLineParser
+from pipelines.core.flags import add_flags, flag_name, from_args, settings_line
+from tagtrain.config import RunConfig
+
+FLAG_CLASSES = (PrepareFlags, PerturbFlags, BuildFlags, FolderFlags, VocabFlags, InfoFlags)
+
+
+def parser_for(cls, with_defaults=True) -> OneLineParser:
+    parser = OneLineParser(prog="cmd")
+    add_flags(parser, cls, with_defaults=with_defaults)
+    return parser
+
+
+@pytest.mark.parametrize("cls", [*FLAG_CLASSES, RunConfig], ids=lambda c: c.__name__)
+def test_help_shows_every_default_from_the_fields(cls):
+    text = " ".join(parser_for(cls).format_help().split())
+    shown = 0
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if f.metadata.get("no_flag") or default in ("", None, {}) or default is False:
+            continue
+        value = f"{default:g}" if isinstance(default, float) else str(default)
+        if isinstance(default, list):
+            value = " ".join(map(str, default))
+        assert f"(default: {value})" in text, (f.name, text)
+        shown += 1
+    assert shown >= 1
+
+
+def test_the_spellings_of_earlier_releases_still_parse():
+    prepare = parser_for(PrepareFlags).parse_args(["--manifest", "m", "--output", "o", "--update"])
+    assert (prepare.out, prepare.update, prepare.force, prepare.n_mels) == ("o", True, False, 128)
+    assert parser_for(PerturbFlags).parse_args(["--dataset", "d"]).data == "d"
+    build = parser_for(BuildFlags).parse_args(
+        ["mtat", "--audio-root", "a", "--out", "o.parquet", "--labels", "l.tsv"]
+    )
+    assert (build.dataset, build.train_labels, build.split_variant) == (
+        "mtat", Path("l.tsv"), "clean"
+    )  # fmt: skip
+    assert (
+        parser_for(FolderFlags)
+        .parse_args(["--root", "r", "--out", "o", "--no-durations"])
+        .no_durations
+    )
+    # The trainer's flags stay None unless given (a config file or a saved run fills them).
+    run = parser_for(RunConfig, with_defaults=False).parse_args(["--no-progress"])
+    assert run.progress is False and run.batch_size is None
+
+
+@pytest.mark.parametrize(
+    "cls, argv, needle",
+    [
+        (PrepareFlags, ["--manifest", "m", "--shard-size-mb", "0"], "--shard-size-mb"),
+        (PrepareFlags, ["--manifest", "m", "--max-reject-fraction", "2"], "within 0..1"),
+        (PrepareFlags, ["--manifest", "m", "--decoder", "mpg"], "invalid choice"),
+        (PrepareFlags, [], "required: --manifest"),
+        (PerturbFlags, ["--seed", "one"], "--seed"),
+        (BuildFlags, ["nosuchset", "--audio-root", "a", "--out", "o"], "invalid choice"),
+    ],
+)
+def test_a_bad_value_is_one_line(cls, argv, needle):
+    with pytest.raises(SystemExit) as exit_:
+        parser_for(cls).parse_args(argv)
+    assert isinstance(exit_.value.code, str) and "\n" not in exit_.value.code
+    assert needle in exit_.value.code
+
+
+def test_a_mistyped_manifests_flag_is_one_line_with_a_suggestion(tmp_path, capsys):
+    assert manifests_main(["vocab", str(tmp_path / "m.parquet"), "--tpo", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--tpo" in err and "did you mean --top?" in err
+
+
+def test_settings_print_as_a_diff_from_the_defaults():
+    args = parser_for(PrepareFlags).parse_args(["--manifest", "m.parquet", "--n-mels", "96"])
+    assert settings_line(from_args(args, PrepareFlags)) == "manifest=m.parquet n_mels=96"
+    assert settings_line(from_args(parser_for(VocabFlags).parse_args(["m"]), VocabFlags)) == (
+        "manifest=m"
+    )
+    assert settings_line(InfoFlags()) == "defaults"
+    assert flag_name("max_reject_fraction") == "--max-reject-fraction"
