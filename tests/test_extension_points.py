@@ -96,3 +96,21 @@ def test_an_augmentation_is_one_class_the_training_chain_uses_by_name():
     with pytest.raises(AugmentError, match="gain must be positive"):
         resolve_chain([{"transform": "throwaway_scaled_inversion", "gain": 0}])
     assert "throwaway_scaled_inversion" not in {e["transform"] for e in resolve_chain("default")}
+
+
+def test_deformations_and_augmentations_share_one_registry_of_named_transforms():
+    from pipelines.core import deformations
+    from pipelines.core.transforms import REGISTRY
+    from tagtrain import augment
+
+    # Two families, one registry: a name means one class within its family.
+    assert REGISTRY["deformation"]["noise"] is deformations.Noise
+    assert REGISTRY["augmentation"]["noise"] is augment.Noise
+    assert REGISTRY["augmentation"]["throwaway_scaled_inversion"] is ScaledInversion
+    with pytest.raises(TypeError, match="defined twice"):
+
+        @dataclass(frozen=True)
+        class AnotherGain(Augmentation):
+            kind: ClassVar[str] = "gain"
+
+    assert REGISTRY["augmentation"]["gain"] is augment.Gain

@@ -63,11 +63,6 @@ class Transform:
         }
 
 
-def kinds(family: str) -> dict[str, type[Transform]]:
-    """The registered transforms of a family, by name, in definition order."""
-    return dict(REGISTRY.get(family, {}))
-
-
 def lookup(base: type[Transform], kind) -> type[Transform]:
     known = REGISTRY.get(base.family, {})
     if kind not in known:
@@ -127,8 +122,8 @@ class Augmentation(Transform):
     """A training augmentation: applied to a crop with probability `p`, drawing its
     randomness from the global `random` / `numpy.random` generators (the chain seeds
     them per crop). A subclass either builds an audiomentations transform (`build`) or
-    says what it does to float32 mono PCM (`process(samples, sample_rate)`); each field
-    must be a float or a str and is checked against its annotation."""
+    says what it does to float32 mono PCM (`process(samples, sample_rate)`). Fields are
+    checked against their annotations (a float takes any real number but a bool)."""
 
     family: ClassVar[str] = "augmentation"
     error: ClassVar[type[TransformError]] = AugmentationError
@@ -137,8 +132,7 @@ class Augmentation(Transform):
     def validate(self) -> None:
         for name, want in field_types(type(self)).items():
             value = getattr(self, name)
-            ok = isinstance(value, str) if want is str else _is_real(value)
-            if not ok:
+            if not _matches(value, want):
                 raise self.error(f"{self.kind}: {name} must be a {want.__name__}, got {value!r}")
             if want is float:
                 object.__setattr__(self, name, float(value))
@@ -158,8 +152,14 @@ class Augmentation(Transform):
         raise NotImplementedError(f"{type(self).__name__} defines neither build nor process")
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def _matches(value, want) -> bool:
+    """`value` fits a field annotated `want`: any real number (not a bool) for float, an
+    instance for another plain type; other annotations are the subclass's to check."""
+    if want is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not isinstance(want, type):
+        return True
+    return isinstance(value, want) and not (want is int and isinstance(value, bool))
 
 
 class _Applied:
