@@ -60,6 +60,9 @@ def test_the_spellings_of_earlier_releases_still_parse():
     # The trainer's flags stay None unless given (a config file or a saved run fills them).
     run = parser_for(RunConfig, with_defaults=False).parse_args(["--no-progress"])
     assert run.progress is False and run.batch_size is None
+    with_defaults = parser_for(RunConfig)
+    assert with_defaults.parse_args([]).progress is True
+    assert with_defaults.format_help().count("(default: True)") == 1  # progress, once
 
 
 @pytest.mark.parametrize(

@@ -57,11 +57,8 @@ def setting(
         "negatable": negatable,
     }
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type_of(default)(default), metadata=metadata)
+        return field(default_factory=lambda: default.copy(), metadata=metadata)
     return field(default=default, metadata=metadata)
-
-
-type_of = type  # `setting` shadows the builtin with its `type` parameter
 
 
 def _default(f: dataclasses.Field):
@@ -92,7 +89,9 @@ def _help(meta, default, kind) -> str:
 def _argument_kwargs(meta, default, kind, with_defaults: bool) -> dict:
     kwargs = {"default": default if with_defaults else None, "help": _help(meta, default, kind)}
     if kind is bool and meta.get("negatable", True):
-        kwargs["action"] = argparse.BooleanOptionalAction
+        # Its default is set after it is made (see add_flags): given one, argparse's
+        # BooleanOptionalAction would print it a second time.
+        kwargs.update(action=argparse.BooleanOptionalAction, default=None)
     elif kind is bool:
         kwargs["action"] = "store_true"
         kwargs["default"] = bool(default) if with_defaults else None
@@ -128,6 +127,8 @@ def add_flags(
             for alias in meta.get("hidden_aliases", ()):
                 hidden = {**kwargs, "help": argparse.SUPPRESS, "required": False}
                 target.add_argument(alias, dest=f.name, **hidden)
+        if with_defaults and kwargs.get("action") is argparse.BooleanOptionalAction:
+            target.set_defaults(**{f.name: _default(f)})
         added.append(f.name)
     return added
 
