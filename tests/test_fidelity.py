@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tagtrain.models.attention import BertLayer, PreNormLayer
@@ -205,29 +206,41 @@ def test_maest_initialises_strictly_from_a_passt_checkpoint(tmp_path):
     assert torch.equal(
         ours["encoder.layers.0.self_attn.in_proj_weight"], state["blocks.0.attn.qkv.weight"]
     )
-    assert torch.equal(ours["freq_pos"], state["freq_new_pos_embed"][:, :, :9])
-    assert torch.equal(ours["time_pos"], state["time_new_pos_embed"][..., :61])
-    # A 30 s model has more columns than PaSST's 99: the table is interpolated.
+
+    # As MAEST's checkpoint_filter_fn: both tables resized (bicubic) to the reference grid
+    # of a 96 x 625 input (96 // 10 = 9 rows, 625 // 10 = 62 columns), of which the
+    # reference's forward uses the first 61 (the patches); golden-tested against the
+    # reference in tests/test_import_weights_transformers.py.
+    def resized(table, size):
+        return F.interpolate(table, size=size, mode="bicubic", align_corners=False)
+
+    assert torch.equal(ours["freq_pos"], resized(state["freq_new_pos_embed"], (9, 1)))
+    assert torch.equal(ours["time_pos"], resized(state["time_new_pos_embed"], (1, 62))[..., :61])
+    # A 30 s model has more columns than PaSST's 99: resized to 187, 186 used.
     longer = create_model("patchout_tiny", 50, seed=2, seconds=30.0)
     load_passt_weights(longer, path)
     assert longer.time_pos.shape[-1] == 186
-    assert torch.allclose(longer.time_pos[..., 0], state["time_new_pos_embed"][..., 0])
+    expected = resized(state["time_new_pos_embed"], (1, 187))[..., :186]
+    assert torch.equal(longer.time_pos.detach(), expected)
 
     bad = dict(state)
     bad["blocks.0.attn.extra"] = torch.zeros(1)
     torch.save(bad, path)
-    with pytest.raises(CheckpointError, match="does not have: blocks.0.attn.extra"):
+    with pytest.raises(CheckpointError, match="unexpected tensor 'blocks.0.attn.extra'"):
         load_passt_weights(target, path)
     bad = {k: v for k, v in state.items() if k != "blocks.1.mlp.fc2.weight"}
     torch.save(bad, path)
-    with pytest.raises(CheckpointError, match="encoder.layers.1.linear2.weight"):
+    with pytest.raises(CheckpointError, match="no tensor 'blocks.1.mlp.fc2.weight'"):
         load_passt_weights(target, path)
     torch.save({**state, "pos_embed": torch.zeros(1, 3, 96)}, path)
     with pytest.raises(CheckpointError, match="plain ViT/DeiT"):
         load_passt_weights(target, path)
     torch.save(passt_layout(create_model("patchout_small", 527), 12, 99), path)
-    with pytest.raises(CheckpointError, match="shape"):
-        load_passt_weights(target, path)
+    with pytest.raises(CheckpointError, match="unexpected tensor 'blocks.4.attn.qkv.weight'"):
+        load_passt_weights(target, path)  # 6 blocks into 4
+    torch.save(passt_layout(create_model("patchout_tiny", 527, width=2.0), 12, 99), path)
+    with pytest.raises(CheckpointError, match=r"'freq_new_pos_embed' has shape \(1, 192, 9, 1\)"):
+        load_passt_weights(target, path)  # 192 dimensions into 96
 
 
 # --- recipes ----------------------------------------------------------------------------

@@ -236,7 +236,13 @@ class LearnedPositions(nn.Module):
 
 
 def transformer_encoder(
-    dim: int, layers: int, heads: int, ffn_dim: int, dropout: float, pre_norm: bool
+    dim: int,
+    layers: int,
+    heads: int,
+    ffn_dim: int,
+    dropout: float,
+    pre_norm: bool,
+    norm_eps: float = 1e-5,
 ) -> nn.TransformerEncoder:
     """A stack of GELU encoder layers (batch first); pre-norm as in ViT, post-norm as BERT."""
     layer = nn.TransformerEncoderLayer(
@@ -245,6 +251,7 @@ def transformer_encoder(
         ffn_dim,
         dropout=dropout,
         activation="gelu",
+        layer_norm_eps=norm_eps,
         batch_first=True,
         norm_first=pre_norm,
     )

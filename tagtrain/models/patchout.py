@@ -43,6 +43,7 @@ STRIDE = 10
 N_MELS = 96
 SAMPLE_RATE = 16000
 HOP = 256
+VIT_NORM_EPS = 1e-6
 TIME_PATCHOUT_PER_SECOND = 3  # 15/30/60/90 columns for 5/10/20/30 s inputs (docs/FIDELITY.md)
 # palonso/MAEST's dataset statistics of the log10(1 + 10000 x) mel (Discogs).
 MAEST_MEAN = 2.06755686098554
@@ -143,8 +144,12 @@ class PatchoutTransformer(Tagger):
         self.cls_token = nn.Parameter(_trunc_normal(torch.zeros(1, 1, dim)))
         self.dist_token = nn.Parameter(_trunc_normal(torch.zeros(1, 1, dim)))
         self.token_dropout = nn.Dropout(dropout)
-        self.encoder = transformer_encoder(dim, layers, heads, 4 * dim, dropout, pre_norm=True)
-        self.norm = nn.LayerNorm(dim)
+        # timm's ViT, as PaSST and MAEST build it: LayerNorm eps 1e-6 in the blocks and the
+        # final norm (the head's LayerNorm keeps PyTorch's 1e-5, as theirs).
+        self.encoder = transformer_encoder(
+            dim, layers, heads, 4 * dim, dropout, pre_norm=True, norm_eps=VIT_NORM_EPS
+        )
+        self.norm = nn.LayerNorm(dim, eps=VIT_NORM_EPS)
         self.classifier = PatchoutHead(dim, n_classes)
         self.set_patchout(
             default_time_patchout(seconds) if time_patchout is None else time_patchout,
