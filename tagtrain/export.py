@@ -42,9 +42,11 @@ OPSET = 17
 PCM_SCALE = 32767.0  # DeviceInput divides int16 PCM by this
 
 
-def dft_power_spectrogram(pcm: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+def dft_power_spectrogram(
+    pcm: torch.Tensor, n_fft: int, hop: int, pad_mode: str = "reflect"
+) -> torch.Tensor:
     """|STFT|^2 [..., n_fft//2+1, frames] as `features.power_spectrogram` computes it
-    (centred frames, zero padding, periodic Hann), with real convolutions only."""
+    (centred frames padded by `pad_mode`, periodic Hann), with real convolutions only."""
     bins = n_fft // 2 + 1
     n = torch.arange(n_fft, dtype=torch.float64)
     f = torch.arange(bins, dtype=torch.float64)
@@ -54,7 +56,7 @@ def dft_power_spectrogram(pcm: torch.Tensor, n_fft: int, hop: int) -> torch.Tens
     kernel = basis.to(torch.float32, copy=True)[:, None, :].to(pcm.device)  # [2*bins, 1, n_fft]
     lead = pcm.shape[:-1]
     flat = pcm.reshape(-1, 1, pcm.shape[-1]).float()
-    flat = nn.functional.pad(flat, (n_fft // 2, n_fft // 2))
+    flat = nn.functional.pad(flat, (n_fft // 2, n_fft // 2), mode=pad_mode)
     spec = nn.functional.conv1d(flat, kernel, stride=hop)  # [N, 2*bins, frames]
     power = spec[:, :bins].square() + spec[:, bins:].square()
     return power.reshape(*lead, *power.shape[-2:])

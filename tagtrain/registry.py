@@ -39,6 +39,11 @@ class InputSpec:
     f_min: float = 0.0
     f_max: float = 8000.0
     log_scale: str = "db"
+    # The front end of the paper's reference code (pipelines/core/features.py): the
+    # defaults are torchaudio's MelSpectrogram, as seeds 000 and 003 use it.
+    mel_scale: str = "htk"
+    mel_norm: str = "none"
+    pad_mode: str = "reflect"
     chunk_level: bool = True
     exact_samples: int | None = None  # e.g. 59,049 for the sample-level CNN
     standardize: str = "band"
@@ -62,6 +67,12 @@ class InputSpec:
             "hop": self.hop,
             **({"n_mels": self.n_mels} if self.kind == "mel" else {}),
             **({"f_min": self.f_min, "f_max": self.f_max} if self.kind == "mel" else {}),
+            **(
+                {"mel_scale": self.mel_scale, "mel_norm": self.mel_norm}
+                if self.kind == "mel"
+                else {}
+            ),
+            "pad_mode": self.pad_mode,
             "log_scale": self.log_scale,
         }
 

@@ -16,31 +16,65 @@ from pipelines.core.features import (
 from tests.conftest import encode_mp3, tone
 
 
+@pytest.mark.parametrize("scale", ["htk", "slaney"])
 @pytest.mark.parametrize("freq", [300.0, 1000.0, 4000.0])
-def test_sine_energy_lands_in_its_mel_band(freq):
-    cfg = FeatureConfig()
+def test_sine_energy_lands_in_its_mel_band(freq, scale):
+    cfg = FeatureConfig(mel_scale=scale)
     mel = log_mel(tone(freq, 2.0, 16000, noise=0.0), cfg)
     assert mel.shape == (128, cfg.num_frames(32000))
     band = int(mel.mean(dim=1).argmax())
-    # Mel band centres (Slaney scale) for 128 bands over 0..8 kHz.
-    centres = librosa.mel_frequencies(n_mels=130, fmin=0, fmax=8000)[1:-1]
+    # Mel band centres of the config's scale for 128 bands over 0..8 kHz.
+    centres = librosa.mel_frequencies(n_mels=130, fmin=0, fmax=8000, htk=scale == "htk")[1:-1]
     assert abs(centres[band] - freq) <= 0.06 * freq + 40
     assert centres[band - 1] < freq < centres[band + 1]
 
 
-def test_log_mel_matches_librosa_power_to_db():
-    cfg = FeatureConfig(n_mels=96)
-    y = tone(440, 1.0, 16000) + tone(2500, 1.0, 16000, amplitude=0.1, seed=1)
-    ours = log_mel(y, cfg).numpy()
-    ref = librosa.power_to_db(
-        librosa.feature.melspectrogram(
-            y=y, sr=16000, n_fft=512, hop_length=256, n_mels=96, fmax=8000
-        ),
-        ref=1.0,
-        amin=1e-10,
-        top_db=None,
+def _librosa_db(y, n_mels, **front_end):
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=16000, n_fft=512, hop_length=256, n_mels=n_mels, fmax=8000, **front_end
     )
-    assert np.abs(ours - ref).max() < 0.1
+    return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+
+
+# Each front end against librosa with the same settings. librosa with htk=True, norm=None
+# and reflect padding computes what torchaudio's MelSpectrogram + AmplitudeToDB compute
+# by default (the seed-000/003 references), without torchaudio installed.
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        ({}, {"htk": True, "norm": None, "pad_mode": "reflect"}),
+        (
+            {"mel_scale": "slaney", "mel_norm": "slaney", "pad_mode": "constant"},
+            {"htk": False, "norm": "slaney", "pad_mode": "constant"},
+        ),
+        (
+            {"mel_scale": "slaney", "mel_norm": "slaney", "pad_mode": "reflect"},
+            {"htk": False, "norm": "slaney", "pad_mode": "reflect"},
+        ),
+    ],
+)
+def test_log_mel_matches_librosa_power_to_db(ours, theirs):
+    cfg = FeatureConfig(n_mels=96, **ours)
+    y = tone(440, 1.0, 16000) + tone(2500, 1.0, 16000, amplitude=0.1, seed=1)
+    mel = log_mel(y, cfg).numpy()
+    ref = _librosa_db(y, 96, **theirs)
+    assert np.abs(mel - ref).max() < 0.1
+    # ...and the settings matter: the other scale or padding is far from it.
+    other = _librosa_db(y, 96, htk=not theirs["htk"], norm=theirs["norm"], pad_mode="reflect")
+    assert np.abs(mel - other).max() > 1.0
+
+
+def test_front_end_defaults_are_torchaudios_and_old_cards_read_as_written():
+    cfg = FeatureConfig()
+    assert (cfg.mel_scale, cfg.mel_norm, cfg.pad_mode) == ("htk", "none", "reflect")
+    # A card from before the three fields were recorded was computed with librosa's
+    # defaults: reading it must not switch it to today's defaults.
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("mel_scale", "mel_norm", "pad_mode")}
+    legacy = FeatureConfig.from_dict(old)
+    assert (legacy.mel_scale, legacy.mel_norm, legacy.pad_mode) == ("slaney", "slaney", "constant")
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="mel_scale"):
+        FeatureConfig(mel_scale="bark")
 
 
 def test_log_mel_is_batched_and_device_agnostic():

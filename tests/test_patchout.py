@@ -206,8 +206,8 @@ def mel96(demo_corpus, tmp_path_factory):
     result = run_cli(
         "beam_runner.py", "prepare", "--manifest", str(demo_corpus / "manifest.parquet"),
         "--audio-root", str(demo_corpus), "--output", str(out), "--features", "mel",
-        "--n-mels", "96", "--log-scale", "log10_1p", "--shard-size-mb", "8",
-        "--direct_num_workers=2",
+        "--n-mels", "96", "--log-scale", "log10_1p", "--mel-scale", "slaney",
+        "--mel-norm", "slaney", "--shard-size-mb", "8", "--direct_num_workers=2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return out

@@ -355,6 +355,7 @@ def test_train_init_pretrained_fine_tunes_from_the_published_weights(tmp_path):
     features = FeatureConfig(
         sample_rate=spec.sample_rate, n_fft=spec.n_fft, hop=spec.hop, n_mels=spec.n_mels,
         f_min=spec.f_min, f_max=spec.f_max, log_scale=spec.log_scale,
+        mel_scale=spec.mel_scale, mel_norm=spec.mel_norm, pad_mode=spec.pad_mode,
     )  # fmt: skip
     data = tmp_path / "data"
     make_dataset(data, {"train": [4], "valid": [2]}, stored=("mel",), features=features)

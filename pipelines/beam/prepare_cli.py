@@ -58,6 +58,9 @@ def track_config(args) -> TrackConfig:
         f_min=args.f_min,
         f_max=f_max,
         log_scale=args.log_scale,
+        mel_scale=args.mel_scale,
+        mel_norm=args.mel_norm,
+        pad_mode=args.pad_mode,
     )
     if args.min_seconds < 0 or (args.max_seconds is not None and args.max_seconds <= 0):
         raise UserError("--min-seconds must be >= 0 and --max-seconds > 0")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pipelines.core.argtypes import positive_int
 from pipelines.core.audio import DECODERS
-from pipelines.core.features import FeatureConfig
+from pipelines.core.features import MEL_NORMS, MEL_SCALES, PAD_MODES, FeatureConfig
 from pipelines.core.flags import setting
 from pipelines.core.source import DEFAULT_MAX_FILE_MB
 
@@ -70,6 +70,19 @@ class PrepareFlags:
     f_max: float | None = setting(None, "highest mel frequency, Hz (default: min(8000, sr/2))")
     log_scale: str = setting(
         "db", "db: 10 log10(power); log10_1p: log10(1 + 10000 power)", choices=("db", "log10_1p")
+    )
+    mel_scale: str = setting(
+        _FEATURES.mel_scale,
+        "mel scale (htk: torchaudio's default, as seeds 000/003)",
+        choices=MEL_SCALES,
+    )
+    mel_norm: str = setting(
+        _FEATURES.mel_norm,
+        "mel filter normalisation (slaney: librosa's area norm)",
+        choices=MEL_NORMS,
+    )
+    pad_mode: str = setting(
+        _FEATURES.pad_mode, "padding of the first and last frames", choices=PAD_MODES
     )
     min_seconds: float = setting(1.0, "shorter tracks are rejected")
     max_seconds: float | None = setting(

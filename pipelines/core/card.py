@@ -25,7 +25,7 @@ import json
 from collections.abc import Mapping
 
 from pipelines.core.errors import UserError
-from pipelines.core.features import FeatureConfig
+from pipelines.core.features import LEGACY_FRONT_END, FeatureConfig
 
 FORMAT = "tagging-shards/1"
 CARD_NAME = "dataset.json"
@@ -66,7 +66,7 @@ def parse_card(text: str | bytes, source: str = "dataset.json") -> dict:
 def check_features(card: Mapping, expected: Mapping, source: str = "dataset") -> None:
     """Refuse a card whose feature settings differ from `expected` (a subset of
     FeatureConfig fields); the message names every differing field."""
-    have = card["features"]
+    have = {**LEGACY_FRONT_END, **card["features"]}
     diffs = [
         f"{name} {have.get(name)!r} != {want!r}"
         for name, want in expected.items()

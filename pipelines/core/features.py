@@ -2,9 +2,13 @@
 
 One implementation, in torch, used by the Beam jobs (on CPU, one thread) and by the
 trainer (on any device, from PCM), so a model always sees features computed one way.
-Conventions follow librosa 0.11 defaults: periodic Hann window, centred frames with zero
-padding, power spectrogram, Slaney mel scale and area normalisation. Frames =
-1 + samples // hop.
+Periodic Hann window, centred frames, power spectrogram, a mel filterbank, then a log.
+Three settings follow the paper a model comes from (`FeatureConfig`): the mel scale
+(HTK or Slaney), the filters' normalisation (none or Slaney's area normalisation) and the
+padding of the first and last frames (reflect or zeros). The defaults are torchaudio's
+`MelSpectrogram` defaults (HTK, no normalisation, reflect), which the reference code of
+seed 000 (minzwon/sota-music-tagging-models) and seed 003 use; librosa's Slaney filters
+are what seeds 001/002 and MAEST use. Frames = 1 + samples // hop.
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ import numpy as np
 import torch
 
 LOG_SCALES = ("db", "log10_1p")
+MEL_SCALES = ("htk", "slaney")
+MEL_NORMS = ("none", "slaney")
+PAD_MODES = ("reflect", "constant")
+# A card written before the three front-end fields existed was computed this way
+# (librosa 0.11's defaults); reading it must not silently switch to today's defaults.
+LEGACY_FRONT_END = {"mel_scale": "slaney", "mel_norm": "slaney", "pad_mode": "constant"}
 _AMIN = 1e-10
 
 
@@ -33,12 +43,23 @@ class FeatureConfig:
     # "db": 10*log10(max(S, 1e-10)) of the power mel (the papers' default).
     # "log10_1p": log10(1 + 10000*S), the compression MAEST/PaSST use.
     log_scale: str = "db"
+    # torchaudio.transforms.MelSpectrogram's defaults, as the seed-000/003 references use.
+    mel_scale: str = "htk"
+    mel_norm: str = "none"
+    pad_mode: str = "reflect"
     harmonics: int = 6
     harmonic_bands: int = 128
 
     def __post_init__(self):
         if self.log_scale not in LOG_SCALES:
             raise ValueError(f"log_scale must be one of {LOG_SCALES}, got {self.log_scale!r}")
+        for name, allowed in (
+            ("mel_scale", MEL_SCALES),
+            ("mel_norm", MEL_NORMS),
+            ("pad_mode", PAD_MODES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop <= 0 or self.n_mels <= 0:
             raise ValueError("sample_rate, n_fft, hop and n_mels must be positive")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
@@ -52,20 +73,38 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureConfig:
+        """From a card's `features` (or any subset of the fields); a card without the
+        front-end fields predates them and gets `LEGACY_FRONT_END`."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in {**LEGACY_FRONT_END, **d}.items() if k in names})
 
     def num_frames(self, num_samples: int) -> int:
         return 1 + num_samples // self.hop
 
 
 @functools.lru_cache(maxsize=16)
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float):
-    """[n_mels, n_fft//2+1] Slaney mel filters (librosa's, computed once per config)."""
+def mel_filterbank(
+    sample_rate: int,
+    n_fft: int,
+    n_mels: int,
+    f_min: float,
+    f_max: float,
+    mel_scale: str,
+    mel_norm: str,
+):
+    """[n_mels, n_fft//2+1] triangular mel filters, computed once per config. librosa's
+    HTK filters without normalisation are torchaudio's `melscale_fbanks` defaults (same
+    mel formula, same triangles on the same FFT bin frequencies)."""
     import librosa
 
     fb = librosa.filters.mel(
-        sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, norm="slaney"
+        sr=sample_rate,
+        n_fft=n_fft,
+        n_mels=n_mels,
+        fmin=f_min,
+        fmax=f_max,
+        htk=mel_scale == "htk",
+        norm="slaney" if mel_norm == "slaney" else None,
     )
     return torch.from_numpy(np.ascontiguousarray(fb, dtype=np.float32))
 
@@ -75,8 +114,12 @@ def _hann(n_fft: int) -> torch.Tensor:
     return torch.hann_window(n_fft, periodic=True, dtype=torch.float32)
 
 
-def power_spectrogram(pcm: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
-    """|STFT|^2, [..., n_fft//2+1, frames] for pcm [..., samples] (float)."""
+def power_spectrogram(
+    pcm: torch.Tensor, n_fft: int, hop: int, pad_mode: str = "reflect"
+) -> torch.Tensor:
+    """|STFT|^2, [..., n_fft//2+1, frames] for pcm [..., samples] (float); `pad_mode`
+    pads the centred first and last frames (torch.stft's and torchaudio's default is
+    reflect; librosa >= 0.10 pads with zeros)."""
     window = _hann(n_fft).to(pcm.device)
     lead = pcm.shape[:-1]
     flat = pcm.reshape(-1, pcm.shape[-1]).float()
@@ -86,7 +129,7 @@ def power_spectrogram(pcm: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
         hop_length=hop,
         window=window,
         center=True,
-        pad_mode="constant",
+        pad_mode=pad_mode,
         return_complex=True,
     )
     power = spec.real.square() + spec.imag.square()
@@ -104,8 +147,10 @@ def compress(power: torch.Tensor, log_scale: str) -> torch.Tensor:
 def log_mel(pcm: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
     """Log-mel spectrogram [..., n_mels, frames] of a waveform [..., samples] in [-1, 1]."""
     pcm = torch.as_tensor(pcm)
-    power = power_spectrogram(pcm, cfg.n_fft, cfg.hop)
-    fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)
+    power = power_spectrogram(pcm, cfg.n_fft, cfg.hop, cfg.pad_mode)
+    fb = mel_filterbank(
+        cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.mel_scale, cfg.mel_norm
+    )
     mel = torch.matmul(fb.to(power.device), power)
     return compress(mel, cfg.log_scale)
 
@@ -140,7 +185,7 @@ def harmonic_tensor(pcm: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch
     """[..., harmonics, bands, frames] in dB: the Harmonic CNN front end at initialisation
     (Q = 1). The model's trainable front end calls `harmonic_filterbank` with its own Q."""
     pcm = torch.as_tensor(pcm)
-    power = power_spectrogram(pcm, cfg.n_fft, cfg.hop)
+    power = power_spectrogram(pcm, cfg.n_fft, cfg.hop, cfg.pad_mode)
     centers = torch.from_numpy(
         harmonic_center_frequencies(cfg.sample_rate, cfg.harmonics, cfg.harmonic_bands)
     ).float()

@@ -43,6 +43,11 @@ MUSICNN_TF_INPUT = InputSpec(
     f_min=0.0,
     f_max=8000.0,
     log_scale="log10_1p",
+    # The published models' front end (tagtrain/pretrained/frontend.py: librosa's Slaney
+    # filters, zero-padded ends), so fine-tuning feeds what they were trained on.
+    mel_scale="slaney",
+    mel_norm="slaney",
+    pad_mode="constant",
     exact_samples=(N_FRAMES - 1) * 256,
     standardize="none",
 )

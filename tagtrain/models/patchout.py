@@ -65,6 +65,9 @@ def patchout_input(seconds: float = 10.0, n_mels: int = N_MELS) -> InputSpec:
         hop=HOP,
         f_max=8000.0,
         log_scale="log10_1p",
+        # MAEST's torchaudio MelSpectrogram(mel_scale="slaney", norm="slaney"), reflect ends.
+        mel_scale="slaney",
+        mel_norm="slaney",
         exact_samples=(frames - 1) * HOP,
         # MAEST's one global normalisation of the log-mel: (x - mean) / (2 * std).
         standardize="global",

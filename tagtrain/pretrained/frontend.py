@@ -37,8 +37,10 @@ WINDOW_FRAMES = 187
 
 def mel_power(pcm: np.ndarray) -> np.ndarray:
     """[frames, 96] float32 power mel (librosa.feature.melspectrogram(...).T)."""
-    power = power_spectrogram(torch.as_tensor(pcm, dtype=torch.float32), N_FFT, HOP)
-    fb = mel_filterbank(SAMPLE_RATE, N_FFT, N_MELS, 0.0, SAMPLE_RATE / 2)
+    # librosa's defaults as the official extractor runs today: zero-padded ends, Slaney.
+    pcm = torch.as_tensor(pcm, dtype=torch.float32)
+    power = power_spectrogram(pcm, N_FFT, HOP, pad_mode="constant")
+    fb = mel_filterbank(SAMPLE_RATE, N_FFT, N_MELS, 0.0, SAMPLE_RATE / 2, "slaney", "slaney")
     return torch.matmul(fb, power).T.contiguous().numpy()
 
 

@@ -29,6 +29,7 @@ RECIPE_DIR = Path(__file__).resolve().parent
 COMMANDS = ("train", "student", "patchout")
 SECTIONS = ("cite", "command", "train", "student", "patchout", "prepare", "protocol")
 PREPARE_KEYS = ("features", "sample_rate", "n_fft", "hop", "n_mels", "f_min", "f_max", "log_scale")
+PREPARE_KEYS += ("mel_scale", "mel_norm", "pad_mode")
 # Protocol settings, with what the trainer/loader is expected to do (docs/FIDELITY.md).
 PROTOCOL_KEYS = {
     "train_crop": "random: a fresh random crop of every track each epoch (song-level too)",
@@ -109,8 +110,10 @@ def prepare_flags(model: str) -> dict:
     flags["sample_rate"] = spec.sample_rate
     if spec.kind != "pcm":
         flags.update(n_fft=spec.n_fft, hop=spec.hop, log_scale=spec.log_scale)
+        flags.update(pad_mode=spec.pad_mode)
     if spec.kind == "mel":
         flags.update(n_mels=spec.n_mels, f_min=spec.f_min, f_max=spec.f_max)
+        flags.update(mel_scale=spec.mel_scale, mel_norm=spec.mel_norm)
     return flags
 
 
