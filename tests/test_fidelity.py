@@ -26,6 +26,10 @@ FAITHFUL_PARAMS = {
     "music_tagging_transformer_student": 487_860,
     "fcn": 447_732,
     "crnn": 394_100,
+    # Won et al. 2019's own models (minzwon/self-attention-music-tagging, README settings:
+    # conv_channels 16, attention_channels 512, 2 layers, 8 heads).
+    "won2019_spec": 6_882_452,
+    "won2019_wave": 6_718_178,
 }
 
 
@@ -301,3 +305,76 @@ def test_a_bad_recipe_is_one_clear_line(tmp_path, capsys):
     assert main(["recipes"]) == 0
     listed = capsys.readouterr().out
     assert "won2020_musicnn_128" in listed and "maest_30s" in listed
+
+
+def test_won2019_models_are_the_papers_own():
+    from tagtrain.models.won2019 import sinusoid_positions
+
+    spec_model, wave_model = create_model("won2019_spec", 50), create_model("won2019_wave", 50)
+    assert spec_model.input_spec.frames == 256 and spec_model.input_spec.n_mels == 96
+    assert spec_model.input_spec.standardize == "none"
+    assert wave_model.input_spec.samples == 65_610
+    front = spec_model.front
+    assert isinstance(front.input_bn, nn.BatchNorm2d)  # the reference's input batch-norm
+    heights = [s.block[0].kernel_size for s in front.shapes[:6]]
+    assert heights == [(86, 7), (86, 3), (86, 1), (38, 7), (38, 3), (38, 1)]
+    assert [s.block[0].kernel_size[0] for s in front.shapes[6:]] == [165, 129, 65, 33]
+    # conv -> BN -> ReLU in every front-end layer (not the TF models' ReLU -> BN).
+    for block in [s.block for s in front.shapes] + [front.project]:
+        assert [type(m) for m in block][1:] in (
+            [nn.BatchNorm2d, nn.ReLU],
+            [nn.BatchNorm1d, nn.ReLU],
+        )
+    assert front.project[0].in_channels == 29 * 16 and front.project[0].out_channels == 512
+    lee = [m for m in wave_model.front.layers.modules() if isinstance(m, nn.Conv1d)]
+    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in lee] == [
+        (16, 3, 3), (16, 3, 1), (32, 3, 1), (32, 3, 1), (32, 3, 1), (512, 7, 1)
+    ]  # fmt: skip
+    for model, steps in ((spec_model, 256), (wave_model, 270)):
+        layers = model.encoder.layers
+        assert len(layers) == 2 and all(isinstance(layer, BertLayer) for layer in layers)
+        assert layers[0].heads == 8 and layers[0].intermediate.out_features == 2048
+        assert layers[0].hidden_dropout.p == 0.4 and layers[0].attention_dropout.p == 0.4
+        assert model.dropout.p == 0.5
+        names = [n for n, _ in model.named_parameters()]
+        assert not any("cls" in n or "pos" in n for n in names)  # fixed, not learned
+        expected = np.random.RandomState(0).random_sample(512).astype(np.float32)
+        assert torch.equal(model.cls, torch.from_numpy(expected))
+        x = torch.zeros(1, 96, 256) if model is spec_model else torch.zeros(1, 65_610)
+        model.eval()
+        with torch.no_grad():
+            assert model.tokens(x).shape == (1, steps + 1, 512)
+    table = sinusoid_positions(257, 512)
+    assert torch.equal(table[0], torch.zeros(512))  # [CLS] gets no position
+    j = torch.arange(512)
+    angle = 5 / torch.pow(10000.0, 2 * (j // 2).double() / 512)
+    expected = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle)).float()
+    torch.testing.assert_close(table[5], expected)
+    # The encoder sees [CLS] + front-end steps plus exactly that table (no learned part).
+    small = create_model("won2019_spec", 50, width=0.125).eval()
+    with torch.no_grad():
+        mel = torch.randn(1, 96, 64)
+        steps = small.front(mel).transpose(1, 2)
+        plain = torch.cat([small.cls.expand(1, 1, -1), steps], dim=1)
+        added = small.tokens(mel) - plain
+        torch.testing.assert_close(added[0], sinusoid_positions(65, small.embed_dim))
+        assert added[0, 1:].abs().sum() > 0
+
+
+def test_won2019_recipes_follow_the_reference_solver():
+    from tagtrain.recipes import load_recipe, recipe_settings
+
+    for name in ("won2019_spec", "won2019_wave"):
+        recipe = load_recipe(name)
+        train, protocol = recipe["train"], recipe["protocol"]
+        assert train["model"] == name and train["schedule"] == "adam_sgd"
+        # solver.py: Adam 1e-4 for 60 epochs, then SGD 1e-3 (Nesterov), /10 after 20 and 40.
+        assert (train["lr"], train["adam_epochs"], train["sgd_lr"]) == (1e-4, 60, 1e-3)
+        assert train["sgd_drop_after"] == [20, 40] and train["batch_size"] == 16
+        assert train["val_chunks"] == 16 and protocol["eval_chunks"] == 16
+        assert protocol["adam_weight_decay"] == 0.0 and train["weight_decay"] == 1e-4
+        assert protocol["reload_best_on_switch"] is False
+        assert recipe_settings(name, "train")[0]["select"] == "roc_auc"
+    prepare = load_recipe("won2019_spec")["prepare"]
+    assert (prepare["n_mels"], prepare["hop"], prepare["log_scale"]) == (96, 256, "db")
+    assert load_recipe("won2019_wave")["prepare"]["features"] == "pcm"

@@ -36,6 +36,7 @@ PROTOCOL_KEYS = {
     "selection": "best.pt criterion: val_loss or val_roc_auc",
     "reload_best_on_switch": "adam_sgd: restart from best.pt at each optimizer switch / lr drop",
     "sgd_nesterov": "adam_sgd: Nesterov momentum in the SGD phase",
+    "adam_weight_decay": "adam_sgd: weight decay of the Adam phase (train.weight_decay: SGD's)",
     "plateau_halving": "halve the lr after this many epochs without improvement",
     "train_fraction": "train on this fraction of the training split (dataset-size studies)",
     "mask_time_count": "patchout: number of time masks per example",
