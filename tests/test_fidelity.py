@@ -30,6 +30,9 @@ FAITHFUL_PARAMS = {
     # conv_channels 16, attention_channels 512, 2 layers, 8 heads).
     "won2019_spec": 6_882_452,
     "won2019_wave": 6_718_178,
+    # Pons et al. 2018 (jordipons/music-audio-tagging-at-scale-models, models.py).
+    "pons_spec": 5_926_198,
+    "pons_wave": 5_379_126,
 }
 
 
@@ -378,3 +381,28 @@ def test_won2019_recipes_follow_the_reference_solver():
     prepare = load_recipe("won2019_spec")["prepare"]
     assert (prepare["n_mels"], prepare["hop"], prepare["log_scale"]) == (96, 256, "db")
     assert load_recipe("won2019_wave")["prepare"]["features"] == "pcm"
+
+
+def test_pons_models_feed_the_input_unnormalised_as_the_reference():
+    # music-audio-tagging-at-scale-models: no batch-norm or standardisation before the
+    # first convolutions (musicnn-training's input batch-norm is the option "batchnorm").
+    for name in ("pons_spec", "pons_spec_3s", "pons_wave", "pons_wave_3s"):
+        model = create_model(name, 50)
+        assert model.input_spec.standardize == "none", name
+        first = next(m for m in model.front.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)))
+        before = []
+        for m in model.front.modules():
+            if m is first:
+                break
+            before.append(m)
+        assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in before), name
+    mel = torch.full((2, 96, 40), 3.0) + torch.randn(2, 96, 40)
+    plain = create_model("pons_spec", 5, width=0.125).eval()
+    with torch.no_grad():  # no input normalisation: a constant offset changes the output
+        assert not torch.allclose(plain(mel), plain(mel + 2.0), atol=1e-4)
+    bn = create_model("pons_spec", 50, input_norm="batchnorm")
+    assert isinstance(bn.front.input_bn, nn.BatchNorm2d)
+    assert count_parameters(bn) == FAITHFUL_PARAMS["pons_spec"] + 2
+    assert create_model("pons_spec_3s", 50, input_norm="band").input_spec.standardize == "band"
+    with pytest.raises(ValueError, match="input_norm"):
+        create_model("pons_spec", 50, input_norm="layer")
