@@ -4,6 +4,8 @@ default fails here."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -406,3 +408,67 @@ def test_pons_models_feed_the_input_unnormalised_as_the_reference():
     assert create_model("pons_spec_3s", 50, input_norm="band").input_spec.standardize == "band"
     with pytest.raises(ValueError, match="input_norm"):
         create_model("pons_spec", 50, input_norm="layer")
+
+
+def test_maest_teacher_student_is_the_references_separated_setup():
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from tagtrain.callbacks import TeacherTargets, hard_teacher_targets, mixup
+    from tagtrain.config import ConfigError
+    from tagtrain.models.patchout import PatchoutTransformer
+    from tagtrain.patchout_training import PatchoutOptions
+    from tagtrain.recipes import load_recipe
+    from tagtrain.training_recipe import Supervised
+
+    # discogs/dataset.py: sigmoid(teacher logits) > 0.45, else the most probable tag alone.
+    logits = torch.logit(torch.tensor([[0.5, 0.46, 0.2], [0.3, 0.44, 0.1]]))
+    assert hard_teacher_targets(logits, 0.45).tolist() == [[1, 1, 0], [0, 1, 0]]
+    tiny = dict(dim=96, layers=1, heads=3, seconds=2.0, time_patchout=0)
+    torch.manual_seed(0)
+    student = PatchoutTransformer(4, distilled_type="separated", **tiny)
+    plain = PatchoutTransformer(4, **tiny)
+    assert count_parameters(student) - count_parameters(plain) == 96 * 4 + 4  # head_dist
+    with pytest.raises(ValueError, match="separated"):
+        plain.set_distillation_output(True)
+    mel = torch.randn(3, 96, 125)
+    student.eval()
+    with torch.no_grad():  # inference: the CLS head alone (MAEST's predict_labels)
+        stack = student.embed(mel)
+        cls = student.classifier.linear(student.classifier.norm(stack[:, :96]))
+        torch.testing.assert_close(student(mel), cls)
+    student.train().set_distillation_output(True)
+    teacher = PatchoutTransformer(4, **tiny).eval()
+    y = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0]])
+    trainer = SimpleNamespace(
+        data=SimpleNamespace(device_input=lambda x: x), rt=SimpleNamespace(
+            device=torch.device("cpu"), autocast=contextlib.nullcontext),
+        callbacks=[TeacherTargets(teacher, 0.45)], net=student,
+    )  # fmt: skip
+    torch.manual_seed(1)
+    loss = Supervised().loss(trainer, SimpleNamespace(x=mel, y=y))
+    torch.manual_seed(1)
+    both = student(mel)
+    with torch.no_grad():
+        target = hard_teacher_targets(teacher(mel), 0.45)
+    expected = (
+        F.binary_cross_entropy_with_logits(both[:, :4], y)
+        + F.binary_cross_entropy_with_logits(both[:, 4:], target)
+    ) / 2  # models/module.py TeacherStudentModule: (standard + teacher) / 2
+    torch.testing.assert_close(loss, expected)
+    # Mixup (after TeacherTargets) mixes labels and teacher targets with one lambda/partner.
+    torch.manual_seed(2)
+    _, mixed, _ = mixup(mel, torch.cat([y, target], 1), None, 0.3)
+    torch.manual_seed(2)
+    _, mixed_y, _ = mixup(mel, y, None, 0.3)
+    torch.testing.assert_close(mixed[:, :4], mixed_y)
+    with pytest.raises(ConfigError, match="give --teacher"):
+        PatchoutOptions().validate("maest_30s_ts")
+    with pytest.raises(ConfigError, match="teacher-student model"):
+        PatchoutOptions(teacher="runs/t").validate("maest_30s")
+    recipe = load_recipe("maest_30s_ts")
+    assert recipe["train"]["batch_size"] == 4 and recipe["train"]["lr"] == 2e-5
+    assert recipe["patchout"]["time_patchout"] == 90
+    assert recipe["patchout"]["teacher_threshold"] == 0.45
+    assert get_entry("maest_30s_ts").input_spec == get_entry("maest_30s").input_spec
