@@ -247,8 +247,14 @@ class PatchoutRecipe(Supervised):
             f"patchout recipe: drop {m.time_patchout} of {m.grid[1]} time columns and "
             f"{m.freq_patchout} of {m.grid[0]} frequency rows in training"
             f"{' and inference' if m.inference_patchout else ''}; "
-            + ", ".join(f"{k} {v}" for k, v in self.options.to_dict().items())
+            + ", ".join(f"{k} {v}" for k, v in self._shown_options().items())
         ]
+
+    def _shown_options(self) -> dict:
+        shown = self.options.to_dict()
+        if not shown["teacher"]:  # the teacher settings mean nothing without a teacher
+            shown = {k: v for k, v in shown.items() if not k.startswith("teacher")}
+        return shown
 
 
 def PatchoutTrainer(cfg: RunConfig, options: PatchoutOptions, resume: bool = False) -> Trainer:
