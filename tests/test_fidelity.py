@@ -367,7 +367,9 @@ def test_won2019_models_are_the_papers_own():
 
 
 def test_won2019_recipes_follow_the_reference_solver():
+    from tagtrain.config import RunConfig, apply
     from tagtrain.recipes import load_recipe, recipe_settings
+    from tagtrain.schedules import Schedule
 
     for name in ("won2019_spec", "won2019_wave"):
         recipe = load_recipe(name)
@@ -379,7 +381,19 @@ def test_won2019_recipes_follow_the_reference_solver():
         assert train["val_chunks"] == 16 and protocol["eval_chunks"] == 16
         assert protocol["adam_weight_decay"] == 0.0 and train["weight_decay"] == 1e-4
         assert protocol["reload_best_on_switch"] is False
-        assert recipe_settings(name, "train")[0]["select"] == "roc_auc"
+        settings = recipe_settings(name, "train")[0]
+        assert settings["select"] == "roc_auc" and settings["reload_best"] is False
+        # The optimisers the run gets: Adam without weight decay, then SGD with 1e-4.
+        schedule = Schedule(apply(RunConfig(), {**settings, "data": "-"}, name).validate())
+        params = [nn.Parameter(torch.zeros(1))]
+        adam = schedule.make_optimizer(params)
+        assert isinstance(adam, torch.optim.Adam) and adam.defaults["weight_decay"] == 0.0
+        assert [schedule.after_epoch(e) for e in range(59, 61)] == ["switch", None]
+        sgd = schedule.make_optimizer(params)
+        assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["weight_decay"] == 1e-4
+        assert sgd.defaults["nesterov"] and sgd.defaults["lr"] == 1e-3
+    seed000 = recipe_settings("won2020_fcn", "train")[0]
+    assert seed000["reload_best"] is True and seed000.get("adam_weight_decay") is None
     prepare = load_recipe("won2019_spec")["prepare"]
     assert (prepare["n_mels"], prepare["hop"], prepare["log_scale"]) == (96, 256, "db")
     assert load_recipe("won2019_wave")["prepare"]["features"] == "pcm"

@@ -159,7 +159,12 @@ def load_recipe(name: str) -> dict:
 
 
 # Protocol keys the trainer implements as RunConfig settings (the rest: docs/FIDELITY.md).
-_PROTOCOL_SETTINGS = {"selection": "select", "train_fraction": "train_fraction"}
+_PROTOCOL_SETTINGS = {
+    "selection": "select",
+    "train_fraction": "train_fraction",
+    "adam_weight_decay": "adam_weight_decay",
+    "reload_best_on_switch": "reload_best",
+}
 _SELECTION_SETTING = {"val_loss": "val_loss", "val_roc_auc": "roc_auc"}
 _CLI_COMMAND = {"train": "train", "student": "student", "patchout": "train-patchout"}
 
