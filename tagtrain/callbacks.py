@@ -5,8 +5,8 @@
     validation_weights(trainer)                   context in which validation runs
     state_dict() / load_state_dict(state)         saved in last.pt under `name`
 
-SpecMask, Mixup and TagBalancing change what a step trains on; SWA averages weights and
-validates the average. (Early stopping is the `early_stop` schedule's patience.)
+TeacherTargets, SpecMask, Mixup and TagBalancing change what a step trains on; SWA
+averages weights and validates the average. (Early stopping is the `early_stop` schedule's patience.)
 """
 
 from __future__ import annotations
@@ -72,6 +72,35 @@ def mixup(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None, alpha:
         return t * lam.reshape(shape) + t[order] * (1.0 - lam.reshape(shape))
 
     return mix(x), mix(y), None if weights is None else mix(weights)
+
+
+def hard_teacher_targets(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """MAEST's teacher targets: 1 where sigmoid(teacher logit) > threshold, else 0; a row
+    with none above it gets a 1 at its most probable tag."""
+    probs = torch.sigmoid(logits.float())
+    hard = (probs > threshold).float()
+    empty = hard.sum(dim=1) == 0
+    if empty.any():
+        top = torch.nn.functional.one_hot(probs.argmax(dim=1), probs.shape[1]).float()
+        hard[empty] = top[empty]
+    return hard
+
+
+class TeacherTargets(Callback):
+    """MAEST's teacher-student step: a frozen teacher tags the clean batch (before masks and
+    mixup, so it must come first) and its hard targets are appended to the labels,
+    y -> [y, teacher targets] ([B, 2 · tags]). Mixup then mixes both with the same lambda
+    and partner, as MAEST does, and the mean BCE over the 2 · tags columns of a separated
+    model's [CLS logits, distillation logits] is (BCE(CLS, y) + BCE(dist, teacher)) / 2,
+    MAEST's loss."""
+
+    def __init__(self, teacher: torch.nn.Module, threshold: float, autocast=contextlib.nullcontext):
+        self.teacher, self.threshold, self.autocast = teacher, threshold, autocast
+
+    def transform(self, x, y, weights):
+        with torch.no_grad(), self.autocast():
+            logits = self.teacher(x)
+        return x, torch.cat([y, hard_teacher_targets(logits, self.threshold)], dim=1), weights
 
 
 class SpecMask(Callback):

@@ -85,6 +85,12 @@ class RunConfig:
     )
     lr: float = setting(1e-4, "Adam learning rate")
     weight_decay: float = setting(1e-4, "weight decay of every optimiser")
+    adam_weight_decay: float | None = setting(
+        None, "adam_sgd: weight decay of the Adam phase (unset: --weight-decay; seed 001: 0)"
+    )
+    reload_best: bool = setting(
+        True, "adam_sgd: restart from best.pt at each optimizer switch and lr drop (seed 000)"
+    )
     adam_epochs: int = setting(80, "adam_sgd: Adam epochs before SGD")
     sgd_lr: float = setting(1e-3, "adam_sgd: SGD learning rate")
     sgd_momentum: float = setting(0.9, "adam_sgd: Nesterov momentum")
@@ -148,6 +154,10 @@ class RunConfig:
             raise ConfigError(f"max_bad_steps must be at least 1, got {self.max_bad_steps}")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.adam_weight_decay is not None and self.adam_weight_decay < 0:
+            raise ConfigError(
+                f"adam_weight_decay must not be negative, got {self.adam_weight_decay}"
+            )
         if self.cache_limit < 0:
             raise ConfigError(f"cache_limit must not be negative, got {self.cache_limit}")
         if not 0 < self.train_fraction <= 1:

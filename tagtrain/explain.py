@@ -3,7 +3,8 @@ moments of a track drive a tag's prediction, for the attention models (CNNSA, th
 Tagging Transformers), in the spirit of Won et al. 2019's heat maps.
 
 Two curves over time, one value per token (CNNSA: 8 frames = 0.128 s; the transformer:
-4 frames = 0.093 s):
+4 frames = 0.093 s; Won et al. 2019's own models: one frame = 0.016 s on the mel, 243
+samples = 0.015 s on raw audio):
 
 - attention: how much the [CLS] token of the last layer attends to each token (mean over
   heads; the curve sums to 1 per window). Model-wide, not per tag.
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from pipelines.core.audio import AudioRejected, load_audio, to_int16
+from pipelines.core.features import FeatureConfig, log_mel
 from tagtrain.runs import RunError, TrainedRun, load_run
 from tagtrain.tag import pcm_input, window_offsets
 
@@ -39,6 +41,27 @@ HELP = "attention heat map: which moments of a track drive each tag (attention m
 
 def explainable(model: torch.nn.Module) -> bool:
     return all(hasattr(model, name) for name in ("tokens", "from_tokens", "token_frames"))
+
+
+def seconds_per_token(model: torch.nn.Module, spec) -> float:
+    """A waveform model says how many samples a token covers; a mel model, how many frames."""
+    samples = getattr(model, "token_samples", None)
+    if samples is not None:
+        return samples / spec.sample_rate
+    return model.token_frames * spec.hop / spec.sample_rate
+
+
+def display_mel(device_input, window: torch.Tensor, spec) -> np.ndarray:
+    """The mel shown above the curves: the model's own input, or for a waveform model a
+    96-band log-mel of the window (for the eye only)."""
+    x = device_input.raw(window)
+    if spec.kind == "pcm":
+        cfg = FeatureConfig(
+            sample_rate=spec.sample_rate, n_fft=512, hop=256, n_mels=96,
+            f_max=spec.sample_rate / 2,
+        )  # fmt: skip
+        x = log_mel(x.float().cpu(), cfg)
+    return x[0].float().cpu().numpy()
 
 
 @dataclass
@@ -98,7 +121,7 @@ def explain_file(run: TrainedRun, path: Path, tags: list[str]) -> Explanation:
     model, spec = run.model, run.spec
     if not explainable(model):
         raise RunError(
-            f"explain needs an attention model (cnnsa, music_tagging_transformer*), "
+            f"explain needs an attention model (cnnsa, won2019_*, music_tagging_transformer*), "
             f"not {run.model_name}"
         )
     index = [run.vocabulary.index(t) for t in tags]
@@ -116,7 +139,7 @@ def explain_file(run: TrainedRun, path: Path, tags: list[str]) -> Explanation:
         attention.append(a)
         contribution.append(c)
         probability.append(p)
-        mels.append(device_input.raw(window)[0].float().cpu().numpy())
+        mels.append(display_mel(device_input, window, spec))
         new = length if i == 0 else offset + length - (offsets[i - 1] + length)
         keep.append(max(1, round(len(a) * new / length)))
     frames_keep = [
@@ -127,7 +150,7 @@ def explain_file(run: TrainedRun, path: Path, tags: list[str]) -> Explanation:
         probability=np.mean(probability, axis=0),
         attention=_join(attention, keep),
         contribution=_join(contribution, keep),
-        seconds_per_token=model.token_frames * spec.hop / spec.sample_rate,
+        seconds_per_token=seconds_per_token(model, spec),
         mel=_join(mels, frames_keep),
         seconds=decoded.seconds,
     )

@@ -283,7 +283,8 @@ class Trainer:
             return row
         transition = schedule.after_epoch(epoch)
         if transition is not None:
-            self.reload_best()
+            if self.cfg.reload_best:  # seed 000 reloads; seed 001's code never does
+                self.reload_best()
             if transition == "switch":
                 self.optimizer = schedule.make_optimizer(self.model.parameters())
             for group in self.optimizer.param_groups:

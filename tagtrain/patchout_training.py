@@ -29,6 +29,12 @@ the run directory is the trainer's, plus `patchout.json` (the options below). Th
   to mean 1 over the training split. In expectation the gradient equals that of sampling
   tracks with probability proportional to the weight (PaSST's balanced sampler), with
   more variance. Tag counts come from the dataset's index.parquet.
+- Teacher-student (MAEST's `maest_30s_from_passt_teacher_student_pretrain`, model
+  `maest_30s_ts`): `--teacher RUN` (a finished run on the same features and tags) tags
+  each clean training batch; its probabilities above `--teacher-threshold` (0.45; none
+  above: the most probable tag) are the targets of the distillation-token head, the
+  labels those of the CLS head, loss (BCE(CLS, y) + BCE(dist, teacher)) / 2, mixup on both
+  (callbacks.TeacherTargets). Validation, selection and inference use the CLS head.
 Defaults are MAEST's (warm-up 5, ramp-down 50 -> 100 to 0.01, SWA from epoch 50 every 5,
 mixup 0.3); masking and balancing are off unless asked for.
 
@@ -44,11 +50,25 @@ import json
 import math
 from dataclasses import dataclass
 
-from tagtrain.callbacks import SWA, Mixup, SpecMask, TagBalance, TagBalancing, mixup, spec_mask
+from tagtrain.callbacks import (
+    SWA,
+    Mixup,
+    SpecMask,
+    TagBalance,
+    TagBalancing,
+    TeacherTargets,
+    mixup,
+    spec_mask,
+)
 from tagtrain.config import ConfigError, RunConfig, apply
 from tagtrain.flags import add_flags, given, setting
 from tagtrain.loop import Trainer
-from tagtrain.models.patchout import PATCHOUT_MODELS, default_time_patchout, grid_size
+from tagtrain.models.patchout import (
+    PATCHOUT_MODELS,
+    SEPARATED_MODELS,
+    default_time_patchout,
+    grid_size,
+)
 from tagtrain.registry import get_entry
 from tagtrain.rundir import RunDir
 from tagtrain.schedules import RampSchedule, lr_factor
@@ -87,6 +107,11 @@ class PatchoutOptions:
     balance: str = setting(
         "none", "tags: loss weights by inverse tag frequency", choices=BALANCE_MODES
     )
+    teacher: str = setting("", "teacher run directory (teacher-student models: maest_30s_ts)")
+    teacher_checkpoint: str = setting("best", "teacher checkpoint", choices=("best", "last"))
+    teacher_threshold: float = setting(
+        0.45, "teacher probability above which a tag is a distillation target"
+    )
 
     def validate(self, model: str) -> PatchoutOptions:
         if model not in PATCHOUT_MODELS:
@@ -114,6 +139,14 @@ class PatchoutOptions:
             raise ConfigError(f"last_lr_factor must be in (0, 1], got {self.last_lr_factor}")
         if self.swa_every < 1:
             raise ConfigError(f"swa_every must be at least 1, got {self.swa_every}")
+        if (model in SEPARATED_MODELS) != bool(self.teacher):
+            raise ConfigError(
+                f"{model} learns from a teacher: give --teacher RUN"
+                if model in SEPARATED_MODELS
+                else f"--teacher needs a teacher-student model ({', '.join(SEPARATED_MODELS)})"
+            )
+        if not 0 < self.teacher_threshold < 1:
+            raise ConfigError(f"teacher_threshold must be in (0, 1), got {self.teacher_threshold}")
         if self.balance not in BALANCE_MODES:
             raise ConfigError(
                 f"balance must be one of {', '.join(BALANCE_MODES)}, got {self.balance!r}"
@@ -143,6 +176,25 @@ def load_tag_balance(cfg: RunConfig, vocabulary) -> TagBalance:
     return TagBalance.from_tags([r["tags"] or [] for r in rows], vocabulary)
 
 
+def load_patchout_teacher(trainer, run_dir: str, checkpoint: str):
+    """The frozen teacher model of a finished run that eats exactly the student's input
+    (same tags, features, crop and normalisation); one-line error otherwise."""
+    from tagtrain.runs import RunError, load_run
+
+    run = load_run(run_dir, checkpoint, str(trainer.rt.device))
+    if run.vocabulary != list(trainer.data.vocabulary):
+        raise RunError(f"the teacher {run_dir} was trained on other tags than this dataset")
+    fields = ("kind", "length", "features", "standardize", "global_stats")
+    ours, theirs = trainer.data.plan, run.plan
+    differ = [f for f in fields if getattr(ours, f, None) != getattr(theirs, f, None)]
+    if differ:
+        raise ConfigError(
+            f"the teacher {run.model_name} must see the student's input; its {', '.join(differ)} "
+            f"differ (train the teacher on the same features and crop length)"
+        )
+    return run.model.requires_grad_(False)
+
+
 class PatchoutRecipe(Supervised):
     """Supervised batches and loss, structured patchout on the model, the ramp schedule,
     and the callbacks the options ask for (tag balancing, masking, mixup, SWA)."""
@@ -159,6 +211,9 @@ class PatchoutRecipe(Supervised):
     def callbacks(self, trainer) -> list:
         o = self.options
         chosen = []
+        if o.teacher:  # first: the teacher sees the batch before masks and mixup
+            teacher = load_patchout_teacher(trainer, o.teacher, o.teacher_checkpoint)
+            chosen.append(TeacherTargets(teacher, o.teacher_threshold, trainer.rt.autocast))
         if o.balance == "tags":  # weights first: mixup mixes them with the labels
             chosen.append(TagBalancing(load_tag_balance(trainer.cfg, trainer.data.vocabulary)))
         if o.freq_mask or o.time_mask:
@@ -170,6 +225,8 @@ class PatchoutRecipe(Supervised):
     def setup(self, trainer) -> None:
         o, model = self.options, trainer.model
         model.set_patchout(**self.model_setup(model)["set_patchout"])
+        if o.teacher:
+            model.set_distillation_output(True)
         if trainer.rt.dist.is_main:
             trainer.run_dir.create()
             text = json.dumps(o.to_dict(), indent=2, sort_keys=True)
@@ -190,8 +247,14 @@ class PatchoutRecipe(Supervised):
             f"patchout recipe: drop {m.time_patchout} of {m.grid[1]} time columns and "
             f"{m.freq_patchout} of {m.grid[0]} frequency rows in training"
             f"{' and inference' if m.inference_patchout else ''}; "
-            + ", ".join(f"{k} {v}" for k, v in self.options.to_dict().items())
+            + ", ".join(f"{k} {v}" for k, v in self._shown_options().items())
         ]
+
+    def _shown_options(self) -> dict:
+        shown = self.options.to_dict()
+        if not shown["teacher"]:  # the teacher settings mean nothing without a teacher
+            shown = {k: v for k, v in shown.items() if not k.startswith("teacher")}
+        return shown
 
 
 def PatchoutTrainer(cfg: RunConfig, options: PatchoutOptions, resume: bool = False) -> Trainer:

@@ -38,7 +38,8 @@ class Schedule:
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         cfg = self.cfg
         if self.phase == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=cfg.weight_decay)
+            decay = cfg.weight_decay if cfg.adam_weight_decay is None else cfg.adam_weight_decay
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=decay)
         return torch.optim.SGD(
             params, lr=self.lr, momentum=cfg.sgd_momentum, nesterov=True,
             weight_decay=cfg.weight_decay,

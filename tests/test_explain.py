@@ -116,6 +116,34 @@ def test_attention_maps_come_from_the_models():
     assert not explainable(create_model("fcn", 3))
 
 
+def test_won2019_models_are_explained_token_by_token():
+    """Won et al. 2019's own models (mel and raw waveform) work with explain: one curve
+    value per token, at the token's duration, and a mel to show for the waveform model."""
+    from tagtrain.explain import display_mel, seconds_per_token
+    from tagtrain.loader.device import DeviceInput
+    from tagtrain.loader.plan import InputPlan
+
+    for name, x, tokens, per_token in (
+        ("won2019_spec", torch.randn(1, 96, 40), 40, 256 / SR),
+        ("won2019_wave", 0.1 * torch.randn(1, 243 * 12), 12, 243 / SR),
+    ):
+        model = create_model(name, 3, width=0.125).eval()
+        assert explainable(model)
+        attention, contribution, probability = explain_window(model, x, [0, 2])
+        assert attention.shape == (tokens,) and contribution.shape == (2, tokens)
+        assert attention.sum() == pytest.approx(1.0, abs=1e-4) and probability.shape == (2,)
+        assert seconds_per_token(model, model.input_spec) == pytest.approx(per_token)
+    wave = create_model("won2019_wave", 3, width=0.125)
+    plan = InputPlan(
+        kind="pcm", member="pcm.npy", length=wave.input_spec.samples, chunk_level=True,
+        device_feature=None, features={"sample_rate": SR}, mean=None, std=None,
+        standardize="none",
+    )  # fmt: skip
+    device_input = DeviceInput(plan, torch.device("cpu"))
+    shown = display_mel(device_input, torch.zeros(1, 16000, dtype=torch.int16), wave.input_spec)
+    assert shown.shape == (96, 63)
+
+
 @pytest.mark.slow
 def test_explain_writes_a_heat_map_for_a_cnnsa_run_on_the_demo_corpus(
     demo_corpus, demo_dataset, tmp_path, capsys

@@ -4,6 +4,8 @@ default fails here."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,13 @@ FAITHFUL_PARAMS = {
     "music_tagging_transformer_student": 487_860,
     "fcn": 447_732,
     "crnn": 394_100,
+    # Won et al. 2019's own models (minzwon/self-attention-music-tagging, README settings:
+    # conv_channels 16, attention_channels 512, 2 layers, 8 heads).
+    "won2019_spec": 6_882_452,
+    "won2019_wave": 6_718_178,
+    # Pons et al. 2018 (jordipons/music-audio-tagging-at-scale-models, models.py).
+    "pons_spec": 5_926_198,
+    "pons_wave": 5_379_126,
 }
 
 
@@ -314,3 +323,179 @@ def test_a_bad_recipe_is_one_clear_line(tmp_path, capsys):
     assert main(["recipes"]) == 0
     listed = capsys.readouterr().out
     assert "won2020_musicnn_128" in listed and "maest_30s" in listed
+
+
+def test_won2019_models_are_the_papers_own():
+    from tagtrain.models.won2019 import sinusoid_positions
+
+    spec_model, wave_model = create_model("won2019_spec", 50), create_model("won2019_wave", 50)
+    assert spec_model.input_spec.frames == 256 and spec_model.input_spec.n_mels == 96
+    assert spec_model.input_spec.standardize == "none"
+    assert wave_model.input_spec.samples == 65_610
+    front = spec_model.front
+    assert isinstance(front.input_bn, nn.BatchNorm2d)  # the reference's input batch-norm
+    heights = [s.block[0].kernel_size for s in front.shapes[:6]]
+    assert heights == [(86, 7), (86, 3), (86, 1), (38, 7), (38, 3), (38, 1)]
+    assert [s.block[0].kernel_size[0] for s in front.shapes[6:]] == [165, 129, 65, 33]
+    # conv -> BN -> ReLU in every front-end layer (not the TF models' ReLU -> BN).
+    for block in [s.block for s in front.shapes] + [front.project]:
+        assert [type(m) for m in block][1:] in (
+            [nn.BatchNorm2d, nn.ReLU],
+            [nn.BatchNorm1d, nn.ReLU],
+        )
+    assert front.project[0].in_channels == 29 * 16 and front.project[0].out_channels == 512
+    lee = [m for m in wave_model.front.layers.modules() if isinstance(m, nn.Conv1d)]
+    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in lee] == [
+        (16, 3, 3), (16, 3, 1), (32, 3, 1), (32, 3, 1), (32, 3, 1), (512, 7, 1)
+    ]  # fmt: skip
+    for model, steps in ((spec_model, 256), (wave_model, 270)):
+        layers = model.encoder.layers
+        assert len(layers) == 2 and all(isinstance(layer, BertLayer) for layer in layers)
+        assert layers[0].heads == 8 and layers[0].intermediate.out_features == 2048
+        assert layers[0].hidden_dropout.p == 0.4 and layers[0].attention_dropout.p == 0.4
+        assert model.dropout.p == 0.5
+        names = [n for n, _ in model.named_parameters()]
+        assert not any("cls" in n or "pos" in n for n in names)  # fixed, not learned
+        expected = np.random.RandomState(0).random_sample(512).astype(np.float32)
+        assert torch.equal(model.cls, torch.from_numpy(expected))
+        x = torch.zeros(1, 96, 256) if model is spec_model else torch.zeros(1, 65_610)
+        model.eval()
+        with torch.no_grad():
+            assert model.tokens(x).shape == (1, steps + 1, 512)
+    table = sinusoid_positions(257, 512)
+    assert torch.equal(table[0], torch.zeros(512))  # [CLS] gets no position
+    j = torch.arange(512)
+    angle = 5 / torch.pow(10000.0, 2 * (j // 2).double() / 512)
+    expected = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle)).float()
+    torch.testing.assert_close(table[5], expected)
+    # The encoder sees [CLS] + front-end steps plus exactly that table (no learned part).
+    small = create_model("won2019_spec", 50, width=0.125).eval()
+    with torch.no_grad():
+        mel = torch.randn(1, 96, 64)
+        steps = small.front(mel).transpose(1, 2)
+        plain = torch.cat([small.cls.expand(1, 1, -1), steps], dim=1)
+        added = small.tokens(mel) - plain
+        torch.testing.assert_close(added[0], sinusoid_positions(65, small.embed_dim))
+        assert added[0, 1:].abs().sum() > 0
+
+
+def test_won2019_recipes_follow_the_reference_solver():
+    from tagtrain.config import RunConfig, apply
+    from tagtrain.recipes import load_recipe, recipe_settings
+    from tagtrain.schedules import Schedule
+
+    for name in ("won2019_spec", "won2019_wave"):
+        recipe = load_recipe(name)
+        train, protocol = recipe["train"], recipe["protocol"]
+        assert train["model"] == name and train["schedule"] == "adam_sgd"
+        # solver.py: Adam 1e-4 for 60 epochs, then SGD 1e-3 (Nesterov), /10 after 20 and 40.
+        assert (train["lr"], train["adam_epochs"], train["sgd_lr"]) == (1e-4, 60, 1e-3)
+        assert train["sgd_drop_after"] == [20, 40] and train["batch_size"] == 16
+        assert train["val_chunks"] == 16 and protocol["eval_chunks"] == 16
+        assert protocol["adam_weight_decay"] == 0.0 and train["weight_decay"] == 1e-4
+        assert protocol["reload_best_on_switch"] is False
+        settings = recipe_settings(name, "train")[0]
+        assert settings["select"] == "roc_auc" and settings["reload_best"] is False
+        # The optimisers the run gets: Adam without weight decay, then SGD with 1e-4.
+        schedule = Schedule(apply(RunConfig(), {**settings, "data": "-"}, name).validate())
+        params = [nn.Parameter(torch.zeros(1))]
+        adam = schedule.make_optimizer(params)
+        assert isinstance(adam, torch.optim.Adam) and adam.defaults["weight_decay"] == 0.0
+        assert [schedule.after_epoch(e) for e in range(59, 61)] == ["switch", None]
+        sgd = schedule.make_optimizer(params)
+        assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["weight_decay"] == 1e-4
+        assert sgd.defaults["nesterov"] and sgd.defaults["lr"] == 1e-3
+    seed000 = recipe_settings("won2020_fcn", "train")[0]
+    assert seed000["reload_best"] is True and seed000.get("adam_weight_decay") is None
+    prepare = load_recipe("won2019_spec")["prepare"]
+    assert (prepare["n_mels"], prepare["hop"], prepare["log_scale"]) == (96, 256, "db")
+    assert load_recipe("won2019_wave")["prepare"]["features"] == "pcm"
+
+
+def test_pons_models_feed_the_input_unnormalised_as_the_reference():
+    # music-audio-tagging-at-scale-models: no batch-norm or standardisation before the
+    # first convolutions (musicnn-training's input batch-norm is the option "batchnorm").
+    for name in ("pons_spec", "pons_spec_3s", "pons_wave", "pons_wave_3s"):
+        model = create_model(name, 50)
+        assert model.input_spec.standardize == "none", name
+        first = next(m for m in model.front.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)))
+        before = []
+        for m in model.front.modules():
+            if m is first:
+                break
+            before.append(m)
+        assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in before), name
+    mel = torch.full((2, 96, 40), 3.0) + torch.randn(2, 96, 40)
+    plain = create_model("pons_spec", 5, width=0.125).eval()
+    with torch.no_grad():  # no input normalisation: a constant offset changes the output
+        assert not torch.allclose(plain(mel), plain(mel + 2.0), atol=1e-4)
+    bn = create_model("pons_spec", 50, input_norm="batchnorm")
+    assert isinstance(bn.front.input_bn, nn.BatchNorm2d)
+    assert count_parameters(bn) == FAITHFUL_PARAMS["pons_spec"] + 2
+    assert create_model("pons_spec_3s", 50, input_norm="band").input_spec.standardize == "band"
+    with pytest.raises(ValueError, match="input_norm"):
+        create_model("pons_spec", 50, input_norm="layer")
+
+
+def test_maest_teacher_student_is_the_references_separated_setup():
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from tagtrain.callbacks import TeacherTargets, hard_teacher_targets, mixup
+    from tagtrain.config import ConfigError
+    from tagtrain.models.patchout import PatchoutTransformer
+    from tagtrain.patchout_training import PatchoutOptions
+    from tagtrain.recipes import load_recipe
+    from tagtrain.training_recipe import Supervised
+
+    # discogs/dataset.py: sigmoid(teacher logits) > 0.45, else the most probable tag alone.
+    logits = torch.logit(torch.tensor([[0.5, 0.46, 0.2], [0.3, 0.44, 0.1]]))
+    assert hard_teacher_targets(logits, 0.45).tolist() == [[1, 1, 0], [0, 1, 0]]
+    tiny = dict(dim=96, layers=1, heads=3, seconds=2.0, time_patchout=0)
+    torch.manual_seed(0)
+    student = PatchoutTransformer(4, distilled_type="separated", **tiny)
+    plain = PatchoutTransformer(4, **tiny)
+    assert count_parameters(student) - count_parameters(plain) == 96 * 4 + 4  # head_dist
+    with pytest.raises(ValueError, match="separated"):
+        plain.set_distillation_output(True)
+    mel = torch.randn(3, 96, 125)
+    student.eval()
+    with torch.no_grad():  # inference: the CLS head alone (MAEST's predict_labels)
+        stack = student.embed(mel)
+        cls = student.classifier.linear(student.classifier.norm(stack[:, :96]))
+        torch.testing.assert_close(student(mel), cls)
+    student.train().set_distillation_output(True)
+    teacher = PatchoutTransformer(4, **tiny).eval()
+    y = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0]])
+    trainer = SimpleNamespace(
+        data=SimpleNamespace(device_input=lambda x: x), rt=SimpleNamespace(
+            device=torch.device("cpu"), autocast=contextlib.nullcontext),
+        callbacks=[TeacherTargets(teacher, 0.45)], net=student,
+    )  # fmt: skip
+    torch.manual_seed(1)
+    loss = Supervised().loss(trainer, SimpleNamespace(x=mel, y=y))
+    torch.manual_seed(1)
+    both = student(mel)
+    with torch.no_grad():
+        target = hard_teacher_targets(teacher(mel), 0.45)
+    expected = (
+        F.binary_cross_entropy_with_logits(both[:, :4], y)
+        + F.binary_cross_entropy_with_logits(both[:, 4:], target)
+    ) / 2  # models/module.py TeacherStudentModule: (standard + teacher) / 2
+    torch.testing.assert_close(loss, expected)
+    # Mixup (after TeacherTargets) mixes labels and teacher targets with one lambda/partner.
+    torch.manual_seed(2)
+    _, mixed, _ = mixup(mel, torch.cat([y, target], 1), None, 0.3)
+    torch.manual_seed(2)
+    _, mixed_y, _ = mixup(mel, y, None, 0.3)
+    torch.testing.assert_close(mixed[:, :4], mixed_y)
+    with pytest.raises(ConfigError, match="give --teacher"):
+        PatchoutOptions().validate("maest_30s_ts")
+    with pytest.raises(ConfigError, match="teacher-student model"):
+        PatchoutOptions(teacher="runs/t").validate("maest_30s")
+    recipe = load_recipe("maest_30s_ts")
+    assert recipe["train"]["batch_size"] == 4 and recipe["train"]["lr"] == 2e-5
+    assert recipe["patchout"]["time_patchout"] == 90
+    assert recipe["patchout"]["teacher_threshold"] == 0.45
+    assert get_entry("maest_30s_ts").input_spec == get_entry("maest_30s").input_spec

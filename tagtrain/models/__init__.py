@@ -15,6 +15,7 @@ from tagtrain.models import (  # noqa: F401
     samplecnn,
     short_chunk,
     transformer,
+    won2019,
 )
 
 _TABLE_COLUMNS = (

@@ -17,7 +17,12 @@ MAEST): a ViT over overlapping 16x16 patches of a 96-band log-mel (16 kHz, n_fft
   `inference_patchout=True` the same counts are dropped at inference too, evenly spaced
   (deterministic), trading accuracy for speed.
 - Head: LayerNorm + Linear on the mean of the final CLS and distillation tokens (PaSST's
-  "mean" head). `embed(x)` is the stack [CLS, distillation token, mean of the patch
+  "mean" head). `distilled_type="separated"` (MAEST's teacher-student model,
+  `maest_30s_ts`): LayerNorm + Linear on the CLS token is the tagger, and a second Linear
+  (`head_dist`) on the distillation token learns the teacher's targets; with
+  `distillation_output` on (the teacher-student recipe sets it), a training forward
+  returns both heads' logits side by side ([B, 2 · tags]); inference uses the CLS head
+  alone, as MAEST's `predict_labels`. `embed(x)` is the stack [CLS, distillation token, mean of the patch
   tokens] (3 x dims) after the final norm, so `classifier(embed(x))` is the forward pass;
   `embed(x, block=N)` is the same stack taken after block N (0-based, as MAEST's
   `transformer_block`; negative counts from the end), before the final norm.
@@ -120,6 +125,22 @@ class PatchoutHead(nn.Module):
         return self.linear(self.norm((stack[:, :d] + stack[:, d : 2 * d]) / 2))
 
 
+class ClsHead(nn.Module):
+    """MAEST's "separated" tagging head: LayerNorm + Linear on the CLS token alone."""
+
+    def __init__(self, dim: int, n_classes: int):
+        super().__init__()
+        self.dim = dim
+        self.norm = nn.LayerNorm(dim)
+        self.linear = nn.Linear(dim, n_classes)
+
+    def forward(self, stack: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(stack[:, : self.dim]))
+
+
+DISTILLED_TYPES = ("mean", "separated")
+
+
 class PatchoutTransformer(Tagger):
     def __init__(
         self,
@@ -134,7 +155,10 @@ class PatchoutTransformer(Tagger):
         freq_patchout: int = 0,
         inference_patchout: bool = False,
         dropout: float = 0.0,
+        distilled_type: str = "mean",
     ):
+        if distilled_type not in DISTILLED_TYPES:
+            raise ValueError(f"distilled_type must be one of {DISTILLED_TYPES}")
         dim = heads_multiple(scaled(dim, width), heads)
         super().__init__(3 * dim, n_classes, dropout=0.0)  # PaSST: no dropout before the head
         self.dim = dim
@@ -153,7 +177,13 @@ class PatchoutTransformer(Tagger):
             dim, layers, heads, 4 * dim, dropout, pre_norm=True, norm_eps=VIT_NORM_EPS
         )
         self.norm = nn.LayerNorm(dim, eps=VIT_NORM_EPS)
-        self.classifier = PatchoutHead(dim, n_classes)
+        self.distilled_type = distilled_type
+        self.distillation_output = False
+        if distilled_type == "separated":
+            self.classifier = ClsHead(dim, n_classes)
+            self.head_dist = nn.Linear(dim, n_classes)
+        else:
+            self.classifier = PatchoutHead(dim, n_classes)
         self.set_patchout(
             default_time_patchout(seconds) if time_patchout is None else time_patchout,
             freq_patchout,
@@ -174,6 +204,25 @@ class PatchoutTransformer(Tagger):
         self.time_patchout, self.freq_patchout = int(time), int(freq)
         if inference is not None:
             self.inference_patchout = bool(inference)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        stack = self.embed(mel)
+        logits = self.classifier(stack)
+        if self.distilled_type != "separated" or not self.training:
+            return logits
+        dist = self.head_dist(stack[:, self.dim : 2 * self.dim])
+        if self.distillation_output:
+            return torch.cat([logits, dist], dim=1)  # [B, 2 · tags]: CLS head, then dist head
+        # Without a teacher the distillation head has nothing to learn; keeping it in the
+        # graph with a zero gradient lets DDP (and gradient checks) see every parameter.
+        return logits + 0.0 * dist
+
+    def set_distillation_output(self, on: bool = True) -> None:
+        """Training forwards return [CLS logits, distillation-token logits] (separated
+        models only; the teacher-student recipe turns it on)."""
+        if on and self.distilled_type != "separated":
+            raise ValueError("distillation output needs a separated model (maest_30s_ts)")
+        self.distillation_output = bool(on)
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -246,7 +295,8 @@ PRESETS = {
     "patchout_small": (384, 6, 6, "Patchout transformer, CPU preset: 6 blocks x 384-d x 6 heads"),
     "patchout_tiny": (96, 4, 3, "Patchout transformer, CPU preset: 4 blocks x 96-d x 3 heads"),
 }
-PATCHOUT_MODELS = (*PRESETS, *(f"maest_{s}s" for s in MAEST_SECONDS))
+SEPARATED_MODELS = ("maest_30s_ts",)  # MAEST's teacher-student model (distilled "separated")
+PATCHOUT_MODELS = (*PRESETS, *(f"maest_{s}s" for s in MAEST_SECONDS), *SEPARATED_MODELS)
 
 
 def _register(name: str, dims: int, blocks: int, heads: int, description: str) -> None:
@@ -309,3 +359,31 @@ def _register_maest(seconds: int) -> None:
 
 for _seconds in MAEST_SECONDS:
     _register_maest(_seconds)
+
+
+@register_model(
+    "maest_30s_ts",
+    input_spec=patchout_input(30.0),
+    description="MAEST 30 s teacher-student: CLS head for tags, distillation-token head for "
+    "the teacher's targets",
+)
+def maest_30s_ts(
+    n_classes: int,
+    width: float = 1.0,
+    dropout: float = 0.0,
+    time_patchout: int | None = None,
+    freq_patchout: int = 0,
+    inference_patchout: bool = False,
+) -> PatchoutTransformer:
+    """palonso/MAEST `maest_30s_from_passt_teacher_student_pretrain` (distilled_type
+    "separated"); trained with `train-patchout --teacher RUN` (recipe maest_30s_ts)."""
+    return PatchoutTransformer(
+        n_classes,
+        width=width,
+        seconds=30.0,
+        time_patchout=time_patchout,
+        freq_patchout=freq_patchout,
+        inference_patchout=inference_patchout,
+        dropout=dropout,
+        distilled_type="separated",
+    )

@@ -5,6 +5,13 @@ waveform front end, sharing one back end of three 512-filter 1-D convs (two resi
 temporal pool, mean+max pooling and a dense layer of 500. 15 s inputs at 16 kHz as in the
 paper's MSD experiments (`pons_spec`, `pons_wave`); 3 s inputs as in its MagnaTagATune
 experiments (`pons_spec_3s`, `pons_wave_3s`; same architecture, see docs/FIDELITY.md).
+
+Input normalisation: none. The paper's models (music-audio-tagging-at-scale-models'
+`spec_frontend`, `wave_frontend`) feed the log-mel / waveform to the first convolutions as
+they are. `input_norm` of the spectrogram builders names the alternatives: "batchnorm"
+(a learned BatchNorm on the input, as every model of jordipons/musicnn-training, the
+authors' later code, has) and "band" (per-band mean/std of the training split, what
+tagkit did before).
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from tagtrain.models.layers import (
 )
 from tagtrain.registry import InputSpec, register_model
 
-PONS_SPEC_INPUT = InputSpec(kind="mel", seconds=15.0, n_mels=96, log_scale="log10_1p")
+PONS_SPEC_INPUT = InputSpec(
+    kind="mel", seconds=15.0, n_mels=96, log_scale="log10_1p", standardize="none"
+)
 PONS_WAVE_INPUT = InputSpec(kind="pcm", seconds=15.0, standardize="none")
 
 # Spectrogram front end, in multiples of num_filt (16): (filters, frequency fraction, frames)
@@ -32,6 +41,7 @@ _TIMBRAL = ((1, 0.9, 7), (2, 0.9, 3), (4, 0.9, 1), (1, 0.4, 7), (2, 0.4, 3), (4,
 _TEMPORAL = ((1, 165), (2, 128), (4, 64), (8, 32))
 # Waveform front end: filters of the strided conv and the six conv+pool layers.
 _WAVE_FILTERS = (64, 64, 64, 128, 128, 128, 256)
+INPUT_NORMS = ("none", "batchnorm", "band")
 
 
 class PonsBackEnd(nn.Module):
@@ -56,8 +66,9 @@ class PonsBackEnd(nn.Module):
 
 
 class PonsSpecFrontEnd(nn.Module):
-    def __init__(self, num_filt: int, n_mels: int):
+    def __init__(self, num_filt: int, n_mels: int, input_bn: bool = False):
         super().__init__()
+        self.input_bn = nn.BatchNorm2d(1) if input_bn else nn.Identity()
         self.timbral = nn.ModuleList(
             FrequencyMaxConv(k * num_filt, int(frac * n_mels), frames)
             for k, frac, frames in _TIMBRAL
@@ -66,7 +77,7 @@ class PonsSpecFrontEnd(nn.Module):
         self.out_channels = num_filt * (sum(k for k, *_ in _TIMBRAL) + sum(k for k, _ in _TEMPORAL))
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        x = mel.unsqueeze(1)  # no input BN in this model: the loader normalises the bands
+        x = self.input_bn(mel.unsqueeze(1))  # identity unless input_norm="batchnorm"
         return torch.cat([m(x) for m in [*self.timbral, *self.temporal]], dim=1)
 
 
@@ -117,9 +128,18 @@ def pons_spec(
     n_mels: int = 96,
     dropout: float = 0.5,
     seconds: float = 15.0,
+    input_norm: str = "none",
 ) -> PonsTagger:
-    model = PonsTagger(PonsSpecFrontEnd(scaled(16, width), n_mels), n_classes, width, dropout)
-    model.input_spec = dataclasses.replace(PONS_SPEC_INPUT, n_mels=n_mels, seconds=seconds)
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm must be one of {INPUT_NORMS}, not {input_norm!r}")
+    front = PonsSpecFrontEnd(scaled(16, width), n_mels, input_bn=input_norm == "batchnorm")
+    model = PonsTagger(front, n_classes, width, dropout)
+    model.input_spec = dataclasses.replace(
+        PONS_SPEC_INPUT,
+        n_mels=n_mels,
+        seconds=seconds,
+        standardize="band" if input_norm == "band" else "none",
+    )
     return model
 
 
@@ -144,8 +164,10 @@ def pons_wave(
     reference_params=5_926_198,
     description="Pons 2018 spectrogram model at 3 s (the paper's MagnaTagATune setting)",
 )
-def pons_spec_3s(n_classes: int, width: float = 1.0, dropout: float = 0.5) -> PonsTagger:
-    return pons_spec(n_classes, width=width, dropout=dropout, seconds=3.0)
+def pons_spec_3s(
+    n_classes: int, width: float = 1.0, dropout: float = 0.5, input_norm: str = "none"
+) -> PonsTagger:
+    return pons_spec(n_classes, width=width, dropout=dropout, seconds=3.0, input_norm=input_norm)
 
 
 @register_model(

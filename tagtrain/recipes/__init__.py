@@ -37,6 +37,7 @@ PROTOCOL_KEYS = {
     "selection": "best.pt criterion: val_loss or val_roc_auc",
     "reload_best_on_switch": "adam_sgd: restart from best.pt at each optimizer switch / lr drop",
     "sgd_nesterov": "adam_sgd: Nesterov momentum in the SGD phase",
+    "adam_weight_decay": "adam_sgd: weight decay of the Adam phase (train.weight_decay: SGD's)",
     "plateau_halving": "halve the lr after this many epochs without improvement",
     "train_fraction": "train on this fraction of the training split (dataset-size studies)",
     "mask_time_count": "patchout: number of time masks per example",
@@ -161,7 +162,12 @@ def load_recipe(name: str) -> dict:
 
 
 # Protocol keys the trainer implements as RunConfig settings (the rest: docs/FIDELITY.md).
-_PROTOCOL_SETTINGS = {"selection": "select", "train_fraction": "train_fraction"}
+_PROTOCOL_SETTINGS = {
+    "selection": "select",
+    "train_fraction": "train_fraction",
+    "adam_weight_decay": "adam_weight_decay",
+    "reload_best_on_switch": "reload_best",
+}
 _SELECTION_SETTING = {"val_loss": "val_loss", "val_roc_auc": "roc_auc"}
 _CLI_COMMAND = {"train": "train", "student": "student", "patchout": "train-patchout"}
 
