@@ -31,8 +31,15 @@ from tagtrain.models.layers import (
 )
 from tagtrain.registry import InputSpec, register_model
 
+# librosa's mel as the reference computed it in 2018 (Slaney filters, reflect-padded ends).
 PONS_SPEC_INPUT = InputSpec(
-    kind="mel", seconds=15.0, n_mels=96, log_scale="log10_1p", standardize="none"
+    kind="mel",
+    seconds=15.0,
+    n_mels=96,
+    log_scale="log10_1p",
+    standardize="none",
+    mel_scale="slaney",
+    mel_norm="slaney",
 )
 PONS_WAVE_INPUT = InputSpec(kind="pcm", seconds=15.0, standardize="none")
 

@@ -32,8 +32,15 @@ from tagtrain.models.layers import Tagger, heads_multiple, scaled
 from tagtrain.registry import InputSpec, register_model
 
 # 256 frames of hop 256 (1 + samples // hop): the reference's `input_length` of 256.
+# The reference's preprocessing is librosa's mel (Slaney filters, reflect-padded ends).
 SPEC_INPUT = InputSpec(
-    kind="mel", seconds=65280 / 16000, n_mels=96, exact_samples=65280, standardize="none"
+    kind="mel",
+    seconds=65280 / 16000,
+    n_mels=96,
+    exact_samples=65280,
+    standardize="none",
+    mel_scale="slaney",
+    mel_norm="slaney",
 )
 WAVE_INPUT = InputSpec(kind="pcm", seconds=65610 / 16000, exact_samples=65610, standardize="none")
 
