@@ -197,3 +197,31 @@ def test_a_file_without_a_state_dict_is_refused(tmp_path, capsys):
     )
     assert code == 2 and "no state dict" in err
     assert math.isfinite(len(err)) and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_takes_an_imported_run(demo_dataset, tmp_path, capsys):
+    # A SampleCNN checkpoint whose head has the demo dataset's tags, named by a JSON list.
+    vocabulary = json.loads((demo_dataset / "dataset.json").read_text())["vocabulary"]
+    table = [
+        [key, [len(vocabulary), *shape[1:]] if key.startswith("dense.") else shape, dtype]
+        for key, shape, dtype in GOLDEN["models"]["samplecnn"]["tensors"]
+    ]
+    path = _save(seeded_state(table), tmp_path / "sample.pth")
+    (tmp_path / "tags.json").write_text(json.dumps(vocabulary))
+    run_dir = tmp_path / "run"
+    code, _, err = _import(
+        capsys, path, "--model", "samplecnn", "--vocabulary", tmp_path / "tags.json",
+        "--out", run_dir,
+    )  # fmt: skip
+    assert code == 0, err
+    code = main(
+        ["evaluate", "--run", str(run_dir), "--data", str(demo_dataset), "--split", "test",
+         "--chunks", "1", "--workers", "0", "--batch-size", "16", "--device", "cpu"]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    (metrics,) = run_dir.glob("metrics*.json")
+    values = json.loads(metrics.read_text())
+    assert values["model"] == "samplecnn" and values["checkpoint"] == "best.pt"
+    assert values["tags"] == len(vocabulary) and values["tracks"] > 0
+    assert 0.0 <= values["roc_auc"] <= 1.0
