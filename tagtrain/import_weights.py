@@ -77,15 +77,17 @@ def run(args: argparse.Namespace) -> int:
     state = unwrap(load_weights(path), str(path))
     converted = source.convert(state, args.model)
     n_classes = output_classes(converted)
-    model = build_model(args.model, converted, n_classes)
     if len(vocabulary) != n_classes:
         raise WeightsImportError(
             f"--vocabulary {args.vocabulary} has {len(vocabulary)} tags, the checkpoint's "
             f"output layer {n_classes}"
         )
+    model = build_model(args.model, converted, n_classes)
     provenance = {
         "source": args.source,
         "reference": source.MODELS[args.model],
+        "model": args.model,
+        "tags": n_classes,
         "path": str(path.resolve()),
         "sha256": file_sha256(path),
         "vocabulary": args.vocabulary,
