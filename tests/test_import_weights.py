@@ -109,6 +109,15 @@ def test_front_end_buffers_are_checked_not_loaded():
         SOTA.convert(state, "fcn")
 
 
+@pytest.mark.parametrize("model_name", sorted(GOLDEN["models"]))
+def test_a_checkpoint_imported_into_another_architecture_names_the_right_model(model_name):
+    state = reference_state(model_name)
+    assert SOTA.guess_model(state) == model_name
+    other = "short_chunk_cnn" if model_name != "short_chunk_cnn" else "fcn"
+    with pytest.raises(WeightsImportError, match=f"looks like .*: try --model {model_name}$"):
+        SOTA.convert(state, other)
+
+
 def _save(state: dict, path: Path) -> Path:
     torch.save(state, path)
     return path

@@ -287,8 +287,49 @@ def _key_mapping(pairs: Pairs) -> dict[str, str]:
     return mapping
 
 
+def guess_model(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Our model whose reference architecture the checkpoint's keys look like, for the
+    error message when it is imported into another one."""
+    keys = set(state)
+    fb = state.get("spec.mel_scale.fb")
+    bands = "_128" if fb is not None and fb.dim() == 2 and fb.shape[1] == 128 else ""
+    if "hstft.bw_Q" in keys:
+        return "hcnn"
+    if "encoder.layer.0.attention.self.query.weight" in keys:
+        return "cnnsa"
+    if "layers.0.conv.weight" in keys:
+        mid = state.get("layer1.conv.weight")
+        return "musicnn_big" if mid is not None and mid.shape[0] == 512 else f"musicnn{bands}"
+    if "layer5.weight_ih_l0" in keys:
+        return f"crnn{bands}"
+    if "layer1.dense1.weight" in keys:
+        return "samplecnn_se"
+    if "layer1.conv_1.weight" in keys:
+        return "short_chunk_resnet"
+    if "layer11.conv.weight" in keys:
+        return "samplecnn"
+    if "layer7.conv.weight" in keys:
+        return "short_chunk_cnn"
+    if "layer5.conv.weight" in keys:
+        return f"fcn{bands}"
+    return None
+
+
 def convert(state: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.Tensor]:
     """Our `model`'s state dict from a sota checkpoint (see the module docstring)."""
+    try:
+        return _convert(state, model)
+    except WeightsImportError as exc:
+        guess = guess_model(state)
+        if guess is None or guess == model or model not in ARCHITECTURES:
+            raise
+        reference = ARCHITECTURES[guess].reference
+        raise WeightsImportError(
+            f"{exc}; the checkpoint looks like {reference}: try --model {guess}"
+        ) from None
+
+
+def _convert(state: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.Tensor]:
     from tagtrain.registry import create_model
 
     arch = architecture(model)
@@ -311,4 +352,4 @@ def convert(state: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.Te
     return converted
 
 
-__all__ = ["ARCHITECTURES", "MODELS", "architecture", "convert", "head_classes"]
+__all__ = ["ARCHITECTURES", "MODELS", "architecture", "convert", "guess_model", "head_classes"]
