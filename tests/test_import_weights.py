@@ -234,3 +234,16 @@ def test_evaluate_takes_an_imported_run(demo_dataset, tmp_path, capsys):
     assert values["model"] == "samplecnn" and values["checkpoint"] == "best.pt"
     assert values["tags"] == len(vocabulary) and values["tracks"] > 0
     assert 0.0 <= values["roc_auc"] <= 1.0
+
+
+def test_containers_are_unwrapped():
+    from tagtrain.import_weights import unwrap
+
+    state = {"a.weight": torch.zeros(2), "b.bias": torch.ones(1)}
+    assert unwrap(state, "f") == state
+    assert unwrap({"epoch": 4, "state_dict": state}, "f") == state  # Lightning
+    assert unwrap({"model": {"state_dict": state}, "step": 1}, "f") == state
+    parallel = {f"module.{k}": v for k, v in state.items()}  # DataParallel
+    assert unwrap({"model": parallel}, "f") == state
+    with pytest.raises(WeightsImportError, match="no state dict"):
+        unwrap([state], "f")
