@@ -10,6 +10,10 @@ input plan from the model's InputSpec, no dataset statistics), so `evaluate`, `t
 `embed --run` and `robustness` take it like a trained run. `imported.json` (and the
 checkpoint's `imported` entry) records where the weights came from: source, path, sha256,
 the reference architecture.
+
+A named `--vocabulary` is manifests' label list; an importer module may define
+`label_order(name, tags)` when its checkpoints order that benchmark's tags otherwise (sota's
+MTAT order swaps two tags).
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         )
     _refuse_existing_run(out)
     vocabulary = read_vocabulary(args.vocabulary)
+    if args.vocabulary in VOCABULARIES and hasattr(source, "label_order"):
+        # A source whose checkpoints order a benchmark's tags differently says so.
+        vocabulary = source.label_order(args.vocabulary, vocabulary)
     state = unwrap(load_weights(path), str(path))
     converted = source.convert(state, args.model)
     n_classes = output_classes(converted)

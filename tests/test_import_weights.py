@@ -144,6 +144,8 @@ def test_import_command_writes_a_run_that_tags_a_clip(tmp_path, capsys, monkeypa
     run = load_run(run_dir, device="cpu")
     assert run.model_name == "musicnn" and len(run.vocabulary) == 50
     assert run.vocabulary[:3] == ["guitar", "classical", "slow"]
+    # The reference's MTAT order (split/mtat/tags.npy), not manifests' (female voice, metal).
+    assert run.vocabulary[47:49] == ["metal", "female voice"]
     assert run.plan.standardize == "none" and run.mean is None
     assert_golden("musicnn", our_logits("musicnn", run.model, monkeypatch))
 

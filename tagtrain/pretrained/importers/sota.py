@@ -226,6 +226,24 @@ MODELS = {
 }
 
 
+# --- label order ---------------------------------------------------------------------------
+
+
+def label_order(vocabulary: str, tags: list[str]) -> list[str]:
+    """The checkpoints' output order for a named `--vocabulary` (manifests' list in `tags`).
+
+    The reference's MTAT labels (`split/mtat/tags.npy`) put 'metal' before 'female voice'
+    (outputs 47 and 48); manifests' list (jongpillee's top-50) has them the other way
+    round. Its MSD list (`split/msd/50tagList.txt`) is manifests' order, and its
+    MTG-Jamendo labels are sklearn's LabelBinarizer classes, i.e. sorted, as manifests'."""
+    if vocabulary != "mtt":
+        return tags
+    order = list(tags)
+    i, j = order.index("female voice"), order.index("metal")
+    order[i], order[j] = order[j], order[i]
+    return order
+
+
 # --- conversion ---------------------------------------------------------------------------
 
 
@@ -352,4 +370,12 @@ def _convert(state: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.T
     return converted
 
 
-__all__ = ["ARCHITECTURES", "MODELS", "architecture", "convert", "guess_model", "head_classes"]
+__all__ = [
+    "ARCHITECTURES",
+    "MODELS",
+    "architecture",
+    "convert",
+    "guess_model",
+    "head_classes",
+    "label_order",
+]
