@@ -147,7 +147,14 @@ def test_import_command_writes_a_run_that_tags_a_clip(tmp_path, capsys, monkeypa
     # The reference's MTAT order (split/mtat/tags.npy), not manifests' (female voice, metal).
     assert run.vocabulary[47:49] == ["metal", "female voice"]
     assert run.plan.standardize == "none" and run.mean is None
+    # Default --front-end reference: the run takes PCM and computes the checkpoint's mel.
+    assert run.plan.kind == "pcm" and run.spec.kind == "pcm"
+    front = run.model.input.front_end
+    assert torch.equal(front.fb, reference_state("musicnn")["spec.mel_scale.fb"])
+    assert front.hop == 256 and front.pad_mode == "reflect"
+    run.model.input.front_end = None  # after the front end, the network is the reference's
     assert_golden("musicnn", our_logits("musicnn", run.model, monkeypatch))
+    run.model.input.front_end = front
 
     code = main(["tag", str(CLIP), "--run", str(run_dir), "--json", "--device", "cpu"])
     out, err = capsys.readouterr()
@@ -159,6 +166,37 @@ def test_import_command_writes_a_run_that_tags_a_clip(tmp_path, capsys, monkeypa
     assert len(tags) == 10 and set(tags) <= set(run.vocabulary)
     assert probabilities == sorted(probabilities, reverse=True)
     assert all(0.0 <= p <= 1.0 for p in probabilities)
+
+
+def test_front_end_tagkit_reads_the_pipeline_mel(tmp_path, capsys):
+    path = _save(reference_state("fcn"), tmp_path / "fcn.pth")
+    code, _, err = _import(
+        capsys, path, "--model", "fcn", "--vocabulary", "msd", "--front-end", "tagkit",
+        "--out", tmp_path / "run",
+    )  # fmt: skip
+    assert code == 0, err
+    run = load_run(tmp_path / "run", device="cpu")
+    assert run.plan.kind == "mel" and run.plan.member == "mel.npy"
+    assert run.model.input.front_end is None
+    assert json.loads((tmp_path / "run" / "imported.json").read_text())["front_end"] == "tagkit"
+
+
+def test_filterbank_mel_is_the_pipeline_mel_when_given_its_filterbank():
+    # The reference front end's arithmetic (STFT, power, filterbank, dB) checked against
+    # the pipeline's log_mel (itself tested against librosa): with the pipeline's Slaney
+    # filters and zero padding they must agree; reflect padding changes only the edges.
+    from pipelines.core.features import FeatureConfig, log_mel, mel_filterbank
+    from tagtrain.models.layers import FilterbankMel
+
+    cfg = FeatureConfig(n_mels=96)
+    pcm = torch.from_numpy(np.random.default_rng(3).uniform(-0.5, 0.5, (2, 48000)).astype("f4"))
+    fb = mel_filterbank(16000, 512, 96, 0.0, 8000.0).T
+    window = torch.hann_window(512)
+    ours = FilterbankMel(window, fb, 256, "constant")(pcm)
+    torch.testing.assert_close(ours, log_mel(pcm, cfg), rtol=0, atol=1e-3)
+    reflect = FilterbankMel(window, fb, 256, "reflect")(pcm)
+    torch.testing.assert_close(reflect[..., 2:-2], ours[..., 2:-2], rtol=0, atol=1e-3)
+    assert float((reflect[..., 0] - ours[..., 0]).abs().max()) > 0.1
 
 
 @pytest.mark.parametrize(
@@ -210,18 +248,20 @@ def test_a_file_without_a_state_dict_is_refused(tmp_path, capsys):
     assert math.isfinite(len(err)) and len(err.strip().splitlines()) == 1
 
 
-def test_evaluate_takes_an_imported_run(demo_dataset, tmp_path, capsys):
-    # A SampleCNN checkpoint whose head has the demo dataset's tags, named by a JSON list.
+@pytest.mark.parametrize(("model_name", "head"), [("samplecnn", "dense."), ("musicnn", "dense2.")])
+def test_evaluate_takes_an_imported_run(demo_dataset, tmp_path, capsys, model_name, head):
+    # A checkpoint whose head has the demo dataset's tags, named by a JSON list; musicnn
+    # with the reference front end (from the shards' PCM), SampleCNN on the PCM itself.
     vocabulary = json.loads((demo_dataset / "dataset.json").read_text())["vocabulary"]
     table = [
-        [key, [len(vocabulary), *shape[1:]] if key.startswith("dense.") else shape, dtype]
-        for key, shape, dtype in GOLDEN["models"]["samplecnn"]["tensors"]
+        [key, [len(vocabulary), *shape[1:]] if key.startswith(head) else shape, dtype]
+        for key, shape, dtype in GOLDEN["models"][model_name]["tensors"]
     ]
-    path = _save(seeded_state(table), tmp_path / "sample.pth")
+    path = _save(seeded_state(table), tmp_path / "model.pth")
     (tmp_path / "tags.json").write_text(json.dumps(vocabulary))
     run_dir = tmp_path / "run"
     code, _, err = _import(
-        capsys, path, "--model", "samplecnn", "--vocabulary", tmp_path / "tags.json",
+        capsys, path, "--model", model_name, "--vocabulary", tmp_path / "tags.json",
         "--out", run_dir,
     )  # fmt: skip
     assert code == 0, err
@@ -233,7 +273,7 @@ def test_evaluate_takes_an_imported_run(demo_dataset, tmp_path, capsys):
     assert code == 0, err
     (metrics,) = run_dir.glob("metrics*.json")
     values = json.loads(metrics.read_text())
-    assert values["model"] == "samplecnn" and values["checkpoint"] == "best.pt"
+    assert values["model"] == model_name and values["checkpoint"] == "best.pt"
     assert values["tags"] == len(vocabulary) and values["tracks"] > 0
     assert 0.0 <= values["roc_auc"] <= 1.0
 

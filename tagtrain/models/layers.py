@@ -36,8 +36,51 @@ class Tagger(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def set_waveform_front_end(self, window, fb, hop: int, pad_mode: str = "reflect") -> None:
+        """Take PCM and compute the mel in the model with this window and filterbank
+        (`FilterbankMel`) instead of reading the pipeline's mel: how a run imported from
+        a reference that computed its own mel keeps that front end. The input spec
+        becomes PCM of the same length (same frames at this hop)."""
+        import dataclasses
+
+        mel_input = getattr(self, "input", None)
+        if not isinstance(mel_input, MelInput) or self.input_spec.kind != "mel":
+            raise ValueError(f"{type(self).__name__} has no mel input to replace")
+        if tuple(fb.shape) != (window.shape[0] // 2 + 1, self.input_spec.n_mels):
+            raise ValueError(f"filterbank {tuple(fb.shape)} does not fit the model's mel input")
+        mel_input.front_end = FilterbankMel(window, fb, hop, pad_mode)
+        self.input_spec = dataclasses.replace(self.input_spec, kind="pcm")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.embed(x)))
+
+
+class FilterbankMel(nn.Module):
+    """PCM [B, samples] -> dB mel [B, n_mels, frames] with a given window and mel
+    filterbank: torchaudio's `MelSpectrogram` + `AmplitudeToDB` as the seed-000 reference
+    models compute their input (centred STFT, `pad_mode` padding, power 2, `fb`
+    [n_fft/2+1, n_mels], 10 log10(max(x, 1e-10))). Its buffers are not saved with the
+    model's weights (a run records them in its `model_setup`)."""
+
+    def __init__(self, window: torch.Tensor, fb: torch.Tensor, hop: int, pad_mode: str):
+        super().__init__()
+        self.register_buffer("window", torch.as_tensor(window).float(), persistent=False)
+        self.register_buffer("fb", torch.as_tensor(fb).float(), persistent=False)
+        self.hop, self.pad_mode = int(hop), str(pad_mode)
+
+    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=pcm.device.type, enabled=False):
+            spec = torch.stft(
+                pcm.float(),
+                n_fft=self.window.shape[0],
+                hop_length=self.hop,
+                window=self.window,
+                center=True,
+                pad_mode=self.pad_mode,
+                return_complex=True,
+            )
+            mel = torch.matmul(spec.abs().pow(2).transpose(1, 2), self.fb).transpose(1, 2)
+            return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
 
 
 class MelInput(nn.Module):
@@ -45,14 +88,18 @@ class MelInput(nn.Module):
 
     The references put BatchNorm2d(1) on the dB mel and normalise nothing else; their
     InputSpecs say `standardize="none"`, so this layer is the models' only input
-    normalisation, as in the papers.
+    normalisation, as in the papers. With a `front_end` (see
+    `Tagger.set_waveform_front_end`) it takes PCM [B, samples] and computes the mel itself.
     """
 
     def __init__(self):
         super().__init__()
         self.bn = nn.BatchNorm2d(1)
+        self.front_end: nn.Module | None = None
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        if self.front_end is not None:
+            mel = self.front_end(mel)
         if mel.dim() != 3:
             raise ValueError(f"expected a mel batch [B, n_mels, frames], got {tuple(mel.shape)}")
         return self.bn(mel.unsqueeze(1))

@@ -10,10 +10,11 @@ What is not a weight of ours:
 - The reference computes its input inside the model: torchaudio's `MelSpectrogram`
   (buffers `spec.spectrogram.window` [n_fft] and `spec.mel_scale.fb` [n_fft/2+1, n_mels])
   and `AmplitudeToDB` (no tensors); the Harmonic CNN's `HarmonicSTFT` has
-  `hstft.spec.window`. We compute the input with the pipeline's own front end, so these
-  buffers are checked (present, shapes of the model's n_fft and mel bands: a 128-band
-  checkpoint does not go into a 96-band model) and then not used. The two front ends
-  differ (FIDELITY.md, "Importing published checkpoints").
+  `hstft.spec.window`. They are checked (present, shapes of the model's n_fft and mel
+  bands: a 128-band checkpoint does not go into a 96-band model) and are not weights of
+  ours: `front_end` hands them to `import-weights`, which by default makes the run compute
+  its mel that way (`--front-end reference`); `--front-end tagkit` feeds the pipeline's
+  mel instead, which differs (FIDELITY.md, "Importing published checkpoints").
 - Tensors the reference recomputes at construction instead of saving, which ours keep as
   buffers: CNNSA's fixed [CLS] vector (numpy seed 0; ours `cls`, drawn the same way) and
   the Harmonic CNN's centre frequencies (`f0`; ours `front.center_hz`, the same grid).
@@ -226,6 +227,26 @@ MODELS = {
 }
 
 
+# --- the reference's own front end ----------------------------------------------------------
+
+
+def front_end(state: Mapping[str, torch.Tensor], model: str) -> dict | None:
+    """`set_waveform_front_end` arguments that make `model` compute its mel as the
+    reference did (torchaudio's MelSpectrogram: the checkpoint's own window and
+    filterbank, hop n_fft/2, reflect padding; AmplitudeToDB), or None for models without
+    a mel input (SampleCNNs, whose input is PCM; the HCNN, whose harmonic front end is
+    ours)."""
+    if architecture(model).front_end != "mel":
+        return None
+    window = state["spec.spectrogram.window"]
+    return {
+        "window": window,
+        "fb": state["spec.mel_scale.fb"],
+        "hop": int(window.shape[0]) // 2,  # torchaudio's default: win_length // 2
+        "pad_mode": "reflect",
+    }
+
+
 # --- label order ---------------------------------------------------------------------------
 
 
@@ -373,6 +394,7 @@ def _convert(state: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.T
 __all__ = [
     "ARCHITECTURES",
     "MODELS",
+    "front_end",
     "architecture",
     "convert",
     "guess_model",
