@@ -94,6 +94,16 @@ def _join(parts: list[np.ndarray], keep: list[int]) -> np.ndarray:
     return np.concatenate([p[..., -k:] if k < p.shape[-1] else p for p, k in zip(parts, keep)], -1)
 
 
+def _model_mel(model, raw: torch.Tensor) -> torch.Tensor:
+    """The mel the model sees: its input, or what its own front end makes of the PCM
+    (an imported run with `--front-end reference`)."""
+    front_end = getattr(getattr(model, "input", None), "front_end", None)
+    if front_end is None:
+        return raw
+    with torch.no_grad():
+        return front_end(raw)
+
+
 def explain_file(run: TrainedRun, path: Path, tags: list[str]) -> Explanation:
     model, spec = run.model, run.spec
     if not explainable(model):
@@ -116,7 +126,7 @@ def explain_file(run: TrainedRun, path: Path, tags: list[str]) -> Explanation:
         attention.append(a)
         contribution.append(c)
         probability.append(p)
-        mels.append(device_input.raw(window)[0].float().cpu().numpy())
+        mels.append(_model_mel(model, device_input.raw(window))[0].float().cpu().numpy())
         new = length if i == 0 else offset + length - (offsets[i - 1] + length)
         keep.append(max(1, round(len(a) * new / length)))
     frames_keep = [
