@@ -6,6 +6,8 @@ jordipons/musicnn) so that parameter counts match the papers at width 1.0.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,28 +60,31 @@ class Tagger(nn.Module):
 class FilterbankMel(nn.Module):
     """PCM [B, samples] -> dB mel [B, n_mels, frames] with a given window and mel
     filterbank: torchaudio's `MelSpectrogram` + `AmplitudeToDB` as the seed-000 reference
-    models compute their input (centred STFT, `pad_mode` padding, power 2, `fb`
-    [n_fft/2+1, n_mels], 10 log10(max(x, 1e-10))). Its buffers are not saved with the
-    model's weights (a run records them in its `model_setup`)."""
+    models compute their input (centred frames with `pad_mode` padding, power 2, `fb`
+    [n_fft/2+1, n_mels], 10 log10(max(x, 1e-10))). The STFT is a real convolution with the
+    windowed DFT basis (the arithmetic of `torch.stft`, exportable to ONNX). Its buffers
+    are not saved with the model's weights (a run records them in its `model_setup`)."""
 
     def __init__(self, window: torch.Tensor, fb: torch.Tensor, hop: int, pad_mode: str):
         super().__init__()
-        self.register_buffer("window", torch.as_tensor(window).float(), persistent=False)
+        window = torch.as_tensor(window, dtype=torch.float64)
+        n_fft = window.shape[0]
+        n = torch.arange(n_fft, dtype=torch.float64)
+        f = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
+        angle = 2.0 * math.pi * f[:, None] * n[None, :] / n_fft
+        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])
+        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
         self.register_buffer("fb", torch.as_tensor(fb).float(), persistent=False)
-        self.hop, self.pad_mode = int(hop), str(pad_mode)
+        self.n_fft, self.hop, self.pad_mode = n_fft, int(hop), str(pad_mode)
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=pcm.device.type, enabled=False):
-            spec = torch.stft(
-                pcm.float(),
-                n_fft=self.window.shape[0],
-                hop_length=self.hop,
-                window=self.window,
-                center=True,
-                pad_mode=self.pad_mode,
-                return_complex=True,
-            )
-            mel = torch.matmul(spec.abs().pow(2).transpose(1, 2), self.fb).transpose(1, 2)
+            half = self.n_fft // 2
+            x = F.pad(pcm.float()[:, None, :], (half, half), mode=self.pad_mode)
+            spec = F.conv1d(x, self.basis, stride=self.hop)  # [B, 2 * bins, frames]
+            bins = spec.shape[1] // 2
+            power = spec[:, :bins].square() + spec[:, bins:].square()
+            mel = torch.matmul(power.transpose(1, 2), self.fb).transpose(1, 2)
             return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
 
 
