@@ -197,6 +197,10 @@ def test_filterbank_mel_is_the_pipeline_mel_when_given_its_filterbank():
     reflect = FilterbankMel(window, fb, 256, "reflect")(pcm)
     torch.testing.assert_close(reflect[..., 2:-2], ours[..., 2:-2], rtol=0, atol=1e-3)
     assert float((reflect[..., 0] - ours[..., 0]).abs().max()) > 0.1
+    # torchaudio's Spectrogram is torch.stft with reflect padding.
+    stft = torch.stft(pcm, 512, 256, window=window, pad_mode="reflect", return_complex=True)
+    mel = torch.matmul(stft.abs().square().transpose(1, 2), fb).transpose(1, 2)
+    torch.testing.assert_close(reflect, to_db(mel), rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize(
