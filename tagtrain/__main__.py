@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "tagtrain.recipes",
     "tagtrain.explain",
     "tagtrain.export",
+    "tagtrain.import_weights",
     "tagtrain.__main__",
 )
 

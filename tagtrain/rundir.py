@@ -10,6 +10,7 @@ samples-rankR.tsv  the keys of every training step (--log-samples)
 student.json, patchout.json   the recipe's settings (noisy student, patchout)
 metrics[-X].json, per_tag[-X].csv, predictions[-X].parquet   evaluations
 robustness/        robustness tables and figure
+imported.json      where imported weights came from (import-weights: source, path, sha256)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class RunDir:
     STUDENT = "student.json"
     PATCHOUT = "patchout.json"
     ROBUSTNESS = "robustness"
+    IMPORTED = "imported.json"
     CHECKPOINTS = {"best": BEST, "last": LAST}
 
     def __init__(self, path: str | Path):

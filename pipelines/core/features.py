@@ -160,11 +160,14 @@ def log_mel(pcm: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
 
 def harmonic_center_frequencies(sample_rate: int, harmonics: int, bands: int) -> np.ndarray:
     """[harmonics, bands] centre frequencies: `bands` fundamentals spaced evenly in MIDI
-    from C1 up to the frequency whose top harmonic reaches Nyquist, times h = 1..harmonics.
+    from C1 up to the note nearest the frequency whose top harmonic reaches Nyquist,
+    times h = 1..harmonics.
     With 16 kHz, 6 harmonics and 128 bands this is the HCNN's half-semitone grid."""
     low_midi = 24.0  # C1
     high_hz = sample_rate / (2 * harmonics)
-    high_midi = 69.0 + 12.0 * np.log2(high_hz / 440.0)
+    # Rounded to the nearest note, as the reference does (librosa's hz_to_note, then
+    # note_to_midi): at 16 kHz and 6 harmonics, E6, so the bands are half a semitone apart.
+    high_midi = float(np.round(69.0 + 12.0 * np.log2(high_hz / 440.0)))
     midi = np.linspace(low_midi, high_midi, bands + 1)[:-1]
     f0 = 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
     return np.stack([f0 * h for h in range(1, harmonics + 1)])
