@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-CODE_VERSION = "0.1.0"
+CODE_VERSION = "0.2.0"
 
 
 def library_versions(*extra: str) -> dict:
