@@ -12,17 +12,22 @@ import torch
 
 from tagtrain.loader.cache import ShardCache, locate
 from tagtrain.loader.index import SampleRef
+from tagtrain.loader.openers import LOCAL_SCHEMES, scheme_of
 from tagtrain.loader.positions import WorkerPosition
 from tagtrain.loader.rangecache import RangeCache
 from tagtrain.loader.ranged import RangeFailure, RangeFetcher
 from tagtrain.loader.stats import LoaderStats
 
 SAMPLE_MODE = -2  # WorkerPosition.next_shard of a sample-level state; next_index = consumed
-READ_AHEAD = 4  # batches fetched ahead of the one being decoded
+# Batches fetched ahead of the one being decoded: from local files READ_AHEAD, one at a
+# time; from remote ones as many as fit IN_FLIGHT_BYTES (at least 2, at most
+# MAX_READ_AHEAD), all at once, so the network latency of a batch overlaps the others'.
+READ_AHEAD = 4
+MAX_READ_AHEAD = 8
+IN_FLIGHT_BYTES = 64 << 20
 # With a cache, a shard of which the model reads at least this fraction of the member
 # bytes is downloaded whole; below it only the member ranges read are kept.
 WHOLE_SHARD_FRACTION = 0.8
-FETCH_THREADS = 2  # batches being fetched at once
 
 
 def sample_state(consumed: int) -> WorkerPosition:
@@ -71,6 +76,18 @@ class SampleRoleStream:
             urls, cfg.storage_options, cfg.read_retries, cfg.retry_backoff, place, range_cache
         )
 
+    def read_ahead(self) -> tuple[int, int]:
+        """(batches fetched ahead, threads fetching them)."""
+        if not any(scheme_of(s.url) not in LOCAL_SCHEMES for s in self.stream.shards):
+            return READ_AHEAD, 1
+        refs = [ref for shard in self.stream.refs for ref in shard]
+        per_sample = sum(
+            size + 512 for ref in refs for name, _, size in ref.members if name in self.needed
+        ) / max(1, len(refs))
+        depth = int(IN_FLIGHT_BYTES // max(1.0, per_sample * self.cfg.batch_size))
+        depth = max(2, min(MAX_READ_AHEAD, depth))
+        return depth, depth
+
     def fetch(self, refs: list[SampleRef]) -> list:
         """[(ref, raw sample or (shard, RangeFailure))] for a batch's samples: every
         shard's members in one concurrent request set (`RangeFetcher.fetch_members_many`)."""
@@ -105,14 +122,13 @@ class SampleRoleStream:
 
     def batches(self):
         order = self.stream.order
-        # Two batches' requests in flight at once: one waits on the network while the
-        # other's arrive (each batch is one concurrent request set).
-        pool = concurrent.futures.ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
+        depth, threads = self.read_ahead()
+        pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="fetch")
         pending: deque = deque()
         specs = iter(self.specs)
         try:
             while True:
-                while len(pending) < READ_AHEAD and (spec := next(specs, None)) is not None:
+                while len(pending) < depth and (spec := next(specs, None)) is not None:
                     j, (start, stop) = spec
                     pending.append((j, pool.submit(self.fetch, order[start:stop])))
                 if not pending:
