@@ -5,8 +5,10 @@ under its final name only when complete (written to a temporary name, then renam
 eviction (least recently used first, over the limit) runs under a cache-wide lock. A
 reader holding an evicted file keeps reading it (POSIX unlink semantics).
 
-The cache holds whole shards: with it, the first epoch downloads every byte of each shard
-(not only the members the model reads), the price of reading later epochs locally."""
+Whole-shard reading caches whole shards. Sample-level reading caches a shard whole when the
+model reads most of its bytes, else only the member ranges it reads (`rangecache`, in the
+same directory and under the same limit), so a mel-only model on a mel+pcm dataset never
+downloads the PCM."""
 
 from __future__ import annotations
 
