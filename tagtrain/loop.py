@@ -338,6 +338,8 @@ class Trainer:
 
     def reload_best(self) -> None:
         self.rt.dist.barrier()
+        if self.run_dir.remote and not self.rt.dist.is_main:
+            self.run_dir.pull(RunDir.BEST)  # rank 0 staged and uploaded it
         path = self.run_dir / RunDir.BEST
         if path.exists():
             state = ckpt.load_checkpoint(path, map_location=self.rt.device)
