@@ -128,16 +128,8 @@ def load_run(
     run may be a local directory or an object-store prefix (s3://, gs://, https://:
     the checkpoint is downloaded to a staging directory)."""
     store = RunDir(run_dir, storage_options)
-    if not store.is_run_directory():
-        raise RunError(f"no run directory at {store}")
-    if checkpoint not in CHECKPOINTS:
-        raise RunError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint}")
-    name = CHECKPOINTS[checkpoint]
-    if checkpoint == "best" and not store.exists(name) and store.exists(ckpt.LAST):
-        raise RunError(f"{store} has no best.pt yet (no validated epoch): use --checkpoint last")
-    if store.remote and not store.pull(name):
-        raise ckpt.CheckpointError(f"no checkpoint at {store.url(name)}")
-    path = store / name
+    path = _checkpoint_file(store, checkpoint)
+    name = path.name
     torch_device = resolve_device(device, 0)
     state = ckpt.load_checkpoint(path)
     try:
@@ -174,6 +166,20 @@ def load_run(
         autocast_dtype=autocast_dtype,
         store=store if store.remote else None,
     )
+
+
+def _checkpoint_file(store: RunDir, checkpoint: str) -> Path:
+    """The local file of the run's `checkpoint` (downloaded first from a remote run)."""
+    if not store.is_run_directory():
+        raise RunError(f"no run directory at {store}")
+    if checkpoint not in CHECKPOINTS:
+        raise RunError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint}")
+    name = CHECKPOINTS[checkpoint]
+    if checkpoint == "best" and not store.exists(name) and store.exists(ckpt.LAST):
+        raise RunError(f"{store} has no best.pt yet (no validated epoch): use --checkpoint last")
+    if store.remote and not store.pull(name):
+        raise ckpt.CheckpointError(f"no checkpoint at {store.url(name)}")
+    return store / name
 
 
 def _setup_method(model: nn.Module, name: str):
