@@ -4,6 +4,7 @@ bf16 with 1..16 loader workers, reading local shards and S3 (a local SeaweedFS s
 
     .venv/bin/python bench/gpu.py                       # needs a CUDA GPU
     .venv/bin/python bench/gpu.py --workers 1,4,16 --sources local --steps 100
+    .venv/bin/python bench/gpu.py --dry-run             # the same code on CPU, tiny: a check
 
 Goal when run: data wait <= 5% of each step with 16 workers. Each model gets a generated
 dataset whose stored mel matches its input (features from its InputSpec); the first
@@ -35,12 +36,14 @@ def features_for(spec) -> FeatureConfig:
     return FeatureConfig(**{n: getattr(spec, n) for n in names})
 
 
-def train_steps(url, options, model_name, workers, batch_size, steps, warmup) -> dict:
-    """Time `steps` bf16 training steps after `warmup`; wait = blocked on the loader."""
+def train_steps(url, options, model_name, workers, args, device) -> dict:
+    """Time `args.steps` bf16 training steps after `args.warmup`; wait = blocked on the
+    loader (the step's host-to-device copy counts as compute)."""
+    batch_size, steps, warmup = args.batch_size, args.steps, args.warmup
     spec = get_entry(model_name).input_spec
-    device = torch.device("cuda")
     card = data.load_card(url, options)
-    model = create_model(model_name, len(card["vocabulary"])).to(device).train()
+    n_tags = len(card["vocabulary"])
+    model = create_model(model_name, n_tags, width=args.width).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
     epoch, wait, total, done = 0, 0.0, 0.0, -warmup
     reader, plan = reader_for(url, options, spec, workers, batch_size, epoch)
@@ -55,7 +58,7 @@ def train_steps(url, options, model_name, workers, batch_size, steps, warmup) ->
             batches = iter(reader)
             continue
         t1 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = model(to_input(batch.x))
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
             logits.float(), batch.y.to(device)
@@ -63,7 +66,8 @@ def train_steps(url, options, model_name, workers, batch_size, steps, warmup) ->
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         if done >= 0:
             wait, total = wait + t1 - t0, total + time.perf_counter() - t0
         done += 1
@@ -84,11 +88,23 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--tracks", type=int, default=2048)
+    parser.add_argument("--width", type=float, default=1.0, help="model width multiplier")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="check the benchmark on CPU: tiny models, 2 timed steps, 1 and 2 workers",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("error: bench/gpu.py needs a CUDA GPU", file=sys.stderr)
+    if args.dry_run:
+        args.workers, args.batch_size, args.steps, args.warmup = "1,2", 4, 2, 1
+        args.tracks, args.width = 64, 0.125
+        device = torch.device("cpu")
+        name = "CPU dry run (figures mean nothing)"
+    elif torch.cuda.is_available():
+        device, name = torch.device("cuda"), torch.cuda.get_device_name()
+    else:
+        print("error: bench/gpu.py needs a CUDA GPU (or --dry-run)", file=sys.stderr)
         return 2
-    print(f"{torch.cuda.get_device_name()}; batch {args.batch_size}, bf16, {args.steps} steps")
+    print(f"{name}; batch {args.batch_size}, bf16, {args.steps} steps after {args.warmup}")
     print(
         f"{'model':>26} {'source':>7} {'workers':>7} {'step ms':>8} {'wait':>6} {'samples/s':>10}"
     )
@@ -98,9 +114,7 @@ def main(argv=None) -> int:
         for source in args.sources.split(","):
             with served(source, directory) as (url, options):
                 for workers in (int(w) for w in args.workers.split(",")):
-                    r = train_steps(
-                        url, options, model_name, workers, args.batch_size, args.steps, args.warmup
-                    )
+                    r = train_steps(url, options, model_name, workers, args, device)
                     print(
                         f"{model_name:>26} {source:>7} {workers:>7} {r['step_ms']:8.1f} "
                         f"{100 * r['wait']:5.1f}% {r['samples_s']:10.0f}",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -164,8 +165,10 @@ def served(source: str, directory: Path):
             server, options = _seaweed(directory, Path(work) / "weed")
             url = "s3://bench/data"
         try:
+            SERVERS[url] = server.pid
             yield url, options
         finally:
+            SERVERS.pop(url, None)
             server.terminate()
             server.wait()
 
@@ -201,18 +204,37 @@ def reader_for(url, options, spec, workers, batch_size, epoch, split="train", ca
     return data.EpochReader(stream, pin_memory=torch.cuda.is_available()), plan
 
 
+SERVERS: dict[str, int] = {}  # data URL -> pid of the local server process serving it
+
+
+def cpu_seconds(url) -> tuple[float, float]:
+    """(CPU seconds of this process and its reaped loader workers, of the server process)."""
+    import psutil
+
+    t = os.times()
+    client = t.user + t.system + t.children_user + t.children_system
+    pid = SERVERS.get(url)
+    server = sum(psutil.Process(pid).cpu_times()[:2]) if pid else 0.0
+    return client, server
+
+
 def loader_rate(url, options, spec, workers, batch_size, epochs, cache_dir=None):
-    """([chunks/s of each epoch], chunks per epoch, bytes fetched / bytes used), start-up
-    included in every epoch."""
-    rates, chunks, fetched, used = [], 0, 0, 0
+    """([chunks/s of each epoch], chunks per epoch, bytes fetched / bytes used, [(client,
+    server) CPU ms per chunk of each epoch]), start-up included in every epoch. On a
+    shared machine the CPU cost per chunk is the steadier figure: wall time there depends
+    on what else runs."""
+    rates, chunks, fetched, used, cpu = [], 0, 0, 0, []
     for epoch in range(epochs):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds(url)
         reader, _ = reader_for(url, options, spec, workers, batch_size, epoch, cache_dir=cache_dir)
         chunks = sum(len(batch.keys) for batch in reader)
+        reader.close()
         rates.append(chunks / (time.perf_counter() - start))
+        cpu_end = cpu_seconds(url)
+        cpu.append(tuple(1000 * (b - a) / max(1, chunks) for a, b in zip(cpu_start, cpu_end)))
         if epoch == 0:
             fetched, used = reader.stats.bytes_read, reader.stats.bytes_used
-    return rates, chunks, fetched / max(1, used)
+    return rates, chunks, fetched / max(1, used), cpu
 
 
 def step_wait(url, options, args, device) -> dict:
@@ -263,14 +285,14 @@ def step_wait(url, options, args, device) -> dict:
 
 
 def print_table(rows, ceilings, spec, directory, args) -> None:
-    local = {w: rates for s, w, _, rates, _ in rows if s == "local"}
+    local = {w: rates for s, w, _, rates, _, _ in rows if s == "local"}
     print()
     print(f"loader: {spec.kind} crops of {spec.frames} frames from {directory}")
     print(f"batch {args.batch_size}; chunks/s per epoch, start-up included; one shared machine")
     header = ("source", "workers", "chunks", "epoch 1/s", "vs local", "epoch 2/s", "vs local",
               "fetch/use", "source max")  # fmt: skip
     print("".join(f"{h:>11}" for h in header))
-    for source, workers, chunks, rates, ratio in rows:
+    for source, workers, chunks, rates, ratio, _ in rows:
         base = local.get(workers, [float("nan")] * len(rates))
         second = rates[1] if len(rates) > 1 else float("nan")
         cells = (
@@ -281,6 +303,24 @@ def print_table(rows, ceilings, spec, directory, args) -> None:
         print("".join(f"{c:>11}" for c in cells))
     print("vs local: per-worker ratio to local disk at the same worker count; fetch/use:")
     print("shard bytes read or downloaded / member bytes decoded (first epoch)")
+    print_cpu(rows)
+
+
+def print_cpu(rows) -> None:
+    """CPU ms per chunk, loader (this process and its workers) and server, per epoch; the
+    ratio local / (loader + server) is the throughput ratio when CPU is what limits."""
+    local = {w: cpu for s, w, _, _, _, cpu in rows if s == "local"}
+    print()
+    header = ("source", "workers", "e1 loader", "e1 server", "e1 ratio", "e2 loader",
+              "e2 server", "e2 ratio")  # fmt: skip
+    print("".join(f"{h:>11}" for h in header))
+    for source, workers, _, _, _, cpu in rows:
+        cells = [source, workers]
+        for epoch, (client, server) in enumerate(cpu[:2]):
+            base = local.get(workers, cpu)[min(epoch, len(local.get(workers, cpu)) - 1)][0]
+            cells += [f"{client:.2f}", f"{server:.2f}", f"{base / max(1e-9, client + server):.2f}"]
+        print("".join(f"{c:>11}" for c in cells))
+    print("CPU ms per chunk, start-up included; ratio: local loader CPU / (loader + server)")
 
 
 def main(argv=None) -> int:
@@ -314,11 +354,11 @@ def main(argv=None) -> int:
             print(f"  {source:<8} raw stream {ceilings[source][0]:6.0f} MB/s", flush=True)
             for workers in worker_counts:
                 with tempfile.TemporaryDirectory(prefix="tagtrain-cache-") as cache:
-                    rates, chunks, ratio = loader_rate(
+                    rates, chunks, ratio, cpu = loader_rate(
                         url, options, spec, workers, args.batch_size, args.epochs,
                         cache if source.endswith("-cache") else None,
                     )  # fmt: skip
-                rows.append((source, workers, chunks, rates, ratio))
+                rows.append((source, workers, chunks, rates, ratio, cpu))
                 shown = " ".join(f"{r:.0f}" for r in rates)
                 print(f"  {source:<8} workers={workers:<3} {shown} chunks/s", flush=True)
             if source == "local" and args.train_steps:

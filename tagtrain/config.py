@@ -116,8 +116,9 @@ class RunConfig:
             options.setdefault("s3", {})["endpoint_url"] = self.s3_endpoint_url
         return options
 
-    def run_dir(self) -> Path:
-        return Path(self.out or f"runs/{self.model}")
+    def run_dir(self) -> str:
+        """The run directory: a local path or an object-store prefix (s3://, gs://)."""
+        return self.out or f"runs/{self.model}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

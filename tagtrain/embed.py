@@ -35,7 +35,7 @@ from tagtrain.runs import (
     TrainedRun,
     add_run_arguments,
     check_run_arguments,
-    load_run,
+    load_run_from_args,
     loader_config,
     open_split,
 )
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         raise RunError(f"--out must name a .parquet file, got {out}")
     if out.is_dir():
         raise RunError(f"--out {out} is a directory: name a .parquet file")
-    trained = load_run(args.run, args.checkpoint, args.device)
+    trained = load_run_from_args(args)
     fn = extractor(trained, args.layer, args.block)
     data = args.data or trained.config.data
     sets = _splits(trained, data, args.split)
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     if not rows["key"]:
         raise RunError(f"no track of {data} could be read")
     metadata = {
-        "run": str(trained.dir),
+        "run": trained.location,
         "model": trained.model_name,
         "checkpoint": trained.checkpoint.name,
         "data": data,

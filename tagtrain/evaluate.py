@@ -37,7 +37,7 @@ from tagtrain.runs import (
     TrainedRun,
     add_run_arguments,
     check_run_arguments,
-    load_run,
+    load_run_from_args,
     loader_config,
     open_split,
     same_data,
@@ -92,7 +92,7 @@ class Evaluation:
     def summary(self) -> dict:
         excluded = self.excluded()
         return {
-            "run": str(self.run.dir),
+            "run": self.run.location,
             "model": self.run.model_name,
             "checkpoint": self.run.checkpoint.name,
             "data": self.data,
@@ -177,7 +177,7 @@ def write_predictions(evaluation: Evaluation, path: Path) -> Path:
             ),
         }
     )
-    metadata = {"vocabulary": vocabulary, "run": str(evaluation.run.dir), "data": evaluation.data}
+    metadata = {"vocabulary": vocabulary, "run": evaluation.run.location, "data": evaluation.data}
     table = table.replace_schema_metadata({"tagtrain": json.dumps(metadata)})
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
@@ -264,10 +264,12 @@ def run(args: argparse.Namespace) -> int:
     check_run_arguments(args)
     if args.bootstrap < 0:
         raise RunError("--bootstrap must not be negative")
-    trained = load_run(args.run, args.checkpoint, args.device)
+    trained = load_run_from_args(args)
     data = args.data or trained.config.data
     evaluation = evaluate_set(trained, open_split(trained, data, args.split), args)
     paths = write_results(evaluation)
+    trained.publish(*paths)
     print_evaluation(evaluation)
-    print(f"wrote {paths[0]}, {paths[1]} and {paths[2]}")
+    shown = [trained.store.url(p.name) if trained.store else p for p in paths]
+    print(f"wrote {shown[0]}, {shown[1]} and {shown[2]}")
     return 0

@@ -43,6 +43,8 @@ from tagtrain.trainingdata import TrainingData, check_batch_norm
 
 # Test hook: SIGKILL this process right after the given global step (a simulated crash).
 KILL_AT_STEP_ENV = "TAGTRAIN_KILL_AT_STEP"
+# What a resumed remote run downloads first (with its rank's samples log).
+RESUME_FILES = (RunDir.LAST, RunDir.LAST_PREVIOUS, RunDir.BEST, RunDir.METRICS)
 
 
 class TrainingError(UserError, RuntimeError):
@@ -83,8 +85,12 @@ class Trainer:
         self.cfg = cfg = dataclasses.replace(cfg, augment=chain or "")
         self.rt = Runtime.start(cfg.device, cfg.precision)
         self.data = TrainingData.open(cfg, get_entry(cfg.model).input_spec, chain, self.rt)
-        self.run_dir = RunDir(cfg.run_dir())
-        if self.run_dir.path.exists() and not self.run_dir.path.is_dir():
+        self.run_dir = RunDir(cfg.run_dir(), cfg.effective_storage_options())
+        if (
+            not self.run_dir.remote
+            and self.run_dir.path.exists()
+            and not self.run_dir.path.is_dir()
+        ):
             raise ConfigError(f"--out {self.run_dir} is a file, not a run directory")
         if not resume and self.run_dir.has_run():
             raise ConfigError(
@@ -109,6 +115,7 @@ class Trainer:
         self.recipe.setup(self)
         self.resume_positions = None
         if resume:
+            self.run_dir.pull(*RESUME_FILES, RunDir.samples_name(self.rt.dist.rank))
             self.resume_positions = ckpt.resume(self)
         else:
             # Dropout (and patchout, masks, mixup) draw from torch's generator: seeded per
@@ -129,8 +136,15 @@ class Trainer:
         cfg, dist, progress = self.cfg, self.rt.dist, self.progress
         if dist.is_main:
             self.run_dir.create()
-            (self.run_dir / RunDir.CONFIG).write_text(cfg.to_json() + "\n")
+            self.run_dir.write_text(RunDir.CONFIG, cfg.to_json() + "\n")
             print_header(self)
+            if self.run_dir.remote:
+                print(
+                    f"  {self.run_dir} is written through {self.run_dir.path}: checkpoints, "
+                    "config, summary and samples logs are uploaded as written, metrics.csv, "
+                    "curves.png and TensorBoard events after each epoch",
+                    flush=True,
+                )
         dist.barrier()
         self.log = RunLog(self.run_dir, dist.rank, cfg.log_samples)
         start = time.monotonic()
@@ -314,12 +328,19 @@ class Trainer:
     # -- checkpoints
 
     def save(self, name: str, positions: torch.Tensor | None, best: bool = False) -> None:
+        """Write checkpoint `name` (rank 0); a remote run uploads it, and every rank its
+        samples log, so the log in the store covers exactly the steps the checkpoint holds."""
+        self.log.publish_samples()
         if self.rt.dist.is_main:
             payload = ckpt.training_state(self, positions, best=best)
-            ckpt.save_checkpoint(self.run_dir / name, payload, keep_previous=name == RunDir.LAST)
+            keep = name == RunDir.LAST
+            ckpt.save_checkpoint(self.run_dir / name, payload, keep_previous=keep)
+            self.run_dir.publish(name, keep_previous=keep)
 
     def reload_best(self) -> None:
         self.rt.dist.barrier()
+        if self.run_dir.remote and not self.rt.dist.is_main:
+            self.run_dir.pull(RunDir.BEST)  # rank 0 staged and uploaded it
         path = self.run_dir / RunDir.BEST
         if path.exists():
             state = ckpt.load_checkpoint(path, map_location=self.rt.device)

@@ -230,7 +230,7 @@ class PatchoutRecipe(Supervised):
         if trainer.rt.dist.is_main:
             trainer.run_dir.create()
             text = json.dumps(o.to_dict(), indent=2, sort_keys=True)
-            (trainer.run_dir / RunDir.PATCHOUT).write_text(text + "\n")
+            trainer.run_dir.write_text(RunDir.PATCHOUT, text + "\n")
 
     def model_setup(self, model) -> dict:
         o = self.options
@@ -274,9 +274,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, PatchoutOptio
     cfg = train_config_from_args(args, command=COMMAND)
     saved = with_recipe(config_overrides(args), COMMAND)[1]
     if args.resume:
-        path = RunDir(cfg.run_dir()) / RunDir.PATCHOUT
-        if path.is_file():
-            saved = {**saved, **json.loads(path.read_text())}
+        run_dir = RunDir(cfg.run_dir(), cfg.effective_storage_options())
+        if run_dir.exists(RunDir.PATCHOUT):
+            saved = {**saved, **json.loads(run_dir.read_text(RunDir.PATCHOUT))}
     options = PatchoutOptions.from_dict(
         {**saved, **given(args, PatchoutOptions)}, "patchout options"
     )

@@ -37,7 +37,7 @@ from tagtrain.runs import (
     TrainedRun,
     add_run_arguments,
     check_run_arguments,
-    load_run,
+    load_run_from_args,
     open_split,
 )
 
@@ -112,10 +112,10 @@ def find_sets(data: str, perturbed: str, options: dict | None = None) -> list[Te
 
 def run_labels(runs: list[TrainedRun]) -> list[str]:
     """Short distinct names: the directory name, with its parent when two share one."""
-    labels = [r.dir.name for r in runs]
+    labels = [r.name for r in runs]
     for i, r in enumerate(runs):
-        if labels.count(r.dir.name) > 1:
-            labels[i] = f"{r.dir.parent.name}/{r.dir.name}"
+        if labels.count(r.name) > 1:
+            labels[i] = "/".join(r.location.rstrip("/").rsplit("/", 2)[-2:])
     return [label if labels.count(label) == 1 else f"{label}#{i}" for i, label in enumerate(labels)]
 
 
@@ -289,7 +289,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_run_arguments(args)
-    runs = [load_run(r, args.checkpoint, args.device) for r in args.run]
+    runs = [load_run_from_args(args, r) for r in args.run]
     data = args.data or runs[0].config.data
     perturbed = args.perturbed or join_url(data, PERTURBED_DIR)
     sets = find_sets(data, perturbed, runs[0].config.effective_storage_options())
@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
         "runs": [
             {
                 "label": label,
-                "dir": str(r.dir),
+                "dir": r.location,
                 "model": r.model_name,
                 "checkpoint": r.checkpoint.name,
             }
@@ -326,6 +326,12 @@ def run(args: argparse.Namespace) -> int:
     missing = [n for n in _paper_order() if n not in set_names]
     if missing:
         print(f"note: the paper's protocol also has {', '.join(missing)} (not found)")
+    if not args.out:
+        runs[0].publish(out_dir)
+        csv_path, json_path, figure = (
+            runs[0].store.url(f"robustness/{p.name}") if runs[0].store else p
+            for p in (csv_path, json_path, figure)
+        )
     print(f"wrote {csv_path}, {json_path}")
     print(f"figure: {figure}")
     return 0

@@ -20,6 +20,7 @@ TENSORBOARD_FIELDS = ("train_loss", "val_loss", *METRICS, "lr", "data_wait_fract
 class RunLog:
     def __init__(self, run: RunDir, rank: int, log_samples: bool):
         self.run = run
+        self.rank = rank
         self.main = rank == 0
         self.history: list[dict] = []
         self.bar = None
@@ -71,6 +72,14 @@ class RunLog:
                 self.tb.add_scalar(f"epoch/{name}", float(value), global_step)
         self.tb.flush()
         self.plot()
+        for name in (RunDir.METRICS, RunDir.CURVES, RunDir.TENSORBOARD):
+            if (self.run / name).exists():
+                self.run.publish(name)
+
+    def publish_samples(self) -> None:
+        """Upload this rank's samples log (remote runs; it is flushed per step)."""
+        if self.samples_file is not None:
+            self.run.publish(RunDir.samples_name(self.rank))
 
     def best_row(self) -> dict | None:
         rows = [r for r in self.history if str(r.get("best")) in ("1", "True")]

@@ -62,7 +62,7 @@ def write_summary(trainer, reason: str, last_val: dict | None, seconds: float) -
     }
     if not trainer.rt.dist.is_main:
         return summary
-    (trainer.run_dir / RunDir.SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    trainer.run_dir.write_text(RunDir.SUMMARY, json.dumps(summary, indent=2) + "\n")
     chosen = (
         f"epoch {summary['best_epoch']} by {cfg.select} (val loss "
         f"{_fmt(summary['best_val_loss'])}, ROC-AUC {_fmt(summary['best_roc_auc'])})"

@@ -76,10 +76,30 @@ class TrainedRun:
     card_checksum: str
     device: torch.device
     autocast_dtype: torch.dtype | None
+    # Where the run lives (None: at `dir`). A remote run's `dir` is a local staging copy:
+    # what is written there reaches the store through `publish`.
+    store: RunDir | None = None
 
     @property
     def name(self) -> str:
-        return self.dir.name
+        return self.store.name if self.store is not None else self.dir.name
+
+    @property
+    def location(self) -> str:
+        """The run directory as the user names it: a path or an object-store URL."""
+        return str(self.store) if self.store is not None else str(self.dir)
+
+    @property
+    def checkpoint_location(self) -> str:
+        if self.store is None:
+            return str(self.checkpoint)
+        return self.store.url(self.checkpoint.name)
+
+    def publish(self, *paths: Path) -> None:
+        """Upload files or folders written under `dir` (a remote run; locally nothing)."""
+        if self.store is not None:
+            for path in (p for p in paths if Path(p).exists()):
+                self.store.publish(Path(path).relative_to(self.dir).as_posix())
 
     @property
     def model_name(self) -> str:
@@ -93,20 +113,23 @@ class TrainedRun:
         level = "chunk-level" if self.spec.chunk_level else "song-level"
         return (
             f"{self.model_name} (width {self.config.width:g}, {level}, "
-            f"{self.spec.samples / self.spec.sample_rate:.2f} s input) from {self.checkpoint}"
+            f"{self.spec.samples / self.spec.sample_rate:.2f} s input) from "
+            f"{self.checkpoint_location}"
         )
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> TrainedRun:
-    """The run's model with the chosen checkpoint's weights (torch.load weights_only)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"no run directory at {run_dir}")
-    if checkpoint not in CHECKPOINTS:
-        raise RunError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint}")
-    path = run_dir / CHECKPOINTS[checkpoint]
-    if checkpoint == "best" and not path.is_file() and (run_dir / ckpt.LAST).is_file():
-        raise RunError(f"{run_dir} has no best.pt yet (no validated epoch): use --checkpoint last")
+def load_run(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    device: str = "auto",
+    storage_options: dict | None = None,
+) -> TrainedRun:
+    """The run's model with the chosen checkpoint's weights (torch.load weights_only). The
+    run may be a local directory or an object-store prefix (s3://, gs://, https://:
+    the checkpoint is downloaded to a staging directory)."""
+    store = RunDir(run_dir, storage_options)
+    path = _checkpoint_file(store, checkpoint)
+    name = path.name
     torch_device = resolve_device(device, 0)
     state = ckpt.load_checkpoint(path)
     try:
@@ -126,11 +149,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         if isinstance(exc, ConfigError):
             raise
-        raise RunError(f"{path} does not fit its run: {first_line(exc, 200)}") from None
+        raise RunError(f"{store.url(name)} does not fit its run: {first_line(exc, 200)}") from None
     model.to(torch_device).eval()
     autocast_dtype, _ = amp_settings(config.precision, torch_device)
     return TrainedRun(
-        dir=run_dir,
+        dir=store.path,
         config=config,
         checkpoint=path,
         model=model,
@@ -141,7 +164,22 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
         card_checksum=str(state.get("card_checksum", "")),
         device=torch_device,
         autocast_dtype=autocast_dtype,
+        store=store if store.remote else None,
     )
+
+
+def _checkpoint_file(store: RunDir, checkpoint: str) -> Path:
+    """The local file of the run's `checkpoint` (downloaded first from a remote run)."""
+    if not store.is_run_directory():
+        raise RunError(f"no run directory at {store}")
+    if checkpoint not in CHECKPOINTS:
+        raise RunError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint}")
+    name = CHECKPOINTS[checkpoint]
+    if checkpoint == "best" and not store.exists(name) and store.exists(ckpt.LAST):
+        raise RunError(f"{store} has no best.pt yet (no validated epoch): use --checkpoint last")
+    if store.remote and not store.pull(name):
+        raise ckpt.CheckpointError(f"no checkpoint at {store.url(name)}")
+    return store / name
 
 
 def _setup_method(model: nn.Module, name: str):
@@ -221,6 +259,21 @@ class EvalOptions:
     batch_size: int = setting(8, "tracks per batch")
     workers: int = setting(2, "loader processes (0 = main process)")
     chunks: int = setting(16, "evenly spaced chunks averaged per track (chunk-level models)")
+    s3_endpoint_url: str = setting(
+        "", "S3-compatible endpoint for an s3:// run and its data (default: the run's own, "
+        "or AWS_ENDPOINT_URL)"
+    )  # fmt: skip
+
+
+def load_run_from_args(args: argparse.Namespace, run: str | None = None) -> TrainedRun:
+    """`load_run` with a command's --checkpoint, --device and --s3-endpoint-url (which
+    then also reaches the run's dataset)."""
+    endpoint = getattr(args, "s3_endpoint_url", "")
+    options = {"s3": {"endpoint_url": endpoint}} if endpoint else None
+    trained = load_run(run or args.run, args.checkpoint, args.device, options)
+    if endpoint:
+        trained.config = dataclasses.replace(trained.config, s3_endpoint_url=endpoint)
+    return trained
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, chunks: bool = True) -> None:
@@ -246,6 +299,7 @@ __all__ = [
     "add_run_arguments",
     "check_run_arguments",
     "load_run",
+    "load_run_from_args",
     "loader_config",
     "open_split",
     "same_data",

@@ -34,7 +34,6 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -104,10 +103,12 @@ class Teacher:
         return sum(p.numel() for p in self.model.parameters())  # frozen: none trainable
 
 
-def load_teacher(run_dir, which: str, card: dict, source: str, device) -> Teacher:
+def load_teacher(
+    run_dir, which: str, card: dict, source: str, device, storage_options=None
+) -> Teacher:
     """The frozen teacher of a finished run, fed from the card's PCM with the normalisation
     it trained with. RunError/ConfigError (one line) when it cannot teach on `card`."""
-    run = load_run(run_dir, which, str(device))
+    run = load_run(run_dir, which, str(device), storage_options)
     if run.vocabulary != list(card["vocabulary"]):
         raise RunError(
             f"the teacher {run_dir} was trained on other tags than the dataset at {source}"
@@ -219,7 +220,8 @@ class StudentRecipe(Supervised):
 
     def __init__(self, student: StudentConfig):
         self.student = student.validate()
-        if not Path(student.teacher).is_dir():  # before the data: the cheaper mistake first
+        teacher = RunDir(student.teacher)
+        if not teacher.remote and not teacher.path.is_dir():  # before the data: cheaper
             raise RunError(f"no run directory at {student.teacher} (the --teacher)")
         self.teacher: Teacher | None = None
 
@@ -233,8 +235,9 @@ class StudentRecipe(Supervised):
         cfg, data = trainer.cfg, trainer.data
         student = self.student
         self.teacher = load_teacher(
-            student.teacher, student.teacher_checkpoint, data.card, cfg.data, trainer.rt.device
-        )
+            student.teacher, student.teacher_checkpoint, data.card, cfg.data, trainer.rt.device,
+            cfg.effective_storage_options(),
+        )  # fmt: skip
         teacher_plan = self.teacher.device_input.plan
         if teacher_plan.length != data.plan.length or (
             teacher_plan.features["sample_rate"] != data.plan.features["sample_rate"]
@@ -256,7 +259,7 @@ class StudentRecipe(Supervised):
         if trainer.rt.dist.is_main:
             trainer.run_dir.create()
             info = {**self.info, **dataclasses.asdict(student)}
-            (trainer.run_dir / RunDir.STUDENT).write_text(json.dumps(info, indent=2) + "\n")
+            trainer.run_dir.write_text(RunDir.STUDENT, json.dumps(info, indent=2) + "\n")
 
     # -- what a step trains on
 
@@ -306,8 +309,8 @@ class StudentRecipe(Supervised):
     def _describe(self, trainer) -> dict:
         teacher = self.teacher
         return {
-            "teacher": str(teacher.run.dir),
-            "teacher_checkpoint": str(teacher.run.checkpoint),
+            "teacher": teacher.run.location,
+            "teacher_checkpoint": teacher.run.checkpoint_location,
             "teacher_model": teacher.run.model_name,
             "teacher_width": teacher.run.config.width,
             "teacher_parameters": teacher.parameters,
@@ -349,10 +352,10 @@ def iteration_dirs(out: str, iterations: int) -> list[str]:
 
 def finished_summary(run_cfg: RunConfig) -> dict | None:
     """The summary of an iteration that needs no more training, else None."""
-    path = RunDir(run_cfg.run_dir()) / RunDir.SUMMARY
-    if not path.is_file():
+    run_dir = RunDir(run_cfg.run_dir(), run_cfg.effective_storage_options())
+    if not run_dir.exists(RunDir.SUMMARY):
         return None
-    summary = json.loads(path.read_text())
+    summary = json.loads(run_dir.read_text(RunDir.SUMMARY))
     done = summary["epochs_completed"] >= run_cfg.total_epochs()
     return summary if done or summary["stopped"].startswith("early stopping") else None
 
@@ -362,15 +365,16 @@ def train_students(cfg: RunConfig, student: StudentConfig, resume: bool = False)
     `resume`, finished iterations are kept and the interrupted one continues."""
     student.validate()
     dirs = iteration_dirs(str(cfg.run_dir()), student.iterations)
-    if resume and not RunDir(dirs[0]).has_run():
+    options = cfg.effective_storage_options()
+    if resume and not RunDir(dirs[0], options).has_run():
         raise ConfigError(f"--resume: no student run to resume at {dirs[0]}")
     summaries, teacher = [], student.teacher
     for i, out in enumerate(dirs):
         run_cfg = dataclasses.replace(cfg, out=out, seed=cfg.seed + i)
-        started = resume and RunDir(out).has_run()
+        started = resume and RunDir(out, options).has_run()
         if started:
-            was = json.loads((Path(out) / STUDENT_FILE).read_text())["teacher"]
-            if was != str(Path(teacher)):
+            was = json.loads(RunDir(out, options).read_text(STUDENT_FILE))["teacher"]
+            if was != str(RunDir(teacher)):
                 raise ConfigError(f"{out} was taught by {was}, not {teacher}")
         summary = finished_summary(run_cfg) if started else None
         if summary is None:

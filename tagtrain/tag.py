@@ -28,7 +28,7 @@ from tagtrain.flags import add_flags, setting
 from tagtrain.inference import predict_windows, window_offsets  # noqa: F401  (re-exported)
 from tagtrain.pretrained.cli import add_pretrained_argument
 from tagtrain.pretrained.cli import run_tag as run_pretrained_tag
-from tagtrain.runs import RunError, TrainedRun, load_run
+from tagtrain.runs import RunError, TrainedRun, load_run_from_args
 
 COMMAND = "tag"
 HELP = "tag audio files (any length) with a trained run"
@@ -119,6 +119,9 @@ class TagOptions:
     checkpoint: str = setting("best", "checkpoint of the run", choices=("best", "last"))
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     batch_size: int = setting(16, "windows per forward pass")
+    s3_endpoint_url: str = setting(
+        "", "S3-compatible endpoint for an s3:// run (or AWS_ENDPOINT_URL)"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise RunError("--batch-size must be at least 1")
     files = audio_files(args.paths)
-    trained = load_run(args.run, args.checkpoint, args.device)
+    trained = load_run_from_args(args)
     device_input = pcm_input(trained)
     results, failed = [], 0
     for path in files:

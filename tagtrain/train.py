@@ -70,10 +70,10 @@ def config_from_args(
         probe = build_config(args.config, {"data": "-", "model": "-", **overrides})
         if not (probe.out or "model" in overrides):
             raise ConfigError("--resume needs the run directory: give --out (or --model)")
-        saved = RunDir(probe.run_dir()) / RunDir.CONFIG
-        if not saved.is_file():
+        saved = RunDir(probe.run_dir(), probe.effective_storage_options())
+        if not saved.exists(RunDir.CONFIG):
             raise ConfigError(f"--resume: no run to resume at {probe.run_dir()}")
-        base = json.loads(saved.read_text())
+        base = json.loads(saved.read_text(RunDir.CONFIG))
     return build_config(args.config, overrides, base)
 
 

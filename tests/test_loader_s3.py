@@ -94,3 +94,49 @@ def test_second_epoch_reads_the_local_cache(tmp_path, partition):
         )
     kept = [p for p in (tmp_path / "small").iterdir() if p.suffix == ".tar"]
     assert 1 <= len(kept) <= 2 and sum(p.stat().st_size for p in kept) <= limit
+
+
+def test_a_mel_model_on_mel_and_pcm_caches_only_the_ranges_it_reads(tmp_path):
+    """The cache keeps a shard's member ranges, not the whole shard, when the model reads
+    a small part of it: the first epoch downloads about the bytes it uses, the second
+    reads them locally, and a damaged cached range is fetched again, never used."""
+    out = tmp_path / "data"
+    card = shardkit.make_dataset(
+        out, {"train": [3, 3, 3, 3]}, seconds=(1.0, 1.5), stored=("mel", "pcm"), seed=6
+    )
+    cache = tmp_path / "cache"
+    cfg = loader.LoaderConfig(
+        batch_size=2, workers=2, shuffle_buffer=4, partition="samples",
+        cache_dir=str(cache), read_retries=0,
+    )  # fmt: skip
+    plan = loader.plan_input(card, SPEC)
+    assert plan.member == "mel.npy"
+
+    def epoch(url, epoch_no):
+        shards = loader.split_shards(card, url, "train")
+        reader = loader.EpochReader(
+            loader.ShardStream(shards, plan, card["vocabulary"], cfg, epoch_no)
+        )
+        keys = [k for batch in reader for k in batch.keys]
+        reader.close()
+        return keys, reader.stats
+
+    with shardkit.serve_http(out) as url:
+        first, stats = epoch(url, 0)
+    assert len(first) == 12 and stats.shard_errors == 0
+    assert stats.bytes_read <= 1.1 * stats.bytes_used
+    assert not [p for p in cache.iterdir() if p.suffix == ".tar"]  # no whole shard
+    parts = sorted(p for p in cache.iterdir() if p.suffix == ".part")
+    assert len(parts) == 4
+    on_disk = sum(p.stat().st_blocks * 512 for p in parts)
+    shard_bytes = sum(s["bytes"] for s in card["splits"]["train"]["shards"])
+    assert on_disk < 0.6 * shard_bytes  # the PCM was never fetched nor stored
+    # The server is gone: the second epoch can only come from the cache.
+    second, stats = epoch(url, 1)
+    assert sorted(second) == sorted(first) and stats.shard_errors == 0
+    # A damaged cached copy (zeros where the ranges were) is noticed and fetched again.
+    for part in parts:
+        part.write_bytes(bytes(part.stat().st_size))
+    with shardkit.serve_http(out) as url:
+        third, stats = epoch(url, 2)
+    assert sorted(third) == sorted(first) and stats.shard_errors == 0

@@ -18,6 +18,7 @@ Modules, one job each:
     ranged     member byte ranges by pread / fsspec cat_ranges, with retries
     retry      a sequential shard stream that reopens at the failed offset
     cache      a local shard cache (cache_dir, cache_limit) shared by workers and ranks
+    rangecache the same cache holding only the member ranges read (sample-level reading)
     verify     --verify: shard sha256 against the card
     openers    local/HTTP/S3/GCS streams (fsspec), never a shell pipe
 

@@ -5,8 +5,10 @@ under its final name only when complete (written to a temporary name, then renam
 eviction (least recently used first, over the limit) runs under a cache-wide lock. A
 reader holding an evicted file keeps reading it (POSIX unlink semantics).
 
-The cache holds whole shards: with it, the first epoch downloads every byte of each shard
-(not only the members the model reads), the price of reading later epochs locally."""
+Whole-shard reading caches whole shards. Sample-level reading caches a shard whole when the
+model reads most of its bytes, else only the member ranges it reads (`rangecache`, in the
+same directory and under the same limit), so a mel-only model on a mel+pcm dataset never
+downloads the PCM."""
 
 from __future__ import annotations
 
@@ -70,21 +72,33 @@ class ShardCache:
             temporary.unlink(missing_ok=True)
 
     def evict(self, keep: Path) -> None:
+        """Delete least recently used entries until the cache fits its limit. An entry is
+        a whole shard, or a shard's cached ranges (NAME.part + NAME.ranges, see
+        `rangecache`), counted by the disk blocks it holds (a .part file is sparse)."""
         if not self.limit:
             return
         with _locked(self.directory / ".evict.lock"):
-            files = [
-                (p.stat().st_mtime, p.stat().st_size, p)
-                for p in self.directory.iterdir()
-                if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".lock")
-            ]
-            total = sum(size for _, size, _ in files)
-            for _, size, path in sorted(files, key=lambda f: f[0]):
+            entries: dict[Path, list] = {}
+            for p in self.directory.iterdir():
+                if p.name.startswith(".") or p.name.endswith(".lock") or not p.is_file():
+                    continue
+                base = p.with_suffix("") if p.suffix in (".part", ".ranges") else p
+                st = p.stat()
+                entry = entries.setdefault(base, [0.0, 0, []])
+                entry[0] = max(entry[0], st.st_mtime)
+                entry[1] += st.st_blocks * 512
+                entry[2].append(p)
+                # The log goes before the data: no reader trusts ranges that are gone.
+                entry[2].sort(key=lambda f: f.suffix != ".ranges")
+            total = sum(e[1] for e in entries.values())
+            kept = keep.with_suffix("") if keep.suffix == ".part" else keep
+            for base, (_, size, files) in sorted(entries.items(), key=lambda e: e[1][0]):
                 if total <= self.limit:
                     break
-                if path != keep:
-                    path.unlink(missing_ok=True)
-                    path.with_name(path.name + ".lock").unlink(missing_ok=True)
+                if base != kept:
+                    for path in files:
+                        path.unlink(missing_ok=True)
+                    base.with_name(base.name + ".lock").unlink(missing_ok=True)
                     total -= size
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -51,7 +52,10 @@ class ShortRead(Exception):
 
 
 class RangeFetcher:
-    """Fetches member byte ranges of a split's shards (one per loader worker)."""
+    """Fetches member byte ranges of a split's shards (one per loader worker). The ranges
+    of several shards (a batch, or a read-ahead window of batches) go out in one
+    concurrent `cat_ranges` call, so a batch costs about one request's latency, not one
+    per shard."""
 
     def __init__(
         self,
@@ -60,95 +64,164 @@ class RangeFetcher:
         retries: int,
         backoff: float,
         locate: Callable[[str], str] = lambda url: url,
+        range_cache=None,
     ):
         self.urls = list(urls)
         self.locate = locate  # e.g. to a local cached copy
+        self.range_cache = range_cache  # a rangecache.RangeCache for remote ranges, or None
+        self.from_cache: set[int] = set()  # shards whose last ranges came from range_cache
         self.options = dict(options or {})
         self.retries = retries
         self.backoff = backoff
         self.files: dict[int, object] = {}
         self.failed: dict[int, str] = {}  # shard -> why it was given up
         self.retried = 0  # transient failures retried
+        self.requests = 0  # remote range requests sent (after merging)
+        self.lock = threading.Lock()
 
     def fetch_members(self, shard: int, members: Sequence[tuple[str, int, int]]) -> list[bytes]:
-        """The data of each (member name, data offset, size), read with its 512-byte tar
-        header, which must name that member with that size: an index that no longer fits
-        its shard (rewritten since) fails the shard instead of yielding other bytes."""
-        ranges = [(offset - HEADER, size + HEADER) for _, offset, size in members]
-        parts = self.fetch(shard, ranges)
-        for (name, offset, size), part in zip(members, parts):
-            if not header_matches(part[:HEADER], name, size):
-                self._give_up(shard, IndexMismatch(f"no member {name[:80]!r} at offset {offset}"))
-        return [part[HEADER:] for part in parts]
+        """The data of each (member name, data offset, size) of one shard; RangeFailure
+        when the shard is lost (see `fetch_members_many`)."""
+        result = self.fetch_members_many({shard: members})[shard]
+        if isinstance(result, RangeFailure):
+            raise result
+        return result
+
+    def fetch_members_many(self, jobs: Mapping[int, Sequence[tuple[str, int, int]]]) -> dict:
+        """{shard: [member data] or RangeFailure} for {shard: [(member name, data offset,
+        size)]}. Each range is read with its 512-byte tar header, which must name that
+        member with that size: an index that no longer fits its shard (rewritten since)
+        fails the shard instead of yielding other bytes."""
+        ranges = {
+            shard: [(offset - HEADER, size + HEADER) for _, offset, size in members]
+            for shard, members in jobs.items()
+        }
+        out = {}
+        for shard, parts in self.fetch_many(ranges).items():
+            bad = _mismatch(jobs[shard], parts)
+            if bad and shard in self.from_cache:  # a damaged cached copy: fetch again
+                self.range_cache.forget(self.urls[shard])
+                parts = self.fetch_many({shard: ranges[shard]}, use_cache=False)[shard]
+                bad = _mismatch(jobs[shard], parts)
+            if bad:
+                parts = self._give_up(shard, bad)
+            elif not isinstance(parts, RangeFailure):
+                parts = [part[HEADER:] for part in parts]
+            out[shard] = parts
+        return out
 
     def fetch(self, shard: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of each (offset, size) range; RangeFailure when the shard is lost."""
-        if shard in self.failed:
-            raise RangeFailure(self.failed[shard])
+        result = self.fetch_many({shard: ranges})[shard]
+        if isinstance(result, RangeFailure):
+            raise result
+        return result
+
+    def fetch_many(self, jobs: Mapping[int, Sequence[tuple[int, int]]], use_cache=True) -> dict:
+        """{shard: [bytes of each (offset, size)] or RangeFailure}. A transient failure is
+        retried (with backoff, only the shards that failed) from the same ranges."""
+        out = {s: RangeFailure(self.failed[s]) for s in jobs if s in self.failed}
+        pending = {s: r for s, r in jobs.items() if s not in out}
         attempt = 0
-        while True:
-            try:
-                return self._read(shard, ranges)
-            except (*_PERMANENT, ShortRead) as exc:
-                self._give_up(shard, exc)
-            except Exception as exc:  # noqa: BLE001  (network/storage: transient, retried)
-                if attempt >= self.retries:
-                    self._give_up(shard, exc)
-                self.retried += 1
-                self._close(shard)
+        while pending:
+            transient = {}
+            for shard, result in self._read_many(pending, use_cache).items():
+                if not isinstance(result, BaseException):
+                    out[shard] = result
+                elif isinstance(result, (*_PERMANENT, ShortRead)) or attempt >= self.retries:
+                    out[shard] = self._give_up(shard, result)
+                else:
+                    transient[shard] = pending[shard]
+                    self._close(shard)
+            if transient:
+                self.retried += len(transient)
                 time.sleep(self.backoff * 2**attempt)
                 attempt += 1
+            pending = transient
+        return out
 
-    def _give_up(self, shard: int, exc: BaseException):
+    def _give_up(self, shard: int, exc: BaseException) -> RangeFailure:
         why = f"{type(exc).__name__}: {first_line(exc, 200)}"
         self.failed[shard] = why
         self._close(shard)
-        raise RangeFailure(why) from None
+        return RangeFailure(why)
 
-    def _read(self, shard: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        url = self.urls[shard]
-        if shard not in self.files:
-            url = self.locate(url)
-        if shard in self.files or scheme_of(url) in LOCAL_SCHEMES:
+    def _read_many(self, jobs: Mapping[int, Sequence[tuple[int, int]]], use_cache=True) -> dict:
+        """{shard: [bytes] or the exception that stopped it}: local shards by pread,
+        cached ranges from the range cache, the rest together in one `cat_ranges` call."""
+        out, remote = {}, {}
+        cache = self.range_cache if use_cache else None
+        for shard, ranges in jobs.items():
+            try:
+                url = self.urls[shard] if shard in self.files else self.locate(self.urls[shard])
+                if shard in self.files or scheme_of(url) in LOCAL_SCHEMES:
+                    out[shard] = self._checked(self._local_ranges(shard, url, ranges), ranges)
+                elif cache is not None and (cached := cache.read(url, ranges)) is not None:
+                    out[shard] = self._checked(cached, ranges)
+                    self.from_cache.add(shard)
+                else:
+                    remote[shard] = (url, ranges)
+            except Exception as exc:  # noqa: BLE001  (classified by the caller)
+                out[shard] = exc
+        if remote:
+            for shard, parts in self._remote_ranges(remote).items():
+                self.from_cache.discard(shard)
+                try:
+                    out[shard] = self._checked(parts, remote[shard][1])
+                except Exception as exc:  # noqa: BLE001
+                    out[shard] = exc
+                else:
+                    if self.range_cache is not None:
+                        self.range_cache.write(remote[shard][0], remote[shard][1], out[shard])
+        return out
+
+    def _local_ranges(self, shard: int, url: str, ranges) -> list[bytes]:
+        with self.lock:  # batches may be fetched from two threads
             handle = self.files.get(shard)
             if handle is None:
                 handle = self.files[shard] = open_regular_file(local_path(url))
-            parts = [os.pread(handle.fileno(), size, offset) for offset, size in ranges]
-        else:
-            parts = self._remote_ranges(url, ranges)
-        out = []
+        return [os.pread(handle.fileno(), size, offset) for offset, size in ranges]
+
+    @staticmethod
+    def _checked(parts, ranges) -> list[bytes]:
+        if isinstance(parts, BaseException):
+            raise parts
         for part, (offset, size) in zip(parts, ranges):
             if isinstance(part, BaseException):
                 raise part
             if len(part) != size:
                 raise ShortRead(f"{len(part)} of {size} bytes at offset {offset}")
-            out.append(part)
-        return out
+        return list(parts)
 
-    def _remote_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """One concurrent `cat_ranges` call; ranges closer than `_MAX_GAP` are merged into
-        one request (fsspec's `merge_offset_ranges`) and cut apart again here."""
+    def _remote_ranges(self, jobs: Mapping[int, tuple[str, Sequence[tuple[int, int]]]]) -> dict:
+        """{shard: [bytes] or an exception}, from one concurrent `cat_ranges` call over
+        every shard's ranges; a shard's ranges closer than `_MAX_GAP` are merged into one
+        request (fsspec's `merge_offset_ranges`) and cut apart again here."""
         from fsspec.utils import merge_offset_ranges
 
-        fs = filesystem(url, self.options)
-        starts = [offset for offset, _ in ranges]
-        ends = [offset + size for offset, size in ranges]
-        _, merged_starts, merged_ends = merge_offset_ranges(
-            [url] * len(ranges), starts, ends, max_gap=_MAX_GAP, sort=True
-        )
-        blobs = fs.cat_ranges(
-            [url] * len(merged_starts), merged_starts, merged_ends, on_error="raise"
-        )
-        parts = []
-        for start, end in zip(starts, ends):
-            i = max(j for j, s in enumerate(merged_starts) if s <= start)
-            blob = blobs[i]
-            if isinstance(blob, BaseException):
-                raise blob
-            if len(blob) > merged_ends[i] - merged_starts[i]:  # a server ignoring Range
-                blob = blob[merged_starts[i] : merged_ends[i]]
-            parts.append(blob[start - merged_starts[i] : end - merged_starts[i]])
-        return parts
+        plans, paths, starts, ends = {}, [], [], []
+        for shard, (url, ranges) in jobs.items():
+            _, merged_starts, merged_ends = merge_offset_ranges(
+                [url] * len(ranges),
+                [offset for offset, _ in ranges],
+                [offset + size for offset, size in ranges],
+                max_gap=_MAX_GAP,
+                sort=True,
+            )
+            plans[shard] = (len(paths), merged_starts, merged_ends)
+            paths += [url] * len(merged_starts)
+            starts += merged_starts
+            ends += merged_ends
+        fs = filesystem(next(iter(jobs.values()))[0], self.options)
+        self.requests += len(paths)
+        try:
+            blobs = fs.cat_ranges(paths, starts, ends, on_error="return")
+        except Exception as exc:  # noqa: BLE001  (the whole call failed: every shard did)
+            return {shard: exc for shard in jobs}
+        return {
+            shard: _cut(blobs[first : first + len(m_starts)], m_starts, m_ends, jobs[shard][1])
+            for shard, (first, m_starts, m_ends) in plans.items()
+        }
 
     def _close(self, shard: int) -> None:
         handle = self.files.pop(shard, None)
@@ -158,3 +231,31 @@ class RangeFetcher:
     def close(self) -> None:
         for shard in list(self.files):
             self._close(shard)
+
+
+def _mismatch(members, parts) -> IndexMismatch | None:
+    """The first member whose range does not start with its own tar header, if any."""
+    if isinstance(parts, RangeFailure):
+        return None
+    for (name, offset, size), part in zip(members, parts):
+        if not header_matches(part[:HEADER], name, size):
+            return IndexMismatch(f"no member {name[:80]!r} at offset {offset}")
+    return None
+
+
+def _cut(blobs, merged_starts, merged_ends, ranges):
+    """Each (offset, size) range out of the merged requests' bodies; the first failed
+    request's exception instead when one failed."""
+    import bisect
+
+    for blob in blobs:
+        if isinstance(blob, BaseException):
+            return blob
+    parts = []
+    for offset, size in ranges:
+        i = bisect.bisect_right(merged_starts, offset) - 1
+        blob = blobs[i]
+        if len(blob) > merged_ends[i] - merged_starts[i]:  # a server ignoring Range
+            blob = blob[merged_starts[i] : merged_ends[i]]
+        parts.append(blob[offset - merged_starts[i] : offset + size - merged_starts[i]])
+    return parts

@@ -5,19 +5,29 @@ its share of the rank's batches, each sample's needed members fetched by byte ra
 from __future__ import annotations
 
 import concurrent.futures
-import functools
+import threading
 from collections import deque
 
 import torch
 
-from tagtrain.loader.cache import locate
+from tagtrain.loader.cache import ShardCache, locate
 from tagtrain.loader.index import SampleRef
+from tagtrain.loader.openers import LOCAL_SCHEMES, scheme_of
 from tagtrain.loader.positions import WorkerPosition
+from tagtrain.loader.rangecache import RangeCache
 from tagtrain.loader.ranged import RangeFailure, RangeFetcher
 from tagtrain.loader.stats import LoaderStats
 
 SAMPLE_MODE = -2  # WorkerPosition.next_shard of a sample-level state; next_index = consumed
-READ_AHEAD = 4  # batches fetched ahead of the one being decoded
+# Batches fetched ahead of the one being decoded: from local files READ_AHEAD, one at a
+# time; from remote ones as many as fit IN_FLIGHT_BYTES (at least 2, at most
+# MAX_READ_AHEAD), all at once, so the network latency of a batch overlaps the others'.
+READ_AHEAD = 4
+MAX_READ_AHEAD = 8
+IN_FLIGHT_BYTES = 64 << 20
+# With a cache, a shard of which the model reads at least this fraction of the member
+# bytes is downloaded whole; below it only the member ranges read are kept.
+WHOLE_SHARD_FRACTION = 0.8
 
 
 def sample_state(consumed: int) -> WorkerPosition:
@@ -41,47 +51,84 @@ class SampleRoleStream:
         self.needed = ("json", stream.plan.member)
         self.touched: set[int] = set()
         self.fetched_bytes = 0
-        urls = [s.url for s in stream.shards]
-        cfg = self.cfg
-        self.fetcher = RangeFetcher(
-            urls,
-            cfg.storage_options,
-            cfg.read_retries,
-            cfg.retry_backoff,
-            functools.partial(locate, cfg=cfg),
+        self.lock = threading.Lock()
+        self.fetcher = self._fetcher()
+
+    def _fetcher(self) -> RangeFetcher:
+        """With a cache: shards of which the model needs most bytes are cached whole
+        (`cache`), the others by the member ranges read (`rangecache`)."""
+        cfg, shards = self.cfg, self.stream.shards
+        urls = [s.url for s in shards]
+        whole, range_cache = set(), None
+        if cfg.cache_dir:
+            cache = ShardCache(cfg.cache_dir, cfg.cache_limit, cfg.read_retries, cfg.retry_backoff)
+            range_cache = RangeCache(cache)
+            whole = {
+                url
+                for url, refs in zip(urls, self.stream.refs)
+                if needed_fraction(refs, self.needed) >= WHOLE_SHARD_FRACTION
+            }
+
+        def place(url: str) -> str:
+            return locate(url, cfg) if url in whole else url
+
+        return RangeFetcher(
+            urls, cfg.storage_options, cfg.read_retries, cfg.retry_backoff, place, range_cache
         )
 
+    def read_ahead(self) -> tuple[int, int]:
+        """(batches fetched ahead, threads fetching them)."""
+        if not any(scheme_of(s.url) not in LOCAL_SCHEMES for s in self.stream.shards):
+            return READ_AHEAD, 1
+        refs = [ref for shard in self.stream.refs for ref in shard]
+        per_sample = sum(
+            size + 512 for ref in refs for name, _, size in ref.members if name in self.needed
+        ) / max(1, len(refs))
+        depth = int(IN_FLIGHT_BYTES // max(1.0, per_sample * self.cfg.batch_size))
+        depth = max(2, min(MAX_READ_AHEAD, depth))
+        return depth, depth
+
     def fetch(self, refs: list[SampleRef]) -> list:
-        """[(ref, raw sample or RangeFailure)] for a batch's samples, shard by shard."""
+        """[(ref, raw sample or (shard, RangeFailure))] for a batch's samples: every
+        shard's members in one concurrent request set (`RangeFetcher.fetch_members_many`)."""
         by_shard: dict[int, list[SampleRef]] = {}
         self.touched.update(ref.shard for ref in refs)
         for ref in refs:
             by_shard.setdefault(ref.shard, []).append(ref)
+        wanted = {
+            shard: [(ref, ext, ref.member(ext)) for ref in group for ext in self.needed]
+            for shard, group in by_shard.items()
+        }
+        jobs = {
+            shard: [(f"{ref.key}.{ext}", *r) for ref, ext, r in items if r is not None]
+            for shard, items in wanted.items()
+        }
+        fetched = self.fetcher.fetch_members_many(jobs)
         out = {}
-        for shard, group in by_shard.items():
-            wanted = [(ref, ext, ref.member(ext)) for ref in group for ext in self.needed]
-            members = [(f"{ref.key}.{ext}", *r) for ref, ext, r in wanted if r is not None]
-            try:
-                parts = iter(self.fetcher.fetch_members(shard, members))
-            except RangeFailure as exc:
-                out.update({ref.key: (shard, exc) for ref in group})
+        for shard, items in wanted.items():
+            parts = fetched[shard]
+            if isinstance(parts, RangeFailure):
+                out.update({ref.key: (shard, parts) for ref in by_shard[shard]})
                 continue
-            for ref, ext, r in wanted:
+            parts = iter(parts)
+            for ref, ext, r in items:
                 raw = out.setdefault(ref.key, {"__key__": ref.key})
                 if r is not None:
                     raw[ext] = next(parts)
             # Counted per worker here, read by the main loop after the future is done.
-            self.fetched_bytes += sum(size + 512 for _, _, size in members)
+            with self.lock:
+                self.fetched_bytes += sum(size + 512 for _, _, size in jobs[shard])
         return [(ref, out[ref.key]) for ref in refs]
 
     def batches(self):
         order = self.stream.order
-        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fetch")
+        depth, threads = self.read_ahead()
+        pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="fetch")
         pending: deque = deque()
         specs = iter(self.specs)
         try:
             while True:
-                while len(pending) < READ_AHEAD and (spec := next(specs, None)) is not None:
+                while len(pending) < depth and (spec := next(specs, None)) is not None:
                     j, (start, stop) = spec
                     pending.append((j, pool.submit(self.fetch, order[start:stop])))
                 if not pending:
@@ -130,6 +177,13 @@ class SampleRoleStream:
 
     def final(self) -> dict:
         return {**self.header(sample_state(self.stream.consumed)), "final": True}
+
+
+def needed_fraction(refs: list[SampleRef], needed: tuple[str, ...]) -> float:
+    """The fraction of a shard's member bytes (headers included) that `needed` reads."""
+    total = sum(size + 512 for ref in refs for _, _, size in ref.members)
+    used = sum(size + 512 for ref in refs for name, _, size in ref.members if name in needed)
+    return used / total if total else 1.0
 
 
 def is_sample_state(table: torch.Tensor) -> bool:
