@@ -95,6 +95,57 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+class RangeReader:
+    """Byte ranges of files (local, gs://, s3://, https://), each file opened once and
+    kept open until `close`: a reader of a few members of many tars. A remote read that
+    fails transiently is retried on a fresh handle, then raised as TransientIOError."""
+
+    def __init__(self):
+        self._files: dict = {}
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        def attempt():
+            f = self._files.get(path)
+            if f is None:
+                f = self._files[path] = _open_for_ranges(path)
+            try:
+                f.seek(offset)
+                data = f.read(size)
+            except BaseException:
+                self._files.pop(path).close()
+                raise
+            if len(data) != size:  # the file is shorter than whoever gave the range said
+                raise ValueError(f"{path}: {size} bytes at {offset} asked, {len(data)} there")
+            return data
+
+        if not is_url(path):
+            return attempt()
+        try:
+            return with_retries(attempt)
+        except (FileNotFoundError, ValueError):
+            raise
+        except Exception as exc:
+            raise TransientIOError(f"cannot read {path}: {_first_line(exc)}") from exc
+
+    def close(self) -> None:
+        while self._files:
+            self._files.popitem()[1].close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _open_for_ranges(path: str):
+    if path.startswith(("http://", "https://")):
+        import fsspec
+
+        return fsspec.open(path, "rb").open()
+    return FileSystems.open(path, compression_type=_RAW)
+
+
 # How long an object-store operation is retried beyond the client's own retries: long
 # enough to ride out a server restart or a throttling burst, short enough that a real
 # outage fails the job (which a re-run then resumes).
