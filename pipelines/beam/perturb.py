@@ -51,7 +51,7 @@ from apache_beam.metrics import Metrics
 from pipelines.beam import beam_io, progress
 from pipelines.beam.dataset_files import summarize_counts, summarize_splits, write_dataset_dir
 from pipelines.beam.perturb_source import SourceTracks, read_split_index
-from pipelines.beam.prepare import TrackStageFn, write_shard
+from pipelines.beam.prepare import TrackStageFn, set_worker_threads, write_shard
 from pipelines.beam.track import Reject, TrackConfig, make_sample
 from pipelines.core.audio import from_int16
 from pipelines.core.card import card_checksum, stored_features
@@ -310,6 +310,7 @@ class PerturbShardFn(TrackStageFn):
         yield from emit_target_record(t, record)
 
     def build_shard(self, t: int, index: int, items, fingerprint: str) -> dict:
+        set_worker_threads()
         samples, rejects = [], []
         with SourceTracks(self.cfg.dataset) as source:
             for shard, key, copy, ranges in items:

@@ -12,9 +12,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that compute, not here: a Beam job's driver, and a
+# worker that only reuses finished shards, read FeatureConfig and never compute a feature
+# (torch is ~1.5 CPU-s of every process's start-up).
 
 LOG_SCALES = ("db", "log10_1p")
 _AMIN = 1e-10
@@ -63,6 +70,7 @@ class FeatureConfig:
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float):
     """[n_mels, n_fft//2+1] Slaney mel filters (librosa's, computed once per config)."""
     import librosa
+    import torch
 
     fb = librosa.filters.mel(
         sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, norm="slaney"
@@ -72,11 +80,15 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_ma
 
 @functools.lru_cache(maxsize=16)
 def _hann(n_fft: int) -> torch.Tensor:
+    import torch
+
     return torch.hann_window(n_fft, periodic=True, dtype=torch.float32)
 
 
 def power_spectrogram(pcm: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     """|STFT|^2, [..., n_fft//2+1, frames] for pcm [..., samples] (float)."""
+    import torch
+
     window = _hann(n_fft).to(pcm.device)
     lead = pcm.shape[:-1]
     flat = pcm.reshape(-1, pcm.shape[-1]).float()
@@ -94,6 +106,8 @@ def power_spectrogram(pcm: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
 
 
 def compress(power: torch.Tensor, log_scale: str) -> torch.Tensor:
+    import torch
+
     if log_scale == "db":
         return 10.0 * torch.log10(torch.clamp(power, min=_AMIN))
     if log_scale == "log10_1p":
@@ -103,6 +117,8 @@ def compress(power: torch.Tensor, log_scale: str) -> torch.Tensor:
 
 def log_mel(pcm: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
     """Log-mel spectrogram [..., n_mels, frames] of a waveform [..., samples] in [-1, 1]."""
+    import torch
+
     pcm = torch.as_tensor(pcm)
     power = power_spectrogram(pcm, cfg.n_fft, cfg.hop)
     fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)
@@ -130,6 +146,8 @@ def harmonic_filterbank(
 ) -> torch.Tensor:
     """Triangular filters [..., n_fft//2+1] around each centre frequency. Bandwidth is the
     HCNN's ERB-style (0.1079 f + 24.7) / Q, so Q may be a trainable tensor."""
+    import torch
+
     bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, device=center_hz.device)
     bandwidth = (0.1079 * center_hz + 24.7) / bandwidth_q
     distance = (bins - center_hz.unsqueeze(-1)).abs()
@@ -139,6 +157,8 @@ def harmonic_filterbank(
 def harmonic_tensor(pcm: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
     """[..., harmonics, bands, frames] in dB: the Harmonic CNN front end at initialisation
     (Q = 1). The model's trainable front end calls `harmonic_filterbank` with its own Q."""
+    import torch
+
     pcm = torch.as_tensor(pcm)
     power = power_spectrogram(pcm, cfg.n_fft, cfg.hop)
     centers = torch.from_numpy(
