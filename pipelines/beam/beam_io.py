@@ -32,6 +32,47 @@ def configure(filesystem_args: tuple[str, ...]) -> None:
 
         FileSystems.set_options(PipelineOptions(list(filesystem_args)))
         _configured = filesystem_args
+    _share_s3_clients()
+
+
+def _share_s3_clients() -> None:
+    """Make Beam's S3 filesystem reuse one boto3 client per process and settings.
+
+    Beam's S3FileSystem builds a new S3IO, hence a new boto3 client, for every call
+    (match, exists, open, ...), and a boto3 client parses botocore's JSON service models
+    when it is made: ~0.2 CPU-s, three times per audio file read, ten times the cost of
+    decoding it (bench/RESULTS.md). boto3 clients are thread-safe, so one per settings is
+    shared by the fetch threads too."""
+    try:
+        from apache_beam.io.aws import s3io
+        from apache_beam.io.aws.clients.s3 import boto3_client
+    except ImportError:  # Beam without its AWS extra: no s3:// at all
+        return
+    if getattr(s3io.S3IO, "shares_clients", False):
+        return
+    clients: dict[str, object] = {}
+    original = s3io.S3IO
+
+    class SharedClientS3IO(original):
+        shares_clients = True
+
+        def __init__(self, client=None, options=None):
+            if client is None and options is not None:
+                key = repr(sorted(_s3_settings(options).items()))
+                if key not in clients:
+                    clients[key] = boto3_client.Client(options=options)
+                client = clients[key]
+            super().__init__(client=client, options=options)
+
+    s3io.S3IO = SharedClientS3IO
+
+
+def _s3_settings(options) -> dict:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if isinstance(options, PipelineOptions):
+        options = options.get_all_options()
+    return {k: v for k, v in dict(options).items() if k.startswith("s3_")}
 
 
 URL_SCHEMES = ("gs://", "s3://", "http://", "https://")
