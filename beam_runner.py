@@ -55,19 +55,30 @@ def with_recipe_flags(argv: list[str]) -> list[str]:
     return ["prepare", *flags, *rest]
 
 
+JOBS = {"prepare": "pipelines.beam.prepare_cli", "perturb": "pipelines.beam.perturb_cli"}
+
+
+def job_modules(argv: list[str]) -> list:
+    """The CLI modules to load: only the named job's (perturb's imports MUDA, JAMS and
+    librosa, about 1 CPU-s that every prepare paid at start-up), all for help or a typo."""
+    import importlib
+
+    names = [argv[0]] if argv and argv[0] in JOBS else list(JOBS)
+    return [importlib.import_module(JOBS[name]) for name in names]
+
+
 def _run(argv: list[str] | None) -> int:
     # Before Beam is imported: it warns at import that the optional GCP client is absent.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
-    from pipelines.beam import perturb_cli, prepare_cli
     from pipelines.beam.runner_options import QuietOutput, checked_beam_args
     from pipelines.core.errors import OneLineParser, UserError, first_line
 
+    argv = with_recipe_flags(list(sys.argv[1:] if argv is None else argv))
     parser = OneLineParser(prog="beam_runner.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="job", required=True, parser_class=OneLineParser)
-    prepare_cli.add_parser(sub)
-    perturb_cli.add_parser(sub)
-    argv = with_recipe_flags(list(sys.argv[1:] if argv is None else argv))
+    for module in job_modules(argv):
+        module.add_parser(sub)
     args, rest = parser.parse_known_args(argv)
     beam_args = checked_beam_args(rest, sub.choices[args.job])
     if args.verbose:

@@ -11,6 +11,7 @@ per-track cost by running the job on M and on 2M tracks (the n files listed seve
 marginal s/track = (t(2M) - t(M)) / M. Both the marginal and the whole-job rates are reported.
 
     .venv/bin/python bench/prepare.py [--corpus DIR] [--n 40] [--copies 5]
+    .venv/bin/python bench/prepare.py --scale [--n 40 --copies 3 --shard-size-mb 4]
 """
 
 from __future__ import annotations
@@ -162,6 +163,143 @@ def resume_and_update(manifest: Path, corpus: Path, shard_mb: float, tmp: Path) 
     }
 
 
+def timed(cmd: list[str], env: dict | None = None) -> Timer:
+    with Timer() as t:
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return t
+
+
+def prepare_cmd(
+    manifest: Path, audio_root: str, out: Path, shard_mb: float, *extra, features: str = "mel"
+) -> list:
+    return [
+        sys.executable, str(ROOT / "beam_runner.py"), "prepare", "--manifest", str(manifest),
+        "--audio-root", audio_root, "--out", str(out), "--features", features,
+        "--decoder", "soundfile", "--shard-size-mb", str(shard_mb), *extra,
+    ]  # fmt: skip
+
+
+def lose_records(out: Path, fraction: float, pattern: str) -> int:
+    """The last `fraction` of the completion records matching `pattern` (sorted), their
+    tars and every card under `out` deleted: what a job killed at 1 - fraction leaves."""
+    records = sorted(out.glob(pattern))
+    lost = records[len(records) - int(round(fraction * len(records))) :]
+    for record in lost:
+        record.unlink()
+        (record.parent.parent / record.name.replace(".json", ".tar")).unlink(missing_ok=True)
+    for card in out.rglob("dataset.json"):
+        card.unlink()
+    return len(lost)
+
+
+def startup_costs(manifest: Path, corpus: Path, done: Path, shard_mb: float) -> dict:
+    """Where a job's fixed cost goes: a no-op re-run (every shard reused) with the default
+    worker processes and in one process, the driver's imports alone (`--help`), and what
+    each worker process imports before its first element."""
+    py = sys.executable
+    worker = "import apache_beam.runners.worker.sdk_worker_main, pipelines.beam.prepare"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    costs = {
+        "no-op re-run, default workers": timed(prepare_cmd(manifest, str(corpus), done, shard_mb)),
+        "no-op re-run, one process": timed(
+            prepare_cmd(
+                manifest,
+                str(corpus),
+                done,
+                shard_mb,
+                "--direct_running_mode=in_memory",
+                "--direct_num_workers=1",
+            )  # fmt: skip
+        ),
+        "driver start-up (prepare --help)": timed(
+            [py, str(ROOT / "beam_runner.py"), "prepare", "--help"]
+        ),  # fmt: skip
+        "one worker's imports (Beam SDK harness + job modules)": timed([py, "-c", worker], env),
+        "import torch (not in the driver, nor in a worker that builds no shard)": timed(
+            [py, "-c", "import torch"]
+        ),
+    }
+    return {k: {"wall": round(t.wall, 2), "cpu": round(t.cpu, 2)} for k, t in costs.items()}
+
+
+def s3_run(manifest: Path, corpus: Path, out: Path, shard_mb: float, work: Path) -> Timer:
+    """The same job with its audio read from a local SeaweedFS S3 server (manifest and
+    output local, so only the audio reads differ)."""
+    from tests.seaweed import SeaweedS3, seaweed_env_for_beam
+
+    with SeaweedS3(work) as server:
+        server.upload_dir(corpus / "audio", "bench/audio")
+        flags = seaweed_env_for_beam(server)
+        return timed(prepare_cmd(manifest, "s3://bench", out, shard_mb, *flags))
+
+
+def perturb_resume(corpus: Path, n: int, tmp: Path) -> dict:
+    """Perturb's paper set on n test tracks (prepared with pcm): a full run vs a re-run
+    after losing the last 20% of the target shards."""
+    rows = read_manifest(corpus / "manifest.parquet").slice(0, n).to_pylist()
+    write_manifest([{**r, "split": "test"} for r in rows], tmp / "perturb.parquet")
+    data = tmp / "perturb-data"
+    prepare = prepare_cmd(tmp / "perturb.parquet", str(corpus), data, 4.0, features="mel,pcm")
+    subprocess.run(prepare, check=True, capture_output=True)
+    cmd = [sys.executable, str(ROOT / "beam_runner.py"), "perturb", "--data", str(data),
+           "--split", "test"]  # fmt: skip
+    full = timed(cmd)
+    shards = len(list((data / "perturbed").glob("*/_progress/*.json")))
+    lost = lose_records(data / "perturbed", 0.2, "*/_progress/*.json")
+    resumed = timed(cmd)
+    noop = timed(cmd)
+    return {
+        "tracks": n, "target shards": shards, "lost": lost,
+        "seconds (wall, cpu)": {k: (round(t.wall, 1), round(t.cpu, 1))
+                                for k, t in (("full", full), ("resume", resumed),
+                                             ("no-op", noop))},
+        "resume / full (wall)": round(resumed.wall / full.wall, 2),
+        "resume / full (cpu)": round(resumed.cpu / full.cpu, 2),
+    }  # fmt: skip
+
+
+def scale_run(corpus: Path, n: int, copies: int, shard_mb: float, tmp: Path) -> dict:
+    """Issue 17's ratios, side by side in one run (see --scale)."""
+    paths = [corpus / p for p in read_manifest(corpus / "manifest.parquet")
+             .column("audio_path").to_pylist()[:n]]  # fmt: skip
+    bare_chain(paths[:2])
+    bare = bare_chain(paths)
+    m1 = repeated_manifest(corpus, n, copies, tmp / "m1.parquet")
+    m2 = repeated_manifest(corpus, n, 2 * copies, tmp / "m2.parquet")
+    local_1 = timed(prepare_cmd(m1, str(corpus), tmp / "l1", shard_mb))
+    local_2 = timed(prepare_cmd(m2, str(corpus), tmp / "l2", shard_mb))
+    s3 = s3_run(m2, corpus, tmp / "s3", shard_mb, tmp / "weed")
+    resumed = tmp / "resumed"
+    shutil.copytree(tmp / "l2", resumed)
+    lost = lose_records(resumed, 0.2, "_progress/*.json")
+    resume = timed(prepare_cmd(m2, str(corpus), resumed, shard_mb))
+    rows = read_manifest(m2).to_pylist()
+    extra = [{**r, "key": f"{r['key']}-new"} for r in rows[: max(1, len(rows) // 50)]]
+    write_manifest(rows + extra, tmp / "appended.parquet")
+    update = timed(prepare_cmd(tmp / "appended.parquet", str(corpus), resumed, shard_mb,
+                               "--update"))  # fmt: skip
+    startup = startup_costs(m2, corpus, tmp / "l2", shard_mb)
+    jobs = {"full, M": local_1, "full, 2M": local_2, "2M, audio on S3": s3,
+            "resume 2M after losing 20%": resume, "update 2M + 2%": update}  # fmt: skip
+    marginal_cpu = (local_2.cpu - local_1.cpu) / (n * copies)
+    ratios = {
+        "S3 / local, throughput (wall)": local_2.wall / s3.wall,
+        "S3 / local, per core (cpu)": local_2.cpu / s3.cpu,
+        "prepare marginal / bare chain, per core": (bare.cpu / n) / marginal_cpu,
+        "prepare whole job / bare chain, per core": (bare.cpu / n) / (local_2.cpu / len(rows)),
+        "resume after 80% / full (wall)": resume.wall / local_2.wall,
+        "append 2% / full (wall)": update.wall / local_2.wall,
+    }
+    return {
+        "tracks": {"M": n * copies, "2M": len(rows), "appended": len(extra),
+                   "shards": len(list((tmp / "l2").glob("*.tar"))), "lost": lost},
+        "jobs (wall, cpu)": {k: (round(t.wall, 1), round(t.cpu, 1)) for k, t in jobs.items()},
+        "bare chain cpu s/track": round(bare.cpu / n, 4),
+        "ratios": {k: round(v, 2) for k, v in ratios.items()},
+        "start-up": startup,
+    }  # fmt: skip
+
+
 def repeated_manifest(corpus: Path, n: int, copies: int, dest: Path) -> Path:
     """The first n tracks, each listed `copies` times under distinct keys: long enough
     jobs that start-up is a small share, on files small enough to stay in the page cache."""
@@ -184,6 +322,20 @@ def main() -> None:
         help="the job's shard size: a shard is one task, so several per worker (16)",
     )
     parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="issue 17's ratios in one run: the job on M and 2M tracks (marginal per-core "
+        "cost vs the bare chain), 2M with audio on a local SeaweedFS S3, a resume after "
+        "losing 20%% of the shards, an --update after appending 2%%, where the start-up "
+        "goes, and perturb's resume (--perturb-n test tracks)",
+    )
+    parser.add_argument("--perturb-n", type=int, default=12, help="perturb's tracks (--scale)")
+    parser.add_argument(
+        "--s3-only",
+        action="store_true",
+        help="only the job on 2M tracks from local disk and from a local SeaweedFS S3",
+    )
+    parser.add_argument(
         "--resume-only",
         action="store_true",
         help="only time a full run, a resume after losing 20%% of the shards, and an "
@@ -204,6 +356,28 @@ def main() -> None:
     m1 = repeated_manifest(corpus, args.n, args.copies, tmp / "n.parquet")
     m2 = repeated_manifest(corpus, args.n, 2 * args.copies, tmp / "2n.parquet")
     n_job = args.n * args.copies
+    if args.s3_only:
+        m2 = repeated_manifest(corpus, args.n, 2 * args.copies, tmp / "s3.parquet")
+        local = timed(prepare_cmd(m2, str(corpus), tmp / "local", args.shard_size_mb))
+        s3 = s3_run(m2, corpus, tmp / "s3", args.shard_size_mb, tmp / "weed")
+        print(json.dumps({
+            "tracks": 2 * args.n * args.copies,
+            "local (wall, cpu)": (round(local.wall, 1), round(local.cpu, 1)),
+            "S3 (wall, cpu)": (round(s3.wall, 1), round(s3.cpu, 1)),
+            "S3 / local, throughput (wall)": round(local.wall / s3.wall, 2),
+            "S3 / local, per core (cpu)": round(local.cpu / s3.cpu, 2),
+            "cores, load average": (os.cpu_count(), os.getloadavg()[0]),
+        }, indent=2))  # fmt: skip
+        shutil.rmtree(tmp)
+        return
+    if args.scale:
+        load = os.getloadavg()[0]
+        result = scale_run(corpus, args.n, args.copies, args.shard_size_mb, tmp)
+        result["perturb"] = perturb_resume(corpus, args.perturb_n, tmp)
+        result["cores, load average before/after"] = (os.cpu_count(), load, os.getloadavg()[0])
+        print(json.dumps(result, indent=2))
+        shutil.rmtree(tmp)
+        return
     if args.resume_only:
         result = resume_and_update(m1, corpus, args.shard_size_mb, tmp)
         print(f"{os.cpu_count()} cores (shared machine: other jobs ran alongside)")

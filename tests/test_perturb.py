@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from pipelines.core.audio import from_int16, to_int16
 from pipelines.core.card import parse_card
 from pipelines.core.deformations import augment_track, paper_set, track_rng
 from pipelines.core.muda_compat import replay
-from tests.conftest import run_cli, tone
+from tests.conftest import PYTHON, ROOT, run_cli, tone
 
 SR = 16000
 PAPER = [d.name for d in paper_set()]
@@ -33,6 +34,7 @@ TRACKS = {
     "t800": (800.0, 3.0, "train"),
 }
 FAST = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+TWO_PROCESSES = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
 
 
 def beam(*args, check=True):
@@ -247,39 +249,50 @@ def test_rerun_is_byte_identical_and_other_config_is_refused_unless_force(source
                for k in pitched)  # fmt: skip
 
 
-@pytest.mark.slow
-def test_a_resumed_job_deforms_only_the_unfinished_shards(source, paper, tmp_path):
-    """Completion records: with one deformation's shard, record and card lost (a job
-    killed before it finished), a re-run deforms only that shard's tracks and ends with
-    the bytes of the uninterrupted run."""
-    import re
-    import shutil
+def records(root: Path) -> dict[str, dict]:
+    return {str(p.relative_to(root)): json.loads(p.read_text())
+            for p in sorted(root.glob("*/_progress/*.json"))}  # fmt: skip
+
+
+def test_a_killed_job_resumes_to_the_same_bytes_deforming_only_the_unfinished_shards(
+    source, paper, tmp_path
+):
+    """A job killed with SIGKILL once two of the eight target shards have their
+    completion record; a re-run with two worker processes deforms only the other shards'
+    tracks and ends with the bytes of the uninterrupted one-worker run (so the worker
+    count does not change them either)."""
+    import os
+    import signal
+    import subprocess
+    import time
 
     root, _ = paper
-    out = tmp_path / "perturbed"
-    shutil.copytree(root, out)
-    victim = out / PAPER[0]
-    tars = sorted(victim.glob("*.tar"))
-    assert tars
-    for tar in tars:
-        tar.unlink()
-        (victim / "_progress" / tar.name.replace(".tar", ".json")).unlink()
-    (victim / "dataset.json").unlink()
-    result = perturb(source, "--split", "test", "--out", str(out), *FAST)
-    line = next(x for x in result.stdout.splitlines() if x.startswith("counters: "))
-    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
-    tracks = json.loads((root / PAPER[0] / "dataset.json").read_text())["counts"]["samples"]
-    assert counts["deformed"] == tracks and counts["shards_written"] == len(tars)
-    assert counts["shards_reused"] >= len(PAPER) - 1
-    assert tree_bytes(out) == tree_bytes(root)
-
-
-def test_same_bytes_with_two_worker_processes(source, paper, tmp_path):
-    root, _ = paper  # written by one in-memory worker
-    out = tmp_path / "mp2"
-    perturb(source, "--output", str(out), "--direct_running_mode=multi_processing",
-            "--direct_num_workers=2")  # fmt: skip
-    assert tree_bytes(out) == tree_bytes(root)
+    reference = records(root)
+    out = tmp_path / "killed"
+    cmd = [PYTHON, str(ROOT / "beam_runner.py"), "perturb", "--dataset", str(source),
+           "--split", "test", "--out", str(out), *FAST]  # fmt: skip
+    job = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while len(records(out)) < 2:
+            assert job.poll() is None and time.monotonic() < deadline, "job ended early"
+            time.sleep(0.02)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    done = records(out)
+    assert 2 <= len(done) < len(reference)
+    assert not list(out.glob("*/dataset.json"))
+    resumed = perturb(source, "--split", "test", "--out", str(out), *TWO_PROCESSES)
+    line = next(x for x in resumed.stdout.splitlines() if x.startswith("counters: "))
+    count = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    todo = [r for name, r in reference.items() if name not in done]
+    assert count["shards_reused"] == len(done)
+    assert count["shards_written"] == len(todo)
+    assert count["deformed"] == sum(len(r["index"]) for r in todo) > 0
+    assert tree_bytes(out) == tree_bytes(root)  # no temporary file left either
 
 
 @pytest.mark.slow
@@ -418,3 +431,32 @@ def test_shard_plan_scales_with_length_and_copies():
     assert plan_target_shards(card, "test", pitch, 1) == 4  # 200 MiB / 64
     assert plan_target_shards(card, "test", stretch, 1) == 5  # x sqrt(2): 283 MiB
     assert plan_target_shards(card, "test", None, 3) == 10  # 600 MiB
+
+
+def test_source_tracks_read_by_byte_range_are_the_shards_members(source, tmp_path):
+    """The job reads each source track's JSON and PCM by the byte ranges of the index;
+    an index without member offsets (older datasets) falls back to whole tars."""
+    import shutil
+
+    from pipelines.beam.perturb_source import SourceTracks, read_split_index
+
+    rows = list(read_split_index(str(source), "test"))
+    assert sorted(r["key"] for r in rows) == sorted(
+        k for k, (_, _, split) in TRACKS.items() if split == "test"
+    )
+    old = tmp_path / "old"
+    shutil.copytree(source, old, ignore=shutil.ignore_patterns("perturbed", "augmented"))
+    index = pq.read_table(source / "index.parquet")
+    pq.write_table(index.drop_columns(["members"]), old / "index.parquet")
+    old_rows = {r["key"]: r for r in read_split_index(str(old), "test")}
+    src = originals(source)
+    with SourceTracks(str(source)) as ranged, SourceTracks(str(old)) as whole:
+        for row in rows:
+            key = row["key"]
+            assert [r[0] for r in row["ranges"]] == ["json", "pcm.npy"]
+            assert old_rows[key]["ranges"] is None
+            meta, pcm = ranged.read(row["shard"], key, row["ranges"])
+            old_meta, old_pcm = whole.read(row["shard"], key, None)
+            assert meta == old_meta == json.loads(src[key]["json"])
+            assert np.array_equal(pcm, npy(src[key]["pcm.npy"]))
+            assert np.array_equal(old_pcm, pcm)

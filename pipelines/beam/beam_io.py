@@ -32,6 +32,47 @@ def configure(filesystem_args: tuple[str, ...]) -> None:
 
         FileSystems.set_options(PipelineOptions(list(filesystem_args)))
         _configured = filesystem_args
+    _share_s3_clients()
+
+
+def _share_s3_clients() -> None:
+    """Make Beam's S3 filesystem reuse one boto3 client per process and settings.
+
+    Beam's S3FileSystem builds a new S3IO, hence a new boto3 client, for every call
+    (match, exists, open, ...), and a boto3 client parses botocore's JSON service models
+    when it is made: ~0.2 CPU-s, three times per audio file read, ten times the cost of
+    decoding it (bench/RESULTS.md). boto3 clients are thread-safe, so one per settings is
+    shared by the fetch threads too."""
+    try:
+        from apache_beam.io.aws import s3io
+        from apache_beam.io.aws.clients.s3 import boto3_client
+    except ImportError:  # Beam without its AWS extra: no s3:// at all
+        return
+    if getattr(s3io.S3IO, "shares_clients", False):
+        return
+    clients: dict[str, object] = {}
+    original = s3io.S3IO
+
+    class SharedClientS3IO(original):
+        shares_clients = True
+
+        def __init__(self, client=None, options=None):
+            if client is None and options is not None:
+                key = repr(sorted(_s3_settings(options).items()))
+                if key not in clients:
+                    clients[key] = boto3_client.Client(options=options)
+                client = clients[key]
+            super().__init__(client=client, options=options)
+
+    s3io.S3IO = SharedClientS3IO
+
+
+def _s3_settings(options) -> dict:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if isinstance(options, PipelineOptions):
+        options = options.get_all_options()
+    return {k: v for k, v in dict(options).items() if k.startswith("s3_")}
 
 
 URL_SCHEMES = ("gs://", "s3://", "http://", "https://")
@@ -93,6 +134,57 @@ def read_bytes(path: str) -> bytes | None:
 def _read(path: str) -> bytes:
     with FileSystems.open(path, compression_type=_RAW) as f:
         return f.read()
+
+
+class RangeReader:
+    """Byte ranges of files (local, gs://, s3://, https://), each file opened once and
+    kept open until `close`: a reader of a few members of many tars. A remote read that
+    fails transiently is retried on a fresh handle, then raised as TransientIOError."""
+
+    def __init__(self):
+        self._files: dict = {}
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        def attempt():
+            f = self._files.get(path)
+            if f is None:
+                f = self._files[path] = _open_for_ranges(path)
+            try:
+                f.seek(offset)
+                data = f.read(size)
+            except BaseException:
+                self._files.pop(path).close()
+                raise
+            if len(data) != size:  # the file is shorter than whoever gave the range said
+                raise ValueError(f"{path}: {size} bytes at {offset} asked, {len(data)} there")
+            return data
+
+        if not is_url(path):
+            return attempt()
+        try:
+            return with_retries(attempt)
+        except (FileNotFoundError, ValueError):
+            raise
+        except Exception as exc:
+            raise TransientIOError(f"cannot read {path}: {_first_line(exc)}") from exc
+
+    def close(self) -> None:
+        while self._files:
+            self._files.popitem()[1].close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _open_for_ranges(path: str):
+    if path.startswith(("http://", "https://")):
+        import fsspec
+
+        return fsspec.open(path, "rb").open()
+    return FileSystems.open(path, compression_type=_RAW)
 
 
 # How long an object-store operation is retried beyond the client's own retries: long

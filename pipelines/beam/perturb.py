@@ -24,11 +24,19 @@ The card is the source card with its own splits, counts, job, identity and `defo
 features, vocabulary and mel_stats stay the source's, so a trainer normalises perturbed
 sets with the clean training statistics.
 
+Per output shard, like prepare: the shard of every output key is known before any audio
+is read (shard counts are planned in the driver from the source card; a key's shard is
+sha256(key) mod count), so the job groups the source index's small rows by (target,
+shard); one DoFn then reads that shard's tracks from the source shards by byte range
+(the index gives each member's offset), deforms and featurises them and writes the tar
+and its completion record. No PCM crosses the shuffle. A re-run skips every target shard
+whose record matches (progress.py, as prepare), so a killed job resumes to the bytes of
+an uninterrupted one.
+
 Determinism and runners: as in prepare.py (read its docstring). Noise is seeded by (seed,
-key, deformation); shard counts are planned in the driver from the source card; every
-GroupByKey key is made of ints (target index, shard index); rejects travel tagged in the
-one main output; no side inputs. One pass reads each track once and fans it out to every
-deformation; a failing deformation becomes a reject row (stage "deform"), not a crash.
+key, deformation); every GroupByKey key is made of ints (target index, shard index);
+rejects travel tagged in the one main output; no side inputs. A failing deformation
+becomes a reject row (stage "deform"), not a crash.
 """
 
 from __future__ import annotations
@@ -42,7 +50,8 @@ from apache_beam.metrics import Metrics
 
 from pipelines.beam import beam_io, progress
 from pipelines.beam.dataset_files import summarize_counts, summarize_splits, write_dataset_dir
-from pipelines.beam.prepare import TrackStageFn, write_shard
+from pipelines.beam.perturb_source import SourceTracks, read_split_index
+from pipelines.beam.prepare import TrackStageFn, set_worker_threads, write_shard
 from pipelines.beam.track import Reject, TrackConfig, make_sample
 from pipelines.core.audio import from_int16
 from pipelines.core.card import card_checksum, stored_features
@@ -55,7 +64,7 @@ from pipelines.core.deformations import (
 )
 from pipelines.core.errors import UserError
 from pipelines.core.features import FeatureConfig
-from pipelines.core.shards import load_npy, num_shards_for, read_tar, shard_index
+from pipelines.core.shards import num_shards_for, shard_index
 from pipelines.core.versions import CODE_VERSION
 
 PERTURBED_DIR = "perturbed"
@@ -86,6 +95,9 @@ class Target:
     copies: int
     num_shards: int
 
+    def out_key(self, key: str, copy: int) -> str:
+        return augment_key(key, copy) if self.deformation is None else key
+
     def card_deformation(self, seed: int) -> dict:
         if self.deformation is None:
             params = {"copies": self.copies, "kinds": list(AUGMENT_KINDS)}
@@ -104,8 +116,6 @@ class PerturbConfig:
     output_root: str = ""  # where the targets are (for messages)
     progress_path: str | None = None  # local runs: workers append a byte per deformed track
     filesystem_args: tuple[str, ...] = ()
-    # (target, shard) pairs whose completion record matches: a resumed job skips them.
-    done: tuple[tuple[int, int], ...] = ()
 
     def shard_fingerprint(self, t: int, index: int) -> str:
         """A target shard's bytes depend on the target's identity and the source dataset
@@ -189,45 +199,13 @@ def make_targets(
     )
 
 
-def read_shard_tracks(name: str, cfg: PerturbConfig):
-    """One source shard -> (key, original JSON, int16 PCM or None), in key order."""
-    beam_io.configure(cfg.filesystem_args)
-    path = beam_io.join(cfg.dataset, name)
-    data = beam_io.read_bytes(path)
-    if data is None:
-        raise FileNotFoundError(f"shard listed in the card is missing: {path}")
-    for key, members in sorted(read_tar(data).items()):
-        meta = json.loads(members["json"])
-        pcm = load_npy(members["pcm.npy"]) if "pcm.npy" in members else None
-        yield key, meta, pcm
-
-
-def fan_out(track, cfg: PerturbConfig):
-    """One track -> one work item per (target, copy): (target, copy, key, meta, pcm)."""
-    key, meta, pcm = track
-    done = set(cfg.done)
+def fan_out(row: dict, cfg: PerturbConfig):
+    """One source index row -> ((target, target shard), work item) per target and copy;
+    a work item (source shard, key, copy, member ranges) is small: no audio."""
     for t, target in enumerate(cfg.targets):
         for copy in range(target.copies):
-            out_key = augment_key(key, copy) if target.deformation is None else key
-            if (t, shard_index(out_key, target.num_shards)) not in done:
-                yield t, copy, key, meta, pcm
-
-
-class ReadTracks(beam.PTransform):
-    """Source shards of the split -> work items, spread across workers."""
-
-    def __init__(self, cfg: PerturbConfig):
-        super().__init__()
-        self.cfg = cfg
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            | "ShardNames" >> beam.Create(self.cfg.shards)
-            | "ReadShard" >> beam.FlatMap(read_shard_tracks, cfg=self.cfg)
-            | "FanOut" >> beam.FlatMap(fan_out, cfg=self.cfg)
-            | "Spread" >> beam.Reshuffle()
-        )
+            index = shard_index(target.out_key(row["key"], copy), target.num_shards)
+            yield (t, index), (row["shard"], row["key"], copy, row["ranges"])
 
 
 def row_and_info(meta: dict, key: str) -> tuple[dict, dict]:
@@ -266,7 +244,7 @@ def perturb_item(item, cfg: PerturbConfig, track: TrackConfig, vocabulary: list[
     """(target, copy, key, meta, pcm) -> (target, SAMPLE, Sample) or (target, REJECT, Reject)."""
     t, copy, key, meta, pcm16 = item
     target = cfg.targets[t]
-    out_key = augment_key(key, copy) if target.deformation is None else key
+    out_key = target.out_key(key, copy)
 
     def reject(stage, reason, message):
         return t, REJECT, Reject(
@@ -298,49 +276,62 @@ def perturb_item(item, cfg: PerturbConfig, track: TrackConfig, vocabulary: list[
         return reject("features", "feature_error", f"{type(exc).__name__}: {exc}")
 
 
-class DeformFn(TrackStageFn):
-    """Work item -> tagged sample or reject, in the one main output."""
+class PerturbShardFn(TrackStageFn):
+    """((target, shard index), work items) -> the target shard's tracks read from the
+    source shards, deformed and featurised, its tar (none when every track is rejected)
+    and completion record written; or, when a matching record exists (a resumed job),
+    the record's rows without deforming anything. Yields (target, (INDEX|REJECTS|SHARDS,
+    row)) in the one main output."""
 
     def __init__(self, cfg: PerturbConfig):
         super().__init__("perturb", "deformed", cfg.filesystem_args, cfg.progress_path)
         self.cfg = cfg
+        self.shards_written = Metrics.counter("perturb", "shards_written")
+        self.shards_reused = Metrics.counter("perturb", "shards_reused")
 
     def setup(self):
         super().setup()
         self._vocabulary = list(self.cfg.source_card["vocabulary"])
-
-    def process(self, item):
-        t, tag, value = perturb_item(item, self.cfg, self.cfg.track, self._vocabulary)
-        self.count(value)
-        yield t, tag, value
-
-
-class WriteTargetShardFn(beam.DoFn):
-    """((target, shard), samples) -> one tar in the target's directory; yields
-    (target, index row)."""
-
-    def __init__(self, cfg: PerturbConfig):
-        self.cfg = cfg
-        self.shards_written = Metrics.counter("perturb", "shards_written")
-
-    def setup(self):
-        beam_io.configure(self.cfg.filesystem_args)
+        self._track = self.cfg.track
 
     def process(self, element):
-        (t, index), results = element
-        samples = [v for tag, v in results if tag == SAMPLE]
-        rejects = sorted(
-            (v.to_row() for tag, v in results if tag == REJECT), key=lambda r: r["key"]
-        )
+        (t, index), items = element
+        # Source shard, then key order: each source tar is read front to back. The
+        # output does not depend on it (write_shard sorts; rejects are sorted).
+        items = sorted(items, key=lambda item: item[:3])
+        output, split = self.cfg.targets[t].output, self.cfg.split
+        fingerprint = self.cfg.shard_fingerprint(t, index)
+        record = progress.valid_record(output, split, index, fingerprint)
+        if record is None:
+            record = self.build_shard(t, index, items, fingerprint)
+        else:
+            self.shards_reused.inc()
+            self.tick(len(items))
+        yield from emit_target_record(t, record)
+
+    def build_shard(self, t: int, index: int, items, fingerprint: str) -> dict:
+        set_worker_threads()
+        samples, rejects = [], []
+        with SourceTracks(self.cfg.dataset) as source:
+            for shard, key, copy, ranges in items:
+                meta, pcm16 = source.read(shard, key, ranges)
+                item = (t, copy, key, meta, pcm16)
+                _, tag, value = perturb_item(item, self.cfg, self._track, self._vocabulary)
+                self.count(value)
+                (samples if tag == SAMPLE else rejects).append(value)
         output, split = self.cfg.targets[t].output, self.cfg.split
         rows, shard = [], None
         if samples:
             rows, shard = write_shard(output, split, index, samples)
             self.shards_written.inc()
-        record = {"fingerprint": self.cfg.shard_fingerprint(t, index), "shard": shard,
-                  "index": rows, "rejects": rejects}  # fmt: skip
+        record = {
+            "fingerprint": fingerprint,
+            "shard": shard,
+            "index": rows,
+            "rejects": sorted((r.to_row() for r in rejects), key=lambda r: r["key"]),
+        }
         progress.write_record(output, split, index, record)
-        yield from emit_target_record(t, record)
+        return record
 
 
 def emit_target_record(t: int, record: dict):
@@ -350,27 +341,6 @@ def emit_target_record(t: int, record: dict):
         yield t, (REJECTS, row)
     if record["shard"] is not None:
         yield t, (SHARDS, record["shard"])
-
-
-def finished_shards(cfg: PerturbConfig) -> tuple[tuple[int, int], ...]:
-    """The (target, shard) pairs of an earlier attempt whose record matches (driver side)."""
-    return tuple(
-        (t, index)
-        for t, target in enumerate(cfg.targets)
-        for index in range(target.num_shards)
-        if progress.valid_record(target.output, cfg.split, index, cfg.shard_fingerprint(t, index))
-    )
-
-
-def reuse_finished(pair, cfg: PerturbConfig):
-    t, index = pair
-    beam_io.configure(cfg.filesystem_args)
-    target = cfg.targets[t]
-    record = progress.valid_record(target.output, cfg.split, index, cfg.shard_fingerprint(t, index))
-    if record is None:
-        raise RuntimeError(f"the completion record of {target.name} shard {index} changed")
-    Metrics.counter("perturb", "shards_reused").inc()
-    yield from emit_target_record(t, record)
 
 
 INDEX, REJECTS, SHARDS = "index", "rejects", "shards"
@@ -419,29 +389,14 @@ class Perturb(beam.PTransform):
 
     def expand(self, pbegin):
         cfg = self.cfg
-        tagged = pbegin | "ReadTracks" >> ReadTracks(cfg) | "Deform" >> beam.ParDo(DeformFn(cfg))
-
-        def assign(x):
-            # Samples and rejects of a target shard meet in one group: its completion
-            # record holds both.
-            t, tag, value = x
-            return (t, shard_index(value.key, cfg.targets[t].num_shards)), (tag, value)
-
-        written = (
-            tagged
-            | "AssignShard" >> beam.Map(assign)
-            | "GroupShards" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(WriteTargetShardFn(cfg))
-        )
-        reused = (
-            pbegin
-            | "FinishedShards" >> beam.Create(list(cfg.done))
-            | "ReuseFinished" >> beam.FlatMap(reuse_finished, cfg=cfg)
-        )
         # One GroupByKey per target over the tagged union, not side inputs (see prepare.py).
         return (
-            (written, reused)
-            | "Union" >> beam.Flatten()
+            pbegin
+            | "SourceDataset" >> beam.Create([cfg.dataset])
+            | "ReadIndex" >> beam.FlatMap(read_split_index, cfg.split, cfg.filesystem_args)
+            | "FanOut" >> beam.FlatMap(fan_out, cfg=cfg)
+            | "GroupShards" >> beam.GroupByKey()
+            | "PerturbShards" >> beam.ParDo(PerturbShardFn(cfg))
             | "GatherPerTarget" >> beam.GroupByKey()
             | "WriteCards" >> beam.FlatMap(write_target_files, cfg=cfg)
         )

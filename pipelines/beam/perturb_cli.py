@@ -16,7 +16,6 @@ from pipelines.beam.perturb import (
     PerturbConfig,
     PerturbError,
     check_source,
-    finished_shards,
     make_targets,
 )
 from pipelines.beam.prepare_cli import (
@@ -127,7 +126,6 @@ def run(args, beam_args: list[str]) -> int:
             os.makedirs(target.output, exist_ok=True)
     for target in cfg.targets:
         remove_orphans(target.output)
-    cfg = PerturbConfig(**{**cfg.__dict__, "done": finished_shards(cfg)})
     items = cfg.num_tracks * sum(t.copies for t in cfg.targets)
     what = (
         f"{cfg.targets[0].copies} augmented copies per track"

@@ -99,7 +99,8 @@ def job_versions() -> tuple[tuple[str, str], ...]:
 
 def set_worker_threads() -> None:
     # One thread per worker process: parallelism comes from processes, and library
-    # thread pools on a busy box cost several times more CPU.
+    # thread pools on a busy box cost several times more CPU. Called before a shard is
+    # built, not in setup: a worker that only reuses finished shards never imports torch.
     import torch
 
     torch.set_num_threads(1)
@@ -128,8 +129,8 @@ class ReadManifest(beam.PTransform):
 
 
 class TrackStageFn(beam.DoFn):
-    """Base of the per-track DoFns of every job: one thread per worker, the job's
-    filesystem flags, a progress tick per track, and counters of outcomes."""
+    """Base of the per-shard DoFns of every job: the job's filesystem flags, a progress
+    tick per track, and counters of outcomes."""
 
     def __init__(self, namespace: str, done: str, filesystem_args, progress_path):
         self.namespace = namespace
@@ -140,7 +141,6 @@ class TrackStageFn(beam.DoFn):
         self.rejected = Metrics.counter(namespace, "rejected")
 
     def setup(self):
-        set_worker_threads()
         beam_io.configure(self.filesystem_args)
         self._progress = None
         if self.progress_path:
@@ -257,6 +257,7 @@ class PrepareShardFn(TrackStageFn):
     def build_shard(self, split: str, index: int, rows, fingerprint: str) -> dict:
         """Decode the shard's tracks (keeping those an earlier record of this shard holds
         unchanged: an update), write its tar, then its completion record."""
+        set_worker_threads()
         reusable = progress.ReusableTracks(self.cfg.output, split, index, self.cfg.identity_sha)
         results = {}
         for row in rows:

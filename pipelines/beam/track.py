@@ -18,7 +18,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from pipelines.beam import fetch
 from pipelines.core.audio import Decoded, from_int16, load_audio, to_int16
@@ -98,6 +97,8 @@ def make_sample(
     pcm16 = to_int16(pcm)
     # Features are computed from the int16-rounded waveform, so a trainer computing
     # them on the device from the stored PCM gets the same numbers.
+    import torch  # here, not at the top: see pipelines/core/features.py
+
     wave = torch.from_numpy(from_int16(pcm16))
     mel = log_mel(wave, fc).numpy()
     if "mel" in cfg.stored:

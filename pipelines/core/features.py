@@ -16,9 +16,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that compute, not here: a Beam job's driver, and a
+# worker that only reuses finished shards, read FeatureConfig and never compute a feature
+# (torch is ~1.5 CPU-s of every process's start-up).
 
 LOG_SCALES = ("db", "log10_1p")
 MEL_SCALES = ("htk", "slaney")
@@ -96,6 +103,7 @@ def mel_filterbank(
     HTK filters without normalisation are torchaudio's `melscale_fbanks` defaults (same
     mel formula, same triangles on the same FFT bin frequencies)."""
     import librosa
+    import torch
 
     fb = librosa.filters.mel(
         sr=sample_rate,
@@ -111,6 +119,8 @@ def mel_filterbank(
 
 @functools.lru_cache(maxsize=16)
 def _hann(n_fft: int) -> torch.Tensor:
+    import torch
+
     return torch.hann_window(n_fft, periodic=True, dtype=torch.float32)
 
 
@@ -120,6 +130,8 @@ def power_spectrogram(
     """|STFT|^2, [..., n_fft//2+1, frames] for pcm [..., samples] (float); `pad_mode`
     pads the centred first and last frames (torch.stft's and torchaudio's default is
     reflect; librosa >= 0.10 pads with zeros)."""
+    import torch
+
     window = _hann(n_fft).to(pcm.device)
     lead = pcm.shape[:-1]
     flat = pcm.reshape(-1, pcm.shape[-1]).float()
@@ -137,6 +149,8 @@ def power_spectrogram(
 
 
 def compress(power: torch.Tensor, log_scale: str) -> torch.Tensor:
+    import torch
+
     if log_scale == "db":
         return 10.0 * torch.log10(torch.clamp(power, min=_AMIN))
     if log_scale == "log10_1p":
@@ -146,6 +160,8 @@ def compress(power: torch.Tensor, log_scale: str) -> torch.Tensor:
 
 def log_mel(pcm: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
     """Log-mel spectrogram [..., n_mels, frames] of a waveform [..., samples] in [-1, 1]."""
+    import torch
+
     pcm = torch.as_tensor(pcm)
     power = power_spectrogram(pcm, cfg.n_fft, cfg.hop, cfg.pad_mode)
     fb = mel_filterbank(
@@ -178,6 +194,8 @@ def harmonic_filterbank(
 ) -> torch.Tensor:
     """Triangular filters [..., n_fft//2+1] around each centre frequency. Bandwidth is the
     HCNN's ERB-style (0.1079 f + 24.7) / Q, so Q may be a trainable tensor."""
+    import torch
+
     bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, device=center_hz.device)
     bandwidth = (0.1079 * center_hz + 24.7) / bandwidth_q
     distance = (bins - center_hz.unsqueeze(-1)).abs()
@@ -187,6 +205,8 @@ def harmonic_filterbank(
 def harmonic_tensor(pcm: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
     """[..., harmonics, bands, frames] in dB: the Harmonic CNN front end at initialisation
     (Q = 1). The model's trainable front end calls `harmonic_filterbank` with its own Q."""
+    import torch
+
     pcm = torch.as_tensor(pcm)
     power = power_spectrogram(pcm, cfg.n_fft, cfg.hop, cfg.pad_mode)
     centers = torch.from_numpy(
