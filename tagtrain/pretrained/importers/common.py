@@ -54,7 +54,7 @@ def rename_strict(
 # filterbank tolerance is relative to its largest value: torchaudio builds it in float32,
 # librosa (ours) in float64, and on the published sota checkpoints they differ by 1.1e-5
 # of it (tests/test_front_end_reference.py); a different mel scale or norm differs by
-# 0.99 of it, another f_max or sample rate by > 0.1.
+# 0.99 of it, another f_min, f_max (even by 100 Hz) or sample rate by > 0.4.
 FILTERBANK_RTOL = 1e-3
 WINDOW_ATOL = 1e-6
 
