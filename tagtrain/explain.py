@@ -117,16 +117,6 @@ def _join(parts: list[np.ndarray], keep: list[int]) -> np.ndarray:
     return np.concatenate([p[..., -k:] if k < p.shape[-1] else p for p, k in zip(parts, keep)], -1)
 
 
-def _model_mel(model, raw: torch.Tensor) -> torch.Tensor:
-    """The mel the model sees: its input, or what its own front end makes of the PCM
-    (an imported run with `--front-end reference`)."""
-    front_end = getattr(getattr(model, "input", None), "front_end", None)
-    if front_end is None:
-        return raw
-    with torch.no_grad():
-        return front_end(raw)
-
-
 def explain_file(run: TrainedRun, path: Path, tags: list[str]) -> Explanation:
     model, spec = run.model, run.spec
     if not explainable(model):

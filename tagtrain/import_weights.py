@@ -11,11 +11,10 @@ input plan from the model's InputSpec, no dataset statistics), so `evaluate`, `t
 checkpoint's `imported` entry) records where the weights came from: source, path, sha256,
 the reference architecture.
 
-`--front-end reference` (the default) keeps the reference's own input computation where
-the importer describes it (`front_end(state, model)`, e.g. sota's torchaudio mel with the
-checkpoint's filterbank): the model is set up to take PCM and compute that mel itself
-(`Tagger.set_waveform_front_end`, recorded in the run's `model_setup`); `tagkit` feeds
-the pipeline's mel instead.
+A reference that computed its input inside the model saved its front end's buffers with
+the weights (torchaudio's window and mel filterbank); the importer checks that they are
+what our front end computes for the model's InputSpec and refuses a checkpoint trained on
+another one, so the run reads the pipeline's mel like a trained run.
 
 A named `--vocabulary` is manifests' label list; an importer module may define
 `label_order(name, tags)` when its checkpoints order that benchmark's tags otherwise (sota's
@@ -41,8 +40,6 @@ HELP = "turn a published checkpoint (sota, ssmtt, maest, passt) into a run direc
 
 # Keys under which the references' training code stores the weights in a larger dict.
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net", "network", "weights")
-
-FRONT_ENDS = ("reference", "tagkit")
 
 # --vocabulary NAME -> the label list (in label order) of manifests/splits.
 VOCABULARIES = {
@@ -74,14 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with one tag per line (or a JSON list)",
     )
     parser.add_argument("--out", required=True, help="run directory to write")
-    parser.add_argument(
-        "--front-end",
-        choices=FRONT_ENDS,
-        default="reference",
-        help="reference (default): the run computes its mel from PCM as the checkpoint's "
-        "code did (sota: torchaudio's, with the checkpoint's filterbank); tagkit: the "
-        "pipeline's mel (read from shards, faster; not what the weights were trained on)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
             f"output layer {n_classes}"
         )
     model = build_model(args.model, converted, n_classes)
-    setup = reference_front_end(source, state, args.model, model, args.front_end)
     provenance = {
         "source": args.source,
         "reference": source.MODELS[args.model],
@@ -115,9 +103,8 @@ def run(args: argparse.Namespace) -> int:
         "path": str(path.resolve()),
         "sha256": file_sha256(path),
         "vocabulary": args.vocabulary,
-        "front_end": args.front_end if setup else "tagkit",
     }
-    write_run(out, args.model, model, vocabulary, provenance, setup)
+    write_run(out, args.model, model, vocabulary, provenance)
     print(
         f"imported {provenance['reference']} weights ({path.name}, sha256 "
         f"{provenance['sha256'][:12]}) into {args.model} with {n_classes} tags: {out}"
@@ -224,19 +211,6 @@ def build_model(name: str, state: Mapping[str, torch.Tensor], n_classes: int) ->
     return model.eval()
 
 
-def reference_front_end(source, state, name: str, model, choice: str) -> dict:
-    """With `--front-end reference`, set the model up to compute its input as the
-    checkpoint's code did, when the source says how (`front_end(state, model)`); the
-    run's `model_setup` (what `load_run` calls again)."""
-    if choice != "reference" or not hasattr(source, "front_end"):
-        return {}
-    kwargs = source.front_end(state, name)
-    if not kwargs:
-        return {}
-    model.set_waveform_front_end(**kwargs)
-    return {"set_waveform_front_end": kwargs}
-
-
 def input_plan(spec) -> dict:
     """The plan a run of this model trains with, from its InputSpec alone (no dataset):
     the model's own features, no per-band statistics."""
@@ -263,7 +237,6 @@ def write_run(
     model: torch.nn.Module,
     vocabulary: list[str],
     provenance: dict,
-    model_setup: dict,
 ) -> None:
     from tagtrain.checkpoint import save_checkpoint
     from tagtrain.config import RunConfig
@@ -277,7 +250,7 @@ def write_run(
         "config": config.to_json(),
         "model_name": name,
         "width": config.width,
-        "model_setup": model_setup,
+        "model_setup": {},
         "vocabulary": list(vocabulary),
         "card_checksum": "",
         "input_plan": input_plan(model.input_spec),

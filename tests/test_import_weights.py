@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.core.features import mel_filterbank
 from tagtrain.__main__ import main
 from tagtrain.pretrained.importers import WeightsImportError, importer
-from tagtrain.registry import create_model
+from tagtrain.registry import create_model, get_entry
 from tagtrain.runs import load_run
 from tests.sota_states import seeded_input, seeded_state, to_db
 
@@ -35,9 +36,25 @@ CLIP = Path(__file__).parent / "fixtures" / "musicnn" / "chords44k.mp3"
 SOTA = importer("sota")
 
 
+def with_front_end(state: dict[str, torch.Tensor], model: str) -> dict[str, torch.Tensor]:
+    """The seeded front-end buffers replaced by torchaudio's values for the model (our
+    front end's: tests/test_front_end_reference.py), as a real checkpoint has them. The
+    golden input comes after the front end, so the logits do not depend on them."""
+    spec = get_entry(model).input_spec
+    fb = mel_filterbank(
+        spec.sample_rate, spec.n_fft, spec.n_mels, spec.f_min, spec.f_max, "htk", "none"
+    ).T
+    if "spec.mel_scale.fb" in state:
+        state["spec.mel_scale.fb"] = fb.clone()
+    for key in ("spec.spectrogram.window", "hstft.spec.window"):
+        if key in state:
+            state[key] = torch.hann_window(state[key].shape[0])
+    return state
+
+
 def reference_state(model: str) -> dict[str, torch.Tensor]:
     table = GOLDEN["models"][model]["tensors"]
-    return seeded_state(table, GOLDEN["state_seed"])
+    return with_front_end(seeded_state(table, GOLDEN["state_seed"]), model)
 
 
 def our_logits(model_name: str, net: torch.nn.Module, monkeypatch) -> torch.Tensor:
@@ -109,6 +126,31 @@ def test_front_end_buffers_are_checked_not_loaded():
         SOTA.convert(state, "fcn")
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("spec.mel_scale.fb", mel_filterbank(16000, 512, 96, 0.0, 8000.0, "slaney", "slaney").T,
+         "is mel_scale slaney, mel_norm slaney; the model's input is mel_scale htk"),
+        ("spec.mel_scale.fb", mel_filterbank(16000, 512, 96, 0.0, 7000.0, "htk", "none").T,
+         "is another mel filterbank"),
+        ("spec.spectrogram.window", torch.hann_window(512, periodic=False),
+         "is a symmetric Hann window"),
+        ("spec.spectrogram.window", torch.ones(512), "is a window"),
+    ],
+)  # fmt: skip
+def test_a_checkpoint_of_another_front_end_is_refused_naming_it(key, value, named):
+    state = reference_state("musicnn") | {key: value}
+    with pytest.raises(WeightsImportError, match="trained on another front end") as caught:
+        SOTA.convert(state, "musicnn")
+    assert named in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_hcnn_window_is_checked():
+    state = reference_state("hcnn") | {"hstft.spec.window": torch.ones(512)}
+    with pytest.raises(WeightsImportError, match="'hstft.spec.window' is a window"):
+        SOTA.convert(state, "hcnn")
+
+
 @pytest.mark.parametrize("model_name", sorted(GOLDEN["models"]))
 def test_a_checkpoint_imported_into_another_architecture_names_the_right_model(model_name):
     state = reference_state(model_name)
@@ -147,14 +189,11 @@ def test_import_command_writes_a_run_that_tags_a_clip(tmp_path, capsys, monkeypa
     # The reference's MTAT order (split/mtat/tags.npy), not manifests' (female voice, metal).
     assert run.vocabulary[47:49] == ["metal", "female voice"]
     assert run.plan.standardize == "none" and run.mean is None
-    # Default --front-end reference: the run takes PCM and computes the checkpoint's mel.
-    assert run.plan.kind == "pcm" and run.spec.kind == "pcm"
-    front = run.model.input.front_end
-    assert torch.equal(front.fb, reference_state("musicnn")["spec.mel_scale.fb"])
-    assert front.hop == 256 and front.pad_mode == "reflect"
-    run.model.input.front_end = None  # after the front end, the network is the reference's
+    # The run reads the pipeline's mel (torchaudio's, as the checkpoint was trained on),
+    # and the network on it is the reference's.
+    assert run.plan.kind == "mel" and run.plan.member == "mel.npy" and run.spec.kind == "mel"
+    assert "front_end" not in provenance
     assert_golden("musicnn", our_logits("musicnn", run.model, monkeypatch))
-    run.model.input.front_end = front
 
     code = main(["tag", str(CLIP), "--run", str(run_dir), "--json", "--device", "cpu"])
     out, err = capsys.readouterr()
@@ -166,41 +205,6 @@ def test_import_command_writes_a_run_that_tags_a_clip(tmp_path, capsys, monkeypa
     assert len(tags) == 10 and set(tags) <= set(run.vocabulary)
     assert probabilities == sorted(probabilities, reverse=True)
     assert all(0.0 <= p <= 1.0 for p in probabilities)
-
-
-def test_front_end_tagkit_reads_the_pipeline_mel(tmp_path, capsys):
-    path = _save(reference_state("fcn"), tmp_path / "fcn.pth")
-    code, _, err = _import(
-        capsys, path, "--model", "fcn", "--vocabulary", "msd", "--front-end", "tagkit",
-        "--out", tmp_path / "run",
-    )  # fmt: skip
-    assert code == 0, err
-    run = load_run(tmp_path / "run", device="cpu")
-    assert run.plan.kind == "mel" and run.plan.member == "mel.npy"
-    assert run.model.input.front_end is None
-    assert json.loads((tmp_path / "run" / "imported.json").read_text())["front_end"] == "tagkit"
-
-
-def test_filterbank_mel_is_the_pipeline_mel_when_given_its_filterbank():
-    # The reference front end's arithmetic (STFT, power, filterbank, dB) checked against
-    # the pipeline's log_mel (itself tested against librosa): with the pipeline's Slaney
-    # filters and zero padding they must agree; reflect padding changes only the edges.
-    from pipelines.core.features import FeatureConfig, log_mel, mel_filterbank
-    from tagtrain.models.layers import FilterbankMel
-
-    cfg = FeatureConfig(n_mels=96)
-    pcm = torch.from_numpy(np.random.default_rng(3).uniform(-0.5, 0.5, (2, 48000)).astype("f4"))
-    fb = mel_filterbank(16000, 512, 96, 0.0, 8000.0).T
-    window = torch.hann_window(512)
-    ours = FilterbankMel(window, fb, 256, "constant")(pcm)
-    torch.testing.assert_close(ours, log_mel(pcm, cfg), rtol=0, atol=1e-3)
-    reflect = FilterbankMel(window, fb, 256, "reflect")(pcm)
-    torch.testing.assert_close(reflect[..., 2:-2], ours[..., 2:-2], rtol=0, atol=1e-3)
-    assert float((reflect[..., 0] - ours[..., 0]).abs().max()) > 0.1
-    # torchaudio's Spectrogram is torch.stft with reflect padding.
-    stft = torch.stft(pcm, 512, 256, window=window, pad_mode="reflect", return_complex=True)
-    mel = torch.matmul(stft.abs().square().transpose(1, 2), fb).transpose(1, 2)
-    torch.testing.assert_close(reflect, to_db(mel), rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -255,13 +259,13 @@ def test_a_file_without_a_state_dict_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize(("model_name", "head"), [("samplecnn", "dense."), ("musicnn", "dense2.")])
 def test_evaluate_takes_an_imported_run(demo_dataset, tmp_path, capsys, model_name, head):
     # A checkpoint whose head has the demo dataset's tags, named by a JSON list; musicnn
-    # with the reference front end (from the shards' PCM), SampleCNN on the PCM itself.
+    # on the shards' mel, SampleCNN on the PCM itself.
     vocabulary = json.loads((demo_dataset / "dataset.json").read_text())["vocabulary"]
     table = [
         [key, [len(vocabulary), *shape[1:]] if key.startswith(head) else shape, dtype]
         for key, shape, dtype in GOLDEN["models"][model_name]["tensors"]
     ]
-    path = _save(seeded_state(table), tmp_path / "model.pth")
+    path = _save(with_front_end(seeded_state(table), model_name), tmp_path / "model.pth")
     (tmp_path / "tags.json").write_text(json.dumps(vocabulary))
     run_dir = tmp_path / "run"
     code, _, err = _import(

@@ -26,8 +26,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.core.features import mel_filterbank
 from tagtrain.pretrained.importers import WeightsImportError, importer
-from tagtrain.registry import create_model
+from tagtrain.registry import create_model, get_entry
 from tests.reference_states import seeded_input, seeded_state
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -36,10 +37,31 @@ ARRAYS = dict(np.load(FIXTURES / "transformers_golden.npz"))
 SSMTT = importer("ssmtt")
 MAEST = importer("maest")
 TEACHER = "music_tagging_transformer"
+FRONT_END_PREFIXES = ("spec.", "melspectrogram.")
 
 
 def reference_state(case: str) -> dict[str, torch.Tensor]:
-    return seeded_state(GOLDEN[case]["keys"], GOLDEN[case]["seed"])
+    return with_front_end(seeded_state(GOLDEN[case]["keys"], GOLDEN[case]["seed"]), case)
+
+
+def with_front_end(state: dict[str, torch.Tensor], case: str) -> dict[str, torch.Tensor]:
+    """The seeded torchaudio buffers (`*.window`, `*.mel_scale.fb`) replaced by what
+    torchaudio computes for the case's model (our front end's values for its InputSpec:
+    tests/test_front_end_reference.py), as in a real checkpoint. The golden inputs come
+    after the front end, so the outputs do not depend on them."""
+    keys = [k for k in state if k.startswith(FRONT_END_PREFIXES)]
+    if not keys:
+        return state
+    spec = get_entry(case).input_spec
+    for key in keys:
+        if key.endswith(".window"):
+            state[key] = torch.hann_window(spec.n_fft)
+        elif key.endswith(".mel_scale.fb"):
+            state[key] = mel_filterbank(
+                spec.sample_rate, spec.n_fft, spec.n_mels, spec.f_min, spec.f_max,
+                spec.mel_scale, spec.mel_norm,
+            ).T.clone()  # fmt: skip
+    return state
 
 
 def reference_input(case: str) -> torch.Tensor:
@@ -140,6 +162,11 @@ def test_ssmtt_mismatches_are_one_line_errors_naming_the_tensor():
                    r"'cls_token' has shape \(64,\), the model's 'cls' needs \(256,\)")  # fmt: skip
     window = student | {"network.spec.spectrogram.window": torch.zeros(512)}
     one_line_error(SSMTT.convert, window, "music_tagging_transformer_small", "n_fft 1024")
+    # Buffers of another front end (Slaney filters; the reference's are torchaudio's HTK).
+    slaney = mel_filterbank(22050, 1024, 128, 0.0, 11025.0, "slaney", "slaney").T
+    other = student | {"network.spec.mel_scale.fb": slaney}
+    one_line_error(SSMTT.convert, other, "music_tagging_transformer_small",
+                   "another front end: 'spec.mel_scale.fb' is mel_scale slaney, mel_norm slaney")  # fmt: skip
     one_line_error(SSMTT.convert, student, "maest_10s", "--from ssmtt fills")
 
 
@@ -156,6 +183,11 @@ def test_maest_mismatches_are_one_line_errors_naming_the_tensor():
     one_line_error(MAEST.convert, state, "patchout_small", "fills")
     headless = {k: v for k, v in state.items() if not k.startswith("head.")}
     one_line_error(MAEST.convert, headless, "maest_10s", "'head.1.weight'")
+    # MAEST's torchaudio filterbank is Slaney's; an HTK one is another front end.
+    htk = state | {
+        "melspectrogram.mel_scale.fb": mel_filterbank(16000, 512, 96, 0.0, 8000.0, "htk", "none").T
+    }
+    one_line_error(MAEST.convert, htk, "maest_10s", "is mel_scale htk, mel_norm none")
 
 
 def test_maest_lightning_checkpoint_prefers_the_swa_weights():

@@ -6,8 +6,6 @@ jordipons/musicnn) so that parameter counts match the papers at width 1.0.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,54 +36,8 @@ class Tagger(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def set_waveform_front_end(self, window, fb, hop: int, pad_mode: str = "reflect") -> None:
-        """Take PCM and compute the mel in the model with this window and filterbank
-        (`FilterbankMel`) instead of reading the pipeline's mel: how a run imported from
-        a reference that computed its own mel keeps that front end. The input spec
-        becomes PCM of the same length (same frames at this hop)."""
-        import dataclasses
-
-        mel_input = getattr(self, "input", None)
-        if not isinstance(mel_input, MelInput) or self.input_spec.kind != "mel":
-            raise ValueError(f"{type(self).__name__} has no mel input to replace")
-        if tuple(fb.shape) != (window.shape[0] // 2 + 1, self.input_spec.n_mels):
-            raise ValueError(f"filterbank {tuple(fb.shape)} does not fit the model's mel input")
-        mel_input.front_end = FilterbankMel(window, fb, hop, pad_mode)
-        self.input_spec = dataclasses.replace(self.input_spec, kind="pcm")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.embed(x)))
-
-
-class FilterbankMel(nn.Module):
-    """PCM [B, samples] -> dB mel [B, n_mels, frames] with a given window and mel
-    filterbank: torchaudio's `MelSpectrogram` + `AmplitudeToDB` as the seed-000 reference
-    models compute their input (centred frames with `pad_mode` padding, power 2, `fb`
-    [n_fft/2+1, n_mels], 10 log10(max(x, 1e-10))). The STFT is a real convolution with the
-    windowed DFT basis (the arithmetic of `torch.stft`, exportable to ONNX). Its buffers
-    are not saved with the model's weights (a run records them in its `model_setup`)."""
-
-    def __init__(self, window: torch.Tensor, fb: torch.Tensor, hop: int, pad_mode: str):
-        super().__init__()
-        window = torch.as_tensor(window, dtype=torch.float64)
-        n_fft = window.shape[0]
-        n = torch.arange(n_fft, dtype=torch.float64)
-        f = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
-        angle = 2.0 * math.pi * f[:, None] * n[None, :] / n_fft
-        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])
-        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
-        self.register_buffer("fb", torch.as_tensor(fb).float(), persistent=False)
-        self.n_fft, self.hop, self.pad_mode = n_fft, int(hop), str(pad_mode)
-
-    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=pcm.device.type, enabled=False):
-            half = self.n_fft // 2
-            x = F.pad(pcm.float()[:, None, :], (half, half), mode=self.pad_mode)
-            spec = F.conv1d(x, self.basis, stride=self.hop)  # [B, 2 * bins, frames]
-            bins = spec.shape[1] // 2
-            power = spec[:, :bins].square() + spec[:, bins:].square()
-            mel = torch.matmul(power.transpose(1, 2), self.fb).transpose(1, 2)
-            return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
 
 
 class MelInput(nn.Module):
@@ -93,18 +45,14 @@ class MelInput(nn.Module):
 
     The references put BatchNorm2d(1) on the dB mel and normalise nothing else; their
     InputSpecs say `standardize="none"`, so this layer is the models' only input
-    normalisation, as in the papers. With a `front_end` (see
-    `Tagger.set_waveform_front_end`) it takes PCM [B, samples] and computes the mel itself.
+    normalisation, as in the papers.
     """
 
     def __init__(self):
         super().__init__()
         self.bn = nn.BatchNorm2d(1)
-        self.front_end: nn.Module | None = None
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        if self.front_end is not None:
-            mel = self.front_end(mel)
         if mel.dim() != 3:
             raise ValueError(f"expected a mel batch [B, n_mels, frames], got {tuple(mel.shape)}")
         return self.bn(mel.unsqueeze(1))

@@ -16,7 +16,8 @@ Both are timm ViTs in PaSST's layout (MAEST's `models/maest.py` is PaSST's
     head_dist                             not loaded: the reference's default head
                                           (`distilled_type="mean"`) never uses it
     melspectrogram.*                      not loaded: MAEST's torchaudio front-end buffers
-                                          (window, filterbank), checked for shape only
+                                          (window, filterbank); where present they
+                                          must equal our front end's for the model
 
 Containers: a Lightning checkpoint's `net_swa.` weights are taken when present (MAEST's
 `get_maest` default, `checkpoint_swa_weigts=True`), else `net.`; `module.`/`model.`
@@ -43,7 +44,11 @@ import torch
 import torch.nn.functional as F
 
 from tagtrain.models.patchout import STRIDE
-from tagtrain.pretrained.importers.common import WeightsImportError, rename_strict
+from tagtrain.pretrained.importers.common import (
+    WeightsImportError,
+    pop_mel_front_end,
+    rename_strict,
+)
 from tagtrain.registry import InputSpec, create_model, get_entry
 
 MODELS = {
@@ -127,14 +132,7 @@ def unwrapped(state: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.T
 
 
 def _drop_front_end(state: dict[str, torch.Tensor], spec: InputSpec, what: str) -> None:
-    expected = {FRONT_END[0]: (spec.n_fft,), FRONT_END[1]: (spec.n_fft // 2 + 1, spec.n_mels)}
-    for key, shape in expected.items():
-        value = state.pop(key, None)
-        if value is not None and tuple(value.shape) != shape:
-            raise WeightsImportError(
-                f"{what}: {key} has shape {tuple(value.shape)}; the model's front end "
-                f"(n_fft {spec.n_fft}, {spec.n_mels} bands) needs {shape}"
-            )
+    pop_mel_front_end(state, *FRONT_END, spec, what, required=False)
 
 
 def fit_positions(

@@ -10,11 +10,11 @@ What is not a weight of ours:
 - The reference computes its input inside the model: torchaudio's `MelSpectrogram`
   (buffers `spec.spectrogram.window` [n_fft] and `spec.mel_scale.fb` [n_fft/2+1, n_mels])
   and `AmplitudeToDB` (no tensors); the Harmonic CNN's `HarmonicSTFT` has
-  `hstft.spec.window`. They are checked (present, shapes of the model's n_fft and mel
-  bands: a 128-band checkpoint does not go into a 96-band model) and are not weights of
-  ours: `front_end` hands them to `import-weights`, which by default makes the run compute
-  its mel that way (`--front-end reference`); `--front-end tagkit` feeds the pipeline's
-  mel instead, which differs (FIDELITY.md, "Importing published checkpoints").
+  `hstft.spec.window`. They are not weights of ours: our front end computes the same
+  input (the models' InputSpecs are torchaudio's defaults: HTK mel, no norm, reflect
+  padding), so the buffers must be present and equal what it uses for the model's
+  InputSpec (`common.check_window`, `common.check_filterbank`): a 128-band checkpoint
+  does not go into a 96-band model, nor one trained on another filterbank.
 - Tensors the reference recomputes at construction instead of saving, which ours keep as
   buffers: CNNSA's fixed [CLS] vector (numpy seed 0; ours `cls`, drawn the same way) and
   the Harmonic CNN's centre frequencies (`f0`; ours `front.center_hz`, the same grid).
@@ -33,7 +33,12 @@ from dataclasses import dataclass
 
 import torch
 
-from tagtrain.pretrained.importers.common import WeightsImportError, rename_strict
+from tagtrain.pretrained.importers.common import (
+    WeightsImportError,
+    check_window,
+    pop_mel_front_end,
+    rename_strict,
+)
 
 # Tensor names of one module of each kind.
 AFFINE = ("weight", "bias")  # Conv*, Linear, LayerNorm
@@ -227,26 +232,6 @@ MODELS = {
 }
 
 
-# --- the reference's own front end ----------------------------------------------------------
-
-
-def front_end(state: Mapping[str, torch.Tensor], model: str) -> dict | None:
-    """`set_waveform_front_end` arguments that make `model` compute its mel as the
-    reference did (torchaudio's MelSpectrogram: the checkpoint's own window and
-    filterbank, hop n_fft/2, reflect padding; AmplitudeToDB), or None for models without
-    a mel input (SampleCNNs, whose input is PCM; the HCNN, whose harmonic front end is
-    ours)."""
-    if architecture(model).front_end != "mel":
-        return None
-    window = state["spec.spectrogram.window"]
-    return {
-        "window": window,
-        "fb": state["spec.mel_scale.fb"],
-        "hop": int(window.shape[0]) // 2,  # torchaudio's default: win_length // 2
-        "pad_mode": "reflect",
-    }
-
-
 # --- label order ---------------------------------------------------------------------------
 
 
@@ -289,30 +274,20 @@ def head_classes(state: Mapping[str, torch.Tensor], model: str) -> int:
     return int(head.shape[0])
 
 
-def front_end_buffers(model: torch.nn.Module, kind: str) -> dict[str, tuple[int, ...]]:
-    """The reference's front-end buffers and the shapes our model's input implies."""
+def without_front_end(state, model: torch.nn.Module, kind: str, what: str) -> dict:
+    """`state` without the reference's front-end buffers, which are checked against the
+    front end of our `model` (module docstring)."""
+    rest = dict(state)
     spec = model.input_spec
     if kind == "mel":
-        return {
-            "spec.spectrogram.window": (spec.n_fft,),
-            "spec.mel_scale.fb": (spec.n_fft // 2 + 1, spec.n_mels),
-        }
-    if kind == "harmonic":
-        return {"hstft.spec.window": (model.front.n_fft,)}
-    return {}
-
-
-def _without_front_end(state, expected: Mapping[str, tuple[int, ...]], what: str) -> dict:
-    rest = dict(state)
-    for key, shape in expected.items():
+        pop_mel_front_end(
+            rest, "spec.spectrogram.window", "spec.mel_scale.fb", spec, what, required=True
+        )
+    elif kind == "harmonic":
+        key = "hstft.spec.window"
         if key not in rest:
             raise WeightsImportError(f"{what}: the checkpoint has no front-end tensor {key!r}")
-        if tuple(rest[key].shape) != shape:
-            raise WeightsImportError(
-                f"{what}: front-end tensor {key!r} has shape {tuple(rest[key].shape)}, "
-                f"the model's input needs {shape} (another n_fft or number of mel bands)"
-            )
-        del rest[key]
+        check_window(rest.pop(key), model.front.n_fft, key, what)
     return rest
 
 
@@ -375,7 +350,7 @@ def _convert(state: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.T
     what = f"sota {arch.reference} checkpoint"
     ours = create_model(model, head_classes(state, model), seed=0)
     target = ours.state_dict()
-    reference = _without_front_end(state, front_end_buffers(ours, arch.front_end), what)
+    reference = without_front_end(state, ours, arch.front_end, what)
     mapping = _key_mapping(arch.modules(target))
     # Batch-norm counters the checkpoint does not have keep ours (0).
     absent = {
@@ -394,7 +369,6 @@ def _convert(state: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.T
 __all__ = [
     "ARCHITECTURES",
     "MODELS",
-    "front_end",
     "architecture",
     "convert",
     "guess_model",

@@ -22,9 +22,10 @@ Reference key (after `network.`)              ours
     mlp_head.0.* / mlp_head.1.*               norm.* / classifier.*
 
 `spec.spectrogram.window` and `spec.mel_scale.fb` are torchaudio's fixed front-end
-buffers (a Hann window, a mel filterbank), not weights: they are checked against the
-model's input (n_fft, n_mels) and not loaded; our front end computes the mel itself
-(docs/FIDELITY.md, "Importing published checkpoints").
+buffers (a Hann window, a mel filterbank), not weights: where present they must equal
+what our front end uses for the model's InputSpec (torchaudio's defaults, as the
+reference's) and are not loaded; our front end computes the mel itself (docs/FIDELITY.md,
+"Importing published checkpoints").
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ from collections.abc import Mapping
 
 import torch
 
-from tagtrain.pretrained.importers.common import WeightsImportError, rename_strict
+from tagtrain.pretrained.importers.common import (
+    WeightsImportError,
+    pop_mel_front_end,
+    rename_strict,
+)
 from tagtrain.registry import create_model, get_entry
 
 MODELS = {
@@ -91,16 +96,10 @@ def network_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _check_front_end(state: dict[str, torch.Tensor], model: str) -> None:
-    """The torchaudio buffers must describe the model's input (n_fft, n_mels)."""
+    """The torchaudio buffers, where present, must be our front end's for the model."""
     spec = get_entry(model).input_spec
-    expected = {FRONT_END[0]: (spec.n_fft,), FRONT_END[1]: (spec.n_fft // 2 + 1, spec.n_mels)}
-    for key, shape in expected.items():
-        value = state.pop(key, None)
-        if value is not None and tuple(value.shape) != shape:
-            raise WeightsImportError(
-                f"ssmtt checkpoint: {NETWORK}{key} has shape {tuple(value.shape)}, but "
-                f"{model} takes n_fft {spec.n_fft} and {spec.n_mels} mel bands: {shape}"
-            )
+    what = f"ssmtt checkpoint for {model}"
+    pop_mel_front_end(state, *FRONT_END, spec, what, required=False)
 
 
 def convert(state: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.Tensor]:
