@@ -364,6 +364,19 @@ def robustness_table(rows: list[dict]) -> str:
     return table(header, body, "robustness", text_columns=(1,))
 
 
+def most_damaging(rows: list[dict]) -> str:
+    """'Most damaging (largest ROC-AUC drop): run: set (-0.123); ...'."""
+    found = []
+    for label in dict.fromkeys(r["run"] for r in rows):
+        drops = [(_number(r.get("roc_auc_drop")), r["deformation"]) for r in rows
+                 if r["run"] == label and r["deformation"] != DEFAULT_SET]  # fmt: skip
+        drops = [d for d in drops if math.isfinite(d[0])]
+        if drops:
+            drop, name = max(drops)
+            found.append(f"{label}: {name} ({-drop:+.3f})")
+    return "Most damaging (largest ROC-AUC drop): " + "; ".join(found) + "." if found else ""
+
+
 def heat_maps(directory: Path, rows: list[dict], vocabulary: list[str]) -> list[str]:
     """One per-tag x deformation heat map per run of the robustness table (the trained
     run first, alt "per-tag x deformation heat map"; others name their run)."""
@@ -389,7 +402,8 @@ def robustness_section(directory: Path, run: Path, vocabulary: list[str]) -> str
     if not rows:
         return "\n".join(parts + ['<p class="missing">(no robustness results found)</p>'])
     parts.append(robustness_table(rows))
-    parts.append('<p class="note">drop = clean minus deformed: positive is worse.</p>')
+    parts.append('<p class="note">drop = clean minus deformed: positive is worse. '
+                 f"{html.escape(most_damaging(rows))}</p>")  # fmt: skip
     heats = heat_maps(directory, rows, vocabulary)
     parts.append('<div class="figures">')
     parts.append(image_file(_first(directory, "*.png"), "robustness figure"))

@@ -134,7 +134,9 @@ def per_tag_drops(
     files = set_predictions(directory, run_label)
     if CLEAN not in files or len(files) < 2:
         return None
-    vocabulary = vocabulary or written_tags(files[CLEAN])
+    written = written_tags(files[CLEAN]) or []
+    # The tags the predictions hold (a published model has only some of the dataset's).
+    vocabulary = [t for t in vocabulary if t in written] if vocabulary else written
     loaded = {name: read_predictions(path, vocabulary) for name, path in files.items()}
     loaded = {name: value for name, value in loaded.items() if value is not None}
     if CLEAN not in loaded or len(loaded) < 2:
@@ -145,10 +147,9 @@ def per_tag_drops(
     clean_roc = np.array(per_set[CLEAN]["roc_auc"])
     keep = [int(t) for t in np.argsort(-np.nan_to_num(clean_roc, nan=-1.0), kind="stable")]
     keep = [t for t in keep if np.isfinite(clean_roc[t])]
-    tags = vocabulary or []
     return TagDrops(
         run=run_label,
-        tags=[tags[t] for t in keep],
+        tags=[vocabulary[t] for t in keep],
         sets=names,
         positives=[int(v) for v in loaded[CLEAN][0].sum(axis=0)[keep]],
         clean={m: np.array(per_set[CLEAN][m])[keep] for m in METRICS},
