@@ -291,7 +291,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_evaluated(args: argparse.Namespace) -> tuple[TrainedRun, str]:
     """(the run or published model that --run / --pretrained names, the dataset)."""
     if bool(args.run) == bool(args.pretrained):
-        raise RunError("give --run RUN_DIR or --pretrained NAME (with --data)")
+        raise RunError(  # argparse's wording, as when --run alone was required
+            "the following arguments are required: --run (or --pretrained NAME with --data, "
+            "not both)"
+        )
     if args.run:
         if args.out:
             raise RunError("--out is for --pretrained: a run's results go into its directory")

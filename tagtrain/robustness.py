@@ -316,7 +316,7 @@ def load_runs(args: argparse.Namespace) -> tuple[list[TrainedRun], str, list[Tes
     """The runs, then the published models (scored on the tags they share with the
     dataset), the clean dataset and its test sets."""
     if not args.run and not args.pretrained:
-        raise RunError("give --run RUN_DIR and/or --pretrained NAME")
+        raise RunError("the following arguments are required: --run (or --pretrained NAME)")
     runs = [load_run(r, args.checkpoint, args.device) for r in args.run]
     data = args.data or (runs[0].config.data if runs else None)
     if not data:

@@ -418,6 +418,13 @@ def test_bad_arguments_get_one_line(runs, demo_dataset, tmp_path):
     status, _, err = cli("evaluate")  # argparse: --run is required
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert "the following arguments are required: --run" in err
+    for command in ("evaluate", "robustness"):  # --run or --pretrained
+        status, _, err = cli(command)
+        assert "the following arguments are required: --run" in one_line_error(status, err)
+    status, _, err = cli("evaluate", "--run", str(short), "--pretrained", "musicnn-mtt")
+    assert "not both" in one_line_error(status, err)
+    status, _, err = cli("robustness", "--pretrained", "musicnn-mtt")
+    assert "needs --data" in one_line_error(status, err)
 
 
 def test_metrics_match_scikit_learn_and_a_new_metric_is_one_registry_entry(monkeypatch):
