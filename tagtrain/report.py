@@ -248,9 +248,9 @@ def comparison_table(run: Path, others: list[Path]) -> str:
             np.mean([_number(scored[path][t][key]) for t in shared]) if shared else None
             for key in ("roc_auc", "pr_auc")
         ]
-        rows.append([path.name, m.get("model", "?"), m.get("tracks"), len(scored[path]),
-                     m.get("roc_auc"), m.get("pr_auc"), *on_shared])  # fmt: skip
-    header = ["run", "model", "tracks", "tags scored", "ROC-AUC", "PR-AUC",
+        rows.append([path.name, m.get("model", "?"), m.get("tracks"), m.get("chunks"),
+                     len(scored[path]), m.get("roc_auc"), m.get("pr_auc"), *on_shared])  # fmt: skip
+    header = ["run", "model", "tracks", "chunks", "tags scored", "ROC-AUC", "PR-AUC",
               f"ROC-AUC ({len(shared)} shared tags)", f"PR-AUC ({len(shared)} shared tags)"]  # fmt: skip
     note = ""
     unscored = {p.name: json.loads((p / "metrics.json").read_text()).get(

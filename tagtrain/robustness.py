@@ -144,7 +144,7 @@ def robustness_rows(
         clean = None
         for test_set in sets:
             evaluation = evaluate_set(
-                run, open_split(run, test_set.data, split, test_set.card), args
+                run, open_split(run, test_set.data, split, test_set.card), run_args(run, args)
             )
             if out_dir is not None:
                 write_predictions(
@@ -172,6 +172,14 @@ def robustness_rows(
             scores = "  ".join(f"{METRICS[m].label} {fmt(row[m])}" for m in METRICS)
             print(f"  {label} / {test_set.name}: {scores}", flush=True)
     return rows
+
+
+def run_args(run: TrainedRun, args: argparse.Namespace) -> argparse.Namespace:
+    """A published model's chunks per track are --pretrained-chunks (default --chunks)."""
+    chunks = getattr(args, "pretrained_chunks", None)
+    if run.label_columns is None or chunks is None:
+        return args
+    return argparse.Namespace(**{**vars(args), "chunks": chunks})
 
 
 def paired_drops(clean, deformed, resamples: int) -> dict:
@@ -299,6 +307,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_pretrained_arguments(parser, repeat=True)
     parser.add_argument(
+        "--pretrained-chunks", type=int, default=None, metavar="N",
+        help="chunks per track for the --pretrained models (default: --chunks); musicnn "
+        "costs ~50 ms of CPU per chunk",
+    )  # fmt: skip
+    parser.add_argument(
         "--data", default=None, help="the clean dataset holding perturbed/ (default: first run's)"
     )
     parser.add_argument(
@@ -342,6 +355,8 @@ def load_runs(args: argparse.Namespace) -> tuple[list[TrainedRun], str, list[Tes
 
 def run(args: argparse.Namespace) -> int:
     check_run_arguments(args)
+    if args.pretrained_chunks is not None and args.pretrained_chunks < 1:
+        raise RunError("--pretrained-chunks must be at least 1")
     runs, data, sets = load_runs(args)
     perturbed = args.perturbed or join_url(data, PERTURBED_DIR)
     if not args.out and not args.run:
@@ -362,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
                 "dir": str(r.dir),
                 "model": r.model_name,
                 "checkpoint": r.checkpoint.name,
+                "chunks": run_args(r, args).chunks,
                 "tags": r.vocabulary,
                 "not_in_model_vocabulary": r.unscored_tags,
             }

@@ -103,6 +103,7 @@ def test_demo_runs_every_stage_and_learns_the_tags(demo_run):
     assert published["roc_auc"] > 0.8, published
     robustness = json.loads((run / "robustness/robustness.json").read_text())
     assert [r["label"] for r in robustness["runs"]] == ["short_chunk_cnn", "musicnn-mtt"]
+    assert [r["chunks"] for r in robustness["runs"]] == [16, 4]  # --pretrained-chunks 4
     rows = robustness["rows"]
     assert len(rows) == 2 * 9 and {r["run"] for r in rows} == {"short_chunk_cnn", "musicnn-mtt"}
     per_tag = (run / "robustness/robustness-per-tag.csv").read_text().splitlines()
