@@ -211,7 +211,7 @@ def embedding_map(
     points, share = project_2d(np.asarray(embeddings, dtype=np.float64))
     labels, legend = colour_tags(track_tags, reference)
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    fig, ax = plt.subplots(figsize=(9.0, 4.5))  # wide: it may fill a row of the page
     colours = plt.get_cmap("tab10").colors
     for i, tag in enumerate([*legend, "other"]):
         mine = [j for j, label in enumerate(labels) if label == tag]

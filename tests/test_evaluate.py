@@ -359,7 +359,7 @@ def check_embedding_map(embeddings, run, data, index):
                                                / len(vectors))  # fmt: skip
     png = embedding_figure(embeddings, run, data)
     pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
-    assert pixels.shape[:2] == (500, 750) and pixels.std() > 0.05
+    assert pixels.shape[:2] == (450, 900) and pixels.std() > 0.05
 
 
 @pytest.mark.skipif(
