@@ -105,6 +105,8 @@ class Evaluation:
             "evaluated_tags": self.scores.evaluated_tags,
             "excluded_tags": list(excluded),
             "excluded_reasons": excluded,
+            # The dataset's tags a published model has no output for (never scored).
+            "not_in_model_vocabulary": list(self.run.unscored_tags),
             "loader": {
                 "shard_errors": self.stats.shard_errors,
                 "bad_samples": self.stats.bad_samples,
@@ -120,16 +122,20 @@ def _number(value: float) -> float | None:
 def evaluate_set(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -> Evaluation:
     """Chunk-averaged predictions for every track of the split, scored per tag."""
     cfg = loader_config(run, eval_set, args)
+    # The loader's labels follow the card; a published model keeps the columns it has.
+    vocabulary = run.vocabulary if run.label_columns is None else eval_set.card["vocabulary"]
     preds = predict_split(
         run.model,
         eval_set.shards,
         eval_set.plan,
-        run.vocabulary,
+        vocabulary,
         cfg,
         eval_set.device_input,
         DistEnv(),
         run.autocast_dtype,
     )
+    if run.label_columns is not None:
+        preds.labels = preds.labels[:, run.label_columns]
     if preds.labels.shape[0] == 0:
         first = preds.stats.errors[0] if preds.stats.errors else "no samples"
         raise RunError(f"no track of {eval_set.data} split {eval_set.split} could be read: {first}")
@@ -231,6 +237,11 @@ def print_evaluation(evaluation: Evaluation) -> None:
             )
     for tag, reason in s["excluded_reasons"].items():
         console.print(f"left out of the macro averages: {tag} ({reason})")
+    if evaluation.run.unscored_tags:
+        console.print(
+            f"not scored (not in {evaluation.run.name}'s vocabulary): "
+            + ", ".join(evaluation.run.unscored_tags)
+        )
     if evaluation.stats.shard_errors or evaluation.stats.bad_samples:
         first = evaluation.stats.errors[0] if evaluation.stats.errors else ""
         console.print(
@@ -250,22 +261,62 @@ def add_bootstrap_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_pretrained_arguments(parser: argparse.ArgumentParser, repeat: bool = False) -> None:
+    from tagtrain.pretrained.musicnn import PRETRAINED
+
+    parser.add_argument(
+        "--pretrained", default=[] if repeat else None, action="append" if repeat else "store",
+        metavar="NAME",
+        help=f"a published model scored on the dataset's stored 16 kHz PCM: "
+        f"{', '.join(sorted(PRETRAINED))}" + ("; repeatable" if repeat else ""),
+    )  # fmt: skip
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run directory (config.json, best.pt, ...)")
+    parser.add_argument("--run", default=None, help="run directory (config.json, best.pt, ...)")
+    add_pretrained_arguments(parser)
     parser.add_argument(
         "--data", default=None, help="dataset directory or URL (default: the run's own dataset)"
     )
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--out", default=None,
+        help="--pretrained: directory of its results, a run directory for `report --compare` "
+        "(default: runs/NAME)",
+    )  # fmt: skip
     add_bootstrap_argument(parser)
     add_run_arguments(parser)
+
+
+def load_evaluated(args: argparse.Namespace) -> tuple[TrainedRun, str]:
+    """(the run or published model that --run / --pretrained names, the dataset)."""
+    if bool(args.run) == bool(args.pretrained):
+        raise RunError(  # argparse's wording, as when --run alone was required
+            "the following arguments are required: --run (or --pretrained NAME with --data, "
+            "not both)"
+        )
+    if args.run:
+        if args.out:
+            raise RunError("--out is for --pretrained: a run's results go into its directory")
+        trained = load_run_from_args(args)
+        return trained, args.data or trained.config.data
+    if not args.data:
+        raise RunError(f"--pretrained {args.pretrained} needs --data DATASET")
+    from tagtrain.data import load_card
+    from tagtrain.pretrained.on_shards import pretrained_run
+
+    published = pretrained_run(
+        args.pretrained, args.data, load_card(args.data), args.device, args.out
+    )
+    published.dir.mkdir(parents=True, exist_ok=True)
+    return published, args.data
 
 
 def run(args: argparse.Namespace) -> int:
     check_run_arguments(args)
     if args.bootstrap < 0:
         raise RunError("--bootstrap must not be negative")
-    trained = load_run_from_args(args)
-    data = args.data or trained.config.data
+    trained, data = load_evaluated(args)
     evaluation = evaluate_set(trained, open_split(trained, data, args.split), args)
     paths = write_results(evaluation)
     trained.publish(*paths)

@@ -2,8 +2,9 @@
 
 Dataset summary (tracks, seconds, rejects by reason), training (curves, learning rate, the
 per-epoch table), evaluation (per-tag table sorted by ROC-AUC, AUC against positives, PR
-curves of the best and worst tags), robustness (table, figure, per-tag x deformation heat
-map), and the exact commands. Epochs are counted from 1 everywhere. Runs given with
+curves of the best and worst tags, a 2-D map of the test tracks' embeddings coloured by
+tag), robustness (table, figure, a per-tag x deformation heat map per run), and the exact
+commands. Epochs are counted from 1 everywhere. Runs given with
 `--compare` (e.g. a pretrained model evaluated on the same data) appear beside the run.
 Images are embedded (base64), so the page can be moved or mailed as one file; the layout
 wraps long cells and commands so nothing runs off the page.
@@ -11,7 +12,9 @@ wraps long cells and commands so nothing runs off the page.
 Optional inputs, used when present: `predictions.parquet` next to evaluate's outputs
 (key, tags, probabilities: PR curves) and, in the robustness directory,
 `predictions-{run}-{set}.parquet` per test set, as robustness writes them (`clean` and
-each deformation: the heat map).
+each deformation: the heat maps, through tagtrain.robustness_tags, the function the
+robustness command's per-tag table uses), and `RUN/embeddings-test.parquet` (`embed
+--split test`: the embedding map, PCA in numpy).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tagtrain import report_figures as figures
+from tagtrain.robustness_tags import per_tag_drops, read_predictions
 
 COMMAND = "report"
 HELP = "write report.html for a run: dataset, training curves, evaluation, robustness"
@@ -53,6 +57,7 @@ pre { background: #f6f6fa; padding: .8em; font-size: 12px; white-space: pre-wrap
 EPOCH_COLUMNS = ("epoch", "phase", "lr", "train_loss", "val_loss", "roc_auc", "pr_auc", "best",
                  "seconds")  # fmt: skip
 DEFAULT_SET = "clean"
+EMBEDDINGS = "embeddings-test.parquet"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare", type=Path, action="append", default=[],
         help="another evaluated run (e.g. a pretrained model) shown beside this one; repeatable",
+    )  # fmt: skip
+    parser.add_argument(
+        "--embeddings", type=Path, default=None,
+        help=f"per-track embeddings of the test split, as `embed --split test` writes them "
+        f"(default RUN/{EMBEDDINGS})",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="default RUN/report.html")
 
@@ -221,17 +231,34 @@ def _kpis(metrics: dict) -> str:
     )
 
 
+def _per_tag_scores(path: Path) -> dict[str, dict]:
+    return {r["tag"]: r for r in read_csv(path / "per_tag.csv") if r.get("roc_auc")}
+
+
 def comparison_table(run: Path, others: list[Path]) -> str:
+    """Each run's macro scores on its own tags, and on the tags every one of them scored
+    (a published model has only some of the dataset's tags), so the figures compare."""
+    scored = {path: _per_tag_scores(path) for path in [run, *others]}
+    shared = set.intersection(*(set(tags) for tags in scored.values()))
     rows = []
     for path in [run, *others]:
         metrics_path = path / "metrics.json"
         m = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        rows.append(
-            [path.name, m.get("model", "?"), m.get("tracks"), m.get("roc_auc"), m.get("pr_auc")]
-        )
-    return "<h3>Beside other runs</h3>" + table(
-        ["run", "model", "tracks", "ROC-AUC", "PR-AUC"], rows, "compare"
-    )
+        on_shared = [
+            np.mean([_number(scored[path][t][key]) for t in shared]) if shared else None
+            for key in ("roc_auc", "pr_auc")
+        ]
+        rows.append([path.name, m.get("model", "?"), m.get("tracks"), m.get("chunks"),
+                     len(scored[path]), m.get("roc_auc"), m.get("pr_auc"), *on_shared])  # fmt: skip
+    header = ["run", "model", "tracks", "chunks", "tags scored", "ROC-AUC", "PR-AUC",
+              f"ROC-AUC ({len(shared)} shared tags)", f"PR-AUC ({len(shared)} shared tags)"]  # fmt: skip
+    note = ""
+    unscored = {p.name: json.loads((p / "metrics.json").read_text()).get(
+        "not_in_model_vocabulary") for p in others if (p / "metrics.json").exists()}  # fmt: skip
+    listed = "; ".join(f"{name}: {', '.join(tags)}" for name, tags in unscored.items() if tags)
+    if listed:
+        note = f'<p class="note">Not in the model\'s vocabulary (not scored): {html.escape(listed)}</p>'
+    return "<h3>Beside other runs</h3>" + table(header, rows, "compare") + note
 
 
 def per_tag_table(rows: list[dict]) -> str:
@@ -244,7 +271,29 @@ def per_tag_table(rows: list[dict]) -> str:
     return '<div class="columns">' + "".join(table(header, c, "per-tag") for c in chunks) + "</div>"
 
 
-def evaluation_section(run: Path, vocabulary: list[str], compare: list[Path]) -> str:
+def embedding_figure(path: Path, run: Path, data: Path) -> bytes | None:
+    """The embedding map of the tracks in `path` (embed's Parquet: key, tags, embedding),
+    coloured by tags chosen on the whole dataset's index."""
+    if not path.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["tags", "embedding"])
+    if table.num_rows < 3:
+        return None
+    embeddings = np.asarray(table.column("embedding").to_pylist(), dtype=np.float64)
+    index = data / "index.parquet"
+    reference = pq.read_table(index, columns=["tags"]).column("tags").to_pylist() if (
+        index.exists()) else None  # fmt: skip
+    meta = json.loads((table.schema.metadata or {}).get(b"tagtrain", b"{}"))
+    title = f"{run.name}: {meta.get('layer', 'embedding')} of {table.num_rows} tracks, PCA"
+    tags = table.column("tags").to_pylist()
+    return figures.embedding_map(embeddings, tags, title, reference)
+
+
+def evaluation_section(
+    run: Path, vocabulary: list[str], compare: list[Path], embedding_map: bytes | None = None
+) -> str:
     parts = ["<h2>Evaluation (test split)</h2>"]
     metrics = run / "metrics.json"
     if metrics.exists():
@@ -262,15 +311,20 @@ def evaluation_section(run: Path, vocabulary: list[str], compare: list[Path]) ->
     if compare:
         parts.append(comparison_table(run, compare))
     rows = read_csv(run / "per_tag.csv")
-    predictions = figures.read_predictions(run / "predictions.parquet", vocabulary)
+    predictions = read_predictions(run / "predictions.parquet", vocabulary)
     pr = figures.pr_curves(*predictions, vocabulary) if predictions is not None else None
     parts.append('<div class="figures">')
     parts.append(image(figures.auc_vs_positives(rows), "per-tag AUC against positives"))
     parts.append(image(pr, "PR curves of the best and worst tags"))
+    parts.append(image(embedding_map, "embedding map"))
     parts.append("</div>")
     if predictions is None:
         parts.append('<p class="note">PR curves need per-track predictions '
                      "(predictions.parquet from evaluate).</p>")  # fmt: skip
+    if embedding_map is None:
+        parts.append('<p class="note">The embedding map needs the test split\'s embeddings: '
+                     f"python -m tagtrain embed --run RUN --split test --out RUN/{EMBEDDINGS}"
+                     "</p>")  # fmt: skip
     if rows:
         parts.append(per_tag_table(rows))
     return "\n".join(parts)
@@ -310,35 +364,35 @@ def robustness_table(rows: list[dict]) -> str:
     return table(header, body, "robustness", text_columns=(1,))
 
 
-def tag_set_predictions(directory: Path, run_name: str) -> dict[str, Path]:
-    """{test set: predictions Parquet} written by robustness for this run, if any."""
-    mine = f"predictions-{run_name}-"  # robustness names them by run and set
-    for where in (directory / run_name, directory):
-        found = sorted(where.glob("predictions-*.parquet")) if where.is_dir() else []
-        by_run = {p.stem.removeprefix(mine): p for p in found if p.stem.startswith(mine)}
-        if by_run or found:
-            return by_run or {p.stem.removeprefix("predictions-"): p for p in found}
-    return {}
+def most_damaging(rows: list[dict]) -> str:
+    """'Most damaging (largest ROC-AUC drop): run: set (-0.123); ...'."""
+    found = []
+    for label in dict.fromkeys(r["run"] for r in rows):
+        drops = [(_number(r.get("roc_auc_drop")), r["deformation"]) for r in rows
+                 if r["run"] == label and r["deformation"] != DEFAULT_SET]  # fmt: skip
+        drops = [d for d in drops if math.isfinite(d[0])]
+        if drops:
+            drop, name = max(drops)
+            found.append(f"{label}: {name} ({-drop:+.3f})")
+    return "Most damaging (largest ROC-AUC drop): " + "; ".join(found) + "." if found else ""
 
 
-def per_tag_changes(directory: Path, run_name: str, vocabulary: list[str], sets: list[str]):
-    """(tags, sets, ROC-AUC change from clean [tags, sets]) or None."""
-    files = tag_set_predictions(directory, run_name)
-    if DEFAULT_SET not in files or len(files) < 2:
-        return None
-    scores = {}
-    for name, path in files.items():
-        loaded = figures.read_predictions(path, vocabulary)
-        if loaded is not None:
-            scores[name] = figures.per_tag_roc(*loaded)
-    if DEFAULT_SET not in scores:
-        return None
-    clean = scores[DEFAULT_SET]
-    names = [s for s in sets if s in scores and s != DEFAULT_SET]
-    names += sorted(set(scores) - set(names) - {DEFAULT_SET})
-    order = [t for t in np.argsort(-np.nan_to_num(clean, nan=-1.0)) if np.isfinite(clean[t])]
-    values = np.array([[scores[s][t] - clean[t] for s in names] for t in order])
-    return [vocabulary[t] for t in order], names, values
+def heat_maps(directory: Path, rows: list[dict], vocabulary: list[str]) -> list[str]:
+    """One per-tag x deformation heat map per run of the robustness table (the trained
+    run first, alt "per-tag x deformation heat map"; others name their run)."""
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    sets = list(dict.fromkeys(r["deformation"] for r in rows))
+    out = []
+    for i, label in enumerate(runs):
+        drops = per_tag_drops(directory, label, sets, vocabulary)
+        if drops is None:
+            continue
+        heat = figures.deformation_heatmap(
+            drops.tags, drops.sets, -drops.drops("roc_auc"), f"{label}: per-tag ROC-AUC change"
+        )
+        alt = "per-tag x deformation heat map" + (f" ({label})" if i else "")
+        out.append(image(heat, alt))
+    return out
 
 
 def robustness_section(directory: Path, run: Path, vocabulary: list[str]) -> str:
@@ -348,20 +402,16 @@ def robustness_section(directory: Path, run: Path, vocabulary: list[str]) -> str
     if not rows:
         return "\n".join(parts + ['<p class="missing">(no robustness results found)</p>'])
     parts.append(robustness_table(rows))
-    parts.append('<p class="note">drop = clean minus deformed: positive is worse.</p>')
-    changes = per_tag_changes(directory, run.name, vocabulary, [r["deformation"] for r in rows])
-    heat = (
-        figures.deformation_heatmap(*changes, f"{run.name}: per-tag ROC-AUC change")
-        if changes
-        else None
-    )
+    parts.append('<p class="note">drop = clean minus deformed: positive is worse. '
+                 f"{html.escape(most_damaging(rows))}</p>")  # fmt: skip
+    heats = heat_maps(directory, rows, vocabulary)
     parts.append('<div class="figures">')
     parts.append(image_file(_first(directory, "*.png"), "robustness figure"))
-    parts.append(image(heat, "per-tag x deformation heat map"))
+    parts.extend(heats or [image(None, "per-tag x deformation heat map")])
     parts.append("</div>")
-    if changes is None:
+    if not heats:
         parts.append('<p class="note">The per-tag heat map needs per-track predictions of '
-                     "each test set (predictions-{set}.parquet from robustness).</p>")  # fmt: skip
+                     "each test set (predictions-{run}-{set}.parquet from robustness).</p>")  # fmt: skip
     return "\n".join(parts)
 
 
@@ -378,6 +428,7 @@ def build_report(
     robustness: Path | None = None,
     commands: Path | None = None,
     compare: list[Path] | None = None,
+    embeddings: Path | None = None,
 ) -> str:
     card = json.loads((data / "dataset.json").read_text())
     vocabulary = [str(t) for t in card["vocabulary"]]
@@ -388,7 +439,12 @@ def build_report(
             f"<h1>{html.escape(title)}</h1>",
             dataset_section(data, card),
             training_section(run),
-            evaluation_section(run, vocabulary, compare or []),
+            evaluation_section(
+                run,
+                vocabulary,
+                compare or [],
+                embedding_figure(embeddings or run / EMBEDDINGS, run, data),
+            ),  # fmt: skip
             robustness_section(robustness, run, vocabulary),
             commands_section(commands),
         ]
@@ -408,6 +464,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {what} not found: {path}", file=sys.stderr)
             return 2
     out = args.out or args.run / "report.html"
-    out.write_text(build_report(args.run, args.data, args.robustness, args.commands, args.compare))
+    page = build_report(
+        args.run, args.data, args.robustness, args.commands, args.compare, args.embeddings
+    )
+    out.write_text(page)
     print(f"report: {out.resolve()}")
     return 0

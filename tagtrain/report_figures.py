@@ -1,11 +1,10 @@
-"""The report's figures, each a PNG (bytes) or None when its inputs are missing, and the
-per-track predictions they read. Matplotlib (Agg) only; nothing here runs a model."""
+"""The report's figures, each a PNG (bytes) or None when its inputs are missing.
+Matplotlib (Agg) and numpy only; nothing here runs a model."""
 
 from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -36,36 +35,7 @@ def _float(value) -> float:
         return math.nan
 
 
-# --- per-track predictions -------------------------------------------------------------
-
-
-def read_predictions(path: Path, vocabulary: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(labels, probabilities) [tracks, tags] in `vocabulary` order from a predictions
-    Parquet (columns key, tags: list<string>, probabilities: list<float>), or None."""
-    if not path.exists():
-        return None
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    if not {"tags", "probabilities"} <= set(table.column_names) or table.num_rows == 0:
-        return None
-    meta = table.schema.metadata or {}
-    order = vocabulary
-    if b"vocabulary" in meta:  # the writer's own order wins over the card's
-        import json
-
-        order = json.loads(meta[b"vocabulary"])
-    probs = np.asarray(table.column("probabilities").to_pylist(), dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[1] != len(order):
-        return None
-    index = {t: i for i, t in enumerate(order)}
-    labels = np.zeros_like(probs)
-    for row, tags in enumerate(table.column("tags").to_pylist()):
-        for tag in tags or []:
-            if tag in index:
-                labels[row, index[tag]] = 1.0
-    keep = [index[t] for t in vocabulary if t in index]
-    return labels[:, keep], probs[:, keep]
+# --- per-tag scores ----------------------------------------------------------------------
 
 
 def per_tag_roc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -161,4 +131,96 @@ def deformation_heatmap(
     ax.set_title(title, fontsize=10)
     bar = fig.colorbar(image, ax=ax, fraction=0.04)
     bar.set_label("ROC-AUC change from clean")
+    return _png(fig)
+
+
+# --- embedding map ---------------------------------------------------------------------
+
+MAX_COLOURS = 8
+CANDIDATE_TAGS = 20  # the most frequent tags searched for a colouring
+
+
+def _exclusive_sets(tags: list[str], together: set[frozenset]):
+    """Every maximal set of `tags` no two of which share a track (Bron-Kerbosch with a
+    pivot on the graph 'never together')."""
+    apart = {t: {u for u in tags if u != t and frozenset((t, u)) not in together} for t in tags}
+
+    def grow(chosen: set, candidates: set, excluded: set):
+        if not candidates and not excluded:
+            yield chosen
+            return
+        pivot = max(candidates | excluded, key=lambda t: len(apart[t] & candidates))
+        for t in list(candidates - apart[pivot]):
+            yield from grow(chosen | {t}, candidates & apart[t], excluded & apart[t])
+            candidates = candidates - {t}
+            excluded = excluded | {t}
+
+    yield from grow(set(), set(tags), set())
+
+
+def colour_tags(
+    track_tags: list[list[str]], reference: list[list[str]] | None = None
+) -> tuple[list[str], list[str]]:
+    """(one colour label per track, the legend's tags). Colours are a set of tags no track
+    of `reference` (default: the tracks themselves; the whole dataset is a better judge
+    than a small test split) has two of, e.g. the genres: among the most frequent tags,
+    the set covering the most tracks (then the most tags), at most MAX_COLOURS of them
+    (the most frequent). A track with none of them is 'other'."""
+    reference = reference or track_tags
+    counts: dict[str, int] = {}
+    for tags in reference:
+        for t in tags:
+            counts[t] = counts.get(t, 0) + 1
+    frequent = sorted((t for t in counts if counts[t] >= 2), key=lambda t: (-counts[t], t))
+    frequent = frequent[:CANDIDATE_TAGS]
+    together = {frozenset((a, b)) for tags in reference for a in tags for b in tags if a != b}
+
+    def rank(legend: list[str]):  # ties go to the alphabetically first set: deterministic
+        return (-sum(counts[t] for t in legend), -len(legend), sorted(legend))
+
+    found = [
+        sorted(chosen, key=lambda t: (-counts[t], t))[:MAX_COLOURS]
+        for chosen in _exclusive_sets(frequent, together)
+    ]
+    legend = min(found, key=rank) if found else []
+    labels = [next((t for t in legend if t in tags), "other") for tags in track_tags]
+    return labels, legend
+
+
+def project_2d(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(points [N, 2], share of the variance each axis explains): PCA by SVD of the
+    centred embeddings."""
+    centred = embeddings - embeddings.mean(axis=0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    axes = vt[:2]
+    points = centred @ axes.T
+    if points.shape[1] < 2:
+        points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
+    variance = singular**2
+    share = variance[:2] / variance.sum() if variance.sum() > 0 else np.zeros(2)
+    return points, np.pad(share, (0, 2 - len(share)))
+
+
+def embedding_map(
+    embeddings: np.ndarray, track_tags: list[list[str]], title: str,
+    reference: list[list[str]] | None = None,
+) -> bytes | None:  # fmt: skip
+    """The tracks' embeddings projected to 2-D (PCA), coloured by tag (colour_tags)."""
+    if len(embeddings) < 3 or not np.isfinite(embeddings).all():
+        return None
+    points, share = project_2d(np.asarray(embeddings, dtype=np.float64))
+    labels, legend = colour_tags(track_tags, reference)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9.0, 4.5))  # wide: it may fill a row of the page
+    colours = plt.get_cmap("tab10").colors
+    for i, tag in enumerate([*legend, "other"]):
+        mine = [j for j, label in enumerate(labels) if label == tag]
+        if mine:
+            colour = "#bbbbbb" if tag == "other" else colours[i % len(colours)]
+            ax.scatter(points[mine, 0], points[mine, 1], s=30, color=colour, alpha=0.85,
+                       edgecolors="white", linewidths=0.5, label=f"{tag} ({len(mine)})")  # fmt: skip
+    ax.set(xlabel=f"PC 1 ({share[0]:.0%} of variance)", ylabel=f"PC 2 ({share[1]:.0%})")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, title="tag", title_fontsize=8, loc="center left",
+              bbox_to_anchor=(1.01, 0.5))  # fmt: skip
     return _png(fig)

@@ -14,7 +14,13 @@ With `--bootstrap N` (default 1000) each row also has 95% intervals of its score
 its drop; the drop's is a paired bootstrap (the same resampled tracks scored clean and
 deformed), and `{metric}_drop_significant` says whether it excludes 0 (marked * in the
 printed table). Per-track predictions of every run and set are written next to the
-tables as `predictions-{run}-{set}.parquet`.
+tables as `predictions-{run}-{set}.parquet`; from them, robustness per tag
+(tagtrain.robustness_tags): `robustness-per-tag.csv` / `.json`, a tag x deformation table
+of every metric and its drop, and a printed list of the most affected tags.
+
+`--pretrained NAME` adds a published model (tagtrain/pretrained/on_shards.py: its own
+front end on the stored 16 kHz PCM, scored on the tags it shares with the dataset) beside
+the runs, or alone with `--data` and `--out`.
 """
 
 from __future__ import annotations
@@ -29,9 +35,16 @@ import numpy as np
 
 from pipelines.core.card import CARD_NAME
 from tagtrain.data import load_card
-from tagtrain.evaluate import add_bootstrap_argument, evaluate_set, fmt, write_predictions
+from tagtrain.evaluate import (
+    add_bootstrap_argument,
+    add_pretrained_arguments,
+    evaluate_set,
+    fmt,
+    write_predictions,
+)
 from tagtrain.metrics import METRICS, bootstrap_macro
 from tagtrain.openers import filesystem, join_url, local_path, scheme_of
+from tagtrain.robustness_tags import per_tag_drops, print_most_affected, write_per_tag
 from tagtrain.runs import (
     RunError,
     TrainedRun,
@@ -131,7 +144,7 @@ def robustness_rows(
         clean = None
         for test_set in sets:
             evaluation = evaluate_set(
-                run, open_split(run, test_set.data, split, test_set.card), args
+                run, open_split(run, test_set.data, split, test_set.card), run_args(run, args)
             )
             if out_dir is not None:
                 write_predictions(
@@ -159,6 +172,14 @@ def robustness_rows(
             scores = "  ".join(f"{METRICS[m].label} {fmt(row[m])}" for m in METRICS)
             print(f"  {label} / {test_set.name}: {scores}", flush=True)
     return rows
+
+
+def run_args(run: TrainedRun, args: argparse.Namespace) -> argparse.Namespace:
+    """A published model's chunks per track are --pretrained-chunks (default --chunks)."""
+    chunks = getattr(args, "pretrained_chunks", None)
+    if run.label_columns is None or chunks is None:
+        return args
+    return argparse.Namespace(**{**vars(args), "chunks": chunks})
 
 
 def paired_drops(clean, deformed, resamples: int) -> dict:
@@ -266,13 +287,30 @@ def print_table(rows: list[dict], labels: list[str], set_names: list[str], split
     Console(highlight=False, width=max(100, 30 + 36 * len(labels))).print(table)
 
 
+def print_most_damaging(rows: list[dict], labels: list[str]) -> None:
+    """Per run, the deformation with the largest macro ROC-AUC drop."""
+    for label in labels:
+        drops = [r for r in rows if r["run"] == label and r["roc_auc_drop"] is not None]
+        drops = [r for r in drops if r["deformation"] != CLEAN]
+        if drops:
+            worst = max(drops, key=lambda r: r["roc_auc_drop"])
+            print(f"most damaging deformation for {label}: {worst['deformation']} "
+                  f"(ROC-AUC {-worst['roc_auc_drop']:+.4f})")  # fmt: skip
+
+
 # --- command line ------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--run", action="append", required=True, help="run directory (repeat to compare runs)"
+        "--run", action="append", default=[], help="run directory (repeat to compare runs)"
     )
+    add_pretrained_arguments(parser, repeat=True)
+    parser.add_argument(
+        "--pretrained-chunks", type=int, default=None, metavar="N",
+        help="chunks per track for the --pretrained models (default: --chunks); musicnn "
+        "costs ~50 ms of CPU per chunk",
+    )  # fmt: skip
     parser.add_argument(
         "--data", default=None, help="the clean dataset holding perturbed/ (default: first run's)"
     )
@@ -287,17 +325,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    check_run_arguments(args)
+def load_runs(args: argparse.Namespace) -> tuple[list[TrainedRun], str, list[TestSet]]:
+    """The runs, then the published models (scored on the tags they share with the
+    dataset), the clean dataset and its test sets."""
+    if not args.run and not args.pretrained:
+        raise RunError("the following arguments are required: --run (or --pretrained NAME)")
     runs = [load_run_from_args(args, r) for r in args.run]
-    data = args.data or runs[0].config.data
+    data = args.data or (runs[0].config.data if runs else None)
+    if not data:
+        raise RunError("--pretrained without --run needs --data DATASET")
+    options = runs[0].config.effective_storage_options() if runs else {}
     perturbed = args.perturbed or join_url(data, PERTURBED_DIR)
-    sets = find_sets(data, perturbed, runs[0].config.effective_storage_options())
+    sets = find_sets(data, perturbed, options)
     if len(sets) == 1:
         raise RunError(
             f"no perturbed sets under {perturbed}: run "
             f"`python beam_runner.py perturb --dataset {data} --split {args.split}`"
         )
+    if args.pretrained:
+        from tagtrain.pretrained.on_shards import pretrained_run
+
+        for name in args.pretrained:
+            published = pretrained_run(name, data, sets[0].card, args.device)
+            runs.append(published)
+            print(f"{name}: scored on the {len(published.vocabulary)} tags it shares with "
+                  f"the dataset; not scored: {', '.join(published.unscored_tags) or 'none'}")  # fmt: skip
+    return runs, data, sets
+
+
+def run(args: argparse.Namespace) -> int:
+    check_run_arguments(args)
+    if args.pretrained_chunks is not None and args.pretrained_chunks < 1:
+        raise RunError("--pretrained-chunks must be at least 1")
+    runs, data, sets = load_runs(args)
+    perturbed = args.perturbed or join_url(data, PERTURBED_DIR)
+    if not args.out and not args.run:
+        raise RunError("--pretrained without --run needs --out DIR")
     out_dir = Path(args.out) if args.out else runs[0].dir / "robustness"
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"{len(runs)} run(s) x {len(sets)} sets ({args.split} split of {data})", flush=True)
@@ -314,6 +377,9 @@ def run(args: argparse.Namespace) -> int:
                 "dir": r.location,
                 "model": r.model_name,
                 "checkpoint": r.checkpoint.name,
+                "chunks": run_args(r, args).chunks,
+                "tags": r.vocabulary,
+                "not_in_model_vocabulary": r.unscored_tags,
             }
             for label, r in zip(labels, runs)
         ],
@@ -323,6 +389,11 @@ def run(args: argparse.Namespace) -> int:
     csv_path, json_path = write_tables(rows, report, out_dir)
     figure = plot(rows, labels, set_names, out_dir / "robustness.png")
     print_table(rows, labels, set_names, args.split)
+    print_most_damaging(rows, labels)
+    tag_tables = [per_tag_drops(out_dir, label, set_names) for label in labels]
+    tag_tables = [t for t in tag_tables if t is not None]
+    tag_paths = write_per_tag(tag_tables, out_dir)
+    print_most_affected(tag_tables)
     missing = [n for n in _paper_order() if n not in set_names]
     if missing:
         print(f"note: the paper's protocol also has {', '.join(missing)} (not found)")
@@ -333,5 +404,6 @@ def run(args: argparse.Namespace) -> int:
             for p in (csv_path, json_path, figure)
         )
     print(f"wrote {csv_path}, {json_path}")
+    print(f"per tag: {tag_paths[0]}, {tag_paths[1]}")
     print(f"figure: {figure}")
     return 0

@@ -79,6 +79,11 @@ class TrainedRun:
     # Where the run lives (None: at `dir`). A remote run's `dir` is a local staging copy:
     # what is written there reaches the store through `publish`.
     store: RunDir | None = None
+    # A published model scored on another vocabulary (tagtrain/pretrained/on_shards.py):
+    # the columns of the dataset's label vector that `vocabulary` names, and the dataset's
+    # tags it cannot predict. None / empty for our runs: the dataset's vocabulary is theirs.
+    label_columns: list[int] | None = None
+    unscored_tags: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -212,7 +217,11 @@ def open_split(run: TrainedRun, data: str, split: str, card: dict | None = None)
     """Check a dataset split against the run: same vocabulary, features the model can eat."""
     options = run.config.effective_storage_options()
     card = card if card is not None else load_card(data, options)
-    if list(card["vocabulary"]) != run.vocabulary:
+    if run.label_columns is not None:
+        named = [card["vocabulary"][i] for i in run.label_columns]
+        if named != run.vocabulary:
+            raise RunError(f"{data}: its vocabulary is not the one {run.name} was set up for")
+    elif list(card["vocabulary"]) != run.vocabulary:
         raise RunError(
             f"{data}: its vocabulary ({len(card['vocabulary'])} tags) differs from the one "
             f"{run.name} was trained on ({len(run.vocabulary)} tags)"

@@ -25,8 +25,10 @@ FIGURES = (
     "learning rate",
     "per-tag AUC against positives",
     "PR curves of the best and worst tags",
+    "embedding map",
     "robustness figure",
     "per-tag x deformation heat map",
+    "per-tag x deformation heat map (musicnn-mtt)",
 )
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -91,6 +93,29 @@ def test_demo_runs_every_stage_and_learns_the_tags(demo_run):
     test_tracks = (demo_run / "data/dataset.json").read_text()
     assert tagged and all(len(t["probabilities"]) == 50 and t["taggram"] for t in tagged)
     assert len(tagged) == json.loads(test_tracks)["splits"]["test"]["samples"]
+    # ... and was evaluated and put through the robustness evaluator beside the trained
+    # model, on the tags both vocabularies have, the others listed.
+    card = json.loads(test_tracks)
+    published = json.loads((demo_run / "runs/musicnn-mtt/metrics.json").read_text())
+    unscored = published["not_in_model_vocabulary"]
+    assert sorted(unscored) == ["banjo", "bass", "folk", "no drums"]
+    assert published["tags"] == len(card["vocabulary"]) - len(unscored)
+    assert published["roc_auc"] > 0.8, published
+    robustness = json.loads((run / "robustness/robustness.json").read_text())
+    assert [r["label"] for r in robustness["runs"]] == ["short_chunk_cnn", "musicnn-mtt"]
+    assert [r["chunks"] for r in robustness["runs"]] == [16, 4]  # --pretrained-chunks 4
+    rows = robustness["rows"]
+    assert len(rows) == 2 * 9 and {r["run"] for r in rows} == {"short_chunk_cnn", "musicnn-mtt"}
+    per_tag = (run / "robustness/robustness-per-tag.csv").read_text().splitlines()
+    assert {line.split(",")[0] for line in per_tag[1:]} == {"short_chunk_cnn", "musicnn-mtt"}
+    for label in ("short_chunk_cnn", "musicnn-mtt"):
+        assert f"most damaging deformation for {label}: " in stdout
+        assert f"most affected tags of {label} (largest ROC-AUC drop): " in stdout
+    pitch = [r for r in rows if r["run"] == "musicnn-mtt" and r["deformation"].startswith("pitch")]
+    print("musicnn-mtt pitch-shift drops:", [(r["deformation"], r["roc_auc_drop"]) for r in pitch])
+    assert (run / "embeddings-test.parquet").exists()
+    for step in ("embed", "--pretrained musicnn-mtt", "--compare"):
+        assert step in commands
 
 
 @pytest.mark.slow
@@ -109,8 +134,12 @@ def test_report_renders_in_a_real_browser_with_its_figures_and_tables(demo_run, 
         text=True,
         timeout=120,
     ).stdout
-    for table in ("splits", "per-tag", "robustness"):
+    for table in ("splits", "per-tag", "robustness", "compare"):
         assert f'class="{table}"' in dom, table
+    # The published model beside the trained one: its own row, scores on the shared tags.
+    compare = re.search(r'<table class="compare">(.*?)</table>', dom, re.S).group(1)
+    assert "musicnn-mtt" in compare and "shared tags" in compare
+    assert "Not in the model" in dom and "Most damaging (largest ROC-AUC drop)" in dom
     assert dom.count("<tr>") > 40  # per-tag rows, robustness rows, epochs
     for heading in ("Dataset", "Training", "Evaluation", "Robustness", "Reproduce"):
         assert heading in dom

@@ -22,6 +22,7 @@ import soundfile as sf
 from pipelines.core.deformations import paper_set
 from tagtrain.__main__ import main
 from tagtrain.config import RunConfig
+from tagtrain.pretrained.musicnn import musicnn_labels
 from tagtrain.registry import list_models
 from tagtrain.robustness import FIGURE_DPI, FIGURE_INCHES
 from tagtrain.runs import load_run
@@ -196,6 +197,66 @@ def test_robustness_covers_the_eight_deformations_and_both_runs(
     assert (width, height) == (FIGURE_INCHES[0] * FIGURE_DPI, FIGURE_INCHES[1] * FIGURE_DPI)
     assert b"Software" in png and b"matplotlib" in png
     assert "noise_0.4" in out and f"figure: {out_dir / 'robustness.png'}" in out
+    check_per_tag_robustness(out_dir, out, names, load_run(short).vocabulary)
+
+    # The published MTT musicnn on the same perturbed sets, alone: its own front end on
+    # the stored PCM, scored on the tags both vocabularies have.
+    published = tmp_path / "published"
+    status, out, err = cli(
+        "robustness", "--pretrained", "musicnn-mtt", "--data", str(data), "--out",
+        str(published), "--chunks", "2", "--bootstrap", "0", *FAST,
+    )  # fmt: skip
+    assert status == 0, err
+    report = json.loads((published / "robustness.json").read_text())
+    shared = [t for t in load_run(short).vocabulary if t in musicnn_labels("MTT_LABELS")]
+    assert [r["label"] for r in report["runs"]] == ["musicnn-mtt"]
+    assert report["runs"][0]["tags"] == shared and report["runs"][0]["chunks"] == 2
+    assert report["runs"][0]["not_in_model_vocabulary"] == [
+        t for t in load_run(short).vocabulary if t not in shared
+    ]
+    rows = report["rows"]
+    assert [r["deformation"] for r in rows] == names and rows[0]["roc_auc"] > 0.8
+    assert "most damaging deformation for musicnn-mtt: " in out
+    check_per_tag_robustness(published, out, names, shared)
+
+
+def check_per_tag_robustness(out_dir, out: str, names: list[str], vocabulary: list[str]):
+    """robustness-per-tag.csv/json hold, per run, tag and set, the scores of the saved
+    per-track predictions and their drop from clean; the report's heat map reads the
+    same function (robustness_tags.per_tag_drops)."""
+    from sklearn.metrics import roc_auc_score
+
+    from tagtrain.robustness_tags import per_tag_drops, read_predictions
+
+    rows = list(csv.DictReader(open(out_dir / "robustness-per-tag.csv")))
+    document = json.loads((out_dir / "robustness-per-tag.json").read_text())
+    assert rows and len(document["runs"]) == len({r["run"] for r in rows})
+    for entry in document["runs"]:
+        label = entry["run"]
+        mine = [r for r in rows if r["run"] == label]
+        assert entry["sets"] == names[1:] and set(entry["tags"]) <= set(vocabulary)
+        assert [(r["tag"], r["deformation"]) for r in mine] == [
+            (tag, name) for tag in entry["tags"] for name in names
+        ]
+        clean = {r["tag"]: float(r["roc_auc"]) for r in mine if r["deformation"] == "clean"}
+        assert list(clean.values()) == sorted(clean.values(), reverse=True)  # best first
+        for name in names[1:]:
+            labels, probs = read_predictions(
+                out_dir / f"predictions-{label}-{name}.parquet", vocabulary
+            )
+            for r in (r for r in mine if r["deformation"] == name and r["roc_auc"]):
+                t = vocabulary.index(r["tag"])
+                assert float(r["roc_auc"]) == pytest.approx(
+                    roc_auc_score(labels[:, t], probs[:, t])
+                )
+                drop = clean[r["tag"]] - float(r["roc_auc"])
+                assert float(r["roc_auc_drop"]) == pytest.approx(drop)
+        table = per_tag_drops(out_dir, label, names)
+        assert table.tags == entry["tags"]
+        assert np.allclose(table.drops("roc_auc"), np.array(entry["roc_auc_drop"], dtype=float),
+                           equal_nan=True)  # fmt: skip
+        worst = table.most_affected(1)[0]
+        assert f"most affected tags of {label} (largest ROC-AUC drop): {worst[0]} " in out
 
 
 def test_tag_a_ten_minute_file_and_a_half_second_file(runs, tmp_path):
@@ -274,6 +335,31 @@ def test_embed_writes_one_row_per_track(runs, demo_dataset, index, tmp_path):
     rows = pq.read_table(layer).to_pylist()
     assert len(rows) == sum(r["split"] == "test" for r in index)
     assert {len(r["embedding"]) for r in rows} == {model.blocks[3].conv.out_channels}
+    check_embedding_map(out, long, demo_dataset, index)
+
+
+def check_embedding_map(embeddings, run, data, index):
+    """The report's embedding map: PCA of embed's output, coloured by a set of tags no
+    track has two of, chosen on the whole dataset: the demo corpus's genres."""
+    import matplotlib.image
+
+    from manifests.demo_music import GENRES
+    from tagtrain.report import embedding_figure
+    from tagtrain.report_figures import colour_tags, project_2d
+
+    tags = [r["tags"] for r in index]
+    labels, legend = colour_tags(tags[:20], tags)
+    assert sorted(legend) == sorted(GENRES)
+    assert all(label in r for label, r in zip(labels, tags[:20]))
+    vectors = np.array(pq.read_table(embeddings).column("embedding").to_pylist())
+    points, share = project_2d(vectors)
+    assert points.shape == (len(vectors), 2) and 0 < share[1] <= share[0] <= 1
+    centred = vectors - vectors.mean(axis=0)  # the first axis holds the most variance
+    assert points[:, 0].var() == pytest.approx(np.linalg.svd(centred, compute_uv=False)[0] ** 2
+                                               / len(vectors))  # fmt: skip
+    png = embedding_figure(embeddings, run, data)
+    pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
+    assert pixels.shape[:2] == (450, 900) and pixels.std() > 0.05
 
 
 @pytest.mark.skipif(
@@ -332,6 +418,13 @@ def test_bad_arguments_get_one_line(runs, demo_dataset, tmp_path):
     status, _, err = cli("evaluate")  # argparse: --run is required
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert "the following arguments are required: --run" in err
+    for command in ("evaluate", "robustness"):  # --run or --pretrained
+        status, _, err = cli(command)
+        assert "the following arguments are required: --run" in one_line_error(status, err)
+    status, _, err = cli("evaluate", "--run", str(short), "--pretrained", "musicnn-mtt")
+    assert "not both" in one_line_error(status, err)
+    status, _, err = cli("robustness", "--pretrained", "musicnn-mtt")
+    assert "needs --data" in one_line_error(status, err)
 
 
 def test_metrics_match_scikit_learn_and_a_new_metric_is_one_registry_entry(monkeypatch):
