@@ -11,8 +11,18 @@ setup:
 demo: setup
 	@DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
 
+# pytest-xdist: 2 workers (the CI machine has 2 cores; many tests wait on subprocesses and
+# servers), whole test files per worker (module fixtures are built once), session fixtures
+# built once per run (tests/conftest.py). The demo test trains for a fixed time budget and
+# asserts what it learned, so it runs first and alone: sharing the cores with a second
+# worker would cost it epochs. `make test PYTEST_WORKERS=0` runs the rest serially too.
+PYTEST_WORKERS ?= 2
+ALONE := tests/test_demo_report.py
+
 test: setup lint
-	$(PY) -m pytest
+	$(PY) -m pytest $(ALONE); alone=$$?; \
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --ignore=$(ALONE); rest=$$?; \
+	exit $$((alone || rest))
 
 lint:
 	.venv/bin/lint-imports

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -69,27 +70,53 @@ def project_root() -> Path:
 DEMO_TEST_N = 70
 
 
+def built_once_per_run(tmp_path_factory, name: str, build) -> Path:
+    """A session artefact's folder, `build(folder)` run once per test run. Under
+    pytest-xdist each worker is its own session and would build it again (minutes for
+    the demo corpus and dataset); there the first worker builds it in the run's shared
+    temporary folder under a file lock and the others wait for it and reuse it. Tests
+    only read these artefacts (as they already must, sharing them within a session)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    from filelock import FileLock
+
+    out = tmp_path_factory.getbasetemp().parent / name  # shared by the run's workers
+    built = out.with_name(f"{name}.built")  # beside it: tests may list the folder
+    with FileLock(f"{out}.lock"):
+        if not built.exists():
+            shutil.rmtree(out, ignore_errors=True)  # a worker that failed half-way
+            out.mkdir()
+            build(out)
+            built.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> Path:
     """Rendered demo corpus directory: audio/, midi/, manifest.parquet."""
     from manifests.demo import render_corpus
 
-    out = tmp_path_factory.mktemp("demo_corpus")
-    render_corpus(out, n=DEMO_TEST_N, seed=0, workers=2)
-    return out
+    def build(out: Path) -> None:
+        render_corpus(out, n=DEMO_TEST_N, seed=0, workers=2)
+
+    return built_once_per_run(tmp_path_factory, "demo_corpus", build)
 
 
 @pytest.fixture(scope="session")
 def demo_dataset(demo_corpus, tmp_path_factory) -> Path:
     """The demo corpus prepared by the Beam job (mel + pcm, 16 kHz, 128 mel)."""
-    out = tmp_path_factory.mktemp("demo_dataset") / "data"
-    result = run_cli(
-        "beam_runner.py", "prepare", "--manifest", str(demo_corpus / "manifest.parquet"),
-        "--audio-root", str(demo_corpus), "--output", str(out), "--features", "mel,pcm",
-        "--shard-size-mb", "8", "--direct_num_workers=2",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+
+    def build(folder: Path) -> None:
+        result = run_cli(
+            "beam_runner.py", "prepare", "--manifest", str(demo_corpus / "manifest.parquet"),
+            "--audio-root", str(demo_corpus), "--output", str(folder / "data"),
+            "--features", "mel,pcm", "--shard-size-mb", "8", "--direct_num_workers=2",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return built_once_per_run(tmp_path_factory, "demo_dataset", build) / "data"
 
 
 @pytest.fixture

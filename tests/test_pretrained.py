@@ -373,3 +373,37 @@ def test_train_init_pretrained_fine_tunes_from_the_published_weights(tmp_path):
     # A learning rate of 1e-12: the published body is what training started from.
     assert torch.allclose(trained["dense.weight"], published.dense.weight, atol=1e-6)
     assert len(musicnn_labels("MSD_LABELS")) == 50 and trained["classifier.weight"].shape[0] == 5
+
+
+def test_predict_many_gives_predicts_records_in_order_with_errors_in_place(clips, tmp_path):
+    """Windows of several files share forwards and decoding runs ahead on a thread; the
+    records are predict's, file by file, and a broken file is its error, in its place."""
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"not audio at all" * 10)
+    paths = [clips["melody"], broken, clips["beat"], clips["chords"]]
+    tagger = Tagger.from_pretrained("musicnn-mtt", batch_size=3)  # forwards span files
+    results = list(tagger.predict_many(paths, prefetch=2))
+    assert [p for p, _ in results] == paths
+    assert isinstance(results[1][1], Exception) and "broken.mp3" in str(results[1][1])
+    for path, record in results[:1] + results[2:]:
+        alone = tagger.predict(path)
+        assert record["windows_s"] == alone["windows_s"] and record["path"] == str(path)
+        assert np.abs(np.asarray(record["taggram"]) - alone["taggram"]).max() <= NET_ATOL
+        ref = golden(path.stem)["MTT_musicnn.taggram"]
+        assert np.abs(np.asarray(record["taggram"]) - ref).max() <= E2E_ATOL
+
+
+def test_vgg_pool_first_is_bit_identical_to_the_graph_order(models):
+    """Eval mode max-pools VGG's conv output before ReLU and BN, negating the channels
+    whose BN decreases; it must give exactly the graph order's values."""
+    model = models["vgg-msd"]
+    x = torch.from_numpy(frontend.cut_windows(golden("chords")["mel"], [0, 187]))
+    with torch.no_grad():
+        h = model.input_bn(x.transpose(1, 2).unsqueeze(1))
+        for i, (conv, bn, pool) in enumerate(zip(model.convs, model.bns, model.pools)):
+            literal = pool(bn(musicnn_tf.tf_relu(conv(h))))
+            pooled_first = model.pooled_first(conv, bn, pool, h)  # None: it fell back
+            assert pooled_first is not None and torch.equal(pooled_first, literal)
+            assert torch.equal(model.block(i, h), literal)
+            h = literal
+    assert all((musicnn_tf.bn_scale_sign(bn) < 0).any() for bn in model.bns)

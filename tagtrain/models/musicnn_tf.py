@@ -58,6 +58,15 @@ _TIMBRAL_WIDTHS = (int(0.4 * N_MELS), int(0.7 * N_MELS))  # 38, 67 mel bands
 _TEMPORAL_LENGTHS = (128, 64, 32)
 
 
+def channels_last_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """The conv with its weight stored channels-last (NHWC): oneDNN then runs it in that
+    layout, 1.3-1.6x faster here for these single-input-channel and 3x3 convs, and hands
+    back a channels-last output (ReLU, BN and pooling work on any layout). Only the
+    summation order of the conv differs from NCHW (about 1e-7 relative); the state dict
+    is unchanged."""
+    return conv.to(memory_format=torch.channels_last)
+
+
 def tf_batch_norm(channels: int, dims: int) -> nn.Module:
     cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}[dims]
     return cls(channels, eps=TF_BN_EPSILON, momentum=TF_BN_MOMENTUM)
@@ -87,6 +96,27 @@ class TFMaxPool2d(nn.MaxPool2d):
         return super().forward(_tf_pool_input(x)).clamp(min=_FLOAT32_LOWEST)
 
 
+def strided_max_pool(
+    x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
+) -> torch.Tensor:
+    """'valid' 2-d max-pooling of [B, C, H, W] as an elementwise maximum of the kernel's
+    strided views: the same values as F.max_pool2d (NaN propagates in both), 3-6x faster
+    here on NCHW tensors because no argmax indices are kept."""
+    (kh, kw), (sh, sw) = kernel, stride
+    out_h, out_w = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    views = [
+        x[:, :, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    if len(views) == 1:
+        return views[0].clone(memory_format=torch.contiguous_format)
+    out = torch.maximum(views[0], views[1])
+    for view in views[2:]:
+        torch.maximum(out, view, out=out)
+    return out
+
+
 def tf_same_padding(kernel: int) -> tuple[int, int]:
     """(before, after) of TF's 'same' at stride 1: the odd pixel goes after."""
     total = kernel - 1
@@ -99,26 +129,48 @@ class FrontEndBlock(nn.Module):
     def __init__(self, filters: int, time: int, freq: int, time_padding: tuple[int, int]):
         super().__init__()
         self.time_padding = time_padding
-        self.conv = nn.Conv2d(1, filters, (time, freq))
+        self.conv = channels_last_conv(nn.Conv2d(1, filters, (time, freq)))
         self.bn = tf_batch_norm(filters, 2)
 
     def forward(self, x):  # [B, 1, T, F] -> [B, filters, T]
-        z = self.conv(F.pad(x, (0, 0, *self.time_padding)))
-        if not self.training:
-            z_max, z_min = z.amax(dim=3), z.amin(dim=3)
-            if torch.isfinite(z_max).all() and torch.isfinite(z_min).all():  # z all finite
-                return self.pooled_first(z_max, z_min)
-        return tf_max(self.bn(tf_relu(z)), dim=3)
+        x = F.pad(x, (0, 0, *self.time_padding))
+        if not self.training and conv_output_is_finite(self.conv, x):
+            return self.pooled_first(x)
+        return tf_max(self.bn(tf_relu(self.conv(x))), dim=3)
 
-    def pooled_first(self, z_max: torch.Tensor, z_min: torch.Tensor) -> torch.Tensor:
-        """The same result, for finite z in eval mode, from z's max and min over frequency:
-        ReLU and BN are monotone per channel (BN decreasing where its scale is negative,
-        so the minimum is the one pooled there) and float rounding keeps order, so this
-        is the element the full computation picks, bit for bit, for 1/F of the work."""
-        bn = self.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        picked = torch.where((scale >= 0).view(1, -1, 1), z_max, z_min)
-        return bn(tf_relu(picked).unsqueeze(3)).squeeze(3)
+    def pooled_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The same result, in eval mode for a finite conv output z, from one max over
+        frequency: ReLU and BN are monotone per channel and float rounding keeps order,
+        so max(BN(ReLU(z))) is BN(ReLU(max z)) where BN increases and BN(ReLU(min z))
+        where it decreases. The conv runs with those channels' weight and bias negated
+        (exact in float: -z bit for bit), so min z is -max(-z) and one max serves all
+        channels: the element the full computation picks, bit for bit, for 1/F of the
+        ReLU/BN work and one reduction."""
+        sign = bn_scale_sign(self.bn)
+        z = F.conv2d(x, self.conv.weight * sign.view(-1, 1, 1, 1), self.conv.bias * sign)
+        # Reduce over frequency in the conv's channels-last layout [B, T, F, C]:
+        # elementwise over contiguous channel rows, 3x faster than a strided reduction.
+        picked = z.permute(0, 2, 3, 1).amax(dim=2).transpose(1, 2) * sign.view(1, -1, 1)
+        return self.bn(tf_relu(picked).unsqueeze(3)).squeeze(3)
+
+
+def bn_scale_sign(bn: nn.Module) -> torch.Tensor:
+    """+1 where an eval-mode BN is non-decreasing per channel, -1 where it is decreasing."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return torch.where(scale >= 0, 1.0, -1.0)
+
+
+# Far below float32's 3.4e38: the bound below ignores the accumulation's rounding.
+_SAFE_MAGNITUDE = 1e36
+
+
+def conv_output_is_finite(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """True when conv(x) cannot hold inf or NaN: x is finite and |x| times the largest
+    sum of |weights| of a filter, plus |bias|, stays far from overflow. Checked on the
+    input (small) instead of the output, so that pooling first needs no pass over z."""
+    largest = x.abs().amax()  # NaN or inf if x has one
+    bound = conv.weight.abs().flatten(1).sum(1).amax() * largest + conv.bias.abs().amax()
+    return bool(bound < _SAFE_MAGNITUDE)
 
 
 class MidEndLayer(nn.Module):
@@ -216,7 +268,8 @@ class VggTF(Tagger):
         self.input_spec = MUSICNN_TF_INPUT
         self.input_bn = tf_batch_norm(1, 2)
         self.convs = nn.ModuleList(
-            nn.Conv2d(1 if i == 0 else filters, filters, 3, padding=1) for i in range(5)
+            channels_last_conv(nn.Conv2d(1 if i == 0 else filters, filters, 3, padding=1))
+            for i in range(5)
         )
         self.bns = nn.ModuleList(tf_batch_norm(filters, 2) for _ in range(5))
         self.pools = nn.ModuleList(TFMaxPool2d(k, s) for k, s in _VGG_POOLS)
@@ -226,14 +279,43 @@ class VggTF(Tagger):
         """pool1..pool5 in TF layout [B, T, F, C], the flattened pool5 and the logits."""
         x = self.input_bn(mel.transpose(1, 2).unsqueeze(1))
         out = {}
-        for i, (conv, bn, pool) in enumerate(zip(self.convs, self.bns, self.pools)):
+        for i in range(len(self.convs)):
             if i > 0:
                 x = self.block_dropout(x)
-            x = pool(bn(tf_relu(conv(x))))
+            x = self.block(i, x)
             out[f"pool{i + 1}"] = x.permute(0, 2, 3, 1)
         out["flat_pool5"] = out["pool5"].flatten(1)  # NHWC order, as TF's flatten
         out["logits"] = self.classifier(self.dropout(out["flat_pool5"]))
         return out
+
+    def block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """conv -> ReLU -> BN -> max-pool, in the graph's order (training, non-finite z)
+        or pooled first (eval, z finite: the same values bit for bit, see pooled_first)."""
+        conv, bn, pool = self.convs[i], self.bns[i], self.pools[i]
+        if not self.training:
+            pooled = self.pooled_first(conv, bn, pool, x)
+            if pooled is not None:
+                return pooled
+        return pool(bn(tf_relu(conv(x))))
+
+    @staticmethod
+    def pooled_first(
+        conv: nn.Conv2d, bn: nn.Module, pool: nn.MaxPool2d, x: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Max-pool the conv output before ReLU and BN (monotone per channel), with the
+        conv's weights and bias negated where BN decreases, so that one max-pool picks
+        each channel's element: negation is exact in float (conv(x, -w, -b) is -conv(x,
+        w, b) bit for bit), so this is FrontEndBlock.pooled_first's argument for a
+        windowed pool. The ReLU/BN/NaN passes then run on the pooled quarter (or less)
+        of the tensor. None when z could hold inf or NaN (the graph's order handles it)."""
+        if not conv_output_is_finite(conv, x):
+            return None
+        sign = bn_scale_sign(bn)
+        weight = conv.weight * sign.view(-1, 1, 1, 1)  # keeps the weight's (NHWC) strides
+        z = F.conv2d(x, weight, conv.bias * sign, padding=conv.padding)
+        pooled = strided_max_pool(z, pool.kernel_size, pool.stride)
+        # tf_relu of finite values is clamp(min=0); in place on the pooled copy.
+        return bn(pooled.mul_(sign.view(1, -1, 1, 1)).clamp_(min=0.0))
 
     def embed(self, mel: torch.Tensor) -> torch.Tensor:
         return self.features(mel)["flat_pool5"]

@@ -44,10 +44,10 @@ def add_pretrained_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress(files: list[Path], enabled: bool):
+def _progress(items, enabled: bool, total: int | None = None):
     from tqdm import tqdm
 
-    return tqdm(files, unit="file", file=sys.stderr, disable=not enabled, leave=False)
+    return tqdm(items, total=total, unit="file", file=sys.stderr, disable=not enabled, leave=False)
 
 
 def _tagger(args):
@@ -63,14 +63,15 @@ def _tagger(args):
 # --- tag -------------------------------------------------------------------------------------
 
 
-def tag_record(tagger, path: Path, top: int) -> dict:
-    try:
-        record = tagger.predict(path)
-    except (UserError, OSError) as exc:
-        return {"path": str(path), "model": tagger.name, "error": str(exc)}
-    order = np.argsort(-np.asarray(record["probabilities"]), kind="stable")[:top]
-    record["top"] = [[record["vocabulary"][i], record["probabilities"][i]] for i in order]
-    return record
+def tag_records(tagger, files: list[Path], top: int):
+    """One record per file, in order (Tagger.predict_many: decoding overlaps the model)."""
+    for path, record in tagger.predict_many(files):
+        if isinstance(record, Exception):
+            yield {"path": str(path), "model": tagger.name, "error": str(record)}
+            continue
+        order = np.argsort(-np.asarray(record["probabilities"]), kind="stable")[:top]
+        record["top"] = [[record["vocabulary"][i], record["probabilities"][i]] for i in order]
+        yield record
 
 
 def _one_line_errors(command: str):
@@ -98,9 +99,10 @@ def run_tag(args: argparse.Namespace) -> int:
     tagger = _tagger(args)
     out = getattr(args, "out", None)
     failed = 0
+    records = tag_records(tagger, files, args.top)
+    progress = not getattr(args, "no_progress", False)
     with open(out, "w") if out else nullcontext(sys.stdout) as sink:
-        for path in _progress(files, enabled=not getattr(args, "no_progress", False)):
-            record = tag_record(tagger, path, args.top)
+        for record in _progress(records, enabled=progress, total=len(files)):
             failed += "error" in record
             sink.write(json.dumps(record) + "\n")
             sink.flush()

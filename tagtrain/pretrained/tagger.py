@@ -8,6 +8,8 @@ each window in seconds); `features` gives the official named layers per window.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -84,9 +86,16 @@ class Tagger:
                 parts.setdefault(key, []).append(value.float().cpu().numpy())
         return {k: np.concatenate(v) for k, v in parts.items()}
 
-    def predict(self, path: str | Path) -> dict:
-        batch, starts = self.windows(path)
-        taggram = self.features(batch)["taggram"]
+    @torch.inference_mode()
+    def taggram(self, batch: np.ndarray) -> np.ndarray:
+        """Sigmoid outputs [N, tags] of a window batch, `batch_size` windows per forward."""
+        parts = []
+        for i in range(0, len(batch), self.batch_size):
+            x = torch.from_numpy(batch[i : i + self.batch_size]).to(self.device)
+            parts.append(torch.sigmoid(self.model(x)).float().cpu().numpy())
+        return np.concatenate(parts)
+
+    def record(self, path: str | Path, taggram: np.ndarray, starts: list[int]) -> dict:
         return {
             "path": str(path),
             "model": self.name,
@@ -95,3 +104,44 @@ class Tagger:
             "taggram": taggram.tolist(),
             "windows_s": [list(w) for w in frontend.window_seconds(starts)],
         }
+
+    def predict(self, path: str | Path) -> dict:
+        batch, starts = self.windows(path)
+        return self.record(path, self.taggram(batch), starts)
+
+    def predict_many(
+        self, paths: Iterable[str | Path], prefetch: int = 2
+    ) -> Iterator[tuple[Path, dict | Exception]]:
+        """(path, record) per file in order, or (path, the UserError/OSError) for a file
+        that cannot be tagged. The next files are decoded and featurised on `prefetch`
+        threads while the current batch runs (decoding and the convolutions release the
+        GIL), and the windows of consecutive files share forwards of up to `batch_size`
+        windows. Each window is computed independently, so the records are those of
+        `predict` (up to the convolutions' summation order for other batch sizes)."""
+        paths = [Path(p) for p in paths]
+        with ThreadPoolExecutor(max(1, prefetch)) as pool:
+            pending = [pool.submit(self.windows, p) for p in paths[: prefetch + 1]]
+            queued = []  # (path, windows, starts) waiting for a forward
+            for i, path in enumerate(paths):
+                if i + prefetch + 1 < len(paths):
+                    pending.append(pool.submit(self.windows, paths[i + prefetch + 1]))
+                try:
+                    queued.append((path, *pending[i].result()))
+                except (UserError, OSError) as exc:
+                    yield from self._flush(queued)
+                    queued = []
+                    yield path, exc
+                    continue
+                pending[i] = None  # its windows now live in `queued` only
+                if sum(len(w) for _, w, _ in queued) >= self.batch_size:
+                    yield from self._flush(queued)
+                    queued = []
+            yield from self._flush(queued)
+
+    def _flush(self, queued: list) -> Iterator[tuple[Path, dict]]:
+        if not queued:
+            return
+        taggrams = self.taggram(np.concatenate([w for _, w, _ in queued]))
+        ends = np.cumsum([len(w) for _, w, _ in queued])
+        for (path, _, starts), end in zip(queued, ends):
+            yield path, self.record(path, taggrams[end - len(starts) : end], starts)
