@@ -193,10 +193,19 @@ def dataset_section(data: Path, card: dict) -> str:
     return "\n".join(parts)
 
 
+def is_partial(row: dict) -> bool:
+    return str(row.get("partial", "0")) not in ("0", "False", "")
+
+
 def epoch_rows(run: Path) -> list[dict]:
-    """Complete epochs of metrics.csv (partial ones are resumed and logged again)."""
+    """One row per epoch of metrics.csv: a partial epoch that was resumed is logged again
+    and only its last row counts; one that ended the run (a time budget) is kept."""
     rows = read_csv(run / "metrics.csv")
-    return [r for r in rows if str(r.get("partial", "0")) in ("0", "False", "")]
+    return [
+        r
+        for i, r in enumerate(rows)
+        if not (is_partial(r) and any(later["epoch"] == r["epoch"] for later in rows[i + 1 :]))
+    ]
 
 
 def training_section(run: Path) -> str:
@@ -219,6 +228,8 @@ def training_section(run: Path) -> str:
         shown = rows[-30:]
         body = [[int(r["epoch"]) + 1 if c == "epoch" else r[c] for c in columns] for r in shown]
         note = f" (last 30 of {len(rows)})" if len(rows) > len(shown) else ""
+        stopped = [str(int(r["epoch"]) + 1) for r in shown if is_partial(r)]
+        note += f" (epoch {', '.join(stopped)} stopped before its end)" if stopped else ""
         parts.append(f"<h3>Per epoch{note}</h3>" + table(columns, body, "epochs"))
     return "\n".join(parts)
 

@@ -451,3 +451,22 @@ def test_metrics_match_scikit_learn_and_a_new_metric_is_one_registry_entry(monke
     assert scores.macro["mean_score"] == pytest.approx(p.mean())
     p[3, 2] = np.nan  # a track with a non-finite score is left out and counted
     assert metrics.tag_scores(y, p).nonfinite_tracks == 1
+
+
+def test_report_epochs_keep_a_run_ending_partial_epoch_but_not_a_resumed_one(tmp_path):
+    from tagtrain.report import epoch_rows, training_section
+
+    rows = [
+        "epoch,partial,train_loss",
+        "0,0,0.9",
+        "1,1,0.8",  # killed mid-epoch, resumed: logged again below
+        "1,0,0.7",
+        "2,0,0.6",
+        "3,1,0.5",  # the time budget ended the run here
+    ]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    kept = epoch_rows(tmp_path)
+    assert [(r["epoch"], r["train_loss"]) for r in kept] == [
+        ("0", "0.9"), ("1", "0.7"), ("2", "0.6"), ("3", "0.5"),
+    ]  # fmt: skip
+    assert "epoch 4 stopped before its end" in training_section(tmp_path)
