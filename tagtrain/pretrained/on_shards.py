@@ -56,9 +56,15 @@ def published_log_mel(pcm: torch.Tensor, compression: str = "numpy1") -> torch.T
     from pipelines.core.features import mel_filterbank, power_spectrogram
 
     with torch.autocast(pcm.device.type, enabled=False):
-        power = power_spectrogram(pcm.float(), frontend.N_FFT, frontend.HOP)
+        power = power_spectrogram(pcm.float(), frontend.N_FFT, frontend.HOP, "constant")
         fb = mel_filterbank(
-            frontend.SAMPLE_RATE, frontend.N_FFT, frontend.N_MELS, 0.0, frontend.SAMPLE_RATE / 2
+            frontend.SAMPLE_RATE,
+            frontend.N_FFT,
+            frontend.N_MELS,
+            0.0,
+            frontend.SAMPLE_RATE / 2,
+            "slaney",
+            "slaney",
         )
         half = torch.matmul(fb.to(power.device), power).half()  # as astype(np.float16)
         if compression == "numpy1":
