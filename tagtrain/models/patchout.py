@@ -328,14 +328,17 @@ for _name, (_dims, _blocks, _heads, _text) in PRESETS.items():
     _register(_name, _dims, _blocks, _heads, _text)
 
 
-def _register_maest(seconds: int) -> None:
+def _register_maest(
+    seconds: int, name: str = "", distilled_type: str = "mean", description: str = ""
+) -> None:
     """MAEST at one input length: the 768-d, 12-block model with that length's time
     positions and time patchout (Alonso-Jiménez et al. 2023, Section 4.3)."""
 
     @register_model(
-        f"maest_{seconds}s",
+        name or f"maest_{seconds}s",
         input_spec=patchout_input(float(seconds)),
-        description=f"MAEST {seconds} s (PaSST-S architecture, time patchout "
+        description=description
+        or f"MAEST {seconds} s (PaSST-S architecture, time patchout "
         f"{default_time_patchout(seconds)})",
     )
     def build(
@@ -354,36 +357,19 @@ def _register_maest(seconds: int) -> None:
             freq_patchout=freq_patchout,
             inference_patchout=inference_patchout,
             dropout=dropout,
+            distilled_type=distilled_type,
         )
 
 
 for _seconds in MAEST_SECONDS:
     _register_maest(_seconds)
 
-
-@register_model(
+# palonso/MAEST `maest_30s_from_passt_teacher_student_pretrain` (distilled_type
+# "separated"); trained with `train-patchout --teacher RUN` (recipe maest_30s_ts).
+_register_maest(
+    30,
     "maest_30s_ts",
-    input_spec=patchout_input(30.0),
-    description="MAEST 30 s teacher-student: CLS head for tags, distillation-token head for "
-    "the teacher's targets",
+    "separated",
+    "MAEST 30 s teacher-student: CLS head for tags, distillation-token head for the "
+    "teacher's targets",
 )
-def maest_30s_ts(
-    n_classes: int,
-    width: float = 1.0,
-    dropout: float = 0.0,
-    time_patchout: int | None = None,
-    freq_patchout: int = 0,
-    inference_patchout: bool = False,
-) -> PatchoutTransformer:
-    """palonso/MAEST `maest_30s_from_passt_teacher_student_pretrain` (distilled_type
-    "separated"); trained with `train-patchout --teacher RUN` (recipe maest_30s_ts)."""
-    return PatchoutTransformer(
-        n_classes,
-        width=width,
-        seconds=30.0,
-        time_patchout=time_patchout,
-        freq_patchout=freq_patchout,
-        inference_patchout=inference_patchout,
-        dropout=dropout,
-        distilled_type="separated",
-    )
