@@ -20,10 +20,13 @@ maps NaN (inf - inf) to 0 (`tf_relu`); TF's MaxPool skips NaN and never returns 
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tagtrain.models.fast_front_end import TimbralFourierConv, temporal_conv_max
 from tagtrain.models.layers import Tagger
 from tagtrain.registry import InputSpec, register_model
 
@@ -65,6 +68,29 @@ def channels_last_conv(conv: nn.Conv2d) -> nn.Conv2d:
     summation order of the conv differs from NCHW (about 1e-7 relative); the state dict
     is unchanged."""
     return conv.to(memory_format=torch.channels_last)
+
+
+# Eval-mode arithmetic of the front end (musicnn_tf) and convs (vgg_tf): "fast" (default:
+# fast_front_end.py, equal up to rounding) or "direct" (torch's conv, the graph's literal
+# convolutions). Training always runs the direct graph order.
+CONV_ALGORITHMS = ("fast", "direct")
+
+
+def set_conv_algorithm(model: nn.Module, algorithm: str) -> nn.Module:
+    """Set the eval-mode conv arithmetic of every layer of `model` that has a choice."""
+    if algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"conv_algorithm must be one of {CONV_ALGORITHMS}, not {algorithm!r}")
+    for module in model.modules():
+        if hasattr(module, "conv_algorithm"):
+            module.conv_algorithm = algorithm
+    return model
+
+
+def use_fast_path(algorithm: str) -> bool:
+    """The fast arithmetic serves plain inference only (the caller checks eval mode):
+    not autograd (its Python loops and cached transforms are not for backward) and not
+    a trace (ONNX export records the direct graph, not a loop unrolled per frame)."""
+    return algorithm == "fast" and not torch.is_grad_enabled() and not torch.jit.is_tracing()
 
 
 def tf_batch_norm(channels: int, dims: int) -> nn.Module:
@@ -131,12 +157,41 @@ class FrontEndBlock(nn.Module):
         self.time_padding = time_padding
         self.conv = channels_last_conv(nn.Conv2d(1, filters, (time, freq)))
         self.bn = tf_batch_norm(filters, 2)
+        self.conv_algorithm = "fast"
+        self._fast_cache: tuple[tuple, object] | None = None
 
     def forward(self, x):  # [B, 1, T, F] -> [B, filters, T]
-        x = F.pad(x, (0, 0, *self.time_padding))
-        if not self.training and conv_output_is_finite(self.conv, x):
-            return self.pooled_first(x)
-        return tf_max(self.bn(tf_relu(self.conv(x))), dim=3)
+        padded = F.pad(x, (0, 0, *self.time_padding))
+        if self.training or not conv_output_is_finite(self.conv, padded):
+            return tf_max(self.bn(tf_relu(self.conv(padded))), dim=3)
+        if use_fast_path(self.conv_algorithm):
+            return self.fast_pooled(x[:, 0])
+        return self.pooled_first(padded)
+
+    def fast_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """pooled_first's result from fast_front_end's arithmetic (conv_algorithm "fast",
+        eval mode without autograd): the same max over frequency of the sign-folded conv,
+        up to rounding, for x [B, T, F] unpadded."""
+        sign = bn_scale_sign(self.bn)
+        best = self._fast_operator(sign)(x)
+        picked = (best + (self.conv.bias * sign).view(1, -1, 1)) * sign.view(1, -1, 1)
+        return self.bn(tf_relu(picked).unsqueeze(3)).squeeze(3)
+
+    def _fast_operator(self, sign: torch.Tensor):
+        """The fast conv for the current weights (transformed once, rebuilt when the
+        weights or the BN signs change)."""
+        tensors = (self.conv.weight, self.bn.weight, self.bn.running_var)
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._fast_cache is None or self._fast_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                weight = self.conv.weight.detach() * sign.detach().view(-1, 1, 1, 1)
+                if weight.shape[3] == 1:  # a temporal filter [C, 1, L, 1]
+                    taps = weight[:, 0, :, 0].contiguous()
+                    operator = partial(temporal_conv_max, weight=taps, padding=self.time_padding)
+                else:
+                    operator = TimbralFourierConv(weight, self.time_padding)
+            self._fast_cache = (key, operator)
+        return self._fast_cache[1]
 
     def pooled_first(self, x: torch.Tensor) -> torch.Tensor:
         """The same result, in eval mode for a finite conv output z, from one max over

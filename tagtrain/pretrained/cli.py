@@ -42,6 +42,12 @@ def add_pretrained_argument(parser: argparse.ArgumentParser) -> None:
         help="--pretrained front end: numpy1 (as published, default) or numpy2 (float16 "
         "overflow of musicnn 0.1.0 under numpy>=2; see tagtrain/pretrained/frontend.py)",
     )
+    parser.add_argument(
+        "--conv-algorithm",
+        default="fast",
+        help="--pretrained convolutions: fast (default; fewer multiply-adds, equal up to "
+        "rounding) or direct (the graph's literal convolutions; docs/FIDELITY.md)",
+    )
 
 
 def _progress(items, enabled: bool, total: int | None = None):
@@ -57,7 +63,12 @@ def _tagger(args):
     if args.musicnn_log not in COMPRESSIONS:
         raise UserError(f"--musicnn-log must be one of {', '.join(COMPRESSIONS)}")
     device = "cpu" if getattr(args, "device", "auto") in ("auto", None) else args.device
-    return Tagger.from_pretrained(args.pretrained, device=device, compression=args.musicnn_log)
+    return Tagger.from_pretrained(
+        args.pretrained,
+        device=device,
+        compression=args.musicnn_log,
+        conv_algorithm=args.conv_algorithm,
+    )
 
 
 # --- tag -------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 
 from pipelines.core.audio import AudioRejected, load_audio
 from pipelines.core.errors import UserError
+from tagtrain.models.musicnn_tf import CONV_ALGORITHMS, set_conv_algorithm
 from tagtrain.pretrained import frontend
 from tagtrain.pretrained.musicnn import load_pretrained, pretrained_spec
 
@@ -48,12 +49,22 @@ class Tagger:
 
     @classmethod
     def from_pretrained(
-        cls, name: str, device: str = "cpu", batch_size: int = 32, compression: str = "numpy1"
+        cls,
+        name: str,
+        device: str = "cpu",
+        batch_size: int = 32,
+        compression: str = "numpy1",
+        conv_algorithm: str = "fast",
     ) -> Tagger:
         """`name`: musicnn-mtt, musicnn-msd, vgg-mtt or vgg-msd; `compression`: the
-        front end's "numpy1" (default, as published) or "numpy2" (frontend.py)."""
+        front end's "numpy1" (default, as published) or "numpy2" (frontend.py);
+        `conv_algorithm`: "fast" (default: fewer multiply-adds, equal up to rounding) or
+        "direct" (the graph's literal convolutions; docs/FIDELITY.md)."""
         pretrained_spec(name)
+        if conv_algorithm not in CONV_ALGORITHMS:
+            raise UserError(f"conv_algorithm must be one of {', '.join(CONV_ALGORITHMS)}")
         model, vocabulary = load_pretrained(name)
+        set_conv_algorithm(model, conv_algorithm)
         return cls(name, model.to(device), vocabulary, batch_size, compression)
 
     @property
