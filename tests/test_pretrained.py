@@ -175,6 +175,24 @@ def test_front_end_equals_official_mel(clips, numpy_major):
         assert np.abs(ours[finite] - official[finite]).max() < 2e-3
 
 
+def test_log_compression_casts_to_float16_as_numpy_does(clips):
+    """musicnn_log casts with torch (fast); the official code casts with numpy: the
+    values must agree bit for bit, including subnormals, ties, 65504 and overflow."""
+    from pipelines.core.audio import load_audio
+
+    pcm = load_audio(clips["beat"].read_bytes(), 16000).pcm
+    edges = [0.0, 6e-8, 3e-5, 1.00048828125, 2049.0, 65504.0, 65519.0, 65520.0, 1e6, 1e-45]
+    mel = np.concatenate([frontend.mel_power(pcm).ravel() * 1e3, edges])
+    mel = mel.astype(np.float32).reshape(-1, 1)
+    with np.errstate(over="ignore"):
+        half = mel.astype(np.float16)
+        numpy1 = np.log10(np.float32(10000) * half.astype(np.float32) + np.float32(1))
+        numpy2 = np.log10(np.float16(10000) * half + np.float16(1))
+    for compression, want in (("numpy1", numpy1), ("numpy2", numpy2)):
+        got = frontend.musicnn_log(mel, compression)
+        assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
+
+
 @pytest.mark.parametrize("name", sorted(PRETRAINED))
 def test_tagger_predict_equals_official_from_audio_file(clips, name):
     tagger = Tagger.from_pretrained(name)

