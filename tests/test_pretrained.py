@@ -193,6 +193,28 @@ def test_log_compression_casts_to_float16_as_numpy_does(clips):
         assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
 
 
+def test_fast_vgg_equals_the_direct_path_up_to_rounding(clips, monkeypatch):
+    """vgg_tf's "fast" eval path runs a few windows at a time (and block 1's conv at the
+    pool's stride, in both paths): per-window layers as the direct path's."""
+    fast, _ = load_pretrained("vgg-mtt")
+    direct = musicnn_tf.set_conv_algorithm(load_pretrained("vgg-mtt")[0], "direct")
+    tagger = Tagger.from_pretrained("vgg-mtt")
+    batch = torch.from_numpy(np.concatenate([tagger.windows(p)[0] for p in clips.values()]))
+    assert len(batch) > musicnn_tf._VGG_CHUNK
+    calls = []
+    spy = fast.window_features
+    monkeypatch.setattr(fast, "window_features", lambda mel: calls.append(len(mel)) or spy(mel))
+    with torch.no_grad():
+        got, want = fast.features(batch), direct.features(batch)
+        assert max(calls) <= musicnn_tf._VGG_CHUNK and sum(calls) == len(batch)  # chunked
+        logits = fast(batch)
+    for layer in ("pool1", "pool3", "pool5"):
+        scale = want[layer].abs().max()
+        assert (got[layer] - want[layer]).abs().max() <= FAST_LAYER_RTOL * scale, layer
+    taggram_gap = (torch.sigmoid(logits) - torch.sigmoid(want["logits"])).abs().max()
+    assert taggram_gap <= FAST_TAGGRAM_ATOL
+
+
 @pytest.mark.parametrize("name", sorted(PRETRAINED))
 def test_tagger_predict_equals_official_from_audio_file(clips, name):
     tagger = Tagger.from_pretrained(name)
