@@ -14,10 +14,11 @@ literal conv).
   outputs is one more small GEMM. The DFT matrices are orthogonal (well conditioned), so
   float32 rounding stays at the 1e-7-relative level of a direct sum (unlike Winograd's
   real interpolation points). 2.5-2.9x fewer multiply-adds for these kernels.
-- Temporal convs (kernel [L frames, 1 band]): per output frame t, the filters times the
-  input frames t..t+L-1 of every band and window, one GEMM [filters, L] x [L, windows x
-  bands], reduced over bands right away while it is in cache: the [filters, time, bands]
-  output is never written out. Same multiply-adds as the conv, half its time here.
+- Temporal convs (kernel [L frames, 1 band]): the same multiply-adds as the conv, as
+  one GEMM-shaped 1x1 convolution per window over rows of L + 7 frames of one band
+  against 8 shifted copies of the filters (see TemporalConvMax), reduced over bands
+  while the window's output is in cache: the [filters, time, bands] output of all
+  windows is never written out. 3x faster than the direct conv here.
 """
 
 from __future__ import annotations
@@ -102,28 +103,43 @@ class TimbralFourierConv:
         return best.reshape(batch, channels, tiles * m)[:, :, :frames]
 
 
-def temporal_conv_max(
-    x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int], block: int = 4
-) -> torch.Tensor:
+class TemporalConvMax:
     """max over frequency of the conv of x [B, T, F] with weight [C, L] along time
-    ('same' padded (before, after)), as [B, C, T], without writing the [B, C, T, F]
-    conv output (see the module docstring). `block` consecutive frames share one GEMM
-    with a banded weight [block * C, L + block - 1] (filter j shifted by j taps; the
-    zero taps add exact zeros): fewer, larger GEMMs for (block - 1) / L more work."""
-    batch, frames, freq = x.shape
-    channels, taps = weight.shape
-    banded = weight.new_zeros(block, channels, taps + block - 1)
-    for j in range(block):
-        banded[j, :, j : j + taps] = weight
-    banded = banded.view(block * channels, taps + block - 1)
-    blocks = -(-frames // block)
-    time_major = x.permute(1, 0, 2).reshape(frames, batch * freq)
-    before, after = padding
-    padded = torch.nn.functional.pad(time_major, (0, 0, before, after + blocks * block - frames))
-    out = x.new_empty(blocks * block, channels, batch)
-    z = x.new_empty(block * channels, batch * freq)
-    for t in range(0, blocks * block, block):
-        torch.mm(banded, padded[t : t + taps + block - 1], out=z)
-        best = out[t : t + block].view(block * channels, batch)
-        torch.amax(z.view(-1, batch, freq), dim=2, out=best)
-    return out[:frames].permute(2, 1, 0)
+    ('same' padded (before, after)), as [B, C, T], built from the (sign-folded) weight
+    once. `block` consecutive frames share one banded weight [block * C, L + block - 1]
+    (filter j shifted by j taps; the zero taps add exact zeros), so each input row of
+    L + block - 1 frames of one band gives `block` frames of all filters: a 1x1
+    convolution over those rows, which oneDNN runs with its AVX-512 GEMM kernels (MKL's
+    sgemm is about half as fast on this AMD CPU). One window at a time, so that the
+    [blocks, bands, block * C] output stays in cache for the max over bands."""
+
+    def __init__(self, weight: torch.Tensor, padding: tuple[int, int], block: int = 8):
+        channels, taps = weight.shape
+        banded = weight.new_zeros(block, channels, taps + block - 1)
+        for j in range(block):
+            banded[j, :, j : j + taps] = weight
+        rows = banded.view(block * channels, taps + block - 1, 1, 1)
+        self.weight = rows.contiguous(memory_format=torch.channels_last)
+        self.padding, self.block, self.channels = padding, block, channels
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.window(part) for part in x.split(1)])
+
+    def window(self, x: torch.Tensor) -> torch.Tensor:
+        batch, frames, freq = x.shape
+        block, channels, span = self.block, self.channels, self.weight.shape[1]
+        blocks = -(-frames // block)
+        before, after = self.padding
+        band_major = torch.nn.functional.pad(
+            x.transpose(1, 2), (before, after + blocks * block - frames)
+        ).contiguous()  # [B, F, padded frames]
+        # rows[k, (b, f), i] = frame k * block + i of band f: overlapping views, copied
+        rows = band_major.as_strided(
+            (blocks, batch * freq, span), (block, band_major.shape[2], 1)
+        ).contiguous()
+        z = torch.nn.functional.conv2d(
+            rows.view(blocks, batch * freq, 1, span).permute(0, 3, 1, 2), self.weight
+        )  # channels-last: memory [blocks, B * F, block * C]
+        z = z.permute(0, 2, 3, 1).reshape(blocks, batch, freq, block, channels)
+        best = z.amax(dim=2)  # [blocks, B, block, C]
+        return best.permute(1, 3, 0, 2).reshape(batch, channels, blocks * block)[..., :frames]

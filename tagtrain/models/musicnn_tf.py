@@ -20,13 +20,11 @@ maps NaN (inf - inf) to 0 (`tf_relu`); TF's MaxPool skips NaN and never returns 
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagtrain.models.fast_front_end import TimbralFourierConv, temporal_conv_max
+from tagtrain.models.fast_front_end import TemporalConvMax, TimbralFourierConv
 from tagtrain.models.layers import Tagger
 from tagtrain.registry import InputSpec, register_model
 
@@ -194,8 +192,7 @@ class FrontEndBlock(nn.Module):
             with torch.inference_mode(False), torch.no_grad():
                 weight = self.conv.weight.detach() * sign.detach().view(-1, 1, 1, 1)
                 if weight.shape[3] == 1:  # a temporal filter [C, 1, L, 1]
-                    taps = weight[:, 0, :, 0].contiguous()
-                    operator = partial(temporal_conv_max, weight=taps, padding=self.time_padding)
+                    operator = TemporalConvMax(weight[:, 0, :, 0], self.time_padding)
                 else:
                     operator = TimbralFourierConv(weight, self.time_padding)
             self._fast_cache = (key, operator)
