@@ -84,7 +84,9 @@ class Timing:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def time_ours(name: str, files: list[Path], many: bool) -> tuple[Timing, dict]:
+def time_ours(
+    name: str, files: list[Path], many: bool, conv_algorithm: str = "fast"
+) -> tuple[Timing, dict]:
     """`predict` file by file, or `predict_many` (decode of the next files on a thread,
     windows of consecutive files in shared forwards)."""
     import torch
@@ -92,7 +94,7 @@ def time_ours(name: str, files: list[Path], many: bool) -> tuple[Timing, dict]:
     from tagtrain.pretrained.tagger import Tagger
 
     torch.set_num_threads(1)
-    tagger = Tagger.from_pretrained(name)
+    tagger = Tagger.from_pretrained(name, conv_algorithm=conv_algorithm)
     tagger.predict(files[0])  # warm-up
     with Timing() as timing:
         if many:
@@ -129,12 +131,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=6, help="30 s MP3s (default 6)")
     parser.add_argument("--model", default="musicnn-mtt", choices=sorted(TF_NAMES))
     parser.add_argument("--official-python", default=None, help="python of the TF venv")
+    parser.add_argument(
+        "--conv-algorithm", default="fast", help="ours: fast (default) or direct (FIDELITY.md)"
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {0})
     with tempfile.TemporaryDirectory() as tmp:
         files = make_mp3s(Path(tmp), args.n)
-        ours_one, ours = time_ours(args.model, files, many=False)
-        ours_many, batched = time_ours(args.model, files, many=True)
+        ours_one, ours = time_ours(args.model, files, False, args.conv_algorithm)
+        ours_many, batched = time_ours(args.model, files, True, args.conv_algorithm)
         report("ours, predict", args.n, ours_one)
         report("ours, predict_many", args.n, ours_many)
         print(f"taggram max |predict_many - predict| = {max_difference(batched, ours):.2e}")
