@@ -193,6 +193,22 @@ def test_log_compression_casts_to_float16_as_numpy_does(clips):
         assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
 
 
+@pytest.mark.parametrize("n", [15, 16, 20])
+def test_fourier_tile_transforms_give_the_correlation_exactly(n):
+    """In float64 the tile algorithm is the correlation itself (rounding at 1e-15)."""
+    from tagtrain.models.fast_front_end import fourier_tile_transforms
+
+    input_t, kernel_t, output_t = fourier_tile_transforms(n, 7)
+    products = 1 + 3 * ((n - 1) // 2) + (n % 2 == 0)  # real bins 0 (and n/2), 3 per complex
+    assert input_t.shape[0] == kernel_t.shape[0] == output_t.shape[1] == products
+    gen = torch.Generator().manual_seed(n)
+    d = torch.randn(n, dtype=torch.float64, generator=gen)
+    g = torch.randn(7, dtype=torch.float64, generator=gen)
+    want = torch.stack([(d[t : t + 7] * g).sum() for t in range(n - 6)])
+    got = output_t @ ((kernel_t @ g) * (input_t @ d))
+    assert (got - want).abs().max() < 1e-12
+
+
 def test_fast_vgg_equals_the_direct_path_up_to_rounding(clips, monkeypatch):
     """vgg_tf's "fast" eval path runs a few windows at a time (and block 1's conv at the
     pool's stride, in both paths): per-window layers as the direct path's."""

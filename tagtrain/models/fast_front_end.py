@@ -13,7 +13,7 @@ literal conv).
   frequency taps ([tiles, bands] x [bands, filters]), and the inverse DFT of the m
   outputs is one more small GEMM. The DFT matrices are orthogonal (well conditioned), so
   float32 rounding stays at the 1e-7-relative level of a direct sum (unlike Winograd's
-  real interpolation points). 2.5-2.9x fewer multiply-adds for these kernels.
+  real interpolation points). 2.4-2.8x fewer multiply-adds for these kernels.
 - Temporal convs (kernel [L frames, 1 band]): the same multiply-adds as the conv, as
   one GEMM-shaped 1x1 convolution per window over rows of L + 7 frames of one band
   against 8 shifted copies of the filters (see TemporalConvMax), reduced over bands
