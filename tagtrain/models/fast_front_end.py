@@ -68,11 +68,12 @@ class TimbralFourierConv:
         channels, _, taps, bands = weight.shape
         input_t, kernel_t, output_t = fourier_tile_transforms(tile, taps)
         self.padding, self.n, self.m, self.bands = padding, tile, tile - taps + 1, bands
-        self.input_t = input_t.float()
-        self.output_t = output_t.float().contiguous()
+        like = {"device": weight.device, "dtype": weight.dtype}
+        self.input_t = input_t.to(**like)
+        self.output_t = output_t.to(**like).contiguous()
         # [P, bands, C]: each product's GEMM operand, transformed in float64
-        w = weight[:, 0].to(_FLOAT64)  # [C, taps, bands]
-        self.kernel = torch.einsum("pk,ckj->pjc", kernel_t, w).float().contiguous()
+        w = weight[:, 0].to(device="cpu", dtype=_FLOAT64)  # [C, taps, bands]
+        self.kernel = torch.einsum("pk,ckj->pjc", kernel_t, w).to(**like).contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         batch, frames, freq = x.shape

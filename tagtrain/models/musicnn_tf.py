@@ -88,11 +88,15 @@ _FAST_CHUNK = 8
 _VGG_CHUNK = 2
 
 
-def use_fast_path(algorithm: str) -> bool:
-    """The fast arithmetic serves plain inference only (the caller checks eval mode):
-    not autograd (its Python loops and cached transforms are not for backward) and not
-    a trace (ONNX export records the direct graph, not a loop unrolled per frame)."""
-    return algorithm == "fast" and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+def use_fast_path(algorithm: str, x: torch.Tensor) -> bool:
+    """The fast arithmetic serves plain inference on the CPU only (the caller checks eval
+    mode): not autograd (its Python loops and cached transforms are not for backward),
+    not a trace (ONNX export records the direct graph, not a loop unrolled per frame),
+    and not a GPU (tuned for the CPU's GEMMs and caches; cuDNN's convs are the better
+    choice there)."""
+    if algorithm != "fast" or x.device.type != "cpu":
+        return False
+    return not torch.is_grad_enabled() and not torch.jit.is_tracing()
 
 
 def tf_batch_norm(channels: int, dims: int) -> nn.Module:
@@ -166,7 +170,7 @@ class FrontEndBlock(nn.Module):
         padded = F.pad(x, (0, 0, *self.time_padding))
         if self.training or not conv_output_is_finite(self.conv, padded):
             return tf_max(self.bn(tf_relu(self.conv(padded))), dim=3)
-        if use_fast_path(self.conv_algorithm):
+        if use_fast_path(self.conv_algorithm, x):
             return self.fast_pooled(x[:, 0])
         return self.pooled_first(padded)
 
@@ -344,7 +348,7 @@ class VggTF(Tagger):
         return self._chunked(mel, self.window_features)
 
     def _chunked(self, mel: torch.Tensor, layers) -> dict[str, torch.Tensor]:
-        if self.training or not use_fast_path(self.conv_algorithm) or len(mel) <= _VGG_CHUNK:
+        if self.training or not use_fast_path(self.conv_algorithm, mel) or len(mel) <= _VGG_CHUNK:
             return layers(mel)
         parts = [layers(part) for part in mel.split(_VGG_CHUNK)]
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
