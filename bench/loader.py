@@ -204,15 +204,34 @@ def reader_for(url, options, spec, workers, batch_size, epoch, split="train", ca
     return data.EpochReader(stream, pin_memory=torch.cuda.is_available()), plan
 
 
+def pooled_reader(pools: dict, url, options, spec, workers, batch_size, epoch, cache_dir=None):
+    """What the trainer does: with loader workers, the same worker processes read every
+    epoch (a `LoaderPool`, made on the first epoch and kept in `pools`)."""
+    pool = pools.get(url)
+    if pool is not None:
+        return data.EpochReader(pool.stream(epoch, None), pool=pool)
+    reader, _ = reader_for(url, options, spec, workers, batch_size, epoch, cache_dir=cache_dir)
+    if not workers:
+        return reader
+    pool = pools[url] = data.LoaderPool(reader.stream, pin_memory=torch.cuda.is_available())
+    return data.EpochReader(reader.stream, pool=pool)
+
+
 SERVERS: dict[str, int] = {}  # data URL -> pid of the local server process serving it
 
 
 def cpu_seconds(url) -> tuple[float, float]:
-    """(CPU seconds of this process and its reaped loader workers, of the server process)."""
+    """(CPU seconds of this process and its loader workers, of the server process). Live
+    workers (a pool's persistent ones) are counted by psutil, reaped ones by os.times."""
     import psutil
 
     t = os.times()
     client = t.user + t.system + t.children_user + t.children_system
+    servers = set(SERVERS.values())
+    for child in psutil.Process().children(recursive=True):
+        if child.pid not in servers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                client += sum(child.cpu_times()[:2])
     pid = SERVERS.get(url)
     server = sum(psutil.Process(pid).cpu_times()[:2]) if pid else 0.0
     return client, server
@@ -223,17 +242,21 @@ def loader_rate(url, options, spec, workers, batch_size, epochs, cache_dir=None)
     server) CPU ms per chunk of each epoch]), start-up included in every epoch. On a
     shared machine the CPU cost per chunk is the steadier figure: wall time there depends
     on what else runs."""
-    rates, chunks, fetched, used, cpu = [], 0, 0, 0, []
-    for epoch in range(epochs):
-        start, cpu_start = time.perf_counter(), cpu_seconds(url)
-        reader, _ = reader_for(url, options, spec, workers, batch_size, epoch, cache_dir=cache_dir)
-        chunks = sum(len(batch.keys) for batch in reader)
-        reader.close()
-        rates.append(chunks / (time.perf_counter() - start))
-        cpu_end = cpu_seconds(url)
-        cpu.append(tuple(1000 * (b - a) / max(1, chunks) for a, b in zip(cpu_start, cpu_end)))
-        if epoch == 0:
-            fetched, used = reader.stats.bytes_read, reader.stats.bytes_used
+    rates, chunks, fetched, used, cpu, pools = [], 0, 0, 0, [], {}
+    try:
+        for epoch in range(epochs):
+            start, cpu_start = time.perf_counter(), cpu_seconds(url)
+            reader = pooled_reader(pools, url, options, spec, workers, batch_size, epoch, cache_dir)
+            chunks = sum(len(batch.keys) for batch in reader)
+            reader.close()
+            rates.append(chunks / (time.perf_counter() - start))
+            cpu_end = cpu_seconds(url)
+            cpu.append(tuple(1000 * (b - a) / max(1, chunks) for a, b in zip(cpu_start, cpu_end)))
+            if epoch == 0:
+                fetched, used = reader.stats.bytes_read, reader.stats.bytes_used
+    finally:
+        for pool in pools.values():
+            pool.close()
     return rates, chunks, fetched / max(1, used), cpu
 
 

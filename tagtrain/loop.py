@@ -167,6 +167,7 @@ class Trainer:
                         f"early stopping: {self.schedule.bad_epochs} epochs without improvement"
                     )
         finally:
+            self.data.close()
             self.log.close()
         summary = write_summary(self, stop_reason, last_val, time.monotonic() - start)
         dist.stop()
