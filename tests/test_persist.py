@@ -92,3 +92,26 @@ def test_the_control_table_round_trips_positions():
     assert control.read() == (8, {})
     with pytest.raises(ValueError, match="rows"):
         control.write(9, {k: loader.WorkerPosition() for k in range(4)})
+
+
+def test_a_pool_reads_s3_with_a_session_made_before_the_fork(seaweed_s3, dataset):
+    from tagtrain.loader import openers
+
+    out, card = dataset
+    url = seaweed_s3.upload_dir(out, "shards/data")
+    options = {"s3": seaweed_s3.storage_options()}
+    cfg = loader.LoaderConfig(
+        batch_size=2, workers=2, shuffle_buffer=4, seed=1, storage_options=options
+    )
+    shards = loader.split_shards(card, url, "train")
+    plan = loader.plan_input(card, SPEC)
+    pool = loader.LoaderPool(loader.ShardStream(shards, plan, card["vocabulary"], cfg, 0))
+    try:
+        key = openers.json.dumps(openers.storage_options_for(url, options), sort_keys=True)
+        assert key in openers._WARM_SESSIONS  # made here, for the workers' clients
+        epochs = [pooled_epoch(pool, epoch)[0] for epoch in (0, 1)]
+    finally:
+        pool.close()
+    local_cfg = loader.LoaderConfig(batch_size=2, workers=2, shuffle_buffer=4, seed=1)
+    for epoch, batches in enumerate(epochs):
+        assert same_batches(batches, read_epoch(out, card, local_cfg, epoch)[0])

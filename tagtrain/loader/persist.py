@@ -24,6 +24,7 @@ from collections.abc import Mapping
 
 import torch
 
+from tagtrain.loader.openers import prepare_for_fork
 from tagtrain.loader.positions import WorkerPosition
 from tagtrain.loader.stream import ShardStream
 
@@ -87,6 +88,8 @@ class LoaderPool:
             raise ValueError("a loader pool needs worker processes (workers >= 1)")
         self.template = template
         self.source = EpochSource(template)
+        if template.shards:  # the workers' S3 clients start from a loaded session
+            prepare_for_fork(template.shards[0].url, cfg.storage_options)
         self.loader = torch.utils.data.DataLoader(
             self.source,
             batch_size=None,
