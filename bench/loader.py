@@ -39,16 +39,22 @@ def generated_dataset(tracks: int, seconds: float, stored: tuple[str, ...], feat
     """`tracks` samples per epoch: 64 generated tracks in two shards, the shards then
     copied under further names, with their index rows (generating audio is slow; reading
     is what is measured)."""
+    import hashlib
     import json
     import shutil
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from pipelines.core.features import FeatureConfig
     from tagtrain.loader import synthetic
 
-    rate = f"-{features.sample_rate}" if features is not None else ""
-    name = f"tagtrain-bench2-{tracks}x{seconds:g}s-{'+'.join(stored)}{rate}"
+    # The name holds the generator's feature settings: a dataset written by an older
+    # generator (e.g. before the card recorded the mel scale) is not reused, since a
+    # model would read it another way (its PCM, computing the mel, instead of its mel).
+    settings = json.dumps((features or FeatureConfig()).to_dict(), sort_keys=True)
+    tag = hashlib.sha256(settings.encode()).hexdigest()[:8]
+    name = f"tagtrain-bench2-{tracks}x{seconds:g}s-{'+'.join(stored)}-{tag}"
     out = Path(tempfile.gettempdir()) / name
     if (out / "dataset.json").exists():
         return out
@@ -239,10 +245,11 @@ def cpu_seconds(url) -> tuple[float, float]:
 
 def loader_rate(url, options, spec, workers, batch_size, epochs, cache_dir=None):
     """([chunks/s of each epoch], chunks per epoch, bytes fetched / bytes used, [(client,
-    server) CPU ms per chunk of each epoch]), start-up included in every epoch. On a
+    server) CPU ms per chunk of each epoch], [range requests per chunk of each epoch]),
+    start-up included in every epoch. On a
     shared machine the CPU cost per chunk is the steadier figure: wall time there depends
     on what else runs."""
-    rates, chunks, fetched, used, cpu, pools = [], 0, 0, 0, [], {}
+    rates, chunks, fetched, used, cpu, pools, gets = [], 0, 0, 0, [], {}, []
     try:
         for epoch in range(epochs):
             start, cpu_start = time.perf_counter(), cpu_seconds(url)
@@ -252,12 +259,13 @@ def loader_rate(url, options, spec, workers, batch_size, epochs, cache_dir=None)
             rates.append(chunks / (time.perf_counter() - start))
             cpu_end = cpu_seconds(url)
             cpu.append(tuple(1000 * (b - a) / max(1, chunks) for a, b in zip(cpu_start, cpu_end)))
+            gets.append(reader.stats.range_requests / max(1, chunks))
             if epoch == 0:
                 fetched, used = reader.stats.bytes_read, reader.stats.bytes_used
     finally:
         for pool in pools.values():
             pool.close()
-    return rates, chunks, fetched / max(1, used), cpu
+    return rates, chunks, fetched / max(1, used), cpu, gets
 
 
 def step_wait(url, options, args, device) -> dict:
@@ -308,14 +316,16 @@ def step_wait(url, options, args, device) -> dict:
 
 
 def print_table(rows, ceilings, spec, directory, args) -> None:
-    local = {w: rates for s, w, _, rates, _, _ in rows if s == "local"}
+    local = {w: rates for s, w, _, rates, *_ in rows if s == "local"}
     print()
-    print(f"loader: {spec.kind} crops of {spec.frames} frames from {directory}")
+    plan = data.plan_input(data.load_card(str(directory)), spec)
+    read = plan.member if plan.device_feature is None else f"{plan.member} (mel on device)"
+    print(f"loader: {spec.kind} crops of {spec.frames} frames, reading {read}, from {directory}")
     print(f"batch {args.batch_size}; chunks/s per epoch, start-up included; one shared machine")
     header = ("source", "workers", "chunks", "epoch 1/s", "vs local", "epoch 2/s", "vs local",
               "fetch/use", "source max")  # fmt: skip
     print("".join(f"{h:>11}" for h in header))
-    for source, workers, chunks, rates, ratio, _ in rows:
+    for source, workers, chunks, rates, ratio, *_ in rows:
         base = local.get(workers, [float("nan")] * len(rates))
         second = rates[1] if len(rates) > 1 else float("nan")
         cells = (
@@ -332,18 +342,20 @@ def print_table(rows, ceilings, spec, directory, args) -> None:
 def print_cpu(rows) -> None:
     """CPU ms per chunk, loader (this process and its workers) and server, per epoch; the
     ratio local / (loader + server) is the throughput ratio when CPU is what limits."""
-    local = {w: cpu for s, w, _, _, _, cpu in rows if s == "local"}
+    local = {w: cpu for s, w, _, _, _, cpu, _ in rows if s == "local"}
     print()
     header = ("source", "workers", "e1 loader", "e1 server", "e1 ratio", "e2 loader",
-              "e2 server", "e2 ratio")  # fmt: skip
+              "e2 server", "e2 ratio", "e1 GETs", "e2 GETs")  # fmt: skip
     print("".join(f"{h:>11}" for h in header))
-    for source, workers, _, _, _, cpu in rows:
+    for source, workers, _, _, _, cpu, gets in rows:
         cells = [source, workers]
         for epoch, (client, server) in enumerate(cpu[:2]):
             base = local.get(workers, cpu)[min(epoch, len(local.get(workers, cpu)) - 1)][0]
             cells += [f"{client:.2f}", f"{server:.2f}", f"{base / max(1e-9, client + server):.2f}"]
+        cells += [f"{g:.3f}" for g in gets[:2]]
         print("".join(f"{c:>11}" for c in cells))
-    print("CPU ms per chunk, start-up included; ratio: local loader CPU / (loader + server)")
+    print("CPU ms per chunk, start-up included; ratio: local loader CPU / (loader + server);")
+    print("GETs: remote range requests per chunk (after merging neighbouring ranges)")
 
 
 def main(argv=None) -> int:
@@ -377,11 +389,11 @@ def main(argv=None) -> int:
             print(f"  {source:<8} raw stream {ceilings[source][0]:6.0f} MB/s", flush=True)
             for workers in worker_counts:
                 with tempfile.TemporaryDirectory(prefix="tagtrain-cache-") as cache:
-                    rates, chunks, ratio, cpu = loader_rate(
+                    rates, chunks, ratio, cpu, gets = loader_rate(
                         url, options, spec, workers, args.batch_size, args.epochs,
                         cache if source.endswith("-cache") else None,
                     )  # fmt: skip
-                rows.append((source, workers, chunks, rates, ratio, cpu))
+                rows.append((source, workers, chunks, rates, ratio, cpu, gets))
                 shown = " ".join(f"{r:.0f}" for r in rates)
                 print(f"  {source:<8} workers={workers:<3} {shown} chunks/s", flush=True)
             if source == "local" and args.train_steps:

@@ -102,6 +102,18 @@ class TrainingData:
         pool = self.pools[key] = LoaderPool(stream_, pin)
         return EpochReader(stream_, pin, pool)
 
+    def val_reader(self) -> EpochReader:
+        """The validation split's batches (fixed crops, the same every epoch); with loader
+        workers, through worker processes kept for every validation of the run."""
+        pin = self.device_input.device.type == "cuda"
+        stream = ShardStream(self.val_shards, self.plan, self.vocabulary, self.val_loader)
+        if not self.val_loader.workers:
+            return EpochReader(stream, pin)
+        pool = self.pools.get("validation")
+        if pool is None:
+            pool = self.pools["validation"] = LoaderPool(stream, pin)
+        return EpochReader(stream, pin, pool)
+
     def close(self) -> None:
         """Stop the persistent loader workers."""
         pools, self.pools = self.pools, {}
