@@ -1,6 +1,7 @@
 """Byte ranges of shard members, with retries: local files by `os.pread` on a regular
-file, remote objects by fsspec's `cat_ranges` (concurrent range requests, one call per
-shard per batch). Only the members a model needs are fetched.
+file, remote objects by fsspec's `cat_ranges` (concurrent range requests, one call for
+all the shards of a fetch window; neighbouring ranges of a shard merged into one request
+within a gap budget, `merge_ranges`). Only the members a model needs are fetched.
 
 A transient failure (a dropped connection, a timeout, a server restarting) is retried
 with exponential backoff from the same ranges; a shard that still fails, is missing or is
