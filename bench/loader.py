@@ -35,27 +35,35 @@ from tagtrain.registry import create_model, get_entry  # noqa: E402
 from tagtrain.train import amp_settings, resolve_device  # noqa: E402
 
 
+def dataset_dir(tracks: int, seconds: float, stored: tuple[str, ...], features=None) -> Path:
+    """Where a generated dataset is kept. The name holds the generator's feature settings:
+    a dataset written by an older generator (e.g. before the card recorded the mel scale)
+    is not reused, since a model would read it another way (its PCM, computing the mel,
+    instead of its mel)."""
+    import hashlib
+    import json
+
+    from pipelines.core.features import FeatureConfig
+
+    settings = json.dumps((features or FeatureConfig()).to_dict(), sort_keys=True)
+    tag = hashlib.sha256(settings.encode()).hexdigest()[:8]
+    name = f"tagtrain-bench2-{tracks}x{seconds:g}s-{'+'.join(stored)}-{tag}"
+    return Path(tempfile.gettempdir()) / name
+
+
 def generated_dataset(tracks: int, seconds: float, stored: tuple[str, ...], features=None) -> Path:
     """`tracks` samples per epoch: 64 generated tracks in two shards, the shards then
     copied under further names, with their index rows (generating audio is slow; reading
     is what is measured)."""
-    import hashlib
     import json
     import shutil
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.core.features import FeatureConfig
     from tagtrain.loader import synthetic
 
-    # The name holds the generator's feature settings: a dataset written by an older
-    # generator (e.g. before the card recorded the mel scale) is not reused, since a
-    # model would read it another way (its PCM, computing the mel, instead of its mel).
-    settings = json.dumps((features or FeatureConfig()).to_dict(), sort_keys=True)
-    tag = hashlib.sha256(settings.encode()).hexdigest()[:8]
-    name = f"tagtrain-bench2-{tracks}x{seconds:g}s-{'+'.join(stored)}-{tag}"
-    out = Path(tempfile.gettempdir()) / name
+    out = dataset_dir(tracks, seconds, stored, features)
     if (out / "dataset.json").exists():
         return out
     print(f"writing generated {seconds:g} s tracks to {out} ...", flush=True)
