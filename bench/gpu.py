@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loader import generated_dataset, reader_for, served  # noqa: E402
+from loader import generated_dataset, pooled_reader, served  # noqa: E402
 
 from pipelines.core.features import FeatureConfig  # noqa: E402
 from tagtrain import data  # noqa: E402
@@ -45,16 +45,17 @@ def train_steps(url, options, model_name, workers, args, device) -> dict:
     n_tags = len(card["vocabulary"])
     model = create_model(model_name, n_tags, width=args.width).to(device).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    epoch, wait, total, done = 0, 0.0, 0.0, -warmup
-    reader, plan = reader_for(url, options, spec, workers, batch_size, epoch)
-    to_input, batches = data.DeviceInput(plan, device), iter(reader)
+    epoch, wait, total, done, pools = 0, 0.0, 0.0, -warmup, {}
+    # As the trainer: the same loader worker processes for every epoch.
+    reader = pooled_reader(pools, url, options, spec, workers, batch_size, epoch)
+    to_input, batches = data.DeviceInput(reader.stream.plan, device), iter(reader)
     while done < steps:
         t0 = time.perf_counter()
         batch = next(batches, None)
         if batch is None:
             reader.close()
             epoch += 1
-            reader, _ = reader_for(url, options, spec, workers, batch_size, epoch)
+            reader = pooled_reader(pools, url, options, spec, workers, batch_size, epoch)
             batches = iter(reader)
             continue
         t1 = time.perf_counter()
@@ -72,6 +73,8 @@ def train_steps(url, options, model_name, workers, args, device) -> dict:
             wait, total = wait + t1 - t0, total + time.perf_counter() - t0
         done += 1
     reader.close()
+    for pool in pools.values():
+        pool.close()
     return {
         "step_ms": 1000 * total / steps,
         "wait": wait / total,

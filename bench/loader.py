@@ -35,6 +35,22 @@ from tagtrain.registry import create_model, get_entry  # noqa: E402
 from tagtrain.train import amp_settings, resolve_device  # noqa: E402
 
 
+def dataset_dir(tracks: int, seconds: float, stored: tuple[str, ...], features=None) -> Path:
+    """Where a generated dataset is kept. The name holds the generator's feature settings:
+    a dataset written by an older generator (e.g. before the card recorded the mel scale)
+    is not reused, since a model would read it another way (its PCM, computing the mel,
+    instead of its mel)."""
+    import hashlib
+    import json
+
+    from pipelines.core.features import FeatureConfig
+
+    settings = json.dumps((features or FeatureConfig()).to_dict(), sort_keys=True)
+    tag = hashlib.sha256(settings.encode()).hexdigest()[:8]
+    name = f"tagtrain-bench2-{tracks}x{seconds:g}s-{'+'.join(stored)}-{tag}"
+    return Path(tempfile.gettempdir()) / name
+
+
 def generated_dataset(tracks: int, seconds: float, stored: tuple[str, ...], features=None) -> Path:
     """`tracks` samples per epoch: 64 generated tracks in two shards, the shards then
     copied under further names, with their index rows (generating audio is slow; reading
@@ -47,9 +63,7 @@ def generated_dataset(tracks: int, seconds: float, stored: tuple[str, ...], feat
 
     from tagtrain.loader import synthetic
 
-    rate = f"-{features.sample_rate}" if features is not None else ""
-    name = f"tagtrain-bench2-{tracks}x{seconds:g}s-{'+'.join(stored)}{rate}"
-    out = Path(tempfile.gettempdir()) / name
+    out = dataset_dir(tracks, seconds, stored, features)
     if (out / "dataset.json").exists():
         return out
     print(f"writing generated {seconds:g} s tracks to {out} ...", flush=True)
@@ -204,15 +218,34 @@ def reader_for(url, options, spec, workers, batch_size, epoch, split="train", ca
     return data.EpochReader(stream, pin_memory=torch.cuda.is_available()), plan
 
 
+def pooled_reader(pools: dict, url, options, spec, workers, batch_size, epoch, cache_dir=None):
+    """What the trainer does: with loader workers, the same worker processes read every
+    epoch (a `LoaderPool`, made on the first epoch and kept in `pools`)."""
+    pool = pools.get(url)
+    if pool is not None:
+        return data.EpochReader(pool.stream(epoch, None), pool=pool)
+    reader, _ = reader_for(url, options, spec, workers, batch_size, epoch, cache_dir=cache_dir)
+    if not workers:
+        return reader
+    pool = pools[url] = data.LoaderPool(reader.stream, pin_memory=torch.cuda.is_available())
+    return data.EpochReader(reader.stream, pool=pool)
+
+
 SERVERS: dict[str, int] = {}  # data URL -> pid of the local server process serving it
 
 
 def cpu_seconds(url) -> tuple[float, float]:
-    """(CPU seconds of this process and its reaped loader workers, of the server process)."""
+    """(CPU seconds of this process and its loader workers, of the server process). Live
+    workers (a pool's persistent ones) are counted by psutil, reaped ones by os.times."""
     import psutil
 
     t = os.times()
     client = t.user + t.system + t.children_user + t.children_system
+    servers = set(SERVERS.values())
+    for child in psutil.Process().children(recursive=True):
+        if child.pid not in servers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                client += sum(child.cpu_times()[:2])
     pid = SERVERS.get(url)
     server = sum(psutil.Process(pid).cpu_times()[:2]) if pid else 0.0
     return client, server
@@ -220,21 +253,27 @@ def cpu_seconds(url) -> tuple[float, float]:
 
 def loader_rate(url, options, spec, workers, batch_size, epochs, cache_dir=None):
     """([chunks/s of each epoch], chunks per epoch, bytes fetched / bytes used, [(client,
-    server) CPU ms per chunk of each epoch]), start-up included in every epoch. On a
+    server) CPU ms per chunk of each epoch], [range requests per chunk of each epoch]),
+    start-up included in every epoch. On a
     shared machine the CPU cost per chunk is the steadier figure: wall time there depends
     on what else runs."""
-    rates, chunks, fetched, used, cpu = [], 0, 0, 0, []
-    for epoch in range(epochs):
-        start, cpu_start = time.perf_counter(), cpu_seconds(url)
-        reader, _ = reader_for(url, options, spec, workers, batch_size, epoch, cache_dir=cache_dir)
-        chunks = sum(len(batch.keys) for batch in reader)
-        reader.close()
-        rates.append(chunks / (time.perf_counter() - start))
-        cpu_end = cpu_seconds(url)
-        cpu.append(tuple(1000 * (b - a) / max(1, chunks) for a, b in zip(cpu_start, cpu_end)))
-        if epoch == 0:
-            fetched, used = reader.stats.bytes_read, reader.stats.bytes_used
-    return rates, chunks, fetched / max(1, used), cpu
+    rates, chunks, fetched, used, cpu, pools, gets = [], 0, 0, 0, [], {}, []
+    try:
+        for epoch in range(epochs):
+            start, cpu_start = time.perf_counter(), cpu_seconds(url)
+            reader = pooled_reader(pools, url, options, spec, workers, batch_size, epoch, cache_dir)
+            chunks = sum(len(batch.keys) for batch in reader)
+            reader.close()
+            rates.append(chunks / (time.perf_counter() - start))
+            cpu_end = cpu_seconds(url)
+            cpu.append(tuple(1000 * (b - a) / max(1, chunks) for a, b in zip(cpu_start, cpu_end)))
+            gets.append(reader.stats.range_requests / max(1, chunks))
+            if epoch == 0:
+                fetched, used = reader.stats.bytes_read, reader.stats.bytes_used
+    finally:
+        for pool in pools.values():
+            pool.close()
+    return rates, chunks, fetched / max(1, used), cpu, gets
 
 
 def step_wait(url, options, args, device) -> dict:
@@ -285,14 +324,16 @@ def step_wait(url, options, args, device) -> dict:
 
 
 def print_table(rows, ceilings, spec, directory, args) -> None:
-    local = {w: rates for s, w, _, rates, _, _ in rows if s == "local"}
+    local = {w: rates for s, w, _, rates, *_ in rows if s == "local"}
     print()
-    print(f"loader: {spec.kind} crops of {spec.frames} frames from {directory}")
+    plan = data.plan_input(data.load_card(str(directory)), spec)
+    read = plan.member if plan.device_feature is None else f"{plan.member} (mel on device)"
+    print(f"loader: {spec.kind} crops of {spec.frames} frames, reading {read}, from {directory}")
     print(f"batch {args.batch_size}; chunks/s per epoch, start-up included; one shared machine")
     header = ("source", "workers", "chunks", "epoch 1/s", "vs local", "epoch 2/s", "vs local",
               "fetch/use", "source max")  # fmt: skip
     print("".join(f"{h:>11}" for h in header))
-    for source, workers, chunks, rates, ratio, _ in rows:
+    for source, workers, chunks, rates, ratio, *_ in rows:
         base = local.get(workers, [float("nan")] * len(rates))
         second = rates[1] if len(rates) > 1 else float("nan")
         cells = (
@@ -309,18 +350,20 @@ def print_table(rows, ceilings, spec, directory, args) -> None:
 def print_cpu(rows) -> None:
     """CPU ms per chunk, loader (this process and its workers) and server, per epoch; the
     ratio local / (loader + server) is the throughput ratio when CPU is what limits."""
-    local = {w: cpu for s, w, _, _, _, cpu in rows if s == "local"}
+    local = {w: cpu for s, w, _, _, _, cpu, _ in rows if s == "local"}
     print()
     header = ("source", "workers", "e1 loader", "e1 server", "e1 ratio", "e2 loader",
-              "e2 server", "e2 ratio")  # fmt: skip
+              "e2 server", "e2 ratio", "e1 GETs", "e2 GETs")  # fmt: skip
     print("".join(f"{h:>11}" for h in header))
-    for source, workers, _, _, _, cpu in rows:
+    for source, workers, _, _, _, cpu, gets in rows:
         cells = [source, workers]
         for epoch, (client, server) in enumerate(cpu[:2]):
             base = local.get(workers, cpu)[min(epoch, len(local.get(workers, cpu)) - 1)][0]
             cells += [f"{client:.2f}", f"{server:.2f}", f"{base / max(1e-9, client + server):.2f}"]
+        cells += [f"{g:.3f}" for g in gets[:2]]
         print("".join(f"{c:>11}" for c in cells))
-    print("CPU ms per chunk, start-up included; ratio: local loader CPU / (loader + server)")
+    print("CPU ms per chunk, start-up included; ratio: local loader CPU / (loader + server);")
+    print("GETs: remote range requests per chunk (after merging neighbouring ranges)")
 
 
 def main(argv=None) -> int:
@@ -354,11 +397,11 @@ def main(argv=None) -> int:
             print(f"  {source:<8} raw stream {ceilings[source][0]:6.0f} MB/s", flush=True)
             for workers in worker_counts:
                 with tempfile.TemporaryDirectory(prefix="tagtrain-cache-") as cache:
-                    rates, chunks, ratio, cpu = loader_rate(
+                    rates, chunks, ratio, cpu, gets = loader_rate(
                         url, options, spec, workers, args.batch_size, args.epochs,
                         cache if source.endswith("-cache") else None,
                     )  # fmt: skip
-                rows.append((source, workers, chunks, rates, ratio, cpu))
+                rows.append((source, workers, chunks, rates, ratio, cpu, gets))
                 shown = " ".join(f"{r:.0f}" for r in rates)
                 print(f"  {source:<8} workers={workers:<3} {shown} chunks/s", flush=True)
             if source == "local" and args.train_steps:

@@ -72,11 +72,14 @@ class SplitPredictions:
 
 
 def predict_split(
-    model, shards, plan, vocabulary, loader_cfg, device_input, dist, autocast_dtype
+    model, shards, plan, vocabulary, loader_cfg, device_input, dist, autocast_dtype, reader=None
 ) -> SplitPredictions:
-    """Chunk-averaged probabilities for every track of a split, gathered over ranks."""
-    stream = ShardStream(shards, plan, vocabulary, loader_cfg)
-    reader = EpochReader(stream, pin_memory=device_input.device.type == "cuda")
+    """Chunk-averaged probabilities for every track of a split, gathered over ranks.
+    reader: an EpochReader over that split to use instead of a new one (validation reads
+    through the trainer's persistent loader workers)."""
+    if reader is None:
+        stream = ShardStream(shards, plan, vocabulary, loader_cfg)
+        reader = EpochReader(stream, pin_memory=device_input.device.type == "cuda")
     keys, probs, labels = [], [], []
     with evaluating(model):
         for out in chunk_outputs(probabilities(model), reader, device_input, autocast_dtype):

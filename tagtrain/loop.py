@@ -167,6 +167,7 @@ class Trainer:
                         f"early stopping: {self.schedule.bad_epochs} epochs without improvement"
                     )
         finally:
+            self.data.close()
             self.log.close()
         summary = write_summary(self, stop_reason, last_val, time.monotonic() - start)
         dist.stop()
@@ -313,7 +314,7 @@ class Trainer:
         data, progress = self.data, self.progress
         val = predict_split(
             self.model, data.val_shards, data.plan, data.vocabulary, data.val_loader,
-            data.device_input, self.rt.dist, self.rt.autocast_dtype,
+            data.device_input, self.rt.dist, self.rt.autocast_dtype, data.val_reader(),
         )  # fmt: skip
         val_loss = bce_on_probabilities(val.labels, val.probs)
         scores = tag_scores(val.labels, val.probs)

@@ -20,6 +20,7 @@ from tagtrain.data import (
     InputPlan,
     LoaderConfig,
     LoaderError,
+    LoaderPool,
     ShardInfo,
     ShardStream,
     check_enough_shards,
@@ -49,6 +50,8 @@ class TrainingData:
     val_loader: LoaderConfig
     device_input: DeviceInput
     norm_source: str  # card, estimated or none
+    # (shard URLs, stream options) -> the persistent loader workers reading them
+    pools: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def open(cls, cfg: RunConfig, spec: InputSpec, chain, rt: Runtime) -> TrainingData:
@@ -81,13 +84,41 @@ class TrainingData:
         )  # fmt: skip
 
     def reader(self, shards, epoch: int, resume: torch.Tensor | None, **stream) -> EpochReader:
-        """An epoch's training batches from `shards`, from the opaque positions `resume`."""
+        """An epoch's training batches from `shards`, from the opaque positions `resume`.
+        With loader workers, the same worker processes serve every epoch of these shards
+        (a `LoaderPool`, kept until `close`)."""
         positions = None if resume is None else decode_positions(resume)
+        pin = self.device_input.device.type == "cuda"
+        key = (tuple(s.url for s in shards), tuple(sorted(stream.items())))
+        pool = self.pools.get(key)
+        if pool is not None:
+            return EpochReader(pool.stream(epoch, positions), pin, pool)
         stream_ = ShardStream(
             shards, self.plan, self.vocabulary, self.train_loader, epoch, positions,
             augment=self.augment, **stream,
         )  # fmt: skip
-        return EpochReader(stream_, pin_memory=self.device_input.device.type == "cuda")
+        if not self.train_loader.workers:
+            return EpochReader(stream_, pin)
+        pool = self.pools[key] = LoaderPool(stream_, pin)
+        return EpochReader(stream_, pin, pool)
+
+    def val_reader(self) -> EpochReader:
+        """The validation split's batches (fixed crops, the same every epoch); with loader
+        workers, through worker processes kept for every validation of the run."""
+        pin = self.device_input.device.type == "cuda"
+        stream = ShardStream(self.val_shards, self.plan, self.vocabulary, self.val_loader)
+        if not self.val_loader.workers:
+            return EpochReader(stream, pin)
+        pool = self.pools.get("validation")
+        if pool is None:
+            pool = self.pools["validation"] = LoaderPool(stream, pin)
+        return EpochReader(stream, pin, pool)
+
+    def close(self) -> None:
+        """Stop the persistent loader workers."""
+        pools, self.pools = self.pools, {}
+        for pool in pools.values():
+            pool.close()
 
     def steps(self, reader, done: int = 0) -> int:
         """Steps of the epoch; `done` already run before a resume (a sample-level epoch

@@ -10,6 +10,7 @@ Modules, one job each:
     positions  a worker's position in its stream, as checkpoint rows
     stream     ShardStream: one rank's batches for one epoch, per worker role
     reader     the DataLoader over it and EpochReader (commit, positions, stats)
+    persist    LoaderPool: loader worker processes kept for every epoch of a run
     device     DeviceInput: the batch to the model's input on the device
     stats      LoaderStats and LoaderError
     index      the index's member byte ranges (SampleRef per sample)
@@ -79,6 +80,7 @@ from tagtrain.loader.assign import (
 )
 from tagtrain.loader.card import ShardInfo, check_card, load_card, split_shards
 from tagtrain.loader.device import DeviceInput, estimate_mel_stats
+from tagtrain.loader.persist import LoaderPool
 from tagtrain.loader.plan import InputPlan, plan_input
 from tagtrain.loader.positions import (
     WorkerPosition,
@@ -102,6 +104,7 @@ __all__ = [
     "InputPlan",
     "LoaderConfig",
     "LoaderError",
+    "LoaderPool",
     "LoaderStats",
     "ShardInfo",
     "ShardStream",

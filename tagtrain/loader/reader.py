@@ -47,9 +47,12 @@ class EpochReader:
     used (trained on): `positions` then holds, per worker, the position after the last
     committed batch, which is what a checkpoint stores."""
 
-    def __init__(self, stream: ShardStream, pin_memory: bool = False):
+    def __init__(self, stream: ShardStream, pin_memory: bool = False, pool=None):
         self.stream = stream
-        self.loader = make_loader(stream, pin_memory)
+        # pool: a persist.LoaderPool whose worker processes outlive this epoch, or None
+        # (workers forked for this epoch, stopped by `close`).
+        self.pool = pool
+        self.loader = None if pool is not None else make_loader(stream, pin_memory)
         self.positions: dict[int, WorkerPosition] = {
             w: stream.resume.get(w, WorkerPosition()) for w in range(stream.cfg.slots)
         }
@@ -60,7 +63,8 @@ class EpochReader:
         self.turn = max((p.last_commit for p in self.positions.values()), default=0)
 
     def __iter__(self) -> Iterator[Batch]:
-        self._iterator = iter(self.loader)
+        loader = self.loader if self.pool is None else self.pool.loader_for(self.stream)
+        self._iterator = iter(loader)
         for item in self._iterator:
             w = item["worker"]
             self.worker_stats[w] = LoaderStats.from_dict(item["stats"])
@@ -93,9 +97,11 @@ class EpochReader:
         self.positions[batch.worker] = batch.position
 
     def close(self) -> None:
-        """Stop the worker processes (an epoch may end before the loader is exhausted)."""
+        """Stop the worker processes (an epoch may end before the loader is exhausted);
+        a pool's persistent workers stay, and drop what they prefetched when the pool's
+        next epoch starts."""
         iterator, self._iterator = self._iterator, None
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        if self.pool is None and iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
 
     @property

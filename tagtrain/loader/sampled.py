@@ -1,11 +1,12 @@
 """The batches of one loader worker under sample-level partitioning (see `partition`):
 its share of the rank's batches, each sample's needed members fetched by byte range
-(`ranged`), one batch read ahead in a thread while the current one is decoded."""
+(`ranged`), the next batches (remote: the next window of batches) read ahead in a thread
+while the current ones are decoded."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import threading
+import itertools
 from collections import deque
 
 import torch
@@ -20,11 +21,13 @@ from tagtrain.loader.stats import LoaderStats
 
 SAMPLE_MODE = -2  # WorkerPosition.next_shard of a sample-level state; next_index = consumed
 # Batches fetched ahead of the one being decoded: from local files READ_AHEAD, one at a
-# time; from remote ones as many as fit IN_FLIGHT_BYTES (at least 2, at most
-# MAX_READ_AHEAD), all at once, so the network latency of a batch overlaps the others'.
+# time. From remote ones, a *window* of consecutive batches of this worker (as many as fit
+# WINDOW_BYTES, within one block of the epoch order) goes out as one request set, so
+# neighbouring samples of a shard (a mel-only shard read in order) become one request
+# (`ranged.merge_ranges`); the next window is fetched while this one is decoded (at
+# most two windows held: 2 x WINDOW_BYTES per worker).
 READ_AHEAD = 4
-MAX_READ_AHEAD = 8
-IN_FLIGHT_BYTES = 64 << 20
+WINDOW_BYTES = 64 << 20
 # With a cache, a shard of which the model reads at least this fraction of the member
 # bytes is downloaded whole; below it only the member ranges read are kept.
 WHOLE_SHARD_FRACTION = 0.8
@@ -50,8 +53,6 @@ class SampleRoleStream:
         self.stats = LoaderStats()
         self.needed = ("json", stream.plan.member)
         self.touched: set[int] = set()
-        self.fetched_bytes = 0
-        self.lock = threading.Lock()
         self.fetcher = self._fetcher()
 
     def _fetcher(self) -> RangeFetcher:
@@ -76,17 +77,32 @@ class SampleRoleStream:
             urls, cfg.storage_options, cfg.read_retries, cfg.retry_backoff, place, range_cache
         )
 
-    def read_ahead(self) -> tuple[int, int]:
-        """(batches fetched ahead, threads fetching them)."""
+    def windows(self) -> tuple[list[list[tuple[int, tuple[int, int]]]], int]:
+        """(this worker's batch specs grouped into fetch windows, windows in flight)."""
         if not any(scheme_of(s.url) not in LOCAL_SCHEMES for s in self.stream.shards):
-            return READ_AHEAD, 1
+            return [[spec] for spec in self.specs], READ_AHEAD
         refs = [ref for shard in self.stream.refs for ref in shard]
         per_sample = sum(
             size + 512 for ref in refs for name, _, size in ref.members if name in self.needed
         ) / max(1, len(refs))
-        depth = int(IN_FLIGHT_BYTES // max(1.0, per_sample * self.cfg.batch_size))
-        depth = max(2, min(MAX_READ_AHEAD, depth))
-        return depth, depth
+        per_window = max(1, int(WINDOW_BYTES // max(1.0, per_sample * self.cfg.batch_size)))
+        # Windows keep within one permuted block of the order (`partition.epoch_order`),
+        # where this worker's samples are most often neighbours in their shard.
+        block = self.cfg.shuffle_buffer if self.cfg.shuffle_buffer > 1 else len(self.stream.order)
+        block = max(1, block)
+        windows: list[list] = []
+        for spec in self.specs:
+            j, (start, _) = spec
+            current = windows[-1] if windows else None
+            if (
+                current is None
+                or len(current) >= per_window
+                or start // block != current[0][1][0] // block
+            ):
+                windows.append([spec])
+            else:
+                current.append(spec)
+        return windows, 1
 
     def fetch(self, refs: list[SampleRef]) -> list:
         """[(ref, raw sample or (shard, RangeFailure))] for a batch's samples: every
@@ -115,26 +131,28 @@ class SampleRoleStream:
                 raw = out.setdefault(ref.key, {"__key__": ref.key})
                 if r is not None:
                     raw[ext] = next(parts)
-            # Counted per worker here, read by the main loop after the future is done.
-            with self.lock:
-                self.fetched_bytes += sum(size + 512 for _, _, size in jobs[shard])
         return [(ref, out[ref.key]) for ref in refs]
 
     def batches(self):
         order = self.stream.order
-        depth, threads = self.read_ahead()
-        pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="fetch")
+        windows, ahead = self.windows()
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fetch")
         pending: deque = deque()
-        specs = iter(self.specs)
+        upcoming = iter(windows)
+
+        def submit() -> None:
+            while len(pending) < ahead and (window := next(upcoming, None)) is not None:
+                refs = [ref for _, (start, stop) in window for ref in order[start:stop]]
+                pending.append((window, pool.submit(self.fetch, refs)))
+
         try:
-            while True:
-                while len(pending) < depth and (spec := next(specs, None)) is not None:
-                    j, (start, stop) = spec
-                    pending.append((j, pool.submit(self.fetch, order[start:stop])))
-                if not pending:
-                    break
-                j, future = pending.popleft()
-                yield self.make_batch(j, future.result())
+            submit()
+            while pending:
+                window, future = pending.popleft()
+                submit()  # the next window downloads while this one is decoded
+                fetched = iter(future.result())
+                for j, (start, stop) in window:
+                    yield self.make_batch(j, list(itertools.islice(fetched, stop - start)))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             self.fetcher.close()
@@ -151,7 +169,8 @@ class SampleRoleStream:
             if item is not None:
                 entries.append((None, item, ref.key))
         self.stats.shards_opened = len(self.touched)
-        self.stats.bytes_read = self.fetched_bytes
+        self.stats.bytes_read = self.fetcher.bytes_read
+        self.stats.range_requests = self.fetcher.requests
         self.stats.bytes_used += sum(
             len(v)
             for _, raw in fetched

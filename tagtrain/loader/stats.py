@@ -17,6 +17,7 @@ _COUNTERS = (
     "duplicate_keys",
     "bytes_read",
     "bytes_used",
+    "range_requests",
 )
 
 
@@ -48,6 +49,7 @@ class LoaderStats:
     duplicate_keys: int = 0  # samples whose key was already read from the same shard
     bytes_read: int = 0  # shard bytes read or downloaded (whole shards, or member ranges)
     bytes_used: int = 0  # bytes of the members decoded (json + the model's member)
+    range_requests: int = 0  # remote range requests sent (sample-level reading, merged)
     bad_by_reason: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     # Names of the shards that failed: with sample-level partitioning several workers

@@ -9,6 +9,7 @@ turn order as an uninterrupted one."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -62,18 +63,32 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.plan = plan
         self.vocabulary = list(vocabulary)
         self.cfg = cfg
-        self.epoch = epoch
-        self.resume = dict(resume or {})
         self.shards = list(shards)
         self.width = position_width(cfg.shuffle_buffer if cfg.train else 0)
-        self.decoder = SampleDecoder(plan, self.vocabulary, cfg, epoch)
+        self.resume = dict(resume or {})
         self.refs = self._sample_refs()
+        self._plan_epoch(epoch, self.resume)
+
+    def for_epoch(self, epoch: int, resume: Mapping[int, WorkerPosition] | None = None):
+        """The same split, plan and settings for another epoch (or resume state), with the
+        index's byte ranges already loaded (persistent loader workers re-plan this way)."""
+        other = copy.copy(self)
+        other.resume = dict(resume or {})
+        if other.refs is None and consumed_samples(other.resume) is not None:
+            raise LoaderError("a sample-level resume state needs sample-level partitioning")
+        other._plan_epoch(epoch, other.resume)
+        return other
+
+    def _plan_epoch(self, epoch: int, resume: Mapping[int, WorkerPosition]) -> None:
+        cfg = self.cfg
+        self.epoch = epoch
+        self.decoder = SampleDecoder(self.plan, self.vocabulary, cfg, epoch)
         if self.refs is not None:
             self._plan_samples()
         else:
-            self.first_role = first_role(self.resume, cfg.slots)
+            self.first_role = first_role(resume, cfg.slots)
             self.assignment = assign_shards(
-                shards, cfg.world, cfg.slots, cfg.seed, epoch, shuffle=cfg.train
+                self.shards, cfg.world, cfg.slots, cfg.seed, epoch, shuffle=cfg.train
             )
 
     def _sample_refs(self):
