@@ -11,7 +11,7 @@ per-track cost by running the job on M and on 2M tracks (the n files listed seve
 marginal s/track = (t(2M) - t(M)) / M. Both the marginal and the whole-job rates are reported.
 
     .venv/bin/python bench/prepare.py [--corpus DIR] [--n 40] [--copies 5]
-    .venv/bin/python bench/prepare.py --scale [--n 40 --copies 3 --shard-size-mb 4]
+    .venv/bin/python bench/prepare.py --scale [--n 40 --copies 30 --shard-size-mb 4]
 """
 
 from __future__ import annotations
@@ -193,23 +193,19 @@ def lose_records(out: Path, fraction: float, pattern: str) -> int:
 
 
 def startup_costs(manifest: Path, corpus: Path, done: Path, shard_mb: float) -> dict:
-    """Where a job's fixed cost goes: a no-op re-run (every shard reused) with the default
-    worker processes and in one process, the driver's imports alone (`--help`), and what
-    each worker process imports before its first element."""
+    """Where a job's fixed cost goes: a no-op re-run (every shard reused: no pipeline), one
+    shard rebuilt (in the driver's process), the driver's imports alone (`--help`), what
+    each worker process imports before its first element, torch, and librosa.filters (what
+    the numpy mel filters saved every building worker)."""
     py = sys.executable
     worker = "import apache_beam.runners.worker.sdk_worker_main, pipelines.beam.prepare"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    noop = timed(prepare_cmd(manifest, str(corpus), done, shard_mb))
+    lose_records(done, 1 / len(list(done.glob("_progress/*.json"))), "_progress/*.json")
     costs = {
-        "no-op re-run, default workers": timed(prepare_cmd(manifest, str(corpus), done, shard_mb)),
-        "no-op re-run, one process": timed(
-            prepare_cmd(
-                manifest,
-                str(corpus),
-                done,
-                shard_mb,
-                "--direct_running_mode=in_memory",
-                "--direct_num_workers=1",
-            )  # fmt: skip
+        "no-op re-run (no pipeline)": noop,
+        "one shard rebuilt (in the driver's process)": timed(
+            prepare_cmd(manifest, str(corpus), done, shard_mb)
         ),
         "driver start-up (prepare --help)": timed(
             [py, str(ROOT / "beam_runner.py"), "prepare", "--help"]
@@ -217,6 +213,10 @@ def startup_costs(manifest: Path, corpus: Path, done: Path, shard_mb: float) -> 
         "one worker's imports (Beam SDK harness + job modules)": timed([py, "-c", worker], env),
         "import torch (not in the driver, nor in a worker that builds no shard)": timed(
             [py, "-c", "import torch"]
+        ),
+        "import numpy": timed([py, "-c", "import numpy"]),
+        "import numpy, librosa.filters (no longer in a worker)": timed(
+            [py, "-c", "import numpy, librosa.filters"]
         ),
     }
     return {k: {"wall": round(t.wall, 2), "cpu": round(t.cpu, 2)} for k, t in costs.items()}
@@ -278,26 +278,47 @@ def scale_run(corpus: Path, n: int, copies: int, shard_mb: float, tmp: Path) -> 
     write_manifest(rows + extra, tmp / "appended.parquet")
     update = timed(prepare_cmd(tmp / "appended.parquet", str(corpus), resumed, shard_mb,
                                "--update"))  # fmt: skip
+    touched = sum(1 for p in resumed.glob("*.tar") if p.read_bytes() != (tmp / "l2" / p.name)
+                  .read_bytes())  # fmt: skip
     startup = startup_costs(m2, corpus, tmp / "l2", shard_mb)
     jobs = {"full, M": local_1, "full, 2M": local_2, "2M, audio on S3": s3,
             "resume 2M after losing 20%": resume, "update 2M + 2%": update}  # fmt: skip
-    marginal_cpu = (local_2.cpu - local_1.cpu) / (n * copies)
-    ratios = {
-        "S3 / local, throughput (wall)": local_2.wall / s3.wall,
-        "S3 / local, per core (cpu)": local_2.cpu / s3.cpu,
-        "prepare marginal / bare chain, per core": (bare.cpu / n) / marginal_cpu,
-        "prepare whole job / bare chain, per core": (bare.cpu / n) / (local_2.cpu / len(rows)),
-        "resume after 80% / full (wall)": resume.wall / local_2.wall,
-        "append 2% / full (wall)": update.wall / local_2.wall,
-    }
     return {
         "tracks": {"M": n * copies, "2M": len(rows), "appended": len(extra),
-                   "shards": len(list((tmp / "l2").glob("*.tar"))), "lost": lost},
+                   "shards": len(list((tmp / "l2").glob("*.tar"))), "lost": lost,
+                   "shards the append touched": touched},
         "jobs (wall, cpu)": {k: (round(t.wall, 1), round(t.cpu, 1)) for k, t in jobs.items()},
         "bare chain cpu s/track": round(bare.cpu / n, 4),
-        "ratios": {k: round(v, 2) for k, v in ratios.items()},
+        "fixed and per-track cost": cost_model(local_1, local_2, n * copies),
+        "ratios": scale_ratios(bare.cpu / n, local_1, local_2, s3, resume, update, n * copies),
         "start-up": startup,
     }  # fmt: skip
+
+
+def cost_model(m: Timer, two_m: Timer, tracks: int) -> dict:
+    """A job of T tracks costs F + w*T: w = (t(2M) - t(M)) / M, F = 2 t(M) - t(2M)."""
+    out = {}
+    for kind in ("wall", "cpu"):
+        a, b = getattr(m, kind), getattr(two_m, kind)
+        w = (b - a) / tracks
+        out[kind] = {"fixed F s": round(2 * a - b, 2), "per track w s": round(w, 5),
+                     "full 2M run / F": round(b / max(2 * a - b, 1e-9), 1)}  # fmt: skip
+    return out
+
+
+def scale_ratios(bare_per_track, m, two_m, s3, resume, update, tracks: int) -> dict:
+    marginal_cpu = (two_m.cpu - m.cpu) / tracks
+    ratios = {
+        "S3 / local, throughput (wall)": two_m.wall / s3.wall,
+        "S3 / local, per core (cpu)": two_m.cpu / s3.cpu,
+        "prepare marginal / bare chain, per core": bare_per_track / marginal_cpu,
+        "prepare whole job / bare chain, per core": bare_per_track / (two_m.cpu / (2 * tracks)),
+        "resume after 80% / full (wall)": resume.wall / two_m.wall,
+        "resume after 80% / full (cpu)": resume.cpu / two_m.cpu,
+        "append 2% / full (wall)": update.wall / two_m.wall,
+        "append 2% / full (cpu)": update.cpu / two_m.cpu,
+    }
+    return {k: round(v, 3) for k, v in ratios.items()}
 
 
 def repeated_manifest(corpus: Path, n: int, copies: int, dest: Path) -> Path:

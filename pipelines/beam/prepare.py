@@ -1,10 +1,12 @@
-"""The prepare job: manifest -> decoded, validated, featurised tracks -> deterministic
-WebDataset shards + index.parquet + rejects.parquet + dataset.json.
+"""The prepare job's pipeline: manifest -> decoded, validated, featurised tracks ->
+deterministic WebDataset shards, each with its completion record (progress.py). The driver
+plans which shards to build (prepare_plan.py) and writes index.parquet, rejects.parquet
+and dataset.json from the records afterwards (prepare_finish.py).
 
-Runner portability (FnApiRunner, PortableRunner, DaskRunner, Dataflow, Flink): rejects
-travel in the single main output as tagged tuples (DaskRunner mishandles multi-output
-ParDo and `with_exception_handling`), and shards are written by a DoFn after the
-GroupByKey instead of a fileio sink. Shard assignment is a stable hash of the key, and a
+Runner portability (FnApiRunner, PortableRunner, DaskRunner, Dataflow, Flink): the shard
+DoFn has one output and a shard's rejects travel in its record (DaskRunner mishandles
+multi-output ParDo and `with_exception_handling`), and shards are written by a DoFn after
+the GroupByKey instead of a fileio sink. Shard assignment is a stable hash of the key, and a
 shard's bytes depend only on its samples, so any runner and worker count gives the same
 files (the TFDS BeamWriter recipe).
 
