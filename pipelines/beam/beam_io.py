@@ -41,8 +41,11 @@ def _share_s3_clients() -> None:
     Beam's S3FileSystem builds a new S3IO, hence a new boto3 client, for every call
     (match, exists, open, ...), and a boto3 client parses botocore's JSON service models
     when it is made: ~0.2 CPU-s, three times per audio file read, ten times the cost of
-    decoding it (bench/RESULTS.md). boto3 clients are thread-safe, so one per settings is
-    shared by the fetch threads too."""
+    decoding it (bench/RESULTS.md). The boto3 client is thread-safe and shared, also by
+    the fetch threads; Beam's wrapper around it (`boto3_client.Client`) is not: it holds
+    the download stream of the object being read. Shared, two threads reading two objects
+    swapped streams under each other (errors retried with seconds of backoff, and bytes of
+    one object could be returned for another), so each S3IO gets its own wrapper."""
     try:
         from apache_beam.io.aws import s3io
         from apache_beam.io.aws.clients.s3 import boto3_client
@@ -53,6 +56,15 @@ def _share_s3_clients() -> None:
     clients: dict[str, object] = {}
     original = s3io.S3IO
 
+    class OwnStreamClient(boto3_client.Client):
+        """Beam's client with its own download state around a shared boto3 client."""
+
+        def __init__(self, shared):
+            self.client = shared
+            self._download_request = None
+            self._download_stream = None
+            self._download_pos = 0
+
     class SharedClientS3IO(original):
         shares_clients = True
 
@@ -60,8 +72,8 @@ def _share_s3_clients() -> None:
             if client is None and options is not None:
                 key = repr(sorted(_s3_settings(options).items()))
                 if key not in clients:
-                    clients[key] = boto3_client.Client(options=options)
-                client = clients[key]
+                    clients[key] = boto3_client.Client(options=options).client
+                client = OwnStreamClient(clients[key])
             super().__init__(client=client, options=options)
 
     s3io.S3IO = SharedClientS3IO
