@@ -74,16 +74,19 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, str]:
     return options, short
 
 
-# Below this many tracks to decode, one process beats starting worker processes: a
-# worker's start-up (Beam's SDK harness ~1.4 CPU-s, torch ~1.5) is what decoding and
-# featurising ~100 30-s tracks costs (bench/RESULTS.md, "Issue 17 in one run").
-SMALL_JOB_TRACKS = 100
+# What one worker process's start-up costs (Beam's SDK harness, grpc, torch: ~2.5 s) in
+# 30-s tracks decoded and featurised (~0.022 CPU-s each): ~120. k workers beat one process
+# when the work they share saves more than that: from ~120 * k / (k - 1) tracks (240 for
+# two). Measured on 2 busy cores, one process did 240 and 480 tracks to decode in 0.6-0.9x
+# the wall time of two worker processes (bench/RESULTS.md, "Issue 17 in one run").
+STARTUP_TRACKS = 120
 
 
 def local_worker_args(beam_args: list[str], shards: int, tracks: int) -> list[str]:
     """The local runner's flags for a job of `shards` shards to build (`tracks` tracks to
     decode): no more worker processes than shards, and, unless --direct_running_mode is
-    given, one shard or a small job run in this process (in_memory). Other runners get
+    given, one shard or a job too small to repay the workers' start-up run in this
+    process (in_memory). Other runners get
     the flags unchanged: they size their workers themselves."""
     runner = (_flag_value(beam_args, "runner") or "FnApiRunner").rsplit(".", 1)[-1]
     if runner not in LOCAL_RUNNERS:
@@ -95,7 +98,8 @@ def local_worker_args(beam_args: list[str], shards: int, tracks: int) -> list[st
     # 0 is Beam's "one per core", our default too.
     workers = min(int(requested) or os.cpu_count() or 1, max(1, shards))
     args = _without_flag(beam_args, "direct_num_workers")
-    if mode is None and (workers == 1 or tracks < SMALL_JOB_TRACKS):
+    small = tracks < STARTUP_TRACKS * workers / max(1, workers - 1)
+    if mode is None and (workers == 1 or small):
         return [*args, "--direct_running_mode=in_memory", "--direct_num_workers=1"]
     return [*args, f"--direct_num_workers={workers}"]
 
