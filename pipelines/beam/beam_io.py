@@ -70,13 +70,32 @@ def _share_s3_clients() -> None:
 
         def __init__(self, client=None, options=None):
             if client is None and options is not None:
-                key = repr(sorted(_s3_settings(options).items()))
+                key = _s3_key(options)
                 if key not in clients:
                     clients[key] = boto3_client.Client(options=options).client
                 client = OwnStreamClient(clients[key])
             super().__init__(client=client, options=options)
 
     s3io.S3IO = SharedClientS3IO
+
+
+# PipelineOptions object -> its S3 settings' key. get_all_options() rebuilds an argparse
+# parser of every Beam option (~5 ms), and an S3 read makes three S3IOs: it was half of
+# the CPU of reading an audio file from S3. The options object is kept with its key so
+# its id is not reused; FileSystems holds one per configuration.
+_keys_by_options: dict[int, tuple[object, str]] = {}
+
+
+def _s3_key(options) -> str:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if not isinstance(options, PipelineOptions):
+        return repr(sorted(_s3_settings(options).items()))
+    known = _keys_by_options.get(id(options))
+    if known is None or known[0] is not options:
+        known = (options, repr(sorted(_s3_settings(options).items())))
+        _keys_by_options[id(options)] = known
+    return known[1]
 
 
 def _s3_settings(options) -> dict:
