@@ -1,5 +1,7 @@
 """The shared DSP functions: decode, resample, log-mel, harmonic tensor."""
 
+import warnings
+
 import librosa
 import numpy as np
 import pytest
@@ -62,6 +64,24 @@ def test_log_mel_matches_librosa_power_to_db(ours, theirs):
     # ...and the settings matter: the other scale or padding is far from it.
     other = _librosa_db(y, 96, htk=not theirs["htk"], norm=theirs["norm"], pad_mode="reflect")
     assert np.abs(mel - other).max() > 1.0
+
+
+@pytest.mark.parametrize("htk", [True, False])
+@pytest.mark.parametrize("norm", [None, "slaney"])
+def test_mel_filters_are_librosas_to_the_bit(htk, norm):
+    """The numpy filterbank (no librosa import in a Beam worker) is librosa's, exactly,
+    over sample rates, FFT sizes, band counts and edges where bands are empty too."""
+    from pipelines.core.melscale import mel_filters
+
+    grid = [(16000, 512, 128, 0.0, 8000.0), (22050, 1024, 96, 20.0, 11025.0),
+            (44100, 2048, 40, 300.0, 4000.0), (8000, 256, 64, 0.0, 4000.0)]  # fmt: skip
+    for sr, n_fft, n_mels, f_min, f_max in grid:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # librosa warns about empty bands
+            want = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=f_min,
+                                       fmax=f_max, htk=htk, norm=norm)  # fmt: skip
+        got = mel_filters(sr, n_fft, n_mels, f_min, f_max, htk=htk, slaney_norm=bool(norm))
+        assert got.dtype == want.dtype and np.array_equal(got, want), (sr, n_fft, n_mels)
 
 
 def test_front_end_defaults_are_torchaudios_and_old_cards_read_as_written():

@@ -130,8 +130,8 @@ LOG_LINE = re.compile(r"^(INFO|WARNING|WARN|DEBUG)[: ]|severity: |apitools|^[IW]
 
 def test_a_run_is_quiet_and_uses_the_manifests_audio_root(corpus, tmp_path):
     """No --audio-root: the manifest's recorded root is used (all three tracks become
-    samples). Two worker processes start and stop, yet stderr holds no library log line;
-    --verbose shows them."""
+    samples). A worker process starts and stops (one shard to build: one of the two asked
+    for), yet stderr holds no library log line; --verbose shows them."""
     out = tmp_path / "out"
     result = beam("prepare", "--manifest", str(corpus), "--out", str(out),
                   "--direct_running_mode=multi_processing", "--direct_num_workers=2",

@@ -178,3 +178,84 @@ def test_appending_tracks_rebuilds_only_the_shards_they_land_in(corpus, tmp_path
         card["job"]["planned_shards"]
         == json.loads((reference / "dataset.json").read_text())["job"]["planned_shards"]
     )
+
+
+def run_in_process(monkeypatch, *argv: str) -> list[tuple]:
+    """`beam_runner.py prepare ...` in this process, with the pipeline's entry watched:
+    returns (shards given to the pipeline, runner options) for each pipeline run."""
+    import beam_runner
+    from pipelines.beam import prepare_cli
+
+    runs, real = [], prepare_cli.run_pipeline
+
+    def watched(cfg, work, options, runner, quiet):
+        runs.append((list(work.build), options.get_all_options()))
+        return real(cfg, work, options, runner, quiet)
+
+    monkeypatch.setattr(prepare_cli, "run_pipeline", watched)
+    assert beam_runner._run(["prepare", *argv]) == 0
+    return runs
+
+
+def test_a_finished_dataset_reruns_without_a_pipeline(corpus, tmp_path, monkeypatch, capsys):
+    """Every record matches and every tar is intact: the driver plans nothing to build,
+    runs no pipeline (no worker process), and rewrites the same files."""
+    import shutil
+
+    base, reference = corpus
+    out = tmp_path / "again"
+    shutil.copytree(reference, out)
+    runs = run_in_process(monkeypatch, "--manifest", str(base / "manifest.parquet"),
+                          "--out", str(out), *ARGS, "--direct_num_workers=2")  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert runs == [] and "nothing to build" in stdout
+    shards = len(list((reference / "_progress").glob("*.json")))
+    assert counters(stdout) == {"shards_reused": shards, "tracks_reused": N}
+    assert tree_bytes(out) == tree_bytes(reference)
+
+
+def test_a_one_shard_update_builds_that_shard_in_this_process(
+    corpus, tmp_path, monkeypatch, capsys
+):
+    """One track appended: the pipeline gets exactly the shard it lands in, and runs it
+    in this process (in_memory) though two workers were asked for; one decode."""
+    import shutil
+
+    from pipelines.core.shards import shard_index
+
+    base, reference = corpus
+    out = tmp_path / "plus-one"
+    shutil.copytree(reference, out)
+    rows = pq.read_table(base / "manifest.parquet").to_pylist()
+    encode_mp3(tone(2900, 5, 22050, seed=99), 22050, tmp_path / "new.mp3", "64k")
+    rows.append(
+        {**rows[0], "key": "t99", "track_id": "99", "audio_path": str(tmp_path / "new.mp3")}
+    )
+    audio = base / "audio"
+    write_manifest(rows, tmp_path / "plus.parquet", metadata={"audio_root": str(audio)})
+    runs = run_in_process(monkeypatch, "--manifest", str(tmp_path / "plus.parquet"),
+                          "--out", str(out), *ARGS, "--update", "--direct_num_workers=2")  # fmt: skip
+    planned = json.loads((reference / "dataset.json").read_text())["job"]["planned_shards"]
+    shard = (rows[0]["split"], shard_index("t99", planned[rows[0]["split"]]))
+    assert len(runs) == 1 and runs[0][0] == [shard]
+    assert runs[0][1]["direct_running_mode"] == "in_memory"
+    count = counters(capsys.readouterr().out)
+    assert count["decoded"] == 1 and count["shards_written"] == 1
+    before, after = tree_bytes(reference), tree_bytes(out)
+    touched = f"{shard[0]}-{shard[1]:06d}.tar"
+    assert after[touched] != before[touched]
+    assert all(after[n] == d for n, d in before.items() if n.endswith(".tar") and n != touched)
+
+
+def test_local_workers_never_outnumber_the_shards_to_build():
+    from pipelines.beam.runner_options import local_worker_args
+
+    two = ["--direct_num_workers=2"]
+    assert local_worker_args(two, 5, 500) == ["--direct_num_workers=2"]
+    assert local_worker_args(two, 1, 500) == [
+        "--direct_running_mode=in_memory", "--direct_num_workers=1"]  # fmt: skip
+    assert local_worker_args(two, 5, 20)[-2] == "--direct_running_mode=in_memory"  # small job
+    explicit = ["--direct_running_mode=multi_processing", "--direct_num_workers=4"]
+    assert local_worker_args(explicit, 3, 20) == [explicit[0], "--direct_num_workers=3"]
+    remote = ["--runner=DataflowRunner", "--direct_num_workers=4"]
+    assert local_worker_args(remote, 1, 1) == remote

@@ -41,8 +41,11 @@ def _share_s3_clients() -> None:
     Beam's S3FileSystem builds a new S3IO, hence a new boto3 client, for every call
     (match, exists, open, ...), and a boto3 client parses botocore's JSON service models
     when it is made: ~0.2 CPU-s, three times per audio file read, ten times the cost of
-    decoding it (bench/RESULTS.md). boto3 clients are thread-safe, so one per settings is
-    shared by the fetch threads too."""
+    decoding it (bench/RESULTS.md). The boto3 client is thread-safe and shared, also by
+    the fetch threads; Beam's wrapper around it (`boto3_client.Client`) is not: it holds
+    the download stream of the object being read. Shared, two threads reading two objects
+    swapped streams under each other (errors retried with seconds of backoff, and bytes of
+    one object could be returned for another), so each S3IO gets its own wrapper."""
     try:
         from apache_beam.io.aws import s3io
         from apache_beam.io.aws.clients.s3 import boto3_client
@@ -53,18 +56,46 @@ def _share_s3_clients() -> None:
     clients: dict[str, object] = {}
     original = s3io.S3IO
 
+    class OwnStreamClient(boto3_client.Client):
+        """Beam's client with its own download state around a shared boto3 client."""
+
+        def __init__(self, shared):
+            self.client = shared
+            self._download_request = None
+            self._download_stream = None
+            self._download_pos = 0
+
     class SharedClientS3IO(original):
         shares_clients = True
 
         def __init__(self, client=None, options=None):
             if client is None and options is not None:
-                key = repr(sorted(_s3_settings(options).items()))
+                key = _s3_key(options)
                 if key not in clients:
-                    clients[key] = boto3_client.Client(options=options)
-                client = clients[key]
+                    clients[key] = boto3_client.Client(options=options).client
+                client = OwnStreamClient(clients[key])
             super().__init__(client=client, options=options)
 
     s3io.S3IO = SharedClientS3IO
+
+
+# PipelineOptions object -> its S3 settings' key. get_all_options() rebuilds an argparse
+# parser of every Beam option (~5 ms), and an S3 read makes three S3IOs: it was half of
+# the CPU of reading an audio file from S3. The options object is kept with its key so
+# its id is not reused; FileSystems holds one per configuration.
+_keys_by_options: dict[int, tuple[object, str]] = {}
+
+
+def _s3_key(options) -> str:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if not isinstance(options, PipelineOptions):
+        return repr(sorted(_s3_settings(options).items()))
+    known = _keys_by_options.get(id(options))
+    if known is None or known[0] is not options:
+        known = (options, repr(sorted(_s3_settings(options).items())))
+        _keys_by_options[id(options)] = known
+    return known[1]
 
 
 def _s3_settings(options) -> dict:

@@ -1,10 +1,12 @@
-"""The prepare job: manifest -> decoded, validated, featurised tracks -> deterministic
-WebDataset shards + index.parquet + rejects.parquet + dataset.json.
+"""The prepare job's pipeline: manifest -> decoded, validated, featurised tracks ->
+deterministic WebDataset shards, each with its completion record (progress.py). The driver
+plans which shards to build (prepare_plan.py) and writes index.parquet, rejects.parquet
+and dataset.json from the records afterwards (prepare_finish.py).
 
-Runner portability (FnApiRunner, PortableRunner, DaskRunner, Dataflow, Flink): rejects
-travel in the single main output as tagged tuples (DaskRunner mishandles multi-output
-ParDo and `with_exception_handling`), and shards are written by a DoFn after the
-GroupByKey instead of a fileio sink. Shard assignment is a stable hash of the key, and a
+Runner portability (FnApiRunner, PortableRunner, DaskRunner, Dataflow, Flink): the shard
+DoFn has one output and a shard's rejects travel in its record (DaskRunner mishandles
+multi-output ParDo and `with_exception_handling`), and shards are written by a DoFn after
+the GroupByKey instead of a fileio sink. Shard assignment is a stable hash of the key, and a
 shard's bytes depend only on its samples, so any runner and worker count gives the same
 files (the TFDS BeamWriter recipe).
 
@@ -25,19 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.metrics import Metrics
 
 from manifests.schema import SPLITS
 from pipelines.beam import beam_io, progress, track
-from pipelines.beam.dataset_files import (
-    mel_stats_from_sums,
-    summarize_counts,
-    summarize_splits,
-    write_dataset_dir,
-)
 from pipelines.beam.track import Reject, Sample, TrackConfig, process_row
-from pipelines.core.card import FORMAT
 from pipelines.core.failures import AudioRejected
 from pipelines.core.shards import (
     member_layout,
@@ -50,9 +44,6 @@ from pipelines.core.versions import CODE_VERSION, library_versions
 # Remote audio files fetched ahead of the decoder per worker (17.7): enough to hide an
 # object store's latency behind a ~0.1 s decode, few enough to bound memory.
 FETCH_AHEAD = 4
-
-# What PrepareShardFn yields, tagged in its one main output.
-INDEX, REJECTS, STATS, SHARDS = "index", "rejects", "stats", "shards"
 
 
 @dataclass(frozen=True)
@@ -165,29 +156,40 @@ class TrackStageFn(beam.DoFn):
 
 
 class GroupRowsByShard(beam.PTransform):
-    """Manifest rows -> ((split code, shard index), rows): the shard of every track."""
+    """Manifest rows -> ((split code, shard index), rows): the shard of every track; only
+    the shards in `build` ((split, index) pairs) when given."""
 
-    def __init__(self, num_shards: dict[str, int]):
+    def __init__(self, num_shards: dict[str, int], build=None):
         super().__init__()
         self.num_shards = num_shards
+        self.build = None if build is None else frozenset(build)
 
     def expand(self, rows):
-        counts = self.num_shards
+        counts, build = self.num_shards, self.build
 
         def assign(row):
             split = row["split"]
             return (split_code(split), shard_index(row["key"], counts[split])), row
 
-        return rows | "AssignShard" >> beam.Map(assign) | "GroupShards" >> beam.GroupByKey()
+        def wanted(shard_row):
+            (code, index), _ = shard_row
+            return build is None or (SPLITS[code], index) in build
+
+        return (
+            rows
+            | "AssignShard" >> beam.Map(assign)
+            | "OnlyShardsToBuild" >> beam.Filter(wanted)
+            | "GroupShards" >> beam.GroupByKey()
+        )
 
 
 class PrepareShardFn(TrackStageFn):
     """((split code, shard index), rows) -> the shard's tracks decoded and featurised, in
     key order, its tar written (none when every track is rejected), then its completion
-    record; or, when a matching record exists (a resumed or updated job), the record's
-    rows without decoding. Yields tagged tuples in the one main output: (INDEX, index
-    row), (REJECTS, reject row), (SHARDS, tar name/sha256/size) and, for train shards,
-    (STATS, ((split code, bucket), per-band mel sums))."""
+    record, which is all it leaves: the driver writes the card from the records
+    (prepare_finish.py). The driver gives it only shards without a matching record; it
+    checks again, so a bundle the runner retries after its shard finished is not redone.
+    Yields the shard's key once it is done."""
 
     def __init__(self, cfg: PrepareConfig):
         super().__init__("prepare", "decoded", cfg.filesystem_args, cfg.progress_path)
@@ -247,12 +249,12 @@ class PrepareShardFn(TrackStageFn):
         fingerprint = progress.shard_fingerprint(self.cfg.identity_sha, split, num_shards, rows)
         record = progress.valid_record(self.cfg.output, split, index, fingerprint)
         if record is None:
-            record = self.build_shard(split, index, rows, fingerprint)
+            self.build_shard(split, index, rows, fingerprint)
         else:
             self.shards_reused.inc()
             self.tracks_reused.inc(len(rows))
             self.tick(len(rows))
-        yield from emit_record(record, code, index)
+        yield split, index
 
     def build_shard(self, split: str, index: int, rows, fingerprint: str) -> dict:
         """Decode the shard's tracks (keeping those an earlier record of this shard holds
@@ -306,69 +308,11 @@ def shard_mel_sums(samples: list[Sample]) -> list | None:
     return [total.tolist(), total_sq.tolist(), int(sum(s.mel_frames for s in samples))]
 
 
-def emit_record(record: dict, code: int, index: int):
-    for row in record["index"]:
-        yield INDEX, row
-    for row in record["rejects"]:
-        yield REJECTS, row
-    if record["shard"] is not None:
-        yield SHARDS, record["shard"]
-    if record.get("mel_sums") is not None:
-        sums = record["mel_sums"]
-        value = (np.asarray(sums[0]), np.asarray(sums[1]), sums[2])
-        yield STATS, ((code, index % STAT_BUCKETS), value)
-
-
-def _add(a: tuple, b: tuple) -> tuple:
-    return tuple(x + y for x, y in zip(a, b))
-
-
-class SumPerKey(beam.PTransform):
-    """((key, bucket), tuple of numbers/arrays) -> (key, elementwise sum), in two
-    GroupByKey rounds (by bucket, then by key) so no group holds every element.
-
-    A GroupByKey instead of a CombineFn: Beam's DaskRunner gets combiner results wrong
-    (inflated sums) while its GroupByKey is exact, and this runs the same everywhere."""
-
-    def expand(self, pcoll):
-        def total(kv):
-            key, values = kv
-            values = iter(values)
-            acc = next(values)
-            for v in values:
-                acc = _add(acc, v)
-            return key, acc
-
-        return (
-            pcoll
-            | "GroupBuckets" >> beam.GroupByKey()
-            | "SumBuckets" >> beam.Map(lambda kv: total(kv))
-            | "DropBucket" >> beam.Map(lambda kv: (kv[0][0], kv[1]))
-            | "GroupKeys" >> beam.GroupByKey()
-            | "SumKeys" >> beam.Map(total)
-        )
-
-
-STAT_BUCKETS = 64
-
-
 def split_code(split: str) -> int:
     """GroupByKey keys are built from ints: Dask bags partition groups by Python's
     hash(), which for strings differs between worker processes (PYTHONHASHSEED), so a
     string key could be grouped twice on a Dask cluster."""
     return SPLITS.index(split)
-
-
-class MelStats(beam.PTransform):
-    """((split code, bucket), per-band sums) of the train samples -> one dict of per-band
-    mean/std (no element if there are none)."""
-
-    def expand(self, band_sums):
-        return (
-            band_sums
-            | "Sum" >> SumPerKey()
-            | "Stats" >> beam.Map(lambda kv: mel_stats_from_sums(kv[1]))
-        )
 
 
 def write_shard(output: str, split: str, index: int, samples) -> tuple[list[dict], dict]:
@@ -396,88 +340,21 @@ def write_shard(output: str, split: str, index: int, samples) -> tuple[list[dict
     return rows, {"name": name, "sha256": written[0], "bytes": written[1]}
 
 
-def build_card(cfg: PrepareConfig, index_rows, reject_rows, mel_stats, shard_files) -> dict:
-    return {
-        "format": FORMAT,
-        "features": {**cfg.track.features.to_dict(), "stored": list(cfg.track.stored)},
-        "vocabulary": list(cfg.vocabulary),
-        "splits": summarize_splits(index_rows, shard_files),
-        "mel_stats": mel_stats,
-        "decoder": {
-            "requested": cfg.track.decoder,
-            "versions": dict(cfg.versions) or library_versions("apache_beam", "essentia"),
-        },
-        "manifest": {"path": cfg.manifest, "sha256": cfg.manifest_sha256},
-        "counts": summarize_counts(cfg.num_inputs, index_rows, reject_rows),
-        "job": {
-            "min_seconds": cfg.track.min_seconds,
-            "max_seconds": cfg.track.max_seconds,
-            "shard_size_mb": cfg.shard_size_mb,
-            "planned_shards": dict(cfg.num_shards),
-        },
-        "identity": cfg.identity(),
-        "code_version": CODE_VERSION,
-        "deformation": None,
-    }
-
-
-def write_dataset_files(element, cfg: PrepareConfig):
-    """Runs once, after every shard is written: index, rejects, then the card last."""
-    beam_io.configure(cfg.filesystem_args)
-    _, tagged = element
-    index_rows = sorted((v for t, v in tagged if t == INDEX), key=lambda r: (r["split"], r["key"]))
-    reject_rows = sorted((v for t, v in tagged if t == REJECTS), key=lambda r: r["key"])
-    mel_stats = next((v for t, v in tagged if t == STATS), None)
-    shard_files = {
-        v["name"]: {"sha256": v["sha256"], "bytes": v["bytes"]} for t, v in tagged if t == SHARDS
-    }
-    card = build_card(cfg, index_rows, reject_rows, mel_stats, shard_files)
-    yield write_dataset_dir(cfg.output, index_rows, reject_rows, card)
-
-
-class WriteDatasetFiles(beam.PTransform):
-    """(tagged index and reject rows, mel stats) -> index.parquet, rejects.parquet,
-    dataset.json.
-
-    One GroupByKey over the tagged union instead of side inputs: Beam's DaskRunner
-    recomputes the whole upstream graph for every side input (and duplicated its output
-    when it did), while a GroupByKey is one pass on every runner."""
-
-    def __init__(self, cfg: PrepareConfig):
-        super().__init__()
-        self.cfg = cfg
-
-    def expand(self, inputs):
-        rows, mel_stats = inputs  # rows: (INDEX, ...), (REJECTS, ...) and (SHARDS, ...)
-        return (
-            (rows, mel_stats | "TagStats" >> beam.Map(lambda m: (STATS, m)))
-            | "Union" >> beam.Flatten()
-            | "OneGroup" >> beam.Map(lambda tv: (0, tv))
-            | "Gather" >> beam.GroupByKey()
-            | "WriteCard" >> beam.FlatMap(write_dataset_files, cfg=self.cfg)
-        )
-
-
 class Prepare(beam.PTransform):
-    """The whole job as one composite transform."""
+    """The job's pipeline: the manifest rows of the shards to build (`build`, planned by
+    the driver: prepare_plan.py; None: every shard), grouped by shard, each shard built
+    and recorded. The card is the driver's, after the pipeline (prepare_finish.py)."""
 
-    def __init__(self, cfg: PrepareConfig):
+    def __init__(self, cfg: PrepareConfig, build: frozenset[tuple[str, int]] | None = None):
         super().__init__()
         self.cfg = cfg
+        self.build = build
 
     def expand(self, pbegin):
         cfg = self.cfg
-        tagged = (
+        return (
             pbegin
             | "ReadManifest" >> ReadManifest(cfg.manifest, cfg.filesystem_args)
-            | "GroupRowsByShard" >> GroupRowsByShard(dict(cfg.num_shards))
+            | "GroupRowsByShard" >> GroupRowsByShard(dict(cfg.num_shards), self.build)
             | "PrepareShards" >> beam.ParDo(PrepareShardFn(cfg))
         )
-        rows = tagged | "IndexAndRejects" >> beam.Filter(lambda tv: tv[0] != STATS)
-        band_sums = (
-            tagged
-            | "OnlyStats" >> beam.Filter(lambda tv: tv[0] == STATS)
-            | "UntagStats" >> beam.Map(lambda tv: tv[1])
-        )
-        mel_stats = band_sums | "MelStats" >> MelStats()
-        return (rows, mel_stats) | "WriteDatasetFiles" >> WriteDatasetFiles(cfg)

@@ -13,11 +13,19 @@ from manifests.schema import SPLITS, validate_table
 from pipelines.beam import beam_io
 from pipelines.beam.plan import file_sha256, manifest_vocabulary, plan_shards, read_manifest_table
 from pipelines.beam.prepare import Prepare, PrepareConfig, job_versions
+from pipelines.beam.prepare_finish import built_records, finish
 from pipelines.beam.prepare_flags import PrepareFlags
+from pipelines.beam.prepare_plan import ShardWork, plan_work
+from pipelines.beam.prepare_report import announce, announce_work, job_counts, print_summary
 from pipelines.beam.progress import PROGRESS_DIR
-from pipelines.beam.runner_options import ProgressBar, is_local, pipeline_options, print_counters
+from pipelines.beam.runner_options import (
+    ProgressBar,
+    is_local,
+    local_worker_args,
+    pipeline_options,
+)
 from pipelines.beam.track import TrackConfig
-from pipelines.core.card import CARD_NAME, FEATURES, INDEX_NAME, REJECTS_NAME
+from pipelines.core.card import CARD_NAME, FEATURES, REJECTS_NAME
 from pipelines.core.errors import UserError
 from pipelines.core.features import FeatureConfig
 from pipelines.core.flags import add_flags, from_args, settings_line
@@ -230,12 +238,10 @@ def progress_file(runner: str, prefix: str):
 
 
 def run(args, beam_args: list[str]) -> int:
-    import apache_beam as beam
-
     if not args.out:
         raise UserError("--out is required (the output directory or bucket prefix)")
     track_config(args)  # flag errors before anything is read
-    options, runner = pipeline_options(beam_args)
+    _, runner = pipeline_options(beam_args)
     beam_io.configure(tuple(beam_args))
     table = read_manifest_table(args.manifest)
     if table.num_rows == 0:
@@ -247,35 +253,36 @@ def run(args, beam_args: list[str]) -> int:
     if not beam_io.is_url(cfg.output):
         os.makedirs(cfg.output, exist_ok=True)
     remove_orphans(cfg.output)
-    announce(cfg, options, runner)
+    announce(cfg, runner)
     print(f"settings (vs defaults): {settings_line(from_args(args, PrepareFlags))}")
     start = time.time()
+    work = plan_work(cfg, table.to_pylist())
+    options, runner = pipeline_options(
+        local_worker_args(beam_args, len(work.build), work.to_decode)
+    )
+    announce_work(work, options, runner, os.cpu_count() or 1)
     quiet = getattr(args, "quiet", None)
-    with progress_file(runner, "prepare-progress-") as progress:
-        cfg = PrepareConfig(**{**cfg.__dict__, "progress_path": progress})
-        bar = ProgressBar(progress, cfg.num_inputs, "prepare", getattr(quiet, "stream", None))
-        with bar if progress else contextlib.nullcontext():
-            with beam.Pipeline(options=options) as pipeline:
-                _ = pipeline | "Prepare" >> Prepare(cfg)
-            result = pipeline.result
+    result = run_pipeline(cfg, work, options, runner, quiet) if work.build else None
+    finish(cfg, {**work.reused, **built_records(cfg, work)})
     remove_stale(cfg)
-    print_summary(cfg.output, time.time() - start, result, quiet.summary() if quiet else "")
+    summary = quiet.summary() if quiet else ""
+    print_summary(cfg.output, time.time() - start, job_counts(result, work), summary)
     check_rejects(cfg.output, args.max_reject_fraction)
     return 0
 
 
-def announce(cfg: PrepareConfig, options, runner: str) -> None:
-    shards = dict(cfg.num_shards)
-    plan = ", ".join(f"{split} {n}" for split, n in shards.items())
-    print(f"prepare: {cfg.num_inputs} tracks into at most {plan} shards, runner {runner}")
-    workers = options.get_all_options().get("direct_num_workers") or 0
-    if runner == "FnApiRunner" and sum(shards.values()) < workers:
-        # A shard is one task (its rows are grouped before decoding): fewer shards than
-        # workers leaves workers idle.
-        print(
-            f"note: {sum(shards.values())} shards for {workers} workers; a smaller "
-            "--shard-size-mb gives more shards and more parallelism"
-        )
+def run_pipeline(cfg: PrepareConfig, work: ShardWork, options, runner: str, quiet):
+    """The Beam pipeline over the shards the plan must build; its result (counters)."""
+    import apache_beam as beam
+
+    with progress_file(runner, "prepare-progress-") as progress:
+        cfg = PrepareConfig(**{**cfg.__dict__, "progress_path": progress})
+        total = sum(work.rows[key] for key in work.build)
+        bar = ProgressBar(progress, total, "prepare", getattr(quiet, "stream", None))
+        with bar if progress else contextlib.nullcontext():
+            with beam.Pipeline(options=options) as pipeline:
+                _ = pipeline | "Prepare" >> Prepare(cfg, frozenset(work.build))
+    return pipeline.result
 
 
 def check_rejects(output: str, max_fraction: float) -> None:
@@ -297,60 +304,3 @@ def check_rejects(output: str, max_fraction: float) -> None:
         f"{rejects} of {inputs} inputs rejected ({100 * rejects / inputs:.1f}% > "
         f"--max-reject-fraction {max_fraction:g}; {top}); see {where}, or raise the limit"
     )
-
-
-def reuse_line(result) -> str:
-    """What a resumed or updated job kept and what it rebuilt, from its counters."""
-    try:
-        counts = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
-    except Exception:  # runners without metrics
-        return ""
-    reused, tracks = counts.get("shards_reused", 0), counts.get("tracks_reused", 0)
-    if not (reused or tracks):
-        return ""
-    built = counts.get("shards_written", 0)
-    decoded = counts.get("decoded", 0) + counts.get("rejected", 0)
-    return (f"reused {reused} finished shards and {tracks} tracks in all; rebuilt {built} "
-            f"shards, decoding {decoded} tracks")  # fmt: skip
-
-
-def print_summary(output: str, seconds: float, result=None, quiet_line: str = "") -> None:
-    """End-of-job table from the written card, rejects and Beam counters."""
-    from rich.console import Console
-    from rich.table import Table
-
-    card = json.loads(beam_io.read_bytes(beam_io.join(output, CARD_NAME)))
-    counts = card["counts"]
-    t = Table(title=f"prepare: {output}")
-    for col in ("split", "samples", "shards", "hours", "GB"):
-        t.add_column(col, justify="right" if col != "split" else "left")
-    for name, split in card["splits"].items():
-        t.add_row(
-            name,
-            str(split["samples"]),
-            str(len(split["shards"])),
-            f"{split['seconds'] / 3600:.2f}",
-            f"{sum(s['bytes'] for s in split['shards']) / 1e9:.3f}",
-        )
-    console = Console()
-    console.print(t)
-    balanced = counts["inputs"] == counts["samples"] + counts["rejects"]
-    console.print(
-        f"inputs {counts['inputs']} = samples {counts['samples']} + rejects {counts['rejects']}"
-        f" ({'ok' if balanced else 'MISMATCH'})"
-    )
-    if counts["rejects_by_reason"]:
-        reasons = ", ".join(f"{k}: {v}" for k, v in counts["rejects_by_reason"].items())
-        console.print(f"rejects by reason: {reasons}  (see {beam_io.join(output, REJECTS_NAME)})")
-    print_counters(console, result)
-    reuse = reuse_line(result)
-    if reuse:
-        console.print(reuse)
-    if quiet_line:
-        console.print(quiet_line)
-    console.print(
-        f"wrote {beam_io.join(output, INDEX_NAME)}, {CARD_NAME}; {seconds:.1f} s "
-        f"({counts['inputs'] / max(seconds, 1e-9):.2f} tracks/s)"
-    )
-    if not balanced:
-        raise RuntimeError("inputs != samples + rejects: a track was lost")

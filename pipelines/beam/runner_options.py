@@ -74,6 +74,36 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, str]:
     return options, short
 
 
+# What one worker process's start-up costs (Beam's SDK harness, grpc, torch: ~2.5 s) in
+# 30-s tracks decoded and featurised (~0.022 CPU-s each): ~120. k workers beat one process
+# when the work they share saves more than that: from ~120 * k / (k - 1) tracks (240 for
+# two). Measured on 2 busy cores, one process did 240 and 480 tracks to decode in 0.6-0.9x
+# the wall time of two worker processes (bench/RESULTS.md, "Issue 17 in one run").
+STARTUP_TRACKS = 120
+
+
+def local_worker_args(beam_args: list[str], shards: int, tracks: int) -> list[str]:
+    """The local runner's flags for a job of `shards` shards to build (`tracks` tracks to
+    decode): no more worker processes than shards, and, unless --direct_running_mode is
+    given, one shard or a job too small to repay the workers' start-up run in this
+    process (in_memory). Other runners get
+    the flags unchanged: they size their workers themselves."""
+    runner = (_flag_value(beam_args, "runner") or "FnApiRunner").rsplit(".", 1)[-1]
+    if runner not in LOCAL_RUNNERS:
+        return list(beam_args)
+    mode = _flag_value(beam_args, "direct_running_mode")
+    requested = _flag_value(beam_args, "direct_num_workers") or "0"
+    if not requested.isdigit():
+        return list(beam_args)  # Beam reports its own flag's error
+    # 0 is Beam's "one per core", our default too.
+    workers = min(int(requested) or os.cpu_count() or 1, max(1, shards))
+    args = _without_flag(beam_args, "direct_num_workers")
+    small = tracks < STARTUP_TRACKS * workers / max(1, workers - 1)
+    if mode is None and (workers == 1 or small):
+        return [*args, "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    return [*args, f"--direct_num_workers={workers}"]
+
+
 def is_local(runner: str) -> bool:
     return runner in ("FnApiRunner", "PortableRunner", "DaskRunner")
 
@@ -119,14 +149,21 @@ class ProgressBar:
                 time.sleep(0.5)
 
 
-def print_counters(console, result) -> None:
-    """The job's Beam counters, one line (nothing for runners that report none)."""
+def job_counters(result) -> dict[str, int]:
+    """The job's Beam counters by name (empty for runners that report none)."""
     if result is None:
-        return
+        return {}
     try:
-        counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+        return {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
     except Exception:  # some runners do not report metrics
-        return
+        return {}
+
+
+def print_counters(console, result, counters: dict[str, int] | None = None) -> None:
+    """The job's counters, one line: Beam's, or `counters` when given (nothing if
+    empty)."""
+    if counters is None:
+        counters = job_counters(result)
     if counters:
         text = "counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
         console.print(text, soft_wrap=True)  # one line, however narrow the terminal

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipelines.core.melscale import mel_filters
+
 if TYPE_CHECKING:
     import torch
 
@@ -99,21 +101,16 @@ def mel_filterbank(
     mel_scale: str,
     mel_norm: str,
 ):
-    """[n_mels, n_fft//2+1] triangular mel filters, computed once per config. librosa's
-    HTK filters without normalisation are torchaudio's `melscale_fbanks` defaults (same
-    mel formula, same triangles on the same FFT bin frequencies)."""
-    import librosa
+    """[n_mels, n_fft//2+1] triangular mel filters, computed once per config: librosa's
+    `filters.mel` (numpy, `melscale.py`). HTK without normalisation is torchaudio's
+    `melscale_fbanks` default (same mel formula, same triangles on the same FFT bin
+    frequencies)."""
     import torch
 
-    fb = librosa.filters.mel(
-        sr=sample_rate,
-        n_fft=n_fft,
-        n_mels=n_mels,
-        fmin=f_min,
-        fmax=f_max,
-        htk=mel_scale == "htk",
-        norm="slaney" if mel_norm == "slaney" else None,
-    )
+    fb = mel_filters(
+        sample_rate, n_fft, n_mels, f_min, f_max, htk=mel_scale == "htk",
+        slaney_norm=mel_norm == "slaney",
+    )  # fmt: skip
     return torch.from_numpy(np.ascontiguousarray(fb, dtype=np.float32))
 
 
