@@ -36,7 +36,11 @@ def read_epoch(data_url, card, cfg, epoch=0, resume=None, split="train", limit=N
     shards = data.split_shards(card, str(data_url), split)
     plan = data.plan_input(card, SPEC)
     stream = data.ShardStream(shards, plan, card["vocabulary"], cfg, epoch, resume)
-    reader = data.EpochReader(stream)
+    return drain(data.EpochReader(stream), limit)
+
+
+def drain(reader, limit=None):
+    """(batches, reader): up to `limit` batches of the reader's epoch, each committed."""
     batches = []
     for batch in reader:
         if limit is not None and len(batches) == limit:

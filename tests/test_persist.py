@@ -10,7 +10,7 @@ import torch
 from tagtrain import loader
 from tagtrain.registry import get_entry
 from tests import shardkit
-from tests.test_loader import read_epoch
+from tests.test_loader import drain, read_epoch
 
 SPEC = get_entry("short_chunk_cnn").input_spec
 
@@ -25,15 +25,7 @@ def dataset(tmp_path_factory):
 
 
 def pooled_epoch(pool, epoch, resume=None, limit=None):
-    reader = loader.EpochReader(pool.stream(epoch, resume), pool=pool)
-    batches = []
-    for batch in reader:
-        if limit is not None and len(batches) == limit:
-            break
-        reader.commit(batch)
-        batches.append(batch)
-    reader.close()
-    return batches, reader
+    return drain(loader.EpochReader(pool.stream(epoch, resume), pool=pool), limit)
 
 
 def same_batches(a, b) -> bool:
