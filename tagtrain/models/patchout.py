@@ -110,32 +110,25 @@ def _trunc_normal(t: torch.Tensor) -> torch.Tensor:
     return nn.init.trunc_normal_(t, std=0.02, a=-0.04, b=0.04)
 
 
-class PatchoutHead(nn.Module):
-    """PaSST's head on the embedding stack [CLS, dist, patches]: the mean of the CLS and
-    distillation tokens, LayerNorm, Linear."""
+class TokenHead(nn.Module):
+    """LayerNorm + Linear on the leading tokens of the embedding stack [CLS, dist, patches]:
+    PaSST's head takes the mean of the CLS and distillation tokens (tokens=2), MAEST's
+    "separated" tagging head the CLS token alone (tokens=1)."""
 
-    def __init__(self, dim: int, n_classes: int):
+    def __init__(self, dim: int, n_classes: int, tokens: int):
         super().__init__()
-        self.dim = dim
+        if tokens not in (1, 2):
+            raise ValueError(f"a token head reads 1 or 2 tokens, not {tokens}")
+        self.dim, self.tokens = dim, tokens
         self.norm = nn.LayerNorm(dim)
         self.linear = nn.Linear(dim, n_classes)
 
     def forward(self, stack: torch.Tensor) -> torch.Tensor:
         d = self.dim
-        return self.linear(self.norm((stack[:, :d] + stack[:, d : 2 * d]) / 2))
-
-
-class ClsHead(nn.Module):
-    """MAEST's "separated" tagging head: LayerNorm + Linear on the CLS token alone."""
-
-    def __init__(self, dim: int, n_classes: int):
-        super().__init__()
-        self.dim = dim
-        self.norm = nn.LayerNorm(dim)
-        self.linear = nn.Linear(dim, n_classes)
-
-    def forward(self, stack: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.norm(stack[:, : self.dim]))
+        pooled = stack[:, :d]
+        if self.tokens == 2:
+            pooled = (pooled + stack[:, d : 2 * d]) / 2
+        return self.linear(self.norm(pooled))
 
 
 DISTILLED_TYPES = ("mean", "separated")
@@ -180,10 +173,10 @@ class PatchoutTransformer(Tagger):
         self.distilled_type = distilled_type
         self.distillation_output = False
         if distilled_type == "separated":
-            self.classifier = ClsHead(dim, n_classes)
+            self.classifier = TokenHead(dim, n_classes, tokens=1)
             self.head_dist = nn.Linear(dim, n_classes)
         else:
-            self.classifier = PatchoutHead(dim, n_classes)
+            self.classifier = TokenHead(dim, n_classes, tokens=2)
         self.set_patchout(
             default_time_patchout(seconds) if time_patchout is None else time_patchout,
             freq_patchout,

@@ -66,12 +66,17 @@ class Architecture:
 # --- module pairs shared by several architectures ------------------------------------
 
 
+def _conv_bn(ref: str, our_conv: str, our_bn: str) -> Pairs:
+    """A reference Conv_1d / Conv_2d module `ref` (conv, bn) -> our conv and BN."""
+    return [(f"{ref}.conv", our_conv, AFFINE), (f"{ref}.bn", our_bn, BATCH_NORM)]
+
+
 def _conv_blocks(first: int, count: int, our_first: int = 0) -> Pairs:
-    """Conv_1d / Conv_2d `layer{i}` (conv, bn) -> our ConvBlock `blocks.{j}` (conv, bn)."""
+    """`layer{i}` (conv, bn) -> our ConvBlock `blocks.{j}` (conv, bn)."""
     pairs = []
     for n in range(count):
-        ref, ours = f"layer{first + n}", f"blocks.{our_first + n}"
-        pairs += [(f"{ref}.conv", f"{ours}.conv", AFFINE), (f"{ref}.bn", f"{ours}.bn", BATCH_NORM)]
+        ours = f"blocks.{our_first + n}"
+        pairs += _conv_bn(f"layer{first + n}", f"{ours}.conv", f"{ours}.bn")
     return pairs
 
 
@@ -128,21 +133,9 @@ def _musicnn(target) -> Pairs:
     # layers.0-1: Conv_V (timbral), layers.2-4: Conv_H (temporal); layer1-3: the mid end
     # (Conv_1d: conv, bn; ours nn.Sequential(conv, bn, relu)); dense1 -> bn -> dense2.
     front = [
-        pair
-        for j in range(5)
-        for pair in (
-            (f"layers.{j}.conv", f"front.{j}.conv", AFFINE),
-            (f"layers.{j}.bn", f"front.{j}.bn", BATCH_NORM),
-        )
+        p for j in range(5) for p in _conv_bn(f"layers.{j}", f"front.{j}.conv", f"front.{j}.bn")
     ]
-    mid = [
-        pair
-        for i in range(3)
-        for pair in (
-            (f"layer{i + 1}.conv", f"mid.{i}.0", AFFINE),
-            (f"layer{i + 1}.bn", f"mid.{i}.1", BATCH_NORM),
-        )
-    ]
+    mid = [p for i in range(3) for p in _conv_bn(f"layer{i + 1}", f"mid.{i}.0", f"mid.{i}.1")]
     head = [("dense1", "dense.0", AFFINE), ("bn", "dense.1", BATCH_NORM)]
     return SPEC_BN + front + mid + head + [("dense2", "classifier", AFFINE)]
 
