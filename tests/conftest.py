@@ -20,6 +20,20 @@ PYTHON = sys.executable
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """prepare's stat cache of verified tars (pipelines/beam/verified_tars.py) goes to this
+    run's temporary folder, not the user's ~/.cache; jobs started as subprocesses inherit
+    the variable."""
+    old = os.environ.get("TAGKIT_CACHE_DIR")
+    os.environ["TAGKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("tagkit-cache"))
+    yield Path(os.environ["TAGKIT_CACHE_DIR"])
+    if old is None:
+        os.environ.pop("TAGKIT_CACHE_DIR", None)
+    else:
+        os.environ["TAGKIT_CACHE_DIR"] = old
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     """Run a project command line (e.g. "beam_runner.py", "prepare", ...) in a subprocess."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}

@@ -171,6 +171,20 @@ def test_appending_tracks_rebuilds_only_the_shards_they_land_in(corpus, tmp_path
             for m_old, m_new in zip(old_index[key]["members"], row["members"]):
                 a = old_data[m_old["offset"] : m_old["offset"] + m_old["size"]]
                 assert a == new_data[m_new["offset"] : m_new["offset"] + m_new["size"]]
+    # The same command again without --update: its label order was kept, so a plain
+    # re-run would relabel the dataset; one line says to pass --update again.
+    again = run_cli(*args)
+    assert again.returncode == 2 and "last written by --update" in again.stderr
+    assert again.stderr.strip().count("\n") == 0
+    # The same update left to the default runner settings runs on two threads of the
+    # driver's process (two tracks are too few to repay worker processes): same bytes.
+    threaded = tmp_path / "grown-threads"
+    shutil.copytree(reference, threaded)
+    args = [a if a != str(out) else str(threaded) for a in args[:-1]]
+    result = run_cli(*args, "--update", "--direct_num_workers=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(touched) == 2 and "on 2 threads of this process" in result.stdout
+    assert tree_bytes(threaded) == after
     card = json.loads((out / "dataset.json").read_text())
     assert card["counts"]["samples"] == N + 2
     assert card["vocabulary"] == json.loads((reference / "dataset.json").read_text())["vocabulary"]
@@ -254,8 +268,66 @@ def test_local_workers_never_outnumber_the_shards_to_build():
     assert local_worker_args(two, 5, 500) == ["--direct_num_workers=2"]
     assert local_worker_args(two, 1, 500) == [
         "--direct_running_mode=in_memory", "--direct_num_workers=1"]  # fmt: skip
-    assert local_worker_args(two, 5, 20)[-2] == "--direct_running_mode=in_memory"  # small job
+    # A small job: threads of this process, one per worker asked for (no process start-up).
+    assert local_worker_args(two, 5, 20) == [
+        "--direct_running_mode=multi_threading", "--direct_num_workers=2"]  # fmt: skip
+    four = ["--direct_num_workers=4"]
+    assert local_worker_args(four, 3, 150) == [
+        "--direct_running_mode=multi_threading", "--direct_num_workers=3"]  # fmt: skip
+    assert local_worker_args(four, 3, 200) == ["--direct_num_workers=3"]  # 120 * 3 / 2 = 180
     explicit = ["--direct_running_mode=multi_processing", "--direct_num_workers=4"]
     assert local_worker_args(explicit, 3, 20) == [explicit[0], "--direct_num_workers=3"]
     remote = ["--runner=DataflowRunner", "--direct_num_workers=4"]
     assert local_worker_args(remote, 1, 1) == remote
+
+
+def test_a_verified_tar_is_hashed_again_only_when_it_changed(corpus, tmp_path, monkeypatch, capsys):
+    """The plan's stat cache: a re-run reads no tar whose stat is what it was when its
+    sha256 was verified; a tar changed in place, even with its size and mtime put back,
+    is hashed again and rebuilt (its ctime moved)."""
+    import shutil
+
+    from pipelines.beam import prepare_plan, verified_tars
+
+    base, reference = corpus
+    out = tmp_path / "cached"
+    shutil.copytree(reference, out)
+    monkeypatch.setattr(verified_tars, "RACY_NS", 0)  # the copy is fresh; see the next test
+    hashed = []
+    real = prepare_plan.local_sha256
+    monkeypatch.setattr(prepare_plan, "local_sha256", lambda p, n: hashed.append(p) or real(p, n))
+    argv = ("--manifest", str(base / "manifest.parquet"), "--out", str(out), *ARGS)
+    tars = sorted(out.glob("*.tar"))
+    assert run_in_process(monkeypatch, *argv) == [] and len(hashed) == len(tars)
+    hashed.clear()
+    assert run_in_process(monkeypatch, *argv) == [] and hashed == []
+    victim = tars[len(tars) // 2]
+    before = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 1  # the tar's zero padding: a change of the same size
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (
+        victim.stat().st_size == before.st_size and victim.stat().st_mtime_ns == before.st_mtime_ns
+    )
+    runs = run_in_process(monkeypatch, *argv)
+    assert [str(p) for p in hashed] == [str(victim)]
+    assert len(runs) == 1 and len(runs[0][0]) == 1
+    capsys.readouterr()
+    assert tree_bytes(out) == tree_bytes(reference)
+
+
+def test_a_tar_written_within_the_racy_window_is_not_entered(tmp_path):
+    """A tar whose ctime is less than RACY_NS old could still change without moving its
+    times (timestamp granularity): it is not entered, even with its mtime set back."""
+    from pipelines.beam.verified_tars import VerifiedTars
+
+    tar = tmp_path / "train-000000.tar"
+    tar.write_bytes(b"x" * 1024)
+    os.utime(tar, ns=(0, 0))  # an old mtime; the ctime is now
+    verified = VerifiedTars(str(tmp_path))
+    verified.add(tar.name, "ab" * 32, 1024)
+    assert verified.entries == {}
+    verified.add(tar.name, "ab" * 32, 1024)
+    verified.save({tar.name})
+    assert not VerifiedTars(str(tmp_path)).known(tar.name, "ab" * 32)

@@ -13,7 +13,7 @@ from manifests.schema import SPLITS, validate_table
 from pipelines.beam import beam_io
 from pipelines.beam.plan import file_sha256, manifest_vocabulary, plan_shards, read_manifest_table
 from pipelines.beam.prepare import Prepare, PrepareConfig, job_versions
-from pipelines.beam.prepare_finish import built_records, finish
+from pipelines.beam.prepare_finish import built_records, finish, remember_verified
 from pipelines.beam.prepare_flags import PrepareFlags
 from pipelines.beam.prepare_plan import ShardWork, plan_work
 from pipelines.beam.prepare_report import announce, announce_work, job_counts, print_summary
@@ -86,7 +86,19 @@ def check_existing_output(cfg: PrepareConfig, force: bool, update: bool) -> None
             f"the manifest changed since {cfg.output} was prepared: --update rebuilds only "
             "the shards whose tracks changed, --force replaces the dataset"
         )
+    if old is not None and not force and not update and label_order_kept(old, cfg):
+        raise OutputExists(
+            f"{cfg.output} was last written by --update, which kept its label order: re-run "
+            "with --update, or --force to replace the dataset"
+        )
     check_existing(cfg.output, cfg.identity(), force)
+
+
+def label_order_kept(card: dict, cfg: PrepareConfig) -> bool:
+    """The card matches this job but for the vocabulary's order (what --update keeps)."""
+    old, new = dict(card.get("identity") or {}), cfg.identity()
+    differ = old.pop("vocabulary", None) != new.pop("vocabulary", None)
+    return differ and old == new and sorted(card.get("vocabulary") or []) == sorted(cfg.vocabulary)
 
 
 def read_card(output: str) -> dict | None:
@@ -263,7 +275,9 @@ def run(args, beam_args: list[str]) -> int:
     announce_work(work, options, runner, os.cpu_count() or 1)
     quiet = getattr(args, "quiet", None)
     result = run_pipeline(cfg, work, options, runner, quiet) if work.build else None
-    finish(cfg, {**work.reused, **built_records(cfg, work)})
+    records = {**work.reused, **built_records(cfg, work)}
+    finish(cfg, records)
+    remember_verified(work, records)
     remove_stale(cfg)
     summary = quiet.summary() if quiet else ""
     print_summary(cfg.output, time.time() - start, job_counts(result, work), summary)

@@ -42,6 +42,19 @@ def built_records(cfg, work: ShardWork) -> dict[ShardKey, dict]:
         return dict(pool.map(read, work.build))
 
 
+def remember_verified(work: ShardWork, records: dict[ShardKey, dict]) -> None:
+    """Local output: the tars just built enter the stat cache with the sha256 their
+    workers computed while writing them (verified_tars.py)."""
+    if work.verified is None:
+        return
+    shards = [r["shard"] for r in records.values() if r["shard"] is not None]
+    for key in work.build:
+        shard = records[key]["shard"]
+        if shard is not None:
+            work.verified.add(shard["name"], shard["sha256"], shard["bytes"])
+    work.verified.save({shard["name"] for shard in shards})
+
+
 def finish(cfg, records: dict[ShardKey, dict]) -> str:
     """Write the dataset's index, rejects and card from `records`; returns the card's
     checksum."""

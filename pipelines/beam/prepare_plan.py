@@ -8,8 +8,9 @@ pipeline, so a resumed or updated job starts no worker for finished work, and a 
 nothing to build runs no pipeline at all (prepare_finish.py rewrites the card from the
 records).
 
-A tar is intact when it has its recorded size and, on a local disk, its recorded sha256.
-On an object store an object exists only once its upload completed, so the driver
+A tar is intact when it has its recorded size and, on a local disk, its recorded sha256
+(read again only when the tar's `stat` changed since it was last verified:
+verified_tars.py). On an object store an object exists only once its upload completed, so the driver
 compares sizes from one listing rather than downloading the dataset; the card's sha256s
 are checked by `train --verify` (and by a worker, for a shard it is given).
 """
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pipelines.beam import beam_io, progress
+from pipelines.beam.verified_tars import VerifiedTars
 from pipelines.core.shards import shard_index
 
 # Records and tars checked at once: object-store reads wait on the network, and sha256
@@ -35,13 +37,15 @@ ShardKey = tuple[str, int]  # (split, shard index)
 class ShardWork:
     """The plan of one job: every non-empty shard's fingerprint and row count, the
     records of the shards reused as they stand, the shards to build and how many of
-    their tracks must be decoded (an update keeps unchanged tracks of a rebuilt shard)."""
+    their tracks must be decoded (an update keeps unchanged tracks of a rebuilt shard),
+    and, for a local output, the stat cache of its verified tars."""
 
     fingerprints: dict[ShardKey, str] = field(default_factory=dict)
     rows: dict[ShardKey, int] = field(default_factory=dict)
     reused: dict[ShardKey, dict] = field(default_factory=dict)
     build: list[ShardKey] = field(default_factory=list)
     to_decode: int = 0
+    verified: VerifiedTars | None = None
 
     @property
     def tracks_reused(self) -> int:
@@ -66,10 +70,12 @@ def plan_work(cfg, rows: list[dict]) -> ShardWork:
         fp = progress.shard_fingerprint(cfg.identity_sha, split, num_shards[split], group)
         work.fingerprints[(split, index)] = fp
         work.rows[(split, index)] = len(group)
-    sizes = listed_sizes(cfg.output) if beam_io.is_url(cfg.output) else None
+    remote = beam_io.is_url(cfg.output)
+    sizes = listed_sizes(cfg.output) if remote else None
+    work.verified = None if remote else VerifiedTars(cfg.output)
 
     def check(key: ShardKey):
-        return key, shard_state(cfg, key, work.fingerprints[key], groups[key], sizes)
+        return key, shard_state(cfg, key, work, groups[key], sizes)
 
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
         for key, (record, to_decode) in pool.map(check, groups):
@@ -81,15 +87,15 @@ def plan_work(cfg, rows: list[dict]) -> ShardWork:
     return work
 
 
-def shard_state(cfg, key: ShardKey, fingerprint: str, rows, sizes) -> tuple[dict | None, int]:
+def shard_state(cfg, key: ShardKey, work: ShardWork, rows, sizes) -> tuple[dict | None, int]:
     """(the record, if the shard is finished and intact; else None) and, for a shard to
     build, how many of its tracks an earlier record of it does not hold unchanged (an
     estimate for sizing the workers: that old tar is checked by the worker that reuses
     its tracks, which decodes them all if it is damaged)."""
     split, index = key
     record = progress.read_record(cfg.output, split, index)
-    if record is not None and record.get("fingerprint") == fingerprint:
-        if tar_intact(cfg.output, record.get("shard"), sizes):
+    if record is not None and record.get("fingerprint") == work.fingerprints[key]:
+        if tar_intact(cfg.output, record.get("shard"), sizes, work.verified):
             return record, 0
     kept = {}
     if record is not None and record.get("identity") == cfg.identity_sha:
@@ -97,14 +103,20 @@ def shard_state(cfg, key: ShardKey, fingerprint: str, rows, sizes) -> tuple[dict
     return None, sum(1 for r in rows if kept.get(r["key"]) != progress.row_sha(r))
 
 
-def tar_intact(output: str, shard: dict | None, sizes: dict[str, int] | None) -> bool:
+def tar_intact(output: str, shard: dict | None, sizes: dict[str, int] | None, verified) -> bool:
     """A record without a tar (every track rejected) needs none; else the tar must have
-    the recorded size and, locally, the recorded sha256."""
+    the recorded size and, locally, the recorded sha256 (`verified`: the stat cache)."""
     if shard is None:
         return True
     if sizes is not None:
         return sizes.get(shard["name"]) == shard["bytes"]
-    return local_sha256(beam_io.join(output, shard["name"]), shard["bytes"]) == shard["sha256"]
+    name, sha256, size = shard["name"], shard["sha256"], shard["bytes"]
+    if verified.known(name, sha256):
+        return True
+    if local_sha256(beam_io.join(output, name), size) != sha256:
+        return False
+    verified.add(name, sha256, size)
+    return True
 
 
 def local_sha256(path: str, size: int) -> str | None:

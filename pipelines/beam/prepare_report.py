@@ -34,9 +34,11 @@ def announce_work(work: ShardWork, options, runner: str, cores: int) -> None:
     where = f"runner {runner}"
     if runner == "FnApiRunner":
         opts = options.get_all_options()
-        processes = opts.get("direct_num_workers") or 1
-        in_memory = opts.get("direct_running_mode") == "in_memory"
-        where = "in this process" if in_memory else f"in {plural(processes, 'worker process')}"
+        workers, mode = opts.get("direct_num_workers") or 1, opts.get("direct_running_mode")
+        where = {
+            "in_memory": "in this process",
+            "multi_threading": f"on {plural(workers, 'thread')} of this process",
+        }.get(mode, f"in {plural(workers, 'worker process')}")
     shards = plural(built, "shard")
     print(line + f"building {shards} ({work.to_decode} tracks to decode) {where}")
 

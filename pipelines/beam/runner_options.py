@@ -75,19 +75,23 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, str]:
 
 
 # What one worker process's start-up costs (Beam's SDK harness, grpc, torch: ~2.5 s) in
-# 30-s tracks decoded and featurised (~0.022 CPU-s each): ~120. k workers beat one process
-# when the work they share saves more than that: from ~120 * k / (k - 1) tracks (240 for
-# two). Measured on 2 busy cores, one process did 240 and 480 tracks to decode in 0.6-0.9x
-# the wall time of two worker processes (bench/RESULTS.md, "Issue 17 in one run").
+# 30-s tracks decoded and featurised (~0.022 CPU-s each): ~120. k worker processes beat
+# threads of this process when the work they share saves more than that: from
+# ~120 * k / (k - 1) tracks (240 for two). Below, the job runs on k threads of this
+# process (Beam's multi_threading mode): decoding, resampling, the STFT, sha256 and file
+# writes release the GIL, and nothing is started. Measured on 2 cores, an update that
+# rebuilt 88 shards (96 tracks to decode) took 5.2 s on two threads against 6.8-7.2 s on
+# one, the same bytes (bench/RESULTS.md, "Issue 17 in one run"). Worker processes stay the
+# choice for large jobs: the GIL would serialise their Python share on many cores.
 STARTUP_TRACKS = 120
 
 
 def local_worker_args(beam_args: list[str], shards: int, tracks: int) -> list[str]:
     """The local runner's flags for a job of `shards` shards to build (`tracks` tracks to
-    decode): no more worker processes than shards, and, unless --direct_running_mode is
-    given, one shard or a job too small to repay the workers' start-up run in this
-    process (in_memory). Other runners get
-    the flags unchanged: they size their workers themselves."""
+    decode): no more workers than shards and, unless --direct_running_mode is given, a job
+    too small to repay worker processes' start-up runs in this process: one shard as is
+    (in_memory), more on one thread per worker (multi_threading). Other runners get the
+    flags unchanged: they size their workers themselves."""
     runner = (_flag_value(beam_args, "runner") or "FnApiRunner").rsplit(".", 1)[-1]
     if runner not in LOCAL_RUNNERS:
         return list(beam_args)
@@ -98,9 +102,10 @@ def local_worker_args(beam_args: list[str], shards: int, tracks: int) -> list[st
     # 0 is Beam's "one per core", our default too.
     workers = min(int(requested) or os.cpu_count() or 1, max(1, shards))
     args = _without_flag(beam_args, "direct_num_workers")
-    small = tracks < STARTUP_TRACKS * workers / max(1, workers - 1)
-    if mode is None and (workers == 1 or small):
+    if mode is None and workers == 1:
         return [*args, "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    if mode is None and tracks < STARTUP_TRACKS * workers / (workers - 1):
+        return [*args, "--direct_running_mode=multi_threading", f"--direct_num_workers={workers}"]
     return [*args, f"--direct_num_workers={workers}"]
 
 
