@@ -69,17 +69,22 @@ def cat_ranges(
     if _runtime_from_parent():
         return None
     _note_runtime()  # before the stores: making one may already use the runtime
-    try:
-        stores = [_store_for(url, options) for url in urls]
+    try:  # one store per bucket (a window's ranges are mostly of one bucket)
+        stores = {bucket: _store_for(url, options) for bucket, url in _buckets(urls).items()}
     except Unsupported as why:
         log.debug("s3 ranged reads through s3fs: %s", why)
         return None
     pool = _pool(os.getpid())
     futures = [
-        pool.submit(_get_range, store, url, start, end)
-        for store, url, start, end in zip(stores, urls, starts, ends)
+        pool.submit(_get_range, stores[urlparse(url).netloc], url, start, end)
+        for url, start, end in zip(urls, starts, ends)
     ]
     return [future.result() for future in futures]
+
+
+def _buckets(urls: Sequence[str]) -> dict[str, str]:
+    """{bucket: one of its URLs}."""
+    return {urlparse(url).netloc: url for url in reversed(urls)}
 
 
 def _get_range(store, url: str, start: int, end: int):
@@ -144,8 +149,10 @@ def _store_for(url: str, options: Mapping | None):
 
 @functools.lru_cache(maxsize=8)
 def _store(settings_json: str, pid: int):
-    from obstore.store import S3Store
-
+    try:
+        from obstore.store import S3Store
+    except ImportError as exc:  # an install without it reads through s3fs
+        raise Unsupported("obstore is not installed") from exc
     settings = json.loads(settings_json)
     client = settings.pop("client_options")
     try:
