@@ -295,22 +295,36 @@ def loader_rate(
     return rates, chunks, fetched / max(1, used), cpu, gets, by_obstore
 
 
-def _row_in_child(results, servers, args) -> None:
+def _row_in_child(results, servers, local_dir, args) -> None:
     SERVERS.update(servers)
-    # Imports and the card's filesystem before the clock starts, as in a process that
-    # already served other rows (obstore is imported, its runtime not started).
+    # A spawned process spawns its own children by default; loader workers are forked
+    # in a trainer.
+    multiprocessing.set_start_method("fork", force=True)
+    # Before the clock starts, what a trainer has done before it reads (and what the
+    # rows before this one did when all ran in one process): the imports, one batch read
+    # from local disk in this process, the card's filesystem. obstore is imported, its
+    # runtime not started.
     import obstore  # noqa: F401
 
-    data.load_card(args[0], args[1])
+    url, options, spec, _, batch_size, *_ = args
+    reader, _ = reader_for(local_dir, {}, spec, 0, batch_size, 0)
+    next(iter(reader))
+    reader.close()
+    data.load_card(url, options)
     results.put(loader_rate(*args))
 
 
-def loader_rate_fresh(url, options, spec, workers, batch_size, epochs, cache_dir, s3_client):
-    """`loader_rate` in a fresh spawned process (see the module docs)."""
+def loader_rate_fresh(
+    local_dir, url, options, spec, workers, batch_size, epochs, cache_dir, s3_client
+):
+    """`loader_rate` in a fresh spawned process (see the module docs); `local_dir`: the
+    dataset on local disk, to warm the process up."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     args = (url, options, spec, workers, batch_size, epochs, cache_dir, s3_client)
-    child = context.Process(target=_row_in_child, args=(results, dict(SERVERS), args))
+    child = context.Process(
+        target=_row_in_child, args=(results, dict(SERVERS), str(local_dir), args)
+    )
     child.start()
     try:
         return results.get()
@@ -448,7 +462,7 @@ def main(argv=None) -> int:
                 name = source if client == "obstore" else f"{source}:{client}"
                 with tempfile.TemporaryDirectory(prefix="tagtrain-cache-") as cache:
                     rates, chunks, ratio, cpu, gets, by_obstore = loader_rate_fresh(
-                        url, options, spec, workers, args.batch_size, args.epochs,
+                        directory, url, options, spec, workers, args.batch_size, args.epochs,
                         cache if source.endswith("-cache") else None, client,
                     )  # fmt: skip
                 rows.append((name, workers, chunks, rates, ratio, cpu, gets, by_obstore))
