@@ -227,10 +227,12 @@ class RangeFetcher:
             paths += [url] * len(merged_starts)
             starts += merged_starts
             ends += merged_ends
+        # Made before the try, as before obstore: a setting s3fs refuses fails loudly.
+        fs = filesystem(paths[0], self.options)
         self.requests += len(paths)
         self._count(sum(e - s for s, e in zip(starts, ends)))
         try:
-            blobs = self._cat_ranges(paths, starts, ends)
+            blobs = self._cat_ranges(fs, paths, starts, ends)
         except Exception as exc:  # noqa: BLE001  (the whole call failed: every shard did)
             return {shard: exc for shard in jobs}
         return {
@@ -238,7 +240,7 @@ class RangeFetcher:
             for shard, (first, m_starts, m_ends) in plans.items()
         }
 
-    def _cat_ranges(self, paths, starts, ends) -> list:
+    def _cat_ranges(self, fs, paths, starts, ends) -> list:
         """[bytes or the exception] per range, as `cat_ranges(on_error="return")`: from
         obstore for s3:// when chosen and usable here, else from the fsspec filesystem."""
         if self.s3_client == "obstore" and scheme_of(paths[0]) == "s3":
@@ -246,7 +248,6 @@ class RangeFetcher:
             if blobs is not None:
                 self.obstore_requests += len(paths)
                 return blobs
-        fs = filesystem(paths[0], self.options)
         return fs.cat_ranges(paths, starts, ends, on_error="return")
 
     def _close(self, shard: int) -> None:
