@@ -1,8 +1,8 @@
 """Ranged GETs on S3 through obstore (Rust `object_store`), for the loader's member reads.
 
 Why: a first epoch from S3 is bounded by per-request CPU, and a 0.47 MB ranged GET costs
-s3fs/aiobotocore/aiohttp 1.2-1.8 ms of the loader's CPU against 0.55-0.75 ms here (about
-0.3 ms measured apart; bench/RESULTS.md, "S3 client").
+the loader 1.2-1.8 ms of client CPU through s3fs/aiobotocore/aiohttp and about half that
+here (0.3-0.65 ms measured apart; bench/RESULTS.md, "S3 client").
 Only the loader's ranged reads come here; listing, whole-object streams, gs://, http(s)://
 and run directories stay on fsspec.
 
