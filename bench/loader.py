@@ -9,13 +9,18 @@ HTTP is a local `http.server` process and S3 a local SeaweedFS server (`weed ser
 a real S3 implementation, in its own process); "s3-cache" reads S3 through the loader's
 local shard cache, so its second epoch reads local disk. Throughput is measured over `--epochs` whole epochs
 (worker start-up and shuffle-buffer fill included, so it is a lower bound); "per worker" divides by the worker count (the
-main process counts as one worker when --workers is 0).
+main process counts as one worker when --workers is 0). `--s3-clients obstore,s3fs` measures
+the S3 sources once per client of the loader's range requests (rows "s3", "s3:s3fs"), on
+the same server. Each row runs in a fresh process (spawned, as a trainer starts): obstore's
+runtime does not survive a fork, so a process that read S3 through obstore itself would
+leave its later loader workers on s3fs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -201,7 +206,10 @@ def stream_rate(url, options) -> tuple[float, float]:
     return total / 1e6 / seconds, sum(s.samples for s in shards) / seconds
 
 
-def reader_for(url, options, spec, workers, batch_size, epoch, split="train", cache_dir=None):
+def reader_for(
+    url, options, spec, workers, batch_size, epoch, split="train", cache_dir=None,
+    s3_client="obstore",
+):  # fmt: skip
     card = data.load_card(url, options)
     plan = data.plan_input(card, spec)
     shards = data.split_shards(card, url, split)
@@ -212,19 +220,25 @@ def reader_for(url, options, spec, workers, batch_size, epoch, split="train", ca
         seed=0,
         storage_options=options,
         cache_dir=cache_dir,
+        s3_client=s3_client,
     )
     data.check_enough_shards(shards, cfg, split)
     stream = data.ShardStream(shards, plan, card["vocabulary"], cfg, epoch)
     return data.EpochReader(stream, pin_memory=torch.cuda.is_available()), plan
 
 
-def pooled_reader(pools: dict, url, options, spec, workers, batch_size, epoch, cache_dir=None):
+def pooled_reader(
+    pools: dict, url, options, spec, workers, batch_size, epoch, cache_dir=None,
+    s3_client="obstore",
+):  # fmt: skip
     """What the trainer does: with loader workers, the same worker processes read every
     epoch (a `LoaderPool`, made on the first epoch and kept in `pools`)."""
     pool = pools.get(url)
     if pool is not None:
         return data.EpochReader(pool.stream(epoch, None), pool=pool)
-    reader, _ = reader_for(url, options, spec, workers, batch_size, epoch, cache_dir=cache_dir)
+    reader, _ = reader_for(
+        url, options, spec, workers, batch_size, epoch, cache_dir=cache_dir, s3_client=s3_client
+    )
     if not workers:
         return reader
     pool = pools[url] = data.LoaderPool(reader.stream, pin_memory=torch.cuda.is_available())
@@ -251,29 +265,71 @@ def cpu_seconds(url) -> tuple[float, float]:
     return client, server
 
 
-def loader_rate(url, options, spec, workers, batch_size, epochs, cache_dir=None):
+def loader_rate(
+    url, options, spec, workers, batch_size, epochs, cache_dir=None, s3_client="obstore"
+):
     """([chunks/s of each epoch], chunks per epoch, bytes fetched / bytes used, [(client,
-    server) CPU ms per chunk of each epoch], [range requests per chunk of each epoch]),
-    start-up included in every epoch. On a
+    server) CPU ms per chunk of each epoch], [range requests per chunk of each epoch],
+    [of which obstore's, per chunk]), start-up included in every epoch. On a
     shared machine the CPU cost per chunk is the steadier figure: wall time there depends
     on what else runs."""
-    rates, chunks, fetched, used, cpu, pools, gets = [], 0, 0, 0, [], {}, []
+    rates, chunks, fetched, used, cpu, pools, gets, by_obstore = [], 0, 0, 0, [], {}, [], []
     try:
         for epoch in range(epochs):
             start, cpu_start = time.perf_counter(), cpu_seconds(url)
-            reader = pooled_reader(pools, url, options, spec, workers, batch_size, epoch, cache_dir)
+            reader = pooled_reader(
+                pools, url, options, spec, workers, batch_size, epoch, cache_dir, s3_client
+            )
             chunks = sum(len(batch.keys) for batch in reader)
             reader.close()
             rates.append(chunks / (time.perf_counter() - start))
             cpu_end = cpu_seconds(url)
             cpu.append(tuple(1000 * (b - a) / max(1, chunks) for a, b in zip(cpu_start, cpu_end)))
             gets.append(reader.stats.range_requests / max(1, chunks))
+            by_obstore.append(reader.stats.obstore_requests / max(1, chunks))
             if epoch == 0:
                 fetched, used = reader.stats.bytes_read, reader.stats.bytes_used
     finally:
         for pool in pools.values():
             pool.close()
-    return rates, chunks, fetched / max(1, used), cpu, gets
+    return rates, chunks, fetched / max(1, used), cpu, gets, by_obstore
+
+
+def _row_in_child(results, servers, local_dir, args) -> None:
+    SERVERS.update(servers)
+    # A spawned process spawns its own children by default; loader workers are forked
+    # in a trainer.
+    multiprocessing.set_start_method("fork", force=True)
+    # Before the clock starts, what a trainer has done before it reads (and what the
+    # rows before this one did when all ran in one process): the imports, one batch read
+    # from local disk in this process, the card's filesystem. obstore is imported, its
+    # runtime not started.
+    import obstore  # noqa: F401
+
+    url, options, spec, _, batch_size, *_ = args
+    reader, _ = reader_for(local_dir, {}, spec, 0, batch_size, 0)
+    next(iter(reader))
+    reader.close()
+    data.load_card(url, options)
+    results.put(loader_rate(*args))
+
+
+def loader_rate_fresh(
+    local_dir, url, options, spec, workers, batch_size, epochs, cache_dir, s3_client
+):
+    """`loader_rate` in a fresh spawned process (see the module docs); `local_dir`: the
+    dataset on local disk, to warm the process up."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    args = (url, options, spec, workers, batch_size, epochs, cache_dir, s3_client)
+    child = context.Process(
+        target=_row_in_child, args=(results, dict(SERVERS), str(local_dir), args)
+    )
+    child.start()
+    try:
+        return results.get()
+    finally:
+        child.join()
 
 
 def step_wait(url, options, args, device) -> dict:
@@ -335,11 +391,12 @@ def print_table(rows, ceilings, spec, directory, args) -> None:
     print("".join(f"{h:>11}" for h in header))
     for source, workers, chunks, rates, ratio, *_ in rows:
         base = local.get(workers, [float("nan")] * len(rates))
+        ceiling = ceilings[source.split(":")[0]]
         second = rates[1] if len(rates) > 1 else float("nan")
         cells = (
             source, workers, chunks, f"{rates[0]:.0f}", f"{rates[0] / base[0]:.2f}",
             f"{second:.0f}", f"{second / base[min(1, len(base) - 1)]:.2f}",
-            f"{ratio:.2f}", f"{ceilings[source][1]:.0f}/s",
+            f"{ratio:.2f}", f"{ceiling[1]:.0f}/s",
         )  # fmt: skip
         print("".join(f"{c:>11}" for c in cells))
     print("vs local: per-worker ratio to local disk at the same worker count; fetch/use:")
@@ -350,20 +407,22 @@ def print_table(rows, ceilings, spec, directory, args) -> None:
 def print_cpu(rows) -> None:
     """CPU ms per chunk, loader (this process and its workers) and server, per epoch; the
     ratio local / (loader + server) is the throughput ratio when CPU is what limits."""
-    local = {w: cpu for s, w, _, _, _, cpu, _ in rows if s == "local"}
+    local = {w: cpu for s, w, _, _, _, cpu, *_ in rows if s == "local"}
     print()
     header = ("source", "workers", "e1 loader", "e1 server", "e1 ratio", "e2 loader",
-              "e2 server", "e2 ratio", "e1 GETs", "e2 GETs")  # fmt: skip
+              "e2 server", "e2 ratio", "e1 GETs", "e2 GETs", "obstore")  # fmt: skip
     print("".join(f"{h:>11}" for h in header))
-    for source, workers, _, _, _, cpu, gets in rows:
+    for source, workers, _, _, _, cpu, gets, by_obstore in rows:
         cells = [source, workers]
         for epoch, (client, server) in enumerate(cpu[:2]):
             base = local.get(workers, cpu)[min(epoch, len(local.get(workers, cpu)) - 1)][0]
             cells += [f"{client:.2f}", f"{server:.2f}", f"{base / max(1e-9, client + server):.2f}"]
         cells += [f"{g:.3f}" for g in gets[:2]]
+        cells.append(f"{sum(by_obstore) / sum(gets):.2f}" if sum(gets) else "-")
         print("".join(f"{c:>11}" for c in cells))
     print("CPU ms per chunk, start-up included; ratio: local loader CPU / (loader + server);")
-    print("GETs: remote range requests per chunk (after merging neighbouring ranges)")
+    print("GETs: remote range requests per chunk (after merging neighbouring ranges);")
+    print("obstore: the fraction of those GETs that obstore sent (the rest: s3fs)")
 
 
 def main(argv=None) -> int:
@@ -373,6 +432,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=29.1, help="generated track length")
     parser.add_argument("--stored", default="mel", help="generated members: mel, pcm or mel,pcm")
     parser.add_argument("--sources", default="local,s3,s3-cache")
+    parser.add_argument(
+        "--s3-clients", default="obstore", help="clients of S3 range requests: obstore,s3fs"
+    )
     parser.add_argument("--workers", default="0,1", help="loader worker counts to measure")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
@@ -395,15 +457,17 @@ def main(argv=None) -> int:
         with served(source, directory) as (url, options):
             ceilings[source] = stream_rate(url, options)
             print(f"  {source:<8} raw stream {ceilings[source][0]:6.0f} MB/s", flush=True)
-            for workers in worker_counts:
+            clients = args.s3_clients.split(",") if source.startswith("s3") else ["obstore"]
+            for workers, client in [(w, c) for c in clients for w in worker_counts]:
+                name = source if client == "obstore" else f"{source}:{client}"
                 with tempfile.TemporaryDirectory(prefix="tagtrain-cache-") as cache:
-                    rates, chunks, ratio, cpu, gets = loader_rate(
-                        url, options, spec, workers, args.batch_size, args.epochs,
-                        cache if source.endswith("-cache") else None,
+                    rates, chunks, ratio, cpu, gets, by_obstore = loader_rate_fresh(
+                        directory, url, options, spec, workers, args.batch_size, args.epochs,
+                        cache if source.endswith("-cache") else None, client,
                     )  # fmt: skip
-                rows.append((source, workers, chunks, rates, ratio, cpu, gets))
+                rows.append((name, workers, chunks, rates, ratio, cpu, gets, by_obstore))
                 shown = " ".join(f"{r:.0f}" for r in rates)
-                print(f"  {source:<8} workers={workers:<3} {shown} chunks/s", flush=True)
+                print(f"  {name:<11} workers={workers:<3} {shown} chunks/s", flush=True)
             if source == "local" and args.train_steps:
                 training = step_wait(url, options, args, device)
     print_table(rows, ceilings, spec, directory, args)

@@ -22,6 +22,7 @@ from tagtrain.flags import setting
 SCHEDULES = ("adam_sgd", "early_stop")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTIONS = ("val_loss", "roc_auc")
+S3_CLIENTS = ("obstore", "s3fs")  # see tagtrain/loader/s3ranges.py
 # Reference epochs of each schedule (minzwon/sota-music-tagging-models trains 200 epochs:
 # Adam 80, SGD 1e-3 20, 1e-4 20, then 1e-5 to the end).
 SCHEDULE_EPOCHS = {"adam_sgd": 200, "early_stop": 200}
@@ -73,6 +74,11 @@ class RunConfig:
     cache_limit: float = setting(0.0, "GiB the shard cache may hold (0: no limit)")
     verify: bool = setting(False, "check every shard's sha256 against the card before training")
     s3_endpoint_url: str = setting("", "S3-compatible endpoint (or set AWS_ENDPOINT_URL)")
+    s3_client: str = setting(
+        "obstore",
+        "client of the loader's s3:// range requests: obstore (less CPU per request) or s3fs",
+        choices=S3_CLIENTS,
+    )
     # schedule
     schedule: str = setting(
         "adam_sgd",
@@ -132,7 +138,8 @@ class RunConfig:
         if not self.model:
             raise ConfigError("no model: give --model NAME (see `python -m tagtrain models`)")
         for name, allowed in (
-            ("schedule", SCHEDULES), ("precision", PRECISIONS), ("select", SELECTIONS)
+            ("schedule", SCHEDULES), ("precision", PRECISIONS), ("select", SELECTIONS),
+            ("s3_client", S3_CLIENTS),
         ):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise ConfigError(

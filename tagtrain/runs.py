@@ -246,6 +246,7 @@ def loader_config(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) 
         # Song-level models too: the reference evaluates every model on 16 chunks.
         eval_chunks=args.chunks,
         storage_options=run.config.effective_storage_options(),
+        s3_client=run.config.s3_client,
     )
 
 

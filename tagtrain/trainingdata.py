@@ -66,6 +66,7 @@ class TrainingData:
             seed=cfg.seed, rank=rt.dist.rank, world=rt.dist.world, train=True,
             storage_options=options, max_bad_fraction=cfg.max_bad_fraction,
             cache_dir=cfg.cache_dir or None, cache_limit=int(cfg.cache_limit * 2**30),
+            s3_client=cfg.s3_client,
         )  # fmt: skip
         if cfg.verify:
             verify_shards([*train_shards, *val_shards], options)

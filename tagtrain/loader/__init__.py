@@ -17,6 +17,7 @@ Modules, one job each:
     partition  sample-level partitioning: one global order, equal batches, elastic resume
     sampled    a worker's batches under sample-level partitioning (ranged reads)
     ranged     member byte ranges by pread / fsspec cat_ranges, with retries
+    s3ranges   the s3:// range requests through obstore (less CPU per GET than s3fs)
     retry      a sequential shard stream that reopens at the failed offset
     cache      a local shard cache (cache_dir, cache_limit) shared by workers and ranks
     rangecache the same cache holding only the member ranges read (sample-level reading)

@@ -33,6 +33,7 @@ class LoaderConfig:
     retry_backoff: float = 0.5  # seconds before the first retry
     cache_dir: str | None = None  # keep local copies of remote shards here (see cache)
     cache_limit: int = 0  # bytes the cache may hold; 0: no limit
+    s3_client: str = "obstore"  # who sends s3:// range requests: obstore or s3fs (s3ranges)
 
     @property
     def slots(self) -> int:

@@ -74,8 +74,9 @@ class SampleRoleStream:
             return locate(url, cfg) if url in whole else url
 
         return RangeFetcher(
-            urls, cfg.storage_options, cfg.read_retries, cfg.retry_backoff, place, range_cache
-        )
+            urls, cfg.storage_options, cfg.read_retries, cfg.retry_backoff, place, range_cache,
+            cfg.s3_client,
+        )  # fmt: skip
 
     def windows(self) -> tuple[list[list[tuple[int, tuple[int, int]]]], int]:
         """(this worker's batch specs grouped into fetch windows, windows in flight)."""
@@ -171,6 +172,7 @@ class SampleRoleStream:
         self.stats.shards_opened = len(self.touched)
         self.stats.bytes_read = self.fetcher.bytes_read
         self.stats.range_requests = self.fetcher.requests
+        self.stats.obstore_requests = self.fetcher.obstore_requests
         self.stats.bytes_used += sum(
             len(v)
             for _, raw in fetched

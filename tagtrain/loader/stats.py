@@ -18,6 +18,7 @@ _COUNTERS = (
     "bytes_read",
     "bytes_used",
     "range_requests",
+    "obstore_requests",
 )
 
 
@@ -50,6 +51,7 @@ class LoaderStats:
     bytes_read: int = 0  # shard bytes read or downloaded (whole shards, or member ranges)
     bytes_used: int = 0  # bytes of the members decoded (json + the model's member)
     range_requests: int = 0  # remote range requests sent (sample-level reading, merged)
+    obstore_requests: int = 0  # of which obstore sent (s3://, `LoaderConfig.s3_client`)
     bad_by_reason: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     # Names of the shards that failed: with sample-level partitioning several workers
