@@ -15,6 +15,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -80,6 +81,43 @@ def test_card_lists_shard_checksums_and_index_gives_member_offsets(corpus):
             assert actual[m["name"]] == (m["offset"], m["size"])
             if m["name"].endswith(".json"):
                 assert json.loads(data[m["offset"] : m["offset"] + m["size"]])["key"] == row["key"]
+
+
+def test_shard_tars_are_the_bytes_of_tarfiles_stream_writer():
+    """write_tar writes each member in one piece; the bytes must stay those of
+    `tarfile.open(mode="w|")` (USTAR, fixed fields), whatever the member sizes: empty,
+    block-aligned, one byte over, a name of 100 bytes (the USTAR limit), and no member at all;
+    memoryview members (an update's kept tracks) too."""
+    import io
+
+    from pipelines.core.shards import member_layout, tar_bytes
+
+    def tarfile_bytes(samples):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+            for key, members in sorted(samples):
+                for ext in sorted(members):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mtime, info.mode = len(members[ext]), 0, 0o644
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    tar.addfile(info, io.BytesIO(bytes(members[ext])))
+        return buf.getvalue()
+
+    rng = np.random.default_rng(0)
+    sizes = [0, 1, 511, 512, 513, 10240, 10241, 70001]
+    samples = [
+        (f"k{i:03d}" + "x" * (88 if i == 3 else 0),
+         {"json": rng.bytes(size), "mel.npy": memoryview(rng.bytes(sizes[-1 - i]))})
+        for i, size in enumerate(sizes)
+    ]  # fmt: skip
+    for group in ([], samples[:1], samples):
+        data = tar_bytes(group)
+        assert data == tarfile_bytes(group) and len(data) % tarfile.RECORDSIZE == 0
+    for key, entries in member_layout(samples).items():
+        for entry in entries:
+            want = dict(samples)[key][entry["name"][len(key) + 1 :]]
+            assert data[entry["offset"] : entry["offset"] + entry["size"]] == bytes(want)
 
 
 def test_a_job_killed_halfway_resumes_to_identical_bytes_with_fewer_decodes(corpus, tmp_path):

@@ -122,10 +122,11 @@ class ReusableTracks:
         ):
             return
         rows, sums = old.get("rows", {}), old.get("sums") or {}
+        view = memoryview(data)  # members are views into the old tar, not copies
         for index_row in old["index"]:
             key = index_row["key"]
             members = {
-                m["name"][len(key) + 1 :]: data[m["offset"] : m["offset"] + m["size"]]
+                m["name"][len(key) + 1 :]: view[m["offset"] : m["offset"] + m["size"]]
                 for m in index_row["members"]
             }
             self.by_key[key] = (rows.get(key), index_row, members, sums.get(key))

@@ -51,20 +51,33 @@ def load_npy(data: bytes) -> np.ndarray:
 
 
 def write_tar(fileobj, samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> None:
-    """Stream a tar of samples [(key, {ext: bytes})], sorted by key then extension."""
-    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in sorted(samples, key=lambda kv: kv[0]):
-            for ext in sorted(members):
-                if ext not in ALLOWED_EXTENSIONS:
-                    raise ValueError(f"member extension {ext!r} is not part of the shard contract")
-                data = members[ext]
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                info.mtime = 0
-                info.mode = 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
+    """Write a tar of samples [(key, {ext: bytes-like})], sorted by key then extension:
+    the bytes `tarfile.open(mode="w|")` writes (tested), but each member's data in one
+    write instead of tarfile's 16 KiB copy loop through its 10 KiB stream buffer, which
+    cost more than the sha256 of a rewritten 256 MB shard."""
+    offset = 0
+    for key, members in sorted(samples, key=lambda kv: kv[0]):
+        for ext in sorted(members):
+            if ext not in ALLOWED_EXTENSIONS:
+                raise ValueError(f"member extension {ext!r} is not part of the shard contract")
+            data = members[ext]
+            header = _member_header(f"{key}.{ext}", len(data))
+            padding = -len(data) % tarfile.BLOCKSIZE
+            for part in (header, data, tarfile.NUL * padding):
+                fileobj.write(part)
+            offset += len(header) + len(data) + padding
+    end = 2 * tarfile.BLOCKSIZE  # two zero blocks, then zeros to a whole record
+    fileobj.write(tarfile.NUL * (end + -(offset + end) % tarfile.RECORDSIZE))
+
+
+def _member_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
 def tar_bytes(samples: Iterable[tuple[str, Mapping[str, bytes]]]) -> bytes:
