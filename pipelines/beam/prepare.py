@@ -90,8 +90,9 @@ def job_versions() -> tuple[tuple[str, str], ...]:
 
 def set_worker_threads() -> None:
     # One thread per worker (a process, or a thread of a small job): parallelism comes
-    # from the workers, and library thread pools on a busy box cost several times more CPU. Called before a shard is
-    # built, not in setup: a worker that only reuses finished shards never imports torch.
+    # from the workers, and library thread pools on a busy box cost several times more
+    # CPU. Called before a shard is built, not in setup: a worker that only reuses
+    # finished shards never imports torch.
     import torch
 
     torch.set_num_threads(1)
