@@ -81,6 +81,16 @@ def test_classification_of_storage_errors():
         RuntimeError("something nobody classified"),  # unknown: fail loudly, not a reject
     ):
         assert kind(exc) == "transient", exc
+    # botocore's errors (one GET per s3:// file): the status is in the parsed response.
+    from botocore.exceptions import ClientError
+
+    boto = lambda code, name: ClientError(  # noqa: E731
+        {"Error": {"Code": name}, "ResponseMetadata": {"HTTPStatusCode": code}}, "GetObject"
+    )
+    assert kind(boto(403, "AccessDenied")) == "unreadable"
+    assert kind(boto(404, "NoSuchKey")) == "missing"
+    for code, name in ((503, "SlowDown"), (500, "InternalError")):
+        assert kind(boto(code, name)) == "transient"
     with pytest.raises(MemoryError):
         classify_read_error(MemoryError())
 
@@ -193,8 +203,14 @@ def test_s3_found_missing_and_server_down(seaweed_s3, audio_root, no_backoff):
 
     prefix = seaweed_s3.upload_dir(audio_root, "bucket/audio")
     beam_io.configure(tuple(seaweed_env_for_beam(seaweed_s3)))
+    calls = []  # the S3 operations a track costs: one GET, no listing, no HEAD
+    events = beam_io.s3_client().meta.events
+    events.register("before-call.s3", count := lambda model, **_: calls.append(model.name))
     ok = prepare_track(row("good.mp3"), prefix, TrackConfig(), VOCAB)
-    assert isinstance(ok, Sample)
+    events.unregister("before-call.s3", count)
+    assert isinstance(ok, Sample) and calls == ["GetObject"]
+    capped = prepare_track(row("good.mp3"), prefix, TrackConfig(max_file_mb=0.01), VOCAB)
+    assert isinstance(capped, Reject) and capped.reason == "too_large"
     missing = prepare_track(row("gone.mp3"), prefix, TrackConfig(), VOCAB)
     assert (missing.stage, missing.reason) == ("read", "missing")
     # The server goes away mid-job and comes back: Beam's S3 client and our retries ride it

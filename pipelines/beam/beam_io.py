@@ -20,17 +20,21 @@ from pipelines.core.failures import AudioRejected, TransientError
 
 _RAW = CompressionTypes.UNCOMPRESSED
 _configured: tuple[str, ...] | None = None
+_options = None  # the PipelineOptions FileSystems was set with (their S3 settings)
+# S3 settings' key -> the boto3 client shared by this process's S3 reads and writes.
+_S3_CLIENTS: dict[str, object] = {}
 
 
 def configure(filesystem_args: tuple[str, ...]) -> None:
     """Apply the job's filesystem flags (--s3_endpoint_url, credentials, ...) in this
     process. Beam's worker processes do not inherit what the driver set, so every DoFn
     that touches files calls this first."""
-    global _configured
+    global _configured, _options
     if filesystem_args != _configured:
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        FileSystems.set_options(PipelineOptions(list(filesystem_args)))
+        _options = PipelineOptions(list(filesystem_args))
+        FileSystems.set_options(_options)
         _configured = filesystem_args
     _share_s3_clients()
 
@@ -53,7 +57,6 @@ def _share_s3_clients() -> None:
         return
     if getattr(s3io.S3IO, "shares_clients", False):
         return
-    clients: dict[str, object] = {}
     original = s3io.S3IO
 
     class OwnStreamClient(boto3_client.Client):
@@ -70,13 +73,28 @@ def _share_s3_clients() -> None:
 
         def __init__(self, client=None, options=None):
             if client is None and options is not None:
-                key = _s3_key(options)
-                if key not in clients:
-                    clients[key] = boto3_client.Client(options=options).client
-                client = OwnStreamClient(clients[key])
+                client = OwnStreamClient(_shared_s3_client(options))
             super().__init__(client=client, options=options)
 
     s3io.S3IO = SharedClientS3IO
+
+
+def _shared_s3_client(options):
+    from apache_beam.io.aws.clients.s3 import boto3_client
+
+    key = _s3_key(options)
+    if key not in _S3_CLIENTS:
+        _S3_CLIENTS[key] = boto3_client.Client(options=options).client
+    return _S3_CLIENTS[key]
+
+
+def s3_client():
+    """The boto3 S3 client of the configured filesystem flags (endpoint, credentials,
+    region), shared in this process (thread-safe), for reads that need one request where
+    Beam's S3IO makes three (a listing, a HEAD, then the GET)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return _shared_s3_client(_options if _options is not None else PipelineOptions([]))
 
 
 # PipelineOptions object -> its S3 settings' key. get_all_options() rebuilds an argparse

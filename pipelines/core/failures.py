@@ -102,13 +102,16 @@ def _chain(exc: BaseException):
 
 def http_status(exc: BaseException) -> int | None:
     """The HTTP status an exception carries (urllib `code`, aiohttp `status`, Beam's
-    S3ClientError `code`, google's `code`), if any."""
+    S3ClientError `code`, google's `code`, botocore's parsed response), if any."""
     for attr in ("status", "status_code", "code"):
         value = getattr(exc, attr, None)
         if isinstance(value, int) and 100 <= value <= 599:
             return value
     response = getattr(exc, "response", None)
-    value = getattr(response, "status_code", None) or getattr(response, "status", None)
+    if isinstance(response, dict):  # botocore's ClientError: its parsed response
+        value = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    else:
+        value = getattr(response, "status_code", None) or getattr(response, "status", None)
     return value if isinstance(value, int) and 100 <= value <= 599 else None
 
 
