@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import mmap
 
 from pipelines.beam import beam_io
 from pipelines.core.shards import shard_name
@@ -95,6 +96,22 @@ def decode_sums(encoded: list) -> tuple:
     return arr(encoded[0]), arr(encoded[1]), int(encoded[2])
 
 
+def _old_tar(output: str, name: str) -> memoryview | None:
+    """The old tar's bytes; a local one mapped, not read: its kept members then go into
+    the new tar straight from the page cache (a 256 MB shard: 0.15 s of read syscalls
+    and as much memory saved). The new tar replaces it by a rename, so the mapped inode
+    stays intact while it is read."""
+    path = beam_io.join(output, name)
+    if beam_io.is_url(output):
+        data = beam_io.read_bytes(path)
+        return None if data is None else memoryview(data)
+    try:
+        with open(path, "rb") as f:
+            return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+    except (OSError, ValueError):  # absent, unreadable, or empty (nothing to map)
+        return None
+
+
 def _verified(output: str, name: str, sha256: str) -> bool:
     """A local tar the driver's stat cache vouches for (verified_tars.py): unchanged since
     its sha256 was checked, so it need not be hashed again."""
@@ -116,13 +133,12 @@ class ReusableTracks:
         if not old or old.get("identity") != identity_sha or not old.get("shard"):
             return
         name, sha256 = old["shard"]["name"], old["shard"]["sha256"]
-        data = beam_io.read_bytes(beam_io.join(output, name))
-        if data is None or not (
-            _verified(output, name, sha256) or hashlib.sha256(data).hexdigest() == sha256
+        view = _old_tar(output, name)
+        if view is None or not (
+            _verified(output, name, sha256) or hashlib.sha256(view).hexdigest() == sha256
         ):
             return
         rows, sums = old.get("rows", {}), old.get("sums") or {}
-        view = memoryview(data)  # members are views into the old tar, not copies
         for index_row in old["index"]:
             key = index_row["key"]
             members = {
