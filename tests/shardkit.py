@@ -25,6 +25,13 @@ from tagtrain.loader.synthetic import (  # noqa: F401  (re-exported for the test
 )
 
 
+def uneven_train_shards(out: Path):
+    """(out, card): four mel-only train shards of 7, 2, 9 and 5 samples, for the
+    partitioning and persistent-pool tests."""
+    card = make_dataset(out, {"train": [7, 2, 9, 5]}, seconds=(1.0, 1.5), stored=("mel",), seed=2)
+    return out, card
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

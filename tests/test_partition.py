@@ -21,11 +21,7 @@ SPEC = get_entry("short_chunk_cnn").input_spec
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    card = shardkit.make_dataset(
-        out, {"train": [7, 2, 9, 5]}, seconds=(1.0, 1.5), stored=("mel",), seed=2
-    )
-    return out, card
+    return shardkit.uneven_train_shards(tmp_path_factory.mktemp("shards"))
 
 
 def read(out, card, cfg, epoch=1, resume=None, limit=None):

@@ -17,11 +17,7 @@ SPEC = get_entry("short_chunk_cnn").input_spec
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    card = shardkit.make_dataset(
-        out, {"train": [7, 2, 9, 5]}, seconds=(1.0, 1.5), stored=("mel",), seed=2
-    )
-    return out, card
+    return shardkit.uneven_train_shards(tmp_path_factory.mktemp("shards"))
 
 
 def pooled_epoch(pool, epoch, resume=None, limit=None):
