@@ -117,9 +117,9 @@ def _verified(output: str, name: str, sha256: str) -> bool:
     its sha256 was checked, so it need not be hashed again."""
     if beam_io.is_url(output):
         return False
-    from pipelines.beam.verified_tars import VerifiedTars
+    from pipelines.beam import verified_tars
 
-    return VerifiedTars(output).known(name, sha256)
+    return verified_tars.saved(output).known(name, sha256)
 
 
 class ReusableTracks:

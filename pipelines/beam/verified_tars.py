@@ -21,6 +21,7 @@ Entries for the tars built by a job come from their workers, which hash what the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -39,6 +40,28 @@ def cache_root() -> str:
     return os.path.join(base, "tagkit")
 
 
+def cache_path(output: str) -> str:
+    """The cache file of one output directory (keyed by its real path)."""
+    name = hashlib.sha256(os.path.realpath(output).encode()).hexdigest()[:20] + ".json"
+    return os.path.join(cache_root(), "verified-tars", name)
+
+
+def saved(output: str) -> VerifiedTars:
+    """The cache as last saved, read once per process while its file is unchanged: an
+    update's workers look up the old tar of each shard they rebuild, and only the
+    driver writes the file (when the job ends)."""
+    try:
+        stamp = os.stat(cache_path(output)).st_mtime_ns
+    except OSError:
+        stamp = None
+    return _loaded(output, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(output: str, stamp: int | None) -> VerifiedTars:
+    return VerifiedTars(output)
+
+
 def _stamp(path: str) -> list[int] | None:
     try:
         st = os.stat(path)
@@ -54,8 +77,7 @@ class VerifiedTars:
     def __init__(self, output: str):
         self.output = output
         real = os.path.realpath(output)
-        name = hashlib.sha256(real.encode()).hexdigest()[:20] + ".json"
-        self.path = os.path.join(cache_root(), "verified-tars", name)
+        self.path = cache_path(output)
         self.entries: dict[str, list] = {}
         try:
             with open(self.path, encoding="utf-8") as f:
