@@ -147,9 +147,7 @@ def resume_and_update(manifest: Path, corpus: Path, shard_mb: float, tmp: Path) 
     shutil.copytree(full_out, resumed_out)
     lost = lose_shards(resumed_out, 0.2)
     resume = timed_prepare(manifest, corpus, resumed_out, shard_mb)
-    rows = read_manifest(manifest).to_pylist()
-    extra = [{**r, "key": f"{r['key']}-new"} for r in rows[: max(1, len(rows) // 50)]]
-    write_manifest(rows + extra, tmp / "appended.parquet")
+    rows, appended = appended_manifest(manifest, tmp / "appended.parquet")
     updated_out = tmp / "updated"
     shutil.copytree(full_out, updated_out)
     update = timed_prepare(tmp / "appended.parquet", corpus, updated_out, shard_mb, "--update")
@@ -157,10 +155,19 @@ def resume_and_update(manifest: Path, corpus: Path, shard_mb: float, tmp: Path) 
         "tracks": len(rows),
         "shards": len(list(full_out.glob("*.tar"))),
         "shards lost": lost,
-        "appended": len(extra),
+        "appended": appended,
         "seconds": {"full": full, "resume": resume, "update": update},
         "ratios": {"resume after 80% / full": resume / full, "append 2% / full": update / full},
     }
+
+
+def appended_manifest(manifest: Path, dest: Path) -> tuple[list[dict], int]:
+    """`manifest` plus 2% new tracks (copies of its first rows under new keys) at `dest`;
+    returns the original rows and how many were appended."""
+    rows = read_manifest(manifest).to_pylist()
+    extra = [{**r, "key": f"{r['key']}-new"} for r in rows[: max(1, len(rows) // 50)]]
+    write_manifest(rows + extra, dest)
+    return rows, len(extra)
 
 
 def timed(cmd: list[str], env: dict | None = None) -> Timer:
@@ -284,15 +291,10 @@ def scale_jobs(corpus: Path, n: int, copies: int, shard_mb: float, tmp: Path, re
     full 4M and its 2% update at the default 256 MB shards."""
     m1 = repeated_manifest(corpus, n, copies, tmp / "m1.parquet")
     m2 = repeated_manifest(corpus, n, 2 * copies, tmp / "m2.parquet")
-    rows = read_manifest(m2).to_pylist()
-    extra = [{**r, "key": f"{r['key']}-new"} for r in rows[: max(1, len(rows) // 50)]]
-    appended = tmp / "appended.parquet"
-    write_manifest(rows + extra, appended)
+    appended, appended4 = tmp / "appended.parquet", tmp / "appended4.parquet"
+    rows, extra = appended_manifest(m2, appended)
     m4 = repeated_manifest(corpus, n, 4 * copies, tmp / "m4.parquet")
-    rows4 = read_manifest(m4).to_pylist()
-    appended4 = tmp / "appended4.parquet"
-    write_manifest(rows4 + [{**r, "key": f"{r['key']}-new"} for r in rows4[: len(rows4) // 50]],
-                   appended4)  # fmt: skip
+    appended_manifest(m4, appended4)
     runs: dict[str, list[Timer]] = {}
     os.environ["TAGKIT_CACHE_DIR"] = str(tmp / "cache")  # verified_tars.py: not ~/.cache
     for _ in range(repeats):
@@ -325,7 +327,7 @@ def scale_jobs(corpus: Path, n: int, copies: int, shard_mb: float, tmp: Path, re
         )
     touched = sum(1 for p in (tmp / "l2").glob("*.tar")
                   if p.read_bytes() != (original / p.name).read_bytes())  # fmt: skip
-    counts = {"M": n * copies, "2M": len(rows), "appended": len(extra), "lost": lost,
+    counts = {"M": n * copies, "2M": len(rows), "appended": extra, "lost": lost,
               "shards": len(list((tmp / "l2").glob("*.tar"))),
               "shards the append touched": touched}  # fmt: skip
     return runs, counts
