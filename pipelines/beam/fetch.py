@@ -102,10 +102,16 @@ def read_s3(path: str, limit: int | None) -> SourceBytes:
     from pipelines.beam import beam_io
 
     bucket, _, key = path[len("s3://") :].partition("/")
-    try:
-        response = beam_io.s3_client().get_object(Bucket=bucket, Key=key)
-    except Exception as exc:  # botocore's errors; NoSuchKey is a missing file
-        raise classify_read_error(exc) from None
+
+    def get():
+        try:
+            return beam_io.s3_client().get_object(Bucket=bucket, Key=key)
+        except Exception as exc:  # botocore's errors; NoSuchKey is a missing file
+            raise classify_read_error(exc) from None
+
+    # A server away for seconds (a restart, a network blip) is ridden out with backoff,
+    # as Beam's S3IO retried its requests; a missing or refused file is not retried.
+    response = beam_io.with_retries(get)
     with contextlib.closing(response["Body"]) as body:
         size = response["ContentLength"]
         rejected = too_large(size, limit)
