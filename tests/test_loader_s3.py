@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tagtrain import loader
+from tagtrain.loader.cache import ShardCache
 from tagtrain.registry import get_entry
 from tests import shardkit
 
@@ -142,3 +143,86 @@ def test_a_mel_model_on_mel_and_pcm_caches_only_the_ranges_it_reads(tmp_path):
     with shardkit.serve_http(out) as url:
         third, stats = epoch(url, 2)
     assert sorted(third) == sorted(first) and stats.shard_errors == 0
+
+
+def _read_epochs(url, card, cfg, epochs, results) -> None:
+    plan = loader.plan_input(card, SPEC)
+    for epoch in range(epochs):
+        shards = loader.split_shards(card, url, "train")
+        reader = loader.EpochReader(
+            loader.ShardStream(shards, plan, card["vocabulary"], cfg, epoch)
+        )
+        keys = [k for batch in reader for k in batch.keys]
+        reader.close()
+        results.put((cfg.rank, epoch, sorted(keys), reader.stats.failed_shards))
+
+
+@pytest.mark.parametrize("partition", ["samples", "shards"])
+def test_ranks_sharing_a_cache_smaller_than_their_shards_lose_no_sample(tmp_path, partition):
+    """Two ranks of two workers each, on one machine, share a cache that holds one shard.
+    Their downloads evict each other's copies all the time, yet every epoch reads every
+    sample once: a copy is handed out open, so an eviction after that costs disk space
+    until it is closed, never samples (it used to hand out a name, which another process
+    could evict before it was opened: 8 of 10 such runs lost a shard)."""
+    import multiprocessing
+
+    out = tmp_path / "data"
+    card = shardkit.make_dataset(
+        out, {"train": [3] * 8}, seconds=(1.0, 1.5), stored=("mel",), seed=6
+    )
+    limit = max(s["bytes"] for s in card["splits"]["train"]["shards"])
+    epochs, context = 4, multiprocessing.get_context("fork")
+    results = context.Queue()
+    with shardkit.serve_http(out) as url:
+        ranks = [
+            context.Process(
+                target=_read_epochs,
+                args=(
+                    url,
+                    card,
+                    loader.LoaderConfig(
+                        batch_size=2,
+                        workers=2,
+                        shuffle_buffer=4,
+                        partition=partition,
+                        cache_dir=str(tmp_path / "cache"),
+                        cache_limit=limit,
+                        read_retries=0,
+                        world=2,
+                        rank=rank,
+                    ),
+                    epochs,
+                    results,
+                ),
+            )  # fmt: skip
+            for rank in range(2)
+        ]
+        for process in ranks:
+            process.start()
+        got = [results.get(timeout=300) for _ in range(2 * epochs)]
+        for process in ranks:
+            process.join(timeout=60)
+    assert [p.exitcode for p in ranks] == [0, 0]
+    assert not [failed for *_, failed in got if failed]
+    everything = shardkit.split_keys(card, "train")
+    for epoch in range(epochs):
+        per_rank = [keys for _, e, keys, _ in got if e == epoch]
+        assert sorted(per_rank[0] + per_rank[1]) == everything
+    # Nothing is left over the limit once no reader holds a copy open.
+    left = [p for p in (tmp_path / "cache").iterdir() if p.suffix == ".tar"]
+    assert sum(p.stat().st_size for p in left) <= limit
+
+
+def test_a_cached_copy_stays_whole_when_evicted_while_open(tmp_path):
+    out = tmp_path / "data"
+    card = shardkit.make_dataset(out, {"train": [3, 3]}, seconds=(1.0, 1.5), stored=("mel",))
+    names = [s["name"] for s in card["splits"]["train"]["shards"]]
+    limit = max(s["bytes"] for s in card["splits"]["train"]["shards"])
+    cache = ShardCache(str(tmp_path / "cache"), limit)
+    with shardkit.serve_http(out) as url:
+        first = cache.open_copy(f"{url}/{names[0]}", {})
+        # Another reader's download (another process in practice) evicts the first copy.
+        ShardCache(str(tmp_path / "cache"), limit).open_copy(f"{url}/{names[1]}", {}).close()
+        assert not cache.path_for(f"{url}/{names[0]}").exists()
+        with first:
+            assert first.read() == (out / names[0]).read_bytes()

@@ -2,8 +2,10 @@
 second epoch reads local disk. Safe with several loader workers and ranks on one machine:
 one process downloads a shard while the others wait on its file lock, the copy appears
 under its final name only when complete (written to a temporary name, then renamed), and
-eviction (least recently used first, over the limit) runs under a cache-wide lock. A
-reader holding an evicted file keeps reading it (POSIX unlink semantics).
+eviction (least recently used first, over the limit) runs under a cache-wide lock. A copy
+is handed out open, never by name: a reader holding an evicted file keeps reading it
+(POSIX unlink semantics), so a limit smaller than the shards in use costs downloads, never
+samples (until their readers close them, evicted copies still take disk space).
 
 Whole-shard reading caches whole shards. Sample-level reading caches a shard whole when the
 model reads most of its bytes, else only the member ranges it reads (`rangecache`, in the
@@ -19,7 +21,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from tagtrain.loader.openers import LOCAL_SCHEMES, open_url_at, scheme_of
+from tagtrain.loader.openers import LOCAL_SCHEMES, open_regular_file, open_url_at, scheme_of
 from tagtrain.loader.retry import RetryingStream
 
 _CHUNK = 8 << 20
@@ -45,20 +47,29 @@ class ShardCache:
         digest = hashlib.sha256(url.encode()).hexdigest()[:16]
         return self.directory / f"{digest}-{url.rsplit('/', 1)[-1]}"
 
-    def local_copy(self, url: str, options: Mapping) -> str:
-        """A local path holding the shard at `url`, downloaded once."""
+    def open_copy(self, url: str, options: Mapping):
+        """An open handle on the complete local copy of the shard at `url`, downloaded
+        once. The copy is opened here, never handed out by name: another process may
+        evict it at any moment, and an open file stays readable whole after its unlink,
+        where a name could be gone before the caller opened it."""
         path = self.path_for(url)
-        if path.is_file():
-            os.utime(path)  # recently used: evicted last
-            return str(path)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with _locked(path.with_name(path.name + ".lock")):
-            if not path.is_file():
-                self._download(url, options, path)
-        self.evict(keep=path)
-        return str(path)
+        try:
+            handle = open_regular_file(str(path))
+        except FileNotFoundError:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with _locked(path.with_name(path.name + ".lock")):
+                try:  # downloaded by another process while this one waited?
+                    handle = open_regular_file(str(path))
+                except FileNotFoundError:
+                    handle = self._download(url, options, path)
+            self.evict(keep=path)
+        else:
+            os.utime(handle.fileno())  # recently used: evicted last
+        return handle
 
-    def _download(self, url: str, options: Mapping, path: Path) -> None:
+    def _download(self, url: str, options: Mapping, path: Path):
+        """The shard written to `path` (under a temporary name until complete), returned
+        open for reading."""
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         source = RetryingStream(
             lambda offset: open_url_at(url, options, offset), self.retries, self.backoff
@@ -67,7 +78,9 @@ class ShardCache:
             with source, open(temporary, "wb") as out:
                 while chunk := source.read(_CHUNK):
                     out.write(chunk)
+            handle = open_regular_file(str(temporary))
             os.replace(temporary, path)
+            return handle
         finally:
             temporary.unlink(missing_ok=True)
 
@@ -102,10 +115,10 @@ class ShardCache:
                     total -= size
 
 
-def locate(url: str, cfg) -> str:
-    """Where to read `url` from: its local copy when the config has a cache and the URL
-    is remote, else the URL itself."""
+def open_cached(url: str, cfg):
+    """An open handle on the local copy of `url` when the config has a cache and the URL
+    is remote (`ShardCache.open_copy`), else None."""
     if not getattr(cfg, "cache_dir", None) or scheme_of(url) in LOCAL_SCHEMES:
-        return url
+        return None
     cache = ShardCache(cfg.cache_dir, cfg.cache_limit, cfg.read_retries, cfg.retry_backoff)
-    return cache.local_copy(url, cfg.storage_options)
+    return cache.open_copy(url, cfg.storage_options)

@@ -76,13 +76,13 @@ class RangeFetcher:
         options: Mapping,
         retries: int,
         backoff: float,
-        locate: Callable[[str], str] = lambda url: url,
+        open_cached: Callable[[str], object | None] = lambda url: None,
         range_cache=None,
         s3_client: str = "obstore",
     ):
         self.urls = list(urls)
         self.s3_client = s3_client  # "obstore" or "s3fs": who sends s3:// range requests
-        self.locate = locate  # e.g. to a local cached copy
+        self.open_cached = open_cached  # an open local copy of a URL (a cache), or None
         self.range_cache = range_cache  # a rangecache.RangeCache for remote ranges, or None
         self.from_cache: set[int] = set()  # shards whose last ranges came from range_cache
         self.options = dict(options or {})
@@ -170,7 +170,9 @@ class RangeFetcher:
         cache = self.range_cache if use_cache else None
         for shard, ranges in jobs.items():
             try:
-                url = self.urls[shard] if shard in self.files else self.locate(self.urls[shard])
+                url = self.urls[shard]
+                if shard not in self.files and (copy := self.open_cached(url)) is not None:
+                    self._keep_open(shard, copy)
                 if shard in self.files or scheme_of(url) in LOCAL_SCHEMES:
                     out[shard] = self._checked(self._local_ranges(shard, url, ranges), ranges)
                     self._count(sum(size for _, size in ranges))
@@ -200,6 +202,13 @@ class RangeFetcher:
             if handle is None:
                 handle = self.files[shard] = open_regular_file(local_path(url))
         return [os.pread(handle.fileno(), size, offset) for offset, size in ranges]
+
+    def _keep_open(self, shard: int, handle) -> None:
+        with self.lock:  # batches may be fetched from two threads
+            if shard in self.files:
+                handle.close()
+            else:
+                self.files[shard] = handle
 
     @staticmethod
     def _checked(parts, ranges) -> list[bytes]:

@@ -11,7 +11,7 @@ from collections import deque
 
 import torch
 
-from tagtrain.loader.cache import ShardCache, locate
+from tagtrain.loader.cache import ShardCache, open_cached
 from tagtrain.loader.index import SampleRef
 from tagtrain.loader.openers import LOCAL_SCHEMES, scheme_of
 from tagtrain.loader.positions import WorkerPosition
@@ -70,11 +70,11 @@ class SampleRoleStream:
                 if needed_fraction(refs, self.needed) >= WHOLE_SHARD_FRACTION
             }
 
-        def place(url: str) -> str:
-            return locate(url, cfg) if url in whole else url
+        def cached(url: str):
+            return open_cached(url, cfg) if url in whole else None
 
         return RangeFetcher(
-            urls, cfg.storage_options, cfg.read_retries, cfg.retry_backoff, place, range_cache,
+            urls, cfg.storage_options, cfg.read_retries, cfg.retry_backoff, cached, range_cache,
             cfg.s3_client,
         )  # fmt: skip
 

@@ -13,7 +13,7 @@ import tarfile
 from collections.abc import Iterator
 
 from pipelines.core.errors import first_line
-from tagtrain.loader.cache import locate
+from tagtrain.loader.cache import open_cached
 from tagtrain.loader.card import ShardInfo
 from tagtrain.loader.openers import open_url_at
 from tagtrain.loader.retry import RetryingStream
@@ -80,8 +80,10 @@ def read_shard(
     select = member_selector({"json", member}, stats)
     stats.shards_opened += 1
     try:
-        url = locate(shard.url, cfg) if cfg is not None else shard.url
-        stream = RetryingStream(functools.partial(open_url_at, url, options), retries, backoff)
+        stream = open_cached(shard.url, cfg) if cfg is not None else None
+        if stream is None:
+            opener = functools.partial(open_url_at, shard.url, options)
+            stream = RetryingStream(opener, retries, backoff)
     except Exception as exc:  # noqa: BLE001  (missing, refused or unreachable: counted, skipped)
         record(exc)
         return
