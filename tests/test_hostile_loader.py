@@ -19,6 +19,7 @@ from pipelines.core.card import CardError
 from pipelines.core.errors import UserError
 from pipelines.core.shards import json_bytes, npy_bytes
 from tagtrain import loader
+from tagtrain.loader import samples
 from tagtrain.registry import get_entry
 from tests import shardkit
 
@@ -105,6 +106,22 @@ def npy_with_header(shape, descr="<f2", payload=b"\0" * 64) -> bytes:
     return buf.getvalue() + payload
 
 
+def one_bad_value(dtype: str, value: float) -> bytes:
+    """A mel of plausible dB values, one of which is `value`."""
+    mel = np.linspace(-80.0, 0.0, 128 * 50).reshape(128, 50).astype(dtype)
+    mel[77, 33] = value
+    return npy_bytes(mel)
+
+
+def test_the_finite_check_agrees_with_numpy_on_every_half():
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    for order in ("<", ">"):
+        values = halves.astype(f"{order}f2")
+        got = [samples.all_finite(values[i : i + 1]) for i in range(len(values))]
+        assert got == np.isfinite(values).tolist()
+    assert samples.all_finite(np.zeros((128, 0), np.float16))
+
+
 @pytest.mark.parametrize(
     "data, reason",
     [
@@ -116,8 +133,21 @@ def npy_with_header(shape, descr="<f2", payload=b"\0" * 64) -> bytes:
         (b"not an npy", "npy_header"),
         (npy_bytes(np.full((128, 50), np.nan, dtype=np.float16)), "non_finite"),
         (npy_bytes(np.full((128, 50), np.inf, dtype=np.float32)), "non_finite"),
+        (one_bad_value("<f2", -np.inf), "non_finite"),
+        (one_bad_value(">f2", np.nan), "non_finite"),
     ],
-    ids=["huge-shape", "wrong-bands", "short-data", "int64", "bad-header", "garbage", "nan", "inf"],
+    ids=[
+        "huge-shape",
+        "wrong-bands",
+        "short-data",
+        "int64",
+        "bad-header",
+        "garbage",
+        "nan",
+        "inf",
+        "one-inf",
+        "one-nan-big-endian",
+    ],  # fmt: skip
 )
 def test_bad_mel_members_are_skipped_and_counted(dataset, tmp_path, data, reason, partition):
     copy, card = replaced(dataset, tmp_path, "mel.npy", data, partition == "samples")

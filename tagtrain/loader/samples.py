@@ -108,9 +108,23 @@ def checked_array(data: bytes, member: str, features: Mapping) -> np.ndarray:
             "shape", f"{member} header claims {need} bytes, holds {len(data) - offset}"
         )
     array = np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
-    if dtype.kind == "f" and not np.isfinite(array).all():
+    if dtype.kind == "f" and not all_finite(array):
         raise SampleRejected("non_finite", f"{member} holds NaN or Inf")
     return array
+
+
+_HALF_EXPONENT = 0x7C00
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """`np.isfinite(array).all()`. A float16 array (what prepare stores) is checked on its
+    bits: a half is NaN or Inf exactly when its five exponent bits are all set, and this
+    integer test runs ~20x faster than numpy's float16 isfinite, which was half of the
+    loader's CPU per mel sample."""
+    if array.dtype.kind == "f" and array.dtype.itemsize == 2:
+        bits = array.view(array.dtype.str.replace("f", "u"))  # same byte order
+        return bool(array.size == 0 or (bits & _HALF_EXPONENT).max() != _HALF_EXPONENT)
+    return bool(np.isfinite(array).all())
 
 
 def crop_offsets(
