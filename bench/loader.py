@@ -14,6 +14,10 @@ the S3 sources once per client of the loader's range requests (rows "s3", "s3:s3
 the same server. Each row runs in a fresh process (spawned, as a trainer starts): obstore's
 runtime does not survive a fork, so a process that read S3 through obstore itself would
 leave its later loader workers on s3fs.
+
+`--server-cpus 1 --loader-cpus 0` pins the server and the loader (this process, its rows'
+processes and their workers) to disjoint CPUs: on a small machine, the nearest thing to a
+server on another machine, since the server then takes no CPU from the loader.
 """
 
 from __future__ import annotations
@@ -129,6 +133,17 @@ _WEED_PORTS = (
 _S3_KEYS = {"key": "bench", "secret": "bench-secret"}
 
 
+SERVER_CPUS: set[int] = set()  # --server-cpus: the CPUs server processes run on (all: empty)
+
+
+def _start_server(cmd: list[str]) -> subprocess.Popen:
+    # Pinned before exec, so every thread the server starts inherits the CPU set.
+    pin = (lambda: os.sched_setaffinity(0, SERVER_CPUS)) if SERVER_CPUS else None
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin
+    )
+
+
 def _seaweed(directory: Path, work: Path):
     """A SeaweedFS S3 server (`.venv/bin/weed server -s3`) holding `directory` under
     s3://bench/data; returns (process, storage options)."""
@@ -140,7 +155,7 @@ def _seaweed(directory: Path, work: Path):
         "-s3.port.lance=0", "-metricsPort=0", "-master.volumeSizeLimitMB=64",
         "-volume.max=50", *(f"-{name}={port}" for name, port in ports.items()),
     ]  # fmt: skip
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = _start_server(cmd)
     _wait_for_port(ports["s3.port"], 60)
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
     options = {"s3": {**_S3_KEYS, "client_kwargs": {"endpoint_url": endpoint}}}
@@ -173,11 +188,7 @@ def served(source: str, directory: Path):
         if source == "http":
             (port,) = _free_ports(1)
             cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
-            server = subprocess.Popen(
-                [*cmd, "--directory", str(directory)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            server = _start_server([*cmd, "--directory", str(directory)])
             _wait_for_port(port)
             url, options = f"http://127.0.0.1:{port}", {}
         else:
@@ -443,7 +454,12 @@ def main(argv=None) -> int:
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--train-workers", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--server-cpus", default="", help="pin local servers to these CPUs")
+    parser.add_argument("--loader-cpus", default="", help="pin the loader to these CPUs")
     args = parser.parse_args(argv)
+    SERVER_CPUS.update(int(c) for c in args.server_cpus.split(",") if c)
+    if args.loader_cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.loader_cpus.split(",")})
 
     stored = tuple(s for s in args.stored.split(",") if s)
     directory = (
