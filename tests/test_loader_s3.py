@@ -226,3 +226,40 @@ def test_a_cached_copy_stays_whole_when_evicted_while_open(tmp_path):
         assert not cache.path_for(f"{url}/{names[0]}").exists()
         with first:
             assert first.read() == (out / names[0]).read_bytes()
+
+
+def _batches_by_key(url, card, cache_dir, partition) -> dict:
+    cfg = loader.LoaderConfig(
+        batch_size=2, workers=0, shuffle_buffer=4, partition=partition,
+        cache_dir=cache_dir, read_retries=0,
+    )  # fmt: skip
+    shards = loader.split_shards(card, url, "train")
+    stream = loader.ShardStream(shards, loader.plan_input(card, SPEC), card["vocabulary"], cfg)
+    reader = loader.EpochReader(stream)
+    out = {
+        key: (x.double().sum().item(), tuple(y.tolist()))
+        for batch in reader
+        for key, x, y in zip(batch.keys, batch.x, batch.y)
+    }
+    reader.close()
+    assert reader.stats.shard_errors == 0
+    return out
+
+
+@pytest.mark.parametrize("partition", ["samples", "shards"])
+@pytest.mark.parametrize("stored", [("mel",), ("mel", "pcm")], ids=["whole", "ranges"])
+def test_a_dataset_prepared_again_at_the_same_url_is_not_read_from_the_cache(
+    tmp_path, partition, stored
+):
+    """The cache and the in-process index are keyed by the shards' sha256 in the card:
+    prepared again with other audio and labels under the same names, the dataset reads as
+    its new self (the cached copy of the old shards used to be read instead, silently)."""
+    out, cache = tmp_path / "data", str(tmp_path / "cache")
+    sizes, seconds = {"train": [3, 3]}, (1.0, 1.0)  # the same member sizes both times
+    card = shardkit.make_dataset(out, sizes, seconds=seconds, stored=stored, seed=1)
+    with shardkit.serve_http(out) as url:
+        old = _batches_by_key(url, card, cache, partition)
+        card = shardkit.make_dataset(out, sizes, seconds=seconds, stored=stored, seed=2)
+        new = _batches_by_key(url, card, None, partition)
+        assert len(new) == 6 and all(new[k] != old[k] for k in new)
+        assert _batches_by_key(url, card, cache, partition) == new

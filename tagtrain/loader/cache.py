@@ -43,16 +43,20 @@ class ShardCache:
         self.limit = limit  # bytes; 0: no limit
         self.retries, self.backoff = retries, backoff
 
-    def path_for(self, url: str) -> Path:
-        digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    def path_for(self, url: str, sha256: str | None = None) -> Path:
+        """Where the copy of `url` is kept. Keyed by the shard's sha256 in the card too,
+        when the card has one: a dataset prepared again at the same URL (other labels,
+        features or audio) must never be read from the copy of the old one."""
+        digest = hashlib.sha256(f"{url}\0{sha256 or ''}".encode()).hexdigest()[:16]
         return self.directory / f"{digest}-{url.rsplit('/', 1)[-1]}"
 
-    def open_copy(self, url: str, options: Mapping):
-        """An open handle on the complete local copy of the shard at `url`, downloaded
-        once. The copy is opened here, never handed out by name: another process may
-        evict it at any moment, and an open file stays readable whole after its unlink,
-        where a name could be gone before the caller opened it."""
-        path = self.path_for(url)
+    def open_copy(self, url: str, options: Mapping, sha256: str | None = None):
+        """An open handle on the complete local copy of the shard at `url` (with that
+        sha256 in the card, when known), downloaded once. The copy is opened here, never
+        handed out by name: another process may evict it at any moment, and an open file
+        stays readable whole after its unlink, where a name could be gone before the
+        caller opened it."""
+        path = self.path_for(url, sha256)
         try:
             handle = open_regular_file(str(path))
         except FileNotFoundError:
@@ -115,10 +119,10 @@ class ShardCache:
                     total -= size
 
 
-def open_cached(url: str, cfg):
+def open_cached(url: str, cfg, sha256: str | None = None):
     """An open handle on the local copy of `url` when the config has a cache and the URL
     is remote (`ShardCache.open_copy`), else None."""
     if not getattr(cfg, "cache_dir", None) or scheme_of(url) in LOCAL_SCHEMES:
         return None
     cache = ShardCache(cfg.cache_dir, cfg.cache_limit, cfg.read_retries, cfg.retry_backoff)
-    return cache.open_copy(url, cfg.storage_options)
+    return cache.open_copy(url, cfg.storage_options, sha256)

@@ -43,7 +43,7 @@ def index_url(shards: Sequence[ShardInfo]) -> str | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _index_rows(url: str, options_key: str) -> tuple | None:
+def _index_rows(url: str, options_key: str, shard_sha256s: tuple) -> tuple | None:
     import json
 
     import pyarrow as pa
@@ -95,7 +95,10 @@ def load_sample_refs(
     url = index_url(shards)
     if url is None:
         return None
-    rows = _index_rows(url, json.dumps(dict(options or {}), sort_keys=True))
+    # Keyed by the card's shard checksums too: a dataset prepared again at the same URL
+    # has a new index, which this process must read again.
+    options_key = json.dumps(dict(options or {}), sort_keys=True)
+    rows = _index_rows(url, options_key, tuple(s.sha256 for s in shards))
     if rows is None:
         return None
     position = {s.name: i for i, s in enumerate(shards)}

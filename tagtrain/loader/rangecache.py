@@ -20,19 +20,20 @@ truncated file) reads as a miss (`forget`) and is fetched again, never used. Evi
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tagtrain.loader.cache import ShardCache
 
 
 class RangeCache:
-    def __init__(self, cache: ShardCache):
+    def __init__(self, cache: ShardCache, sha256s: Mapping[str, str | None] | None = None):
         self.cache = cache
+        self.sha256s = dict(sha256s or {})  # url -> the shard's sha256 in the card
         self.known: dict[str, set[tuple[int, int]]] = {}  # log path -> ranges seen
 
     def _paths(self, url: str) -> tuple[Path, Path]:
-        base = self.cache.path_for(url)
+        base = self.cache.path_for(url, self.sha256s.get(url))
         return base.with_name(base.name + ".part"), base.with_name(base.name + ".ranges")
 
     def _covered(self, log: Path, ranges: Sequence[tuple[int, int]]) -> bool:

@@ -60,10 +60,11 @@ class SampleRoleStream:
         (`cache`), the others by the member ranges read (`rangecache`)."""
         cfg, shards = self.cfg, self.stream.shards
         urls = [s.url for s in shards]
+        sha256s = {s.url: s.sha256 for s in shards}
         whole, range_cache = set(), None
         if cfg.cache_dir:
             cache = ShardCache(cfg.cache_dir, cfg.cache_limit, cfg.read_retries, cfg.retry_backoff)
-            range_cache = RangeCache(cache)
+            range_cache = RangeCache(cache, sha256s)
             whole = {
                 url
                 for url, refs in zip(urls, self.stream.refs)
@@ -71,7 +72,7 @@ class SampleRoleStream:
             }
 
         def cached(url: str):
-            return open_cached(url, cfg) if url in whole else None
+            return open_cached(url, cfg, sha256s[url]) if url in whole else None
 
         return RangeFetcher(
             urls, cfg.storage_options, cfg.read_retries, cfg.retry_backoff, cached, range_cache,

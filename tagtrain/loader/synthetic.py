@@ -10,6 +10,7 @@ reader for shards that break the contract on purpose, and an index rewriter for 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -94,9 +95,13 @@ class _Writer:
             self.index_rows += [row + [offsets[row[0]]] for row in rows]
             name = shard_name(split, shard_no)
             (self.out / name).write_bytes(data)
+            sha256 = hashlib.sha256(data).hexdigest()
             shards.append(
-                {"name": name, "samples": size, "seconds": total_seconds, "bytes": len(data)}
-            )
+                {
+                    "name": name, "samples": size, "seconds": total_seconds,
+                    "bytes": len(data), "sha256": sha256,
+                }
+            )  # fmt: skip
         return {
             "samples": sum(s["samples"] for s in shards),
             "seconds": sum(s["seconds"] for s in shards),

@@ -80,7 +80,7 @@ def read_shard(
     select = member_selector({"json", member}, stats)
     stats.shards_opened += 1
     try:
-        stream = open_cached(shard.url, cfg) if cfg is not None else None
+        stream = open_cached(shard.url, cfg, shard.sha256) if cfg is not None else None
         if stream is None:
             opener = functools.partial(open_url_at, shard.url, options)
             stream = RetryingStream(opener, retries, backoff)
