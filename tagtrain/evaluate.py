@@ -43,6 +43,7 @@ from tagtrain.runs import (
     same_data,
 )
 from tagtrain.runtime import DistEnv
+from tagtrain.stale import file_sha256
 
 COMMAND = "evaluate"
 HELP = "macro ROC-AUC / PR-AUC and per-tag scores of a trained run on a split"
@@ -95,6 +96,7 @@ class Evaluation:
             "run": self.run.location,
             "model": self.run.model_name,
             "checkpoint": self.run.checkpoint.name,
+            "checkpoint_sha256": file_sha256(self.run.checkpoint),
             "data": self.data,
             "split": self.split,
             "chunks": self.chunks,

@@ -32,6 +32,7 @@ import numpy as np
 
 from tagtrain import report_figures as figures
 from tagtrain.robustness_tags import per_tag_drops, read_predictions
+from tagtrain.stale import stale_checkpoint, stale_robustness
 
 COMMAND = "report"
 HELP = "write report.html for a run: dataset, training curves, evaluation, robustness"
@@ -52,6 +53,7 @@ pre { background: #f6f6fa; padding: .8em; font-size: 12px; white-space: pre-wrap
       overflow-wrap: anywhere; }
 .kpi { display: inline-block; margin: 0 1.5em .5em 0; } .kpi b { font-size: 1.5em; }
 .missing { color: #a33; } .note { color: #555; font-size: 13px; }
+.stale { color: #fff; background: #a33; padding: 6px 10px; font-weight: bold; }
 """
 
 EPOCH_COLUMNS = ("epoch", "phase", "lr", "train_loss", "val_loss", "roc_auc", "pr_auc", "best",
@@ -309,6 +311,7 @@ def evaluation_section(
     metrics = run / "metrics.json"
     if metrics.exists():
         m = json.loads(metrics.read_text())
+        parts.append(stale_banner(stale_checkpoint(run, m)))
         parts.append(_kpis(m))
         excluded = m.get("excluded_tags") or []
         if excluded:
@@ -412,6 +415,7 @@ def robustness_section(directory: Path, run: Path, vocabulary: list[str]) -> str
     rows = read_csv(table_path if table_path.exists() else _first(directory, "*.csv") or table_path)
     if not rows:
         return "\n".join(parts + ['<p class="missing">(no robustness results found)</p>'])
+    parts.extend(stale_banner(why) for why in stale_robustness(directory, run))
     parts.append(robustness_table(rows))
     parts.append('<p class="note">drop = clean minus deformed: positive is worse. '
                  f"{html.escape(most_damaging(rows))}</p>")  # fmt: skip
@@ -424,6 +428,14 @@ def robustness_section(directory: Path, run: Path, vocabulary: list[str]) -> str
         parts.append('<p class="note">The per-tag heat map needs per-track predictions of '
                      "each test set (predictions-{run}-{set}.parquet from robustness).</p>")  # fmt: skip
     return "\n".join(parts)
+
+
+def stale_banner(why: str | None) -> str:
+    """A warning over figures of an earlier checkpoint (also printed), or nothing."""
+    if why is None:
+        return ""
+    print(f"warning: {why}", file=sys.stderr)
+    return f'<p class="stale">Stale: {html.escape(why)}.</p>'
 
 
 def commands_section(commands: Path | None) -> str:

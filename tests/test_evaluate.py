@@ -114,6 +114,37 @@ def test_evaluate_learns_the_learnable_tags_and_lists_every_tag(runs, demo_datas
     assert "95% interval (1000 bootstrap resamples" in out
 
 
+def test_the_report_marks_figures_of_an_earlier_checkpoint(runs, demo_dataset, tmp_path):
+    """evaluate and robustness record the sha256 of the checkpoint they scored. Once the
+    run has another best.pt (resumed and trained on: here the long run's), the report
+    puts a banner over those figures instead of showing them as the run's."""
+    import hashlib
+
+    from tagtrain.report import build_report
+    from tagtrain.stale import stale_robustness
+
+    short, long = runs
+    run = tmp_path / "run"
+    shutil.copytree(short, run, ignore=shutil.ignore_patterns("robustness", "metrics.json"))
+    status, _, err = cli("evaluate", "--run", str(run), "--data", str(demo_dataset), *FAST)
+    assert status == 0, err
+    scored = hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+    assert json.loads((run / "metrics.json").read_text())["checkpoint_sha256"] == scored
+    robustness = tmp_path / "robustness"
+    robustness.mkdir()
+    entry = {"dir": str(run), "checkpoint": "best.pt", "checkpoint_sha256": scored}
+    (robustness / "robustness.json").write_text(json.dumps({"runs": [entry]}))
+    assert 'class="stale"' not in build_report(run, demo_dataset)
+    assert stale_robustness(robustness, run) == []
+
+    assert (long / "best.pt").read_bytes() != (run / "best.pt").read_bytes()
+    shutil.copy(long / "best.pt", run / "best.pt")
+    page = build_report(run, demo_dataset)
+    assert page.count('class="stale"') == 1 and f"earlier best.pt (sha256 {scored[:12]}" in page
+    (why,) = stale_robustness(robustness, run)
+    assert "run evaluate / robustness again" in why
+
+
 def test_split_with_a_tag_without_positives_lists_it(runs, index):
     short, _ = runs
     valid = [r for r in index if r["split"] == "valid"]
