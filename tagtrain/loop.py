@@ -131,11 +131,18 @@ class Trainer:
     # -- the loop
 
     def fit(self) -> dict:
+        # The run directory is this process's until the run ends (`RunDir.lock`).
+        lock = self.run_dir.lock() if self.rt.dist.is_main else None
+        try:
+            return self._fit()
+        finally:
+            RunDir.unlock(lock)
+
+    def _fit(self) -> dict:
         from tagtrain.runreport import print_header, write_summary
 
         cfg, dist, progress = self.cfg, self.rt.dist, self.progress
         if dist.is_main:
-            self.run_dir.create()
             self.run_dir.write_text(RunDir.CONFIG, cfg.to_json() + "\n")
             print_header(self)
             if self.run_dir.remote:

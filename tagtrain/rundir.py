@@ -11,6 +11,7 @@ student.json, patchout.json   the recipe's settings (noisy student, patchout)
 metrics[-X].json, per_tag[-X].csv, predictions[-X].parquet   evaluations
 robustness/        robustness tables and figure
 imported.json      where imported weights came from (import-weights: source, path, sha256)
+.lock              held by the process training in a local run directory (`lock`)
 
 A run directory is a local path or an object-store prefix (s3://bucket/run, gs://...). A
 remote run is written to a local staging directory (`path`, a temporary directory) and
@@ -24,6 +25,7 @@ events) are uploaded again whole after each append batch (epoch or checkpoint).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -62,6 +64,7 @@ class RunDir:
     PATCHOUT = "patchout.json"
     ROBUSTNESS = "robustness"
     IMPORTED = "imported.json"
+    LOCK = ".lock"
     CHECKPOINTS = {"best": BEST, "last": LAST}
 
     def __init__(self, location: str | Path, storage_options: Mapping | None = None):
@@ -160,6 +163,37 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {self.path}: {exc.strerror}") from None
+
+    def lock(self):
+        """Make the directory (`create`) and hold it for this process until `unlock`
+        (or its exit): a second trainer started on it gets one line, instead of
+        interleaving its checkpoints with this one's. Returns the open lock file; None for
+        a remote run (an object store has no locks)."""
+        self.create()
+        if self.remote:
+            return None
+        handle = open(self.path / self.LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunDirError(
+                f"{self.path} is in use by another training process{by}: "
+                "wait for it to end or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return handle
+
+    @staticmethod
+    def unlock(handle) -> None:
+        if handle is not None:
+            handle.close()  # closing the file releases its lock
 
     # -- remote copies
 

@@ -470,3 +470,35 @@ def test_more_bad_samples_than_max_bad_fraction_fails_the_run_in_one_line(tmp_pa
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "bad" in result.stderr
+
+
+def test_a_second_trainer_on_a_run_directory_in_use_is_one_line(dataset, tmp_path):
+    """The trainer holds its local run directory (a lock on RUN/.lock) while it runs: a
+    second one started there, by mistake or by a scheduler, gets one line instead of
+    interleaving its checkpoints with the first's. The lock ends with its process."""
+    out, _ = dataset
+    run = tmp_path / "run"
+    first = trainer_cli("--data", str(out), "--out", str(run), "--epochs", "1", *FLAGS)
+    assert first.returncode == 0, first.stderr[-2000:]
+    hold = "import sys, time; from tagtrain.rundir import RunDir; lock = RunDir(sys.argv[1]).lock()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"{hold}; print('held', flush=True); time.sleep(300)", str(run)],
+        cwd=ROOT, env={**os.environ, **ENV}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        last = (run / "last.pt").read_bytes()
+        again = trainer_cli(
+            "--data", str(out), "--out", str(run), "--epochs", "2", "--resume", *FLAGS
+        )
+        line = one_line(again)
+        assert f"{run} is in use by another training process (pid {holder.pid})" in line
+        assert (run / "last.pt").read_bytes() == last
+    finally:
+        holder.kill()
+        holder.wait()
+    resumed = trainer_cli(
+        "--data", str(out), "--out", str(run), "--epochs", "2", "--resume", *FLAGS
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["epoch"] for r in csv.DictReader(open(run / "metrics.csv"))] == ["0", "1"]
