@@ -192,3 +192,53 @@ def test_decoder_warnings_are_counted_not_printed(tmp_path):
     assert "Xing" in verbose.stderr  # the decoder does warn
     quiet = beam(*args, "--out", str(tmp_path / "q"))
     assert "Xing" not in quiet.stderr and "decoder warnings: 1" in quiet.stdout, quiet.stdout
+
+
+def test_a_second_job_on_an_output_in_use_is_one_line(corpus, tmp_path):
+    """prepare and perturb hold their local outputs while they run (an flock in the
+    tagkit cache): a second job there would delete the first's temporary files as orphans
+    and mix two configurations under one card; it gets one line naming the first. The
+    lock ends with its process."""
+    import subprocess
+    import sys
+
+    from pipelines.core.deformations import paper_set
+    from tests.conftest import ROOT
+
+    out = tmp_path / "out"
+    target = out / "perturbed" / paper_set()[0].name
+
+    def holder(output: Path, job: str) -> subprocess.Popen:
+        code = (
+            "import sys, time; from pipelines.beam.output_lock import outputs_held\n"
+            "with outputs_held([sys.argv[1]], sys.argv[2]):\n"
+            "    print('held', flush=True); time.sleep(300)"
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, str(output), job], cwd=ROOT, stdout=subprocess.PIPE,
+            text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        assert process.stdout.readline().strip() == "held"
+        return process
+
+    prepare = ["prepare", "--manifest", str(corpus), "--out", str(out), "--features", "mel,pcm"]
+    first = holder(out, "prepare")
+    try:
+        one_line_error(
+            beam(*prepare), f"{out} is being written by another job (pid {first.pid}, prepare)"
+        )
+        assert not out.exists()
+    finally:
+        first.kill()
+        first.wait()
+    assert beam(*prepare).returncode == 0
+    second = holder(target, "perturb")
+    try:
+        result = beam("perturb", "--dataset", str(out), "--split", "train")
+        one_line_error(
+            result, f"{target} is being written by another job (pid {second.pid}, perturb)"
+        )
+        assert not (out / "perturbed").exists()
+    finally:
+        second.kill()
+        second.wait()

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from pipelines.beam import beam_io
+from pipelines.beam.output_lock import outputs_held
 from pipelines.beam.perturb import (
     AUGMENTED_DIR,
     PERTURBED_DIR,
@@ -114,11 +115,18 @@ def build_config(args, beam_args: list[str]) -> PerturbConfig:
 
 
 def run(args, beam_args: list[str]) -> int:
-    import apache_beam as beam
 
     options, runner = pipeline_options(beam_args)
     beam_io.configure(tuple(beam_args))
     cfg = build_config(args, beam_args)
+    with outputs_held([target.output for target in cfg.targets], "perturb"):
+        return perturb(args, options, runner, cfg)
+
+
+def perturb(args, options, runner: str, cfg: PerturbConfig) -> int:
+    """The job, on outputs no other local job writes (`output_lock`)."""
+    import apache_beam as beam
+
     for target in cfg.targets:
         check_existing(target.output, cfg.identity(target), args.force)
     if not beam_io.is_url(cfg.targets[0].output):

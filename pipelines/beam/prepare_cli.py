@@ -11,6 +11,7 @@ import time
 
 from manifests.schema import SPLITS, validate_table
 from pipelines.beam import beam_io
+from pipelines.beam.output_lock import outputs_held
 from pipelines.beam.plan import file_sha256, manifest_vocabulary, plan_shards, read_manifest_table
 from pipelines.beam.prepare import Prepare, PrepareConfig, job_versions
 from pipelines.beam.prepare_finish import built_records, finish, remember_verified
@@ -261,6 +262,12 @@ def run(args, beam_args: list[str]) -> int:
     cfg = build_config(args, beam_args, table)
     # Relative paths must stay inside the audio root; absolute ones are explicit.
     validate_table(table, audio_root=cfg.audio_root, allow_outside_root=True)
+    with outputs_held([cfg.output], "prepare"):
+        return prepare(args, beam_args, runner, cfg, table)
+
+
+def prepare(args, beam_args: list[str], runner: str, cfg: PrepareConfig, table) -> int:
+    """The job, on an output no other local job writes (`output_lock`)."""
     check_existing_output(cfg, args.force, args.update)
     if not beam_io.is_url(cfg.output):
         os.makedirs(cfg.output, exist_ok=True)

@@ -1,0 +1,61 @@
+"""One job at a time per local output directory. A second prepare or perturb started on an
+output that a running job writes would delete that job's temporary files as orphans and
+mix shards of two configurations under one card; it gets one line instead.
+
+The lock is an flock on a file in the tagkit cache ($TAGKIT_CACHE_DIR/locks, keyed by
+the output's real path), not in the output, so the dataset's files stay the job's own. It
+ends with its process. Object stores have no locks: outputs there are not guarded."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+
+from pipelines.beam import beam_io
+from pipelines.beam.verified_tars import cache_root
+from pipelines.core.errors import UserError
+
+
+class OutputInUse(UserError):
+    """Another job is writing the output."""
+
+
+def lock_path(output: str) -> str:
+    name = hashlib.sha256(os.path.realpath(output).encode()).hexdigest()[:20] + ".lock"
+    return os.path.join(cache_root(), "locks", name)
+
+
+@contextlib.contextmanager
+def outputs_held(outputs: Sequence[str], job: str) -> Iterator[None]:
+    """Hold every local output of `outputs` for this job; OutputInUse (naming the other
+    job's pid) when another process holds one."""
+    with contextlib.ExitStack() as held:
+        for output in outputs:
+            if not beam_io.is_url(output):
+                held.enter_context(_held(output, job))
+        yield
+
+
+@contextlib.contextmanager
+def _held(output: str, job: str) -> Iterator[None]:
+    path = lock_path(output)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().split()
+            by = f" (pid {holder[0]}, {holder[1]})" if len(holder) == 2 else ""
+            raise OutputInUse(
+                f"{output} is being written by another job{by}: wait for it to end, "
+                "or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()} {job}\n")
+        handle.flush()
+        yield
