@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.core.card import CARD_NAME
+from pipelines.core.card import CARD_NAME, card_checksum
 from tagtrain.data import load_card
 from tagtrain.evaluate import (
     add_bootstrap_argument,
@@ -121,7 +121,23 @@ def find_sets(data: str, perturbed: str, options: dict | None = None) -> list[Te
         found.append(TestSet(name, location, card, dict(deformation.get("params") or {})))
     order = {name: i for i, name in enumerate(_paper_order())}
     found.sort(key=lambda s: (order.get(s.name, len(order)), s.name))
+    check_made_from(sets[0], found, perturbed)
     return sets + found
+
+
+def check_made_from(clean: TestSet, perturbed_sets: list[TestSet], perturbed: str) -> None:
+    """RunError (one line) when a perturbed set was made from another version of the clean
+    dataset (its card records the source card's sha256): its drops would measure the
+    change of audio, labels or features, not the deformation. Sets made before the
+    checksum was recorded cannot be checked."""
+    made_from = {s.name: (s.card.get("source") or {}).get("card_sha256") for s in perturbed_sets}
+    current = card_checksum(clean.card)
+    stale = [name for name, digest in made_from.items() if digest not in (None, current)]
+    if stale:
+        raise RunError(
+            f"{perturbed}: {', '.join(stale)} made from another version of {clean.data} "
+            "(its card changed since): run perturb again with --force"
+        )
 
 
 def run_labels(runs: list[TrainedRun]) -> list[str]:

@@ -250,6 +250,16 @@ def test_robustness_covers_the_eight_deformations_and_both_runs(
     assert "most damaging deformation for musicnn-mtt: " in out
     check_per_tag_robustness(published, out, names, shared)
 
+    # The clean dataset prepared again (here: its card edited) after the sets were made
+    # from it: their drops would measure that change, so robustness refuses in one line.
+    card = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").unlink()  # a link to the shared fixture's card
+    card["vocabulary"] = card["vocabulary"][::-1]
+    (data / "dataset.json").write_text(json.dumps(card))
+    status, out, err = cli("robustness", "--run", str(short), "--data", str(data), *FAST)
+    assert status == 2 and err.count("\n") == 1, err
+    assert "made from another version of" in err and "run perturb again with --force" in err
+
 
 def check_per_tag_robustness(out_dir, out: str, names: list[str], vocabulary: list[str]):
     """robustness-per-tag.csv/json hold, per run, tag and set, the scores of the saved
