@@ -22,11 +22,13 @@ import hashlib
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipelines.core.card import card_checksum
 from tagtrain.data import LoaderStats
 from tagtrain.inference import predict_split
 from tagtrain.metrics import METRICS, TagScores, bootstrap_macro, tag_scores
@@ -63,6 +65,7 @@ class Evaluation:
     keys: list[str] = field(default_factory=list)  # one per track
     intervals: dict = field(default_factory=dict)  # metric -> bootstrap 95% {low, high}
     resamples: int = 0
+    card_sha256: str = ""  # of the evaluated dataset's card
 
     @property
     def tracks(self) -> int:
@@ -98,6 +101,7 @@ class Evaluation:
             "checkpoint": self.run.checkpoint.name,
             "checkpoint_sha256": file_sha256(self.run.checkpoint),
             "data": self.data,
+            "data_card_sha256": self.card_sha256,
             "split": self.split,
             "chunks": self.chunks,
             "tracks": self.tracks,
@@ -146,6 +150,7 @@ def evaluate_set(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -
     return Evaluation(
         run, eval_set.data, eval_set.split, cfg.eval_chunks, preds.labels, preds.probs,
         tag_scores(preds.labels, preds.probs), preds.stats, preds.keys, intervals, resamples,
+        card_checksum(eval_set.card),
     )  # fmt: skip
 
 
@@ -314,12 +319,26 @@ def load_evaluated(args: argparse.Namespace) -> tuple[TrainedRun, str]:
     return published, args.data
 
 
+def warn_if_changed_since_training(run: TrainedRun, eval_set: EvalSet) -> None:
+    """A run evaluated on its own dataset after that was prepared again: its splits may
+    now hold other tracks (some it trained on), so say so before the figures."""
+    own = same_data(eval_set.data, run.config.data)
+    if own and run.card_checksum and card_checksum(eval_set.card) != run.card_checksum:
+        print(
+            f"warning: {eval_set.data} has changed since {run.name} was trained on it (its "
+            f"card differs): its {eval_set.split} split may hold other tracks than then",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     check_run_arguments(args)
     if args.bootstrap < 0:
         raise RunError("--bootstrap must not be negative")
     trained, data = load_evaluated(args)
-    evaluation = evaluate_set(trained, open_split(trained, data, args.split), args)
+    eval_set = open_split(trained, data, args.split)
+    warn_if_changed_since_training(trained, eval_set)
+    evaluation = evaluate_set(trained, eval_set, args)
     paths = write_results(evaluation)
     trained.publish(*paths)
     print_evaluation(evaluation)

@@ -32,7 +32,7 @@ import numpy as np
 
 from tagtrain import report_figures as figures
 from tagtrain.robustness_tags import per_tag_drops, read_predictions
-from tagtrain.stale import stale_checkpoint, stale_robustness
+from tagtrain.stale import stale_checkpoint, stale_data, stale_robustness
 
 COMMAND = "report"
 HELP = "write report.html for a run: dataset, training curves, evaluation, robustness"
@@ -305,13 +305,15 @@ def embedding_figure(path: Path, run: Path, data: Path) -> bytes | None:
 
 
 def evaluation_section(
-    run: Path, vocabulary: list[str], compare: list[Path], embedding_map: bytes | None = None
+    run: Path, card: dict, compare: list[Path], embedding_map: bytes | None = None
 ) -> str:
+    vocabulary = [str(t) for t in card["vocabulary"]]
     parts = ["<h2>Evaluation (test split)</h2>"]
     metrics = run / "metrics.json"
     if metrics.exists():
         m = json.loads(metrics.read_text())
         parts.append(stale_banner(stale_checkpoint(run, m)))
+        parts.append(stale_banner(stale_data(m, card)))
         parts.append(_kpis(m))
         excluded = m.get("excluded_tags") or []
         if excluded:
@@ -464,7 +466,7 @@ def build_report(
             training_section(run),
             evaluation_section(
                 run,
-                vocabulary,
+                card,
                 compare or [],
                 embedding_figure(embeddings or run / EMBEDDINGS, run, data),
             ),  # fmt: skip

@@ -1,7 +1,8 @@
-"""Whether recorded figures are of a run's current checkpoint. evaluate and robustness
-record the sha256 of the checkpoint they scored; a run resumed or trained again since has
-another one, and the report then says so over those figures instead of showing them as
-the run's."""
+"""Whether recorded figures are of a run's current checkpoint and dataset. evaluate and
+robustness record the sha256 of the checkpoint they scored (evaluate also the dataset
+card's); a run resumed or trained again since, or a dataset prepared again, has another
+one, and the report then says so over those figures instead of showing them as the
+run's."""
 
 from __future__ import annotations
 
@@ -40,6 +41,20 @@ def stale_checkpoint(run_dir: Path, recorded: Mapping) -> str | None:
     return (
         f"these figures are of an earlier {name} (sha256 {scored[:12]}...), not the run's "
         f"current one ({current[:12]}...): run evaluate / robustness again"
+    )
+
+
+def stale_data(recorded: Mapping, card: Mapping) -> str | None:
+    """One line when `recorded` ({"data": ..., "data_card_sha256": ...}) was computed on
+    another version of the dataset whose card is `card`; None when not, or unknown."""
+    from pipelines.core.card import card_checksum
+
+    scored = recorded.get("data_card_sha256")
+    if not isinstance(scored, str) or not scored or scored == card_checksum(card):
+        return None
+    return (
+        f"these figures are of an earlier version of the dataset {recorded.get('data')} "
+        "(its card has changed since): run evaluate again"
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -114,7 +115,7 @@ def test_evaluate_learns_the_learnable_tags_and_lists_every_tag(runs, demo_datas
     assert "95% interval (1000 bootstrap resamples" in out
 
 
-def test_the_report_marks_figures_of_an_earlier_checkpoint(runs, demo_dataset, tmp_path):
+def test_the_report_marks_figures_of_an_earlier_checkpoint(runs, demo_dataset, tmp_path, capsys):
     """evaluate and robustness record the sha256 of the checkpoint they scored. Once the
     run has another best.pt (resumed and trained on: here the long run's), the report
     puts a banner over those figures instead of showing them as the run's."""
@@ -143,6 +144,30 @@ def test_the_report_marks_figures_of_an_earlier_checkpoint(runs, demo_dataset, t
     assert page.count('class="stale"') == 1 and f"earlier best.pt (sha256 {scored[:12]}" in page
     (why,) = stale_robustness(robustness, run)
     assert "run evaluate / robustness again" in why
+
+    # The dataset prepared again since (here: its card edited): the report says so, and
+    # evaluate warns before scoring a run on its own, changed dataset.
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for entry in demo_dataset.iterdir():
+        if entry.name != "dataset.json":
+            (changed / entry.name).symlink_to(entry)
+    card = json.loads((demo_dataset / "dataset.json").read_text())
+    (changed / "dataset.json").write_text(json.dumps({**card, "code_version": "again"}))
+    assert "earlier version of the dataset" not in build_report(run, demo_dataset)
+    assert "earlier version of the dataset" in build_report(run, changed)
+    from tagtrain.evaluate import warn_if_changed_since_training
+    from tagtrain.runs import open_split
+
+    trained = load_run(run)
+    capsys.readouterr()  # the report's warnings so far
+    moved = dataclasses.replace(
+        trained, config=dataclasses.replace(trained.config, data=str(changed))
+    )
+    warn_if_changed_since_training(trained, open_split(trained, str(demo_dataset), "test"))
+    assert capsys.readouterr().err == ""
+    warn_if_changed_since_training(moved, open_split(moved, str(changed), "test"))
+    assert "has changed since run was trained on it" in capsys.readouterr().err
 
 
 def test_split_with_a_tag_without_positives_lists_it(runs, index):
