@@ -25,7 +25,6 @@ events) are uploaded again whole after each append batch (epoch or checkpoint).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipelines.core.errors import UserError, first_line
+from pipelines.core.locks import Held, hold
 from tagtrain.loader.openers import (
     LOCAL_SCHEMES,
     check_supported,
@@ -172,23 +172,13 @@ class RunDir:
         self.create()
         if self.remote:
             return None
-        handle = open(self.path / self.LOCK, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
-            handle.close()
-            by = f" (pid {holder})" if holder.isdigit() else ""
+            return hold(str(self.path / self.LOCK), "train")
+        except Held as other:
             raise RunDirError(
-                f"{self.path} is in use by another training process{by}: "
+                f"{self.path} is in use by another training process{other.describe()}: "
                 "wait for it to end or choose another --out"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        return handle
 
     @staticmethod
     def unlock(handle) -> None:

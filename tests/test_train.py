@@ -492,7 +492,7 @@ def test_a_second_trainer_on_a_run_directory_in_use_is_one_line(dataset, tmp_pat
             "--data", str(out), "--out", str(run), "--epochs", "2", "--resume", *FLAGS
         )
         line = one_line(again)
-        assert f"{run} is in use by another training process (pid {holder.pid})" in line
+        assert f"{run} is in use by another training process (pid {holder.pid}, train)" in line
         assert (run / "last.pt").read_bytes() == last
     finally:
         holder.kill()

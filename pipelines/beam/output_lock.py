@@ -9,7 +9,6 @@ ends with its process. Object stores have no locks: outputs there are not guarde
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
@@ -17,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pipelines.beam import beam_io
 from pipelines.beam.verified_tars import cache_root
 from pipelines.core.errors import UserError
+from pipelines.core.locks import Held, hold
 
 
 class OutputInUse(UserError):
@@ -43,19 +43,12 @@ def outputs_held(outputs: Sequence[str], job: str) -> Iterator[None]:
 def _held(output: str, job: str) -> Iterator[None]:
     path = lock_path(output)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().split()
-            by = f" (pid {holder[0]}, {holder[1]})" if len(holder) == 2 else ""
-            raise OutputInUse(
-                f"{output} is being written by another job{by}: wait for it to end, "
-                "or choose another --out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()} {job}\n")
-        handle.flush()
+    try:
+        handle = hold(path, job)
+    except Held as other:
+        raise OutputInUse(
+            f"{output} is being written by another job{other.describe()}: wait for it to "
+            "end, or choose another --out"
+        ) from None
+    with handle:
         yield
