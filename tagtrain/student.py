@@ -55,6 +55,7 @@ from tagtrain.loop import Trainer
 from tagtrain.registry import count_parameters
 from tagtrain.rundir import RunDir
 from tagtrain.runs import CHECKPOINTS, RunError, TrainedRun, load_run
+from tagtrain.stale import file_sha256
 from tagtrain.train import add_config_flags, checked_model, config_overrides, with_recipe
 from tagtrain.training_recipe import Supervised
 from tagtrain.trainingdata import check_batches
@@ -256,6 +257,8 @@ class StudentRecipe(Supervised):
             else "distillation"
         )
         self.info = self._describe(trainer)
+        if trainer.run_dir.has_run():  # resuming: a fresh start on a run was refused
+            self._check_same_teacher(trainer.run_dir)
         if trainer.rt.dist.is_main:
             trainer.run_dir.create()
             info = {**self.info, **dataclasses.asdict(student)}
@@ -306,11 +309,24 @@ class StudentRecipe(Supervised):
 
     # -- the run directory
 
+    def _check_same_teacher(self, run_dir: RunDir) -> None:
+        """A student resumes only from the teacher bytes it started with: a teacher trained
+        on in place since would give other pseudo-labels from the resumed step on."""
+        recorded = json.loads(run_dir.read_text(RunDir.STUDENT)).get("teacher_checkpoint_sha256")
+        current = self.info["teacher_checkpoint_sha256"]
+        if recorded and current and recorded != current:
+            raise ConfigError(
+                f"the teacher's checkpoint {self.info['teacher_checkpoint']} has changed since "
+                f"this student started (sha256 {recorded[:12]}..., now {current[:12]}...): "
+                "start a new student instead of --resume"
+            )
+
     def _describe(self, trainer) -> dict:
         teacher = self.teacher
         return {
             "teacher": teacher.run.location,
             "teacher_checkpoint": teacher.run.checkpoint_location,
+            "teacher_checkpoint_sha256": file_sha256(teacher.run.checkpoint),
             "teacher_model": teacher.run.model_name,
             "teacher_width": teacher.run.config.width,
             "teacher_parameters": teacher.parameters,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -276,6 +277,9 @@ def test_a_killed_student_resumes_to_the_weights_of_an_uninterrupted_run(
     half_unlabelled, teacher, tmp_path
 ):
     data, _ = half_unlabelled
+    own = tmp_path / "teacher"  # this test's copy: its checkpoint is changed below
+    shutil.copytree(teacher, own)
+    teacher = own
     # The valid split (14 clips, 7 batches) stands in for the unlabelled one: shorter than
     # the labelled epoch (10 steps), so the unlabelled stream starts its second pass at
     # step 8, where the checkpoint before the kill is taken.
@@ -293,6 +297,16 @@ def test_a_killed_student_resumes_to_the_weights_of_an_uninterrupted_run(
     state = ckpt.load_checkpoint(run / ckpt.LAST)
     assert state["progress"]["global_step"] == 8
     assert state["loader"]["positions"][0, -1, 0] == 1  # the unlabelled stream's second pass
+    # The teacher trained on in place meanwhile: its pseudo-labels would change mid-run.
+    best = (teacher / ckpt.BEST).read_bytes()
+    changed = ckpt.load_checkpoint(teacher / ckpt.BEST)
+    first = next(iter(changed["model"]))
+    changed["model"][first] = changed["model"][first] + 1
+    ckpt.save_checkpoint(teacher / ckpt.BEST, changed)
+    refused = run_cli(*args, "--out", str(run), "--resume")
+    assert refused.returncode == 2 and "the teacher's checkpoint" in refused.stderr, refused.stderr
+    assert "has changed since this student started" in refused.stderr
+    (teacher / ckpt.BEST).write_bytes(best)
     resumed = run_cli(*args, "--out", str(run), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert run_cli(*args, "--out", str(whole)).returncode == 0
