@@ -269,3 +269,41 @@ def test_a_dataset_prepared_again_at_the_same_url_is_not_read_from_the_cache(
         new = _batches_by_key(url, card, None, partition)
         assert len(new) == 6 and all(new[k] != old[k] for k in new)
         assert _batches_by_key(url, card, cache, partition) == new
+
+
+@pytest.mark.parametrize("partition", ["samples", "shards"])
+def test_a_downloaded_shard_that_is_not_the_cards_is_never_cached(tmp_path, partition, monkeypatch):
+    """A shard is hashed as it is downloaded into the cache: one whose bytes differ from
+    the card's sha256 (the object replaced since the card was written) is counted as a
+    failed shard, named, and not kept, where every later epoch would have read it."""
+    out, cache = tmp_path / "data", tmp_path / "cache"
+    card = shardkit.make_dataset(out, {"train": [3, 3]}, seconds=(1.0, 1.0), stored=("mel",))
+    shards = card["splits"]["train"]["shards"]
+    shards[1]["sha256"] = "0" * 64
+    cfg = loader.LoaderConfig(
+        batch_size=1, workers=0, shuffle_buffer=4, partition=partition,
+        cache_dir=str(cache), read_retries=2, retry_backoff=0.01,
+    )  # fmt: skip
+    downloads = []
+    download = ShardCache._download
+
+    def counted(self, url, *args):
+        downloads.append(url.rsplit("/", 1)[-1])
+        return download(self, url, *args)
+
+    monkeypatch.setattr(ShardCache, "_download", counted)
+    with shardkit.serve_http(out) as url:
+        stream = loader.ShardStream(
+            loader.split_shards(card, url, "train"), loader.plan_input(card, SPEC),
+            card["vocabulary"], cfg,
+        )  # fmt: skip
+        reader = loader.EpochReader(stream)
+        keys = [k for batch in reader for k in batch.keys]
+        reader.close()
+    assert sorted(keys) == shardkit.split_keys(card, "train")[:3]
+    assert reader.stats.failed_shards == [shards[1]["name"]]
+    assert "has changed since the card was written" in " ".join(reader.stats.errors)
+    # Permanent, not retried: the same object would download the same bytes.
+    assert sorted(downloads) == [shards[0]["name"], shards[1]["name"]]
+    kept = [p.name.split("-", 1)[1] for p in cache.iterdir() if p.suffix == ".tar"]
+    assert kept == [shards[0]["name"]]

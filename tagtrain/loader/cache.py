@@ -37,6 +37,11 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class NotTheCardsShard(OSError):
+    """A downloaded shard whose bytes differ from the card's sha256 for it (permanent: the
+    same object would download the same bytes again)."""
+
+
 class ShardCache:
     def __init__(self, directory: str, limit: int = 0, retries: int = 6, backoff: float = 0.5):
         self.directory = Path(directory)
@@ -65,23 +70,32 @@ class ShardCache:
                 try:  # downloaded by another process while this one waited?
                     handle = open_regular_file(str(path))
                 except FileNotFoundError:
-                    handle = self._download(url, options, path)
+                    handle = self._download(url, options, path, sha256)
             self.evict(keep=path)
         else:
             os.utime(handle.fileno())  # recently used: evicted last
         return handle
 
-    def _download(self, url: str, options: Mapping, path: Path):
+    def _download(self, url: str, options: Mapping, path: Path, sha256: str | None = None):
         """The shard written to `path` (under a temporary name until complete), returned
-        open for reading."""
+        open for reading. Hashed as it is written: a copy that differs from the card's
+        sha256 is never kept (the object is not the card's shard, e.g. replaced since), since
+        every later epoch would read it."""
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         source = RetryingStream(
             lambda offset: open_url_at(url, options, offset), self.retries, self.backoff
         )
+        digest = hashlib.sha256()
         try:
             with source, open(temporary, "wb") as out:
                 while chunk := source.read(_CHUNK):
+                    digest.update(chunk)
                     out.write(chunk)
+            if sha256 and digest.hexdigest() != sha256:
+                raise NotTheCardsShard(
+                    f"{url} downloaded with sha256 {digest.hexdigest()[:12]}..., the card "
+                    f"lists {sha256[:12]}...: the object has changed since the card was written"
+                )
             handle = open_regular_file(str(temporary))
             os.replace(temporary, path)
             return handle

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from pipelines.core.errors import first_line
 from tagtrain.loader import s3ranges
+from tagtrain.loader.cache import NotTheCardsShard
 from tagtrain.loader.openers import (
     LOCAL_SCHEMES,
     OpenerError,
@@ -40,7 +41,8 @@ _MAX_GAP = 16 << 10
 _GAP_FRACTION = 0.04
 _MAX_REQUEST = 16 << 20
 _PERMANENT = (
-    FileNotFoundError, PermissionError, IsADirectoryError, OpenerError, s3ranges.OutsideObject
+    FileNotFoundError, PermissionError, IsADirectoryError, OpenerError, s3ranges.OutsideObject,
+    NotTheCardsShard,
 )  # fmt: skip
 
 
