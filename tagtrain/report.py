@@ -253,7 +253,7 @@ def comparison_table(run: Path, others: list[Path]) -> str:
     (a published model has only some of the dataset's tags), so the figures compare."""
     scored = {path: _per_tag_scores(path) for path in [run, *others]}
     shared = set.intersection(*(set(tags) for tags in scored.values()))
-    rows = []
+    rows, stale = [], []
     for path in [run, *others]:
         metrics_path = path / "metrics.json"
         m = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
@@ -263,6 +263,8 @@ def comparison_table(run: Path, others: list[Path]) -> str:
         ]
         rows.append([path.name, m.get("model", "?"), m.get("tracks"), m.get("chunks"),
                      len(scored[path]), m.get("roc_auc"), m.get("pr_auc"), *on_shared])  # fmt: skip
+        if path != run and (why := stale_checkpoint(path, m)):
+            stale.append(stale_banner(f"{path.name}: {why}"))
     header = ["run", "model", "tracks", "chunks", "tags scored", "ROC-AUC", "PR-AUC",
               f"ROC-AUC ({len(shared)} shared tags)", f"PR-AUC ({len(shared)} shared tags)"]  # fmt: skip
     note = ""
@@ -271,7 +273,7 @@ def comparison_table(run: Path, others: list[Path]) -> str:
     listed = "; ".join(f"{name}: {', '.join(tags)}" for name, tags in unscored.items() if tags)
     if listed:
         note = f'<p class="note">Not in the model\'s vocabulary (not scored): {html.escape(listed)}</p>'
-    return "<h3>Beside other runs</h3>" + table(header, rows, "compare") + note
+    return "<h3>Beside other runs</h3>" + "".join(stale) + table(header, rows, "compare") + note
 
 
 def per_tag_table(rows: list[dict]) -> str:

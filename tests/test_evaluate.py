@@ -142,6 +142,8 @@ def test_the_report_marks_figures_of_an_earlier_checkpoint(runs, demo_dataset, t
     shutil.copy(long / "best.pt", run / "best.pt")
     page = build_report(run, demo_dataset)
     assert page.count('class="stale"') == 1 and f"earlier best.pt (sha256 {scored[:12]}" in page
+    beside = build_report(long, demo_dataset, compare=[run])  # a stale run compared with
+    assert f"run: these figures are of an earlier best.pt (sha256 {scored[:12]}" in beside
     (why,) = stale_robustness(robustness, run)
     assert "run evaluate / robustness again" in why
 
