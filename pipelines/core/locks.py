@@ -16,7 +16,7 @@ class Held(Exception):
         self.holder = holder
 
     def describe(self) -> str:
-        """ " (pid N, what)" when the holder is known, else ""."""
+        """The holder as ' (pid N, what)' when it is known, else an empty string."""
         fields = self.holder.split()
         if not fields or not fields[0].isdigit():
             return ""
