@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 
 from pipelines.core.errors import first_line
 from tagtrain.pretrained.importers import SOURCES, WeightsImportError, importer
+from tagtrain.stale import file_sha256
 
 COMMAND = "import-weights"
 HELP = "turn a published checkpoint (sota, ssmtt, maest, passt) into a run directory"
@@ -177,14 +177,6 @@ def read_vocabulary(value: str) -> list[str]:
     if len(set(tags)) != len(tags):
         raise WeightsImportError(f"--vocabulary {value}: a tag appears twice")
     return tags
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- our model and run ---------------------------------------------------------------------

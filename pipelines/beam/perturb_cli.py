@@ -115,7 +115,6 @@ def build_config(args, beam_args: list[str]) -> PerturbConfig:
 
 
 def run(args, beam_args: list[str]) -> int:
-
     options, runner = pipeline_options(beam_args)
     beam_io.configure(tuple(beam_args))
     cfg = build_config(args, beam_args)
