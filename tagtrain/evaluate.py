@@ -66,6 +66,7 @@ class Evaluation:
     intervals: dict = field(default_factory=dict)  # metric -> bootstrap 95% {low, high}
     resamples: int = 0
     card_sha256: str = ""  # of the evaluated dataset's card
+    split_tracks: int = 0  # the split's tracks in the card (`tracks` were read and scored)
 
     @property
     def tracks(self) -> int:
@@ -105,6 +106,7 @@ class Evaluation:
             "split": self.split,
             "chunks": self.chunks,
             "tracks": self.tracks,
+            "tracks_in_split": self.split_tracks,
             "tags": len(self.run.vocabulary),
             **{m: _number(v) for m, v in self.scores.macro.items()},
             "bootstrap": {"resamples": self.resamples, **self.intervals},
@@ -145,13 +147,28 @@ def evaluate_set(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -
     if preds.labels.shape[0] == 0:
         first = preds.stats.errors[0] if preds.stats.errors else "no samples"
         raise RunError(f"no track of {eval_set.data} split {eval_set.split} could be read: {first}")
+    check_whole_split(eval_set, preds.labels.shape[0], preds.stats, args)
     resamples = getattr(args, "bootstrap", 0)
     intervals = bootstrap_macro(preds.labels, preds.probs, resamples) if resamples else {}
     return Evaluation(
         run, eval_set.data, eval_set.split, cfg.eval_chunks, preds.labels, preds.probs,
         tag_scores(preds.labels, preds.probs), preds.stats, preds.keys, intervals, resamples,
-        card_checksum(eval_set.card),
+        card_checksum(eval_set.card), eval_set.tracks,
     )  # fmt: skip
+
+
+def check_whole_split(eval_set: EvalSet, read: int, stats, args: argparse.Namespace) -> None:
+    """Scores of part of a split are not the split's: RunError (one line) when tracks
+    could not be read (a shard lost after retries, malformed samples), unless
+    --allow-partial, which scores what was read (metrics.json then shows both counts)."""
+    if read >= eval_set.tracks or getattr(args, "allow_partial", False):
+        return
+    first = stats.errors[0] if stats.errors else "no error reported"
+    raise RunError(
+        f"{eval_set.data} split {eval_set.split}: read {read} of {eval_set.tracks} tracks "
+        f"({stats.shard_errors} shard error(s), {stats.bad_samples} bad sample(s); first: "
+        f"{first}); --allow-partial scores the tracks read"
+    )
 
 
 # --- outputs ---------------------------------------------------------------------------

@@ -269,6 +269,10 @@ class EvalOptions:
     batch_size: int = setting(8, "tracks per batch")
     workers: int = setting(2, "loader processes (0 = main process)")
     chunks: int = setting(16, "evenly spaced chunks averaged per track (chunk-level models)")
+    allow_partial: bool = setting(
+        False, "score a split of which some tracks could not be read (default: refuse)",
+        negatable=False,
+    )  # fmt: skip
     s3_endpoint_url: str = setting(
         "", "S3-compatible endpoint for an s3:// run and its data (default: the run's own, "
         "or AWS_ENDPOINT_URL)"

@@ -172,6 +172,34 @@ def test_the_report_marks_figures_of_an_earlier_checkpoint(runs, demo_dataset, t
     assert "has changed since run was trained on it" in capsys.readouterr().err
 
 
+def test_a_split_read_in_part_is_refused_unless_allowed(runs, demo_dataset, tmp_path):
+    """A test shard that cannot be read (here: missing) leaves the split in part: its
+    scores are not the split's, so evaluate refuses in one line; --allow-partial scores the
+    tracks read and metrics.json says how many of how many."""
+    short, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(short, run, ignore=shutil.ignore_patterns("robustness"))
+    card = json.loads((demo_dataset / "dataset.json").read_text())
+    lost = card["splits"]["test"]["shards"][0]
+    data = tmp_path / "data"
+    data.mkdir()
+    for entry in demo_dataset.iterdir():
+        if entry.name not in (lost["name"], "perturbed"):
+            (data / entry.name).symlink_to(entry)
+    total = card["splits"]["test"]["samples"]
+    status, _, err = cli("evaluate", "--run", str(run), "--data", str(data), *FAST)
+    assert status == 2 and err.count("\n") == 1, err
+    assert f"read {total - lost['samples']} of {total} tracks (1 shard error(s)" in err
+    assert "--allow-partial" in err and not list(run.glob("metrics-*.json"))
+    status, _, err = cli(
+        "evaluate", "--run", str(run), "--data", str(data), "--allow-partial", *FAST
+    )  # fmt: skip
+    assert status == 0, err
+    (written,) = run.glob("metrics-*.json")
+    metrics = json.loads(written.read_text())
+    assert (metrics["tracks"], metrics["tracks_in_split"]) == (total - lost["samples"], total)
+
+
 def test_split_with_a_tag_without_positives_lists_it(runs, index):
     short, _ = runs
     valid = [r for r in index if r["split"] == "valid"]
