@@ -35,6 +35,7 @@ from tagtrain.runs import (
     TrainedRun,
     add_run_arguments,
     check_run_arguments,
+    check_whole_split,
     load_run_from_args,
     loader_config,
     open_split,
@@ -117,13 +118,16 @@ def embed_split(
     cfg = loader_config(run, eval_set, args)
     stream = ShardStream(eval_set.shards, eval_set.plan, run.vocabulary, cfg)
     reader = EpochReader(stream, pin_memory=run.device.type == "cuda")
+    read = 0
     with evaluating(run.model):
         for out in chunk_outputs(fn, reader, eval_set.device_input, run.autocast_dtype):
             tags = [[run.vocabulary[i] for i in np.flatnonzero(y)] for y in out.labels.numpy()]
             values = out.values.numpy()
             if not np.isfinite(values).all():
                 raise RunError(f"non-finite embedding for one of {', '.join(out.keys[:4])}")
+            read += len(out.keys)
             yield out.keys, tags, values
+    check_whole_split(eval_set, read, reader.stats, args)
     if reader.stats.shard_errors or reader.stats.bad_samples:
         first = reader.stats.errors[0] if reader.stats.errors else ""
         print(

@@ -39,6 +39,7 @@ from tagtrain.runs import (
     TrainedRun,
     add_run_arguments,
     check_run_arguments,
+    check_whole_split,
     load_run_from_args,
     loader_config,
     open_split,
@@ -155,20 +156,6 @@ def evaluate_set(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -
         tag_scores(preds.labels, preds.probs), preds.stats, preds.keys, intervals, resamples,
         card_checksum(eval_set.card), eval_set.tracks,
     )  # fmt: skip
-
-
-def check_whole_split(eval_set: EvalSet, read: int, stats, args: argparse.Namespace) -> None:
-    """Scores of part of a split are not the split's: RunError (one line) when tracks
-    could not be read (a shard lost after retries, malformed samples), unless
-    --allow-partial, which scores what was read (metrics.json then shows both counts)."""
-    if read >= eval_set.tracks or getattr(args, "allow_partial", False):
-        return
-    first = stats.errors[0] if stats.errors else "no error reported"
-    raise RunError(
-        f"{eval_set.data} split {eval_set.split}: read {read} of {eval_set.tracks} tracks "
-        f"({stats.shard_errors} shard error(s), {stats.bad_samples} bad sample(s); first: "
-        f"{first}); --allow-partial scores the tracks read"
-    )
 
 
 # --- outputs ---------------------------------------------------------------------------

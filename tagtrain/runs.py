@@ -236,6 +236,21 @@ def open_split(run: TrainedRun, data: str, split: str, card: dict | None = None)
     return EvalSet(data, split, card, shards, plan, device_input)
 
 
+def check_whole_split(eval_set: EvalSet, read: int, stats, args: argparse.Namespace) -> None:
+    """Scores (or embeddings) of part of a split are not the split's: RunError (one line)
+    when tracks could not be read (a shard lost after retries, malformed samples), unless
+    --allow-partial, which goes on with what was read (evaluate's metrics.json then shows
+    both counts)."""
+    if read >= eval_set.tracks or getattr(args, "allow_partial", False):
+        return
+    first = stats.errors[0] if stats.errors else "no error reported"
+    raise RunError(
+        f"{eval_set.data} split {eval_set.split}: read {read} of {eval_set.tracks} tracks "
+        f"({stats.shard_errors} shard error(s), {stats.bad_samples} bad sample(s); first: "
+        f"{first}); --allow-partial scores the tracks read"
+    )
+
+
 def loader_config(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -> LoaderConfig:
     """Evaluation loading: fixed, evenly spaced crops; no more workers than shards."""
     return LoaderConfig(
@@ -312,6 +327,7 @@ __all__ = [
     "TrainedRun",
     "add_run_arguments",
     "check_run_arguments",
+    "check_whole_split",
     "load_run",
     "load_run_from_args",
     "loader_config",

@@ -174,8 +174,8 @@ def test_the_report_marks_figures_of_an_earlier_checkpoint(runs, demo_dataset, t
 
 def test_a_split_read_in_part_is_refused_unless_allowed(runs, demo_dataset, tmp_path):
     """A test shard that cannot be read (here: missing) leaves the split in part: its
-    scores are not the split's, so evaluate refuses in one line; --allow-partial scores the
-    tracks read and metrics.json says how many of how many."""
+    scores are not the split's, so evaluate (and embed) refuse in one line; --allow-partial
+    scores the tracks read and metrics.json says how many of how many."""
     short, _ = runs
     run = tmp_path / "run"
     shutil.copytree(short, run, ignore=shutil.ignore_patterns("robustness"))
@@ -198,6 +198,10 @@ def test_a_split_read_in_part_is_refused_unless_allowed(runs, demo_dataset, tmp_
     (written,) = run.glob("metrics-*.json")
     metrics = json.loads(written.read_text())
     assert (metrics["tracks"], metrics["tracks_in_split"]) == (total - lost["samples"], total)
+    embedded = tmp_path / "e.parquet"
+    status, _, err = cli("embed", "--run", str(run), "--data", str(data), "--split", "test",
+                         "--out", str(embedded), *FAST)  # fmt: skip
+    assert status == 2 and "--allow-partial" in err and not embedded.exists()
 
 
 def test_split_with_a_tag_without_positives_lists_it(runs, index):
