@@ -396,7 +396,12 @@ def print_table(rows, ceilings, spec, directory, args) -> None:
     plan = data.plan_input(data.load_card(str(directory)), spec)
     read = plan.member if plan.device_feature is None else f"{plan.member} (mel on device)"
     print(f"loader: {spec.kind} crops of {spec.frames} frames, reading {read}, from {directory}")
-    print(f"batch {args.batch_size}; chunks/s per epoch, start-up included; one shared machine")
+    where = "one shared machine"
+    if args.server_cpus or args.loader_cpus:
+        where += (
+            f" (servers on CPUs {args.server_cpus or 'all'}, loader on {args.loader_cpus or 'all'})"
+        )
+    print(f"batch {args.batch_size}; chunks/s per epoch, start-up included; {where}")
     header = ("source", "workers", "chunks", "epoch 1/s", "vs local", "epoch 2/s", "vs local",
               "fetch/use", "source max")  # fmt: skip
     print("".join(f"{h:>11}" for h in header))
