@@ -74,7 +74,8 @@ def train_steps(url, options, model_name, workers, args, device) -> dict:
         done += 1
     reader.close()
     for pool in pools.values():
-        pool.close()
+        if isinstance(pool, data.LoaderPool):  # (a stream without workers holds nothing)
+            pool.close()
     return {
         "step_ms": 1000 * total / steps,
         "wait": wait / total,

@@ -242,15 +242,19 @@ def pooled_reader(
     pools: dict, url, options, spec, workers, batch_size, epoch, cache_dir=None,
     s3_client="obstore",
 ):  # fmt: skip
-    """What the trainer does: with loader workers, the same worker processes read every
-    epoch (a `LoaderPool`, made on the first epoch and kept in `pools`)."""
+    """What the trainer does: the card is read once, and with loader workers the same
+    worker processes read every epoch (a `LoaderPool`, made on the first epoch and kept in
+    `pools`; without workers, the first epoch's stream, planned again per epoch)."""
     pool = pools.get(url)
+    if isinstance(pool, data.ShardStream):
+        return data.EpochReader(pool.for_epoch(epoch), pin_memory=torch.cuda.is_available())
     if pool is not None:
         return data.EpochReader(pool.stream(epoch, None), pool=pool)
     reader, _ = reader_for(
         url, options, spec, workers, batch_size, epoch, cache_dir=cache_dir, s3_client=s3_client
     )
     if not workers:
+        pools[url] = reader.stream
         return reader
     pool = pools[url] = data.LoaderPool(reader.stream, pin_memory=torch.cuda.is_available())
     return data.EpochReader(reader.stream, pool=pool)
@@ -302,7 +306,8 @@ def loader_rate(
                 fetched, used = reader.stats.bytes_read, reader.stats.bytes_used
     finally:
         for pool in pools.values():
-            pool.close()
+            if isinstance(pool, data.LoaderPool):  # (a stream without workers holds nothing)
+                pool.close()
     return rates, chunks, fetched / max(1, used), cpu, gets, by_obstore
 
 

@@ -53,6 +53,7 @@ class SampleRoleStream:
         self.stats = LoaderStats()
         self.needed = ("json", stream.plan.member)
         self.touched: set[int] = set()
+        self.whole: set[str] = set()
         self.fetcher = self._fetcher()
 
     def _fetcher(self) -> RangeFetcher:
@@ -71,6 +72,8 @@ class SampleRoleStream:
                 if needed_fraction(refs, self.needed) >= WHOLE_SHARD_FRACTION
             }
 
+        self.whole = whole  # URLs read from whole local copies (once downloaded)
+
         def cached(url: str):
             return open_cached(url, cfg, sha256s[url]) if url in whole else None
 
@@ -81,7 +84,11 @@ class SampleRoleStream:
 
     def windows(self) -> tuple[list[list[tuple[int, tuple[int, int]]]], int]:
         """(this worker's batch specs grouped into fetch windows, windows in flight)."""
-        if not any(scheme_of(s.url) not in LOCAL_SCHEMES for s in self.stream.shards):
+        # Shards cached whole are read from local copies (the first touch downloads one):
+        # no range requests to group, so they are read ahead batch by batch, as local ones.
+        if all(
+            scheme_of(s.url) in LOCAL_SCHEMES or s.url in self.whole for s in self.stream.shards
+        ):
             return [[spec] for spec in self.specs], READ_AHEAD
         refs = [ref for shard in self.stream.refs for ref in shard]
         per_sample = sum(
