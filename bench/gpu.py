@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loader import generated_dataset, pooled_reader, served  # noqa: E402
+from loader import close_pools, generated_dataset, pooled_reader, served  # noqa: E402
 
 from pipelines.core.features import FeatureConfig  # noqa: E402
 from tagtrain import data  # noqa: E402
@@ -73,9 +73,7 @@ def train_steps(url, options, model_name, workers, args, device) -> dict:
             wait, total = wait + t1 - t0, total + time.perf_counter() - t0
         done += 1
     reader.close()
-    for pool in pools.values():
-        if isinstance(pool, data.LoaderPool):  # (a stream without workers holds nothing)
-            pool.close()
+    close_pools(pools)
     return {
         "step_ms": 1000 * total / steps,
         "wait": wait / total,

@@ -260,6 +260,12 @@ def pooled_reader(
     return data.EpochReader(reader.stream, pool=pool)
 
 
+def close_pools(pools: dict) -> None:
+    for pool in pools.values():
+        if isinstance(pool, data.LoaderPool):  # (a stream without workers holds nothing)
+            pool.close()
+
+
 SERVERS: dict[str, int] = {}  # data URL -> pid of the local server process serving it
 
 
@@ -305,9 +311,7 @@ def loader_rate(
             if epoch == 0:
                 fetched, used = reader.stats.bytes_read, reader.stats.bytes_used
     finally:
-        for pool in pools.values():
-            if isinstance(pool, data.LoaderPool):  # (a stream without workers holds nothing)
-                pool.close()
+        close_pools(pools)
     return rates, chunks, fetched / max(1, used), cpu, gets, by_obstore
 
 

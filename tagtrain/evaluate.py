@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.core.card import card_checksum
 from tagtrain.data import LoaderStats
 from tagtrain.inference import predict_split
 from tagtrain.metrics import METRICS, TagScores, bootstrap_macro, tag_scores
@@ -46,7 +45,6 @@ from tagtrain.runs import (
     same_data,
 )
 from tagtrain.runtime import DistEnv
-from tagtrain.stale import file_sha256
 
 COMMAND = "evaluate"
 HELP = "macro ROC-AUC / PR-AUC and per-tag scores of a trained run on a split"
@@ -101,7 +99,7 @@ class Evaluation:
             "run": self.run.location,
             "model": self.run.model_name,
             "checkpoint": self.run.checkpoint.name,
-            "checkpoint_sha256": file_sha256(self.run.checkpoint),
+            "checkpoint_sha256": self.run.checkpoint_sha256,
             "data": self.data,
             "data_card_sha256": self.card_sha256,
             "split": self.split,
@@ -154,7 +152,7 @@ def evaluate_set(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -
     return Evaluation(
         run, eval_set.data, eval_set.split, cfg.eval_chunks, preds.labels, preds.probs,
         tag_scores(preds.labels, preds.probs), preds.stats, preds.keys, intervals, resamples,
-        card_checksum(eval_set.card), eval_set.tracks,
+        eval_set.card_sha256, eval_set.tracks,
     )  # fmt: skip
 
 
@@ -327,7 +325,7 @@ def warn_if_changed_since_training(run: TrainedRun, eval_set: EvalSet) -> None:
     """A run evaluated on its own dataset after that was prepared again: its splits may
     now hold other tracks (some it trained on), so say so before the figures."""
     own = same_data(eval_set.data, run.config.data)
-    if own and run.card_checksum and card_checksum(eval_set.card) != run.card_checksum:
+    if own and run.card_checksum and eval_set.card_sha256 != run.card_checksum:
         print(
             f"warning: {eval_set.data} has changed since {run.name} was trained on it (its "
             f"card differs): its {eval_set.split} split may hold other tracks than then",

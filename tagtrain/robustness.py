@@ -53,7 +53,6 @@ from tagtrain.runs import (
     load_run_from_args,
     open_split,
 )
-from tagtrain.stale import file_sha256
 
 COMMAND = "robustness"
 HELP = "evaluate runs on the clean test split and every perturbed copy of it"
@@ -394,7 +393,7 @@ def run(args: argparse.Namespace) -> int:
                 "dir": r.location,
                 "model": r.model_name,
                 "checkpoint": r.checkpoint.name,
-                "checkpoint_sha256": file_sha256(r.checkpoint),
+                "checkpoint_sha256": r.checkpoint_sha256,
                 "chunks": run_args(r, args).chunks,
                 "tags": r.vocabulary,
                 "not_in_model_vocabulary": r.unscored_tags,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines.core.card import CardError
+from pipelines.core.card import CardError, card_checksum
 from pipelines.core.errors import UserError, first_line
 from tagtrain import checkpoint as ckpt
 from tagtrain.config import ConfigError, RunConfig, apply
@@ -42,6 +43,7 @@ from tagtrain.openers import OpenerError
 from tagtrain.registry import InputSpec, create_model
 from tagtrain.rundir import RunDir
 from tagtrain.runtime import DeviceError, amp_settings, resolve_device
+from tagtrain.stale import file_sha256
 
 CHECKPOINTS = RunDir.CHECKPOINTS
 
@@ -88,6 +90,12 @@ class TrainedRun:
     @property
     def name(self) -> str:
         return self.store.name if self.store is not None else self.dir.name
+
+    @functools.cached_property
+    def checkpoint_sha256(self) -> str | None:
+        """The checkpoint file's sha256 (what evaluate, robustness and a student record),
+        hashed once per run object."""
+        return file_sha256(self.checkpoint)
 
     @property
     def location(self) -> str:
@@ -211,6 +219,10 @@ class EvalSet:
     @property
     def tracks(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    @functools.cached_property
+    def card_sha256(self) -> str:
+        return card_checksum(self.card)
 
 
 def open_split(run: TrainedRun, data: str, split: str, card: dict | None = None) -> EvalSet:

@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from pipelines.core.card import card_checksum
+
 _CHUNK = 8 << 20
 
 
@@ -47,8 +49,6 @@ def stale_checkpoint(run_dir: Path, recorded: Mapping) -> str | None:
 def stale_data(recorded: Mapping, card: Mapping) -> str | None:
     """One line when `recorded` ({"data": ..., "data_card_sha256": ...}) was computed on
     another version of the dataset whose card is `card`; None when not, or unknown."""
-    from pipelines.core.card import card_checksum
-
     scored = recorded.get("data_card_sha256")
     if not isinstance(scored, str) or not scored or scored == card_checksum(card):
         return None

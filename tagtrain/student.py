@@ -55,7 +55,6 @@ from tagtrain.loop import Trainer
 from tagtrain.registry import count_parameters
 from tagtrain.rundir import RunDir
 from tagtrain.runs import CHECKPOINTS, RunError, TrainedRun, load_run
-from tagtrain.stale import file_sha256
 from tagtrain.train import add_config_flags, checked_model, config_overrides, with_recipe
 from tagtrain.training_recipe import Supervised
 from tagtrain.trainingdata import check_batches
@@ -326,7 +325,7 @@ class StudentRecipe(Supervised):
         return {
             "teacher": teacher.run.location,
             "teacher_checkpoint": teacher.run.checkpoint_location,
-            "teacher_checkpoint_sha256": file_sha256(teacher.run.checkpoint),
+            "teacher_checkpoint_sha256": teacher.run.checkpoint_sha256,
             "teacher_model": teacher.run.model_name,
             "teacher_width": teacher.run.config.width,
             "teacher_parameters": teacher.parameters,

@@ -9,12 +9,11 @@ ends with its process. Object stores have no locks: outputs there are not guarde
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 
 from pipelines.beam import beam_io
-from pipelines.beam.verified_tars import cache_root
+from pipelines.beam.verified_tars import cache_root, output_key
 from pipelines.core.errors import UserError
 from pipelines.core.locks import Held, hold
 
@@ -24,8 +23,7 @@ class OutputInUse(UserError):
 
 
 def lock_path(output: str) -> str:
-    name = hashlib.sha256(os.path.realpath(output).encode()).hexdigest()[:20] + ".lock"
-    return os.path.join(cache_root(), "locks", name)
+    return os.path.join(cache_root(), "locks", output_key(output) + ".lock")
 
 
 @contextlib.contextmanager

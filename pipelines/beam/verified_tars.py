@@ -40,10 +40,14 @@ def cache_root() -> str:
     return os.path.join(base, "tagkit")
 
 
+def output_key(output: str) -> str:
+    """A file name stem for one output directory in the tagkit cache: its real path's hash."""
+    return hashlib.sha256(os.path.realpath(output).encode()).hexdigest()[:20]
+
+
 def cache_path(output: str) -> str:
-    """The cache file of one output directory (keyed by its real path)."""
-    name = hashlib.sha256(os.path.realpath(output).encode()).hexdigest()[:20] + ".json"
-    return os.path.join(cache_root(), "verified-tars", name)
+    """The cache file of one output directory."""
+    return os.path.join(cache_root(), "verified-tars", output_key(output) + ".json")
 
 
 def saved(output: str) -> VerifiedTars:

@@ -53,7 +53,6 @@ class SampleRoleStream:
         self.stats = LoaderStats()
         self.needed = ("json", stream.plan.member)
         self.touched: set[int] = set()
-        self.whole: set[str] = set()
         self.fetcher = self._fetcher()
 
     def _fetcher(self) -> RangeFetcher:
