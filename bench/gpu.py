@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from loader import close_pools, generated_dataset, pooled_reader, served  # noqa: E402
 
 from pipelines.core.features import FeatureConfig  # noqa: E402
-from tagtrain import data  # noqa: E402
-from tagtrain.registry import create_model, get_entry  # noqa: E402
+from tagtrain import loader as data  # noqa: E402
+from tagtrain.models.registry import create_model, get_entry  # noqa: E402
 
 
 def features_for(spec) -> FeatureConfig:

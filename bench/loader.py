@@ -38,10 +38,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tagtrain import data  # noqa: E402
-from tagtrain.openers import open_url  # noqa: E402
-from tagtrain.registry import create_model, get_entry  # noqa: E402
-from tagtrain.train import amp_settings, resolve_device  # noqa: E402
+from tagtrain import loader as data  # noqa: E402
+from tagtrain.commands.train import amp_settings, resolve_device  # noqa: E402
+from tagtrain.loader.openers import open_url  # noqa: E402
+from tagtrain.models.registry import create_model, get_entry  # noqa: E402
 
 
 def dataset_dir(tracks: int, seconds: float, stored: tuple[str, ...], features=None) -> Path:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tagtrain.models.patchout import PATCHOUT_MODELS, patchout_input  # noqa: E402
-from tagtrain.registry import count_parameters, create_model, get_entry  # noqa: E402
+from tagtrain.models.registry import count_parameters, create_model, get_entry  # noqa: E402
 
 BASELINE = "short_chunk_cnn"
 

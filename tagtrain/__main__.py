@@ -18,19 +18,19 @@ from pipelines.core.errors import OneLineParser, UserError, first_line, run_cli
 
 PROG = "python -m tagtrain"
 COMMAND_MODULES = (
-    "tagtrain.train",
-    "tagtrain.evaluate",
-    "tagtrain.robustness",
-    "tagtrain.tag",
-    "tagtrain.student",
-    "tagtrain.embed",
-    "tagtrain.patchout_training",
-    "tagtrain.probe",
-    "tagtrain.report",
+    "tagtrain.commands.train",
+    "tagtrain.commands.evaluate",
+    "tagtrain.commands.robustness",
+    "tagtrain.commands.tag",
+    "tagtrain.commands.student",
+    "tagtrain.commands.embed",
+    "tagtrain.commands.train_patchout",
+    "tagtrain.commands.probe",
+    "tagtrain.commands.report",
     "tagtrain.recipes",
-    "tagtrain.explain",
-    "tagtrain.export",
-    "tagtrain.import_weights",
+    "tagtrain.commands.explain",
+    "tagtrain.commands.export",
+    "tagtrain.commands.import_weights",
     "tagtrain.__main__",
 )
 
@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _foreign_errors() -> tuple[type[BaseException], ...]:
     """Errors of modules this package does not own that are the user's to fix."""
-    from tagtrain.data import LoaderError
-    from tagtrain.openers import OpenerError
+    from tagtrain.loader import LoaderError
+    from tagtrain.loader.openers import OpenerError
 
     return (CardError, LoaderError, OpenerError)
 

@@ -12,14 +12,7 @@ import pytest
 import torch
 
 from pipelines.core.audio import to_int16
-from tagtrain.augment import (
-    RECIPE,
-    AugmentError,
-    WaveformAugment,
-    default_chain,
-    resolve_chain,
-)
-from tagtrain.data import (
+from tagtrain.loader import (
     EpochReader,
     LoaderConfig,
     ShardStream,
@@ -27,7 +20,14 @@ from tagtrain.data import (
     plan_input,
     split_shards,
 )
-from tagtrain.registry import get_entry
+from tagtrain.models.registry import get_entry
+from tagtrain.training.augment_chain import (
+    RECIPE,
+    AugmentError,
+    WaveformAugment,
+    default_chain,
+    resolve_chain,
+)
 from tests import shardkit
 from tests.conftest import run_cli
 

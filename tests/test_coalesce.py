@@ -9,7 +9,7 @@ import torch
 
 from tagtrain import loader
 from tagtrain.loader.ranged import merge_ranges
-from tagtrain.registry import get_entry
+from tagtrain.models.registry import get_entry
 from tests import shardkit
 
 SPEC = get_entry("short_chunk_cnn").input_spec

@@ -18,7 +18,7 @@ import soundfile as sf
 from pipelines.beam.track import TrackConfig, process_row
 from pipelines.core.audio import decode_soundfile, load_audio
 from pipelines.core.failures import UNSUPPORTED, AudioRejected
-from pipelines.core.probe import mpeg_frames
+from pipelines.core.mpeg_length import mpeg_frames
 from tests.conftest import ROOT
 
 SR = 16000

@@ -22,12 +22,12 @@ import soundfile as sf
 
 from pipelines.core.deformations import paper_set
 from tagtrain.__main__ import main
-from tagtrain.config import RunConfig
+from tagtrain.commands.robustness import FIGURE_DPI, FIGURE_INCHES
+from tagtrain.commands.train import train
+from tagtrain.inference.trained_run import load_run
+from tagtrain.models.registry import list_models
 from tagtrain.pretrained.musicnn import musicnn_labels
-from tagtrain.registry import list_models
-from tagtrain.robustness import FIGURE_DPI, FIGURE_INCHES
-from tagtrain.runs import load_run
-from tagtrain.train import train
+from tagtrain.run.config import RunConfig
 from tests.conftest import run_cli
 
 # Tags the demo corpus makes learnable from a few seconds of audio: the clips are mastered
@@ -121,8 +121,8 @@ def test_the_report_marks_figures_of_an_earlier_checkpoint(runs, demo_dataset, t
     puts a banner over those figures instead of showing them as the run's."""
     import hashlib
 
-    from tagtrain.report import build_report
-    from tagtrain.stale import stale_robustness
+    from tagtrain.commands.report import build_report
+    from tagtrain.run.stale import stale_robustness
 
     short, long = runs
     run = tmp_path / "run"
@@ -158,8 +158,8 @@ def test_the_report_marks_figures_of_an_earlier_checkpoint(runs, demo_dataset, t
     (changed / "dataset.json").write_text(json.dumps({**card, "code_version": "again"}))
     assert "earlier version of the dataset" not in build_report(run, demo_dataset)
     assert "earlier version of the dataset" in build_report(run, changed)
-    from tagtrain.evaluate import warn_if_changed_since_training
-    from tagtrain.runs import open_split
+    from tagtrain.commands.evaluate import warn_if_changed_since_training
+    from tagtrain.inference.trained_run import open_split
 
     trained = load_run(run)
     capsys.readouterr()  # the report's warnings so far
@@ -326,7 +326,7 @@ def check_per_tag_robustness(out_dir, out: str, names: list[str], vocabulary: li
     same function (robustness_tags.per_tag_drops)."""
     from sklearn.metrics import roc_auc_score
 
-    from tagtrain.robustness_tags import per_tag_drops, read_predictions
+    from tagtrain.inference.robustness_tables import per_tag_drops, read_predictions
 
     rows = list(csv.DictReader(open(out_dir / "robustness-per-tag.csv")))
     document = json.loads((out_dir / "robustness-per-tag.json").read_text())
@@ -444,8 +444,8 @@ def check_embedding_map(embeddings, run, data, index):
     import matplotlib.image
 
     from manifests.demo_music import GENRES
-    from tagtrain.report import embedding_figure
-    from tagtrain.report_figures import colour_tags, project_2d
+    from tagtrain.commands.report import embedding_figure
+    from tagtrain.reporting.figures import colour_tags, project_2d
 
     tags = [r["tags"] for r in index]
     labels, legend = colour_tags(tags[:20], tags)
@@ -530,7 +530,7 @@ def test_bad_arguments_get_one_line(runs, demo_dataset, tmp_path):
 def test_metrics_match_scikit_learn_and_a_new_metric_is_one_registry_entry(monkeypatch):
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from tagtrain import metrics
+    from tagtrain.inference.predict import metrics
 
     rng = np.random.default_rng(0)
     y = (rng.random((40, 6)) < 0.3).astype(float)
@@ -554,7 +554,7 @@ def test_metrics_match_scikit_learn_and_a_new_metric_is_one_registry_entry(monke
 
 
 def test_report_epochs_keep_a_run_ending_partial_epoch_but_not_a_resumed_one(tmp_path):
-    from tagtrain.report import epoch_rows, training_section
+    from tagtrain.commands.report import epoch_rows, training_section
 
     rows = [
         "epoch,partial,train_loss",

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from pipelines.core.features import FeatureConfig, log_mel
-from tagtrain.explain import explain_window, explainable
-from tagtrain.registry import create_model
+from tagtrain.commands.explain import explain_window, explainable
+from tagtrain.models.registry import create_model
 
 SR = 16000
 SECONDS = 2.0
@@ -128,7 +128,7 @@ def test_attention_maps_come_from_the_models():
 def test_won2019_models_are_explained_token_by_token():
     """Won et al. 2019's own models (mel and raw waveform) work with explain: one curve
     value per token, at the token's duration, and a mel to show for the waveform model."""
-    from tagtrain.explain import display_mel, seconds_per_token
+    from tagtrain.commands.explain import display_mel, seconds_per_token
     from tagtrain.loader.device import DeviceInput
     from tagtrain.loader.plan import InputPlan
 
@@ -158,9 +158,9 @@ def test_explain_writes_a_heat_map_for_a_cnnsa_run_on_the_demo_corpus(
     demo_corpus, demo_dataset, tmp_path, capsys
 ):
     from tagtrain.__main__ import main
-    from tagtrain.config import RunConfig
-    from tagtrain.runs import load_run
-    from tagtrain.train import train
+    from tagtrain.commands.train import train
+    from tagtrain.inference.trained_run import load_run
+    from tagtrain.run.config import RunConfig
 
     run = tmp_path / "cnnsa"
     cfg = RunConfig(

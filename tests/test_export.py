@@ -14,12 +14,12 @@ import torch
 
 from pipelines.core.audio import to_int16
 from pipelines.core.features import FeatureConfig, power_spectrogram
-from tagtrain.config import RunConfig
-from tagtrain.data import InputPlan
-from tagtrain.export import dft_power_spectrogram, export_onnx
-from tagtrain.registry import create_model
-from tagtrain.runs import TrainedRun
-from tagtrain.tag import pcm_input
+from tagtrain.commands.export import dft_power_spectrogram, export_onnx
+from tagtrain.commands.tag import pcm_input
+from tagtrain.inference.trained_run import TrainedRun
+from tagtrain.loader import InputPlan
+from tagtrain.models.registry import create_model
+from tagtrain.run.config import RunConfig
 from tests import shardkit
 from tests.conftest import ROOT
 
@@ -143,7 +143,7 @@ def test_export_command_on_a_trained_run(tmp_path):
     result = cli("export", "--run", str(tmp_path / "run"), "--onnx", str(out))
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout
-    from tagtrain.runs import load_run
+    from tagtrain.inference.trained_run import load_run
 
     run = load_run(tmp_path / "run", device="cpu")
     waveform = windows_of_tones(run.spec.samples, run.spec.sample_rate)
@@ -162,7 +162,7 @@ def test_pretrained_export_matches_the_published_model(tmp_path):
     tagger_module = pytest.importorskip("tagtrain.pretrained.tagger")
     import soundfile as sf
 
-    from tagtrain.export import export_pretrained_onnx
+    from tagtrain.commands.export import export_pretrained_onnx
 
     tagger = tagger_module.Tagger.from_pretrained("musicnn-mtt")
     rng = np.random.default_rng(2)

@@ -15,8 +15,8 @@ from torch import nn
 from pipelines.core import muda_compat
 from pipelines.core.deformations import Deformation, DeformationError, parse_deformation
 from pipelines.core.transforms import Augmentation
-from tagtrain.augment import AugmentError, WaveformAugment, resolve_chain
-from tagtrain.registry import InputSpec, create_model, get_entry, register_model
+from tagtrain.models.registry import InputSpec, create_model, get_entry, register_model
+from tagtrain.training.augment_chain import AugmentError, WaveformAugment, resolve_chain
 
 
 def test_a_model_is_one_registered_builder():
@@ -101,7 +101,7 @@ def test_an_augmentation_is_one_class_the_training_chain_uses_by_name():
 def test_deformations_and_augmentations_share_one_registry_of_named_transforms():
     from pipelines.core import deformations
     from pipelines.core.transforms import REGISTRY
-    from tagtrain import augment
+    from tagtrain.training import augment_chain as augment
 
     # Two families, one registry: a name means one class within its family.
     assert REGISTRY["deformation"]["noise"] is deformations.Noise

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagtrain.models.attention import BertLayer, PreNormLayer
-from tagtrain.registry import count_parameters, create_model, get_entry
+from tagtrain.models.registry import count_parameters, create_model, get_entry
 
 torch.set_num_threads(2)
 
@@ -172,7 +172,7 @@ def test_maest_lengths_and_time_patchout(seconds, columns, patchout):
 def passt_layout(model, rows: int, cols: int) -> dict:
     """A checkpoint in PaSST's layout made from `model`, with PaSST's larger position
     tables (128 bands: 12 rows; 998 frames: 99 columns) and its two heads."""
-    from tagtrain.models.patchout_init import _BLOCK_PARTS, _TOP
+    from tagtrain.pretrained.patchout_init import _BLOCK_PARTS, _TOP
 
     own = model.state_dict()
     back = {ours: theirs for theirs, ours in _TOP.items()}
@@ -197,7 +197,7 @@ def passt_layout(model, rows: int, cols: int) -> dict:
 
 
 def test_maest_initialises_strictly_from_a_passt_checkpoint(tmp_path):
-    from tagtrain.models.patchout_init import CheckpointError, load_passt_weights
+    from tagtrain.pretrained.patchout_init import CheckpointError, load_passt_weights
 
     source = create_model("patchout_tiny", 527, seed=1)
     path = tmp_path / "passt.pt"
@@ -380,9 +380,9 @@ def test_won2019_models_are_the_papers_own():
 
 
 def test_won2019_recipes_follow_the_reference_solver():
-    from tagtrain.config import RunConfig, apply
     from tagtrain.recipes import load_recipe, recipe_settings
-    from tagtrain.schedules import Schedule
+    from tagtrain.run.config import RunConfig, apply
+    from tagtrain.training.schedules import Schedule
 
     for name in ("won2019_spec", "won2019_wave"):
         recipe = load_recipe(name)
@@ -442,12 +442,12 @@ def test_maest_teacher_student_is_the_references_separated_setup():
 
     import torch.nn.functional as F
 
-    from tagtrain.callbacks import TeacherTargets, hard_teacher_targets, mixup
-    from tagtrain.config import ConfigError
+    from tagtrain.commands.train_patchout import PatchoutOptions
     from tagtrain.models.patchout import PatchoutTransformer
-    from tagtrain.patchout_training import PatchoutOptions
     from tagtrain.recipes import load_recipe
-    from tagtrain.training_recipe import Supervised
+    from tagtrain.run.config import ConfigError
+    from tagtrain.training.callbacks import TeacherTargets, hard_teacher_targets, mixup
+    from tagtrain.training.objectives import Supervised
 
     # discogs/dataset.py: sigmoid(teacher logits) > 0.45, else the most probable tag alone.
     logits = torch.logit(torch.tensor([[0.5, 0.46, 0.2], [0.3, 0.44, 0.1]]))

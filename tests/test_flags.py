@@ -15,7 +15,7 @@ from pipelines.beam.perturb_cli import PerturbFlags
 from pipelines.beam.prepare_flags import PrepareFlags
 from pipelines.core.errors import OneLineParser
 from pipelines.core.flags import add_flags, flag_name, from_args, settings_line
-from tagtrain.config import RunConfig
+from tagtrain.run.config import RunConfig
 
 FLAG_CLASSES = (PrepareFlags, PerturbFlags, BuildFlags, FolderFlags, VocabFlags, InfoFlags)
 

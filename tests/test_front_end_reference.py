@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from pipelines.core.features import MEL_NORMS, MEL_SCALES, mel_filterbank
+from tagtrain.models.registry import get_entry
 from tagtrain.pretrained.importers import WeightsImportError
 from tagtrain.pretrained.importers.common import check_filterbank, check_window
-from tagtrain.registry import get_entry
 
 REAL = np.load(Path(__file__).parent / "fixtures" / "sota" / "front_end.npz")
 FB = torch.from_numpy(REAL["fb_96"])  # [257, 96], torchaudio's layout

@@ -20,7 +20,7 @@ from pipelines.core.errors import UserError
 from pipelines.core.shards import json_bytes, npy_bytes
 from tagtrain import loader
 from tagtrain.loader import samples
-from tagtrain.registry import get_entry
+from tagtrain.models.registry import get_entry
 from tests import shardkit
 
 SPEC = get_entry("short_chunk_cnn").input_spec

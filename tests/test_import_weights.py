@@ -24,9 +24,9 @@ import torch
 
 from pipelines.core.features import mel_filterbank
 from tagtrain.__main__ import main
+from tagtrain.inference.trained_run import load_run
+from tagtrain.models.registry import create_model, get_entry
 from tagtrain.pretrained.importers import WeightsImportError, importer
-from tagtrain.registry import create_model, get_entry
-from tagtrain.runs import load_run
 from tests.sota_states import seeded_input, seeded_state, to_db
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sota"
@@ -287,7 +287,7 @@ def test_evaluate_takes_an_imported_run(demo_dataset, tmp_path, capsys, model_na
 
 
 def test_containers_are_unwrapped():
-    from tagtrain.import_weights import unwrap
+    from tagtrain.commands.import_weights import unwrap
 
     state = {"a.weight": torch.zeros(2), "b.bias": torch.ones(1)}
     assert unwrap(state, "f") == state

@@ -27,8 +27,8 @@ import pytest
 import torch
 
 from pipelines.core.features import mel_filterbank
+from tagtrain.models.registry import create_model, get_entry
 from tagtrain.pretrained.importers import WeightsImportError, importer
-from tagtrain.registry import create_model, get_entry
 from tests.reference_states import seeded_input, seeded_state
 
 FIXTURES = Path(__file__).parent / "fixtures"

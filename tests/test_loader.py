@@ -16,9 +16,9 @@ import torch
 from pipelines.core.card import CardError
 from pipelines.core.features import FeatureConfig
 from pipelines.core.shards import json_bytes
-from tagtrain import data
-from tagtrain.openers import OpenerError, join_url
-from tagtrain.registry import get_entry
+from tagtrain import loader as data
+from tagtrain.loader.openers import OpenerError, join_url
+from tagtrain.models.registry import get_entry
 from tests import shardkit
 
 SPEC = get_entry("short_chunk_cnn").input_spec
@@ -278,7 +278,7 @@ def test_shard_names_and_schemes_are_checked():
 def test_remote_schemes_go_through_fsspec_in_webdataset_and_pipes_are_gone():
     import webdataset as wds
 
-    from tagtrain.openers import filesystem, register_with_webdataset
+    from tagtrain.loader.openers import filesystem, register_with_webdataset
 
     register_with_webdataset({})
     for scheme in ("http", "https", "s3", "gs"):

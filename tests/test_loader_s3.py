@@ -12,7 +12,7 @@ import pytest
 
 from tagtrain import loader
 from tagtrain.loader.cache import ShardCache
-from tagtrain.registry import get_entry
+from tagtrain.models.registry import get_entry
 from tests import shardkit
 
 SPEC = get_entry("short_chunk_cnn").input_spec

@@ -10,7 +10,13 @@ import torch
 
 from tagtrain.models import models_table
 from tagtrain.models.hcnn import HarmonicFrontEnd
-from tagtrain.registry import INPUT_KINDS, count_parameters, create_model, get_entry, list_models
+from tagtrain.models.registry import (
+    INPUT_KINDS,
+    count_parameters,
+    create_model,
+    get_entry,
+    list_models,
+)
 
 torch.set_num_threads(2)
 

@@ -12,7 +12,7 @@ import torch
 from tagtrain import loader
 from tagtrain.loader.index import SampleRef
 from tagtrain.loader.partition import epoch_order, rank_batches, steps_per_epoch
-from tagtrain.registry import get_entry
+from tagtrain.models.registry import get_entry
 from tests import shardkit
 from tests.test_loader import read_epoch
 

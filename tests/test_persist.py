@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tagtrain import loader
-from tagtrain.registry import get_entry
+from tagtrain.models.registry import get_entry
 from tests import shardkit
 from tests.test_loader import drain, read_epoch
 

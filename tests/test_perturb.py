@@ -150,7 +150,7 @@ def test_paper_set_writes_eight_datasets_that_validate_and_read_back(source, pap
 
 
 def test_the_trainer_reads_a_perturbed_set_with_the_clean_statistics(source, paper):
-    from tagtrain.data import load_card, split_shards
+    from tagtrain.loader import load_card, split_shards
 
     root, _ = paper
     card = load_card(str(root / "noise_0.4"))

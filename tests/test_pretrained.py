@@ -389,9 +389,9 @@ def test_fast_front_end_equals_the_direct_conv_up_to_rounding(clips):
 
 
 def test_init_from_pretrained_keeps_or_replaces_the_head():
+    from tagtrain.models.registry import create_model
     from tagtrain.pretrained.finetune import init_from_pretrained
     from tagtrain.pretrained.musicnn import musicnn_labels
-    from tagtrain.registry import create_model
 
     published, _ = load_pretrained("musicnn-msd")
     msd = musicnn_labels("MSD_LABELS")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tagtrain import checkpoint as ckpt
-from tagtrain.train import KILL_AT_STEP_ENV
+from tagtrain.commands.train import KILL_AT_STEP_ENV
+from tagtrain.run import checkpoint as ckpt
 from tests import shardkit
 from tests.test_train import logged_steps, trainer_cli
 

@@ -11,10 +11,10 @@ import json
 
 import torch
 
-from tagtrain import checkpoint as ckpt
-from tagtrain.rundir import RunDir
-from tagtrain.runs import load_run
-from tagtrain.train import KILL_AT_STEP_ENV
+from tagtrain.commands.train import KILL_AT_STEP_ENV
+from tagtrain.inference.trained_run import load_run
+from tagtrain.run import checkpoint as ckpt
+from tagtrain.run.directory import RunDir
 from tests import shardkit
 from tests.seaweed import CREDENTIALS
 from tests.test_evaluate import cli

@@ -19,7 +19,7 @@ import torch
 from tagtrain import loader
 from tagtrain.loader import s3ranges
 from tagtrain.loader.ranged import HEADER, RangeFailure, RangeFetcher
-from tagtrain.registry import get_entry
+from tagtrain.models.registry import get_entry
 from tests import shardkit
 from tests.test_loader import read_epoch
 
@@ -147,7 +147,7 @@ def test_workers_forked_after_obstore_ran_read_through_s3fs(on_s3):
 _POOLED = """
 import hashlib, json, sys
 from tagtrain import loader
-from tagtrain.registry import get_entry
+from tagtrain.models.registry import get_entry
 from tests.test_persist import pooled_epoch
 url, options = sys.argv[1], json.loads(sys.argv[2])
 card = loader.load_card(url, options)

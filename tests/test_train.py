@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from pipelines.core.features import FeatureConfig
-from tagtrain import checkpoint as ckpt
 from tagtrain.__main__ import main
-from tagtrain.config import ConfigError, RunConfig, build_config
-from tagtrain.loop import Trainer, TrainingError
-from tagtrain.train import KILL_AT_STEP_ENV, Schedule, train
-from tagtrain.training_recipe import Supervised
+from tagtrain.commands.train import KILL_AT_STEP_ENV, Schedule, train
+from tagtrain.run import checkpoint as ckpt
+from tagtrain.run.config import ConfigError, RunConfig, build_config
+from tagtrain.training.loop import Trainer, TrainingError
+from tagtrain.training.objectives import Supervised
 from tests import shardkit
 from tests.conftest import ROOT, free_port
 
@@ -480,7 +480,7 @@ def test_a_second_trainer_on_a_run_directory_in_use_is_one_line(dataset, tmp_pat
     run = tmp_path / "run"
     first = trainer_cli("--data", str(out), "--out", str(run), "--epochs", "1", *FLAGS)
     assert first.returncode == 0, first.stderr[-2000:]
-    hold = "import sys, time; from tagtrain.rundir import RunDir; lock = RunDir(sys.argv[1]).lock()"
+    hold = "import sys, time; from tagtrain.run.directory import RunDir; lock = RunDir(sys.argv[1]).lock()"
     holder = subprocess.Popen(
         [sys.executable, "-c", f"{hold}; print('held', flush=True); time.sleep(300)", str(run)],
         cwd=ROOT, env={**os.environ, **ENV}, stdout=subprocess.PIPE, text=True,

@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from tagtrain.config import RunConfig
-from tagtrain.registry import list_models
-from tagtrain.train import train
+from tagtrain.commands.train import train
+from tagtrain.models.registry import list_models
+from tagtrain.run.config import RunConfig
 
 AT_16K = [e.name for e in list_models() if e.input_spec.sample_rate == 16000]
 

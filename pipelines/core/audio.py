@@ -42,7 +42,7 @@ from pipelines.core.failures import (  # noqa: F401  (reasons re-exported for ca
     TransientError,
     reason_text,
 )
-from pipelines.core.probe import mpeg_frames
+from pipelines.core.mpeg_length import mpeg_frames
 
 DECODERS = ("auto", "soundfile", "essentia", "ffmpeg")
 

@@ -1,7 +1,7 @@
 """One registry of named audio transforms with validated parameters: the robustness
 deformations (`pipelines.core.deformations.Deformation`, run by `perturb` and evaluated by
 `robustness`) and the training augmentations (`Augmentation`, chained by
-`tagtrain.augment`).
+`tagtrain.training.augment_chain`).
 
 A transform is a frozen dataclass: its fields are its parameters, its `kind` the name a
 YAML/JSON entry uses. Defining a subclass with a `kind` registers it under its family, so

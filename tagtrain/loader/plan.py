@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pipelines.core.card import CardError, check_features, stored_features
 from pipelines.core.features import FeatureConfig
-from tagtrain.registry import InputSpec
+from tagtrain.models.registry import InputSpec
 
 STANDARDIZE = ("none", "band", "global")
 

@@ -1,4 +1,4 @@
-"""The model zoo. Importing this package registers every model with `tagtrain.registry`."""
+"""The model zoo. Importing this package registers every model with `tagtrain.models.registry`."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ _TABLE_COLUMNS = (
 def models_table(n_classes: int = 50) -> str:
     """A plain-text table of every registered model: its input, and its size at width 1.0
     for `n_classes` tags next to the paper's (reference sizes are for 50 tags)."""
-    from tagtrain.registry import count_parameters, create_model, list_models
+    from tagtrain.models.registry import count_parameters, create_model, list_models
 
     rows = []
     for entry in list_models():

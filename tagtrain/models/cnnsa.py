@@ -18,7 +18,7 @@ from torch import nn
 
 from tagtrain.models.attention import bert_encoder
 from tagtrain.models.layers import MelInput, ResBlock2d, Tagger, heads_multiple, scaled
-from tagtrain.registry import InputSpec, register_model
+from tagtrain.models.registry import InputSpec, register_model
 
 CNNSA_INPUT = InputSpec(kind="mel", seconds=15.0, n_mels=128, standardize="none")
 

@@ -10,7 +10,7 @@ import dataclasses
 from torch import nn
 
 from tagtrain.models.layers import ConvBlock2d, MelInput, Tagger, scaled
-from tagtrain.registry import InputSpec, register_model
+from tagtrain.models.registry import InputSpec, register_model
 
 CRNN_INPUT = InputSpec(kind="mel", seconds=29.1, n_mels=96, chunk_level=False, standardize="none")
 

@@ -23,7 +23,7 @@ from tagtrain.models.layers import (
     global_max_pool_2d,
     scaled,
 )
-from tagtrain.registry import InputSpec, register_model
+from tagtrain.models.registry import InputSpec, register_model
 
 HCNN_INPUT = InputSpec(kind="pcm", seconds=5.0, standardize="none")
 

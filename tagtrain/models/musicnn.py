@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagtrain.models.layers import MelInput, Tagger, mean_max_pool, scaled
-from tagtrain.registry import InputSpec, register_model
+from tagtrain.models.registry import InputSpec, register_model
 
 MUSICNN_INPUT = InputSpec(kind="mel", seconds=3.0, n_mels=96, standardize="none")
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from tagtrain.models.fast_front_end import TemporalConvMax, TimbralFourierConv
 from tagtrain.models.layers import Tagger
-from tagtrain.registry import InputSpec, register_model
+from tagtrain.models.registry import InputSpec, register_model
 
 TF_BN_EPSILON = 1e-3
 TF_BN_MOMENTUM = 0.01  # TF's momentum 0.99 in torch's convention

@@ -29,7 +29,7 @@ from tagtrain.models.layers import (
     mean_max_pool,
     scaled,
 )
-from tagtrain.registry import InputSpec, register_model
+from tagtrain.models.registry import InputSpec, register_model
 
 # librosa's mel as the reference computed it in 2018 (Slaney filters, reflect-padded ends).
 PONS_SPEC_INPUT = InputSpec(

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from tagtrain.models.layers import ConvBlock1d, HiddenDense, ResSEBlock1d, Tagger, scaled
-from tagtrain.registry import InputSpec, register_model
+from tagtrain.models.registry import InputSpec, register_model
 
 SAMPLE_INPUT = InputSpec(kind="pcm", seconds=59049 / 16000, exact_samples=59049, standardize="none")
 

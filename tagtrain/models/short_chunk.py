@@ -15,7 +15,7 @@ from tagtrain.models.layers import (
     global_max_pool_2d,
     scaled,
 )
-from tagtrain.registry import InputSpec, register_model
+from tagtrain.models.registry import InputSpec, register_model
 
 # 59,049 samples at 16 kHz (3.69 s): 231 frames, which seven 2x2 pools bring to 1x1.
 SHORT_CHUNK_INPUT = InputSpec(

@@ -29,7 +29,7 @@ from tagtrain.models.layers import (
     heads_multiple,
     scaled,
 )
-from tagtrain.registry import InputSpec, register_model
+from tagtrain.models.registry import InputSpec, register_model
 
 TRANSFORMER_INPUT = InputSpec(
     kind="mel",

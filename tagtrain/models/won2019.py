@@ -29,7 +29,7 @@ from torch import nn
 from tagtrain.models.attention import bert_encoder
 from tagtrain.models.cnnsa import fixed_cls_vector
 from tagtrain.models.layers import Tagger, heads_multiple, scaled
-from tagtrain.registry import InputSpec, register_model
+from tagtrain.models.registry import InputSpec, register_model
 
 # 256 frames of hop 256 (1 + samples // hop): the reference's `input_length` of 256.
 # The reference's preprocessing is librosa's mel (Slaney filters, reflect-padded ends).
@@ -142,7 +142,7 @@ class SelfAttentionTagger(Tagger):
     """Front end -> [CLS] + sinusoidal positions -> BERT encoder -> pooler -> tags.
 
     `tokens` / `from_tokens` / `token_frames` (or `token_samples`) are the interface of
-    `tagtrain.explain`."""
+    `tagtrain.commands.explain`."""
 
     def __init__(self, front: nn.Module, dim: int, n_classes: int, attention_dropout: float,
                  dropout: float):  # fmt: skip

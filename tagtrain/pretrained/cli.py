@@ -1,5 +1,5 @@
 """`tag --pretrained NAME` and `embed --pretrained NAME`: the published musicnn models on
-audio files (the commands' `--run` paths stay in tagtrain/tag.py and tagtrain/embed.py,
+audio files (the commands' `--run` paths stay in tagtrain/commands/tag.py and tagtrain/commands/embed.py,
 which call in here when `--pretrained` is given).
 
 tag: one JSON line per file (path, model, vocabulary, probabilities, taggram,

@@ -65,7 +65,7 @@ def init_from_pretrained(
 
 
 def _with_published_head(model_name: str, n_classes: int) -> nn.Module:
-    from tagtrain.registry import create_model
+    from tagtrain.models.registry import create_model
 
     return create_model(model_name, n_classes, seed=None)
 

@@ -169,7 +169,7 @@ def checkpoint_state_dict(
 
 def load_pretrained(name: str) -> tuple[nn.Module, list[str]]:
     """(model in eval mode with the published weights, its vocabulary)."""
-    from tagtrain.registry import create_model
+    from tagtrain.models.registry import create_model
 
     spec = pretrained_spec(name)
     labels = musicnn_labels(spec.labels)

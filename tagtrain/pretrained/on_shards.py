@@ -1,6 +1,6 @@
 """A published model as a `TrainedRun`: `evaluate --pretrained NAME` and
 `robustness --pretrained NAME` score musicnn's published weights on prepared shards
-through the one inference path (tagtrain.inference), exactly as they score our runs.
+through the one inference path (tagtrain.inference.predict), exactly as they score our runs.
 
 The published models need their own front end (frontend.py: 16 kHz, 96 bands, the mel
 rounded to float16 before `log10(1 + 10000 mel)`), which no prepared mel is. So the model
@@ -25,17 +25,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tagtrain.config import RunConfig
-from tagtrain.data import plan_input
+from tagtrain.inference.trained_run import RunError, TrainedRun
+from tagtrain.loader import plan_input
+from tagtrain.models.registry import InputSpec
 from tagtrain.pretrained import frontend
 from tagtrain.pretrained.musicnn import (
     load_pretrained,
     musicnn_package_dir,
     pretrained_spec,
 )
-from tagtrain.registry import InputSpec
-from tagtrain.runs import RunError, TrainedRun
-from tagtrain.runtime import resolve_device
+from tagtrain.run.config import RunConfig
+from tagtrain.run.runtime import resolve_device
 
 # One window of 187 frames spans 186 hops; CONTEXT samples more on each side are the
 # outer halves of its first and last FFT frame.

@@ -5,7 +5,7 @@ A recipe file has:
 
     cite:      the paper, table and row it reproduces
     command:   train | student | patchout
-    train:     RunConfig fields (tagtrain.config), checked against the dataclass
+    train:     RunConfig fields (tagtrain.run.config), checked against the dataclass
     student:   StudentConfig fields (noisy-student recipes), checked likewise
     patchout:  PatchoutOptions fields (MAEST recipes), checked likewise
     prepare:   optional overrides of the prepare flags; the defaults come from the
@@ -85,16 +85,16 @@ def _check_fields(section: str, values, cls, source: str) -> dict:
 
 
 def _section_classes() -> dict:
-    from tagtrain.config import RunConfig
-    from tagtrain.patchout_training import PatchoutOptions
-    from tagtrain.student import StudentConfig
+    from tagtrain.commands.student import StudentConfig
+    from tagtrain.commands.train_patchout import PatchoutOptions
+    from tagtrain.run.config import RunConfig
 
     return {"train": RunConfig, "student": StudentConfig, "patchout": PatchoutOptions}
 
 
 def _check_types(train: dict, source: str) -> None:
     """The train section must make a valid RunConfig (types and values), given data."""
-    from tagtrain.config import ConfigError, RunConfig, apply
+    from tagtrain.run.config import ConfigError, RunConfig, apply
 
     try:
         apply(RunConfig(), {"data": "-", **train}, source).validate()
@@ -104,7 +104,7 @@ def _check_types(train: dict, source: str) -> None:
 
 def prepare_flags(model: str) -> dict:
     """The prepare flags that produce the features `model` eats (from its InputSpec)."""
-    from tagtrain.registry import get_entry
+    from tagtrain.models.registry import get_entry
 
     spec = get_entry(model).input_spec
     flags = {"features": "pcm" if spec.kind == "pcm" else f"{spec.kind},pcm"}
@@ -131,7 +131,7 @@ def _check_protocol(values, source: str) -> dict:
 
 def load_recipe(name: str) -> dict:
     """The recipe `name` (or a YAML path), validated; see the module docstring."""
-    from tagtrain.registry import get_entry
+    from tagtrain.models.registry import get_entry
 
     data, source = _read(name)
     unknown = sorted(set(data) - set(SECTIONS))

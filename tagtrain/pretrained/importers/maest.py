@@ -44,12 +44,12 @@ import torch
 import torch.nn.functional as F
 
 from tagtrain.models.patchout import STRIDE
+from tagtrain.models.registry import InputSpec, create_model, get_entry
 from tagtrain.pretrained.importers.common import (
     WeightsImportError,
     pop_mel_front_end,
     rename_strict,
 )
-from tagtrain.registry import InputSpec, create_model, get_entry
 
 MODELS = {
     "maest_5s": "MAEST 5 s (discogs-maest-5s-*; 9 x 31 position tables)",

@@ -337,7 +337,7 @@ def convert(state: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.Te
 
 
 def _convert(state: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.Tensor]:
-    from tagtrain.registry import create_model
+    from tagtrain.models.registry import create_model
 
     arch = architecture(model)
     what = f"sota {arch.reference} checkpoint"

@@ -35,12 +35,12 @@ from collections.abc import Mapping
 
 import torch
 
+from tagtrain.models.registry import create_model, get_entry
 from tagtrain.pretrained.importers.common import (
     WeightsImportError,
     pop_mel_front_end,
     rename_strict,
 )
-from tagtrain.registry import create_model, get_entry
 
 MODELS = {
     "music_tagging_transformer": "the teacher (teacher.ckpt: conv_ndim 128, attention_ndim 256)",

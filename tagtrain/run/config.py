@@ -1,0 +1,241 @@
+"""The run configuration: one typed dataclass, loaded from YAML/JSON, overridden by flags
+(generated from its fields, see pipelines.core.flags), printed at the start of a run as a diff
+from the defaults and saved whole as `config.json` in the run directory.
+
+Precedence: defaults < `--config FILE` < command-line flags. On `--resume` the saved
+`config.json` of the run takes the place of the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.core.errors import UserError
+from pipelines.core.flags import setting
+
+SCHEDULES = ("adam_sgd", "early_stop")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SELECTIONS = ("val_loss", "roc_auc")
+S3_CLIENTS = ("obstore", "s3fs")  # see tagtrain/loader/s3ranges.py
+# Reference epochs of each schedule (minzwon/sota-music-tagging-models trains 200 epochs:
+# Adam 80, SGD 1e-3 20, 1e-4 20, then 1e-5 to the end).
+SCHEDULE_EPOCHS = {"adam_sgd": 200, "early_stop": 200}
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid setting; the message is one line."""
+
+
+@dataclass
+class RunConfig:
+    data: str = setting("", "dataset directory or URL prefix (https://, s3://, gs://)")
+    model: str = setting("", "registered model name (see `python -m tagtrain models`)")
+    recipe: str = setting(
+        "", "paper recipe to start from (`python -m tagtrain recipes`); flags override it"
+    )
+    out: str = setting("", "run directory (empty: runs/MODEL)")
+    width: float = setting(1.0, "channel-width multiplier of the model")
+    init: str = setting(
+        "",
+        "start from published weights, e.g. pretrained:musicnn-msd (a new output layer "
+        "when the vocabulary differs)",
+    )
+    seed: int = setting(0, "seed of initialisation, shuffles and crops")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = setting("auto", "autocast on CUDA (auto: bf16 or fp16)", choices=PRECISIONS)
+    # data
+    train_split: str = setting("train", "split trained on")
+    val_split: str = setting("valid", "split validated on")
+    train_fraction: float = setting(
+        1.0, "fraction of the train split's shards used (data-size experiments)"
+    )
+    batch_size: int = setting(16, "batch size per rank")
+    workers: int = setting(4, "loader worker processes per rank (0 = main process)")
+    shuffle_buffer: int = setting(256, "samples in each loader worker's shuffle buffer")
+    val_chunks: int = setting(
+        16, "evenly spaced chunks averaged per validation track (the test protocol's)"
+    )
+    augment: str | list = setting(
+        "",
+        "waveform augmentation of training crops: default (noisy-student chain), a YAML "
+        "file, or none; config.json records the chain itself",
+    )
+    storage_options: dict = setting({}, "fsspec options per protocol", flag=False)
+    max_bad_fraction: float = setting(
+        0.05, "fail the run when more than this fraction of an epoch's samples is bad"
+    )
+    cache_dir: str = setting("", "keep local copies of remote shards here (empty: no cache)")
+    cache_limit: float = setting(0.0, "GiB the shard cache may hold (0: no limit)")
+    verify: bool = setting(False, "check every shard's sha256 against the card before training")
+    s3_endpoint_url: str = setting("", "S3-compatible endpoint (or set AWS_ENDPOINT_URL)")
+    s3_client: str = setting(
+        "obstore",
+        "client of the loader's s3:// range requests: obstore (less CPU per request) or s3fs",
+        choices=S3_CLIENTS,
+    )
+    # schedule
+    schedule: str = setting(
+        "adam_sgd",
+        "adam_sgd: Adam then SGD with drops; early_stop: Adam + patience",
+        choices=SCHEDULES,
+    )
+    epochs: int = setting(0, "epochs (0: the schedule's reference count, 200)")
+    select: str = setting(
+        "val_loss", "model-selection criterion on the validation split", choices=SELECTIONS
+    )
+    lr: float = setting(1e-4, "Adam learning rate")
+    weight_decay: float = setting(1e-4, "weight decay of every optimiser")
+    adam_weight_decay: float | None = setting(
+        None, "adam_sgd: weight decay of the Adam phase (unset: --weight-decay; seed 001: 0)"
+    )
+    reload_best: bool = setting(
+        True, "adam_sgd: restart from best.pt at each optimizer switch and lr drop (seed 000)"
+    )
+    adam_epochs: int = setting(80, "adam_sgd: Adam epochs before SGD")
+    sgd_lr: float = setting(1e-3, "adam_sgd: SGD learning rate")
+    sgd_momentum: float = setting(0.9, "adam_sgd: Nesterov momentum")
+    sgd_drop_after: list = setting([20, 40], "adam_sgd: SGD epochs after which lr /= 10")
+    patience: int = setting(20, "early_stop: epochs without improvement before stopping")
+    # budget and bookkeeping
+    max_minutes: float = setting(0.0, "time budget; the run checkpoints and stops (0: none)")
+    max_steps_per_epoch: int = setting(0, "cap on steps per epoch (0: the whole epoch)")
+    checkpoint_every: int = setting(500, "steps between mid-epoch checkpoints (0: epoch ends)")
+    log_every: int = setting(10, "steps between TensorBoard training-loss points")
+    max_bad_steps: int = setting(
+        5, "consecutive steps with a non-finite loss that stop the run (each is skipped)"
+    )
+    progress: bool = setting(True, "tqdm progress bars")
+    log_samples: bool = setting(False, "write samples-rankR.tsv: the keys of every step")
+
+    def total_epochs(self) -> int:
+        return self.epochs or SCHEDULE_EPOCHS[self.schedule]
+
+    def effective_storage_options(self) -> dict:
+        options = {k: dict(v) for k, v in self.storage_options.items()}
+        if self.s3_endpoint_url:
+            options.setdefault("s3", {})["endpoint_url"] = self.s3_endpoint_url
+        return options
+
+    def run_dir(self) -> str:
+        """The run directory: a local path or an object-store prefix (s3://, gs://)."""
+        return self.out or f"runs/{self.model}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def validate(self) -> RunConfig:
+        if not self.data:
+            raise ConfigError("no dataset: give --data DIR_OR_URL (or 'data' in the config file)")
+        if not self.model:
+            raise ConfigError("no model: give --model NAME (see `python -m tagtrain models`)")
+        for name, allowed in (
+            ("schedule", SCHEDULES), ("precision", PRECISIONS), ("select", SELECTIONS),
+            ("s3_client", S3_CLIENTS),
+        ):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        positive = {"batch_size": self.batch_size, "width": self.width, "lr": self.lr}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        non_negative = (
+            "workers", "shuffle_buffer", "epochs", "max_minutes", "max_steps_per_epoch",
+            "checkpoint_every", "patience", "adam_epochs",
+        )  # fmt: skip
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.val_chunks < 1:
+            raise ConfigError(f"val_chunks must be at least 1, got {self.val_chunks}")
+        if self.max_bad_steps < 1:
+            raise ConfigError(f"max_bad_steps must be at least 1, got {self.max_bad_steps}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.adam_weight_decay is not None and self.adam_weight_decay < 0:
+            raise ConfigError(
+                f"adam_weight_decay must not be negative, got {self.adam_weight_decay}"
+            )
+        if self.cache_limit < 0:
+            raise ConfigError(f"cache_limit must not be negative, got {self.cache_limit}")
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _check_type(name: str, value, source: str):
+    hint = typing.get_type_hints(RunConfig)[name]
+    origin = typing.get_origin(hint)
+    expected = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    expected = tuple(typing.get_origin(t) or t for t in expected)
+    if float in expected and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and bool not in expected:
+        raise ConfigError(f"{source}: {name} must be {_names(expected)}, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{source}: {name} must be {_names(expected)}, got {value!r}")
+    return value
+
+
+def _names(types_) -> str:
+    return " or ".join(t.__name__ for t in types_)
+
+
+def apply(cfg: RunConfig, values: Mapping, source: str) -> RunConfig:
+    """A copy of `cfg` with `values` set, each checked against the field's type."""
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+    checked = {k: _check_type(k, v, source) for k, v in values.items()}
+    return dataclasses.replace(cfg, **checked)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Settings from a YAML (.yaml/.yml) or JSON file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except ValueError as exc:  # yaml.YAMLError derives from Exception, caught below
+        raise ConfigError(f"{path} is not valid: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001  (a YAML syntax error: one line, no traceback)
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings")
+    return values
+
+
+def build_config(
+    file: str | Path | None = None, overrides: Mapping | None = None, base: Mapping | None = None
+) -> RunConfig:
+    cfg = RunConfig()
+    if base:
+        cfg = apply(cfg, base, "saved config.json")
+    if file:
+        cfg = apply(cfg, read_config_file(file), str(file))
+    if overrides:
+        cfg = apply(cfg, overrides, "command line")
+    return cfg.validate()
