@@ -27,28 +27,12 @@ COMMAND_MODULES = (
     "tagtrain.commands.train_patchout",
     "tagtrain.commands.probe",
     "tagtrain.commands.report",
-    "tagtrain.recipes",
+    "tagtrain.commands.recipes",
     "tagtrain.commands.explain",
     "tagtrain.commands.export",
     "tagtrain.commands.import_weights",
-    "tagtrain.__main__",
+    "tagtrain.commands.models",
 )
-
-COMMAND = "models"
-HELP = "list the registered models, their inputs and sizes"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-classes", type=int, default=50, help="tags for the size column")
-
-
-def run(args: argparse.Namespace) -> int:
-    from tagtrain.models import models_table
-
-    if args.n_classes < 1:
-        raise UserError("--n-classes must be at least 1")
-    print(models_table(args.n_classes))
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
     )
     for name in COMMAND_MODULES:
-        module = (
-            sys.modules[__name__] if name == "tagtrain.__main__" else importlib.import_module(name)
-        )
+        module = importlib.import_module(name)
         sub = commands.add_parser(module.COMMAND, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)

@@ -442,12 +442,12 @@ def test_maest_teacher_student_is_the_references_separated_setup():
 
     import torch.nn.functional as F
 
-    from tagtrain.commands.train_patchout import PatchoutOptions
     from tagtrain.models.patchout import PatchoutTransformer
     from tagtrain.recipes import load_recipe
     from tagtrain.run.config import ConfigError
     from tagtrain.training.callbacks import TeacherTargets, hard_teacher_targets, mixup
     from tagtrain.training.objectives import Supervised
+    from tagtrain.training.patchout import PatchoutOptions
 
     # discogs/dataset.py: sigmoid(teacher logits) > 0.45, else the most probable tag alone.
     logits = torch.logit(torch.tensor([[0.5, 0.46, 0.2], [0.3, 0.44, 0.1]]))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tagtrain.models import models_table
+from tagtrain.commands.models import models_table
 from tagtrain.models.hcnn import HarmonicFrontEnd
 from tagtrain.models.registry import (
     INPUT_KINDS,

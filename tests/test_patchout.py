@@ -17,18 +17,18 @@ import torch
 
 from pipelines.core.features import FeatureConfig, log_mel
 from tagtrain.__main__ import main
-from tagtrain.commands.probe import multi_hot, read_index
-from tagtrain.commands.train_patchout import (
+from tagtrain.inference.trained_run import load_run
+from tagtrain.loader.index import multi_hot, read_index
+from tagtrain.models.patchout import even_keep, grid_size, patchout_input
+from tagtrain.models.registry import create_model, get_entry
+from tagtrain.run import checkpoint as ckpt
+from tagtrain.training.patchout import (
     PatchoutOptions,
     TagBalance,
     lr_factor,
     mixup,
     spec_mask,
 )
-from tagtrain.inference.trained_run import load_run
-from tagtrain.models.patchout import even_keep, grid_size, patchout_input
-from tagtrain.models.registry import create_model, get_entry
-from tagtrain.run import checkpoint as ckpt
 from tests.conftest import run_cli, tone
 
 

@@ -20,13 +20,13 @@ from manifests.schema import read_manifest, write_manifest
 from pipelines.core.features import FeatureConfig, log_mel
 from pipelines.core.shards import load_npy, read_tar
 from tagtrain.__main__ import main
-from tagtrain.commands.student import StudentConfig, StudentTrainer, train_students
 from tagtrain.commands.train import KILL_AT_STEP_ENV
 from tagtrain.loader import load_card
 from tagtrain.models.registry import create_model
 from tagtrain.run import checkpoint as ckpt
 from tagtrain.run.config import RunConfig
 from tagtrain.training.augment_chain import resolve_chain
+from tagtrain.training.student import StudentConfig, StudentTrainer, train_students
 from tests.conftest import run_cli
 
 TEACHER = "music_tagging_transformer"

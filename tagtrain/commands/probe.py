@@ -17,7 +17,6 @@ without a split or tags column take them from the dataset's index.parquet by key
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -27,12 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.core.card import INDEX_NAME, CardError
+from pipelines.core.card import CardError
 from pipelines.core.errors import UserError, first_line
 from pipelines.core.flags import add_flags, from_args, setting
 from tagtrain.inference.metrics import bce_on_probabilities, tag_scores
 from tagtrain.loader import load_card
-from tagtrain.loader.openers import join_url, read_bytes
+from tagtrain.loader.index import multi_hot, read_index
 from tagtrain.run.runtime import resolve_device
 
 COMMAND = "probe"
@@ -42,17 +41,6 @@ SELECT = ("roc_auc", "pr_auc", "loss")
 
 class ProbeError(UserError, ValueError):
     """Embeddings or settings the probe cannot use; the message is one line."""
-
-
-def read_index(data: str, options: dict | None = None):
-    """The dataset's index.parquet (key, split, tags, ...) as a pyarrow Table."""
-    import pyarrow.parquet as pq
-
-    url = join_url(data, INDEX_NAME)
-    try:
-        return pq.read_table(io.BytesIO(read_bytes(url, options)))
-    except Exception as exc:  # noqa: BLE001  (any storage or Parquet failure: one line)
-        raise ProbeError(f"cannot read {url}: {first_line(exc, 200)}") from None
 
 
 @dataclass
@@ -98,16 +86,6 @@ def load_embeddings(path: str | Path, data: str, options: dict | None = None) ->
             columns.setdefault(c, [by_key[k][c] for k in keys])
     tags = [list(t or []) for t in columns["tags"]]
     return Embeddings(keys, [str(s) for s in columns["split"]], tags, x)
-
-
-def multi_hot(tag_lists: list[list[str]], vocabulary: list[str]) -> np.ndarray:
-    index = {t: i for i, t in enumerate(vocabulary)}
-    y = np.zeros((len(tag_lists), len(vocabulary)), dtype=np.float32)
-    for row, tags in enumerate(tag_lists):
-        for t in tags:
-            if t in index:
-                y[row, index[t]] = 1.0
-    return y
 
 
 @dataclass

@@ -88,9 +88,18 @@ def checked_model(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def weights_init(cfg: RunConfig):
+    """What loads `--init` weights into a new model (None without --init)."""
+    if not cfg.init:
+        return None
+    from tagtrain.pretrained.finetune import init_from_pretrained
+
+    return init_from_pretrained
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = checked_model(config_from_args(args))
-    Trainer(cfg, resume=args.resume).fit()
+    Trainer(cfg, resume=args.resume, init_weights=weights_init(cfg)).fit()
     return 0
 
 

@@ -7,13 +7,16 @@ and against the card (same shards, same sample counts); a mismatch is one line."
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from pipelines.core.card import INDEX_NAME, CardError
 from pipelines.core.errors import first_line
 from tagtrain.loader.card import ShardInfo
-from tagtrain.loader.openers import OpenerError, read_bytes
+from tagtrain.loader.openers import OpenerError, join_url, read_bytes
 
 MAX_INDEX_BYTES = 1 << 30
 _MEMBER_FIELDS = {"name": str, "offset": int, "size": int}
@@ -115,3 +118,24 @@ def load_sample_refs(
                 f"{url} lists {len(refs)} samples of {shards[i].name}, the card {shards[i].samples}"
             )
     return per_shard
+
+
+def read_index(data: str, options: dict | None = None):
+    """The dataset's index.parquet (key, split, tags, ...) as a pyarrow Table."""
+    import pyarrow.parquet as pq
+
+    url = join_url(data, INDEX_NAME)
+    try:
+        return pq.read_table(io.BytesIO(read_bytes(url, options)))
+    except Exception as exc:  # noqa: BLE001  (any storage or Parquet failure: one line)
+        raise OpenerError(f"cannot read {url}: {first_line(exc, 200)}") from None
+
+
+def multi_hot(tag_lists: list[list[str]], vocabulary: list[str]) -> np.ndarray:
+    index = {t: i for i, t in enumerate(vocabulary)}
+    y = np.zeros((len(tag_lists), len(vocabulary)), dtype=np.float32)
+    for row, tags in enumerate(tag_lists):
+        for t in tags:
+            if t in index:
+                y[row, index[t]] = 1.0
+    return y

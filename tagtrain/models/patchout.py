@@ -30,7 +30,7 @@ MAEST): a ViT over overlapping 16x16 patches of a 96-band log-mel (16 kHz, n_fft
 Presets: `patchout` (12 blocks x 768 dims x 12 heads, ~86 M parameters, PaSST-S/MAEST),
 `patchout_small` (6 x 384 x 6) and `patchout_tiny` (4 x 96 x 3) for CPU. Training options
 from the papers (AdamW, warm-up and ramp-down, SWA, mixup, masking, balancing) are in
-`tagtrain.commands.train_patchout`. Weights are never downloaded: start from scratch or load a
+`tagtrain.training.patchout`. Weights are never downloaded: start from scratch or load a
 local checkpoint (weights_only).
 """
 

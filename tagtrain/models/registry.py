@@ -1,7 +1,9 @@
 """Model registry: models are registered by name and built from a config (as in timm).
 
 Each model declares its input through an `InputSpec`; the trainer derives crops and the
-card check from it.
+card check from it. The zoo registers itself when the package `tagtrain.models` is
+imported, which Python does before any of its modules, this one included: so every
+`from tagtrain.models.registry import ...` sees every model, and this module imports none.
 """
 
 from __future__ import annotations
@@ -106,17 +108,11 @@ def register_model(
     return wrap
 
 
-def _load_all() -> None:
-    import tagtrain.models  # noqa: F401  (registers the zoo)
-
-
 def list_models() -> list[ModelEntry]:
-    _load_all()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
 def get_entry(name: str) -> ModelEntry:
-    _load_all()
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

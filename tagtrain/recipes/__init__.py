@@ -19,7 +19,6 @@ patchout, protocol, source}; `name` may also be the path of a YAML file of this 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
@@ -85,9 +84,9 @@ def _check_fields(section: str, values, cls, source: str) -> dict:
 
 
 def _section_classes() -> dict:
-    from tagtrain.commands.student import StudentConfig
-    from tagtrain.commands.train_patchout import PatchoutOptions
     from tagtrain.run.config import RunConfig
+    from tagtrain.training.patchout import PatchoutOptions
+    from tagtrain.training.student import StudentConfig
 
     return {"train": RunConfig, "student": StudentConfig, "patchout": PatchoutOptions}
 
@@ -187,7 +186,7 @@ def recipe_settings(name: str, command: str) -> tuple[dict, dict]:
     return train, recipe.get(recipe["command"], {}) if recipe["command"] != "train" else {}
 
 
-def _table() -> str:
+def recipes_table() -> str:
     rows = [("name", "command", "model", "cite")]
     for name in recipe_names():
         r = load_recipe(name)
@@ -196,21 +195,3 @@ def _table() -> str:
     return "\n".join(
         "  ".join([*(c.ljust(w) for c, w in zip(row[:3], widths)), row[3]]) for row in rows
     )
-
-
-COMMAND = "recipes"
-HELP = "list the paper recipes (or print one with --show NAME)"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--show", metavar="NAME", help="print one recipe, resolved, as YAML")
-
-
-def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    if args.show:
-        print(yaml.safe_dump(load_recipe(args.show), sort_keys=False, allow_unicode=True))
-    else:
-        print(_table())
-    return 0

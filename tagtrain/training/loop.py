@@ -40,6 +40,7 @@ from tagtrain.run.runtime import Runtime
 from tagtrain.training.data import TrainingData, check_batch_norm
 from tagtrain.training.log import RunLog, epoch_line, epoch_row, loader_line
 from tagtrain.training.objectives import Supervised
+from tagtrain.training.state import Progress, resume_training, training_state
 
 # Test hook: SIGKILL this process right after the given global step (a simulated crash).
 KILL_AT_STEP_ENV = "TAGTRAIN_KILL_AT_STEP"
@@ -49,23 +50,6 @@ RESUME_FILES = (RunDir.LAST, RunDir.LAST_PREVIOUS, RunDir.BEST, RunDir.METRICS)
 
 class TrainingError(UserError, RuntimeError):
     """A run that cannot go on (e.g. losses that stay non-finite); the message is one line."""
-
-
-@dataclass
-class Progress:
-    """Where the run stands; saved in every checkpoint."""
-
-    epoch: int = 0
-    epoch_step: int = 0  # steps done in `epoch` (0 at an epoch boundary)
-    global_step: int = 0
-    samples_seen: int = 0  # over all ranks
-    epoch_samples: int = 0  # over all ranks
-    epoch_loss_sum: float = 0.0
-    epoch_loss_count: int = 0
-    train_seconds: float = 0.0
-    skipped_steps: int = 0  # steps with a non-finite loss, never applied
-    epoch_skipped: int = 0
-    bad_in_a_row: int = 0
 
 
 @dataclass
@@ -79,7 +63,7 @@ class EpochOutcome:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, recipe=None, resume: bool = False):
+    def __init__(self, cfg: RunConfig, recipe=None, resume: bool = False, init_weights=None):
         self.recipe = recipe or Supervised()
         chain = self.recipe.augment_chain(cfg)
         self.cfg = cfg = dataclasses.replace(cfg, augment=chain or "")
@@ -101,9 +85,11 @@ class Trainer:
             cfg.model, len(self.data.vocabulary), seed=cfg.seed, width=cfg.width
         )
         if cfg.init and not resume:
-            from tagtrain.pretrained.finetune import init_from_pretrained
-
-            self._say(init_from_pretrained(self.model, cfg.model, cfg.init, self.data.vocabulary))
+            # The command resolves --init (tagtrain.pretrained knows published weights; the
+            # loop does not): init_weights(model, model name, init, vocabulary) -> one line.
+            if init_weights is None:
+                raise ConfigError(f"--init {cfg.init}: this command loads no initial weights")
+            self._say(init_weights(self.model, cfg.model, cfg.init, self.data.vocabulary))
         check_batch_norm(self.model, cfg.batch_size)
         self.model.to(self.rt.device)
         self.net = self.rt.wrap(self.model)
@@ -116,7 +102,7 @@ class Trainer:
         self.resume_positions = None
         if resume:
             self.run_dir.pull(*RESUME_FILES, RunDir.samples_name(self.rt.dist.rank))
-            self.resume_positions = ckpt.resume(self)
+            self.resume_positions = resume_training(self)
         else:
             # Dropout (and patchout, masks, mixup) draw from torch's generator: seeded per
             # rank here, restored from the checkpoint on --resume.
@@ -340,7 +326,7 @@ class Trainer:
         samples log, so the log in the store covers exactly the steps the checkpoint holds."""
         self.log.publish_samples()
         if self.rt.dist.is_main:
-            payload = ckpt.training_state(self, positions, best=best)
+            payload = training_state(self, positions, best=best)
             keep = name == RunDir.LAST
             ckpt.save_checkpoint(self.run_dir / name, payload, keep_previous=keep)
             self.run_dir.publish(name, keep_previous=keep)
@@ -355,5 +341,5 @@ class Trainer:
             self.model.load_state_dict(state["model"])
 
 
-def train(cfg: RunConfig, resume: bool = False, recipe=None) -> dict:
-    return Trainer(cfg, recipe, resume).fit()
+def train(cfg: RunConfig, resume: bool = False, recipe=None, init_weights=None) -> dict:
+    return Trainer(cfg, recipe, resume, init_weights).fit()

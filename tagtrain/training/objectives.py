@@ -3,8 +3,8 @@ reads, what loss a batch gives, which schedule and callbacks it uses and what it
 the run directory and the checkpoints; the loop (tagtrain.training.loop) does the rest.
 
 `Supervised` is plain tagging (BCE on logits) and the base of the others: noisy-student
-training (tagtrain.commands.student) and the PaSST/MAEST patchout recipe
-(tagtrain.commands.train_patchout).
+training (tagtrain.training.student) and the PaSST/MAEST patchout objective
+(tagtrain.training.patchout).
 """
 
 from __future__ import annotations
