@@ -130,7 +130,7 @@ def test_won2019_models_are_explained_token_by_token():
     value per token, at the token's duration, and a mel to show for the waveform model."""
     from tagtrain.commands.explain import display_mel, seconds_per_token
     from tagtrain.loader.device import DeviceInput
-    from tagtrain.loader.plan import InputPlan
+    from tagtrain.loader.input_plan import InputPlan
 
     for name, x, tokens, per_token in (
         ("won2019_spec", torch.randn(1, 96, 40), 40, 256 / SR),

@@ -79,10 +79,10 @@ from tagtrain.loader.assign import (
     check_enough_shards,
     planned_steps,
 )
-from tagtrain.loader.card import ShardInfo, check_card, load_card, split_shards
+from tagtrain.loader.card_reader import ShardInfo, check_card, load_card, split_shards
 from tagtrain.loader.device import DeviceInput, estimate_mel_stats
+from tagtrain.loader.input_plan import InputPlan, plan_input
 from tagtrain.loader.persist import LoaderPool
-from tagtrain.loader.plan import InputPlan, plan_input
 from tagtrain.loader.positions import (
     WorkerPosition,
     decode_positions,

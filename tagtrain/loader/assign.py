@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tagtrain.loader.card import ShardInfo
+from tagtrain.loader.card_reader import ShardInfo
 from tagtrain.loader.shuffle import stable_int
 from tagtrain.loader.stats import LoaderError
 

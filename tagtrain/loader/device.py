@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pipelines.core.features import harmonic_tensor, log_mel
-from tagtrain.loader.plan import InputPlan
+from tagtrain.loader.input_plan import InputPlan
 
 
 class DeviceInput:

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipelines.core.card import INDEX_NAME, CardError
 from pipelines.core.errors import first_line
-from tagtrain.loader.card import ShardInfo
+from tagtrain.loader.card_reader import ShardInfo
 from tagtrain.loader.openers import OpenerError, join_url, read_bytes
 
 MAX_INDEX_BYTES = 1 << 30

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from pipelines.core.errors import first_line
-from tagtrain.loader.plan import InputPlan
+from tagtrain.loader.input_plan import InputPlan
 from tagtrain.loader.shuffle import stable_int
 
 MAX_JSON_BYTES = 1 << 20  # per-sample metadata: labels, tags, provenance

@@ -17,10 +17,10 @@ import torch
 
 from pipelines.core.errors import first_line
 from tagtrain.loader.assign import LoaderConfig, SampleAssignment, assign_shards
-from tagtrain.loader.card import ShardInfo
+from tagtrain.loader.card_reader import ShardInfo
 from tagtrain.loader.index import load_sample_refs
+from tagtrain.loader.input_plan import InputPlan
 from tagtrain.loader.partition import epoch_order, rank_batches
-from tagtrain.loader.plan import InputPlan
 from tagtrain.loader.positions import WorkerPosition, first_role, position_width
 from tagtrain.loader.sampled import SampleRoleStream, consumed_samples
 from tagtrain.loader.samples import SampleDecoder, SampleRejected

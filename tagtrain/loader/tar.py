@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from pipelines.core.errors import first_line
 from tagtrain.loader.cache import open_cached
-from tagtrain.loader.card import ShardInfo
+from tagtrain.loader.card_reader import ShardInfo
 from tagtrain.loader.openers import open_url_at
 from tagtrain.loader.retry import RetryingStream
 from tagtrain.loader.stats import LoaderStats

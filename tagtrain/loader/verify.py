@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 
 from pipelines.core.errors import first_line
-from tagtrain.loader.card import ShardInfo
+from tagtrain.loader.card_reader import ShardInfo
 from tagtrain.loader.openers import open_url_at
 from tagtrain.loader.retry import RetryingStream
 from tagtrain.loader.stats import LoaderError
