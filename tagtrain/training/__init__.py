@@ -1,0 +1,1 @@
+"""Training: the one loop, the objectives beside it (supervised, noisy student, patchout), callbacks, schedules, the trainer's checkpoint state, its data and augmentation chain, its log and summary."""
