@@ -14,17 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from manifests.builders import (
-    BuildOptions,
-    build_benchmark,
-    missing_report_path,
-    missing_rows,
-    tag_counts,
-    top_tags,
-    vocabulary_of,
-    with_vocabulary,
-    write_missing_report,
-)
+from manifests.audio_check import missing_report_path, missing_rows, write_missing_report
+from manifests.builders import BUILDERS, BuildOptions, build_benchmark, builder_names
 from manifests.flags import BuildFlags, FolderFlags, InfoFlags, VocabFlags
 from manifests.folder import (
     FolderOptions,
@@ -34,6 +25,7 @@ from manifests.folder import (
     write_skipped_report,
 )
 from manifests.schema import SPLITS, ManifestError, read_manifest, write_manifest
+from manifests.vocabulary import tag_counts, top_tags, vocabulary_of, with_vocabulary
 from pipelines.core.errors import OneLineParser, UserError, run_cli
 from pipelines.core.flags import add_flags
 
@@ -44,11 +36,27 @@ def _parser() -> OneLineParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, (help, flags, run) in COMMANDS.items():
-        command = commands.add_parser(name, help=help, description=help, allow_abbrev=False)
+        command = commands.add_parser(
+            name,
+            help=help,
+            description=help,
+            allow_abbrev=False,
+            **(_datasets_epilog() if name == "build" else {}),
+        )
         add_flags(command, flags, with_defaults=True)
         command.set_defaults(run=run)
     parser.commands = commands.choices  # name -> its parser, for one-line flag errors
     return parser
+
+
+def _datasets_epilog() -> dict:
+    """`build --help` lists the registered datasets, one a line."""
+    width = max(map(len, BUILDERS), default=0)
+    lines = [f"  {name:{width}}  {BUILDERS[name].help}" for name in builder_names()]
+    return {
+        "epilog": "datasets:\n" + "\n".join(lines),
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
 
 
 def _note(message: str) -> None:

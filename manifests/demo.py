@@ -32,7 +32,8 @@ import pyarrow as pa
 import soundfile as sf
 from tqdm import tqdm
 
-from manifests.demo_music import CLIP_SECONDS, STYLE_NAMES, TAGS, compose
+from manifests.demo_music import CLIP_SECONDS, TAGS, compose
+from manifests.demo_styles import STYLE_NAMES
 from manifests.schema import write_manifest
 from pipelines.core.argtypes import non_negative_int, positive_int
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from manifests.builders import BENCHMARKS, MSD_LAYOUTS, BuildOptions
+from manifests.builders import DATASET_NAMES, BuildOptions
+from manifests.builders.msd import MSD_LAYOUTS
+from manifests.builders.mtat import MTAT_VARIANTS
 from manifests.folder import FolderOptions
 from pipelines.core.flags import setting
 
@@ -17,10 +19,10 @@ def _switch(help: str):
 
 @dataclass
 class BuildFlags:
-    dataset: str = setting("", "the benchmark", choices=BENCHMARKS, positional=True)
+    dataset: str = setting("", "the benchmark", choices=DATASET_NAMES, positional=True)
     audio_root: Path | None = setting(None, "folder holding the audio", required=True)
     out: Path | None = setting(None, "manifest to write (.parquet)", required=True)
-    split_variant: str = setting(BuildOptions.split_variant, "mtat", choices=("clean", "full"))
+    split_variant: str = setting(BuildOptions.split_variant, "mtat", choices=tuple(MTAT_VARIANTS))
     allow_missing: bool = _switch(
         "write the manifest even when audio files are missing (they stay in it)"
     )

@@ -24,8 +24,9 @@ from pathlib import Path
 import pyarrow as pa
 import soundfile as sf
 
-from manifests.builders import read_tsv, split_tags, top_tags, with_vocabulary
 from manifests.schema import ManifestError, key_from_path, rows_to_table, safe_key
+from manifests.tables import read_tsv, split_tags
+from manifests.vocabulary import top_tags, with_vocabulary
 from pipelines.core.formats import AUDIO_SUFFIXES, audio_by_content, has_audio_suffix, skip_by_name
 
 AUDIO_EXTENSIONS = tuple(sorted(AUDIO_SUFFIXES))  # the fast path; other files are probed

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core.errors import UserError
+from pipelines.core.storage import REMOTE_SCHEMES, is_remote
 
 SPLITS = ("train", "valid", "test", "unlabeled")
 
@@ -57,7 +58,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 MAX_KEY_LENGTH = 80  # + the longest member extension (".harm.npy") <= USTAR's 100 bytes
 MAX_DURATION_S = 7 * 24 * 3600.0
-URL_SCHEMES = ("gs://", "s3://", "http://", "https://")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _SYSTEM_DIRS = ("/dev/", "/proc/", "/sys/")
 
@@ -205,11 +205,11 @@ def check_audio_path(
     `audio_root` is a local folder, must lie under it unless `allow_outside_root`."""
     if "\0" in path:
         return "contains a NUL byte"
-    if path.startswith(URL_SCHEMES):
+    if is_remote(path):
         return None
     if _SCHEME.match(path) and "://" in path:
         scheme = path.split(":", 1)[0]
-        return f"uses the unsupported scheme {scheme!r} (gs, s3, http, https or a path)"
+        return f"uses the unsupported scheme {scheme!r} ({', '.join(REMOTE_SCHEMES)} or a path)"
     normal = posixpath.normpath(path)
     if not path.startswith("/"):
         if normal == ".." or normal.startswith("../"):
@@ -219,7 +219,7 @@ def check_audio_path(
         return "is a device or kernel file"
     if audio_root and not allow_outside_root:
         root = posixpath.normpath(str(audio_root))
-        if root.startswith(URL_SCHEMES) or not (normal + "/").startswith(root.rstrip("/") + "/"):
+        if is_remote(root) or not (normal + "/").startswith(root.rstrip("/") + "/"):
             return f"is outside the audio root {root} (allow it explicitly if meant)"
     return None
 

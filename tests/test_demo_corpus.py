@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from manifests import demo
-from manifests.demo_music import STYLE_NAMES, TAGS, classes_of, compose, style_of
+from manifests.demo_music import TAGS, compose
+from manifests.demo_styles import STYLE_NAMES, classes_of, style_of
 from manifests.schema import read_manifest
 from pipelines.core.audio import load_audio
 

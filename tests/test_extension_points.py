@@ -1,6 +1,6 @@
 """Each extension point is one place (docs/ARCHITECTURE.md): a throwaway model, deformation,
-augmentation and metric added here, the way a contributor would, work end to end without touching
-anything else."""
+augmentation, metric and dataset builder added here, the way a contributor would, work end to end
+without touching anything else."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from manifests.__main__ import main as manifests_main
+from manifests.builders import BenchmarkRows, BuildOptions, register_builder, track_row
+from manifests.schema import read_manifest
+from manifests.vocabulary import vocabulary_of
 from pipelines.core import muda_compat
 from pipelines.core.deformations import Deformation, DeformationError, parse_deformation
 from pipelines.core.transforms import Augmentation
@@ -114,3 +118,38 @@ def test_deformations_and_augmentations_share_one_registry_of_named_transforms()
             kind: ClassVar[str] = "gain"
 
     assert REGISTRY["augmentation"]["gain"] is augment.Gain
+
+
+@register_builder(
+    "throwaway-two-clips", help="two clips of a throwaway set", options=("split_variant",)
+)
+def two_clips(options: BuildOptions) -> BenchmarkRows:
+    rows = [
+        track_row("tw", options.dataset, split, f"clip{i}", f"clip{i}.mp3", ["loud"])
+        for i, split in enumerate(("train", "test"))
+    ]
+    return BenchmarkRows(rows, ["loud", "quiet"], None, [f"variant {options.split_variant}"])
+
+
+def test_a_dataset_builder_is_one_registered_function(tmp_path, capsys):
+    assert manifests_main(["build", "--help"]) == 0
+    listing = capsys.readouterr().out
+    assert "throwaway-two-clips" in listing and "two clips of a throwaway set" in listing
+    for name in ("clip0.mp3", "clip1.mp3"):
+        (tmp_path / name).touch()
+    out = tmp_path / "m.parquet"
+    argv = ["--audio-root", str(tmp_path), "--out", str(out)]
+    assert manifests_main(["build", "throwaway-two-clips", *argv, "--split-variant", "full"]) == 0
+    assert "note: variant full" in capsys.readouterr().err
+    table = read_manifest(out)
+    assert sorted(table.column("key").to_pylist()) == ["tw_clip0", "tw_clip1"]
+    assert set(table.column("dataset").to_pylist()) == {"throwaway-two-clips"}
+    assert vocabulary_of(table) == ["loud", "quiet"]
+    assert table.schema.metadata[b"builder"] == b"throwaway-two-clips"
+    # An option it does not take is refused, naming the builders that take it; a
+    # mistyped name is one line with a suggestion.
+    assert manifests_main(["build", "throwaway-two-clips", *argv, "--msd-layout", "trackid"]) == 2
+    assert "--msd-layout applies only to msd and msd-cals" in capsys.readouterr().err
+    assert manifests_main(["build", "throwaway-two-clip", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "did you mean throwaway-two-clips?" in err

@@ -18,18 +18,10 @@ import soundfile as sf
 from conftest import run_cli, tone
 
 from manifests.__main__ import main
-from manifests.builders import (
-    SPLITS_DIR,
-    BuildOptions,
-    build_benchmark,
-    load_labels,
-    missing_audio,
-    read_split_table,
-    read_tag_list,
-    read_text,
-    vocabulary_of,
-)
+from manifests.audio_check import missing_audio
+from manifests.builders import BuildOptions, build_benchmark
 from manifests.folder import assign_splits
+from manifests.labels import load_labels
 from manifests.schema import (
     COLUMNS,
     SCHEMA,
@@ -40,6 +32,8 @@ from manifests.schema import (
     validate_table,
     write_manifest,
 )
+from manifests.tables import SPLITS_DIR, read_split_table, read_tag_list, read_text
+from manifests.vocabulary import vocabulary_of
 
 # The published sizes (train, valid, test) of every shipped split table.
 PUBLISHED = {

@@ -325,15 +325,16 @@ def test_a_verified_tar_is_hashed_again_only_when_it_changed(corpus, tmp_path, m
     is hashed again and rebuilt (its ctime moved)."""
     import shutil
 
-    from pipelines.beam import prepare_plan, verified_tars
+    from pipelines.beam import verified_tars
+    from pipelines.core import storage
 
     base, reference = corpus
     out = tmp_path / "cached"
     shutil.copytree(reference, out)
     monkeypatch.setattr(verified_tars, "RACY_NS", 0)  # the copy is fresh; see the next test
     hashed = []
-    real = prepare_plan.local_sha256
-    monkeypatch.setattr(prepare_plan, "local_sha256", lambda p, n: hashed.append(p) or real(p, n))
+    real = storage.file_sha256
+    monkeypatch.setattr(storage, "file_sha256", lambda p, n=None: hashed.append(p) or real(p, n))
     argv = ("--manifest", str(base / "manifest.parquet"), "--out", str(out), *ARGS)
     tars = sorted(out.glob("*.tar"))
     assert run_in_process(monkeypatch, *argv) == [] and len(hashed) == len(tars)

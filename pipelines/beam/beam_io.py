@@ -9,6 +9,7 @@ final name is written directly; the dataset card, written last, is the commit.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 import uuid
@@ -17,6 +18,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.core.failures import AudioRejected, TransientError
+from pipelines.core.storage import is_absolute, is_http, is_object_store, is_remote
 
 _RAW = CompressionTypes.UNCOMPRESSED
 _configured: tuple[str, ...] | None = None
@@ -124,20 +126,9 @@ def _s3_settings(options) -> dict:
     return {k: v for k, v in dict(options).items() if k.startswith("s3_")}
 
 
-URL_SCHEMES = ("gs://", "s3://", "http://", "https://")
-
-
-def is_url(path: str) -> bool:
-    return path.startswith(URL_SCHEMES)
-
-
-def is_absolute(path: str) -> bool:
-    return path.startswith("/") or is_url(path)
-
-
 def resolve(root: str | None, path: str) -> str:
     """Absolute paths and URLs stand as they are; others are relative to `root`."""
-    if path.startswith("/") or is_url(path) or not root:
+    if is_absolute(path) or not root:
         return path
     return FileSystems.join(root, path)
 
@@ -156,7 +147,7 @@ class TransientIOError(TransientError):
 def read_bytes(path: str) -> bytes | None:
     """The file's bytes, or None when it does not exist. A local file that exists but
     cannot be read raises OSError (a permanent problem); a remote one TransientIOError."""
-    if path.startswith(("http://", "https://")):
+    if is_http(path):
         import fsspec
 
         try:
@@ -167,17 +158,24 @@ def read_bytes(path: str) -> bytes | None:
         except Exception as exc:
             raise TransientIOError(f"cannot read {path}: {_first_line(exc)}") from exc
     try:
-        if is_url(path):
+        if is_remote(path):
             return with_retries(lambda: _read(path))
         return _read(path)
     except FileNotFoundError:
         return None
     except Exception as exc:  # Beam wraps "not found" differently per filesystem
-        if is_url(path):
+        if is_remote(path):
             raise TransientIOError(f"cannot read {path}: {_first_line(exc)}") from exc
         if not FileSystems.exists(path):
             return None
         raise OSError(f"cannot read {path}: {_first_line(exc)}") from exc
+
+
+def read_sha256(path: str) -> str | None:
+    """The sha256 of a file's bytes (`read_bytes`: local or remote), or None when it does
+    not exist."""
+    data = read_bytes(path)
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def _read(path: str) -> bytes:
@@ -208,7 +206,7 @@ class RangeReader:
                 raise ValueError(f"{path}: {size} bytes at {offset} asked, {len(data)} there")
             return data
 
-        if not is_url(path):
+        if not is_remote(path):
             return attempt()
         try:
             return with_retries(attempt)
@@ -229,7 +227,7 @@ class RangeReader:
 
 
 def _open_for_ranges(path: str):
-    if path.startswith(("http://", "https://")):
+    if is_http(path):
         import fsspec
 
         return fsspec.open(path, "rb").open()
@@ -278,7 +276,6 @@ def join(root: str, *parts: str) -> str:
     return FileSystems.join(root, *parts)
 
 
-OBJECT_STORES = ("gs://", "s3://")
 TMP_MARK = ".tmp-"  # temporary names: {final name}.tmp-{random}
 
 
@@ -288,7 +285,7 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def write_atomic_with(path: str, write):
     """`write(fileobj)` streams the file's content; returns what `write` returns."""
-    if path.startswith(OBJECT_STORES):
+    if is_object_store(path):
         return with_retries(lambda: _create(path, write))
     tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:12]}"
     try:

@@ -24,29 +24,25 @@ from pipelines.core.failures import (
     classify_read_error,
 )
 from pipelines.core.source import Signature, SourceBytes, changed, read_local, too_large
+from pipelines.core.storage import is_absolute, is_http, is_remote
 
-URL_SCHEMES = ("gs://", "s3://", "http://", "https://")
 HTTP_TIMEOUT_S = 60.0
 RETRY_ATTEMPTS = 4
 RETRY_BASE_DELAY_S = 0.5
-
-
-def is_url(path: str) -> bool:
-    return path.startswith(URL_SCHEMES)
 
 
 def resolve(audio_root: str | None, audio_path: str) -> str:
     """The full path or URL of a manifest's `audio_path`. Absolute paths and URLs stand
     as they are (manifest validation decides whether they are allowed); a relative path
     must stay inside `audio_root` (no `..` escape)."""
-    if is_url(audio_path) or audio_path.startswith("/"):
+    if is_absolute(audio_path):
         return audio_path
     normal = posixpath.normpath(audio_path)
     if normal == ".." or normal.startswith("../"):
         raise AudioRejected("read", OUTSIDE_ROOT, f"{audio_path!r} leaves the audio root")
     if not audio_root:
         return normal
-    if is_url(audio_root):
+    if is_remote(audio_root):
         return audio_root.rstrip("/") + "/" + normal
     return os.path.join(audio_root, normal)
 
@@ -54,7 +50,7 @@ def resolve(audio_root: str | None, audio_path: str) -> str:
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     # urllib follows redirects to ftp:// too; a track URL may only lead to another HTTP one.
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if not newurl.lower().startswith(("http://", "https://")):
+        if not is_http(newurl.lower()):
             raise AudioRejected("read", "unreadable", f"redirect to a non-HTTP URL: {newurl}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -156,7 +152,7 @@ def read_object(path: str, limit: int | None) -> SourceBytes:
 
 def read_source(path: str, limit: int | None, planned: Signature | None = None) -> SourceBytes:
     """One attempt at reading `path` (local path or URL)."""
-    if path.startswith(("http://", "https://")):
+    if is_http(path):
         source = read_http(path, limit)
     elif path.startswith("s3://"):
         source = read_s3(path, limit)

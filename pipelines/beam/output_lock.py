@@ -12,8 +12,8 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 
-from pipelines.beam import beam_io
 from pipelines.beam.verified_tars import cache_root, output_key
+from pipelines.core import storage
 from pipelines.core.errors import UserError
 from pipelines.core.locks import Held, hold
 
@@ -32,7 +32,7 @@ def outputs_held(outputs: Sequence[str], job: str) -> Iterator[None]:
     job's pid) when another process holds one."""
     with contextlib.ExitStack() as held:
         for output in outputs:
-            if not beam_io.is_url(output):
+            if not storage.is_remote(output):
                 held.enter_context(_held(output, job))
         yield
 

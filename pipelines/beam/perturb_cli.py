@@ -26,6 +26,7 @@ from pipelines.beam.prepare_cli import (
 )
 from pipelines.beam.prepare_flags import force_setting, out_setting, verbose_setting
 from pipelines.beam.runner_options import ProgressBar, pipeline_options, print_counters
+from pipelines.core import storage
 from pipelines.core.card import CARD_NAME, REJECTS_NAME, parse_card
 from pipelines.core.deformations import load_deformations
 from pipelines.core.errors import UserError
@@ -128,7 +129,7 @@ def perturb(args, options, runner: str, cfg: PerturbConfig) -> int:
 
     for target in cfg.targets:
         check_existing(target.output, cfg.identity(target), args.force)
-    if not beam_io.is_url(cfg.targets[0].output):
+    if not storage.is_remote(cfg.targets[0].output):
         for target in cfg.targets:
             os.makedirs(target.output, exist_ok=True)
     for target in cfg.targets:

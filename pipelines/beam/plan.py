@@ -3,7 +3,6 @@ checksum and the number of shards per split."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 
@@ -45,11 +44,11 @@ def plan_shards(table: pa.Table, track: TrackConfig, shard_size_mb: float) -> di
     return {split: num_shards_for(int(expected[split]), int(target), rows[split]) for split in rows}
 
 
-def file_sha256(path: str) -> str:
-    data = beam_io.read_bytes(path)
-    if data is None:
+def manifest_sha256(path: str) -> str:
+    digest = beam_io.read_sha256(path)
+    if digest is None:
         raise FileNotFoundError(path)
-    return hashlib.sha256(data).hexdigest()
+    return digest
 
 
 def manifest_vocabulary(table: pa.Table) -> list[str]:

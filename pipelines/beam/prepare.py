@@ -32,6 +32,7 @@ from apache_beam.metrics import Metrics
 from manifests.schema import SPLITS
 from pipelines.beam import beam_io, progress, track
 from pipelines.beam.track import Reject, Sample, TrackConfig, process_row
+from pipelines.core import storage
 from pipelines.core.failures import AudioRejected
 from pipelines.core.shards import (
     member_layout,
@@ -210,7 +211,7 @@ class PrepareShardFn(TrackStageFn):
             return track.read_track(row, self.cfg.audio_root, self.cfg.track).data
 
         try:
-            if beam_io.is_url(beam_io.resolve(self.cfg.audio_root, row["audio_path"])):
+            if storage.is_remote(beam_io.resolve(self.cfg.audio_root, row["audio_path"])):
                 return beam_io.with_retries(attempt)
             return attempt()
         except AudioRejected as exc:
@@ -224,7 +225,7 @@ class PrepareShardFn(TrackStageFn):
         FETCH_AHEAD tracks ahead on threads while the current one decodes (bounded
         memory: at most FETCH_AHEAD + 1 files are held)."""
         remote = [
-            beam_io.is_url(beam_io.resolve(self.cfg.audio_root, r["audio_path"])) for r in rows
+            storage.is_remote(beam_io.resolve(self.cfg.audio_root, r["audio_path"])) for r in rows
         ]
         if not any(remote):
             for row in rows:

@@ -12,7 +12,12 @@ import time
 from manifests.schema import SPLITS, validate_table
 from pipelines.beam import beam_io
 from pipelines.beam.output_lock import outputs_held
-from pipelines.beam.plan import file_sha256, manifest_vocabulary, plan_shards, read_manifest_table
+from pipelines.beam.plan import (
+    manifest_sha256,
+    manifest_vocabulary,
+    plan_shards,
+    read_manifest_table,
+)
 from pipelines.beam.prepare import Prepare, PrepareConfig, job_versions
 from pipelines.beam.prepare_finish import built_records, finish, remember_verified
 from pipelines.beam.prepare_flags import PrepareFlags
@@ -26,6 +31,7 @@ from pipelines.beam.runner_options import (
     pipeline_options,
 )
 from pipelines.beam.track import TrackConfig
+from pipelines.core import storage
 from pipelines.core.card import CARD_NAME, FEATURES, REJECTS_NAME
 from pipelines.core.errors import UserError
 from pipelines.core.features import FeatureConfig
@@ -200,11 +206,11 @@ def audio_root_for(args, table) -> str | None:
     from manifests.schema import manifest_metadata
 
     root = args.audio_root or manifest_metadata(table).get("audio_root")
-    if root and not beam_io.is_url(root) and not os.path.isdir(root):
+    if root and not storage.is_remote(root) and not os.path.isdir(root):
         source = "--audio-root" if args.audio_root else "the manifest's audio_root"
         raise UserError(f"{source} {root} is not a directory (pass --audio-root)")
     if not root:
-        relative = [p for p in table.column("audio_path").to_pylist() if not beam_io.is_absolute(p)]
+        relative = [p for p in table.column("audio_path").to_pylist() if not storage.is_absolute(p)]
         if relative:
             raise UserError(
                 f"the manifest has relative audio paths (e.g. {relative[0]}) and records no "
@@ -228,7 +234,7 @@ def build_config(args, beam_args: list[str], table) -> PrepareConfig:
         track=track,
         shard_size_mb=args.shard_size_mb,
         vocabulary=tuple(vocabulary),
-        manifest_sha256=file_sha256(args.manifest),
+        manifest_sha256=manifest_sha256(args.manifest),
         num_inputs=table.num_rows,
         num_shards=tuple(sorted(layout.items())),
         filesystem_args=tuple(beam_args),
@@ -269,7 +275,7 @@ def run(args, beam_args: list[str]) -> int:
 def prepare(args, beam_args: list[str], runner: str, cfg: PrepareConfig, table) -> int:
     """The job, on an output no other local job writes (`output_lock`)."""
     check_existing_output(cfg, args.force, args.update)
-    if not beam_io.is_url(cfg.output):
+    if not storage.is_remote(cfg.output):
         os.makedirs(cfg.output, exist_ok=True)
     remove_orphans(cfg.output)
     announce(cfg, runner)

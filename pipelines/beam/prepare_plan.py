@@ -17,18 +17,17 @@ are checked by `train --verify` (and by a worker, for a shard it is given).
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pipelines.beam import beam_io, progress
 from pipelines.beam.verified_tars import VerifiedTars
+from pipelines.core import storage
 from pipelines.core.shards import shard_index
 
 # Records and tars checked at once: object-store reads wait on the network, and sha256
 # releases the GIL on large buffers.
 CHECK_THREADS = 8
-_CHUNK = 1 << 20
 
 ShardKey = tuple[str, int]  # (split, shard index)
 
@@ -70,7 +69,7 @@ def plan_work(cfg, rows: list[dict]) -> ShardWork:
         fp = progress.shard_fingerprint(cfg.identity_sha, split, num_shards[split], group)
         work.fingerprints[(split, index)] = fp
         work.rows[(split, index)] = len(group)
-    remote = beam_io.is_url(cfg.output)
+    remote = storage.is_remote(cfg.output)
     sizes = listed_sizes(cfg.output) if remote else None
     work.verified = None if remote else VerifiedTars(cfg.output)
 
@@ -113,26 +112,14 @@ def tar_intact(output: str, shard: dict | None, sizes: dict[str, int] | None, ve
     name, sha256, size = shard["name"], shard["sha256"], shard["bytes"]
     if verified.known(name, sha256):
         return True
-    if local_sha256(beam_io.join(output, name), size) != sha256:
+    try:
+        digest = storage.file_sha256(beam_io.join(output, name), size)
+    except OSError:  # unreadable: built again
+        digest = None
+    if digest != sha256:
         return False
     verified.add(name, sha256, size)
     return True
-
-
-def local_sha256(path: str, size: int) -> str | None:
-    """The file's sha256 read in chunks (None if absent or not `size` bytes long)."""
-    import os
-
-    try:
-        if os.path.getsize(path) != size:
-            return None
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def listed_sizes(output: str) -> dict[str, int]:

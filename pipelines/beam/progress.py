@@ -20,6 +20,7 @@ import json
 import mmap
 
 from pipelines.beam import beam_io
+from pipelines.core import storage
 from pipelines.core.shards import shard_name
 
 PROGRESS_DIR = "_progress"
@@ -36,11 +37,6 @@ def shard_fingerprint(identity_sha: str, split: str, num_shards: int, rows: list
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def tar_sha256(path: str) -> str | None:
-    data = beam_io.read_bytes(path)
-    return None if data is None else hashlib.sha256(data).hexdigest()
-
-
 def valid_record(output: str, split: str, index: int, fingerprint: str) -> dict | None:
     """The shard's record if it matches `fingerprint` and its tar (if any) is intact."""
     data = beam_io.read_bytes(record_path(output, split, index))
@@ -53,7 +49,9 @@ def valid_record(output: str, split: str, index: int, fingerprint: str) -> dict 
     if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
         return None
     shard = record.get("shard")
-    if shard is not None and tar_sha256(beam_io.join(output, shard["name"])) != shard["sha256"]:
+    if shard is None:
+        return record
+    if beam_io.read_sha256(beam_io.join(output, shard["name"])) != shard["sha256"]:
         return None
     return record
 
@@ -102,7 +100,7 @@ def _old_tar(output: str, name: str) -> memoryview | None:
     and as much memory saved). The new tar replaces it by a rename, so the mapped inode
     stays intact while it is read."""
     path = beam_io.join(output, name)
-    if beam_io.is_url(output):
+    if storage.is_remote(output):
         data = beam_io.read_bytes(path)
         return None if data is None else memoryview(data)
     try:
@@ -115,7 +113,7 @@ def _old_tar(output: str, name: str) -> memoryview | None:
 def _verified(output: str, name: str, sha256: str) -> bool:
     """A local tar the driver's stat cache vouches for (verified_tars.py): unchanged since
     its sha256 was checked, so it need not be hashed again."""
-    if beam_io.is_url(output):
+    if storage.is_remote(output):
         return False
     from pipelines.beam import verified_tars
 

@@ -37,7 +37,17 @@ def suggest(word: str, choices) -> str:
 
 class OneLineParser(argparse.ArgumentParser):
     """A bad flag is one line on stderr and exit 2, not a usage dump; an unknown flag
-    gets a suggestion when one of the parser's flags is close."""
+    gets a suggestion when one of the parser's flags is close, a value that is not one
+    of an argument's choices when one of them is."""
+
+    def _check_value(self, action, value):
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as exc:
+            hint = suggest(str(value), [str(c) for c in action.choices or ()])
+            if not hint:
+                raise
+            raise argparse.ArgumentError(action, exc.message + hint) from None
 
     def error(self, message: str):
         if message.startswith("unrecognized arguments:"):
