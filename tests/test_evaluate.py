@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 import shutil
 import struct
 
@@ -22,8 +23,8 @@ import soundfile as sf
 
 from pipelines.core.deformations import paper_set
 from tagtrain.__main__ import main
-from tagtrain.commands.robustness import FIGURE_DPI, FIGURE_INCHES
 from tagtrain.commands.train import train
+from tagtrain.inference.robustness_report import FIGURE_DPI, FIGURE_INCHES
 from tagtrain.inference.trained_run import load_run
 from tagtrain.models.registry import list_models
 from tagtrain.pretrained.musicnn import musicnn_labels
@@ -121,7 +122,7 @@ def test_the_report_marks_figures_of_an_earlier_checkpoint(runs, demo_dataset, t
     puts a banner over those figures instead of showing them as the run's."""
     import hashlib
 
-    from tagtrain.commands.report import build_report
+    from tagtrain.reporting.page import build_report
     from tagtrain.run.stale import stale_robustness
 
     short, long = runs
@@ -323,7 +324,7 @@ def test_robustness_covers_the_eight_deformations_and_both_runs(
 def check_per_tag_robustness(out_dir, out: str, names: list[str], vocabulary: list[str]):
     """robustness-per-tag.csv/json hold, per run, tag and set, the scores of the saved
     per-track predictions and their drop from clean; the report's heat map reads the
-    same function (robustness_tags.per_tag_drops)."""
+    same function (robustness_tables.per_tag_drops)."""
     from sklearn.metrics import roc_auc_score
 
     from tagtrain.inference.robustness_tables import per_tag_drops, read_predictions
@@ -444,7 +445,7 @@ def check_embedding_map(embeddings, run, data, index):
     import matplotlib.image
 
     from manifests.demo_music import GENRES
-    from tagtrain.commands.report import embedding_figure
+    from tagtrain.reporting.evaluation_section import embedding_figure
     from tagtrain.reporting.figures import colour_tags, project_2d
 
     tags = [r["tags"] for r in index]
@@ -530,7 +531,7 @@ def test_bad_arguments_get_one_line(runs, demo_dataset, tmp_path):
 def test_metrics_match_scikit_learn_and_a_new_metric_is_one_registry_entry(monkeypatch):
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from tagtrain.inference.predict import metrics
+    from tagtrain.inference import metrics
 
     rng = np.random.default_rng(0)
     y = (rng.random((40, 6)) < 0.3).astype(float)
@@ -554,7 +555,7 @@ def test_metrics_match_scikit_learn_and_a_new_metric_is_one_registry_entry(monke
 
 
 def test_report_epochs_keep_a_run_ending_partial_epoch_but_not_a_resumed_one(tmp_path):
-    from tagtrain.commands.report import epoch_rows, training_section
+    from tagtrain.reporting.run_sections import epoch_rows, training_section
 
     rows = [
         "epoch,partial,train_loss",
@@ -570,3 +571,130 @@ def test_report_epochs_keep_a_run_ending_partial_epoch_but_not_a_resumed_one(tmp
         ("0", "0.9"), ("1", "0.7"), ("2", "0.6"), ("3", "0.5"),
     ]  # fmt: skip
     assert "epoch 4 stopped before its end" in training_section(tmp_path)
+
+
+@pytest.fixture
+def mean_probability():
+    """A throwaway metric, registered for one test: the mean score of each tag."""
+    from tagtrain.inference import metrics
+
+    metric = metrics.Metric(
+        "mean_probability", "mean probability", lambda y, s: s.mean(axis=0),
+        needs_both_classes=False, higher_is_better=False,
+    )  # fmt: skip
+    metrics.register_metric(metric)
+    yield metric
+    metrics.unregister_metric(metric.name)
+    assert list(metrics.METRICS) == ["roc_auc", "pr_auc"]
+
+
+@pytest.fixture
+def figure_texts(monkeypatch):
+    """Every text (titles, axis labels, legends) of each figure saved, by its titles."""
+    import matplotlib.figure
+    import matplotlib.text
+
+    saved: dict[str, set[str]] = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        texts = {t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text()}
+        titles = " | ".join(sorted(ax.get_title() for ax in fig.axes if ax.get_title()))
+        saved[titles] = texts
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return saved
+
+
+def test_a_registered_metric_reaches_every_output(
+    mean_probability, figure_texts, demo_dataset, index, tmp_path, capsys
+):
+    """One register_metric call: the metric is in the training log (metrics.csv, the
+    printed epoch, curves.png), summary.json, evaluate's metrics.json and per_tag.csv,
+    robustness's tables, printed table and figure, the probe's report, and the report
+    page's tables and figures."""
+    import pyarrow as pa
+
+    from pipelines.core.card import card_checksum
+    from tagtrain.reporting.page import build_report
+
+    name, label = mean_probability.name, mean_probability.label
+    run = tmp_path / "run"
+    train(RunConfig(data=str(demo_dataset), out=str(run), model="short_chunk_cnn", width=0.25,
+                    epochs=1, lr=1e-3, batch_size=8, workers=0, val_chunks=2,
+                    checkpoint_every=0, progress=False))  # fmt: skip
+    printed = capsys.readouterr().out
+    (row,) = list(csv.DictReader(open(run / "metrics.csv")))
+    assert 0 < float(row[name]) < 1 and f"{label} {float(row[name]):.4f}" in printed
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary[f"best_{name}"] == pytest.approx(float(row[name]))
+    curves = next(texts for titles, texts in figure_texts.items() if "validation" in titles)
+    assert label in curves
+
+    status, out, err = cli("evaluate", "--run", str(run), "--bootstrap", "20", *FAST)
+    assert status == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 < metrics[name] < 1 and set(metrics["bootstrap"][name]) == {"low", "high"}
+    assert name in next(csv.DictReader(open(run / "per_tag.csv")))
+    assert label in out
+
+    # robustness, on a "deformed" set that is a copy of the clean one (its drops are 0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for entry in demo_dataset.iterdir():
+        if entry.name not in ("perturbed", "dataset.json"):
+            (data / entry.name).symlink_to(entry)
+    card = json.loads((demo_dataset / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps(card))
+    copy = data / "perturbed" / "copy"
+    copy.mkdir(parents=True)
+    for entry in demo_dataset.glob("*.tar"):
+        (copy / entry.name).symlink_to(entry)
+    deformed = {**card, "deformation": {"name": "copy", "params": {}},
+                "source": {"card_sha256": card_checksum(card)}}  # fmt: skip
+    (copy / "dataset.json").write_text(json.dumps(deformed))
+    status, out, err = cli(
+        "robustness", "--run", str(run), "--data", str(data), "--chunks", "2",
+        "--bootstrap", "10", *FAST,
+    )  # fmt: skip
+    assert status == 0, err
+    rows = list(csv.DictReader(open(run / "robustness" / "robustness.csv")))
+    assert [r["deformation"] for r in rows] == ["clean", "copy"]
+    assert float(rows[1][f"{name}_drop"]) == pytest.approx(0, abs=1e-9)
+    assert {f"{name}_drop_low", f"{name}_drop_significant"} <= set(rows[0])
+    per_tag = next(csv.DictReader(open(run / "robustness" / "robustness-per-tag.csv")))
+    assert {name, f"{name}_drop"} <= set(per_tag)
+    assert label in out  # the printed table's columns
+    panels = next(texts for titles, texts in figure_texts.items() if "deformations" in titles)
+    assert f"macro {label}" in panels
+
+    # the probe, on embeddings that are the tags plus noise
+    vocabulary = card["vocabulary"]
+    rng = np.random.default_rng(0)
+    tags = np.array([[t in r["tags"] for t in vocabulary] for r in index], dtype=np.float32)
+    embedding = np.hstack([tags, rng.standard_normal((len(index), 4))]).astype(np.float32)
+    embeddings = tmp_path / "emb.parquet"
+    pq.write_table(pa.table({
+        "key": [r["key"] for r in index], "split": [r["split"] for r in index],
+        "tags": [r["tags"] for r in index],
+        "embedding": pa.array(embedding.tolist(), pa.list_(pa.float32())),
+    }), embeddings)  # fmt: skip
+    status, out, err = cli(
+        "probe", "--embeddings", str(embeddings), "--data", str(demo_dataset), "--epochs",
+        "3", "--select", name,
+    )  # fmt: skip
+    assert status == 0, err
+    probed = json.loads(embeddings.with_suffix(".probe.json").read_text())
+    assert 0 < probed["test"][name] < 1 and 0 < probed["valid"][name] < 1
+    assert f"macro {label}" in out and name in probed["history"][0]
+
+    # the report: its tables' headers and its figures
+    page = build_report(run, data)
+    for table_class in ("epochs", "per-tag", "robustness"):
+        found = re.search(rf'<table class="{table_class}"><thead>(.*?)</thead>', page)
+        assert found and label in found.group(1), table_class
+    assert f'<div class="kpi">{label} <b>' in page
+    for title in ("per-tag scores", "precision-recall"):
+        texts = next(texts for titles, texts in figure_texts.items() if title in titles)
+        assert any(label in text for text in texts), title

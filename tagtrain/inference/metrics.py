@@ -1,11 +1,13 @@
 """Tagging metrics, declared once: the registry `METRICS` feeds the training rows
-(metrics.csv, TensorBoard), evaluate (metrics.json, per_tag.csv), robustness and probe,
-and its names are the keys every output uses (report.py reads the same names).
+(metrics.csv, TensorBoard, curves.png, summary.json), evaluate (metrics.json,
+per_tag.csv), robustness (its tables and figure), probe, and the report's tables and
+figures; its names are the keys every output uses, its labels their titles.
 
 A metric is a function of one tag's labels and scores; the macro figure is its mean over
 the tags it is defined for. Tags without both positives and negatives in the evaluated
 set have no defined AUC: metrics that need both classes skip them and count them, so a
-macro figure never silently averages over NaNs. Adding a metric is one `Metric(...)` line.
+macro figure never silently averages over NaNs. Adding a metric is one
+`register_metric(Metric(...))` line: its name, label, function and direction.
 """
 
 from __future__ import annotations
@@ -50,19 +52,43 @@ def pr_auc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Metric:
-    name: str  # the key in every output
-    label: str  # the column title in tables
+    """One tagging metric: everything a table, plot or selection needs to know of it."""
+
+    name: str  # the key in every output (metrics.csv column, metrics.json key, ...)
+    label: str  # its title in tables, plots and printed lines
     per_tag: Callable[[np.ndarray, np.ndarray], np.ndarray]  # labels, scores [N, C] -> [C]
     needs_both_classes: bool = True  # undefined for a tag without positives or negatives
+    higher_is_better: bool = True  # its direction: a drop is a loss when this is True
+
+    def goodness(self, value: float) -> float:
+        """`value` turned so that larger is better (for sorting and selecting)."""
+        return value if self.higher_is_better else -value
 
 
-METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in (
-        Metric("roc_auc", "ROC-AUC", roc_auc),
-        Metric("pr_auc", "PR-AUC", pr_auc),
-    )
-}
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add `metric` to the registry; every output picks it up from there. The first one
+    registered (ROC-AUC) is the primary metric: it orders per-tag tables and names the
+    most damaging deformation."""
+    if metric.name in METRICS:
+        raise ValueError(f"a metric named {metric.name!r} is already registered")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def unregister_metric(name: str) -> Metric:
+    """Remove a metric from the registry (a throwaway metric of a test, say)."""
+    return METRICS.pop(name)
+
+
+def primary_metric() -> Metric:
+    return next(iter(METRICS.values()))
+
+
+register_metric(Metric("roc_auc", "ROC-AUC", roc_auc))
+register_metric(Metric("pr_auc", "PR-AUC", pr_auc))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Robustness per tag: a tag x deformation table of every registered metric (ROC-AUC,
-PR-AUC) and its drop from the clean set, from the per-track predictions that
+"""Robustness per tag: a tag x deformation table of every registered metric
+(tagtrain.inference.metrics) and its drop from the clean set, from the per-track predictions that
 `robustness` saves (`predictions-{run}-{set}.parquet`). One function computes it for
 both readers: the `robustness` command (robustness-per-tag.csv / .json and a printed list
 of the most affected tags) and the report's heat map.
@@ -19,14 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tagtrain.inference.metrics import METRICS, tag_scores
+from tagtrain.inference.metrics import METRICS, primary_metric, tag_scores
 
 CLEAN = "clean"
 PREFIX = "predictions-"
-PER_TAG_FIELDS = (
-    "run", "tag", "deformation", "positives",
-    *METRICS, *(f"{m}_drop" for m in METRICS),
-)  # fmt: skip
+
+
+def per_tag_fields() -> tuple[str, ...]:
+    """robustness-per-tag.csv's columns: a score and a drop per registered metric."""
+    return ("run", "tag", "deformation", "positives",
+            *METRICS, *(f"{m}_drop" for m in METRICS))  # fmt: skip
 
 
 def read_predictions(path: Path, vocabulary: list[str] | None = None):
@@ -84,13 +86,15 @@ class TagDrops:
     """One run's per-tag scores on every test set; arrays are [tags, sets]."""
 
     run: str
-    tags: list[str]  # ordered by clean ROC-AUC, best first; unscored-on-clean tags dropped
+    tags: list[str]  # by the primary metric on clean, best first; unscored there: dropped
     sets: list[str]  # the deformed sets (clean is the reference, not a column)
     positives: list[int]  # in the clean set
     clean: dict[str, np.ndarray]  # metric -> [tags]
     scores: dict[str, np.ndarray]  # metric -> [tags, sets]
 
-    def drops(self, metric: str = "roc_auc") -> np.ndarray:
+    def drops(self, metric: str | None = None) -> np.ndarray:
+        """Clean minus deformed [tags, sets] of `metric` (default: the primary one)."""
+        metric = metric or primary_metric().name
         return self.clean[metric][:, None] - self.scores[metric]
 
     def rows(self) -> list[dict]:
@@ -107,16 +111,19 @@ class TagDrops:
                 out.append(row)
         return out
 
-    def most_affected(self, n: int = 5, metric: str = "roc_auc") -> list[tuple[str, str, float]]:
+    def most_affected(self, n: int = 5, metric: str | None = None) -> list[tuple[str, str, float]]:
         """(tag, its worst deformation, that drop) for the `n` tags with the largest
-        worst-case drop."""
-        drops = self.drops(metric)
+        worst-case loss of `metric` (default: the primary one; a loss is a positive drop
+        of a higher-is-better metric, a negative one otherwise)."""
+        chosen = METRICS[metric] if metric else primary_metric()
+        drops = self.drops(chosen.name)
+        losses = drops if chosen.higher_is_better else -drops
         found = []
         for t, tag in enumerate(self.tags):
-            if np.isfinite(drops[t]).any():
-                s = int(np.nanargmax(drops[t]))
-                found.append((tag, self.sets[s], float(drops[t, s])))
-        return sorted(found, key=lambda f: -f[2])[:n]
+            if np.isfinite(losses[t]).any():
+                s = int(np.nanargmax(losses[t]))
+                found.append((tag, self.sets[s], float(drops[t, s]), float(losses[t, s])))
+        return [f[:3] for f in sorted(found, key=lambda f: -f[3])[:n]]
 
 
 def _number(value) -> float | None:
@@ -144,9 +151,11 @@ def per_tag_drops(
     names = [s for s in (order or []) if s in loaded and s != CLEAN]
     names += sorted(set(loaded) - set(names) - {CLEAN})
     per_set = {name: tag_scores(*loaded[name]).per_tag for name in [CLEAN, *names]}
-    clean_roc = np.array(per_set[CLEAN]["roc_auc"])
-    keep = [int(t) for t in np.argsort(-np.nan_to_num(clean_roc, nan=-1.0), kind="stable")]
-    keep = [t for t in keep if np.isfinite(clean_roc[t])]
+    primary = primary_metric()
+    clean_primary = np.array(per_set[CLEAN][primary.name])
+    goodness = [primary.goodness(v) if np.isfinite(v) else -np.inf for v in clean_primary]
+    keep = [int(t) for t in np.argsort(-np.array(goodness), kind="stable")]
+    keep = [t for t in keep if np.isfinite(clean_primary[t])]
     return TagDrops(
         run=run_label,
         tags=[vocabulary[t] for t in keep],
@@ -168,11 +177,12 @@ def write_per_tag(tables: list[TagDrops], out_dir: Path) -> tuple[Path, Path]:
     csv_path = out_dir / "robustness-per-tag.csv"
     json_path = out_dir / "robustness-per-tag.json"
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, PER_TAG_FIELDS)
+        fields = per_tag_fields()
+        writer = csv.DictWriter(f, fields)
         writer.writeheader()
         for table in tables:
             for row in table.rows():
-                writer.writerow({k: "" if row[k] is None else row[k] for k in PER_TAG_FIELDS})
+                writer.writerow({k: "" if row[k] is None else row[k] for k in fields})
     document = {
         "drop": "clean minus deformed: positive is worse",
         "runs": [
@@ -192,8 +202,10 @@ def write_per_tag(tables: list[TagDrops], out_dir: Path) -> tuple[Path, Path]:
 
 
 def print_most_affected(tables: list[TagDrops], n: int = 5) -> None:
+    """Per run, the tags with the largest worst-case drop of the primary metric."""
+    metric = primary_metric()
     for table in tables:
         worst = table.most_affected(n)
         if worst:
-            listed = ", ".join(f"{tag} ({where} -{drop:.3f})" for tag, where, drop in worst)
-            print(f"most affected tags of {table.run} (largest ROC-AUC drop): {listed}")
+            listed = ", ".join(f"{tag} ({where} {-drop:+.3f})" for tag, where, drop in worst)
+            print(f"most affected tags of {table.run} (largest {metric.label} drop): {listed}")

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from tagtrain.inference.metrics import METRICS, Metric, primary_metric, tag_scores
+
 EPOCH_WIDTH = (6.4, 3.2)
 
 
@@ -38,16 +40,10 @@ def _float(value) -> float:
 # --- per-tag scores ----------------------------------------------------------------------
 
 
-def per_tag_roc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """ROC-AUC per tag; NaN where a tag has no positives or no negatives."""
-    from sklearn.metrics import roc_auc_score
-
-    out = np.full(labels.shape[1], math.nan)
-    for t in range(labels.shape[1]):
-        positives = labels[:, t].sum()
-        if 0 < positives < labels.shape[0]:
-            out[t] = roc_auc_score(labels[:, t], probs[:, t])
-    return out
+def per_tag_scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """Every registered metric per tag (tagtrain.inference.metrics); NaN where a metric
+    is undefined for a tag (no positives or no negatives)."""
+    return {name: np.array(values) for name, values in tag_scores(labels, probs).per_tag.items()}
 
 
 # --- figures ---------------------------------------------------------------------------
@@ -72,31 +68,43 @@ def learning_rate_curve(rows: list[dict]) -> bytes | None:
 
 
 def auc_vs_positives(rows: list[dict]) -> bytes | None:
-    """Per-tag test ROC-AUC against the tag's number of positive tracks."""
-    points = [(_float(r.get("positives")), _float(r.get("roc_auc")), r["tag"]) for r in rows]
-    points = [p for p in points if math.isfinite(p[0]) and math.isfinite(p[1]) and p[0] > 0]
-    if not points:
+    """Every registered metric per tag (per_tag.csv's rows) against the tag's number of
+    positive tracks; the three worst tags by the primary metric are named."""
+    series = {}
+    for metric in METRICS.values():
+        points = [(_float(r.get("positives")), _float(r.get(metric.name)), r["tag"]) for r in rows]
+        points = [p for p in points if math.isfinite(p[0]) and math.isfinite(p[1]) and p[0] > 0]
+        if points:
+            series[metric] = points
+    if not series:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=EPOCH_WIDTH)
-    ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, alpha=0.8)
-    for x, y, tag in sorted(points, key=lambda p: p[1])[:3]:
+    for metric, points in series.items():
+        ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, alpha=0.8,
+                   label=metric.label)  # fmt: skip
+    first, points = next(iter(series.items()))
+    for x, y, tag in sorted(points, key=lambda p: first.goodness(p[1]))[:3]:
         ax.annotate(tag, (x, y), fontsize=8, xytext=(3, -8), textcoords="offset points")
-    ax.set(xlabel="positive tracks in the test split", ylabel="ROC-AUC", title="per-tag AUC")
-    if max(p[0] for p in points) > 20 * min(p[0] for p in points):
+    ax.set(xlabel="positive tracks in the test split", ylabel="score", title="per-tag scores")
+    xs = [p[0] for points in series.values() for p in points]
+    if max(xs) > 20 * min(xs):
         ax.set_xscale("log")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.legend(fontsize=8)
     return _png(fig)
 
 
 def pr_curves(
     labels: np.ndarray, probs: np.ndarray, vocabulary: list[str], n: int = 3
 ) -> bytes | None:
-    """Precision-recall curves of the `n` best and `n` worst tags by ROC-AUC."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    """Precision-recall curves of the `n` best and `n` worst tags by the primary metric
+    (ROC-AUC), each labelled with every registered metric's score of the tag."""
+    from sklearn.metrics import precision_recall_curve
 
-    roc = per_tag_roc(labels, probs)
-    ranked = [int(t) for t in np.argsort(-np.nan_to_num(roc, nan=-1.0)) if math.isfinite(roc[t])]
+    scores = per_tag_scores(labels, probs)
+    primary = primary_metric()
+    ranked = rank_tags(scores[primary.name], primary)
     if not ranked:
         return None
     best, worst = ranked[:n], ranked[-n:][::-1] if len(ranked) > n else []
@@ -105,8 +113,8 @@ def pr_curves(
     for ax, tags, title in ((axes[0], best, "best tags"), (axes[1], worst, "worst tags")):
         for t in tags:
             precision, recall, _ = precision_recall_curve(labels[:, t], probs[:, t])
-            ap = average_precision_score(labels[:, t], probs[:, t])
-            ax.plot(recall, precision, label=f"{vocabulary[t]} (AP {ap:.2f}, ROC {roc[t]:.2f})")
+            shown = ", ".join(f"{m.label} {scores[m.name][t]:.2f}" for m in METRICS.values())
+            ax.plot(recall, precision, label=f"{vocabulary[t]} ({shown})")
         ax.set(xlabel="recall", title=f"precision-recall: {title}", xlim=(0, 1), ylim=(0, 1.02))
         if tags:
             ax.legend(fontsize=8, loc="lower left")
@@ -114,23 +122,32 @@ def pr_curves(
     return _png(fig)
 
 
+def rank_tags(values: np.ndarray, metric: Metric) -> list[int]:
+    """Indices of the tags scored by `metric`, best first."""
+    keys = [-metric.goodness(v) if math.isfinite(v) else math.inf for v in values]
+    order = np.argsort(keys, kind="stable")
+    return [int(t) for t in order if math.isfinite(values[t])]
+
+
 def deformation_heatmap(
-    tags: list[str], sets: list[str], values: np.ndarray, title: str
+    tags: list[str], sets: list[str], values: np.ndarray, title: str, metric: Metric | None = None
 ) -> bytes | None:
-    """Per-tag ROC-AUC change from the clean set (deformed - clean) [tags, sets]; red is
-    worse than clean. The caller orders the tags."""
+    """Per-tag change of `metric` (default: the primary one) from the clean set (deformed
+    - clean) [tags, sets]; red is worse than clean. The caller orders the tags."""
+    metric = metric or primary_metric()
     if values.size == 0 or not np.isfinite(values).any():
         return None
     plt = _plt()
     height = min(16.0, 1.6 + 0.22 * len(tags))
     fig, ax = plt.subplots(figsize=(min(10.0, 2.5 + 0.9 * len(sets)), height))
     limit = max(0.05, float(np.nanmax(np.abs(values))))
-    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    colours = "RdBu" if metric.higher_is_better else "RdBu_r"
+    image = ax.imshow(values, cmap=colours, vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(len(sets)), sets, rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(len(tags)), tags, fontsize=8)
     ax.set_title(title, fontsize=10)
     bar = fig.colorbar(image, ax=ax, fraction=0.04)
-    bar.set_label("ROC-AUC change from clean")
+    bar.set_label(f"{metric.label} change from clean")
     return _png(fig)
 
 

@@ -9,12 +9,18 @@ import math
 from tagtrain.inference.metrics import METRICS
 from tagtrain.run.directory import RunDir
 
-METRIC_FIELDS = (
-    "epoch", "partial", "phase", "lr", "steps", "samples", "train_loss", "val_loss",
-    *METRICS, "best", "seconds", "samples_per_s", "data_wait_fraction",
-    "shard_errors", "bad_samples", "foreign_members", "skipped_steps",
-)  # fmt: skip
-TENSORBOARD_FIELDS = ("train_loss", "val_loss", *METRICS, "lr", "data_wait_fraction")
+
+def metric_fields() -> tuple[str, ...]:
+    """metrics.csv's columns: one per registered metric (read when a run starts)."""
+    return (
+        "epoch", "partial", "phase", "lr", "steps", "samples", "train_loss", "val_loss",
+        *METRICS, "best", "seconds", "samples_per_s", "data_wait_fraction",
+        "shard_errors", "bad_samples", "foreign_members", "skipped_steps",
+    )  # fmt: skip
+
+
+def tensorboard_fields() -> tuple[str, ...]:
+    return ("train_loss", "val_loss", *METRICS, "lr", "data_wait_fraction")
 
 
 class RunLog:
@@ -26,6 +32,7 @@ class RunLog:
         self.bar = None
         self.samples_file = open(run.samples(rank), "a") if log_samples else None  # noqa: SIM115
         self.tb = None
+        self.fields = metric_fields()
         if self.main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -33,10 +40,12 @@ class RunLog:
             metrics = run / RunDir.METRICS
             if metrics.exists():
                 with open(metrics) as f:
-                    self.history = list(csv.DictReader(f))
+                    reader = csv.DictReader(f)
+                    self.history = list(reader)
+                    self.fields = tuple(reader.fieldnames or self.fields)  # a resumed run's
             else:
                 with open(metrics, "w", newline="") as f:
-                    csv.writer(f).writerow(METRIC_FIELDS)
+                    csv.writer(f).writerow(self.fields)
 
     def open_bar(self, enabled: bool, total: int, initial: int, epoch: int, epochs: int) -> None:
         self.bar = progress_bar(enabled, total, initial, epoch, epochs)
@@ -65,8 +74,8 @@ class RunLog:
             return
         self.history.append(row)
         with open(self.run / RunDir.METRICS, "a", newline="") as f:
-            csv.DictWriter(f, METRIC_FIELDS, extrasaction="ignore").writerow(row)
-        for name in TENSORBOARD_FIELDS:
+            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
+        for name in tensorboard_fields():
             value = row.get(name)
             if value not in (None, "") and math.isfinite(float(value)):
                 self.tb.add_scalar(f"epoch/{name}", float(value), global_step)
@@ -97,16 +106,20 @@ class RunLog:
         epochs = [int(r["epoch"]) + 1 for r in rows]
 
         def series(name):
-            return [float(r[name]) if r[name] not in (None, "") else math.nan for r in rows]
+            return [float(r[name]) if r.get(name) not in (None, "") else math.nan for r in rows]
 
         fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
         ax_loss.plot(epochs, series("train_loss"), marker="o", label="train")
         ax_loss.plot(epochs, series("val_loss"), marker="o", label="validation")
         ax_loss.set(xlabel="epoch", ylabel="BCE loss", title="loss")
         ax_loss.legend()
-        ax_auc.plot(epochs, series("roc_auc"), marker="o", label="ROC-AUC")
-        ax_auc.plot(epochs, series("pr_auc"), marker="o", label="PR-AUC")
-        ax_auc.set(xlabel="epoch", ylabel="macro AUC", title="validation", ylim=(0, 1))
+        values = []
+        for metric in METRICS.values():
+            values += series(metric.name)
+            ax_auc.plot(epochs, series(metric.name), marker="o", label=metric.label)
+        ax_auc.set(xlabel="epoch", ylabel="macro score", title="validation")
+        if all(0 <= v <= 1 for v in values if math.isfinite(v)):
+            ax_auc.set_ylim(0, 1)
         ax_auc.legend()
         fig.tight_layout()
         fig.savefig(self.run / RunDir.CURVES, dpi=100)

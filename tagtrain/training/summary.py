@@ -7,6 +7,7 @@ import json
 import math
 
 from pipelines.core.flags import diff_from_defaults
+from tagtrain.inference.metrics import METRICS
 from tagtrain.models.registry import count_parameters
 from tagtrain.run.directory import RunDir
 
@@ -54,7 +55,7 @@ def write_summary(trainer, reason: str, last_val: dict | None, seconds: float) -
         "select": cfg.select,
         "best_epoch": s.best_epoch + 1 if s.best_epoch >= 0 else None,
         "best_val_loss": float(best["val_loss"]) if best else None,
-        "best_roc_auc": float(best["roc_auc"]) if best else None,
+        **{f"best_{m}": _number(best.get(m)) if best else None for m in METRICS},
         "last": last_val,
         "seconds": round(seconds, 1),
         "train_samples_per_s": round(p.samples_seen / max(1e-9, p.train_seconds), 1),
@@ -65,7 +66,9 @@ def write_summary(trainer, reason: str, last_val: dict | None, seconds: float) -
     trainer.run_dir.write_text(RunDir.SUMMARY, json.dumps(summary, indent=2) + "\n")
     chosen = (
         f"epoch {summary['best_epoch']} by {cfg.select} (val loss "
-        f"{_fmt(summary['best_val_loss'])}, ROC-AUC {_fmt(summary['best_roc_auc'])})"
+        f"{_fmt(summary['best_val_loss'])}"
+        + "".join(f", {m.label} {_fmt(summary[f'best_{m.name}'])}" for m in METRICS.values())
+        + ")"
         if best
         else "none"
     )
@@ -78,8 +81,9 @@ def write_summary(trainer, reason: str, last_val: dict | None, seconds: float) -
     print(f"  best: {chosen}")
     if last_val:
         print(
-            f"  last validation: ROC-AUC {last_val['roc_auc']:.4f}  "
-            f"PR-AUC {last_val['pr_auc']:.4f}; loader: {last_val['shard_errors']} shard "
+            "  last validation: "
+            + "  ".join(f"{m.label} {_fmt(last_val.get(m.name))}" for m in METRICS.values())
+            + f"; loader: {last_val['shard_errors']} shard "
             f"error(s), {last_val['bad_samples']} bad sample(s), "
             f"{last_val['foreign_members']} foreign member(s) skipped"
         )
@@ -91,5 +95,10 @@ def write_summary(trainer, reason: str, last_val: dict | None, seconds: float) -
     return summary
 
 
+def _number(value) -> float | None:
+    """A metrics.csv cell as a number (None when empty: a metric registered later)."""
+    return None if value in (None, "") else float(value)
+
+
 def _fmt(value) -> str:
-    return "-" if value is None or not math.isfinite(float(value)) else f"{float(value):.4f}"
+    return "-" if value in (None, "") or not math.isfinite(float(value)) else f"{float(value):.4f}"
