@@ -26,9 +26,14 @@ from collections.abc import Mapping
 from urllib.parse import urlparse
 
 from pipelines.core.errors import UserError
+from pipelines.core.storage import (
+    LOADER_REMOTE_SCHEMES,
+    LOCAL_SCHEMES,
+    scheme_of,
+    unsupported_scheme,
+)
 
-LOCAL_SCHEMES = ("", "file")
-REMOTE_SCHEMES = ("http", "https", "s3", "gs", "gcs")
+REMOTE_SCHEMES = LOADER_REMOTE_SCHEMES
 # fsspec protocol for each URL scheme.
 _PROTOCOL = {"http": "http", "https": "http", "s3": "s3", "gs": "gcs", "gcs": "gcs"}
 BLOCK_SIZE = 8 << 20  # bytes per remote read (one range request on object stores)
@@ -43,20 +48,11 @@ class OpenerError(UserError, ValueError):
     """An unsupported URL or an unusable name; the message is one line."""
 
 
-def scheme_of(url: str) -> str:
-    scheme = urlparse(url).scheme
-    # A Windows drive letter or a bare path has no (or a one-letter) scheme: local.
-    return "" if len(scheme) <= 1 else scheme.lower()
-
-
 def check_supported(url: str) -> str:
-    scheme = scheme_of(url)
-    if scheme not in LOCAL_SCHEMES + REMOTE_SCHEMES:
-        supported = ", ".join(f"{s}://" for s in REMOTE_SCHEMES + ("file",))
-        raise OpenerError(
-            f"unsupported URL scheme {scheme!r} in {url!r}; use a path or {supported}"
-        )
-    return scheme
+    """`url`'s scheme ("" for a local path), or OpenerError naming the ones supported."""
+    if (problem := unsupported_scheme(url)) is not None:
+        raise OpenerError(problem)
+    return scheme_of(url)
 
 
 def join_url(prefix: str, name: str) -> str:

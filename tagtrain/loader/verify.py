@@ -3,27 +3,21 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 
 from pipelines.core.errors import first_line
+from pipelines.core.storage import stream_sha256
 from tagtrain.loader.card_reader import ShardInfo
 from tagtrain.loader.openers import open_url_at
 from tagtrain.loader.retry import RetryingStream
 from tagtrain.loader.stats import LoaderError
 
-_CHUNK = 8 << 20
-
 
 def shard_digest(shard: ShardInfo, options: Mapping, retries: int = 6) -> tuple[str, int]:
     """(sha256 hex, bytes) of a shard, read once from start to end."""
-    digest, size = hashlib.sha256(), 0
     stream = RetryingStream(lambda offset: open_url_at(shard.url, options, offset), retries, 0.5)
     with stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+        return stream_sha256(stream)
 
 
 def verify_shards(shards: Sequence[ShardInfo], options: Mapping, retries: int = 6) -> int:

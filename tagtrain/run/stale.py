@@ -6,27 +6,12 @@ run's."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from pipelines.core.card import card_checksum
-
-_CHUNK = 8 << 20
-
-
-def file_sha256(path: str | Path) -> str | None:
-    """The sha256 of a file, or None when there is no such file (a published model's
-    weights are not a file of the run)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-    except (FileNotFoundError, IsADirectoryError):
-        return None
-    return digest.hexdigest()
+from pipelines.core.storage import file_sha256
 
 
 def stale_checkpoint(run_dir: Path, recorded: Mapping) -> str | None:
