@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loader import close_pools, generated_dataset, pooled_reader, served  # noqa: E402
+from loader_common import close_pools, generated_dataset, pooled_reader, train_step  # noqa: E402
+from local_servers import served  # noqa: E402
 
 from pipelines.core.features import FeatureConfig  # noqa: E402
 from tagtrain import loader as data  # noqa: E402
@@ -59,16 +60,7 @@ def train_steps(url, options, model_name, workers, args, device) -> dict:
             batches = iter(reader)
             continue
         t1 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            logits = model(to_input(batch.x))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), batch.y.to(device)
-        )
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        train_step(model, optimiser, to_input, batch, device, torch.bfloat16)
         if done >= 0:
             wait, total = wait + t1 - t0, total + time.perf_counter() - t0
         done += 1

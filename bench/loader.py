@@ -26,8 +26,6 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,169 +36,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from loader_common import close_pools, generated_dataset, pooled_reader, reader_for, train_step  # noqa: E402
+from local_servers import SERVER_CPUS, SERVERS, served  # noqa: E402
+
 from tagtrain import loader as data  # noqa: E402
 from tagtrain.commands.train import amp_settings, resolve_device  # noqa: E402
 from tagtrain.loader.openers import open_url  # noqa: E402
 from tagtrain.models.registry import create_model, get_entry  # noqa: E402
-
-
-def dataset_dir(tracks: int, seconds: float, stored: tuple[str, ...], features=None) -> Path:
-    """Where a generated dataset is kept. The name holds the generator's feature settings:
-    a dataset written by an older generator (e.g. before the card recorded the mel scale)
-    is not reused, since a model would read it another way (its PCM, computing the mel,
-    instead of its mel)."""
-    import hashlib
-    import json
-
-    from pipelines.core.features import FeatureConfig
-
-    settings = json.dumps((features or FeatureConfig()).to_dict(), sort_keys=True)
-    tag = hashlib.sha256(settings.encode()).hexdigest()[:8]
-    name = f"tagtrain-bench2-{tracks}x{seconds:g}s-{'+'.join(stored)}-{tag}"
-    return Path(tempfile.gettempdir()) / name
-
-
-def generated_dataset(tracks: int, seconds: float, stored: tuple[str, ...], features=None) -> Path:
-    """`tracks` samples per epoch: 64 generated tracks in two shards, the shards then
-    copied under further names, with their index rows (generating audio is slow; reading
-    is what is measured)."""
-    import json
-    import shutil
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from tagtrain.loader import synthetic
-
-    out = dataset_dir(tracks, seconds, stored, features)
-    if (out / "dataset.json").exists():
-        return out
-    print(f"writing generated {seconds:g} s tracks to {out} ...", flush=True)
-    card = synthetic.make_dataset(
-        out,
-        {"train": [32, 32]},
-        seconds=(seconds, seconds + 0.1),
-        stored=stored,
-        features=features,
-        seed=0,
-    )
-    originals = card["splits"]["train"]["shards"]
-    index = pq.read_table(out / "index.parquet")
-    shards, tables = [], []
-    for i in range(max(1, tracks // 32)):
-        source = originals[i % len(originals)]
-        name = f"train-{i:06d}.tar"
-        if name != source["name"]:
-            shutil.copyfile(out / source["name"], out / name)
-        shards.append({**source, "name": name})
-        rows = index.filter(pa.compute.equal(index["shard"], source["name"]))
-        shard_column = rows.schema.get_field_index("shard")
-        tables.append(rows.set_column(shard_column, "shard", pa.array([name] * len(rows))))
-    pq.write_table(pa.concat_tables(tables), out / "index.parquet")
-    card["splits"]["train"] = {
-        "samples": sum(s["samples"] for s in shards),
-        "seconds": sum(s["seconds"] for s in shards),
-        "shards": shards,
-    }
-    (out / "dataset.json").write_text(json.dumps(card))
-    return out
-
-
-def _wait_for_port(port: int, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"error: local server on port {port} did not start")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for sock in socks:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in socks]
-    for sock in socks:
-        sock.close()
-    return ports
-
-
-_WEED_PORTS = (
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-    "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
-)  # fmt: skip
-_S3_KEYS = {"key": "bench", "secret": "bench-secret"}
-
-
-SERVER_CPUS: set[int] = set()  # --server-cpus: the CPUs server processes run on (all: empty)
-
-
-def _start_server(cmd: list[str]) -> subprocess.Popen:
-    # Pinned before exec, so every thread the server starts inherits the CPU set.
-    pin = (lambda: os.sched_setaffinity(0, SERVER_CPUS)) if SERVER_CPUS else None
-    return subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin
-    )
-
-
-def _seaweed(directory: Path, work: Path):
-    """A SeaweedFS S3 server (`.venv/bin/weed server -s3`) holding `directory` under
-    s3://bench/data; returns (process, storage options)."""
-    work.mkdir(parents=True, exist_ok=True)
-    ports = dict(zip(_WEED_PORTS, _free_ports(len(_WEED_PORTS))))
-    cmd = [
-        str(Path(sys.executable).with_name("weed")), "server", f"-dir={work}",
-        "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", "-s3.port.iceberg=0",
-        "-s3.port.lance=0", "-metricsPort=0", "-master.volumeSizeLimitMB=64",
-        "-volume.max=50", *(f"-{name}={port}" for name, port in ports.items()),
-    ]  # fmt: skip
-    server = _start_server(cmd)
-    _wait_for_port(ports["s3.port"], 60)
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    options = {"s3": {**_S3_KEYS, "client_kwargs": {"endpoint_url": endpoint}}}
-    import s3fs
-
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options["s3"])
-    for _attempt in range(50):  # the gateway accepts connections before it serves
-        try:
-            fs.mkdir("bench")
-            break
-        except Exception:  # noqa: BLE001
-            time.sleep(0.2)
-    for path in sorted(directory.iterdir()):
-        if path.is_file():
-            fs.pipe_file(f"bench/data/{path.name}", path.read_bytes())
-    return server, options
-
-
-@contextlib.contextmanager
-def served(source: str, directory: Path):
-    """(data URL, storage options) for a source over `directory`: local files, a local
-    `http.server` process, or a local SeaweedFS S3 server (a real S3 implementation, in
-    its own process); "s3-cache" is S3 read through the loader's local shard cache."""
-    if source == "local":
-        yield str(directory), {}
-        return
-    if source not in ("http", "s3", "s3-cache"):
-        raise SystemExit(f"error: unknown source {source!r}")
-    with tempfile.TemporaryDirectory(prefix="tagtrain-bench-") as work:
-        if source == "http":
-            (port,) = _free_ports(1)
-            cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
-            server = _start_server([*cmd, "--directory", str(directory)])
-            _wait_for_port(port)
-            url, options = f"http://127.0.0.1:{port}", {}
-        else:
-            server, options = _seaweed(directory, Path(work) / "weed")
-            url = "s3://bench/data"
-        try:
-            SERVERS[url] = server.pid
-            yield url, options
-        finally:
-            SERVERS.pop(url, None)
-            server.terminate()
-            server.wait()
 
 
 def stream_rate(url, options) -> tuple[float, float]:
@@ -217,59 +59,7 @@ def stream_rate(url, options) -> tuple[float, float]:
     return total / 1e6 / seconds, sum(s.samples for s in shards) / seconds
 
 
-def reader_for(
-    url, options, spec, workers, batch_size, epoch, split="train", cache_dir=None,
-    s3_client="obstore",
-):  # fmt: skip
-    card = data.load_card(url, options)
-    plan = data.plan_input(card, spec)
-    shards = data.split_shards(card, url, split)
-    cfg = data.LoaderConfig(
-        batch_size=batch_size,
-        workers=workers,
-        shuffle_buffer=256,
-        seed=0,
-        storage_options=options,
-        cache_dir=cache_dir,
-        s3_client=s3_client,
-    )
-    data.check_enough_shards(shards, cfg, split)
-    stream = data.ShardStream(shards, plan, card["vocabulary"], cfg, epoch)
-    return data.EpochReader(stream, pin_memory=torch.cuda.is_available()), plan
-
-
-def pooled_reader(
-    pools: dict, url, options, spec, workers, batch_size, epoch, cache_dir=None,
-    s3_client="obstore",
-):  # fmt: skip
-    """What the trainer does: the card is read once, and with loader workers the same
-    worker processes read every epoch (a `LoaderPool`, made on the first epoch and kept in
-    `pools`; without workers, the first epoch's stream, planned again per epoch)."""
-    pool = pools.get(url)
-    if isinstance(pool, data.ShardStream):
-        return data.EpochReader(pool.for_epoch(epoch), pin_memory=torch.cuda.is_available())
-    if pool is not None:
-        return data.EpochReader(pool.stream(epoch, None), pool=pool)
-    reader, _ = reader_for(
-        url, options, spec, workers, batch_size, epoch, cache_dir=cache_dir, s3_client=s3_client
-    )
-    if not workers:
-        pools[url] = reader.stream
-        return reader
-    pool = pools[url] = data.LoaderPool(reader.stream, pin_memory=torch.cuda.is_available())
-    return data.EpochReader(reader.stream, pool=pool)
-
-
-def close_pools(pools: dict) -> None:
-    for pool in pools.values():
-        if isinstance(pool, data.LoaderPool):  # (a stream without workers holds nothing)
-            pool.close()
-
-
-SERVERS: dict[str, int] = {}  # data URL -> pid of the local server process serving it
-
-
-def cpu_seconds(url) -> tuple[float, float]:
+def client_server_cpu(url) -> tuple[float, float]:
     """(CPU seconds of this process and its loader workers, of the server process). Live
     workers (a pool's persistent ones) are counted by psutil, reaped ones by os.times."""
     import psutil
@@ -297,14 +87,14 @@ def loader_rate(
     rates, chunks, fetched, used, cpu, pools, gets, by_obstore = [], 0, 0, 0, [], {}, [], []
     try:
         for epoch in range(epochs):
-            start, cpu_start = time.perf_counter(), cpu_seconds(url)
+            start, cpu_start = time.perf_counter(), client_server_cpu(url)
             reader = pooled_reader(
                 pools, url, options, spec, workers, batch_size, epoch, cache_dir, s3_client
             )
             chunks = sum(len(batch.keys) for batch in reader)
             reader.close()
             rates.append(chunks / (time.perf_counter() - start))
-            cpu_end = cpu_seconds(url)
+            cpu_end = client_server_cpu(url)
             cpu.append(tuple(1000 * (b - a) / max(1, chunks) for a, b in zip(cpu_start, cpu_end)))
             gets.append(reader.stats.range_requests / max(1, chunks))
             by_obstore.append(reader.stats.obstore_requests / max(1, chunks))
@@ -378,16 +168,7 @@ def step_wait(url, options, args, device) -> dict:
             batches = iter(reader)
             continue
         t1 = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(to_input(batch.x))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), batch.y.to(device)
-        )
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        train_step(model, optimiser, to_input, batch, device, dtype)
         t2 = time.perf_counter()
         waits += t1 - t0
         totals += t2 - t0

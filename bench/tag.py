@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,8 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+from common import Timer  # noqa: E402
 
 TF_NAMES = {"musicnn-mtt": "MTT_musicnn", "musicnn-msd": "MSD_musicnn"}
 TF_NAMES |= {"vgg-mtt": "MTT_vgg", "vgg-msd": "MSD_vgg"}
@@ -73,20 +74,9 @@ def make_mp3s(folder: Path, n: int) -> list[Path]:
     return files
 
 
-class Timing:
-    """Wall and CPU seconds (all threads of this process) of a block."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-
-
 def time_ours(
     name: str, files: list[Path], many: bool, conv_algorithm: str = "fast"
-) -> tuple[Timing, dict]:
+) -> tuple[Timer, dict]:
     """`predict` file by file, or `predict_many` (decode of the next files on a thread,
     windows of consecutive files in shared forwards)."""
     import torch
@@ -96,7 +86,7 @@ def time_ours(
     torch.set_num_threads(1)
     tagger = Tagger.from_pretrained(name, conv_algorithm=conv_algorithm)
     tagger.predict(files[0])  # warm-up
-    with Timing() as timing:
+    with Timer() as timing:
         if many:
             taggrams = {str(p): r["taggram"] for p, r in tagger.predict_many(files)}
         else:
@@ -104,13 +94,13 @@ def time_ours(
     return timing, taggrams
 
 
-def time_official(python: str, name: str, files: list[Path]) -> tuple[Timing, dict]:
+def time_official(python: str, name: str, files: list[Path]) -> tuple[Timer, dict]:
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env |= {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
     cmd = ["taskset", "-c", "0", python, "-c", OFFICIAL, TF_NAMES[name], *map(str, files)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    timing = Timing()
+    timing = Timer()
     timing.wall, timing.cpu = result["seconds"], result["cpu"]
     return timing, result["taggrams"]
 
@@ -119,7 +109,7 @@ def max_difference(a: dict, b: dict) -> float:
     return max(float(np.abs(np.asarray(a[f]) - np.asarray(b[f])).max()) for f in a)
 
 
-def report(label: str, n: int, t: Timing) -> None:
+def report(label: str, n: int, t: Timer) -> None:
     print(
         f"{label:18s} {n / t.wall:6.2f} files/s wall ({t.wall:.1f} s), "
         f"{n / t.cpu:6.2f} files per CPU-s ({t.cpu:.1f} CPU-s)"

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from manifests.audio_check import missing_report_path, missing_rows, write_missing_report
+from manifests.audio_check import missing_rows, write_missing_report
 from manifests.builders import BUILDERS, BuildOptions, build_benchmark, builder_names
 from manifests.flags import BuildFlags, FolderFlags, InfoFlags, VocabFlags
 from manifests.folder import (
     FolderOptions,
     build_folder,
     parse_ratios,
-    skipped_report_path,
     write_skipped_report,
 )
 from manifests.schema import SPLITS, ManifestError, read_manifest, write_manifest
@@ -68,10 +67,21 @@ def _split_summary(table: pa.Table) -> str:
     return ", ".join(f"{split} {counts[split]:,}" for split in SPLITS if counts[split])
 
 
-def _with_audio_root(table: pa.Table, root: Path) -> pa.Table:
+def _report_path(manifest: Path, kind: str) -> Path:
+    """`NAME.{kind}.tsv` next to the manifest `NAME.parquet`."""
+    return manifest.with_name(f"{manifest.name.removesuffix('.parquet')}.{kind}.tsv")
+
+
+def _write(table: pa.Table, root: Path, out: Path, report: Path, reported: bool) -> int:
+    """Write the manifest with its audio root and say what it holds; a report of an
+    earlier run that this one did not write is removed (it would mislead)."""
+    if not reported and report.exists():
+        report.unlink()
     metadata = dict(table.schema.metadata or {})
     metadata[b"audio_root"] = str(root.resolve()).encode()
-    return table.replace_schema_metadata(metadata)
+    table = write_manifest(table.replace_schema_metadata(metadata), out)
+    print(f"wrote {out}: {_split_summary(table)}")
+    return 0
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -84,7 +94,7 @@ def _build(args: argparse.Namespace) -> int:
     missing = missing_rows(result.table, args.audio_root) + [
         {**row, "reason": "no audio path known"} for row in result.unplaced
     ]
-    report = missing_report_path(args.out)
+    report = _report_path(args.out, "missing")
     if missing:
         report.parent.mkdir(parents=True, exist_ok=True)
         write_missing_report(report, missing)
@@ -95,11 +105,7 @@ def _build(args: argparse.Namespace) -> int:
                 f"{args.audio_root}; see {report} (or pass --allow-missing)"
             )
         _note(f"{len(missing):,} of {total:,} audio files are missing; listed in {report}")
-    elif report.exists():
-        report.unlink()  # a stale report from an earlier run would mislead
-    table = write_manifest(_with_audio_root(result.table, args.audio_root), args.out)
-    print(f"wrote {args.out}: {_split_summary(table)}")
-    return 0
+    return _write(result.table, args.audio_root, args.out, report, bool(missing))
 
 
 def _folder(args: argparse.Namespace) -> int:
@@ -115,15 +121,11 @@ def _folder(args: argparse.Namespace) -> int:
     result = build_folder(options)
     for message in result.notes:
         _note(message)
-    report = skipped_report_path(args.out)
+    report = _report_path(args.out, "skipped")
     if result.skipped:
         write_skipped_report(report, result.skipped)
         _note(f"every skipped file and why: {report}")
-    elif report.exists():
-        report.unlink()  # a stale report from an earlier run would mislead
-    table = write_manifest(_with_audio_root(result.table, args.root), args.out)
-    print(f"wrote {args.out}: {_split_summary(table)}")
-    return 0
+    return _write(result.table, args.root, args.out, report, bool(result.skipped))
 
 
 def _vocab(args: argparse.Namespace) -> int:
@@ -217,10 +219,7 @@ COMMANDS = {  # name: (help, flags, what runs it)
 
 
 def _run(argv: list[str] | None) -> int:
-    parser = _parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # reported by the command's parser, which knows the flags to suggest
-        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = _parser().parse_command_args(argv)
     try:
         return args.run(args)
     except pa.ArrowException as exc:

@@ -1,6 +1,6 @@
 """Whether a manifest's local audio files exist: the fast check (one directory listing
-per folder) and its report, a TSV next to the manifest (`NAME.missing.tsv`). Remote
-paths (gs://, s3://, http(s)://) are not checked."""
+per folder) and its report, a TSV (the CLI writes it next to the manifest as
+`NAME.missing.tsv`). Remote paths (gs://, s3://, http(s)://) are not checked."""
 
 from __future__ import annotations
 
@@ -56,12 +56,6 @@ def missing_rows(table: pa.Table, root: str | Path | None) -> list[dict]:
         {**{c: columns[c][i] for c in columns}, "audio_path": paths[i], "reason": "not found"}
         for i in indices
     ]
-
-
-def missing_report_path(manifest_path: str | Path) -> Path:
-    path = Path(manifest_path)
-    stem = path.name[: -len(".parquet")] if path.name.endswith(".parquet") else path.name
-    return path.with_name(f"{stem}.missing.tsv")
 
 
 def write_missing_report(path: str | Path, rows: Iterable[Mapping]) -> int:

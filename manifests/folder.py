@@ -278,12 +278,6 @@ def build_folder(options: FolderOptions) -> FolderBuild:
     return FolderBuild(with_vocabulary(table, vocabulary), notes, skipped)
 
 
-def skipped_report_path(manifest_path: str | Path) -> Path:
-    path = Path(manifest_path)
-    stem = path.name[: -len(".parquet")] if path.name.endswith(".parquet") else path.name
-    return path.with_name(f"{stem}.skipped.tsv")
-
-
 def write_skipped_report(path: Path, skipped: list[tuple[str, str]]) -> None:
     """path<TAB>why per skipped file, so a user can see every one."""
     path.parent.mkdir(parents=True, exist_ok=True)

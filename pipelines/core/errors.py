@@ -2,7 +2,9 @@
 reports a bad flag in one line, and the one wrapper that turns errors into exit codes.
 
 All three CLIs (`beam_runner.py`, `python -m tagtrain`, `python -m manifests`) end in
-`run_cli`, so a user error is always one line on stderr and exit status 2.
+`run_cli`, so a user error is always one line on stderr and exit status 2. Their usage
+lines and errors name the program the user typed: their own name, or `tagkit` when the
+console script runs them (`invoked_as`, `prog_name`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import argparse
 import difflib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 USAGE_ERROR = 2
 
@@ -48,6 +52,15 @@ class OneLineParser(argparse.ArgumentParser):
             if not hint:
                 raise
             raise argparse.ArgumentError(action, exc.message + hint) from None
+
+    def parse_command_args(self, argv: list[str] | None) -> argparse.Namespace:
+        """The arguments of a parser of commands (subparsers with `dest="command"`, their
+        parsers in `self.commands`): a flag the command does not take is reported by the
+        command's own parser, which knows the flags to suggest."""
+        args, unknown = self.parse_known_args(argv)
+        if unknown:
+            self.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        return args
 
     def error(self, message: str):
         if message.startswith("unrecognized arguments:"):
@@ -98,3 +111,28 @@ def _one_line(exc: BaseException) -> str:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# The program the user typed, when it is not the entry's own name: `tagkit` (pipelines/cli.py)
+# runs the entries of `python -m tagtrain`, `python -m manifests` and `beam_runner.py`.
+_INVOKED_AS: ContextVar[str | None] = ContextVar("invoked_as", default=None)
+
+
+@contextmanager
+def invoked_as(prog: str) -> Iterator[None]:
+    """Within the block, entries name `prog` (e.g. "tagkit") in usage lines and errors."""
+    token = _INVOKED_AS.set(prog)
+    try:
+        yield
+    finally:
+        _INVOKED_AS.reset(token)
+
+
+def prog_name(own: str, command: str = "") -> str:
+    """An entry's program name: `own` ("python -m tagtrain", "beam_runner.py") when it runs
+    by itself, the wrapper's name (`invoked_as`) followed by `command` (the wrapper's
+    name of this entry, e.g. "manifest") when the wrapper runs it."""
+    wrapper = _INVOKED_AS.get()
+    if wrapper is None:
+        return own
+    return f"{wrapper} {command}" if command else wrapper
