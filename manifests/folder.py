@@ -78,15 +78,17 @@ def scan_audio(root: Path, probe: bool = True) -> tuple[list[str], list[tuple[st
     each as (path, why): macOS `._*` files, names known not to be audio, files neither
     libsndfile nor ffmpeg decodes (probed by content when the suffix is not a known audio
     one; `probe=False` skips them unopened), special files, names that are not valid
-    UTF-8 (Parquet cannot store them), unreadable folders."""
+    UTF-8 (Parquet cannot store them), unreadable folders, symlinks that lead out of
+    `root` (linked folders are not entered)."""
     found, skipped = [], []
     errors: list[OSError] = []
+    real_root = os.path.realpath(root)
     for directory, subdirs, files in os.walk(root, onerror=errors.append):
         subdirs.sort()
         for name in sorted(files):
             full = os.path.join(directory, name)
             relative = os.path.relpath(full, root).replace(os.sep, "/")
-            why = _skip_reason(name, full, probe)
+            why = _link_out_of(full, real_root) or _skip_reason(name, full, probe)
             if why is None:
                 try:
                     relative.encode("utf-8")
@@ -101,6 +103,17 @@ def scan_audio(root: Path, probe: bool = True) -> tuple[list[str], list[tuple[st
         raise ManifestError(f"cannot read {errors[0].filename}: {errors[0].strerror}")
     skipped.extend((str(e.filename), e.strerror or "unreadable") for e in errors)
     return sorted(found), skipped
+
+
+def _link_out_of(full: str, real_root: str) -> str | None:
+    """Why a symlink that leads out of the scanned folder is skipped: prepare refuses it
+    (unless told to follow links), and a manifest must not reach past its folder."""
+    if not os.path.islink(full):
+        return None
+    real = os.path.realpath(full)
+    if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return None
+    return "a symlink to outside the folder (not followed)"
 
 
 def _skip_reason(name: str, full: str, probe: bool) -> str | None:

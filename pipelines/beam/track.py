@@ -6,7 +6,14 @@ caught), decode and validate it (`core/audio.py`: never silently short), featuri
 Permanent per-file problems become a `Reject` with a reason; transient ones (network,
 timeouts, throttling, a full disk) are retried with backoff and then raised, so the
 runner retries the bundle or the job fails: never a reject that depends on luck.
-MemoryError is never caught.
+MemoryError is caught in one place: the decode, which the caps of `core/audio.py` keep
+near its output's size (a too-long file is refused from its header); a file whose decode
+still runs out of memory is one `oversized` reject, never a failed job. Anywhere else
+(featurising, writing) it is not the file's doing and is raised.
+
+A relative path is read only when it stays in `--audio-root` once symlinks are resolved
+(`core/source.py`): a link inside the root to a file outside it is an `outside_root`
+reject unless the config's `follow_symlinks` allows it.
 
 `prepare` and `perturb` both end in `make_sample`, so a deformed copy of a track is
 featurised exactly like the original.
@@ -21,10 +28,10 @@ import numpy as np
 
 from pipelines.beam import fetch
 from pipelines.core.audio import Decoded, from_int16, load_audio, to_int16
-from pipelines.core.failures import MISSING, AudioRejected
+from pipelines.core.failures import MISSING, OVERSIZED, AudioRejected
 from pipelines.core.features import FeatureConfig, harmonic_tensor, log_mel
 from pipelines.core.shards import json_bytes, npy_bytes, sample_size
-from pipelines.core.source import DEFAULT_MAX_FILE_MB, Signature, max_bytes
+from pipelines.core.source import DEFAULT_MAX_FILE_MB, Signature, check_inside_root, max_bytes
 
 DECODE_ATTEMPTS = 2  # a decode timeout or a killed ffmpeg is tried once more, then raised
 
@@ -39,10 +46,13 @@ class TrackConfig:
     min_seconds: float = 1.0
     max_seconds: float | None = None
     max_file_mb: float | None = DEFAULT_MAX_FILE_MB  # per-file size cap (None: no cap)
+    follow_symlinks: bool = False  # read links in the audio root that lead out of it
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["stored"] = list(self.stored)
+        if not self.follow_symlinks:  # the default leaves the identity of a job as it was
+            del d["follow_symlinks"]
         return d
 
 
@@ -168,6 +178,8 @@ def read_track(
     """The row's audio bytes and their signature (size + mtime/etag). Raises
     AudioRejected (permanent) or, after retries, TransientError."""
     path = fetch.resolve(audio_root, row["audio_path"])
+    if audio_root and not cfg.follow_symlinks:
+        check_inside_root(path, audio_root)
     limit = max_bytes(cfg.max_file_mb)
     return fetch.with_retries(lambda: fetch.read_source(path, limit, planned))
 
@@ -195,6 +207,10 @@ def process_row(row: dict, data: bytes | None, cfg: TrackConfig, vocabulary: lis
         decoded = decode_row(row, data, cfg)
     except AudioRejected as exc:
         return _reject(row, exc.stage, exc.reason, exc.message)
+    except MemoryError:
+        # Within the decode caps, this file's decode is what ran out of memory: a reject
+        # the first time (a retry would fail the same way and then fail the job).
+        return _reject(row, "decode", OVERSIZED, "decoding ran out of memory")
     info = {
         "decoder": decoded.decoder,
         "source_sample_rate": decoded.source_sample_rate,

@@ -1,12 +1,15 @@
 """Which per-file problems are permanent (a reject) and which are transient (retry, then fail).
 
 The rule of the product: only a problem that another attempt cannot fix becomes a row of
-rejects.parquet. A missing file, a decoder that says "invalid data", a too-short, silent or
-non-finite signal, a file over the size cap, a special file or a file that changed while
-it was read are permanent: `AudioRejected(stage, reason, message)`. A network error, a
-timeout, throttling, a full disk or an out-of-memory condition says nothing about the
-file: `TransientError`, retried with backoff by the caller and then raised, so the runner
-retries the bundle or the job fails loudly. `MemoryError` is never caught here at all.
+rejects.parquet. A missing file, a decoder that says "invalid data", a too-short, silent,
+non-finite or absurdly out-of-range signal, a file over the size cap or one that decodes
+to more audio than the decode cap, a special file or a file that changed while it was
+read are permanent: `AudioRejected(stage, reason, message)`. A network error, a timeout,
+throttling, a full disk or an out-of-memory condition says nothing about the file:
+`TransientError`, retried with backoff by the caller and then raised, so the runner
+retries the bundle or the job fails loudly. `MemoryError` is never caught here at all;
+the one place it is a reject (`oversized`) is a decode that ran out of memory although
+the file passed the decode caps (`pipelines/beam/track.py`): that file is the cause.
 
 `classify_read_error` sorts the exceptions of the storage clients (local OS errors,
 urllib, Beam's S3/GCS wrappers) by what they carry (errno, HTTP status, class name),
@@ -28,6 +31,9 @@ SILENT = "silent"
 NON_FINITE = "non_finite"
 MISSING = "missing"
 TOO_LARGE = "too_large"  # over the per-file size cap
+TOO_LONG = "too_long"  # decodes to more audio than the decode cap (header or stream says)
+OVERSIZED = "oversized"  # its decode ran out of memory even within the caps
+OUT_OF_RANGE = "out_of_range"  # sample values far past full scale (e.g. 1e30): not audio
 UNSUPPORTED = "unsupported"  # a container outside the allow-list (playlists, concat, ...)
 NOT_REGULAR = "not_regular_file"  # FIFO, device, socket, directory
 CHANGED = "changed"  # size or mtime differ between planning/opening and the end of the read

@@ -8,18 +8,23 @@ data-exfiltration path). So every call:
 - may open only single-file audio containers (`-format_whitelist`, the demuxers below):
   hls, concat, image2, lavfi, tee, subfile, dash... are refused before anything is read;
 - runs as an argument list (never a shell), with a timeout, one thread, no stdin, and
-  `-t` when only the first seconds are needed.
+  `-t` when only the first seconds are needed;
+- is read block by block from its pipe (`Stream`): a file that decodes to gigabytes costs
+  one block of memory here, and the caller decides when to stop.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
 import struct
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -36,13 +41,6 @@ DEMUXERS = (
 DEFAULT_TIMEOUT_S = 300.0
 _FORMAT_REFUSED = ("Format not on whitelist", "Protocol not on whitelist")
 _CONTEXT = re.compile(r"\[([\w-]+) @ 0x[0-9a-fA-F]+\] ?")  # "[hls @ 0x55..] " (addresses vary)
-
-
-@dataclass
-class FfmpegDecode:
-    frames: np.ndarray  # [channels, samples] float32
-    rate: int
-    messages: list[str] = field(default_factory=list)  # what ffmpeg reported while decoding
 
 
 def available() -> bool:
@@ -107,46 +105,174 @@ def _messages(stderr: bytes, path: str) -> list[str]:
     ]
 
 
-def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """float32 WAV as ffmpeg writes it to a pipe (sizes unknown: data runs to the end)."""
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise AudioRejected("decode", UNREADABLE, "ffmpeg produced no audio")
-    pos, channels, rate = 12, 0, 0
-    while pos + 8 <= len(data):
-        chunk, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        if chunk == b"fmt ":
-            channels, rate = struct.unpack("<HI", data[pos + 10 : pos + 16])
-        elif chunk == b"data":
-            body = memoryview(data)[pos + 8 :]
-            usable = len(body) - len(body) % (4 * max(channels, 1))
-            pcm = np.frombuffer(body[:usable], dtype="<f4").reshape(-1, channels)
-            return np.ascontiguousarray(pcm.T, dtype=np.float32), rate
-        pos += 8 + size + (size & 1)
-    raise AudioRejected("decode", UNREADABLE, "ffmpeg produced no audio")
+class Stream:
+    """One running ffmpeg decode, read block by block from its pipe: memory is one block,
+    whatever the file decodes to. `rate` and `channels` are known once it is opened (the
+    WAV header); `blocks()` yields [channels, n] float32 and raises at the end what ffmpeg
+    failed with (AudioRejected, or TransientError on a timeout or a kill); `messages` holds
+    what it reported. `seconds` is the length ffprobe gave beforehand (None: unknown).
+    Always `close()` it (a `with` block): the process is killed and the copy removed."""
+
+    def __init__(self, cmd: list[str], path: str, timeout: float | None):
+        self.path, self.timeout, self.messages = path, timeout, []
+        self.seconds: float | None = None
+        self._cleanup: list = []
+        self._timed_out = False
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr
+            )
+        except FileNotFoundError:
+            self._stderr.close()
+            raise RuntimeError("ffmpeg is not installed (needed to decode this file)") from None
+        self._timer = None if timeout is None else threading.Timer(timeout, self._kill_for_timeout)
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+        try:
+            self.channels, self.rate = self._header()
+        except BaseException:
+            self.close()
+            raise
+
+    def _kill_for_timeout(self) -> None:
+        self._timed_out = True
+        self._proc.kill()
+
+    def _read(self, n: int) -> bytes:
+        return self._proc.stdout.read(n) if n > 0 else b""
+
+    def _header(self) -> tuple[int, int]:
+        head = self._read(12)
+        if len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            channels = rate = 0
+            while len(chunk := self._read(8)) == 8:
+                name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if name == b"data":
+                    if channels and rate:
+                        return channels, rate
+                    break
+                body = self._read(min(size + (size & 1), 1 << 16))
+                if name == b"fmt " and len(body) >= 8:
+                    channels, rate = struct.unpack("<HI", body[2:8])
+        raise self._ended() or AudioRejected("decode", UNREADABLE, "ffmpeg produced no audio")
+
+    def _ended(self) -> Exception | None:
+        """Wait for the process; the exception its end amounts to, if any."""
+        self._proc.stdout.close()
+        try:
+            self._proc.wait(timeout=max(1.0, self.timeout or 60.0))
+        except subprocess.TimeoutExpired:  # its output ended, yet it runs on
+            self._proc.kill()
+            self._proc.wait()
+            self._timed_out = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._timed_out:
+            return TransientError("decode", f"ffmpeg timed out after {self.timeout or 60:.0f} s")
+        self._stderr.seek(0)
+        stderr = self._stderr.read(1 << 20)  # what a damaged file makes it say: a sample
+        self.messages = _messages(stderr, self.path)
+        if self._proc.returncode != 0:
+            return _failure(
+                subprocess.CompletedProcess([], self._proc.returncode, b"", stderr), self.path
+            )
+        return None
+
+    def blocks(self, frames: int) -> Iterator[np.ndarray]:
+        """[channels, <= frames] float32 blocks to the end of the stream."""
+        width = 4 * self.channels
+        while True:
+            data = self._read(frames * width)
+            usable = len(data) - len(data) % width
+            if usable:
+                block = np.frombuffer(data[:usable], dtype="<f4").reshape(-1, self.channels)
+                yield np.ascontiguousarray(block.T, dtype=np.float32)
+            if len(data) < frames * width:
+                break
+        failure = self._ended()
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        if not self._proc.stdout.closed:
+            self._proc.stdout.close()
+        self._stderr.close()
+        while self._cleanup:
+            self._cleanup.pop()()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def decode_file(
-    path: str, max_seconds: float | None = None, timeout: float = DEFAULT_TIMEOUT_S
-) -> FfmpegDecode:
-    """The first audio stream of `path`, native rate and channels, as float32."""
+    path: str, max_seconds: float | None = None, timeout: float | None = DEFAULT_TIMEOUT_S
+) -> Stream:
+    """The first audio stream of `path`, native rate and channels, as float32 blocks;
+    killed after `timeout` seconds (None: never, for a stream its consumer paces)."""
     cmd = _base_command(path) + ["-map", "0:a:0", "-vn", "-sn", "-dn"]
     if max_seconds is not None:
         cmd += ["-t", f"{max_seconds:.6f}"]
     cmd += ["-c:a", "pcm_f32le", "-f", "wav", "-bitexact", "pipe:1"]
-    proc = _run(cmd, timeout)
-    if proc.returncode != 0:
-        raise _failure(proc, path)
-    frames, rate = parse_wav(proc.stdout)
-    return FfmpegDecode(frames, rate, _messages(proc.stderr, path))
+    return Stream(cmd, path, timeout)
 
 
 def decode_bytes(
     data: bytes,
     suffix: str = "",
     max_seconds: float | None = None,
-    timeout: float = DEFAULT_TIMEOUT_S,
-) -> FfmpegDecode:
-    return with_private_copy(data, suffix, lambda path: decode_file(path, max_seconds, timeout))
+    timeout: float | None = DEFAULT_TIMEOUT_S,
+) -> Stream:
+    """`decode_file` on a private copy of `data` (removed when the stream is closed),
+    with the length ffprobe reads from the container's header (`Stream.seconds`)."""
+    directory = tempfile.mkdtemp(prefix="tagkit-decode-")
+    try:
+        path = os.path.join(directory, "input" + _safe_suffix(suffix))
+        with open(path, "wb") as f:
+            f.write(data)
+        seconds = probe_seconds(path)
+        stream = decode_file(path, max_seconds, timeout)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    stream.seconds = seconds
+    stream._cleanup.append(lambda: shutil.rmtree(directory, ignore_errors=True))
+    return stream
+
+
+def probe_seconds(path: str, timeout: float = 60.0) -> float | None:
+    """The duration of the first audio stream (or the container) as the header says, by
+    ffprobe locked down like ffmpeg; None when unknown or ffprobe is unavailable. Only an
+    estimate to refuse absurd lengths early: the decode itself is capped as it goes."""
+    cmd = [
+        "ffprobe", "-v", "error", "-protocol_whitelist", "file",
+        "-format_whitelist", ",".join(DEMUXERS), "-select_streams", "a:0",
+        "-show_entries", "stream=duration:format=duration,format_name", "-of", "json", "file:" + path,
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        info = json.loads(proc.stdout or b"{}")
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    if info.get("format", {}).get("format_name") == "mp3":
+        return None  # estimated from the bitrate, which can be several times too long
+    for entry in [*info.get("streams", []), info.get("format", {})]:
+        try:
+            seconds = float(entry.get("duration", "nan"))
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+    return None
 
 
 def check_container(path: str, timeout: float = 60.0) -> None:

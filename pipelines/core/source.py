@@ -3,7 +3,11 @@ check that the file did not change while it was read.
 
 - Special files are refused before a byte is read: `/dev/zero` would be read until memory
   runs out, a FIFO would block forever (it is opened non-blocking, so even opening it
-  cannot hang), a directory is no audio.
+  cannot hang), a directory is no audio. Kernel and device folders (/proc, /sys, /dev)
+  are refused by where the path leads, normalised (`//proc/self/environ`) and with its
+  links resolved, not by how it is spelled: /proc files claim to be regular.
+- A path in an audio root must stay in it once its symlinks are resolved
+  (`check_inside_root`): a link inside the root to a file outside it is refused.
 - The size cap bounds the memory one track can take before decoding starts.
 - Size and mtime are taken when the file is opened and compared after the read (on the
   open descriptor and on the path, which catches a replace-by-rename too); a file written
@@ -14,12 +18,14 @@ check that the file did not change while it was read.
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from dataclasses import dataclass
 
 from pipelines.core.failures import (
     CHANGED,
     NOT_REGULAR,
+    OUTSIDE_ROOT,
     TOO_LARGE,
     AudioRejected,
     classify_read_error,
@@ -54,6 +60,49 @@ def too_large(size: int, limit: int | None) -> AudioRejected | None:
             "read", TOO_LARGE, f"{size / 2**20:.1f} MiB is over the {limit / 2**20:.0f} MiB cap"
         )
     return None
+
+
+SYSTEM_DIRS = ("/dev", "/proc", "/sys")
+_ALLOWED_SYSTEM = ("/dev/shm",)  # a RAM disk of ordinary files
+
+
+def normal_path(path: str) -> str:
+    """`path` with `.`, `..` and repeated slashes collapsed; POSIX `normpath` keeps a
+    leading `//` (implementation-defined there, the root on Linux), this does not."""
+    normal = posixpath.normpath(path)
+    return "/" + normal.lstrip("/") if normal.startswith("//") else normal
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def system_location(path: str) -> str | None:
+    """The kernel or device folder (/dev, /proc, /sys) `path` lies in, as written
+    (normalised) or once its symlinks are resolved; None when it lies in none."""
+    for candidate in (normal_path(path), os.path.realpath(path)):
+        if any(_under(candidate, d) for d in _ALLOWED_SYSTEM):
+            continue
+        for folder in SYSTEM_DIRS:
+            if _under(candidate, folder):
+                return folder
+    return None
+
+
+def check_inside_root(path: str, root: str) -> None:
+    """Raise AudioRejected (outside_root) when local `path`, written inside the local
+    folder `root`, leads out of it once symlinks are resolved (a link to /etc/passwd, or
+    to another user's files). Paths written outside the root, and URLs, are not this
+    check's business (the manifest's validation decides whether those are allowed)."""
+    if "://" in path or "://" in root:
+        return
+    if not _under(normal_path(os.path.abspath(path)), normal_path(os.path.abspath(root))):
+        return
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if not _under(real, real_root):
+        raise AudioRejected(
+            "read", OUTSIDE_ROOT, "a symlink in the audio root leads out of it (not followed)"
+        )
 
 
 def _kind(mode: int) -> str:
@@ -95,6 +144,9 @@ def read_local(
 ) -> SourceBytes:
     """The bytes of a regular local file, or AudioRejected (missing, not a regular file,
     too large, changed) or TransientError (I/O trouble) as `classify_read_error` says."""
+    folder = system_location(path)
+    if folder is not None:
+        raise AudioRejected("read", NOT_REGULAR, f"a file in {folder}, not an audio file")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
