@@ -22,9 +22,9 @@ from tagtrain.loader import (
 )
 from tagtrain.models.registry import get_entry
 from tagtrain.training.augment_chain import (
-    RECIPE,
+    DEFAULT_CHAIN,
     AugmentError,
-    WaveformAugment,
+    TrainingAugmentChain,
     default_chain,
     resolve_chain,
 )
@@ -32,7 +32,7 @@ from tests import shardkit
 from tests.conftest import run_cli
 
 SR = 22050
-RECIPE_P = {
+SEED_003_P = {
     "polarity_inversion": 0.8,
     "noise": 0.3,
     "gain": 0.2,
@@ -51,8 +51,8 @@ def make_signal(seconds: float = 0.5, freqs=(440.0,), seed: int = 0) -> np.ndarr
     return to_int16(wav)
 
 
-def only(name: str, **params) -> WaveformAugment:
-    return WaveformAugment([{"transform": name, **params}], SR)
+def only(name: str, **params) -> TrainingAugmentChain:
+    return TrainingAugmentChain([{"transform": name, **params}], SR)
 
 
 def peak_hz(x: np.ndarray) -> float:
@@ -68,8 +68,8 @@ def band_energy(x: np.ndarray, hz: float, width: float = 30.0) -> float:
 
 def test_the_default_chain_is_seed_003s_recipe():
     entries = resolve_chain("default")
-    assert [e["transform"] for e in entries] == list(RECIPE) == list(RECIPE_P)
-    assert {e["transform"]: e["p"] for e in entries} == RECIPE_P
+    assert [e["transform"] for e in entries] == list(DEFAULT_CHAIN) == list(SEED_003_P)
+    assert {e["transform"]: e["p"] for e in entries} == SEED_003_P
     by_name = {e["transform"]: e for e in entries}
     assert (by_name["noise"]["min_ratio"], by_name["noise"]["max_ratio"]) == (0.3, 0.5)
     assert (by_name["gain"]["min_gain_db"], by_name["gain"]["max_gain_db"]) == (-20.0, -1.0)
@@ -87,13 +87,15 @@ def test_the_default_chain_is_seed_003s_recipe():
 
 
 def test_a_fixed_seed_is_reproducible_and_leaves_the_global_rngs_alone():
-    chain = WaveformAugment(resolve_chain("default"), SR)
+    chain = TrainingAugmentChain(resolve_chain("default"), SR)
     x = make_signal()
     random.seed(123)
     np.random.seed(123)
     py_before, np_before = random.getstate(), np.random.get_state()[1].copy()
     first = [chain.apply(x, seed) for seed in range(12)]
-    again = [WaveformAugment(resolve_chain("default"), SR).apply(x, seed) for seed in range(12)]
+    again = [
+        TrainingAugmentChain(resolve_chain("default"), SR).apply(x, seed) for seed in range(12)
+    ]
     for (a, fired_a), (b, fired_b) in zip(first, again):
         assert np.array_equal(a, b) and fired_a == fired_b
     assert a.dtype == np.float32 and a.shape == x.shape
@@ -104,24 +106,24 @@ def test_a_fixed_seed_is_reproducible_and_leaves_the_global_rngs_alone():
     assert np.array_equal(np.random.get_state()[1], np_before)
 
 
-@pytest.mark.parametrize("name", RECIPE)
+@pytest.mark.parametrize("name", DEFAULT_CHAIN)
 def test_each_transform_alone_changes_the_audio_at_its_probability(name):
     # Firing is read off the audio itself: output different from input.
     x = make_signal()
     chain = only(name)
     draws = 500
     changed = sum(not np.array_equal(chain(x, seed), x.astype(np.float32)) for seed in range(draws))
-    assert abs(changed / draws - RECIPE_P[name]) < 0.07, (name, changed / draws)
+    assert abs(changed / draws - SEED_003_P[name]) < 0.07, (name, changed / draws)
 
 
 def test_the_whole_chain_fires_each_transform_at_its_probability():
-    chain = WaveformAugment(resolve_chain("default"), SR)
+    chain = TrainingAugmentChain(resolve_chain("default"), SR)
     x = make_signal(0.25)
     draws = 600
     counts = Counter()
     for seed in range(draws):
         counts.update(chain.apply(x, seed)[1])
-    expected = {**RECIPE_P, "high_pass": 0.4, "low_pass": 0.4}
+    expected = {**SEED_003_P, "high_pass": 0.4, "low_pass": 0.4}
     expected.pop("filter")
     for name, p in expected.items():
         assert abs(counts[name] / draws - p) < 0.07, (name, counts[name] / draws)
@@ -195,7 +197,7 @@ def test_a_yaml_chain_runs_what_it_lists_with_the_recipe_filling_gaps(tmp_path):
     assert entries[1]["p"] == 0.8  # the recipe's
     assert resolve_chain(entries) == entries  # a saved config.json's list reads back the same
     x = make_signal()
-    out = WaveformAugment(entries, SR)(x, 0)
+    out = TrainingAugmentChain(entries, SR)(x, 0)
     ratio = abs(out[1000] / float(x[1000]))
     assert 10 ** (-6 / 20) - 1e-4 <= ratio <= 10 ** (-1 / 20) + 1e-4
 
@@ -264,7 +266,7 @@ def batches(data: str, workers: int, augment, keep_clean=False, train=True, epoc
 
 def test_the_loader_augments_training_crops_in_its_workers_reproducibly(pcm_dataset):
     card = load_card(pcm_dataset)
-    chain = WaveformAugment(default_chain(), card["features"]["sample_rate"])
+    chain = TrainingAugmentChain(default_chain(), card["features"]["sample_rate"])
     plain = batches(pcm_dataset, 0, None)
     in_main = batches(pcm_dataset, 0, chain, keep_clean=True)
     in_workers = batches(pcm_dataset, 2, chain, keep_clean=True)
@@ -286,7 +288,7 @@ def test_the_loader_augments_training_crops_in_its_workers_reproducibly(pcm_data
 
 def test_a_resumed_epoch_re_augments_exactly_as_the_uninterrupted_one(pcm_dataset):
     card = load_card(pcm_dataset)
-    chain = WaveformAugment(default_chain(), card["features"]["sample_rate"])
+    chain = TrainingAugmentChain(default_chain(), card["features"]["sample_rate"])
     plan = plan_input(card, get_entry("short_chunk_cnn").input_spec, from_pcm=True)
     cfg = LoaderConfig(batch_size=2, workers=1, shuffle_buffer=4, seed=5)
     shards = split_shards(card, pcm_dataset, "train")

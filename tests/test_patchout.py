@@ -1,5 +1,5 @@
 """The patchout spectrogram transformer: its patch grid on the pipeline's mel, structured
-patchout, block embeddings, the training recipe's pieces, and a tiny preset trained (and
+patchout, block embeddings, the training objective's pieces, and a tiny preset trained (and
 resumed) on demo shards prepared with the paper's features, embedded and probed."""
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def test_embeddings_stack_cls_distillation_and_mean_patch_token_from_any_block()
         model.embed(x, block=4)
 
 
-# --- the recipe's pieces -----------------------------------------------------------------
+# --- the objective's pieces --------------------------------------------------------------
 
 
 def test_learning_rate_warms_up_then_ramps_down_linearly():

@@ -153,8 +153,8 @@ def test_student_targets_are_the_teachers_outputs_on_the_clean_twin(
         **{**TINY, "workers": 0, "batch_size": 3},
     )  # fmt: skip
     trainer = StudentTrainer(cfg, StudentConfig(teacher=str(teacher), unlabeled_weight=0.5))
-    recipe = trainer.recipe
-    reader = recipe.reader(trainer, 0, None)
+    objective = trainer.objective
+    reader = objective.reader(trainer.ctx, 0, None)
     batch = next(iter(reader))
     reader.close()
     unlabelled = batch.unlabelled
@@ -171,18 +171,20 @@ def test_student_targets_are_the_teachers_outputs_on_the_clean_twin(
     for x, clean in zip(unlabelled.x, unlabelled.clean):
         assert not torch.allclose(x, clean.float(), atol=1.0)
 
-    inputs = recipe.step_inputs(trainer, batch)
+    inputs = objective.step_inputs(trainer.ctx, batch)
     expected = reference_teacher(teacher, unlabelled.clean)
     assert torch.allclose(inputs.pseudo_labels, expected, atol=1e-5)
     assert torch.equal(inputs.labels, batch.labelled.y)
 
     # What the two networks are actually fed in a training step, and the loss they give.
     seen = {}
-    recipe.teacher.model.register_forward_pre_hook(lambda m, a: seen.__setitem__("teacher", a[0]))
+    objective.teacher.model.register_forward_pre_hook(
+        lambda m, a: seen.__setitem__("teacher", a[0])
+    )
     trainer.model.register_forward_pre_hook(lambda m, a: seen.__setitem__("student", a[0]))
     trainer.model.register_forward_hook(lambda m, a, out: seen.__setitem__("logits", out))
-    loss = recipe.loss(trainer, batch)
-    clean_input = recipe.teacher.device_input(unlabelled.clean)
+    loss = objective.loss(trainer.ctx, batch)
+    clean_input = objective.teacher.device_input(unlabelled.clean)
     assert torch.allclose(seen["teacher"], clean_input)
     device_input = trainer.data.device_input
     augmented = device_input(torch.cat([batch.labelled.x, unlabelled.x]))

@@ -24,6 +24,7 @@ from tagtrain.run import checkpoint as ckpt
 from tagtrain.run.config import ConfigError, RunConfig, build_config
 from tagtrain.training.loop import Trainer, TrainingError
 from tagtrain.training.objectives import Supervised
+from tagtrain.training.state import saved_objective
 from tests import shardkit
 from tests.conftest import ROOT, free_port
 
@@ -263,6 +264,39 @@ def test_config_file_then_flags_and_one_line_errors(tmp_path):
     assert "unknown model 'no_such_model'" in stderr.getvalue().splitlines()[-1]
 
 
+def test_every_training_command_builds_its_config_one_way(tmp_path):
+    """build_run_config: defaults < the objective's base < the recipe < --config < flags,
+    then the objective's fixed settings; its options: recipe < saved file < flags."""
+    from tagtrain.run.config import build_run_config
+    from tagtrain.training.patchout import PatchoutOptions
+    from tagtrain.training.student import StudentConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("batch_size: 32\nlr: 0.001\n")
+    flags = {"data": "d", "model": "short_chunk_cnn", "lr": 0.01}
+    recipe = {"batch_size": 8, "lr": 0.5, "workers": 2}
+    cfg, options = build_run_config("train", flags, file=path, recipe=recipe)
+    assert options is None
+    assert (cfg.batch_size, cfg.lr, cfg.workers, cfg.schedule) == (32, 0.01, 2, "adam_sgd")
+    cfg, student = build_run_config(
+        "student", flags, objective=StudentConfig, options=({"teacher": "t"}, {"iterations": 2})
+    )
+    assert (cfg.augment, cfg.out) == ("default", "runs/short_chunk_cnn-student")
+    assert student == StudentConfig(teacher="t", iterations=2)
+    cfg, patchout = build_run_config(
+        "train-patchout", flags, objective=PatchoutOptions,
+        options=({"rampdown_start": 2.0, "rampdown_epochs": 1.5}, {"swa_start": 0}),
+    )  # fmt: skip
+    assert (cfg.schedule, cfg.patience, cfg.epochs) == ("early_stop", 0, 4)
+    assert (patchout.rampdown_start, patchout.swa_start) == (2.0, 0)
+    cfg, _ = build_run_config("train-patchout", {**flags, "epochs": 3}, objective=PatchoutOptions)
+    assert cfg.epochs == 3
+    with pytest.raises(ConfigError, match="unknown option.*nope"):
+        build_run_config(
+            "train-patchout", flags, objective=PatchoutOptions, options=({}, {"nope": 1})
+        )
+
+
 def test_models_command_lists_the_zoo():
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -305,13 +339,13 @@ def test_a_split_smaller_than_one_batch_is_one_line_not_a_nan_best(tmp_path):
 
 
 class NanLoss(Supervised):
-    """The supervised recipe, except that batches holding one of `bad` keys give NaN."""
+    """The supervised objective, except that batches holding one of `bad` keys give NaN."""
 
     def __init__(self, bad):
         self.bad = set(bad)
 
-    def loss(self, trainer, batch):
-        loss = super().loss(trainer, batch)
+    def loss(self, ctx, batch):
+        loss = super().loss(ctx, batch)
         return loss * float("nan") if self.bad & set(batch.keys) else loss
 
 
@@ -322,7 +356,7 @@ def test_a_non_finite_loss_is_skipped_and_counted_never_applied(dataset, tmp_pat
         **{**TINY, "workers": 0},
     )  # fmt: skip
     first = Trainer(cfg, NanLoss([]))
-    first_batch = next(iter(first.recipe.reader(first, 0, None)))
+    first_batch = next(iter(first.objective.reader(first.ctx, 0, None)))
     before = {k: v.clone() for k, v in first.model.state_dict().items()}
     # The first batch's loss is NaN: the weights after step 1 are the initial ones.
     trainer = Trainer(
@@ -334,6 +368,10 @@ def test_a_non_finite_loss_is_skipped_and_counted_never_applied(dataset, tmp_pat
         assert torch.equal(tensor, before[name]), name
     rows = list(csv.DictReader(open(tmp_path / "run2" / "metrics.csv")))
     assert rows[0]["skipped_steps"] == "1" and rows[0]["train_loss"] == "nan"
+    # The checkpoint names the objective; one written before under "recipe" still reads.
+    payload = ckpt.load_checkpoint(tmp_path / "run2" / "last.pt")
+    assert saved_objective(payload) == payload["objective"] == {"name": "supervised"}
+    assert saved_objective({"recipe": {"name": "patchout"}}) == {"name": "patchout"}
 
 
 def test_repeated_non_finite_losses_stop_the_run_naming_the_keys(dataset, tmp_path):

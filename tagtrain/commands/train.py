@@ -1,23 +1,24 @@
 """`python -m tagtrain train`: supervised training over streamed shards (tagtrain.training.loop).
 
-Flags are generated from `RunConfig`'s fields (tagtrain.run.config), so `--help` shows every
-default; `--config FILE` gives settings as YAML or JSON, and flags override it. `--resume`
-continues the run in `--out` from its saved config.json (flags still override).
+Flags are generated from dataclass fields (pipelines.core.flags), so `--help` shows every
+default: the command's own (`TrainFlags`), the run settings (`RunConfig`, tagtrain.run.config)
+and, for student and train-patchout, their objective's options. `--config FILE` gives
+settings as YAML or JSON, and flags override it. `--resume` continues the run in `--out`
+from its saved config.json (flags still override). student and train-patchout build their
+settings the same way (`run_settings`).
 
-The names other modules used from here stay importable: `Trainer`, `train`, `Schedule`,
-`KILL_AT_STEP_ENV`, `amp_settings`, `resolve_device`, `predict_split`.
+Names tests and bench import from here: `train`, `Trainer`, `Schedule`, `KILL_AT_STEP_ENV`,
+`amp_settings`, `resolve_device`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+from dataclasses import dataclass
 
-from pipelines.core.flags import add_flags, given
-from tagtrain.inference.predict import predict_split
-from tagtrain.run.config import ConfigError, RunConfig, build_config
-from tagtrain.run.directory import RunDir
-from tagtrain.run.runtime import DistEnv, amp_settings, resolve_device
+from pipelines.core.flags import add_flags, from_args, given, setting
+from tagtrain.run.config import ConfigError, RunConfig, build_run_config
+from tagtrain.run.runtime import amp_settings, resolve_device
 from tagtrain.training.loop import KILL_AT_STEP_ENV, Trainer, train
 from tagtrain.training.schedules import Schedule
 
@@ -25,26 +26,29 @@ COMMAND = "train"
 HELP = "train a tagger on prepared shards (local, https://, s3://, gs://)"
 
 
-def add_config_flags(parser: argparse.ArgumentParser, exclude=()) -> None:
-    """--config and one flag per run setting (other commands that train reuse them)."""
-    parser.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
+@dataclass(frozen=True)
+class TrainFlags:
+    """A training command's flags beside its run settings and its objective's options."""
+
+    config: str = setting("", "YAML or JSON file of settings (flags override it)")
+    resume: bool = setting(
+        False, "continue the run in --out from its config.json (flags still override)",
+        negatable=False,
+    )  # fmt: skip
+
+
+def add_training_flags(parser: argparse.ArgumentParser, flags=TrainFlags, exclude=()) -> None:
+    """The command's flags, then one flag per run setting (every command that trains)."""
+    add_flags(parser, flags)
     add_flags(parser, RunConfig, exclude=exclude, title="run settings")
 
 
-def add_arguments(parser: argparse.ArgumentParser, resume_help: str = "") -> None:
-    add_config_flags(parser)
-    parser.add_argument(
-        "--resume", action="store_true", help=resume_help or "continue the run in --out"
-    )
-
-
-def config_overrides(args: argparse.Namespace) -> dict:
-    """The run settings given as flags."""
-    return given(args, RunConfig)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_training_flags(parser)
 
 
 def with_recipe(overrides: dict, command: str) -> tuple[dict, dict]:
-    """(base settings, the command's recipe options) of `--recipe NAME`, or ({}, {}).
+    """(base settings, the command's objective options) of `--recipe NAME`, or ({}, {}).
     Flags given beside the recipe override it; the run says which."""
     name = overrides.get("recipe")
     if not name:
@@ -60,21 +64,21 @@ def with_recipe(overrides: dict, command: str) -> tuple[dict, dict]:
     return base, options
 
 
-def config_from_args(
-    args: argparse.Namespace, base: dict | None = None, command: str = COMMAND
-) -> RunConfig:
-    overrides = config_overrides(args)
-    if base is None:
-        base = with_recipe(overrides, command)[0]
-    if args.resume:
-        probe = build_config(args.config, {"data": "-", "model": "-", **overrides})
-        if not (probe.out or "model" in overrides):
-            raise ConfigError("--resume needs the run directory: give --out (or --model)")
-        saved = RunDir(probe.run_dir(), probe.effective_storage_options())
-        if not saved.exists(RunDir.CONFIG):
-            raise ConfigError(f"--resume: no run to resume at {probe.run_dir()}")
-        base = json.loads(saved.read_text(RunDir.CONFIG))
-    return build_config(args.config, overrides, base)
+def run_settings(command: str, args, flags, objective=None, model: str | None = None):
+    """(run config, objective options or None) of a training command's flags: its recipe,
+    config file, saved run and flags through `build_run_config`. `model`: a command that
+    names the model itself (student: --student-model, else the recipe's)."""
+    overrides = given(args, RunConfig)
+    recipe, recipe_options = with_recipe(overrides, command)
+    if model is not None:
+        overrides["model"] = model or recipe.get("model", "")
+        if not overrides["model"]:
+            raise ConfigError(f"give --{command}-model NAME (or a {command} --recipe)")
+    cfg, options = build_run_config(
+        command, overrides, file=flags.config or None, recipe=recipe, resume=flags.resume,
+        objective=objective, options=(recipe_options, given(args, objective) if objective else {}),
+    )  # fmt: skip
+    return checked_model(cfg), options
 
 
 def checked_model(cfg: RunConfig) -> RunConfig:
@@ -98,21 +102,10 @@ def weights_init(cfg: RunConfig):
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = checked_model(config_from_args(args))
-    Trainer(cfg, resume=args.resume, init_weights=weights_init(cfg)).fit()
+    flags = from_args(args, TrainFlags)
+    cfg, _ = run_settings(COMMAND, args, flags)
+    Trainer(cfg, resume=flags.resume, init_weights=weights_init(cfg)).fit()
     return 0
 
 
-__all__ = [
-    "KILL_AT_STEP_ENV",
-    "DistEnv",
-    "Schedule",
-    "Trainer",
-    "add_arguments",
-    "add_config_flags",
-    "amp_settings",
-    "config_from_args",
-    "predict_split",
-    "resolve_device",
-    "train",
-]
+__all__ = ["KILL_AT_STEP_ENV", "Schedule", "Trainer", "amp_settings", "resolve_device", "train"]

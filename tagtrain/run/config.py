@@ -4,6 +4,10 @@ from the defaults and saved whole as `config.json` in the run directory.
 
 Precedence: defaults < `--config FILE` < command-line flags. On `--resume` the saved
 `config.json` of the run takes the place of the defaults.
+
+Every training command (train, student, train-patchout) builds its config one way,
+`build_run_config`; what an objective changes in it its options class declares
+(`ObjectiveSettings`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import ClassVar
 
 from pipelines.core.errors import UserError
 from pipelines.core.flags import setting
@@ -239,3 +245,86 @@ def build_config(
     if overrides:
         cfg = apply(cfg, overrides, "command line")
     return cfg.validate()
+
+
+class ObjectiveSettings:
+    """What the options class (a dataclass) of a training objective declares about the
+    run config; every part optional, `build_run_config` reads them:
+
+    base_settings        run settings under the recipe, the config file and the flags
+    reads_saved_config   whether --resume starts from the run's config.json
+    saved_file           the run's file of these options that --resume reads back
+    fixed_settings       run settings this objective decides, over everything else"""
+
+    base_settings: ClassVar[Mapping] = MappingProxyType({})
+    reads_saved_config: ClassVar[bool] = True
+    saved_file: ClassVar[str | None] = None
+
+    def fixed_settings(self, cfg: RunConfig, resume: bool) -> dict:
+        return {}
+
+    @classmethod
+    def from_settings(cls, values: Mapping, source: str):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
+        return cls(**values)
+
+
+def resumed_run_dir(file: str | None, overrides: Mapping):
+    """The run directory `--resume` continues (a RunDir holding config.json): the one
+    --out (or the model's default) names. One line when there is none."""
+    from tagtrain.run.directory import RunDir
+
+    probe = build_config(file, {"data": "-", "model": "-", **overrides})
+    if not (probe.out or "model" in overrides):
+        raise ConfigError("--resume needs the run directory: give --out (or --model)")
+    run_dir = RunDir(probe.run_dir(), probe.effective_storage_options())
+    if not run_dir.exists(RunDir.CONFIG):
+        raise ConfigError(f"--resume: no run to resume at {probe.run_dir()}")
+    return run_dir
+
+
+def build_run_config(
+    command: str,
+    overrides: Mapping,
+    *,
+    file: str | None = None,
+    recipe: Mapping | None = None,
+    resume: bool = False,
+    objective: type[ObjectiveSettings] | None = None,
+    options: tuple[Mapping, Mapping] = ({}, {}),
+):
+    """The run config of a training command, and its objective's options: one way for
+    every command that trains.
+
+    run settings:  defaults < the objective's base settings < the recipe's (--recipe)
+                   < the run's config.json (--resume, where the objective reads it)
+                   < --config FILE < the flags (`overrides`);
+                   then the objective's fixed settings
+    options:       the recipe's < the run's saved options file (--resume) < the flags
+                   (`options`: the recipe's and the flags')
+
+    `objective`: the options class of the objective (None: plain training, no options)."""
+    declared = objective or ObjectiveSettings
+    base = {**declared.base_settings, **(recipe or {})}
+    if resume and declared.reads_saved_config:
+        saved = resumed_run_dir(file, overrides)
+        base = json.loads(saved.read_text(saved.CONFIG))
+    cfg = build_config(file, overrides, base)
+    if objective is None:
+        return cfg, None
+    from_recipe, from_flags = options
+    saved_options = {}
+    if resume and objective.saved_file:
+        from tagtrain.run.directory import RunDir
+
+        run_dir = RunDir(cfg.run_dir(), cfg.effective_storage_options())
+        if run_dir.exists(objective.saved_file):
+            saved_options = json.loads(run_dir.read_text(objective.saved_file))
+    chosen = objective.from_settings(
+        {**from_recipe, **saved_options, **from_flags}, f"{command} options"
+    )
+    fixed = chosen.fixed_settings(cfg, resume)
+    return (apply(cfg, fixed, command).validate() if fixed else cfg), chosen

@@ -1,4 +1,7 @@
-"""The waveform augmentation chain (seed 003's recipe) on PCM training crops.
+"""The training augmentation chain: seed 003's online waveform augmentation of PCM training
+crops, as the loader makes batches (`--augment` of train/student, RunConfig `augment`). Not
+`perturb --augment` (offline: deformed copies of a dataset written as shards, by
+pipelines.beam.perturb with the robustness deformations).
 
 Each transform is applied independently with its own probability, in the order listed:
 
@@ -18,8 +21,8 @@ Each transform is applied independently with its own probability, in the order l
                                in [0, 100)
 
 A chain is a list of entries `{transform: NAME, p: ..., PARAM: ...}` (YAML or JSON); missing
-parameters take the recipe's values, and only the listed transforms run. `--augment default`
-is the whole recipe. Each transform is an `Augmentation` (the registry of named transforms
+parameters take seed 003's values, and only the listed transforms run. `--augment default`
+is seed 003's whole chain. Each transform is an `Augmentation` (the registry of named transforms
 the robustness deformations share, `pipelines.core.transforms`): adding one is one
 subclass with a `kind`, its parameters as fields, and `build` (an audiomentations
 transform) or `process` (what it does to float32 PCM); chains then name it.
@@ -304,11 +307,11 @@ class Reverb(Augmentation):
 
 # seed 003's chain, in its order (other registered augmentations run only when a chain
 # names them).
-RECIPE = ("polarity_inversion", "noise", "gain", "filter", "delay", "pitch_shift", "reverb")
+DEFAULT_CHAIN = ("polarity_inversion", "noise", "gain", "filter", "delay", "pitch_shift", "reverb")
 
 
 def default_chain() -> list[dict]:
-    return [{"transform": name} for name in RECIPE]
+    return [{"transform": name} for name in DEFAULT_CHAIN]
 
 
 def _parse_entry(entry, index: int, source: str) -> Augmentation:
@@ -351,7 +354,7 @@ def read_chain_file(path: str | Path) -> list:
 def resolve_chain(value) -> list[dict] | None:
     """A run's `augment` setting -> full entries, or None for no augmentation.
 
-    "" / "none": off; "default": the recipe; any other string: a YAML/JSON file holding a
+    "" / "none": off; "default": seed 003's chain; any other string: a YAML/JSON file holding a
     list of entries; a list: the entries themselves (as in a saved config.json). An empty
     chain is no augmentation."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
@@ -389,8 +392,8 @@ def _fired(name: str, transform) -> str | None:
     return name if transform.parameters.get("should_apply") else None
 
 
-class WaveformAugment:
-    """The callable the loader's `augment` hook takes: (PCM crop, seed) -> augmented crop.
+class TrainingAugmentChain:
+    """The training augmentation chain of a run, the callable the loader's `augment` hook takes: (PCM crop, seed) -> augmented crop.
 
     The crop comes as stored (int16 PCM); the result is float32 at the same scale (int16
     full scale = 32767), so the device input code treats both alike and nothing added by
@@ -427,3 +430,7 @@ class WaveformAugment:
 
     def describe(self) -> str:
         return ", ".join(f"{name} p={spec.p:g}" for name, spec in zip(self.names, self.chain))
+
+
+# The name before the training augmentation chain had its name (tests/test_extension_points.py).
+WaveformAugment = TrainingAugmentChain

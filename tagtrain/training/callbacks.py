@@ -1,12 +1,13 @@
 """Callbacks: optional behaviour the loop calls at fixed points, each a small class.
 
     transform(x, y, weights) -> (x, y, weights)   on the device input of a training batch
-    on_epoch_end(trainer, epoch, partial)         after an epoch's training steps
-    validation_weights(trainer)                   context in which validation runs
+    on_epoch_end(ctx, epoch, partial)             after an epoch's training steps
+    validation_weights(ctx)                       context in which validation runs
     state_dict() / load_state_dict(state)         saved in last.pt under `name`
 
 TeacherTargets, SpecMask, Mixup and TagBalancing change what a step trains on; SWA
 averages weights and validates the average. (Early stopping is the `early_stop` schedule's patience.)
+`ctx` is the run's `TrainingContext` (tagtrain.training.context), never the trainer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+from tagtrain.inference.predict import batch_probabilities
+
 
 class Callback:
     name = ""
@@ -25,10 +28,10 @@ class Callback:
     def transform(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None):
         return x, y, weights
 
-    def on_epoch_end(self, trainer, epoch: int, partial: bool) -> None:
+    def on_epoch_end(self, ctx, epoch: int, partial: bool) -> None:
         pass
 
-    def validation_weights(self, trainer) -> contextlib.AbstractContextManager:
+    def validation_weights(self, ctx) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
     def state_dict(self) -> dict | None:
@@ -77,7 +80,11 @@ def mixup(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None, alpha:
 def hard_teacher_targets(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """MAEST's teacher targets: 1 where sigmoid(teacher logit) > threshold, else 0; a row
     with none above it gets a 1 at its most probable tag."""
-    probs = torch.sigmoid(logits.float())
+    return hard_targets(torch.sigmoid(logits.float()), threshold)
+
+
+def hard_targets(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """`hard_teacher_targets` of the teacher's probabilities."""
     hard = (probs > threshold).float()
     empty = hard.sum(dim=1) == 0
     if empty.any():
@@ -94,13 +101,12 @@ class TeacherTargets(Callback):
     model's [CLS logits, distillation logits] is (BCE(CLS, y) + BCE(dist, teacher)) / 2,
     MAEST's loss."""
 
-    def __init__(self, teacher: torch.nn.Module, threshold: float, autocast=contextlib.nullcontext):
-        self.teacher, self.threshold, self.autocast = teacher, threshold, autocast
+    def __init__(self, teacher: torch.nn.Module, threshold: float, autocast_dtype=None):
+        self.teacher, self.threshold, self.autocast_dtype = teacher, threshold, autocast_dtype
 
     def transform(self, x, y, weights):
-        with torch.no_grad(), self.autocast():
-            logits = self.teacher(x)
-        return x, torch.cat([y, hard_teacher_targets(logits, self.threshold)], dim=1), weights
+        probs = batch_probabilities(self.teacher, x, self.autocast_dtype)  # the one teacher forward
+        return x, torch.cat([y, hard_targets(probs, self.threshold)], dim=1), weights
 
 
 class SpecMask(Callback):
@@ -188,7 +194,7 @@ class SWA(Callback):
         done = epoch + 1
         return self.start > 0 and done >= self.start and (done - self.start) % self.every == 0
 
-    def on_epoch_end(self, trainer, epoch: int, partial: bool) -> None:
+    def on_epoch_end(self, ctx, epoch: int, partial: bool) -> None:
         if partial or not self.due(epoch):
             return
         if self.average is None:
@@ -196,13 +202,12 @@ class SWA(Callback):
         self.average.update_parameters(self.model)
 
     @contextlib.contextmanager
-    def validation_weights(self, trainer):
+    def validation_weights(self, ctx):
         if self.average is None:
             yield
             return
-        if trainer.rt.dist.is_main:
-            n = int(self.average.n_averaged)
-            print(f"validating the average of {n} epoch(s) of weights (SWA)", flush=True)
+        n = int(self.average.n_averaged)
+        ctx.say(f"validating the average of {n} epoch(s) of weights (SWA)")
         live = copy.deepcopy(self.model.state_dict())
         self.model.load_state_dict(self.average.module.state_dict())
         try:

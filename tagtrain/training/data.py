@@ -34,7 +34,7 @@ from tagtrain.loader import (
 from tagtrain.models.registry import InputSpec
 from tagtrain.run.config import ConfigError, RunConfig
 from tagtrain.run.runtime import Runtime
-from tagtrain.training.augment_chain import WaveformAugment
+from tagtrain.training.augment_chain import TrainingAugmentChain
 
 
 @dataclass
@@ -43,7 +43,7 @@ class TrainingData:
     checksum: str
     vocabulary: list[str]
     plan: InputPlan
-    augment: WaveformAugment | None
+    augment: TrainingAugmentChain | None
     train_shards: list[ShardInfo]
     val_shards: list[ShardInfo]
     train_loader: LoaderConfig
@@ -58,7 +58,7 @@ class TrainingData:
         options = cfg.effective_storage_options()
         card = load_card(cfg.data, options)
         plan = plan_input(card, spec, source=cfg.data, from_pcm=chain is not None)
-        augment = WaveformAugment(chain, plan.features["sample_rate"]) if chain else None
+        augment = TrainingAugmentChain(chain, plan.features["sample_rate"]) if chain else None
         train_shards = subset(split_shards(card, cfg.data, cfg.train_split), cfg)
         val_shards = split_shards(card, cfg.data, cfg.val_split)
         train_loader = LoaderConfig(

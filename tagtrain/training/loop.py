@@ -1,14 +1,17 @@
 """The training loop: one class, read top to bottom.
 
-    Trainer(cfg, recipe).fit()
-      for each epoch:  train_epoch  (batches from the recipe, loss from the recipe, one
-                                     optimiser step each, mid-epoch checkpoints)
+    Trainer(cfg, objective).fit()
+      for each epoch:  train_epoch  (batches from the objective, loss from the objective,
+                                     one optimiser step each, mid-epoch checkpoints)
                        end_epoch    (callbacks, validation, selection, schedule, last.pt)
 
 Where things live: the device, DDP and autocast in tagtrain.run.runtime; the data in
-tagtrain.training.data; schedules and selection in tagtrain.training.schedules; what to train in a
-recipe (tagtrain.training.objectives, student, patchout_training) plus callbacks (tagtrain.training.callbacks);
-checkpoints in tagtrain.run.checkpoint; the run's files in tagtrain.run.directory and runlog.
+tagtrain.training.data; schedules and selection in tagtrain.training.schedules; what to train in an
+objective (tagtrain.training.objectives, student, patchout) plus callbacks
+(tagtrain.training.callbacks), which see the run through a `TrainingContext`
+(tagtrain.training.context), never the trainer; a checkpoint's state in
+tagtrain.training.state (the file format: tagtrain.run.checkpoint); the run's files in
+tagtrain.run.directory and tagtrain.training.log.
 
 Guarantees: a step whose loss is not finite (on any rank) is skipped, never applied, and
 counted; `max_bad_steps` in a row stop the run with the keys of the last bad batch.
@@ -37,6 +40,7 @@ from tagtrain.run import checkpoint as ckpt
 from tagtrain.run.config import ConfigError, RunConfig
 from tagtrain.run.directory import RunDir
 from tagtrain.run.runtime import Runtime
+from tagtrain.training.context import RunDevice, RunFiles, TrainingContext, TrainingInputs
 from tagtrain.training.data import TrainingData, check_batch_norm
 from tagtrain.training.log import RunLog, epoch_line, epoch_row, loader_line
 from tagtrain.training.objectives import Supervised
@@ -63,9 +67,9 @@ class EpochOutcome:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, recipe=None, resume: bool = False, init_weights=None):
-        self.recipe = recipe or Supervised()
-        chain = self.recipe.augment_chain(cfg)
+    def __init__(self, cfg: RunConfig, objective=None, resume: bool = False, init_weights=None):
+        self.objective = objective or Supervised()
+        chain = self.objective.augment_chain(cfg)
         self.cfg = cfg = dataclasses.replace(cfg, augment=chain or "")
         self.rt = Runtime.start(cfg.device, cfg.precision)
         self.data = TrainingData.open(cfg, get_entry(cfg.model).input_spec, chain, self.rt)
@@ -93,12 +97,17 @@ class Trainer:
         check_batch_norm(self.model, cfg.batch_size)
         self.model.to(self.rt.device)
         self.net = self.rt.wrap(self.model)
-        self.schedule = self.recipe.schedule(cfg)
+        self.schedule = self.objective.schedule(cfg)
         self.optimizer = self.schedule.make_optimizer(self.model.parameters())
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.rt.needs_scaler)
         self.progress = Progress()
-        self.callbacks = self.recipe.callbacks(self)
-        self.recipe.setup(self)
+        # What the objective and its callbacks see of the run: never this trainer.
+        self.ctx = TrainingContext(
+            cfg, self.model, self.net, RunDevice.of(self.rt), TrainingInputs.of(self.data, cfg.data),
+            RunFiles(self.run_dir, self.rt.dist.is_main), self._say,
+        )  # fmt: skip
+        self.ctx.callbacks = self.callbacks = self.objective.callbacks(self.ctx)
+        self.objective.setup(self.ctx)
         self.resume_positions = None
         if resume:
             self.run_dir.pull(*RESUME_FILES, RunDir.samples_name(self.rt.dist.rank))
@@ -194,7 +203,7 @@ class Trainer:
         cfg, progress = self.cfg, self.progress
         resume = self.resume_positions if progress.epoch_step else None
         self.resume_positions = None
-        reader = self.recipe.reader(self, epoch, resume)
+        reader = self.objective.reader(self.ctx, epoch, resume)
         steps = self.data.steps(reader, progress.epoch_step)
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
@@ -239,7 +248,7 @@ class Trainer:
         The forward pass of a skipped step may have moved buffers (batch-norm statistics):
         they are put back."""
         buffers = [b.detach().clone() for b in self.model.buffers()]
-        loss = self.recipe.loss(self, batch)
+        loss = self.objective.loss(self.ctx, batch)
         if not self.rt.dist.all_min([float(torch.isfinite(loss.detach()).item())])[0]:
             with torch.no_grad():
                 for buffer, saved in zip(self.model.buffers(), buffers):
@@ -275,10 +284,10 @@ class Trainer:
     def end_epoch(self, epoch: int, outcome: EpochOutcome, partial: bool) -> dict:
         progress, schedule = self.progress, self.schedule
         for callback in self.callbacks:
-            callback.on_epoch_end(self, epoch, partial)
+            callback.on_epoch_end(self.ctx, epoch, partial)
         with contextlib.ExitStack() as weights:  # e.g. SWA: validate the averaged weights
             for callback in self.callbacks:
-                weights.enter_context(callback.validation_weights(self))
+                weights.enter_context(callback.validation_weights(self.ctx))
             row, improved = self.validate(epoch, outcome, partial)
             if improved:
                 self.save(RunDir.BEST, None, best=True)
@@ -341,5 +350,5 @@ class Trainer:
             self.model.load_state_dict(state["model"])
 
 
-def train(cfg: RunConfig, resume: bool = False, recipe=None, init_weights=None) -> dict:
-    return Trainer(cfg, recipe, resume, init_weights).fit()
+def train(cfg: RunConfig, resume: bool = False, objective=None, init_weights=None) -> dict:
+    return Trainer(cfg, objective, resume, init_weights).fit()

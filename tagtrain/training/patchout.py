@@ -1,8 +1,8 @@
 """The PaSST/MAEST training objective on the streaming trainer (`python -m tagtrain train-patchout`).
 
 Every `train` flag works here too (data sources, DDP, checkpoints, --resume, time budget);
-the run directory is the trainer's, plus `patchout.json` (the options below). The recipe
-(`PatchoutRecipe`) adds to the loop (tagtrain.training.loop):
+the run directory is the trainer's, plus `patchout.json` (the options below). The objective
+(`PatchoutObjective`) adds to the loop (tagtrain.training.loop):
 
 - Structured patchout: `--time-patchout N` patch columns and `--freq-patchout N` rows are
   dropped at random in every training batch (default: the model's, 3 columns per second of
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 from pipelines.core.flags import setting
@@ -56,7 +57,7 @@ from tagtrain.models.patchout import (
     grid_size,
 )
 from tagtrain.models.registry import get_entry
-from tagtrain.run.config import ConfigError, RunConfig
+from tagtrain.run.config import ConfigError, ObjectiveSettings, RunConfig
 from tagtrain.run.directory import RunDir
 from tagtrain.training.callbacks import (
     SWA,
@@ -68,6 +69,7 @@ from tagtrain.training.callbacks import (
     mixup,
     spec_mask,
 )
+from tagtrain.training.context import TrainingContext
 from tagtrain.training.loop import Trainer
 from tagtrain.training.objectives import Supervised
 from tagtrain.training.schedules import RampSchedule, lr_factor
@@ -77,7 +79,7 @@ BALANCE_MODES = ("none", "tags")
 
 
 @dataclass
-class PatchoutOptions:
+class PatchoutOptions(ObjectiveSettings):
     time_patchout: int | None = setting(
         None, "time patch columns dropped in training (unset: the model's, 3 per second)"
     )
@@ -143,19 +145,24 @@ class PatchoutOptions:
             )
         return self
 
+    # The run config (tagtrain.run.config.build_run_config): --resume reads patchout.json.
+    saved_file = RunDir.PATCHOUT
+
+    def fixed_settings(self, cfg: RunConfig, resume: bool) -> dict:
+        """A new run's settings this objective decides: model selection by validation loss,
+        never an early stop (the rate is the ramp's); epochs to the end of the ramp-down."""
+        if resume:
+            return {}
+        fixed = {"schedule": "early_stop", "patience": 0}
+        if not cfg.epochs:
+            fixed["epochs"] = max(1, math.ceil(self.rampdown_start + self.rampdown_epochs))
+        return fixed
+
     def resolved_time_patchout(self, seconds: float) -> int:
         return default_time_patchout(seconds) if self.time_patchout is None else self.time_patchout
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str) -> PatchoutOptions:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown patchout option(s) {', '.join(unknown)}")
-        return cls(**values)
 
 
 def load_tag_balance(cfg: RunConfig, vocabulary) -> TagBalance:
@@ -166,16 +173,16 @@ def load_tag_balance(cfg: RunConfig, vocabulary) -> TagBalance:
     return TagBalance.from_tags([r["tags"] or [] for r in rows], vocabulary)
 
 
-def load_patchout_teacher(trainer, run_dir: str, checkpoint: str):
+def load_patchout_teacher(ctx: TrainingContext, run_dir: str, checkpoint: str):
     """The frozen teacher model of a finished run that eats exactly the student's input
     (same tags, features, crop and normalisation); one-line error otherwise."""
     from tagtrain.inference.trained_run import RunError, load_run
 
-    run = load_run(run_dir, checkpoint, str(trainer.rt.device))
-    if run.vocabulary != list(trainer.data.vocabulary):
+    run = load_run(run_dir, checkpoint, str(ctx.rt.device))
+    if run.vocabulary != list(ctx.vocabulary):
         raise RunError(f"the teacher {run_dir} was trained on other tags than this dataset")
     fields = ("kind", "length", "features", "standardize", "global_stats")
-    ours, theirs = trainer.data.plan, run.plan
+    ours, theirs = ctx.data.plan, run.plan
     differ = [f for f in fields if getattr(ours, f, None) != getattr(theirs, f, None)]
     if differ:
         raise ConfigError(
@@ -185,7 +192,7 @@ def load_patchout_teacher(trainer, run_dir: str, checkpoint: str):
     return run.model.requires_grad_(False)
 
 
-class PatchoutRecipe(Supervised):
+class PatchoutObjective(Supervised):
     """Supervised batches and loss, structured patchout on the model, the ramp schedule,
     and the callbacks the options ask for (tag balancing, masking, mixup, SWA)."""
 
@@ -198,29 +205,27 @@ class PatchoutRecipe(Supervised):
     def schedule(self, cfg: RunConfig) -> RampSchedule:
         return RampSchedule(cfg, self.options)
 
-    def callbacks(self, trainer) -> list:
+    def callbacks(self, ctx: TrainingContext) -> list:
         o = self.options
         chosen = []
         if o.teacher:  # first: the teacher sees the batch before masks and mixup
-            teacher = load_patchout_teacher(trainer, o.teacher, o.teacher_checkpoint)
-            chosen.append(TeacherTargets(teacher, o.teacher_threshold, trainer.rt.autocast))
+            teacher = load_patchout_teacher(ctx, o.teacher, o.teacher_checkpoint)
+            chosen.append(TeacherTargets(teacher, o.teacher_threshold, ctx.rt.autocast_dtype))
         if o.balance == "tags":  # weights first: mixup mixes them with the labels
-            chosen.append(TagBalancing(load_tag_balance(trainer.cfg, trainer.data.vocabulary)))
+            chosen.append(TagBalancing(load_tag_balance(ctx.cfg, ctx.vocabulary)))
         if o.freq_mask or o.time_mask:
             chosen.append(SpecMask(o.freq_mask, o.time_mask))
         if o.mixup_alpha > 0:
             chosen.append(Mixup(o.mixup_alpha))
-        return [*chosen, SWA(trainer.model, o.swa_start, o.swa_every)]
+        return [*chosen, SWA(ctx.model, o.swa_start, o.swa_every)]
 
-    def setup(self, trainer) -> None:
-        o, model = self.options, trainer.model
+    def setup(self, ctx: TrainingContext) -> None:
+        o, model = self.options, ctx.model
         model.set_patchout(**self.model_setup(model)["set_patchout"])
         if o.teacher:
             model.set_distillation_output(True)
-        if trainer.rt.dist.is_main:
-            trainer.run_dir.create()
-            text = json.dumps(o.to_dict(), indent=2, sort_keys=True)
-            trainer.run_dir.write_text(RunDir.PATCHOUT, text + "\n")
+        text = json.dumps(o.to_dict(), indent=2, sort_keys=True)
+        ctx.files.write(RunDir.PATCHOUT, text + "\n")
 
     def model_setup(self, model) -> dict:
         o = self.options
@@ -231,10 +236,10 @@ class PatchoutRecipe(Supervised):
     def settings(self) -> dict:
         return self.options.to_dict()
 
-    def describe(self, trainer) -> list[str]:
-        m = trainer.model
+    def describe(self, ctx: TrainingContext) -> list[str]:
+        m = ctx.model
         return [
-            f"patchout recipe: drop {m.time_patchout} of {m.grid[1]} time columns and "
+            f"patchout objective: drop {m.time_patchout} of {m.grid[1]} time columns and "
             f"{m.freq_patchout} of {m.grid[0]} frequency rows in training"
             f"{' and inference' if m.inference_patchout else ''}; "
             + ", ".join(f"{k} {v}" for k, v in self._shown_options().items())
@@ -250,13 +255,13 @@ class PatchoutRecipe(Supervised):
 def PatchoutTrainer(
     cfg: RunConfig, options: PatchoutOptions, resume: bool = False, init_weights=None
 ) -> Trainer:
-    """The loop with the patchout recipe."""
-    return Trainer(cfg, PatchoutRecipe(options, cfg.model), resume, init_weights)
+    """The loop with the patchout objective."""
+    return Trainer(cfg, PatchoutObjective(options, cfg.model), resume, init_weights)
 
 
 __all__ = [
     "PatchoutOptions",
-    "PatchoutRecipe",
+    "PatchoutObjective",
     "PatchoutTrainer",
     "RampSchedule",
     "TagBalance",

@@ -112,7 +112,7 @@ class RampSchedule(Schedule):
 
     def __init__(self, cfg: RunConfig, options):
         super().__init__(cfg)
-        self.recipe = options
+        self.options = options
         self.phase = "adamw"
         self.lr = cfg.lr * lr_factor(0.0, options)
 
@@ -120,7 +120,7 @@ class RampSchedule(Schedule):
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.cfg.weight_decay)
 
     def before_step(self, epoch: float, optimizer: torch.optim.Optimizer) -> None:
-        self.lr = self.cfg.lr * lr_factor(epoch, self.recipe)
+        self.lr = self.cfg.lr * lr_factor(epoch, self.options)
         for group in optimizer.param_groups:
             group["lr"] = self.lr
 

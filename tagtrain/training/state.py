@@ -16,6 +16,15 @@ from tagtrain.run.checkpoint import load_latest
 from tagtrain.run.config import ConfigError
 from tagtrain.run.directory import RunDir
 
+# The payload key of the objective's name and settings; checkpoints written before the
+# objective had its name keep them under "recipe" (`saved_objective` reads both).
+OBJECTIVE, OLD_OBJECTIVE = "objective", "recipe"
+
+
+def saved_objective(payload: dict) -> dict:
+    """The objective's name and settings a checkpoint payload records ({} if none)."""
+    return payload.get(OBJECTIVE) or payload.get(OLD_OBJECTIVE) or {}
+
 
 @dataclass
 class Progress:
@@ -76,7 +85,7 @@ def _python_state_to_plain(state) -> list:
 
 def training_state(trainer, positions, best: bool = False) -> dict:
     """Everything to resume `trainer` (a tagtrain.training.loop.Trainer) and to rebuild its model.
-    best.pt holds the weights being validated and no recipe state (no SWA average)."""
+    best.pt holds the weights being validated and no callback state (no SWA average)."""
     data, cfg = trainer.data, trainer.cfg
     loader = None
     if positions is not None:
@@ -92,12 +101,12 @@ def training_state(trainer, positions, best: bool = False) -> dict:
         "config": cfg.to_json(),
         "model_name": cfg.model,
         "width": cfg.width,
-        "model_setup": trainer.recipe.model_setup(trainer.model),
+        "model_setup": trainer.objective.model_setup(trainer.model),
         "vocabulary": data.vocabulary,
         "card_checksum": data.checksum,
         "input_plan": dataclasses.asdict(data.plan),
         "normalisation": data.norm_state(),
-        "recipe": {"name": trainer.recipe.name, **trainer.recipe.settings()},
+        OBJECTIVE: {"name": trainer.objective.name, **trainer.objective.settings()},
     }
     if not best:
         for callback in trainer.callbacks:
@@ -129,9 +138,9 @@ def restore_training(trainer, state: dict) -> torch.Tensor | None:
     if have == want:
         return table[trainer.rt.dist.rank].cpu()
     # A sample-level state is one global count of the epoch's consumed samples: another
-    # world size or worker count resumes the same epoch (elastic) when the recipe's
+    # world size or worker count resumes the same epoch (elastic) when the objective's
     # positions are that plain state (not, e.g., the student's two streams).
-    elastic = is_sample_state(table) and getattr(trainer.recipe, "elastic_resume", True)
+    elastic = is_sample_state(table) and getattr(trainer.objective, "elastic_resume", True)
     order = ("shuffle_buffer", "batch_size", "seed")
     if elastic and all(have[k] == want[k] for k in order):
         return resume_rows(table, trainer.rt.dist.rank).cpu()

@@ -6,7 +6,7 @@ from half-labelled, half-unlabelled steps:
     loss = BCE(student(aug(x_l)), y_l) + w * BCE(student(aug(x_u)), sigmoid(teacher(x_u)))
 
 Each step draws `batch_size` labelled and `batch_size` unlabelled crops. The student sees
-every crop through the waveform augmentation chain (tagtrain.training.augment_chain) and with its
+every crop through the training augmentation chain (tagtrain.training.augment_chain) and with its
 dropout on; the teacher sees the clean twin of each unlabelled crop (same track, same
 offset) in eval mode, so its soft pseudo-labels describe exactly the audio the student was
 given, before the noise. Pseudo-labels are computed here rather than stored in the shards
@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from pipelines.core.flags import setting
+from tagtrain.inference.predict import batch_probabilities
 from tagtrain.inference.trained_run import CHECKPOINTS, RunError, TrainedRun, load_run
 from tagtrain.loader import (
     Batch,
@@ -51,8 +54,9 @@ from tagtrain.loader import (
     stable_int,
 )
 from tagtrain.models.registry import count_parameters
-from tagtrain.run.config import ConfigError, RunConfig
+from tagtrain.run.config import ConfigError, ObjectiveSettings, RunConfig
 from tagtrain.run.directory import RunDir
+from tagtrain.training.context import TrainingContext
 from tagtrain.training.data import check_batches
 from tagtrain.training.loop import Trainer
 from tagtrain.training.objectives import Supervised
@@ -61,12 +65,21 @@ STUDENT_FILE = RunDir.STUDENT
 
 
 @dataclass(frozen=True)
-class StudentConfig:
+class StudentConfig(ObjectiveSettings):
     teacher: str = setting("", "run directory of the teacher (required)")
     teacher_checkpoint: str = setting("best", "teacher checkpoint", choices=tuple(CHECKPOINTS))
     unlabeled_split: str = setting("unlabeled", "split the teacher labels")
     unlabeled_weight: float = setting(1.0, "weight w of the pseudo-label loss")
     iterations: int = setting(1, "student generations; each teaches the next")
+
+    # The run config (tagtrain.run.config.build_run_config): noise is what makes the student
+    # noisy (augmentation on unless the recipe, the config or a flag says otherwise), and
+    # --resume is the same command again (no saved config.json: each iteration has its own).
+    base_settings: ClassVar[Mapping] = MappingProxyType({"augment": "default"})
+    reads_saved_config: ClassVar[bool] = False
+
+    def fixed_settings(self, cfg: RunConfig, resume: bool) -> dict:
+        return {} if cfg.out else {"out": f"runs/{cfg.model}-student"}
 
     def validate(self) -> StudentConfig:
         if not self.teacher:
@@ -196,7 +209,7 @@ class PairedReader:
         return torch.cat([labelled, unlabelled, passes])
 
 
-# --- the recipe ----------------------------------------------------------------------------
+# --- the objective -------------------------------------------------------------------------
 
 
 @dataclass
@@ -206,7 +219,7 @@ class StepInputs:
     pseudo_labels: torch.Tensor  # [n_unlabelled, C]: the teacher's probabilities, clean audio
 
 
-class StudentRecipe(Supervised):
+class StudentObjective(Supervised):
     """Batches: labelled and unlabelled crops in pairs; loss: BCE on the labels plus w x
     BCE on the frozen teacher's probabilities for the clean twins of the unlabelled crops."""
 
@@ -227,11 +240,11 @@ class StudentRecipe(Supervised):
             raise ConfigError("a noisy student needs waveform augmentation: --augment default|FILE")
         return chain
 
-    def setup(self, trainer) -> None:
-        cfg, data = trainer.cfg, trainer.data
+    def setup(self, ctx: TrainingContext) -> None:
+        cfg, data = ctx.cfg, ctx.data
         student = self.student
         self.teacher = load_teacher(
-            student.teacher, student.teacher_checkpoint, data.card, cfg.data, trainer.rt.device,
+            student.teacher, student.teacher_checkpoint, data.card, data.source, ctx.rt.device,
             cfg.effective_storage_options(),
         )  # fmt: skip
         teacher_plan = self.teacher.device_input.plan
@@ -243,42 +256,40 @@ class StudentRecipe(Supervised):
                 f"crops: {teacher_plan.length} vs {data.plan.length} samples"
             )
         split = student.unlabeled_split
-        self.unlabelled_shards = split_shards(data.card, cfg.data, split)
+        self.unlabelled_shards = split_shards(data.card, data.source, split)
         check_enough_shards(self.unlabelled_shards, data.train_loader, split)
         check_batches(self.unlabelled_shards, data.train_loader, split)
         self.mode = (
             "expansion"
-            if count_parameters(trainer.model) >= self.teacher.parameters
+            if count_parameters(ctx.model) >= self.teacher.parameters
             else "distillation"
         )
-        self.info = self._describe(trainer)
-        if trainer.run_dir.has_run():  # resuming: a fresh start on a run was refused
-            self._check_same_teacher(trainer.run_dir)
-        if trainer.rt.dist.is_main:
-            trainer.run_dir.create()
-            info = {**self.info, **dataclasses.asdict(student)}
-            trainer.run_dir.write_text(RunDir.STUDENT, json.dumps(info, indent=2) + "\n")
+        self.info = self._describe(ctx)
+        if ctx.files.has_run():  # resuming: a fresh start on a run was refused
+            self._check_same_teacher(ctx.files.read(RunDir.STUDENT))
+        info = {**self.info, **dataclasses.asdict(student)}
+        ctx.files.write(RunDir.STUDENT, json.dumps(info, indent=2) + "\n")
 
     # -- what a step trains on
 
-    def pseudo_labels(self, trainer, clean: torch.Tensor) -> torch.Tensor:
-        """The frozen teacher's probabilities for clean PCM crops."""
-        with torch.no_grad(), trainer.rt.autocast():
-            logits = self.teacher.model(self.teacher.device_input(clean))
-        return torch.sigmoid(logits.float())
+    def pseudo_labels(self, ctx: TrainingContext, clean: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's probabilities for clean PCM crops (the one teacher forward of
+        the inference path, under the run's autocast)."""
+        x = self.teacher.device_input(clean)
+        return batch_probabilities(self.teacher.model, x, ctx.rt.autocast_dtype)
 
-    def step_inputs(self, trainer, batch: PairedBatch) -> StepInputs:
+    def step_inputs(self, ctx: TrainingContext, batch: PairedBatch) -> StepInputs:
         x = torch.cat([batch.labelled.x, batch.unlabelled.x])
         return StepInputs(
-            x=trainer.data.device_input(x),
-            labels=batch.labelled.y.to(trainer.rt.device, non_blocking=True),
-            pseudo_labels=self.pseudo_labels(trainer, batch.unlabelled.clean),
+            x=ctx.data.device_input(x),
+            labels=batch.labelled.y.to(ctx.rt.device, non_blocking=True),
+            pseudo_labels=self.pseudo_labels(ctx, batch.unlabelled.clean),
         )
 
-    def loss(self, trainer, batch: PairedBatch) -> torch.Tensor:
-        inputs = self.step_inputs(trainer, batch)
-        with trainer.rt.autocast():
-            logits = trainer.net(inputs.x).float()  # one forward: batch norm sees both halves
+    def loss(self, ctx: TrainingContext, batch: PairedBatch) -> torch.Tensor:
+        inputs = self.step_inputs(ctx, batch)
+        with ctx.rt.autocast():
+            logits = ctx.net(inputs.x).float()  # one forward: batch norm sees both halves
         n = inputs.labels.shape[0]
         supervised = F.binary_cross_entropy_with_logits(logits[:n], inputs.labels)
         distilled = F.binary_cross_entropy_with_logits(logits[n:], inputs.pseudo_labels)
@@ -286,28 +297,29 @@ class StudentRecipe(Supervised):
 
     # -- streams
 
-    def reader(self, trainer, epoch: int, resume: torch.Tensor | None) -> PairedReader:
-        slots = trainer.data.train_loader.slots
+    def reader(self, ctx: TrainingContext, epoch: int, resume: torch.Tensor | None) -> PairedReader:
+        slots = ctx.data.train_loader.slots
         if resume is not None and resume.shape[0] != 2 * slots + 1:
-            raise ConfigError(f"{trainer.run_dir}/last.pt was not written by a student run")
+            raise ConfigError(f"{ctx.files}/last.pt was not written by a student run")
         labelled = None if resume is None else resume[:slots]
         return PairedReader(
-            super().reader(trainer, epoch, labelled),
-            lambda n, at: self._unlabelled_reader(trainer, epoch, n, at),
+            super().reader(ctx, epoch, labelled),
+            lambda n, at: self._unlabelled_reader(ctx, epoch, n, at),
             resume,
         )
 
-    def _unlabelled_reader(self, trainer, epoch: int, n: int, resume) -> EpochReader:
+    def _unlabelled_reader(self, ctx: TrainingContext, epoch: int, n: int, resume) -> EpochReader:
         # Pass n of the unlabelled split within this epoch: its own shuffle, crops, noise.
         stream_epoch = epoch if n == 0 else stable_int("unlabelled pass", epoch, n) % 2**62
-        return trainer.data.reader(self.unlabelled_shards, stream_epoch, resume, keep_clean=True)
+        return ctx.data.reader(self.unlabelled_shards, stream_epoch, resume, keep_clean=True)
 
     # -- the run directory
 
-    def _check_same_teacher(self, run_dir: RunDir) -> None:
-        """A student resumes only from the teacher bytes it started with: a teacher trained
-        on in place since would give other pseudo-labels from the resumed step on."""
-        recorded = json.loads(run_dir.read_text(RunDir.STUDENT)).get("teacher_checkpoint_sha256")
+    def _check_same_teacher(self, saved: str) -> None:
+        """A student resumes only from the teacher bytes it started with (`saved`: its
+        student.json): a teacher trained on in place since would give other pseudo-labels
+        from the resumed step on."""
+        recorded = json.loads(saved).get("teacher_checkpoint_sha256")
         current = self.info["teacher_checkpoint_sha256"]
         if recorded and current and recorded != current:
             raise ConfigError(
@@ -316,7 +328,7 @@ class StudentRecipe(Supervised):
                 "start a new student instead of --resume"
             )
 
-    def _describe(self, trainer) -> dict:
+    def _describe(self, ctx: TrainingContext) -> dict:
         teacher = self.teacher
         return {
             "teacher": teacher.run.location,
@@ -325,9 +337,9 @@ class StudentRecipe(Supervised):
             "teacher_model": teacher.run.model_name,
             "teacher_width": teacher.run.config.width,
             "teacher_parameters": teacher.parameters,
-            "student_model": trainer.cfg.model,
-            "student_width": trainer.cfg.width,
-            "student_parameters": count_parameters(trainer.model),
+            "student_model": ctx.cfg.model,
+            "student_width": ctx.cfg.width,
+            "student_parameters": count_parameters(ctx.model),
             "mode": self.mode,
             "unlabeled_split": self.student.unlabeled_split,
             "unlabeled_samples": sum(s.samples for s in self.unlabelled_shards),
@@ -338,7 +350,7 @@ class StudentRecipe(Supervised):
     def settings(self) -> dict:
         return dataclasses.asdict(self.student)
 
-    def describe(self, trainer) -> list[str]:
+    def describe(self, ctx: TrainingContext) -> list[str]:
         d = self.info
         return [
             f"noisy student ({d['mode']}): teacher {d['teacher_model']} "
@@ -347,15 +359,15 @@ class StudentRecipe(Supervised):
             f"shards, weight {d['unlabeled_weight']:g}"
         ]
 
-    def summary(self, trainer) -> dict:
+    def summary(self, ctx: TrainingContext) -> dict:
         return {"student": self.info}
 
 
 def StudentTrainer(
     cfg: RunConfig, student: StudentConfig, resume: bool = False, init_weights=None
 ) -> Trainer:
-    """The loop with the noisy-student recipe."""
-    return Trainer(cfg, StudentRecipe(student), resume, init_weights)
+    """The loop with the noisy-student objective."""
+    return Trainer(cfg, StudentObjective(student), resume, init_weights)
 
 
 def iteration_dirs(out: str, iterations: int) -> list[str]:

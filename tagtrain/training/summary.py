@@ -35,7 +35,7 @@ def print_header(trainer) -> None:
         f"{len(data.train_shards)} train / {len(data.val_shards)} validation shards; "
         f"device {rt.device}" + (f", autocast {rt.autocast_dtype}" if rt.autocast_dtype else "")
     )
-    for line in trainer.recipe.describe(trainer):
+    for line in trainer.objective.describe(trainer.ctx):
         print(line)
     print(end="", flush=True)
 
@@ -46,7 +46,7 @@ def write_summary(trainer, reason: str, last_val: dict | None, seconds: float) -
     summary = {
         "run_dir": str(trainer.run_dir),
         "model": cfg.model,
-        "recipe": trainer.recipe.name,
+        "objective": trainer.objective.name,
         "stopped": reason,
         "epochs_completed": p.epoch,
         "global_step": p.global_step,
@@ -59,7 +59,7 @@ def write_summary(trainer, reason: str, last_val: dict | None, seconds: float) -
         "last": last_val,
         "seconds": round(seconds, 1),
         "train_samples_per_s": round(p.samples_seen / max(1e-9, p.train_seconds), 1),
-        **trainer.recipe.summary(trainer),
+        **trainer.objective.summary(trainer.ctx),
     }
     if not trainer.rt.dist.is_main:
         return summary
