@@ -28,31 +28,20 @@ def _export_project_path() -> None:
         sys.path.insert(0, PROJECT_ROOT)
 
 
-def with_recipe_flags(argv: list[str]) -> list[str]:
-    """`prepare --recipe NAME`: the recipe's prepare flags (the features its model eats,
-    tagtrain/recipes/) placed before the user's, so a flag given on the line wins."""
-    if len(argv) < 1 or argv[0] != "prepare":
-        return argv
-    rest, recipe = list(argv[1:]), None
-    for i, arg in enumerate(rest):
-        if arg == "--recipe" and i + 1 < len(rest):
-            recipe = rest[i + 1]
-            del rest[i : i + 2]
-            break
-        if arg.startswith("--recipe="):
-            recipe = arg.split("=", 1)[1]
-            del rest[i]
-            break
-    if recipe is None:
-        return argv
+def recipe_defaults(args, sub) -> bool:
+    """`prepare --recipe NAME`: the recipe's features (what its model eats: the stored
+    members and FeatureConfig fields, checked by tagtrain/recipes/) become the defaults of
+    prepare's flags, so a flag given on the line wins. True when the arguments must be
+    parsed again."""
+    if args.job != "prepare" or getattr(args, "recipe", None) is None:
+        return False
     # This module is the one entry above both layers: it may read the trainer's recipes.
     from tagtrain.recipes import load_recipe
 
-    flags = []
-    for name, value in load_recipe(recipe)["prepare"].items():
-        flags += [f"--{name.replace('_', '-')}", str(value)]
-    print(f"recipe {recipe}: prepare {' '.join(flags)}")
-    return ["prepare", *flags, *rest]
+    settings = load_recipe(args.recipe)["prepare"]
+    print(f"recipe {args.recipe}: " + " ".join(f"{k}={v}" for k, v in settings.items()))
+    sub.choices["prepare"].set_defaults(**settings)
+    return True
 
 
 JOBS = {"prepare": "pipelines.beam.prepare_cli", "perturb": "pipelines.beam.perturb_cli"}
@@ -74,12 +63,14 @@ def _run(argv: list[str] | None) -> int:
     from pipelines.beam.runner_options import QuietOutput, checked_beam_args
     from pipelines.core.errors import OneLineParser, UserError, first_line
 
-    argv = with_recipe_flags(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = OneLineParser(prog="beam_runner.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="job", required=True, parser_class=OneLineParser)
     for module in job_modules(argv):
         module.add_parser(sub)
     args, rest = parser.parse_known_args(argv)
+    if recipe_defaults(args, sub):
+        args, rest = parser.parse_known_args(argv)
     beam_args = checked_beam_args(rest, sub.choices[args.job])
     if args.verbose:
         logging.getLogger().setLevel(logging.INFO)

@@ -18,13 +18,16 @@ from manifests.schema import read_manifest
 from manifests.vocabulary import vocabulary_of
 from pipelines.core import muda_compat
 from pipelines.core.deformations import Deformation, DeformationError, parse_deformation
+from pipelines.core.features import FeatureConfig
 from pipelines.core.transforms import Augmentation
 from tagtrain.models.registry import InputSpec, create_model, get_entry, register_model
 from tagtrain.training.augment_chain import AugmentError, WaveformAugment, resolve_chain
 
 
 def test_a_model_is_one_registered_builder():
-    @register_model("throwaway_mean_mel", InputSpec(kind="mel", seconds=1.0, n_mels=16))
+    spec = InputSpec(kind="mel", seconds=1.0, features=FeatureConfig(n_mels=16))
+
+    @register_model("throwaway_mean_mel", spec)
     class MeanMel(nn.Module):
         def __init__(self, n_classes: int, width: float = 1.0):
             super().__init__()

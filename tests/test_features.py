@@ -1,5 +1,6 @@
 """The shared DSP functions: decode, resample, log-mel, harmonic tensor."""
 
+import dataclasses
 import warnings
 
 import librosa
@@ -8,13 +9,16 @@ import pytest
 import soundfile as sf
 import torch
 
+from pipelines.beam.prepare_flags import PrepareFlags, PrepareJobFlags, feature_config
 from pipelines.core.audio import AudioRejected, load_audio, resample
+from pipelines.core.errors import OneLineParser
 from pipelines.core.features import (
     FeatureConfig,
     harmonic_center_frequencies,
     harmonic_tensor,
     log_mel,
 )
+from pipelines.core.flags import add_flags, flag_name
 from tests.conftest import encode_mp3, tone
 
 
@@ -126,6 +130,37 @@ def test_invalid_feature_config_is_rejected():
         FeatureConfig(f_max=9000.0)
     with pytest.raises(ValueError, match="log_scale"):
         FeatureConfig(log_scale="ln")
+
+
+def test_f_max_defaults_to_8_khz_or_the_nyquist_and_fields_are_checked_by_name():
+    assert FeatureConfig().f_max == 8000.0 and FeatureConfig(sample_rate=11025).f_max == 5512.5
+    assert FeatureConfig.from_dict(FeatureConfig(sample_rate=8000).to_dict()).f_max == 4000.0
+    assert FeatureConfig.from_fields({"n_mels": 96}) == FeatureConfig(n_mels=96)
+    with pytest.raises(ValueError, match="unknown feature field.s. nmels"):
+        FeatureConfig.from_fields({"nmels": 96}, "recipe")
+    with pytest.raises(ValueError, match="positive"):
+        FeatureConfig(harmonics=0)
+
+
+def test_every_feature_setting_is_declared_once_in_feature_config():
+    """prepare's feature flags are FeatureConfig's fields (same names, defaults, help and
+    converters), not declared a second time in prepare_flags.py; their defaults make
+    FeatureConfig's defaults."""
+    job_flags = {f.name for f in dataclasses.fields(PrepareJobFlags)}
+    prepare = {f.name: f for f in dataclasses.fields(PrepareFlags)}
+    parser = OneLineParser(prog="prepare")
+    add_flags(parser, PrepareFlags, with_defaults=True)
+    usage = " ".join(parser.format_help().split())
+    for f in dataclasses.fields(FeatureConfig):
+        assert f.name not in job_flags, f.name
+        assert f.metadata.get("help"), f"{f.name} has no help text"
+        flag = prepare[f.name]
+        assert (flag.default, flag.metadata) == (f.default, f.metadata), f.name
+        assert flag_name(f.name) in usage and " ".join(f.metadata["help"].split()) in usage
+    args = parser.parse_args(["--manifest", "m"])
+    assert feature_config(args) == FeatureConfig()
+    args = parser.parse_args(["--manifest", "m", "--sample-rate", "8000", "--n-mels", "64"])
+    assert feature_config(args) == FeatureConfig(sample_rate=8000, n_mels=64, f_max=4000.0)
 
 
 def test_resample_preserves_frequency():

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.models.attention import BertLayer, PreNormLayer
 from tagtrain.models.registry import count_parameters, create_model, get_entry
 
@@ -288,9 +289,12 @@ def test_every_paper_setting_has_a_recipe():
         assert r["prepare"]["log_scale"] == "log10_1p" and r["prepare"]["n_mels"] == 96
     for name, r in recipes.items():
         assert r["cite"] and r["protocol"].get("selection") in ("val_loss", "val_roc_auc"), name
-        # The prepare flags are the model's own features.
+        # What prepare computes is the model's own features: FeatureConfig fields.
         spec = get_entry(r["train"]["model"]).input_spec
         assert r["prepare"]["sample_rate"] == spec.sample_rate
+        fields = {k: v for k, v in r["prepare"].items() if k != "features"}
+        assert fields == spec.card_requirements(), name
+        assert FeatureConfig.from_fields(fields)
     assert recipes["won2019_cnnsa"]["protocol"]["selection"] == "val_roc_auc"
     seed000 = recipes["won2020_fcn"]
     assert seed000["train"]["epochs"] == 200 and seed000["train"]["val_chunks"] == 16
@@ -318,6 +322,15 @@ def test_a_bad_recipe_is_one_clear_line(tmp_path, capsys):
     bad.write_text("cite: x\ncommand: train\ntrain: {model: fcn}\nprotocol: {selection: f1}\n")
     with pytest.raises(RecipeError, match="selection"):
         load_recipe(str(bad))
+    # A recipe's prepare settings are checked against FeatureConfig: names and values.
+    bad.write_text("cite: x\ncommand: train\ntrain: {model: fcn}\nprepare: {nmels: 64}\n")
+    with pytest.raises(RecipeError, match="unknown field.s. nmels"):
+        load_recipe(str(bad))
+    bad.write_text("cite: x\ncommand: train\ntrain: {model: fcn}\nprepare: {f_max: 9000}\n")
+    with pytest.raises(RecipeError, match="f_max"):
+        load_recipe(str(bad))
+    bad.write_text("cite: x\ncommand: train\ntrain: {model: fcn}\nprepare: {n_mels: 64}\n")
+    assert load_recipe(str(bad))["prepare"]["n_mels"] == 64
     assert main(["recipes", "--show", "nope"]) == 2
     assert "unknown recipe 'nope'" in capsys.readouterr().err
     assert main(["recipes"]) == 0

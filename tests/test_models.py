@@ -3,15 +3,19 @@ lengths, seeded initialisation, embeddings, the harmonic front end and long inpu
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 
 import pytest
 import torch
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.commands.models import models_table
 from tagtrain.models.hcnn import HarmonicFrontEnd
 from tagtrain.models.registry import (
     INPUT_KINDS,
+    InputSpec,
     count_parameters,
     create_model,
     get_entry,
@@ -178,6 +182,35 @@ def test_input_specs_follow_the_papers():
         11025.0,
     )
     assert get_entry("hcnn").input_spec.kind == "pcm"
+
+
+def test_an_input_spec_holds_its_features_and_declares_none_of_its_own():
+    """InputSpec's feature settings are a FeatureConfig (declared once, in
+    pipelines/core/features.py), readable as attributes; a model's n_mels default is its
+    registered spec's, never a second literal."""
+    own = {f.name for f in dataclasses.fields(InputSpec)}
+    assert own.isdisjoint(FeatureConfig.field_names()), own
+    assert own == {"kind", "seconds", "features", "chunk_level", "exact_samples",
+                   "standardize", "global_stats"}  # fmt: skip
+    spec = get_entry("music_tagging_transformer").input_spec
+    assert isinstance(spec.features, FeatureConfig)
+    for name in FeatureConfig.field_names():
+        assert getattr(spec, name) == getattr(spec.features, name), name
+    with pytest.raises(AttributeError):
+        spec.n_mels = 96
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+    assert spec.with_features(n_mels=96).features == dataclasses.replace(spec.features, n_mels=96)
+    with pytest.raises(ValueError, match="nmels"):
+        spec.with_features(nmels=96)
+    with pytest.raises(ValueError, match="kind"):
+        InputSpec(kind="cqt", seconds=1.0)
+    for entry in list_models():
+        n_mels = inspect.signature(entry.builder).parameters.get("n_mels")
+        if n_mels is not None:
+            assert n_mels.default == entry.input_spec.n_mels, entry.name
+    for name in ("fcn", "crnn", "musicnn", "cnnsa", "fcn_128", "crnn_128", "musicnn_128"):
+        assert create_model(name, 3).input_spec == get_entry(name).input_spec, name
+    assert create_model("fcn", 3, n_mels=128).input_spec == get_entry("fcn_128").input_spec
 
 
 def test_models_table_lists_every_model_with_its_size():

@@ -64,6 +64,9 @@ def corpus(tmp_path_factory) -> Path:
         (["prepare", "--max-reject-fraction", "2"], ["--max-reject-fraction"]),
         (["prepare", "--audio-root", "/nonexistent"], ["/nonexistent", "not a directory"]),
         (["prepare", "--sample-rate", "0"], ["--sample-rate"]),
+        (["prepare", "--f-max", "9000"], ["f_max"]),  # FeatureConfig's own check
+        (["prepare", "--harmonics", "0"], ["--harmonics"]),
+        (["prepare", "--recipe", "nope"], ["unknown recipe 'nope'"]),
         (["prepare", "stray"], ["stray"]),
     ],
 )
@@ -72,6 +75,20 @@ def test_prepare_refuses_bad_flags_in_one_line(corpus, tmp_path, args, needles):
     result = beam(*args[:1], "--manifest", str(corpus), "--out", str(out), *args[1:], *FAST)
     one_line_error(result, *needles)
     assert not (out / "dataset.json").exists()
+
+
+def test_a_recipe_hands_prepare_its_models_features_and_a_flag_overrides_them(corpus, tmp_path):
+    from tagtrain.models.registry import get_entry
+
+    out = tmp_path / "out"
+    result = beam("prepare", "--recipe", "won2019_spec", "--manifest", str(corpus),
+                  "--out", str(out), "--n-fft", "1024", "--features", "mel", *FAST)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "recipe won2019_spec: features=mel,pcm sample_rate=16000" in result.stdout
+    features = json.loads((out / "dataset.json").read_text())["features"]
+    spec = get_entry("won2019_spec").input_spec  # 96 Slaney bands
+    wanted = {**spec.features.to_dict(), "n_fft": 1024, "stored": ["mel"]}
+    assert features == wanted
 
 
 def test_perturb_refuses_an_unknown_flag_in_one_line(tmp_path):

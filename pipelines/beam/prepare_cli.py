@@ -20,7 +20,7 @@ from pipelines.beam.plan import (
 )
 from pipelines.beam.prepare import Prepare, PrepareConfig, job_versions
 from pipelines.beam.prepare_finish import built_records, finish, remember_verified
-from pipelines.beam.prepare_flags import PrepareFlags
+from pipelines.beam.prepare_flags import PrepareFlags, feature_config
 from pipelines.beam.prepare_plan import ShardWork, plan_work
 from pipelines.beam.prepare_report import announce, announce_work, job_counts, print_summary
 from pipelines.beam.progress import PROGRESS_DIR
@@ -34,7 +34,6 @@ from pipelines.beam.track import TrackConfig
 from pipelines.core import storage
 from pipelines.core.card import CARD_NAME, FEATURES, REJECTS_NAME
 from pipelines.core.errors import UserError
-from pipelines.core.features import FeatureConfig
 from pipelines.core.flags import add_flags, from_args, settings_line
 
 
@@ -64,19 +63,7 @@ def track_config(args) -> TrackConfig:
     unknown = [f for f in stored if f not in FEATURES]
     if unknown or not stored:
         raise UserError(f"--features: unknown {unknown or '(empty)'}; choose from {FEATURES}")
-    f_max = args.f_max if args.f_max is not None else min(8000.0, args.sample_rate / 2)
-    features = FeatureConfig(
-        sample_rate=args.sample_rate,
-        n_fft=args.n_fft,
-        hop=args.hop,
-        n_mels=args.n_mels,
-        f_min=args.f_min,
-        f_max=f_max,
-        log_scale=args.log_scale,
-        mel_scale=args.mel_scale,
-        mel_norm=args.mel_norm,
-        pad_mode=args.pad_mode,
-    )
+    features = feature_config(args)
     if args.min_seconds < 0 or (args.max_seconds is not None and args.max_seconds <= 0):
         raise UserError("--min-seconds must be >= 0 and --max-seconds > 0")
     return TrackConfig(

@@ -1,14 +1,18 @@
 """`beam_runner.py prepare`'s flags: one typed dataclass, turned into flags by
-`pipelines.core.flags` (defaults and help from the fields, shown by --help)."""
+`pipelines.core.flags` (defaults and help from the fields, shown by --help).
+
+The feature flags (--sample-rate, --n-mels, --mel-scale, ...) are not declared here: they
+are FeatureConfig's fields (pipelines/core/features.py), default and help included, added
+to the job's own flags, so a feature setting is declared once."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 
-from pipelines.core.argtypes import positive_int
 from pipelines.core.audio import DECODERS
-from pipelines.core.features import MEL_NORMS, MEL_SCALES, PAD_MODES, FeatureConfig
+from pipelines.core.features import FeatureConfig
 from pipelines.core.flags import setting
 from pipelines.core.source import DEFAULT_MAX_FILE_MB
 
@@ -17,7 +21,6 @@ from pipelines.core.source import DEFAULT_MAX_FILE_MB
 # --audio-root, an incomplete download or a broken decoder loses far more: 5% tells the
 # two apart. A user who knowingly prepares a partial corpus raises it.
 MAX_REJECT_FRACTION = 0.05
-_FEATURES = FeatureConfig()
 
 
 def positive_float(text: str) -> float:
@@ -54,7 +57,9 @@ def force_setting():
 
 
 @dataclass
-class PrepareFlags:
+class PrepareJobFlags:
+    """The job's own flags; `PrepareFlags` adds the feature flags."""
+
     manifest: str = setting("", "manifest Parquet (local, gs://, s3://)", required=True)
     audio_root: str | None = setting(
         None, "root that relative audio paths are under (default: the manifest's audio_root)"
@@ -62,28 +67,6 @@ class PrepareFlags:
     out: str | None = out_setting("output directory or bucket prefix (required)")
     verbose: bool = verbose_setting()
     features: str = setting("mel,pcm", "comma list of mel,harm,pcm")
-    sample_rate: int = setting(_FEATURES.sample_rate, "sample rate, Hz", type=positive_int)
-    n_fft: int = setting(_FEATURES.n_fft, "FFT size, samples", type=positive_int)
-    hop: int = setting(_FEATURES.hop, "hop between frames, samples", type=positive_int)
-    n_mels: int = setting(_FEATURES.n_mels, "mel bands", type=positive_int)
-    f_min: float = setting(_FEATURES.f_min, "lowest mel frequency, Hz")
-    f_max: float | None = setting(None, "highest mel frequency, Hz (default: min(8000, sr/2))")
-    log_scale: str = setting(
-        "db", "db: 10 log10(power); log10_1p: log10(1 + 10000 power)", choices=("db", "log10_1p")
-    )
-    mel_scale: str = setting(
-        _FEATURES.mel_scale,
-        "mel scale (htk: torchaudio's default, as seeds 000/003)",
-        choices=MEL_SCALES,
-    )
-    mel_norm: str = setting(
-        _FEATURES.mel_norm,
-        "mel filter normalisation (slaney: librosa's area norm)",
-        choices=MEL_NORMS,
-    )
-    pad_mode: str = setting(
-        _FEATURES.pad_mode, "padding of the first and last frames", choices=PAD_MODES
-    )
     min_seconds: float = setting(1.0, "shorter tracks are rejected")
     max_seconds: float | None = setting(
         None, "longer tracks are cropped to their first MAX seconds (recorded as cropped)"
@@ -112,3 +95,28 @@ class PrepareFlags:
         metavar="NAME",
     )
     force: bool = force_setting()
+
+
+def _feature_fields() -> list[tuple[str, str, dataclasses.Field]]:
+    """FeatureConfig's fields as new fields of the same name, type, default and help."""
+    return [
+        (f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
+        for f in dataclasses.fields(FeatureConfig)
+    ]
+
+
+PrepareFlags = dataclasses.make_dataclass(
+    "PrepareFlags",
+    _feature_fields(),
+    bases=(PrepareJobFlags,),
+    namespace={
+        "__module__": __name__,
+        "__doc__": "Every flag of `beam_runner.py prepare`: the job's, then FeatureConfig's.",
+    },
+)
+
+
+def feature_config(args: argparse.Namespace) -> FeatureConfig:
+    """The features prepare's flags ask for (FeatureConfig checks them: ValueError)."""
+    given = {name: getattr(args, name, None) for name in FeatureConfig.field_names()}
+    return FeatureConfig(**{k: v for k, v in given.items() if v is not None})

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipelines.core.argtypes import positive_int
+from pipelines.core.flags import setting
 from pipelines.core.melscale import mel_filters
 
 if TYPE_CHECKING:
@@ -37,29 +40,46 @@ PAD_MODES = ("reflect", "constant")
 # (librosa 0.11's defaults); reading it must not silently switch to today's defaults.
 LEGACY_FRONT_END = {"mel_scale": "slaney", "mel_norm": "slaney", "pad_mode": "constant"}
 _AMIN = 1e-10
+DEFAULT_F_MAX = 8000.0  # Hz; below a lower Nyquist, the Nyquist
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Everything that determines the features; stored in the dataset card."""
+    """Everything that determines the features; stored in the dataset card.
 
-    sample_rate: int = 16000
-    n_fft: int = 512
-    hop: int = 256
-    n_mels: int = 128
-    f_min: float = 0.0
-    f_max: float = 8000.0
-    # "db": 10*log10(max(S, 1e-10)) of the power mel (the papers' default).
-    # "log10_1p": log10(1 + 10000*S), the compression MAEST/PaSST use.
-    log_scale: str = "db"
+    Each field is declared here once, with its default and its help text: `beam_runner.py
+    prepare` makes a flag of every field (`pipelines/beam/prepare_flags.py`), a model's
+    `InputSpec` holds one of these, and a recipe hands prepare its model's."""
+
+    sample_rate: int = setting(16000, "sample rate, Hz", type=positive_int)
+    n_fft: int = setting(512, "FFT size, samples", type=positive_int)
+    hop: int = setting(256, "hop between frames, samples", type=positive_int)
+    n_mels: int = setting(128, "mel bands", type=positive_int)
+    f_min: float = setting(0.0, "lowest mel frequency, Hz")
+    # None: min(8000, sample_rate / 2), resolved on construction, so a config always holds
+    # a float (what the annotation says: the card, its identity and its check see one).
+    f_max: float = setting(None, "highest mel frequency, Hz (default: min(8000, sr/2))")
+    log_scale: str = setting(
+        "db",
+        "db: 10 log10(power), the papers' default; log10_1p: log10(1 + 10000 power), MAEST/PaSST's",
+        choices=LOG_SCALES,
+    )
     # torchaudio.transforms.MelSpectrogram's defaults, as the seed-000/003 references use.
-    mel_scale: str = "htk"
-    mel_norm: str = "none"
-    pad_mode: str = "reflect"
-    harmonics: int = 6
-    harmonic_bands: int = 128
+    mel_scale: str = setting(
+        "htk", "mel scale (htk: torchaudio's default, as seeds 000/003)", choices=MEL_SCALES
+    )
+    mel_norm: str = setting(
+        "none", "mel filter normalisation (slaney: librosa's area norm)", choices=MEL_NORMS
+    )
+    pad_mode: str = setting("reflect", "padding of the first and last frames", choices=PAD_MODES)
+    harmonics: int = setting(6, "harmonics of the harmonic tensor", type=positive_int)
+    harmonic_bands: int = setting(
+        128, "fundamentals (bands) of the harmonic tensor", type=positive_int
+    )
 
     def __post_init__(self):
+        if self.f_max is None:
+            object.__setattr__(self, "f_max", min(DEFAULT_F_MAX, self.sample_rate / 2))
         if self.log_scale not in LOG_SCALES:
             raise ValueError(f"log_scale must be one of {LOG_SCALES}, got {self.log_scale!r}")
         for name, allowed in (
@@ -69,8 +89,9 @@ class FeatureConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop <= 0 or self.n_mels <= 0:
-            raise ValueError("sample_rate, n_fft, hop and n_mels must be positive")
+        sizes = ("sample_rate", "n_fft", "hop", "n_mels", "harmonics", "harmonic_bands")
+        if any(getattr(self, name) <= 0 for name in sizes):
+            raise ValueError(f"{', '.join(sizes)} must be positive")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise ValueError(
                 f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}..{self.f_max} "
@@ -79,6 +100,19 @@ class FeatureConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_fields(cls, values: Mapping, what: str = "features") -> FeatureConfig:
+        """From fields given by name (a recipe's, a model's), the others at their
+        defaults; an unknown name or a bad value is a one-line ValueError."""
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"{what}: unknown feature field(s) {', '.join(unknown)}")
+        return cls(**values)
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureConfig:

@@ -45,13 +45,6 @@ class InputPlan:
         return FeatureConfig.from_dict(self.features)
 
 
-def _model_features(card: Mapping, spec: InputSpec) -> FeatureConfig:
-    base = {k: v for k, v in card["features"].items() if k != "stored"}
-    fields = {f.name for f in dataclasses.fields(FeatureConfig)}
-    wanted = {k: v for k, v in spec.to_dict().items() if k in fields}
-    return FeatureConfig.from_dict({**base, **wanted})
-
-
 def plan_input(
     card: Mapping, spec: InputSpec, source: str = "dataset", from_pcm: bool = False
 ) -> InputPlan:
@@ -78,7 +71,7 @@ def plan_reading(
     with other settings and no PCM at the model's sample rate to recompute it from."""
     stored = stored_features(card)
     needs = spec.card_requirements()
-    features = _model_features(card, spec).to_dict()
+    features = spec.features.to_dict()  # the model's, which the card's must match
     if spec.kind == "pcm":
         if "pcm" not in stored:
             raise CardError(f"{source} stores {list(stored)}, the model needs pcm")

@@ -16,11 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.models.attention import bert_encoder
 from tagtrain.models.layers import MelInput, ResBlock2d, Tagger, heads_multiple, scaled
 from tagtrain.models.registry import InputSpec, register_model
 
-CNNSA_INPUT = InputSpec(kind="mel", seconds=15.0, n_mels=128, standardize="none")
+CNNSA_INPUT = InputSpec(
+    kind="mel", seconds=15.0, features=FeatureConfig(n_mels=128), standardize="none"
+)
 
 # (channel factor of the base 128, stride): three full downsamplings, then frequency only,
 # so 128 bands reach 1 while the 938 frames keep 118 steps.
@@ -45,12 +48,12 @@ class CNNSA(Tagger):
         hidden_dropout: float = 0.4,
         attention_dropout: float = 0.5,
         dropout: float = 0.5,
-        n_mels: int = 128,
+        n_mels: int = CNNSA_INPUT.n_mels,
     ):
         base = scaled(128, width)
         dim = heads_multiple(2 * base, _HEADS)
         super().__init__(dim, n_classes, dropout)
-        self.input_spec = CNNSA_INPUT if n_mels == 128 else _with_mels(n_mels)
+        self.input_spec = CNNSA_INPUT.with_features(n_mels=n_mels)
         self.input = MelInput()
         blocks, in_ch = [], 1
         for i, (factor, stride) in enumerate(_BLOCKS):
@@ -82,12 +85,6 @@ class CNNSA(Tagger):
     def attention(self, mel: torch.Tensor):
         """(logits, [per layer: attention probabilities [B, heads, N+1, N+1]])."""
         return self.from_tokens(self.tokens(mel), return_attention=True)
-
-
-def _with_mels(n_mels: int) -> InputSpec:
-    import dataclasses
-
-    return dataclasses.replace(CNNSA_INPUT, n_mels=n_mels)
 
 
 @register_model(

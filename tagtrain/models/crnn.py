@@ -5,14 +5,20 @@ GRU summarises the remaining frames.
 
 from __future__ import annotations
 
-import dataclasses
-
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.models.layers import ConvBlock2d, MelInput, Tagger, scaled
 from tagtrain.models.registry import InputSpec, register_model
 
-CRNN_INPUT = InputSpec(kind="mel", seconds=29.1, n_mels=96, chunk_level=False, standardize="none")
+CRNN_INPUT = InputSpec(
+    kind="mel",
+    seconds=29.1,
+    features=FeatureConfig(n_mels=96),
+    chunk_level=False,
+    standardize="none",
+)
+CRNN_128_INPUT = CRNN_INPUT.with_features(n_mels=128)
 
 _CHANNELS = (64, 128, 128, 128)
 _POOLS = ((2, 2), (3, 3), (4, 4), (4, 4))  # 96 bands -> 1; 1819 frames -> 18 steps
@@ -23,14 +29,14 @@ class CRNN(Tagger):
         self,
         n_classes: int,
         width: float = 1.0,
-        n_mels: int = 96,
+        n_mels: int = CRNN_INPUT.n_mels,
         rnn_units: int = 32,
         dropout: float = 0.5,
     ):
         channels = [scaled(c, width) for c in _CHANNELS]
         hidden = scaled(rnn_units, width)
         super().__init__(hidden, n_classes, dropout)
-        self.input_spec = dataclasses.replace(CRNN_INPUT, n_mels=n_mels)
+        self.input_spec = CRNN_INPUT.with_features(n_mels=n_mels)
         self.input = MelInput()
         blocks, in_ch = [], 1
         for out_ch, pool in zip(channels, _POOLS):
@@ -52,15 +58,17 @@ class CRNN(Tagger):
     reference_params=394_100,
     description="CRNN (Choi 2017): 4 conv blocks + 2-layer GRU(32), song-level",
 )
-def crnn(n_classes: int, width: float = 1.0, n_mels: int = 96, dropout: float = 0.5) -> CRNN:
+def crnn(
+    n_classes: int, width: float = 1.0, n_mels: int = CRNN_INPUT.n_mels, dropout: float = 0.5
+) -> CRNN:
     return CRNN(n_classes, width=width, n_mels=n_mels, dropout=dropout)
 
 
 @register_model(
     "crnn_128",
-    input_spec=dataclasses.replace(CRNN_INPUT, n_mels=128),
+    input_spec=CRNN_128_INPUT,
     reference_params=394_100,
     description="CRNN on 128 mel bands (seed 000 Table 2 row), song-level",
 )
 def crnn_128(n_classes: int, width: float = 1.0, dropout: float = 0.5) -> CRNN:
-    return CRNN(n_classes, width=width, n_mels=128, dropout=dropout)
+    return CRNN(n_classes, width=width, n_mels=CRNN_128_INPUT.n_mels, dropout=dropout)

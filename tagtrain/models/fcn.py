@@ -5,14 +5,20 @@ mel spectrogram to a single 64-d vector.
 
 from __future__ import annotations
 
-import dataclasses
-
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.models.layers import ConvBlock2d, MelInput, Tagger, global_max_pool_2d, scaled
 from tagtrain.models.registry import InputSpec, register_model
 
-FCN_INPUT = InputSpec(kind="mel", seconds=29.1, n_mels=96, chunk_level=False, standardize="none")
+FCN_INPUT = InputSpec(
+    kind="mel",
+    seconds=29.1,
+    features=FeatureConfig(n_mels=96),
+    chunk_level=False,
+    standardize="none",
+)
+FCN_128_INPUT = FCN_INPUT.with_features(n_mels=128)
 
 _CHANNELS = (64, 128, 128, 128, 64)
 # (frequency, time) pools: 96 x 1819 -> 1 x 1.
@@ -20,10 +26,16 @@ _POOLS = ((2, 4), (2, 4), (2, 4), (3, 5), (4, 4))
 
 
 class FCN(Tagger):
-    def __init__(self, n_classes: int, width: float = 1.0, n_mels: int = 96, dropout: float = 0.5):
+    def __init__(
+        self,
+        n_classes: int,
+        width: float = 1.0,
+        n_mels: int = FCN_INPUT.n_mels,
+        dropout: float = 0.5,
+    ):
         channels = [scaled(c, width) for c in _CHANNELS]
         super().__init__(channels[-1], n_classes, dropout)
-        self.input_spec = dataclasses.replace(FCN_INPUT, n_mels=n_mels)
+        self.input_spec = FCN_INPUT.with_features(n_mels=n_mels)
         self.input = MelInput()
         blocks, in_ch = [], 1
         for out_ch, pool in zip(channels, _POOLS):
@@ -42,15 +54,17 @@ class FCN(Tagger):
     reference_params=447_732,
     description="FCN (Choi 2016): 5 conv 3x3 blocks 64-128-128-128-64, song-level",
 )
-def fcn(n_classes: int, width: float = 1.0, n_mels: int = 96, dropout: float = 0.5) -> FCN:
+def fcn(
+    n_classes: int, width: float = 1.0, n_mels: int = FCN_INPUT.n_mels, dropout: float = 0.5
+) -> FCN:
     return FCN(n_classes, width=width, n_mels=n_mels, dropout=dropout)
 
 
 @register_model(
     "fcn_128",
-    input_spec=dataclasses.replace(FCN_INPUT, n_mels=128),
+    input_spec=FCN_128_INPUT,
     reference_params=447_732,
     description="FCN on 128 mel bands (seed 000 Table 2 row), song-level",
 )
 def fcn_128(n_classes: int, width: float = 1.0, dropout: float = 0.5) -> FCN:
-    return FCN(n_classes, width=width, n_mels=128, dropout=dropout)
+    return FCN(n_classes, width=width, n_mels=FCN_128_INPUT.n_mels, dropout=dropout)

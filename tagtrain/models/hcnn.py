@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pipelines.core.features import (
+    FeatureConfig,
     compress,
     harmonic_center_frequencies,
     harmonic_filterbank,
@@ -25,6 +26,7 @@ from tagtrain.models.layers import (
 )
 from tagtrain.models.registry import InputSpec, register_model
 
+# PCM in; the front end's STFT and harmonic grid are the spec's features (6 x 128).
 HCNN_INPUT = InputSpec(kind="pcm", seconds=5.0, standardize="none")
 
 
@@ -37,17 +39,16 @@ class HarmonicFrontEnd(nn.Module):
 
     def __init__(
         self,
-        sample_rate: int = 16000,
-        n_fft: int = 512,
-        hop: int = 256,
-        harmonics: int = 6,
-        bands: int = 128,
+        features: FeatureConfig = HCNN_INPUT.features,
         q: float = 1.0,
         learn_q: bool = True,
     ):
         super().__init__()
-        self.sample_rate, self.n_fft, self.hop = sample_rate, n_fft, hop
-        centers = harmonic_center_frequencies(sample_rate, harmonics, bands)
+        self.sample_rate, self.n_fft, self.hop = features.sample_rate, features.n_fft, features.hop
+        self.pad_mode = features.pad_mode
+        centers = harmonic_center_frequencies(
+            features.sample_rate, features.harmonics, features.harmonic_bands
+        )
         self.register_buffer("center_hz", torch.tensor(centers, dtype=torch.float32))
         self.q = nn.Parameter(torch.tensor([float(q)]), requires_grad=learn_q)
 
@@ -60,7 +61,7 @@ class HarmonicFrontEnd(nn.Module):
             raise ValueError(f"expected PCM [B, samples], got {tuple(pcm.shape)}")
         # Band energies of loud audio overflow float16, so mixed precision stops here.
         with torch.autocast(device_type=pcm.device.type, enabled=False):
-            power = power_spectrogram(pcm.float(), self.n_fft, self.hop)  # [B, F, T]
+            power = power_spectrogram(pcm.float(), self.n_fft, self.hop, self.pad_mode)
             bands = torch.einsum("hbf,nft->nhbt", self.filterbank(), power)
             return compress(bands, "db")
 
@@ -80,11 +81,15 @@ _BLOCKS = (
 
 class HarmonicCNN(Tagger):
     def __init__(
-        self, n_classes: int, width: float = 1.0, harmonics: int = 6, dropout: float = 0.5
+        self,
+        n_classes: int,
+        width: float = 1.0,
+        harmonics: int = HCNN_INPUT.harmonics,
+        dropout: float = 0.5,
     ):
         base = scaled(128, width)
         super().__init__(2 * base, n_classes, dropout)
-        self.front = HarmonicFrontEnd(harmonics=harmonics)
+        self.front = HarmonicFrontEnd(HCNN_INPUT.with_features(harmonics=harmonics).features)
         self.input_bn = nn.BatchNorm2d(harmonics)
         blocks, in_ch = [], harmonics
         for kind, factor, pool in _BLOCKS:

@@ -18,16 +18,18 @@ filters, BN on the pooled features): that one, with its published weights, is `m
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.models.layers import MelInput, Tagger, mean_max_pool, scaled
 from tagtrain.models.registry import InputSpec, register_model
 
-MUSICNN_INPUT = InputSpec(kind="mel", seconds=3.0, n_mels=96, standardize="none")
+MUSICNN_INPUT = InputSpec(
+    kind="mel", seconds=3.0, features=FeatureConfig(n_mels=96), standardize="none"
+)
+MUSICNN_128_INPUT = MUSICNN_INPUT.with_features(n_mels=128)
 
 _TIMBRAL_FILTERS = 204
 _TEMPORAL_FILTERS = 51
@@ -75,7 +77,7 @@ class Musicnn(Tagger):
         self,
         n_classes: int,
         width: float = 1.0,
-        n_mels: int = 96,
+        n_mels: int = MUSICNN_INPUT.n_mels,
         big: bool = False,
         dropout: float = 0.5,
     ):
@@ -84,7 +86,7 @@ class Musicnn(Tagger):
         midend = scaled(512 if big else 64, width)
         dense = scaled(500 if big else 200, width)
         super().__init__(dense, n_classes, dropout)
-        self.input_spec = dataclasses.replace(MUSICNN_INPUT, n_mels=n_mels)
+        self.input_spec = MUSICNN_INPUT.with_features(n_mels=n_mels)
         self.input = MelInput()
         timbral = scaled(_TIMBRAL_FILTERS, width)
         temporal = scaled(_TEMPORAL_FILTERS, width)
@@ -121,19 +123,23 @@ class Musicnn(Tagger):
     description="Musicnn as seed 000 (PyTorch re-implementation): timbral+temporal, dense 200",
 )
 def musicnn(
-    n_classes: int, width: float = 1.0, n_mels: int = 96, big: bool = False, dropout: float = 0.5
+    n_classes: int,
+    width: float = 1.0,
+    n_mels: int = MUSICNN_INPUT.n_mels,
+    big: bool = False,
+    dropout: float = 0.5,
 ) -> Musicnn:
     return Musicnn(n_classes, width=width, n_mels=n_mels, big=big, dropout=dropout)
 
 
 @register_model(
     "musicnn_128",
-    input_spec=dataclasses.replace(MUSICNN_INPUT, n_mels=128),
+    input_spec=MUSICNN_128_INPUT,
     reference_params=784_300,
     description="Musicnn on 128 mel bands (seed 000 Table 2 row)",
 )
 def musicnn_128(n_classes: int, width: float = 1.0, dropout: float = 0.5) -> Musicnn:
-    return Musicnn(n_classes, width=width, n_mels=128, dropout=dropout)
+    return Musicnn(n_classes, width=width, n_mels=MUSICNN_128_INPUT.n_mels, dropout=dropout)
 
 
 @register_model(
@@ -143,6 +149,6 @@ def musicnn_128(n_classes: int, width: float = 1.0, dropout: float = 0.5) -> Mus
     description="Musicnn, seed 000's MSD variant: 512-channel mid end, dense 500",
 )
 def musicnn_big(
-    n_classes: int, width: float = 1.0, n_mels: int = 96, dropout: float = 0.5
+    n_classes: int, width: float = 1.0, n_mels: int = MUSICNN_INPUT.n_mels, dropout: float = 0.5
 ) -> Musicnn:
     return Musicnn(n_classes, width=width, n_mels=n_mels, big=True, dropout=dropout)

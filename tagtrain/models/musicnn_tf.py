@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.models.fast_front_end import TemporalConvMax, TimbralFourierConv
 from tagtrain.models.layers import Tagger
 from tagtrain.models.registry import InputSpec, register_model
@@ -37,18 +38,20 @@ N_FRAMES = 187  # librosa.time_to_frames(3 s, sr 16000, n_fft 512, hop 256) + 1
 MUSICNN_TF_INPUT = InputSpec(
     kind="mel",
     seconds=(N_FRAMES - 1) * 256 / 16000,
-    sample_rate=16000,
-    n_mels=N_MELS,
-    n_fft=512,
-    hop=256,
-    f_min=0.0,
-    f_max=8000.0,
-    log_scale="log10_1p",
-    # The published models' front end (tagtrain/pretrained/frontend.py: librosa's Slaney
-    # filters, zero-padded ends), so fine-tuning feeds what they were trained on.
-    mel_scale="slaney",
-    mel_norm="slaney",
-    pad_mode="constant",
+    features=FeatureConfig(
+        sample_rate=16000,
+        n_mels=N_MELS,
+        n_fft=512,
+        hop=256,
+        f_min=0.0,
+        f_max=8000.0,
+        log_scale="log10_1p",
+        # The published models' front end (tagtrain/pretrained/frontend.py: librosa's
+        # Slaney filters, zero-padded ends), so fine-tuning feeds what they were trained on.
+        mel_scale="slaney",
+        mel_norm="slaney",
+        pad_mode="constant",
+    ),
     exact_samples=(N_FRAMES - 1) * 256,
     standardize="none",
 )

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.models.layers import Tagger, heads_multiple, scaled, transformer_encoder
 from tagtrain.models.registry import InputSpec, register_model
 
@@ -64,15 +65,17 @@ def patchout_input(seconds: float = 10.0, n_mels: int = N_MELS) -> InputSpec:
     return InputSpec(
         kind="mel",
         seconds=seconds,
-        sample_rate=SAMPLE_RATE,
-        n_mels=n_mels,
-        n_fft=512,
-        hop=HOP,
-        f_max=8000.0,
-        log_scale="log10_1p",
         # MAEST's torchaudio MelSpectrogram(mel_scale="slaney", norm="slaney"), reflect ends.
-        mel_scale="slaney",
-        mel_norm="slaney",
+        features=FeatureConfig(
+            sample_rate=SAMPLE_RATE,
+            n_mels=n_mels,
+            n_fft=512,
+            hop=HOP,
+            f_max=8000.0,
+            log_scale="log10_1p",
+            mel_scale="slaney",
+            mel_norm="slaney",
+        ),
         exact_samples=(frames - 1) * HOP,
         # MAEST's one global normalisation of the log-mel: (x - mean) / (2 * std).
         standardize="global",

@@ -21,6 +21,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.models.layers import (
     ConvReluBN1d,
     EnvelopeConv,
@@ -35,11 +36,8 @@ from tagtrain.models.registry import InputSpec, register_model
 PONS_SPEC_INPUT = InputSpec(
     kind="mel",
     seconds=15.0,
-    n_mels=96,
-    log_scale="log10_1p",
+    features=FeatureConfig(n_mels=96, log_scale="log10_1p", mel_scale="slaney", mel_norm="slaney"),
     standardize="none",
-    mel_scale="slaney",
-    mel_norm="slaney",
 )
 PONS_WAVE_INPUT = InputSpec(kind="pcm", seconds=15.0, standardize="none")
 
@@ -132,9 +130,9 @@ class PonsTagger(Tagger):
 def pons_spec(
     n_classes: int,
     width: float = 1.0,
-    n_mels: int = 96,
+    n_mels: int = PONS_SPEC_INPUT.n_mels,
     dropout: float = 0.5,
-    seconds: float = 15.0,
+    seconds: float = PONS_SPEC_INPUT.seconds,
     input_norm: str = "none",
 ) -> PonsTagger:
     if input_norm not in INPUT_NORMS:
@@ -142,8 +140,7 @@ def pons_spec(
     front = PonsSpecFrontEnd(scaled(16, width), n_mels, input_bn=input_norm == "batchnorm")
     model = PonsTagger(front, n_classes, width, dropout)
     model.input_spec = dataclasses.replace(
-        PONS_SPEC_INPUT,
-        n_mels=n_mels,
+        PONS_SPEC_INPUT.with_features(n_mels=n_mels),
         seconds=seconds,
         standardize="band" if input_norm == "band" else "none",
     )
@@ -157,7 +154,10 @@ def pons_spec(
     description="Pons 2018 basic model: 7-layer sample-level waveform front end, 512-conv back end",
 )
 def pons_wave(
-    n_classes: int, width: float = 1.0, dropout: float = 0.5, seconds: float = 15.0
+    n_classes: int,
+    width: float = 1.0,
+    dropout: float = 0.5,
+    seconds: float = PONS_WAVE_INPUT.seconds,
 ) -> PonsTagger:
     front = PonsWaveFrontEnd([scaled(c, width) for c in _WAVE_FILTERS])
     model = PonsTagger(front, n_classes, width, dropout)

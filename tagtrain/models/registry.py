@@ -1,85 +1,32 @@
 """Model registry: models are registered by name and built from a config (as in timm).
 
-Each model declares its input through an `InputSpec`; the trainer derives crops and the
-card check from it. The zoo registers itself when the package `tagtrain.models` is
-imported, which Python does before any of its modules, this one included: so every
-`from tagtrain.models.registry import ...` sees every model, and this module imports none.
+Each model declares its input through an `InputSpec` (tagtrain/models/input_spec.py,
+importable from here too); the trainer derives crops and the card check from it. The zoo
+registers itself when the package `tagtrain.models` is imported, which Python does before
+any of its modules, this one included: so every `from tagtrain.models.registry import ...`
+sees every model, and this module imports none.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-INPUT_KINDS = ("mel", "harm", "pcm")
+from tagtrain.models.input_spec import INPUT_KINDS, InputSpec
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model eats.
-
-    kind: "mel" ([B, n_mels, frames]), "harm" ([B, H, bands, frames]) or "pcm" ([B, samples]).
-    seconds: training input length; `samples`/`frames` are derived from it.
-    chunk_level: True when the model sees chunks and evaluation averages over chunks;
-    False for song-level models (FCN, CRNN) that see one crop of the track.
-    The feature fields must match the dataset card (`features`) for mel/harm inputs.
-    standardize: what is done to a mel/harm input before the model, as its paper does:
-    "none" (the model's own input batch-norm), "band" (per-band mean/std of the training
-    split, from the card), or "global" (one (mean, std) pair, `global_stats`, as in MAEST).
-    """
-
-    kind: str
-    seconds: float
-    sample_rate: int = 16000
-    n_mels: int = 128
-    n_fft: int = 512
-    hop: int = 256
-    f_min: float = 0.0
-    f_max: float = 8000.0
-    log_scale: str = "db"
-    # The front end of the paper's reference code (pipelines/core/features.py): the
-    # defaults are torchaudio's MelSpectrogram, as seeds 000 and 003 use it.
-    mel_scale: str = "htk"
-    mel_norm: str = "none"
-    pad_mode: str = "reflect"
-    chunk_level: bool = True
-    exact_samples: int | None = None  # e.g. 59,049 for the sample-level CNN
-    standardize: str = "band"
-    global_stats: tuple[float, float] | None = None
-
-    @property
-    def samples(self) -> int:
-        return self.exact_samples or int(round(self.seconds * self.sample_rate))
-
-    @property
-    def frames(self) -> int:
-        return 1 + self.samples // self.hop
-
-    def card_requirements(self) -> dict:
-        """The card's feature fields this input depends on."""
-        if self.kind == "pcm":
-            return {"sample_rate": self.sample_rate}
-        return {
-            "sample_rate": self.sample_rate,
-            "n_fft": self.n_fft,
-            "hop": self.hop,
-            **({"n_mels": self.n_mels} if self.kind == "mel" else {}),
-            **({"f_min": self.f_min, "f_max": self.f_max} if self.kind == "mel" else {}),
-            **(
-                {"mel_scale": self.mel_scale, "mel_norm": self.mel_norm}
-                if self.kind == "mel"
-                else {}
-            ),
-            "pad_mode": self.pad_mode,
-            "log_scale": self.log_scale,
-        }
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+__all__ = [
+    "INPUT_KINDS",
+    "InputSpec",
+    "ModelEntry",
+    "count_parameters",
+    "create_model",
+    "get_entry",
+    "list_models",
+    "register_model",
+]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.models.layers import (
     ConvBlock2d,
     HiddenDense,
@@ -19,7 +20,11 @@ from tagtrain.models.registry import InputSpec, register_model
 
 # 59,049 samples at 16 kHz (3.69 s): 231 frames, which seven 2x2 pools bring to 1x1.
 SHORT_CHUNK_INPUT = InputSpec(
-    kind="mel", seconds=59049 / 16000, n_mels=128, exact_samples=59049, standardize="none"
+    kind="mel",
+    seconds=59049 / 16000,
+    features=FeatureConfig(n_mels=128),
+    exact_samples=59049,
+    standardize="none",
 )
 
 # Channel plan of the seven blocks, in multiples of the base width (128).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.models.attention import prenorm_encoder
 from tagtrain.models.layers import (
     LearnedPositions,
@@ -34,11 +35,7 @@ from tagtrain.models.registry import InputSpec, register_model
 TRANSFORMER_INPUT = InputSpec(
     kind="mel",
     seconds=10.0,
-    sample_rate=22050,
-    n_fft=1024,
-    hop=512,
-    n_mels=128,
-    f_max=11025.0,
+    features=FeatureConfig(sample_rate=22050, n_fft=1024, hop=512, n_mels=128, f_max=11025.0),
     standardize="none",  # the reference's only input normalisation is its BatchNorm2d(1)
 )
 
@@ -55,12 +52,13 @@ class MusicTaggingTransformer(Tagger):
         layers: int = 4,
         heads: int = 8,
         max_tokens: int = 512,
-        n_mels: int = 128,
+        n_mels: int = TRANSFORMER_INPUT.n_mels,
         dropout: float = 0.1,
     ):
         dim = heads_multiple(scaled(dim, width), heads)
         # The reference has no dropout before its LayerNorm + Linear head.
         super().__init__(dim, n_classes, dropout=0.0)
+        self.input_spec = TRANSFORMER_INPUT.with_features(n_mels=n_mels)
         conv = scaled(conv_channels, width)
         self.input = MelInput()
         self.front = nn.Sequential(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.models.attention import bert_encoder
 from tagtrain.models.cnnsa import fixed_cls_vector
 from tagtrain.models.layers import Tagger, heads_multiple, scaled
@@ -36,11 +37,9 @@ from tagtrain.models.registry import InputSpec, register_model
 SPEC_INPUT = InputSpec(
     kind="mel",
     seconds=65280 / 16000,
-    n_mels=96,
+    features=FeatureConfig(n_mels=96, mel_scale="slaney", mel_norm="slaney"),
     exact_samples=65280,
     standardize="none",
-    mel_scale="slaney",
-    mel_norm="slaney",
 )
 WAVE_INPUT = InputSpec(kind="pcm", seconds=65610 / 16000, exact_samples=65610, standardize="none")
 
@@ -101,7 +100,7 @@ class HorizontalConv(nn.Module):
 class PonsFrontEnd(nn.Module):
     """[B, n_mels, T] -> [B, dim, T]: input BN, ten filter shapes, 1x1 conv to `dim`."""
 
-    def __init__(self, units: int, dim: int, n_mels: int = 96):
+    def __init__(self, units: int, dim: int, n_mels: int = SPEC_INPUT.n_mels):
         super().__init__()
         self.input_bn = nn.BatchNorm2d(1)
         self.shapes = nn.ModuleList(

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipelines.core.features import FeatureConfig
 from tagtrain.inference.trained_run import RunError, TrainedRun
 from tagtrain.loader import plan_input
 from tagtrain.models.registry import InputSpec
@@ -44,7 +45,7 @@ CROP_SAMPLES = (frontend.WINDOW_FRAMES - 1) * frontend.HOP + 2 * CONTEXT
 PCM_INPUT = InputSpec(
     kind="pcm",
     seconds=CROP_SAMPLES / frontend.SAMPLE_RATE,
-    sample_rate=frontend.SAMPLE_RATE,
+    features=FeatureConfig(sample_rate=frontend.SAMPLE_RATE),
     exact_samples=CROP_SAMPLES,
     standardize="none",
 )

@@ -8,13 +8,17 @@ A recipe file has:
     train:     RunConfig fields (tagtrain.run.config), checked against the dataclass
     student:   StudentConfig fields (noisy-student recipes), checked likewise
     patchout:  PatchoutOptions fields (MAEST recipes), checked likewise
-    prepare:   optional overrides of the prepare flags; the defaults come from the
+    prepare:   optional overrides of the features prepare computes: `features` (the
+               stored members, e.g. "mel,pcm") and FeatureConfig fields
+               (pipelines/core/features.py), checked against it; the rest come from the
                model's InputSpec, so features and model cannot disagree
     protocol:  settings the paper fixes that the trainer/loader must honour but that are
                not RunConfig fields yet (PROTOCOL_KEYS); the lead wires them
 
 `load_recipe(name)` returns a plain dict {name, cite, command, prepare, train, student,
-patchout, protocol, source}; `name` may also be the path of a YAML file of this form.
+patchout, protocol, source}; `name` may also be the path of a YAML file of this form. Its
+`prepare` is {"features": the stored members, **the FeatureConfig fields the model depends
+on}: `beam_runner.py prepare --recipe NAME` takes them as its flags' defaults.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import dataclasses
 from pathlib import Path
 
 from pipelines.core.errors import UserError
+from pipelines.core.features import FeatureConfig
 
 RECIPE_DIR = Path(__file__).resolve().parent
 COMMANDS = ("train", "student", "patchout")
 SECTIONS = ("cite", "command", "train", "student", "patchout", "prepare", "protocol")
-PREPARE_KEYS = ("features", "sample_rate", "n_fft", "hop", "n_mels", "f_min", "f_max", "log_scale")
-PREPARE_KEYS += ("mel_scale", "mel_norm", "pad_mode")
+# The stored members, then every feature field (declared once, in FeatureConfig).
+PREPARE_KEYS = ("features", *FeatureConfig.field_names())
 # Protocol settings, with what the trainer/loader is expected to do (docs/FIDELITY.md).
 PROTOCOL_KEYS = {
     "train_crop": "random: a fresh random crop of every track each epoch (song-level too)",
@@ -101,20 +106,30 @@ def _check_types(train: dict, source: str) -> None:
         raise RecipeError(f"{source}: train: {exc}") from None
 
 
-def prepare_flags(model: str) -> dict:
-    """The prepare flags that produce the features `model` eats (from its InputSpec)."""
+def model_prepare(model: str) -> dict:
+    """What prepare must store for `model`: {"features": its members, **the FeatureConfig
+    fields its input depends on} (from its InputSpec; the others stay prepare's defaults)."""
     from tagtrain.models.registry import get_entry
 
     spec = get_entry(model).input_spec
-    flags = {"features": "pcm" if spec.kind == "pcm" else f"{spec.kind},pcm"}
-    flags["sample_rate"] = spec.sample_rate
-    if spec.kind != "pcm":
-        flags.update(n_fft=spec.n_fft, hop=spec.hop, log_scale=spec.log_scale)
-        flags.update(pad_mode=spec.pad_mode)
-    if spec.kind == "mel":
-        flags.update(n_mels=spec.n_mels, f_min=spec.f_min, f_max=spec.f_max)
-        flags.update(mel_scale=spec.mel_scale, mel_norm=spec.mel_norm)
-    return flags
+    stored = "pcm" if spec.kind == "pcm" else f"{spec.kind},pcm"
+    return {"features": stored, **spec.card_requirements()}
+
+
+def _check_prepare(model: str, overrides, source: str) -> dict:
+    """The model's prepare settings with the recipe's overrides, checked against
+    FeatureConfig (names and values)."""
+    if not isinstance(overrides, dict):
+        raise RecipeError(f"{source}: prepare must be a mapping")
+    bad = sorted(set(overrides) - set(PREPARE_KEYS))
+    if bad:
+        raise RecipeError(f"{source}: prepare: unknown field(s) {', '.join(bad)}")
+    prepare = {**model_prepare(model), **overrides}
+    try:
+        FeatureConfig.from_fields({k: v for k, v in prepare.items() if k != "features"})
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"{source}: prepare: {exc}") from None
+    return prepare
 
 
 def _check_protocol(values, source: str) -> dict:
@@ -151,11 +166,7 @@ def load_recipe(name: str) -> dict:
         get_entry(model or "")
     except KeyError:
         raise RecipeError(f"{source}: train.model {model!r} is not a registered model") from None
-    overrides = data.get("prepare") or {}
-    bad = sorted(set(overrides) - set(PREPARE_KEYS)) if isinstance(overrides, dict) else ["?"]
-    if bad:
-        raise RecipeError(f"{source}: prepare: unknown flag(s) {', '.join(bad)}")
-    out["prepare"] = {**prepare_flags(model), **overrides}
+    out["prepare"] = _check_prepare(model, data.get("prepare") or {}, source)
     out["protocol"] = _check_protocol(data.get("protocol") or {}, source)
     return out
 
