@@ -403,3 +403,9 @@ def test_a_folder_manifest_skips_links_out_of_the_folder(linked_root):
     found, skipped = scan_audio(linked_root)
     assert found == ["inside.wav", "sub/same.wav"]  # the linked folder is not entered either
     assert ("link.wav", "a symlink to outside the folder (not followed)") in skipped
+
+
+def test_iter_audio_blocks_refuses_a_special_file_rather_than_reading_it_forever():
+    with pytest.raises(AudioRejected) as exc:
+        next(iter_audio_blocks("/dev/zero", SR))
+    assert exc.value.reason == "not_regular_file"

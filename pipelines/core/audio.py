@@ -68,6 +68,7 @@ from pipelines.core.failures import (  # noqa: F401  (reasons re-exported for ca
     TransientError,
     reason_text,
 )
+from pipelines.core.source import read_local
 
 DECODERS = ("auto", "soundfile", "essentia", "ffmpeg")
 
@@ -221,7 +222,7 @@ def _decode(data, decoder, suffix, caps: blocks.Caps, timeout) -> blocks.Result:
     try:
         second = with_ffmpeg()
     except AudioRejected as exc:
-        if exc.reason == TOO_LONG:
+        if exc.reason in (TOO_LONG, NON_FINITE, OUT_OF_RANGE):
             raise
         first.warnings.append(f"partial: {note}; ffmpeg failed: {exc.message}"[:300])
         return first
@@ -319,10 +320,9 @@ def iter_audio_blocks(
         raise ValueError(
             f"iter_audio_blocks decodes with auto, soundfile or ffmpeg, not {decoder!r}"
         )
-    if not isinstance(source, bytes):
+    if not isinstance(source, bytes):  # a regular file only: /dev/zero would never end
         suffix = suffix or os.path.splitext(os.fspath(source))[1]
-        with open(source, "rb") as f:
-            source = f.read()
+        source = read_local(os.fspath(source)).data
     if not source:
         raise AudioRejected("decode", EMPTY, "file is empty (0 bytes)")
     notes = warnings if warnings is not None else []
@@ -407,6 +407,9 @@ def _continue_with_ffmpeg(data, suffix, timeout, mono: blocks.Mono, ready, notes
         return
     finally:
         source.close()
+    if mono.frames <= done:
+        notes.append(f"partial: {note}; ffmpeg decoded no more ({seen / mono.rate:.2f} s)")
+        return
     notes.append(f"recovered: {note}; continued with ffmpeg ({mono.frames / mono.rate:.2f} s)")
     notes.extend(source.warnings)
 

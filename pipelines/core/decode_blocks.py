@@ -285,7 +285,9 @@ def consume(source: Source, caps: Caps) -> Result:
         if source.header_seconds:
             caps.check(source.rate, source.channels, source.header_seconds * source.rate)
         mono = Mono(source.rate, caps.sample_rate)
-        known = source.expected_frames or (source.header_seconds or 0) * source.rate
+        # The output's size, to allocate it once: the header's length (for MPEG the frame
+        # count, not libsndfile's guess from the first frame) or the shortfall estimate.
+        known = (source.header_seconds or 0) * source.rate or source.expected_frames
         if caps.max_seconds is not None:
             known = min(known or np.inf, caps.max_seconds * source.rate)
         pcm = Pcm(known * caps.sample_rate / source.rate + caps.sample_rate if known else 0)
