@@ -15,7 +15,9 @@ block is read, the length the header says (libsndfile's frame count, the MPEG fr
 walk, ffprobe) is checked against the caps, and the running length is checked again as
 blocks come: without `max_seconds`, at most `max_decode_seconds` (default 2 h) of audio,
 and never more than `MAX_NATIVE_SAMPLES` native samples (channels x frames) in one decode.
-Over a cap is a `too_long` reject, in milliseconds for a header that says so.
+Over a cap is a `too_long` reject, in milliseconds for a header that says so. Samples far
+past full scale (over `MAX_PEAK`, e.g. 1e30 in a float WAV) are an `out_of_range` reject,
+not a full-scale square wave.
 
 Never silently short: libsndfile can return less audio than a file holds without raising
 (an MP3 without a Xing header, a damaged region). Every soundfile decode is checked
