@@ -472,6 +472,28 @@ def test_help_prints_every_default_from_the_dataclass_and_a_typo_gets_a_suggesti
     assert len(line.splitlines()) == 1 and "did you mean --batch-size?" in line
 
 
+def test_the_training_commands_flags_are_generated_from_their_dataclasses():
+    """train, student and train-patchout: one flags dataclass each (--config, --resume;
+    the student's --student-model), the run settings and the objective's options, every
+    default in --help."""
+    shown = {}
+    for command in ("train", "student", "train-patchout"):
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            assert main([command, "--help"]) == 0
+        shown[command] = " ".join(stdout.getvalue().split())
+    for text in shown.values():
+        assert "--config CONFIG YAML or JSON file of settings" in text and "--resume" in text
+        assert "(default: 16)" in text and "(default: adam_sgd)" in text
+    assert "--student-model STUDENT_MODEL registered model of the student" in shown["student"]
+    assert "each teaches the next (default: 1)" in shown["student"]
+    assert " --model " not in shown["student"] and " --model " in shown["train"]
+    patchout = shown["train-patchout"]
+    assert "--mixup-alpha MIXUP_ALPHA mixup Beta(a, a) parameter (0 = off) (default: 0.3)" in (
+        patchout
+    )
+
+
 def test_train_fraction_keeps_whole_shards_and_roc_auc_selects(dataset, tmp_path):
     out, card = dataset
     run = tmp_path / "run"

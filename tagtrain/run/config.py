@@ -69,8 +69,9 @@ class RunConfig:
     )
     augment: str | list = setting(
         "",
-        "waveform augmentation of training crops: default (noisy-student chain), a YAML "
-        "file, or none; config.json records the chain itself",
+        "training augmentation chain, online on training crops (not perturb --augment): "
+        "default (seed 003's chain; student's default), a YAML file, or none; config.json "
+        "records the chain itself",
     )
     storage_options: dict = setting({}, "fsspec options per protocol", flag=False)
     max_bad_fraction: float = setting(
