@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipelines.core.features import FeatureConfig, log_mel
-from tagtrain.commands.explain import explain_window, explainable
+from tagtrain.inference.contributions import explain_window, explainable
 from tagtrain.models.registry import create_model
 
 SR = 16000
@@ -128,7 +128,7 @@ def test_attention_maps_come_from_the_models():
 def test_won2019_models_are_explained_token_by_token():
     """Won et al. 2019's own models (mel and raw waveform) work with explain: one curve
     value per token, at the token's duration, and a mel to show for the waveform model."""
-    from tagtrain.commands.explain import display_mel, seconds_per_token
+    from tagtrain.inference.contributions import display_mel, seconds_per_token
     from tagtrain.loader.device import DeviceInput
     from tagtrain.loader.input_plan import InputPlan
 

@@ -14,8 +14,8 @@ import torch
 
 from pipelines.core.audio import to_int16
 from pipelines.core.features import FeatureConfig, power_spectrogram
-from tagtrain.commands.export import dft_power_spectrogram, export_onnx
-from tagtrain.commands.tag import pcm_input
+from tagtrain.inference.onnx_export import dft_power_spectrogram, export_onnx
+from tagtrain.inference.predict import pcm_input
 from tagtrain.inference.trained_run import TrainedRun
 from tagtrain.loader import InputPlan
 from tagtrain.models.registry import create_model
@@ -162,7 +162,7 @@ def test_pretrained_export_matches_the_published_model(tmp_path):
     tagger_module = pytest.importorskip("tagtrain.pretrained.tagger")
     import soundfile as sf
 
-    from tagtrain.commands.export import export_pretrained_onnx
+    from tagtrain.pretrained.cli import export_pretrained_onnx
 
     tagger = tagger_module.Tagger.from_pretrained("musicnn-mtt")
     rng = np.random.default_rng(2)

@@ -14,7 +14,7 @@ from manifests.flags import BuildFlags, FolderFlags, InfoFlags, VocabFlags
 from pipelines.beam.perturb_cli import PerturbFlags
 from pipelines.beam.prepare_flags import PrepareFlags
 from pipelines.core.errors import OneLineParser
-from pipelines.core.flags import add_flags, flag_name, from_args, settings_line
+from pipelines.core.flags import add_flags, flag_name, from_args, setting, settings_line
 from tagtrain.run.config import RunConfig
 
 FLAG_CLASSES = (PrepareFlags, PerturbFlags, BuildFlags, FolderFlags, VocabFlags, InfoFlags)
@@ -100,3 +100,32 @@ def test_settings_print_as_a_diff_from_the_defaults():
     )
     assert settings_line(InfoFlags()) == "defaults"
     assert flag_name("max_reject_fraction") == "--max-reject-fraction"
+
+
+@dataclasses.dataclass
+class _FilesFlags:
+    paths: list[str] = setting([], "audio files", positional=True, metavar="FILE")
+    extra: list[str] = setting([], "more files", nargs="*")
+    tag: list[str] = setting([], "a tag (repeatable)", repeat=True)
+    source: str = setting("", "whose checkpoint", option="--from", choices=("a", "b"))
+    count: int = setting(3, "how many")
+
+
+def test_positional_lists_repeated_flags_and_other_spellings():
+    """A `list[str]` positional takes one or more values (`nargs` another count), a
+    `repeat` flag appends each time it is given, `option` spells a flag that cannot be its
+    field's name; `from_args` makes the dataclass of them, `--help` shows the defaults."""
+    parser = parser_for(_FilesFlags)
+    args = parser.parse_args(["a.wav", "b.wav", "--tag", "x", "--from", "b", "--tag", "y"])
+    flags = from_args(args, _FilesFlags)
+    assert flags == _FilesFlags(["a.wav", "b.wav"], [], ["x", "y"], "b", 3)
+    assert from_args(parser.parse_args(["a.wav", "--extra"]), _FilesFlags).tag == []
+    assert parser.parse_args(["a.wav", "--extra", "c", "d"]).extra == ["c", "d"]
+    assert _FilesFlags().tag == [] and from_args(parser.parse_args(["a"]), _FilesFlags).tag == []
+    with pytest.raises(SystemExit):
+        parser.parse_args([])  # a FILE is required
+    with pytest.raises(SystemExit):
+        parser.parse_args(["a.wav", "--source", "a"])  # spelt --from only
+    text = " ".join(parser.format_help().split())
+    assert "--from {a,b}" in text and "(default: 3)" in text and "FILE [FILE ...]" in text
+    assert "(default: none)" not in text  # an empty list shows no default

@@ -287,7 +287,7 @@ def test_evaluate_takes_an_imported_run(demo_dataset, tmp_path, capsys, model_na
 
 
 def test_containers_are_unwrapped():
-    from tagtrain.commands.import_weights import unwrap
+    from tagtrain.pretrained.imported_run import unwrap
 
     state = {"a.weight": torch.zeros(2), "b.bias": torch.ones(1)}
     assert unwrap(state, "f") == state

@@ -37,13 +37,20 @@ def setting(
     positional: bool = False,
     required: bool = False,
     negatable: bool = True,
+    nargs=None,
+    repeat: bool = False,
+    option: str | None = None,
 ):
     """A dataclass field with its command-line flag.
 
     `flag=False`: config file only. `type`: the converter argparse applies (default: the
     annotation). `aliases`: more spellings shown in --help; `hidden_aliases`: spellings of
     earlier releases still accepted but not shown. `positional`: an argument, not a flag.
-    `negatable=False`: a boolean is a plain switch (`--force`), not `--x/--no-x`."""
+    `negatable=False`: a boolean is a plain switch (`--force`), not `--x/--no-x`.
+    `nargs`: argparse's ("+", "*", "?"; a `list[T]` field takes "+" values of type T unless
+    told). `repeat`: the flag may be given again, each value appended (`--tag a --tag b`;
+    a `list[T]` field). `option`: the flag's spelling when it is not `--field-name` (a
+    field cannot be named `from`)."""
     metadata = {
         "help": help,
         "choices": choices,
@@ -55,6 +62,9 @@ def setting(
         "positional": positional,
         "required": required,
         "negatable": negatable,
+        "nargs": nargs,
+        "repeat": repeat,
+        "option": option,
     }
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: default.copy(), metadata=metadata)
@@ -70,11 +80,19 @@ def _default(f: dataclasses.Field):
 
 
 def _scalar_type(hint):
-    """The type argparse converts a flag with (the first of a union; list -> its items)."""
+    """The type argparse converts a flag with (the first of a union; a bare list or dict
+    stays itself, a `list[T]` is a `_ListOf` T)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return _scalar_type(next(a for a in typing.get_args(hint) if a is not type(None)))
+    if origin is list:
+        return _ListOf(typing.get_args(hint)[0])
     return hint
+
+
+@dataclasses.dataclass(frozen=True)
+class _ListOf:
+    item: type
 
 
 def flag_name(name: str) -> str:
@@ -82,7 +100,7 @@ def flag_name(name: str) -> str:
 
 
 def _help(meta, default, kind) -> str:
-    quiet = default in ("", None) or (kind is bool and not meta.get("negatable", True))
+    quiet = default in ("", None, []) or (kind is bool and not meta.get("negatable", True))
     return meta["help"] + ("" if quiet else f" (default: {_show(default)})")
 
 
@@ -97,10 +115,20 @@ def _argument_kwargs(meta, default, kind, with_defaults: bool) -> dict:
         kwargs["default"] = bool(default) if with_defaults else None
     elif kind in (list, dict):
         kwargs.update(nargs="+", type=int, metavar="N")
+    elif isinstance(kind, _ListOf):
+        kwargs.update(type=meta.get("type") or kind.item, choices=meta.get("choices"))
+        kwargs.update(metavar=meta.get("metavar"))
+        if meta.get("repeat"):
+            kwargs["action"] = "append"  # onto a copy of the default (add_flags sets it)
+            kwargs["default"] = None
+        else:
+            kwargs["nargs"] = meta.get("nargs") or "+"
     else:
         kwargs.update(
             type=meta.get("type") or kind, choices=meta.get("choices"), metavar=meta.get("metavar")
         )
+    if meta.get("nargs") and "action" not in kwargs:
+        kwargs["nargs"] = meta["nargs"]
     if meta.get("required"):
         kwargs["required"] = True
     return kwargs
@@ -123,11 +151,12 @@ def add_flags(
             kwargs.pop("required", None)
             target.add_argument(f.name, **kwargs)
         else:
-            target.add_argument(flag_name(f.name), *meta.get("aliases", ()), dest=f.name, **kwargs)
+            spelling = meta.get("option") or flag_name(f.name)
+            target.add_argument(spelling, *meta.get("aliases", ()), dest=f.name, **kwargs)
             for alias in meta.get("hidden_aliases", ()):
                 hidden = {**kwargs, "help": argparse.SUPPRESS, "required": False}
                 target.add_argument(alias, dest=f.name, **hidden)
-        if with_defaults and kwargs.get("action") is argparse.BooleanOptionalAction:
+        if with_defaults and kwargs.get("action") in (argparse.BooleanOptionalAction, "append"):
             target.set_defaults(**{f.name: _default(f)})
         added.append(f.name)
     return added

@@ -1,349 +1,38 @@
-"""`python -m tagtrain evaluate`: the registered metrics (tagtrain.inference.metrics: macro ROC-AUC
-and PR-AUC) with bootstrap 95% intervals, and a per-tag table, for a run.
+"""`python -m tagtrain evaluate`: the registered metrics (macro ROC-AUC and PR-AUC) with
+bootstrap 95% intervals, and a per-tag table, for a run (`--run`) or a published model on a
+prepared dataset (`--pretrained NAME --data D`).
 
-Every model averages its sigmoid outputs over `--chunks` evenly spaced chunks of each
-track, song-level models (FCN, CRNN) included, as the reference code evaluates them
-(tagtrain.inference.predict, as in validation). Tags with no positives or no negatives in the split have no AUC: they are
-left out of the macro averages and listed, never averaged in as NaN. The intervals come
-from `--bootstrap` resamples of the tracks (percentile method).
-
-Writes, in the run directory, `metrics.json`, `per_tag.csv` and `predictions.parquet`
-(key, true tags, one probability per tag; the vocabulary in the file's metadata) for the
-test split of the run's own dataset; other splits get `metrics-{split}.json`, other
-datasets `metrics-{dataset}-{hash}-{split}.json` (and the same for the others, see
-tagtrain.run.directory), so nothing is overwritten by a different evaluation.
+The options are `tagtrain.pretrained.cli.EvaluateFlags`; the work is
+tagtrain.inference.evaluation (see its docs: chunk-averaged predictions, the metrics, the
+files written in the run directory). The names `robustness` uses from here stay
+importable.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
-import json
-import math
-import re
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
-
-from tagtrain.inference.metrics import METRICS, TagScores, bootstrap_macro, tag_scores
-from tagtrain.inference.predict import predict_split
-from tagtrain.inference.trained_run import (
-    EvalSet,
-    RunError,
-    TrainedRun,
-    add_run_arguments,
-    check_run_arguments,
-    check_whole_split,
-    load_run_from_args,
-    loader_config,
-    open_split,
-    same_data,
+from pipelines.core.flags import add_flags, from_args
+from tagtrain.inference.evaluation import (  # noqa: F401  (used by robustness and tests)
+    Bootstrap,
+    evaluate_set,
+    fmt,
+    warn_if_changed_since_training,
+    write_predictions,
 )
-from tagtrain.loader import LoaderStats
-from tagtrain.run.directory import RunDir
-from tagtrain.run.runtime import DistEnv
+from tagtrain.pretrained.cli import EvaluateFlags, add_pretrained_arguments, evaluate  # noqa: F401
 
 COMMAND = "evaluate"
 HELP = "macro ROC-AUC / PR-AUC and per-tag scores of a trained run on a split"
-PER_TAG_FIELDS = ("tag", "positives", *METRICS)
-
-
-@dataclass
-class Evaluation:
-    run: TrainedRun
-    data: str
-    split: str
-    chunks: int  # chunks averaged per track
-    labels: np.ndarray  # [tracks, tags]
-    probs: np.ndarray  # [tracks, tags], chunk-averaged
-    scores: TagScores
-    stats: LoaderStats
-    keys: list[str] = field(default_factory=list)  # one per track
-    intervals: dict = field(default_factory=dict)  # metric -> bootstrap 95% {low, high}
-    resamples: int = 0
-    card_sha256: str = ""  # of the evaluated dataset's card
-    split_tracks: int = 0  # the split's tracks in the card (`tracks` were read and scored)
-
-    @property
-    def tracks(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def positives(self) -> list[int]:
-        return self.labels.sum(axis=0).round().astype(int).tolist()
-
-    def per_tag(self) -> list[dict]:
-        """One row per tag, in vocabulary order; excluded tags have no AUCs (None)."""
-        per_tag = self.scores.per_tag
-        return [
-            {"tag": tag, "positives": pos, **{m: _number(per_tag[m][i]) for m in METRICS}}
-            for i, (tag, pos) in enumerate(zip(self.run.vocabulary, self.positives))
-        ]
-
-    def excluded(self) -> dict[str, str]:
-        """The tags left out of the macro averages, and why (vocabulary order)."""
-        out = {}
-        for tag, pos in zip(self.run.vocabulary, self.positives):
-            if pos == 0:
-                out[tag] = "no positives"
-            elif pos == self.tracks:
-                out[tag] = "no negatives"
-        return out
-
-    def summary(self) -> dict:
-        excluded = self.excluded()
-        return {
-            "run": self.run.location,
-            "model": self.run.model_name,
-            "checkpoint": self.run.checkpoint.name,
-            "checkpoint_sha256": self.run.checkpoint_sha256,
-            "data": self.data,
-            "data_card_sha256": self.card_sha256,
-            "split": self.split,
-            "chunks": self.chunks,
-            "tracks": self.tracks,
-            "tracks_in_split": self.split_tracks,
-            "tags": len(self.run.vocabulary),
-            **{m: _number(v) for m, v in self.scores.macro.items()},
-            "bootstrap": {"resamples": self.resamples, **self.intervals},
-            "evaluated_tags": self.scores.evaluated_tags,
-            "excluded_tags": list(excluded),
-            "excluded_reasons": excluded,
-            # The dataset's tags a published model has no output for (never scored).
-            "not_in_model_vocabulary": list(self.run.unscored_tags),
-            "loader": {
-                "shard_errors": self.stats.shard_errors,
-                "bad_samples": self.stats.bad_samples,
-                "errors": self.stats.errors,
-            },
-        }
-
-
-def _number(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
-def evaluate_set(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -> Evaluation:
-    """Chunk-averaged predictions for every track of the split, scored per tag."""
-    cfg = loader_config(run, eval_set, args)
-    # The loader's labels follow the card; a published model keeps the columns it has.
-    vocabulary = run.vocabulary if run.label_columns is None else eval_set.card["vocabulary"]
-    preds = predict_split(
-        run.model,
-        eval_set.shards,
-        eval_set.plan,
-        vocabulary,
-        cfg,
-        eval_set.device_input,
-        DistEnv(),
-        run.autocast_dtype,
-    )
-    if run.label_columns is not None:
-        preds.labels = preds.labels[:, run.label_columns]
-    if preds.labels.shape[0] == 0:
-        first = preds.stats.errors[0] if preds.stats.errors else "no samples"
-        raise RunError(f"no track of {eval_set.data} split {eval_set.split} could be read: {first}")
-    check_whole_split(eval_set, preds.labels.shape[0], preds.stats, args)
-    resamples = getattr(args, "bootstrap", 0)
-    intervals = bootstrap_macro(preds.labels, preds.probs, resamples) if resamples else {}
-    return Evaluation(
-        run, eval_set.data, eval_set.split, cfg.eval_chunks, preds.labels, preds.probs,
-        tag_scores(preds.labels, preds.probs), preds.stats, preds.keys, intervals, resamples,
-        eval_set.card_sha256, eval_set.tracks,
-    )  # fmt: skip
-
-
-# --- outputs ---------------------------------------------------------------------------
-
-
-def dataset_label(data: str) -> str:
-    """A file-name-safe, collision-free label for a dataset location."""
-    base = re.sub(r"[^A-Za-z0-9._+-]+", "_", data.rstrip("/").rsplit("/", 1)[-1]) or "data"
-    digest = hashlib.sha256(data.rstrip("/").encode()).hexdigest()[:6]
-    return f"{base}-{digest}"
-
-
-def result_paths(run: TrainedRun, data: str, split: str) -> tuple[Path, Path, Path]:
-    """(metrics JSON, per-tag CSV, per-track predictions Parquet) in the run directory."""
-    if same_data(data, run.config.data):
-        suffix = "" if split == "test" else f"-{split}"
-    else:
-        suffix = f"-{dataset_label(data)}-{split}"
-    return RunDir(run.dir).evaluation(suffix)
-
-
-def write_predictions(evaluation: Evaluation, path: Path) -> Path:
-    """One row per track: key, its true tags, and the probability of every tag (in the
-    vocabulary order that the file's metadata records)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    vocabulary = evaluation.run.vocabulary
-    tags = [[vocabulary[i] for i in np.flatnonzero(y > 0.5)] for y in evaluation.labels]
-    table = pa.table(
-        {
-            "key": pa.array(evaluation.keys, pa.string()),
-            "tags": pa.array(tags, pa.list_(pa.string())),
-            "probabilities": pa.array(
-                evaluation.probs.astype(np.float32).tolist(), pa.list_(pa.float32())
-            ),
-        }
-    )
-    metadata = {"vocabulary": vocabulary, "run": evaluation.run.location, "data": evaluation.data}
-    table = table.replace_schema_metadata({"tagtrain": json.dumps(metadata)})
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-    return path
-
-
-def write_results(evaluation: Evaluation) -> tuple[Path, Path, Path]:
-    paths = result_paths(evaluation.run, evaluation.data, evaluation.split)
-    metrics_path, per_tag_path, predictions_path = paths
-    metrics_path.write_text(json.dumps(evaluation.summary(), indent=2) + "\n")
-    with open(per_tag_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, ("tag", "positives", *METRICS))
-        writer.writeheader()
-        for row in evaluation.per_tag():
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    if len(evaluation.keys) == evaluation.tracks:
-        write_predictions(evaluation, predictions_path)
-    return paths
-
-
-def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def print_evaluation(evaluation: Evaluation) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    table = Table(
-        title=f"{evaluation.run.name}: {evaluation.split} split, {evaluation.tracks} tracks",
-        title_justify="left",
-    )
-    table.add_column("tag")
-    for name in ("positives", *(m.label for m in METRICS.values())):
-        table.add_column(name, justify="right")
-    for row in evaluation.per_tag():
-        table.add_row(row["tag"], str(row["positives"]), *(fmt(row[m]) for m in METRICS))
-    s = evaluation.summary()
-    table.add_section()
-    macro = (fmt(s[m]) for m in METRICS)
-    table.add_row(f"macro over {s['evaluated_tags']} tags", "", *macro, style="bold")
-    console.print(table)
-    console.print(f"{evaluation.run.describe()}; {evaluation.chunks} chunks per track")
-    for name, interval in evaluation.intervals.items():
-        if interval["low"] is not None:
-            console.print(
-                f"{METRICS[name].label} 95% interval ({evaluation.resamples} bootstrap "
-                f"resamples of the tracks): {interval['low']:.4f} - {interval['high']:.4f}"
-            )
-    for tag, reason in s["excluded_reasons"].items():
-        console.print(f"left out of the macro averages: {tag} ({reason})")
-    if evaluation.run.unscored_tags:
-        console.print(
-            f"not scored (not in {evaluation.run.name}'s vocabulary): "
-            + ", ".join(evaluation.run.unscored_tags)
-        )
-    if evaluation.stats.shard_errors or evaluation.stats.bad_samples:
-        first = evaluation.stats.errors[0] if evaluation.stats.errors else ""
-        console.print(
-            f"loader: {evaluation.stats.shard_errors} shard error(s), "
-            f"{evaluation.stats.bad_samples} bad sample(s) skipped; first: {first}"
-        )
-
-
-# --- command line ------------------------------------------------------------------------
 
 
 def add_bootstrap_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--bootstrap", type=int, default=1000,
-        help="resamples of the tracks for 95%% intervals of the macro scores (0 = off; "
-        "default: 1000)",
-    )  # fmt: skip
-
-
-def add_pretrained_arguments(parser: argparse.ArgumentParser, repeat: bool = False) -> None:
-    from tagtrain.pretrained.musicnn import PRETRAINED
-
-    parser.add_argument(
-        "--pretrained", default=[] if repeat else None, action="append" if repeat else "store",
-        metavar="NAME",
-        help=f"a published model scored on the dataset's stored 16 kHz PCM: "
-        f"{', '.join(sorted(PRETRAINED))}" + ("; repeatable" if repeat else ""),
-    )  # fmt: skip
+    add_flags(parser, Bootstrap, with_defaults=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", default=None, help="run directory (config.json, best.pt, ...)")
-    add_pretrained_arguments(parser)
-    parser.add_argument(
-        "--data", default=None, help="dataset directory or URL (default: the run's own dataset)"
-    )
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument(
-        "--out", default=None,
-        help="--pretrained: directory of its results, a run directory for `report --compare` "
-        "(default: runs/NAME)",
-    )  # fmt: skip
-    add_bootstrap_argument(parser)
-    add_run_arguments(parser)
-
-
-def load_evaluated(args: argparse.Namespace) -> tuple[TrainedRun, str]:
-    """(the run or published model that --run / --pretrained names, the dataset)."""
-    if bool(args.run) == bool(args.pretrained):
-        raise RunError(  # argparse's wording, as when --run alone was required
-            "the following arguments are required: --run (or --pretrained NAME with --data, "
-            "not both)"
-        )
-    if args.run:
-        if args.out:
-            raise RunError("--out is for --pretrained: a run's results go into its directory")
-        trained = load_run_from_args(args)
-        return trained, args.data or trained.config.data
-    if not args.data:
-        raise RunError(f"--pretrained {args.pretrained} needs --data DATASET")
-    from tagtrain.loader import load_card
-    from tagtrain.pretrained.on_shards import pretrained_run
-
-    published = pretrained_run(
-        args.pretrained, args.data, load_card(args.data), args.device, args.out
-    )
-    published.dir.mkdir(parents=True, exist_ok=True)
-    return published, args.data
-
-
-def warn_if_changed_since_training(run: TrainedRun, eval_set: EvalSet) -> None:
-    """A run evaluated on its own dataset after that was prepared again: its splits may
-    now hold other tracks (some it trained on), so say so before the figures."""
-    own = same_data(eval_set.data, run.config.data)
-    if own and run.card_checksum and eval_set.card_sha256 != run.card_checksum:
-        print(
-            f"warning: {eval_set.data} has changed since {run.name} was trained on it (its "
-            f"card differs): its {eval_set.split} split may hold other tracks than then",
-            file=sys.stderr,
-        )
+    add_flags(parser, EvaluateFlags, with_defaults=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_run_arguments(args)
-    if args.bootstrap < 0:
-        raise RunError("--bootstrap must not be negative")
-    trained, data = load_evaluated(args)
-    eval_set = open_split(trained, data, args.split)
-    warn_if_changed_since_training(trained, eval_set)
-    evaluation = evaluate_set(trained, eval_set, args)
-    paths = write_results(evaluation)
-    trained.publish(*paths)
-    print_evaluation(evaluation)
-    shown = [trained.store.url(p.name) if trained.store else p for p in paths]
-    print(f"wrote {shown[0]}, {shown[1]} and {shown[2]}")
-    return 0
+    return evaluate(from_args(args, EvaluateFlags))

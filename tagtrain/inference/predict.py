@@ -1,21 +1,30 @@
-"""The one inference path: a model's outputs for loader batches or for audio windows.
+"""The one inference path: a model's outputs for loader batches or for windows of a track.
 
-Chunk-level models see `chunks` evenly spaced crops of each track ([B, chunks, ...] from
-the loader, flattened to [B * chunks, ...] on the device) and their outputs are averaged
-per track; song-level models see one crop. Every forward runs in inference mode under the
-run's autocast. Used by validation (tagtrain.training.loop), evaluate, robustness, embed (with the
-model's `embed` or a hooked layer instead of the logits) and tag (windows of a file).
+Every forward goes through here. `batch_probabilities` is the forward of one device batch
+(eval mode, no autograd, the run's autocast): teacher forwards call it. Chunk-level models
+see `chunks` evenly spaced crops of each track ([B, chunks, ...] from the loader,
+flattened to [B * chunks, ...] on the device) and their outputs are averaged per track;
+song-level models see one crop (`chunk_outputs`, `predict_split`: validation
+(tagtrain.training.loop), evaluate, robustness, embed with the model's `embed` or a hooked
+layer instead of the probabilities). A decoded track is cut into consecutive windows
+(`TrackWindows`) and `WindowPredictor` gives its per-window outputs and their average:
+`tag --run`, `tag --pretrained` (tagtrain.pretrained.tagger, whose windows are the
+official front end's log-mel windows), `explain` (the same windows, its own per-window
+computation) and `export` (the traced path is `pcm_input` + the model + sigmoid).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipelines.core.audio import load_audio, to_int16
 from tagtrain.loader import DeviceInput, EpochReader, LoaderStats, ShardStream
 
 
@@ -24,19 +33,42 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 @contextlib.contextmanager
-def evaluating(model: torch.nn.Module):
-    """Eval mode and inference mode, restoring the model's mode afterwards."""
+def eval_mode(model: torch.nn.Module):
+    """Eval mode, restoring the model's mode afterwards."""
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            yield
+        yield
     finally:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module):
+    """Eval mode and inference mode, restoring the model's mode afterwards (around a loop
+    of forwards whose outputs no autograd graph will see)."""
+    with eval_mode(model), torch.inference_mode():
+        yield
+
+
 def probabilities(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`x -> sigmoid(model(x))` in float32, for a caller that has set the mode and autocast
+    (`chunk_outputs`, `WindowPredictor`); a single batch: `batch_probabilities`."""
     return lambda x: torch.sigmoid(model(x).float())
+
+
+def batch_probabilities(
+    model: torch.nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """The probabilities [B, tags] (float32, on x's device) of `model` for one batch `x`
+    already on the device (the model's input: e.g. a `DeviceInput` output, computed outside
+    autocast as in training and evaluation). Eval mode (the model's mode is restored),
+    autocast on x's device with `autocast_dtype` (None: off), no autograd: `torch.no_grad`,
+    not inference mode, so the result may serve as a training target (BCE saves it for
+    backward). The one forward for teachers (tagtrain.training: a student's pseudo-labels,
+    MAEST's teacher targets); this name stays."""
+    with eval_mode(model), torch.no_grad(), autocast(x.device, autocast_dtype):
+        return probabilities(model)(x)
 
 
 @dataclass
@@ -94,6 +126,9 @@ def predict_split(
     return SplitPredictions(keys, y.numpy(), p.numpy(), reader.stats)
 
 
+# --- windows of a decoded track -------------------------------------------------------
+
+
 def window_offsets(total: int, length: int) -> list[int]:
     """Starts of consecutive windows covering [0, total); the last ends at `total`."""
     if total <= length:
@@ -104,22 +139,113 @@ def window_offsets(total: int, length: int) -> list[int]:
     return offsets
 
 
-def predict_windows(
-    model, pcm: torch.Tensor, length: int, device_input: DeviceInput, dtype, batch_size: int
-) -> tuple[np.ndarray, int]:
-    """Probabilities averaged over consecutive windows of one track's int16 PCM (zero-padded
-    to one window when shorter); (probabilities [C], windows)."""
-    if len(pcm) < length:
-        pcm = torch.nn.functional.pad(pcm, (0, length - len(pcm)))
-    offsets = window_offsets(len(pcm), length)
-    total = None
-    with evaluating(model):
-        for start in range(0, len(offsets), batch_size):
-            windows = torch.stack(
-                [pcm[o : o + length] for o in offsets[start : start + batch_size]]
-            )
-            with autocast(device_input.device, dtype):
-                p = torch.sigmoid(model(device_input(windows)).float())
-            part = p.sum(dim=0).double().cpu()
-            total = part if total is None else total + part
-    return (total / len(offsets)).numpy(), len(offsets)
+@dataclass
+class TrackWindows:
+    """Consecutive windows of one track's int16 PCM (`window_offsets`: the last one aligned
+    with the end of the track, so the whole track is covered); a track shorter than one
+    window is zero-padded to one window. `windows[a:b]` is the int16 batch [b - a, length]."""
+
+    pcm: torch.Tensor  # int16 [samples], zero-padded to at least one window
+    length: int
+    offsets: list[int]
+    padded: bool  # the track is shorter than one window
+
+    @classmethod
+    def of(cls, pcm: torch.Tensor, length: int) -> TrackWindows:
+        padded = len(pcm) < length
+        if padded:
+            pcm = torch.nn.functional.pad(pcm, (0, length - len(pcm)))
+        return cls(pcm, length, window_offsets(len(pcm), length), padded)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, part: slice) -> torch.Tensor:
+        return torch.stack([self.pcm[o : o + self.length] for o in self.offsets[part]])
+
+    def new_samples(self, i: int) -> int:
+        """Samples of window i that window i - 1 does not cover (all of the first)."""
+        if i == 0:
+            return self.length
+        return self.offsets[i] - self.offsets[i - 1]
+
+
+def decode_windows(path: Path, sample_rate: int, length: int) -> tuple[TrackWindows, float]:
+    """The windows of an audio file (decoded, downmixed and resampled to `sample_rate` by
+    the pipeline's `load_audio`, rounded to int16 like the shards' PCM), and its seconds."""
+    decoded = load_audio(path.read_bytes(), sample_rate, suffix=path.suffix, min_seconds=0.0)
+    pcm = torch.from_numpy(to_int16(decoded.pcm))
+    return TrackWindows.of(pcm, length), decoded.seconds
+
+
+def pcm_input(run) -> DeviceInput:
+    """A trained run's model input from int16 PCM windows: its features and normalisation
+    (`run`: a tagtrain.inference.trained_run.TrainedRun)."""
+    kind = run.plan.kind
+    plan = dataclasses.replace(
+        run.plan,
+        member="pcm.npy",
+        length=run.spec.samples,
+        device_feature=None if kind == "pcm" else kind,
+    )
+    return DeviceInput(plan, run.device, run.mean, run.std)
+
+
+@dataclass
+class WindowedPrediction:
+    probabilities: np.ndarray  # [tags], float64 mean of the windows' probabilities
+    taggram: np.ndarray  # [windows, tags], float32: each window's probabilities
+
+    @property
+    def windows(self) -> int:
+        return len(self.taggram)
+
+
+def average(taggram: np.ndarray) -> np.ndarray:
+    """The aggregation of per-window outputs: their mean over windows, in float64."""
+    return taggram.astype(np.float64).mean(axis=0)
+
+
+class WindowPredictor:
+    """The one predictor of windowed tracks: windows (any sequence whose slices are
+    batches: `TrackWindows`, a numpy array of model inputs) -> the model input of each
+    batch of `batch_size` windows (`to_input`: e.g. `pcm_input(run)`, or a plain
+    numpy-to-device) -> the model's per-window outputs (eval and inference mode, autocast
+    with `autocast_dtype`) -> their aggregation (`average`)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        to_input: Callable[[object], torch.Tensor],
+        autocast_dtype: torch.dtype | None = None,
+        batch_size: int = 16,
+    ):
+        self.model = model
+        self.to_input = to_input
+        self.autocast_dtype = autocast_dtype
+        self.batch_size = batch_size
+
+    @classmethod
+    def for_run(cls, run, batch_size: int = 16) -> WindowPredictor:
+        """A trained run's predictor of int16 PCM windows (`TrackWindows`)."""
+        return cls(run.model, pcm_input(run), run.autocast_dtype, batch_size)
+
+    def batches(self, windows, fn: Callable[[torch.Tensor], object] | None = None) -> Iterator:
+        """`fn` (default: the probabilities) of each batch's model input, in order."""
+        fn = fn or probabilities(self.model)
+        for start in range(0, len(windows), self.batch_size):
+            # Entered per batch: the caller's code between batches runs in its own modes.
+            with evaluating(self.model):
+                x = self.to_input(windows[start : start + self.batch_size])
+                with autocast(x.device, self.autocast_dtype):
+                    out = fn(x)
+            yield out
+
+    def taggram(self, windows) -> np.ndarray:
+        """The probabilities [windows, tags] (float32) of every window."""
+        parts = [p.float().cpu().numpy() for p in self.batches(windows)]
+        return np.concatenate(parts)
+
+    def predict(self, windows) -> WindowedPrediction:
+        taggram = self.taggram(windows)
+        return WindowedPrediction(average(taggram), taggram)

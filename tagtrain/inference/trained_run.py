@@ -248,7 +248,7 @@ def open_split(run: TrainedRun, data: str, split: str, card: dict | None = None)
     return EvalSet(data, split, card, shards, plan, device_input)
 
 
-def check_whole_split(eval_set: EvalSet, read: int, stats, args: argparse.Namespace) -> None:
+def check_whole_split(eval_set: EvalSet, read: int, stats, args) -> None:
     """Scores (or embeddings) of part of a split are not the split's: RunError (one line)
     when tracks could not be read (a shard lost after retries, malformed samples), unless
     --allow-partial, which goes on with what was read (evaluate's metrics.json then shows
@@ -263,7 +263,7 @@ def check_whole_split(eval_set: EvalSet, read: int, stats, args: argparse.Namesp
     )
 
 
-def loader_config(run: TrainedRun, eval_set: EvalSet, args: argparse.Namespace) -> LoaderConfig:
+def loader_config(run: TrainedRun, eval_set: EvalSet, args) -> LoaderConfig:
     """Evaluation loading: fixed, evenly spaced crops; no more workers than shards."""
     return LoaderConfig(
         batch_size=args.batch_size,
@@ -285,6 +285,8 @@ def same_data(a: str, b: str) -> bool:
 
 
 # --- shared command-line pieces --------------------------------------------------------
+# `args` below: a command's options dataclass (an `EvalOptions` or one with its fields)
+# or the argparse namespace of the same flags.
 
 
 @dataclass
@@ -306,7 +308,7 @@ class EvalOptions:
     )  # fmt: skip
 
 
-def load_run_from_args(args: argparse.Namespace, run: str | None = None) -> TrainedRun:
+def load_run_from_args(args, run: str | None = None) -> TrainedRun:
     """`load_run` with a command's --checkpoint, --device and --s3-endpoint-url (which
     then also reaches the run's dataset)."""
     endpoint = getattr(args, "s3_endpoint_url", "")
@@ -321,7 +323,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, chunks: bool = True) -> N
     add_flags(parser, EvalOptions, exclude=() if chunks else ("chunks",), with_defaults=True)
 
 
-def check_run_arguments(args: argparse.Namespace) -> None:
+def check_run_arguments(args) -> None:
     if args.batch_size < 1:
         raise RunError("--batch-size must be at least 1")
     if args.workers < 0:

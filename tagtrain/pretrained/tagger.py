@@ -3,7 +3,10 @@ published weights, as `musicnn.extractor` does (see frontend.py), without Tensor
 
 `predict` returns a dict: path, vocabulary, probabilities (mean of the taggram over
 windows, full vector), taggram (sigmoid per 3 s window) and windows_s ([start, end] of
-each window in seconds); `features` gives the official named layers per window.
+each window in seconds); `features` gives the official named layers per window. The
+windows are the official front end's (log-mel of the whole file, cut every 187 frames);
+the forwards and the average over windows are the one predictor's
+(tagtrain.inference.predict.WindowPredictor), as for `tag --run`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 
 from pipelines.core.audio import AudioRejected, load_audio
 from pipelines.core.errors import UserError
+from tagtrain.inference.predict import WindowPredictor, average
 from tagtrain.models.musicnn_tf import CONV_ALGORITHMS, set_conv_algorithm
 from tagtrain.pretrained import frontend
 from tagtrain.pretrained.musicnn import load_pretrained, pretrained_spec
@@ -71,6 +75,14 @@ class Tagger:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def predictor(self) -> WindowPredictor:
+        """Log-mel windows [N, 96, 187] (numpy) -> the network, `batch_size` per forward."""
+        device = self.device
+        return WindowPredictor(
+            self.model, lambda b: torch.from_numpy(b).to(device), None, self.batch_size
+        )
+
     def windows(self, path: str | Path) -> tuple[np.ndarray, list[int]]:
         """The model input [windows, 96, 187] of a file and each window's first frame."""
         try:
@@ -85,33 +97,25 @@ class Tagger:
             )
         return frontend.cut_windows(log_mel, starts), starts
 
-    @torch.inference_mode()
     def features(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """The model's named layers (and `taggram`) for a window batch [N, 96, 187]."""
         parts: dict[str, list[np.ndarray]] = {}
-        for i in range(0, len(batch), self.batch_size):
-            x = torch.from_numpy(batch[i : i + self.batch_size]).to(self.device)
-            out = self.model.features(x)
+        for out in self.predictor.batches(batch, self.model.features):
             out["taggram"] = torch.sigmoid(out["logits"])
             for key, value in out.items():
                 parts.setdefault(key, []).append(value.float().cpu().numpy())
         return {k: np.concatenate(v) for k, v in parts.items()}
 
-    @torch.inference_mode()
     def taggram(self, batch: np.ndarray) -> np.ndarray:
         """Sigmoid outputs [N, tags] of a window batch, `batch_size` windows per forward."""
-        parts = []
-        for i in range(0, len(batch), self.batch_size):
-            x = torch.from_numpy(batch[i : i + self.batch_size]).to(self.device)
-            parts.append(torch.sigmoid(self.model(x)).float().cpu().numpy())
-        return np.concatenate(parts)
+        return self.predictor.taggram(batch)
 
     def record(self, path: str | Path, taggram: np.ndarray, starts: list[int]) -> dict:
         return {
             "path": str(path),
             "model": self.name,
             "vocabulary": list(self.vocabulary),
-            "probabilities": taggram.mean(axis=0).tolist(),
+            "probabilities": average(taggram).tolist(),
             "taggram": taggram.tolist(),
             "windows_s": [list(w) for w in frontend.window_seconds(starts)],
         }
