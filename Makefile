@@ -24,8 +24,13 @@ test: setup lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --ignore=$(ALONE); rest=$$?; \
 	exit $$((alone || rest))
 
+# deptry: every import is declared in pyproject.toml, not just installed because something
+# else brought it in. First the shipped code against [project] and its extras ([tool.deptry]),
+# then tests/ and bench/ too, with the dev extra allowed.
 lint:
 	.venv/bin/lint-imports
+	.venv/bin/deptry .
+	.venv/bin/deptry . --exclude '\.venv|venv|build|dist|docs|scripts' --ignore DEP002,DEP004
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 

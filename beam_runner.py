@@ -61,10 +61,10 @@ def _run(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
     from pipelines.beam.runner_options import QuietOutput, checked_beam_args
-    from pipelines.core.errors import OneLineParser, UserError, first_line
+    from pipelines.core.errors import OneLineParser, UserError, first_line, prog_name
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = OneLineParser(prog="beam_runner.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=prog_name("beam_runner.py"), description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="job", required=True, parser_class=OneLineParser)
     for module in job_modules(argv):
         module.add_parser(sub)
@@ -87,10 +87,10 @@ def _run(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.core.errors import run_cli
+    from pipelines.core.errors import prog_name, run_cli
 
     _export_project_path()
-    return run_cli("beam_runner.py", lambda: _run(argv))
+    return run_cli(prog_name("beam_runner.py"), lambda: _run(argv))
 
 
 if __name__ == "__main__":

@@ -25,13 +25,15 @@ from manifests.folder import (
 )
 from manifests.schema import SPLITS, ManifestError, read_manifest, write_manifest
 from manifests.vocabulary import tag_counts, top_tags, vocabulary_of, with_vocabulary
-from pipelines.core.errors import OneLineParser, UserError, run_cli
+from pipelines.core.errors import OneLineParser, UserError, prog_name, run_cli
 from pipelines.core.flags import add_flags
 
 
 def _parser() -> OneLineParser:
     parser = OneLineParser(
-        prog="python -m manifests", description=__doc__.split("\n\n")[0], allow_abbrev=False
+        prog=prog_name("python -m manifests", command="manifest"),
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, (help, flags, run) in COMMANDS.items():
@@ -227,8 +229,9 @@ def _run(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # No program name before "error:": this command's errors have always read that way.
-    return run_cli("", lambda: _run(argv))
+    # No program name before "error:": this command's errors have always read that way
+    # (`tagkit: error:` when the console script runs it).
+    return run_cli(prog_name(""), lambda: _run(argv))
 
 
 if __name__ == "__main__":

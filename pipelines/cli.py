@@ -12,16 +12,21 @@ Why here: the import-linter layers put `pipelines.beam` and `tagtrain` side by s
 neither may import the other. This module sits in the `pipelines` package root, outside
 both layers (and outside `pipelines.core`), and names its targets as strings, resolved
 only when a command runs. The existing entries (`beam_runner.py`, `python -m tagtrain`,
-`python -m manifests`) keep working unchanged.
+`python -m manifests`) keep working unchanged; run from here, their usage lines and errors
+name `tagkit` (`pipelines.core.errors.invoked_as`), the program the user typed.
+
+A command whose extra is not installed (the Beam jobs without `[beam]`, the trainer's
+commands without `[train]`) is one line naming the `pip install` that brings it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 
-from pipelines.core.errors import USAGE_ERROR, run_cli, suggest
+from pipelines.core.errors import USAGE_ERROR, invoked_as, run_cli, suggest
 
 PROG = "tagkit"
 BEAM_JOBS = {
@@ -30,6 +35,12 @@ BEAM_JOBS = {
 }
 MANIFEST_COMMANDS = ("manifest", "manifests")
 MANIFEST_HELP = "make and inspect manifests (build, folder, vocab, info)"
+# What the Beam jobs import first: absent, `[beam]` is not installed.
+BEAM_MODULE = "apache_beam"
+
+
+def missing_extra(extra: str, what: str) -> str:
+    return f'{what} needs the [{extra}] extra: pip install "music-tagkit[{extra}]"'
 
 
 def tagtrain_commands() -> dict[str, str]:
@@ -45,7 +56,10 @@ def tagtrain_commands() -> dict[str, str]:
 def usage() -> str:
     rows = [(name, text) for name, text in BEAM_JOBS.items()]
     rows.append(("manifest", MANIFEST_HELP))
-    rows.extend(tagtrain_commands().items())
+    try:
+        rows.extend(tagtrain_commands().items())
+    except ModuleNotFoundError:
+        rows.append(("train ...", missing_extra("train", "training, evaluation and tagging")))
     width = max(len(name) for name, _ in rows)
     lines = [f"  {name:<{width}}  {text}" for name, text in rows]
     return "\n".join(
@@ -71,19 +85,32 @@ def dispatch(argv: list[str]) -> int:
         return 0 if argv else USAGE_ERROR
     command, rest = argv[0], argv[1:]
     if command in BEAM_JOBS:
-        return run_cli(f"{PROG} {command}", lambda: _entry("beam_runner")(argv))
+        if importlib.util.find_spec(BEAM_MODULE) is None:
+            return _error(missing_extra("beam", command))
+        return _run_entry("beam_runner", argv)
     if command in MANIFEST_COMMANDS:
-        return run_cli(f"{PROG} manifest", lambda: _entry("manifests.__main__")(rest))
-    known = tagtrain_commands()
+        return _run_entry("manifests.__main__", rest)
+    try:
+        known = tagtrain_commands()
+    except ModuleNotFoundError as exc:
+        return _error(f"{missing_extra('train', command)} ({exc.name} is missing)")
     if command not in known:
         names = [*BEAM_JOBS, "manifest", *known]
-        print(
-            f"{PROG}: error: unknown command {command!r}{suggest(command, names)} "
-            f"(commands: {', '.join(names)})",
-            file=sys.stderr,
+        return _error(
+            f"unknown command {command!r}{suggest(command, names)} (commands: {', '.join(names)})"
         )
-        return USAGE_ERROR
-    return run_cli(f"{PROG} {command}", lambda: _entry("tagtrain.__main__")(argv))
+    return _run_entry("tagtrain.__main__", argv)
+
+
+def _run_entry(module_name: str, argv: list[str]) -> int:
+    """An entry's `main(argv)`, naming `tagkit` in its usage lines and errors."""
+    with invoked_as(PROG):
+        return run_cli(PROG, lambda: _entry(module_name)(argv))
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ import os
 import sys
 
 from pipelines.core.card import CardError
-from pipelines.core.errors import OneLineParser, UserError, first_line, run_cli
+from pipelines.core.errors import OneLineParser, UserError, first_line, prog_name, run_cli
 
-PROG = "python -m tagtrain"
+PROG = "python -m tagtrain"  # `tagkit` when the console script runs this (prog_name)
 COMMAND_MODULES = (
     "tagtrain.commands.train",
     "tagtrain.commands.evaluate",
@@ -36,7 +36,9 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=PROG, description="Music auto-tagging: train and use taggers.")
+    parser = OneLineParser(
+        prog=prog_name(PROG), description="Music auto-tagging: train and use taggers."
+    )
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
     )
@@ -71,7 +73,7 @@ def _dispatch(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(PROG, lambda: _dispatch(argv))
+    return run_cli(prog_name(PROG), lambda: _dispatch(argv))
 
 
 def exit_now(code: int) -> None:
