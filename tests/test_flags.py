@@ -129,3 +129,36 @@ def test_positional_lists_repeated_flags_and_other_spellings():
     text = " ".join(parser.format_help().split())
     assert "--from {a,b}" in text and "(default: 3)" in text and "FILE [FILE ...]" in text
     assert "(default: none)" not in text  # an empty list shows no default
+
+
+def _command_options():
+    from tagtrain.inference.contributions import ExplainOptions
+    from tagtrain.pretrained.cli import EmbedFlags, EvaluateFlags, ExportFlags, TagFlags
+    from tagtrain.pretrained.imported_run import ImportOptions
+
+    return {
+        "tag": TagFlags, "embed": EmbedFlags, "evaluate": EvaluateFlags,
+        "export": ExportFlags, "explain": ExplainOptions, "import-weights": ImportOptions,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(_command_options()))
+def test_the_inference_commands_flags_are_their_options_fields(command):
+    """tag, embed, evaluate, export, explain and import-weights: every flag is a field of
+    the command's one options dataclass (no hand-written argument), with its default."""
+    import importlib
+    import inspect
+
+    from tagtrain.__main__ import build_parser
+
+    cls = _command_options()[command]
+    parser = build_parser().commands[command]
+    flags = {a.dest for a in parser._actions if a.dest != "help"}
+    assert flags == {f.name for f in dataclasses.fields(cls) if "help" in f.metadata}
+    module = importlib.import_module(f"tagtrain.commands.{command.replace('-', '_')}")
+    assert "add_argument(" not in inspect.getsource(module)
+    text = " ".join(parser.format_help().split())
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if "help" in f.metadata and default not in ("", None, [], False):
+            assert f"(default: {default})" in text, (f.name, text)

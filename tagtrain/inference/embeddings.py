@@ -43,10 +43,11 @@ from tagtrain.loader import EpochReader, ShardStream
 
 
 @dataclass
-class EmbedOptions(EvalOptions):
-    """`embed`'s settings (`--pretrained` is added by tagtrain.pretrained.cli)."""
+class _Embedded:
+    """What is embedded, and where to (first in --help)."""
 
     run: str | None = setting(None, "run directory (config.json, best.pt, ...)")
+    pretrained: str | None = None  # a published model instead of --run (no flag here)
     paths: list[str] = setting(
         [], "--pretrained: audio", positional=True, nargs="*", metavar="FILE_OR_DIR"
     )
@@ -57,7 +58,11 @@ class EmbedOptions(EvalOptions):
     split: str = setting("all", "a split name, or all")
     layer: str | None = setting(None, "named submodule to hook instead of embed()")
     block: int | None = setting(None, "embed(x, block=N) (patchout)")
-    pretrained: str | None = None  # a published model instead of --run (no flag here)
+
+
+@dataclass
+class EmbedOptions(EvalOptions, _Embedded):
+    """`embed`'s settings (`--pretrained`'s flags are added by tagtrain.pretrained.cli)."""
 
 
 # Modules whose outputs keep their features on the last axis ([B, tokens, D]).

@@ -58,10 +58,11 @@ class Bootstrap:
 
 
 @dataclass
-class EvaluateOptions(Bootstrap, EvalOptions):
-    """`evaluate`'s settings (`--pretrained` is added by tagtrain.pretrained.cli)."""
+class _Evaluated:
+    """What is evaluated on what (first in --help)."""
 
     run: str | None = setting(None, "run directory (config.json, best.pt, ...)")
+    pretrained: str | None = None  # a published model instead of --run (no flag here)
     data: str | None = setting(
         None, "dataset directory or URL (default: the run's own dataset)"
     )  # fmt: skip
@@ -70,7 +71,11 @@ class EvaluateOptions(Bootstrap, EvalOptions):
         None, "--pretrained: directory of its results, a run directory for `report "
         "--compare` (default: runs/NAME)",
     )  # fmt: skip
-    pretrained: str | None = None  # a published model instead of --run (no flag here)
+
+
+@dataclass
+class EvaluateOptions(EvalOptions, Bootstrap, _Evaluated):
+    """`evaluate`'s settings (`--pretrained`'s flag is added by tagtrain.pretrained.cli)."""
 
 
 @dataclass
