@@ -21,7 +21,7 @@ from pipelines.core.deformations import Deformation, DeformationError, parse_def
 from pipelines.core.features import FeatureConfig
 from pipelines.core.transforms import Augmentation
 from tagtrain.models.registry import InputSpec, create_model, get_entry, register_model
-from tagtrain.training.augment_chain import AugmentError, WaveformAugment, resolve_chain
+from tagtrain.training.augment_chain import AugmentError, TrainingAugmentChain, resolve_chain
 
 
 def test_a_model_is_one_registered_builder():
@@ -86,13 +86,13 @@ def test_an_augmentation_is_one_class_the_training_chain_uses_by_name():
     entries = resolve_chain([{"transform": "throwaway_scaled_inversion", "gain": 0.5}])
     assert entries == [{"transform": "throwaway_scaled_inversion", "p": 1.0, "gain": 0.5}]
     crop = (1000 * np.sin(np.arange(4000) / 7)).astype(np.int16)
-    augment = WaveformAugment(entries, sample_rate=16000)
+    augment = TrainingAugmentChain(entries, sample_rate=16000)
     out, fired = augment.apply(crop, seed=3)
     assert fired == ("throwaway_scaled_inversion",)
     np.testing.assert_allclose(out, -0.5 * crop.astype(np.float32), rtol=1e-6)
     # p is the chain's: a half-probability entry fires on some seeds only, the same way
     # every time for a seed.
-    half = WaveformAugment([{"transform": "throwaway_scaled_inversion", "p": 0.5}], 16000)
+    half = TrainingAugmentChain([{"transform": "throwaway_scaled_inversion", "p": 0.5}], 16000)
     fires = [bool(half.apply(crop, seed)[1]) for seed in range(40)]
     assert 5 < sum(fires) < 35
     assert fires == [bool(half.apply(crop, seed)[1]) for seed in range(40)]

@@ -36,7 +36,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     WorkerPosition as a row, "stats": dict}; each role ends with {"final": True, ...}.
 
     augment: None, or a callable (PCM crop, seed) -> crop (e.g. tagtrain.training.augment_chain's
-    WaveformAugment) applied to training crops in the worker as batches are made; the seed
+    TrainingAugmentChain) applied to training crops in the worker as batches are made; the seed
     is a hash of (seed, epoch, key), so it is reproducible and survives resumption. The
     shuffle buffer holds clean crops. keep_clean: batches also carry the un-augmented crops
     as "clean" (what a noisy-student teacher sees).
