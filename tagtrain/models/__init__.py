@@ -1,19 +1,10 @@
-"""The model zoo. Importing this package registers every model with `tagtrain.models.registry`."""
+"""The model zoo. Importing this package imports every module in it, and each registers its
+models with `tagtrain.models.registry`: a new model is one module here, nothing else."""
 
 from __future__ import annotations
 
-# Each import registers that family's models.
-from tagtrain.models import (  # noqa: F401
-    cnnsa,
-    crnn,
-    fcn,
-    hcnn,
-    musicnn,
-    musicnn_tf,
-    patchout,
-    pons,
-    samplecnn,
-    short_chunk,
-    transformer,
-    won2019,
-)
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
