@@ -36,6 +36,7 @@ from manifests.demo_music import CLIP_SECONDS, TAGS, compose
 from manifests.demo_styles import STYLE_NAMES
 from manifests.schema import write_manifest
 from pipelines.core.argtypes import non_negative_int, positive_int
+from pipelines.core.flags import add_flags, from_args, setting
 
 DEFAULT_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 FLUIDSYNTH_GAIN = 0.5  # float output: nothing clips before mastering sets the level
@@ -280,27 +281,30 @@ def summary(table: pa.Table) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class DemoFlags:
+    out: str = setting("", "output directory", required=True)
+    n: int = setting(240, "number of clips", type=positive_int)
+    seed: int = setting(0, "composition seed", type=non_negative_int)
+    workers: int | None = setting(None, "render processes (default: all cores)", type=positive_int)
+    soundfont: str = setting(str(DEFAULT_SOUNDFONT), "General MIDI soundfont")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m manifests.demo",
         description="Compose and render the built-in demo corpus (MP3 + manifest.parquet).",
     )
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--n", type=positive_int, default=240, help="number of clips (240)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="composition seed (0)")
-    parser.add_argument(
-        "--workers", type=positive_int, default=None, help="render processes (all cores)"
-    )
-    parser.add_argument("--soundfont", type=Path, default=DEFAULT_SOUNDFONT, help="GM soundfont")
-    args = parser.parse_args(argv)
-    check_tools(args.soundfont)
+    add_flags(parser, DemoFlags)
+    args = from_args(parser.parse_args(argv), DemoFlags)
+    check_tools(Path(args.soundfont))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         sys.exit(f"error: --out {out} exists and is not a directory")
     started = time.monotonic()
     try:
         table, skipped = _render_corpus(
-            out, args.n, args.seed, args.workers, args.soundfont, progress=True
+            out, args.n, args.seed, args.workers, Path(args.soundfont), progress=True
         )
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

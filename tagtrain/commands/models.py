@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from pipelines.core.errors import UserError
+from pipelines.core.flags import add_flags, from_args, setting
 from tagtrain.models.registry import count_parameters, create_model, list_models
 
 COMMAND = "models"
 HELP = "list the registered models, their inputs and sizes"
 
 
+@dataclass(frozen=True)
+class ModelsFlags:
+    n_classes: int = setting(50, "tags for the size column")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-classes", type=int, default=50, help="tags for the size column")
+    add_flags(parser, ModelsFlags)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.n_classes < 1:
+    flags = from_args(args, ModelsFlags)
+    if flags.n_classes < 1:
         raise UserError("--n-classes must be at least 1")
-    print(models_table(args.n_classes))
+    print(models_table(flags.n_classes))
     return 0
 
 
