@@ -61,9 +61,7 @@ def _foreign_errors() -> tuple[type[BaseException], ...]:
 
 def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # reported by the command's parser, which knows the flags to suggest
-        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_command_args(argv)
     try:
         return args.handler(args)
     except _foreign_errors() as exc:

@@ -36,6 +36,7 @@ import numpy as np
 
 from pipelines.core.card import CARD_NAME, card_checksum
 from pipelines.core.flags import setting
+from pipelines.core.storage import HTTP_SCHEMES, LOCAL_SCHEMES
 from tagtrain.inference.evaluation import Bootstrap, evaluate_set, fmt, write_predictions
 from tagtrain.inference.metrics import METRICS, bootstrap_macro
 from tagtrain.inference.robustness_report import (
@@ -110,12 +111,12 @@ def paper_order() -> list[str]:
 
 def perturbed_dirs(root: str, options: dict | None = None) -> list[str]:
     """Locations of the perturbed sets directly under `root` (those holding a card)."""
-    if scheme_of(root) in ("", "file"):
+    if scheme_of(root) in LOCAL_SCHEMES:
         base = Path(local_path(root))
         if not base.is_dir():
             return []
         return [str(p) for p in sorted(base.iterdir()) if (p / CARD_NAME).is_file()]
-    if scheme_of(root) in ("http", "https"):
+    if scheme_of(root) in HTTP_SCHEMES:
         raise RunError(f"cannot list {root} over HTTP: give a local path or a bucket URL")
     fs = filesystem(root, options)
     protocol = root.split("://", 1)[0]
