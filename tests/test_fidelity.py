@@ -30,10 +30,11 @@ FAITHFUL_PARAMS = {
     "music_tagging_transformer_student": 487_860,
     "fcn": 447_732,
     "crnn": 394_100,
-    # Won et al. 2019's own models (minzwon/self-attention-music-tagging, README settings:
-    # conv_channels 16, attention_channels 512, 2 layers, 8 heads).
-    "won2019_spec": 6_882_452,
-    "won2019_wave": 6_718_178,
+    # Won et al. 2019's own models at the reference code's widths
+    # (minzwon/self-attention-music-tagging, README settings: conv_channels 16,
+    # attention_channels 512, 2 layers, 8 heads); the default names follow Table 1.
+    "won2019_spec_reference": 6_882_452,
+    "won2019_wave_reference": 6_718_178,
     # Pons et al. 2018 (jordipons/music-audio-tagging-at-scale-models, models.py).
     "pons_spec": 5_926_198,
     "pons_wave": 5_379_126,
@@ -356,11 +357,11 @@ def test_won2019_models_are_the_papers_own():
             [nn.BatchNorm2d, nn.ReLU],
             [nn.BatchNorm1d, nn.ReLU],
         )
-    assert front.project[0].in_channels == 29 * 16 and front.project[0].out_channels == 512
+    assert front.project[0].in_channels == 29 * 8 and front.project[0].out_channels == 512
     lee = [m for m in wave_model.front.layers.modules() if isinstance(m, nn.Conv1d)]
     assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in lee] == [
-        (16, 3, 3), (16, 3, 1), (32, 3, 1), (32, 3, 1), (32, 3, 1), (512, 7, 1)
-    ]  # fmt: skip
+        (128, 3, 3), (128, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (512, 7, 1)
+    ]  # fmt: skip  (Table 1; the reference's 16, 16, 32, 32, 32: won2019_wave_reference)
     for model, steps in ((spec_model, 256), (wave_model, 270)):
         layers = model.encoder.layers
         assert len(layers) == 2 and all(isinstance(layer, BertLayer) for layer in layers)
@@ -428,8 +429,14 @@ def test_won2019_recipes_follow_the_reference_solver():
 def test_pons_models_feed_the_input_unnormalised_as_the_reference():
     # music-audio-tagging-at-scale-models: no batch-norm or standardisation before the
     # first convolutions (musicnn-training's input batch-norm is the option "batchnorm").
-    for name in ("pons_spec", "pons_spec_3s", "pons_wave", "pons_wave_3s"):
-        model = create_model(name, 50)
+    # The paper's zero-mean unit-var spectrogram ("band") is the spectrogram default.
+    for name in ("pons_spec", "pons_spec_3s"):
+        assert create_model(name, 50).input_spec.standardize == "band", name
+    for name, options in (
+        ("pons_spec", {"input_norm": "none"}), ("pons_spec_3s", {"input_norm": "none"}),
+        ("pons_wave", {}), ("pons_wave_3s", {}),
+    ):  # fmt: skip
+        model = create_model(name, 50, **options)
         assert model.input_spec.standardize == "none", name
         first = next(m for m in model.front.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)))
         before = []
@@ -439,7 +446,7 @@ def test_pons_models_feed_the_input_unnormalised_as_the_reference():
             before.append(m)
         assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in before), name
     mel = torch.full((2, 96, 40), 3.0) + torch.randn(2, 96, 40)
-    plain = create_model("pons_spec", 5, width=0.125).eval()
+    plain = create_model("pons_spec", 5, width=0.125, input_norm="none").eval()
     with torch.no_grad():  # no input normalisation: a constant offset changes the output
         assert not torch.allclose(plain(mel), plain(mel + 2.0), atol=1e-4)
     bn = create_model("pons_spec", 50, input_norm="batchnorm")

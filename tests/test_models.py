@@ -218,3 +218,41 @@ def test_models_table_lists_every_model_with_its_size():
     for name in ALL_MODELS:
         assert name in table
     assert "3,687,348" in table  # short_chunk_cnn at width 1.0, 50 tags
+
+
+def test_won2019_models_follow_table_1_and_keep_the_reference_widths_as_names():
+    """Won et al. 2019, Table 1: the Raw front end's first five layers have 128, 128, 128,
+    256, 256 filters; the Spec front end has 32/16/8 filters of 86 and 38 bands x 1/3/7
+    frames and 64/32/16/8 horizontal filters of 33/65/129/165 frames. The reference code's
+    widths (16, 16, 32, 32, 32; twice Table 1's Spec filters) are the `_reference` names."""
+
+    def raw_filters(model):
+        convs = [m for m in model.front.layers.modules() if isinstance(m, torch.nn.Conv1d)]
+        return [c.out_channels for c in convs[:5]]
+
+    def spec_filters(model):
+        return {
+            tuple(s.block[0].kernel_size) if s.block[0].weight.dim() == 4
+            else (s.block[0].kernel_size[0],): s.block[0].out_channels
+            for s in model.front.shapes
+        }  # fmt: skip
+
+    table_1_spec = {
+        (38, 1): 32, (86, 1): 32, (38, 3): 16, (86, 3): 16, (38, 7): 8, (86, 7): 8,
+        (33,): 64, (65,): 32, (129,): 16, (165,): 8,
+    }  # fmt: skip
+    assert raw_filters(create_model("won2019_wave", 50)) == [128, 128, 128, 256, 256]
+    assert spec_filters(create_model("won2019_spec", 50)) == table_1_spec
+    reference_wave = create_model("won2019_wave_reference", 50)
+    assert raw_filters(reference_wave) == [16, 16, 32, 32, 32]
+    reference_spec = spec_filters(create_model("won2019_spec_reference", 50))
+    assert reference_spec == {shape: 2 * n for shape, n in table_1_spec.items()}
+    # The builder option is the same switch; the registered names pick it.
+    assert raw_filters(create_model("won2019_wave", 50, widths="reference")) == [16, 16, 32, 32, 32]
+    for name in ("won2019_spec_reference", "won2019_wave_reference"):
+        entry = get_entry(name)
+        model = create_model(name, 50, seed=None)
+        assert count_parameters(model) == entry.reference_params
+        assert entry.input_spec == get_entry(name.removesuffix("_reference")).input_spec
+    with pytest.raises(ValueError, match="widths"):
+        create_model("won2019_spec", 50, widths="wide")

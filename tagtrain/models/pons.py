@@ -6,12 +6,13 @@ temporal pool, mean+max pooling and a dense layer of 500. 15 s inputs at 16 kHz 
 paper's MSD experiments (`pons_spec`, `pons_wave`); 3 s inputs as in its MagnaTagATune
 experiments (`pons_spec_3s`, `pons_wave_3s`; same architecture, see docs/FIDELITY.md).
 
-Input normalisation: none. The paper's models (music-audio-tagging-at-scale-models'
-`spec_frontend`, `wave_frontend`) feed the log-mel / waveform to the first convolutions as
-they are. `input_norm` of the spectrogram builders names the alternatives: "batchnorm"
-(a learned BatchNorm on the input, as every model of jordipons/musicnn-training, the
-authors' later code, has) and "band" (per-band mean/std of the training split, what
-tagkit did before).
+Input normalisation of the spectrogram models: "band" by default, as the paper says (the
+log-mel is "normalized to have zero-mean and unit-var": per-band mean/std of the training
+split, from the dataset card). `input_norm` of the spectrogram builders names the
+alternatives: "none" (the reference code, music-audio-tagging-at-scale-models'
+`spec_frontend`, feeds the log-mel to the first convolutions as it is) and "batchnorm" (a
+learned BatchNorm on the input, as every model of jordipons/musicnn-training, the authors'
+later code, has). The waveform models take PCM as it is, in the paper and the reference.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ PONS_SPEC_INPUT = InputSpec(
     kind="mel",
     seconds=15.0,
     features=FeatureConfig(n_mels=96, log_scale="log10_1p", mel_scale="slaney", mel_norm="slaney"),
-    standardize="none",
+    standardize="band",  # the paper's zero-mean unit-variance input (reference: "none")
 )
 PONS_WAVE_INPUT = InputSpec(kind="pcm", seconds=15.0, standardize="none")
 
@@ -133,7 +134,7 @@ def pons_spec(
     n_mels: int = PONS_SPEC_INPUT.n_mels,
     dropout: float = 0.5,
     seconds: float = PONS_SPEC_INPUT.seconds,
-    input_norm: str = "none",
+    input_norm: str = "band",
 ) -> PonsTagger:
     if input_norm not in INPUT_NORMS:
         raise ValueError(f"input_norm must be one of {INPUT_NORMS}, not {input_norm!r}")
@@ -172,7 +173,7 @@ def pons_wave(
     description="Pons 2018 spectrogram model at 3 s (the paper's MagnaTagATune setting)",
 )
 def pons_spec_3s(
-    n_classes: int, width: float = 1.0, dropout: float = 0.5, input_norm: str = "none"
+    n_classes: int, width: float = 1.0, dropout: float = 0.5, input_norm: str = "band"
 ) -> PonsTagger:
     return pons_spec(n_classes, width=width, dropout=dropout, seconds=3.0, input_norm=input_norm)
 

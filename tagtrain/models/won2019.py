@@ -10,12 +10,20 @@ Two front ends, as the paper:
   A learned BatchNorm2d(1) on the input, then Pons et al.'s musically motivated filters
   (six "vertical" shapes spanning 90 % / 40 % of the bands x 7, 3, 1 frames, max over
   frequency; four "horizontal" shapes of 165/129/65/33 frames on the mean over
-  frequency), conv -> BN -> ReLU, 16 filters per unit (29 units), then a 1x1 conv to 512
-  with BN -> ReLU: one token per frame (256 + [CLS]).
+  frequency), conv -> BN -> ReLU, 8 filters per unit (29 units: Table 1's 32/16/8
+  vertical and 64/32/16/8 horizontal filters), then a 1x1 conv to 512 with BN -> ReLU:
+  one token per frame (256 + [CLS]).
 - `won2019_wave` ("lee_won"): 65,610 samples (4.1 s) of raw audio; Lee et al.'s
-  sample-level CNN: a stride-3 conv (16 filters), four conv 3 -> BN -> ReLU -> max-pool 3
-  (16, 32, 32, 32 filters) and a conv 7 to 512 (BN -> ReLU): one token per 243 samples
-  (270 + [CLS]).
+  sample-level CNN: a stride-3 conv, four conv 3 -> BN -> ReLU -> max-pool 3 (Table 1's
+  first five layers: 128, 128, 128, 256, 256 filters) and a conv 7 to 512 (BN -> ReLU):
+  one token per 243 samples (270 + [CLS]).
+
+Widths: Table 1 of the paper is the default. The reference code's README settings
+(`conv_channels` 16) build a Spec front end twice as wide (16 filters per unit) and a Raw
+front end of 16, 16, 32, 32, 32 filters (8x narrower); they are registered as
+`won2019_spec_reference` and `won2019_wave_reference` (the parameter counts of the
+reference code: 6,882,452 and 6,718,178 at 50 tags), and every builder takes
+`widths="paper"|"reference"`.
 
 As the reference: the [CLS] vector is `np.random.seed(0); np.random.random(512)`, not
 learned; the position table is the fixed sinusoid with position 0 ([CLS]) zero.
@@ -49,8 +57,11 @@ _LAYERS = 2
 _VERTICAL = ((1, 0.9, 7), (2, 0.9, 3), (4, 0.9, 1), (1, 0.4, 7), (2, 0.4, 3), (4, 0.4, 1))
 # Horizontal (temporal) shapes on the frequency mean: (filters in units, frames).
 _HORIZONTAL = ((1, 165), (2, 129), (4, 65), (8, 33))
-# Sample-level front end: channels of the four pooled blocks, in units of conv_channels.
-_LEE_BLOCKS = ((1, 1), (1, 2), (2, 2), (2, 2))
+# Filters per unit of the Spec shapes: Table 1 (8) or the reference's conv_channels (16).
+_SPEC_UNITS = {"paper": 8, "reference": 16}
+# The Raw front end's five layers (the strided conv, then four conv+pool blocks).
+_RAW_FILTERS = {"paper": (128, 128, 128, 256, 256), "reference": (16, 16, 32, 32, 32)}
+WIDTHS = tuple(_SPEC_UNITS)
 
 
 def sinusoid_positions(length: int, dim: int) -> torch.Tensor:
@@ -121,14 +132,14 @@ class SampleLevelFrontEnd(nn.Module):
     """[B, samples] -> [B, dim, samples / 243]: Lee et al.'s sample-level CNN as the
     reference cuts it for the attention back end (five x3 reductions, then a conv 7)."""
 
-    def __init__(self, units: int, dim: int):
+    def __init__(self, filters: tuple[int, ...], dim: int):
         super().__init__()
-        layers = [_ConvBNReLU(nn.Conv1d(1, units, 3, stride=3, padding=1), units)]
-        for k_in, k_out in _LEE_BLOCKS:
-            conv = nn.Conv1d(k_in * units, k_out * units, 3, padding=1)
-            layers += [_ConvBNReLU(conv, k_out * units), nn.MaxPool1d(3)]
-        last = _LEE_BLOCKS[-1][1] * units
-        layers.append(_ConvBNReLU(nn.Conv1d(last, dim, 7, padding=3), dim))
+        first, *rest = filters
+        layers = [_ConvBNReLU(nn.Conv1d(1, first, 3, stride=3, padding=1), first)]
+        for c_in, c_out in zip(filters, rest):
+            conv = nn.Conv1d(c_in, c_out, 3, padding=1)
+            layers += [_ConvBNReLU(conv, c_out), nn.MaxPool1d(3)]
+        layers.append(_ConvBNReLU(nn.Conv1d(filters[-1], dim, 7, padding=3), dim))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
@@ -172,39 +183,85 @@ class SelfAttentionTagger(Tagger):
         return self.from_tokens(self.tokens(x), return_attention=True)
 
 
-def _dims(width: float) -> tuple[int, int]:
-    return scaled(16, width), heads_multiple(scaled(512, width), _HEADS)
+def _check_widths(widths: str) -> None:
+    if widths not in WIDTHS:
+        raise ValueError(f"widths must be one of {WIDTHS}, not {widths!r}")
+
+
+def _dim(width: float) -> int:
+    return heads_multiple(scaled(512, width), _HEADS)
+
+
+def _spec(n_classes, width, attention_dropout, dropout, widths) -> SelfAttentionTagger:
+    _check_widths(widths)
+    dim = _dim(width)
+    front = PonsFrontEnd(scaled(_SPEC_UNITS[widths], width), dim)
+    model = SelfAttentionTagger(front, dim, n_classes, attention_dropout, dropout)
+    model.token_frames = 1
+    return model
+
+
+def _wave(n_classes, width, attention_dropout, dropout, widths) -> SelfAttentionTagger:
+    _check_widths(widths)
+    dim = _dim(width)
+    front = SampleLevelFrontEnd(tuple(scaled(c, width) for c in _RAW_FILTERS[widths]), dim)
+    model = SelfAttentionTagger(front, dim, n_classes, attention_dropout, dropout)
+    model.token_samples = 3**5  # one token per 243 samples
+    model.token_frames = model.token_samples / WAVE_INPUT.hop
+    return model
 
 
 @register_model(
     "won2019_spec",
     input_spec=SPEC_INPUT,
-    reference_params=6_882_452,
-    description="Won 2019 self-attention: Pons filters on 96-band mel, 256 frames, 2-layer BERT",
+    reference_params=6_738_532,  # Table 1 built (the paper prints no count)
+    description="Won 2019 self-attention: Pons filters (Table 1) on 96-band mel, 2-layer BERT",
 )
 def won2019_spec(
-    n_classes: int, width: float = 1.0, attention_dropout: float = 0.4, dropout: float = 0.5
+    n_classes: int,
+    width: float = 1.0,
+    attention_dropout: float = 0.4,
+    dropout: float = 0.5,
+    widths: str = "paper",
 ) -> SelfAttentionTagger:
-    units, dim = _dims(width)
-    model = SelfAttentionTagger(
-        PonsFrontEnd(units, dim), dim, n_classes, attention_dropout, dropout
-    )
-    model.token_frames = 1
-    return model
+    return _spec(n_classes, width, attention_dropout, dropout, widths)
 
 
 @register_model(
     "won2019_wave",
     input_spec=WAVE_INPUT,
-    reference_params=6_718_178,
-    description="Won 2019 self-attention: sample-level CNN on 65,610 samples, 2-layer BERT",
+    reference_params=7_908_402,  # Table 1 built (the paper prints no count)
+    description="Won 2019 self-attention: sample-level CNN (Table 1) on 65,610 samples, 2-layer BERT",
 )
 def won2019_wave(
+    n_classes: int,
+    width: float = 1.0,
+    attention_dropout: float = 0.4,
+    dropout: float = 0.5,
+    widths: str = "paper",
+) -> SelfAttentionTagger:
+    return _wave(n_classes, width, attention_dropout, dropout, widths)
+
+
+@register_model(
+    "won2019_spec_reference",
+    input_spec=SPEC_INPUT,
+    reference_params=6_882_452,
+    description="won2019_spec at the reference code's widths (16 filters per unit: 2x Table 1)",
+)
+def won2019_spec_reference(
     n_classes: int, width: float = 1.0, attention_dropout: float = 0.4, dropout: float = 0.5
 ) -> SelfAttentionTagger:
-    units, dim = _dims(width)
-    front = SampleLevelFrontEnd(units, dim)
-    model = SelfAttentionTagger(front, dim, n_classes, attention_dropout, dropout)
-    model.token_samples = 3**5  # one token per 243 samples
-    model.token_frames = model.token_samples / WAVE_INPUT.hop
-    return model
+    return _spec(n_classes, width, attention_dropout, dropout, "reference")
+
+
+@register_model(
+    "won2019_wave_reference",
+    input_spec=WAVE_INPUT,
+    reference_params=6_718_178,
+    description="won2019_wave at the reference code's widths (16-32 filters: Table 1 / 8)",
+)
+def won2019_wave_reference(
+    n_classes: int, width: float = 1.0, attention_dropout: float = 0.4, dropout: float = 0.5
+) -> SelfAttentionTagger:
+    return _wave(n_classes, width, attention_dropout, dropout, "reference")
