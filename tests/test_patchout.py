@@ -238,7 +238,7 @@ TRAIN = [
     "--model", "patchout_tiny", "--batch-size", "8", "--workers", "2", "--shuffle-buffer", "8",
     "--val-chunks", "1", "--lr", "1e-3", "--warmup-epochs", "1",
     "--rampdown-start", "1", "--rampdown-epochs", "1", "--swa-start", "1", "--swa-every", "1",
-    "--freq-patchout", "2", "--freq-mask", "20", "--time-mask", "60", "--balance", "tags",
+    "--freq-patchout", "2", "--freq-mask", "20", "--time-mask", "60", "--loss-balance", "tags",
 ]  # fmt: skip
 
 
@@ -257,7 +257,7 @@ def test_tiny_preset_trains_resumes_with_swa_and_its_block_embeddings_probe(
     epochs = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in epochs] == [0, 1]
     assert summary["global_step"] == sum(int(r["steps"]) for r in epochs) > 0
-    assert json.loads((run_dir / "patchout.json").read_text())["balance"] == "tags"
+    assert json.loads((run_dir / "patchout.json").read_text())["loss_balance"] == "tags"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["schedule"] == "early_stop" and config["patience"] == 0
     last = ckpt.load_checkpoint(run_dir / ckpt.LAST)
@@ -349,3 +349,40 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys, mel96):
     lines = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(lines) == 5 and all(line.startswith("python -m tagtrain: error: ") for line in lines)
     assert "trains patchout models" in lines[2] and "time_patchout" in lines[3]
+
+
+def test_probe_learning_rate_follows_the_papers_schedule_by_default(tmp_path, capsys, mel96):
+    # MAEST's downstream MLP: 30 epochs, the rate exponentially raised over the first 10,
+    # kept constant, then linearly reduced to its final value at the last epoch.
+    from tagtrain.inference.probe import ProbeConfig, train_probe
+
+    rng = np.random.default_rng(0)
+    x = {r: rng.standard_normal((24, 6)).astype(np.float32) for r in ("train", "valid", "test")}
+    y = {r: (v[:, :3] > 0).astype(np.float32) for r, v in x.items()}
+    default = ProbeConfig(device="cpu", batch_size=8)
+    assert (default.epochs, default.schedule, default.warmup_epochs) == (30, "paper", 10)
+    lrs = [h["lr"] for h in train_probe(x, y, default).history]
+    lr = default.lr
+    assert len(lrs) == 30
+    assert lrs[0] == pytest.approx(lr * math.exp(-5.0))
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # raised over epochs 1-10
+    ratios = [b / a for a, b in zip(lrs[:9], lrs[1:10])]
+    assert all(r > 1.1 for r in ratios)  # multiplicative (exponential) growth
+    assert lrs[10:20] == [lr] * 10  # constant
+    steps = np.diff([lr, *lrs[20:]])
+    assert np.allclose(steps, -(1 - 0.01) * lr / 10)  # linear, equal steps
+    assert lrs[-1] == pytest.approx(0.01 * lr)
+    constant = ProbeConfig(device="cpu", batch_size=8, epochs=5, schedule="constant")
+    assert [h["lr"] for h in train_probe(x, y, constant).history] == [lr] * 5
+    # The schedule changes what is learnt, not only what is recorded.
+    short = dict(device="cpu", batch_size=8, epochs=12, warmup_epochs=6, rampdown_epochs=6)
+    paper_run = train_probe(x, y, ProbeConfig(**short))
+    flat_run = train_probe(x, y, ProbeConfig(**short, schedule="constant"))
+    assert [h["train_loss"] for h in paper_run.history] != [
+        h["train_loss"] for h in flat_run.history
+    ]
+    common = ["probe", "--embeddings", "x.parquet", "--data", str(mel96)]
+    assert main([*common, "--epochs", "15"]) == 2  # 10 + 10 epochs of ramps do not fit
+    assert main([*common, "--schedule", "cosine"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(err) == 2 and "exceed --epochs 15" in err[0] and "--schedule" in err[1]

@@ -7,7 +7,13 @@ the best validation score of `--select` (a registered metric, tagtrain.inference
 by default ROC-AUC; or the loss) is kept, and every registered metric's macro score on the
 test split is reported (printed, and written as JSON next to the embeddings or to
 `--out`). Defaults follow MAEST's probe (hidden 512, dropout 0.5, AdamW 1e-4, weight decay
-1e-3, batch 128, 60 epochs).
+1e-3, batch 128) and the paper's schedule (`--schedule paper`): 30 epochs, the rate
+"exponentially raised to its maximum value during the first 10 epochs" (PaSST's
+exp(-5 (1 - e/10)^2) ramp, the shape MAEST's own training uses), "kept constant", then
+"linearly reduced" over the last `--rampdown-epochs` (10) to `--final-lr-factor` (0.01)
+x the rate at the last epoch. The text lost the constant length and the final value; 10
+and 0.01 split the 30 epochs evenly and match MAEST's training ramp. `--schedule
+constant` keeps the rate flat (what this probe did before, for 60 epochs).
 
 The embeddings file is what `python -m tagtrain embed` writes: one row per track with
 key, split, tags and embedding (a list of floats). Labels are the tags in the dataset
@@ -36,6 +42,7 @@ from tagtrain.run.runtime import resolve_device
 
 LOSS = "loss"
 ROLES = ("train", "valid", "test")
+SCHEDULES = ("paper", "constant")
 
 
 def selections() -> tuple[str, ...]:
@@ -99,7 +106,15 @@ class ProbeConfig:
     lr: float = setting(1e-4, "AdamW learning rate")
     weight_decay: float = setting(1e-3, "AdamW weight decay")
     batch_size: int = setting(128, "tracks per batch")
-    epochs: int = setting(60, "epochs")
+    epochs: int = setting(30, "epochs")
+    schedule: str = setting(
+        "paper",
+        "learning rate per epoch: paper (exp warm-up, constant, linear down) or constant",
+        choices=SCHEDULES,
+    )
+    warmup_epochs: int = setting(10, "paper schedule: epochs of exponential warm-up")
+    rampdown_epochs: int = setting(10, "paper schedule: last epochs of linear decrease")
+    final_lr_factor: float = setting(0.01, "paper schedule: rate at the last epoch / --lr")
     select: str = setting(
         "roc_auc", "validation criterion of the kept epoch: a registered metric's name or loss"
     )
@@ -115,7 +130,31 @@ class ProbeConfig:
             raise ProbeError("--lr must be positive and --weight-decay not negative")
         if self.select not in selections():
             raise ProbeError(f"--select must be one of {', '.join(selections())}")
+        if self.schedule not in SCHEDULES:
+            raise ProbeError(f"--schedule must be one of {', '.join(SCHEDULES)}")
+        if min(self.warmup_epochs, self.rampdown_epochs) < 0:
+            raise ProbeError("--warmup-epochs and --rampdown-epochs must not be negative")
+        if self.schedule == "paper" and self.warmup_epochs + self.rampdown_epochs > self.epochs:
+            raise ProbeError(
+                f"--warmup-epochs + --rampdown-epochs ({self.warmup_epochs} + "
+                f"{self.rampdown_epochs}) exceed --epochs {self.epochs}"
+            )
+        if not 0 < self.final_lr_factor <= 1:
+            raise ProbeError(f"--final-lr-factor must be in (0, 1], got {self.final_lr_factor}")
         return self
+
+
+def probe_lr(epoch: int, cfg: ProbeConfig) -> float:
+    """The learning rate of 0-based `epoch`: the paper's ramp, or `cfg.lr` throughout."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    factor = 1.0
+    if epoch < cfg.warmup_epochs:
+        factor = math.exp(-5.0 * (1.0 - epoch / cfg.warmup_epochs) ** 2)
+    into_rampdown = epoch - (cfg.epochs - cfg.rampdown_epochs) + 1
+    if into_rampdown > 0:  # reaches final_lr_factor at the last epoch
+        factor *= 1.0 - (1.0 - cfg.final_lr_factor) * into_rampdown / cfg.rampdown_epochs
+    return cfg.lr * factor
 
 
 def mlp(in_features: int, n_classes: int, hidden: int, dropout: float) -> nn.Sequential:
@@ -170,6 +209,8 @@ def train_probe(
     best_score, best_epoch, best_state, history = -math.inf, 0, None, []
     n = t["train"].shape[0]
     for epoch in range(cfg.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = probe_lr(epoch, cfg)
         model.train()
         order = torch.randperm(n, generator=gen).to(device)
         total = 0.0
@@ -181,7 +222,10 @@ def train_probe(
             optimizer.step()
             total += float(loss.detach()) * len(idx)
         score = _score(cfg.select, y["valid"], _predict(model, t["valid"]))
-        history.append({"epoch": epoch + 1, "train_loss": total / n, cfg.select: _finite(score)})
+        lr = optimizer.param_groups[0]["lr"]
+        history.append(
+            {"epoch": epoch + 1, "lr": lr, "train_loss": total / n, cfg.select: _finite(score)}
+        )
         if best_state is None or (math.isfinite(score) and score > best_score):
             best_score, best_epoch = score, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
