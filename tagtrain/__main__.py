@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "tagtrain.commands.probe",
     "tagtrain.commands.report",
     "tagtrain.commands.recipes",
+    "tagtrain.commands.reproduce",
     "tagtrain.commands.explain",
     "tagtrain.commands.export",
     "tagtrain.commands.import_weights",
