@@ -1,9 +1,12 @@
-"""The dataset card as the loader reads it: fetched, checked against a schema (types and
-ranges of every field the loader relies on, one-line errors), and its shards listed."""
+"""The dataset card as every command reads it (train, evaluate, robustness, embed, probe,
+report, ...): fetched (a regular file or an object, size capped), checked against a
+schema (types and ranges of every field a command relies on, one-line errors), and its
+shards listed."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,6 +63,32 @@ def check_card(card: Mapping, source: str = "dataset.json") -> None:
     for split, entry in splits.items():
         _check_split(source, str(split), entry)
     _check_stats(source, card.get("mel_stats"))
+    _check_counts(source, card.get("counts"))
+
+
+def _is_seconds(value) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)  # fmt: skip
+
+
+def _check_counts(source: str, counts) -> None:
+    """prepare's counts (optional): what the report shows and sums."""
+    if counts is None:
+        return
+    if not isinstance(counts, dict):
+        _fail(source, "counts", "must be an object")
+    for name in ("inputs", "samples", "rejects"):
+        if name in counts and not (_is_int(counts[name]) and counts[name] >= 0):
+            _fail(
+                source,
+                f"counts.{name}",
+                f"must be a non-negative integer, not {counts[name]!r:.40}",
+            )
+    reasons = counts.get("rejects_by_reason", {})
+    if not isinstance(reasons, dict) or not all(
+        isinstance(k, str) and _is_int(v) and v >= 0 for k, v in reasons.items()
+    ):
+        _fail(source, "counts.rejects_by_reason", "must map reasons to non-negative integers")
 
 
 def _check_feature_types(source: str, features: Mapping) -> None:
@@ -86,6 +115,12 @@ def _check_split(source: str, split: str, entry) -> None:
         _fail(source, where, "must be an object with a list of shards")
     if "samples" in entry and not (_is_int(entry["samples"]) and entry["samples"] >= 0):
         _fail(source, f"{where}.samples", "must be a non-negative integer")
+    if "seconds" in entry and not _is_seconds(entry["seconds"]):
+        _fail(
+            source,
+            f"{where}.seconds",
+            f"must be a non-negative number, not {entry['seconds']!r:.40}",
+        )
     for i, shard in enumerate(entry["shards"]):
         _check_shard(source, f"{where}.shards[{i}]", shard)
 
@@ -101,6 +136,12 @@ def _check_shard(source: str, where: str, shard) -> None:
             _fail(source, f"{where}.{name}", f"must be a non-negative integer, not {value!r:.40}")
     if "samples" not in shard:
         _fail(source, f"{where}.samples", "is missing")
+    if "seconds" in shard and not _is_seconds(shard["seconds"]):
+        _fail(
+            source,
+            f"{where}.seconds",
+            f"must be a non-negative number, not {shard['seconds']!r:.40}",
+        )
     digest = shard.get("sha256")
     if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
         _fail(source, f"{where}.sha256", "must be 64 lowercase hex digits")

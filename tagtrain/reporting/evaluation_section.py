@@ -5,7 +5,6 @@ the embedding map) and the per-tag table ranked by the primary metric."""
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
@@ -15,17 +14,46 @@ import numpy as np
 from tagtrain.inference.metrics import METRICS, primary_metric
 from tagtrain.inference.robustness_tables import read_predictions
 from tagtrain.reporting import figures
-from tagtrain.reporting.html import image, note, number, read_csv, stale_banner, table
+from tagtrain.reporting.html import (
+    esc,
+    image,
+    note,
+    number,
+    read_csv,
+    read_json,
+    stale_banner,
+    table,
+)
 from tagtrain.run.stale import stale_checkpoint, stale_data
 
 EMBEDDINGS = "embeddings-test.parquet"
 
 
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def interval(metrics: dict, name: str) -> str:
+    """' (95% CI 0.951-0.972)' from metrics.json's bootstrap intervals, or ''."""
+    found = (metrics.get("bootstrap") or {}).get(name)
+    if not isinstance(found, dict) or not (
+        _finite(found.get("low")) and _finite(found.get("high"))
+    ):
+        return ""
+    resamples = (metrics.get("bootstrap") or {}).get("resamples")
+    how = (
+        f"{esc(resamples)} bootstrap resamples of the tracks" if _finite(resamples) else "bootstrap"
+    )
+    return (f' <span class="ci" title="95% interval, {how}">95% CI '
+            f"{found['low']:.3f}\u2013{found['high']:.3f}</span>")  # fmt: skip
+
+
 def kpis(metrics: dict) -> str:
+    """The headline: every metric's macro score and its bootstrap 95% interval."""
     return "".join(
-        f'<div class="kpi">{html.escape(m.label)} <b>{metrics[m.name]:.3f}</b></div>'
+        f'<div class="kpi">{esc(m.label)} <b>{metrics[m.name]:.3f}</b>{interval(metrics, m.name)}</div>'
         for m in METRICS.values()
-        if isinstance(metrics.get(m.name), (int, float))
+        if _finite(metrics.get(m.name))
     )
 
 
@@ -35,10 +63,6 @@ def per_tag_scores(path: Path) -> dict[str, dict]:
     return {r["tag"]: r for r in read_csv(path / "per_tag.csv") if r.get(primary)}
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def comparison_table(run: Path, others: list[Path]) -> str:
     """Each run's macro scores on its own tags, and on the tags every one of them scored
     (a published model has only some of the dataset's tags), so the figures compare."""
@@ -46,7 +70,7 @@ def comparison_table(run: Path, others: list[Path]) -> str:
     shared = set.intersection(*(set(tags) for tags in scored.values()))
     rows, stale = [], []
     for path in [run, *others]:
-        m = _read_json(path / "metrics.json")
+        m = read_json(path / "metrics.json")
         on_shared = [
             np.mean([number(scored[path][t].get(name)) for t in shared]) if shared else None
             for name in METRICS
@@ -58,10 +82,11 @@ def comparison_table(run: Path, others: list[Path]) -> str:
     labels = [m.label for m in METRICS.values()]
     header = ["run", "model", "tracks", "chunks", "tags scored", *labels,
               *(f"{label} ({len(shared)} shared tags)" for label in labels)]  # fmt: skip
-    unscored = {p.name: _read_json(p / "metrics.json").get("not_in_model_vocabulary")
+    unscored = {p.name: read_json(p / "metrics.json").get("not_in_model_vocabulary")
                 for p in others}  # fmt: skip
-    listed = "; ".join(f"{name}: {', '.join(tags)}" for name, tags in unscored.items() if tags)
-    text = note(f"Not in the model's vocabulary (not scored): {html.escape(listed)}") if (
+    listed = "; ".join(f"{name}: {', '.join(map(str, tags))}"
+                       for name, tags in unscored.items() if isinstance(tags, list) and tags)  # fmt: skip
+    text = note(f"Not in the model's vocabulary (not scored): {esc(listed)}") if (
         listed) else ""  # fmt: skip
     return "<h3>Beside other runs</h3>" + "".join(stale) + table(header, rows, "compare") + text
 
@@ -107,17 +132,18 @@ def evaluation_section(
     run: Path, card: dict, compare: list[Path], embedding_map: bytes | None = None
 ) -> str:
     vocabulary = [str(t) for t in card["vocabulary"]]
-    parts = ["<h2>Evaluation (test split)</h2>"]
+    parts = ['<h2 id="evaluation">Evaluation (test split)</h2>']
     metrics = run / "metrics.json"
     if metrics.exists():
-        m = json.loads(metrics.read_text())
+        m = read_json(metrics)
         parts.append(stale_banner(stale_checkpoint(run, m)))
         parts.append(stale_banner(stale_data(m, card)))
         parts.append(kpis(m))
         excluded = m.get("excluded_tags") or []
+        excluded = excluded if isinstance(excluded, list) else [excluded]
         if excluded:
             parts.append(note("Left out of the macro averages (no positives or no negatives): "
-                              + html.escape(", ".join(map(str, excluded)))))  # fmt: skip
+                              + esc(", ".join(map(str, excluded)))))  # fmt: skip
     else:
         parts.append('<p class="missing">(metrics.json not found: run evaluate)</p>')
     if compare:

@@ -11,6 +11,7 @@ import numpy as np
 from tagtrain.inference.metrics import METRICS, Metric, primary_metric, tag_scores
 
 EPOCH_WIDTH = (6.4, 3.2)
+PR_LIMITS = (-0.03, 1.05)
 
 
 def _plt():
@@ -28,6 +29,12 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=100)
     _plt().close(fig)
     return buf.getvalue()
+
+
+def _text(value) -> str:
+    """A tag or run name as plain text in a figure: matplotlib reads `$...$` as math (a
+    tag `$\\frac$` would stop the report), so its dollars are escaped."""
+    return str(value).replace("$", r"\$")
 
 
 def _float(value) -> float:
@@ -85,7 +92,7 @@ def auc_vs_positives(rows: list[dict]) -> bytes | None:
                    label=metric.label)  # fmt: skip
     first, points = next(iter(series.items()))
     for x, y, tag in sorted(points, key=lambda p: first.goodness(p[1]))[:3]:
-        ax.annotate(tag, (x, y), fontsize=8, xytext=(3, -8), textcoords="offset points")
+        ax.annotate(_text(tag), (x, y), fontsize=8, xytext=(3, -8), textcoords="offset points")
     ax.set(xlabel="positive tracks in the test split", ylabel="score", title="per-tag scores")
     xs = [p[0] for points in series.values() for p in points]
     if max(xs) > 20 * min(xs):
@@ -114,8 +121,10 @@ def pr_curves(
         for t in tags:
             precision, recall, _ = precision_recall_curve(labels[:, t], probs[:, t])
             shown = ", ".join(f"{m.label} {scores[m.name][t]:.2f}" for m in METRICS.values())
-            ax.plot(recall, precision, label=f"{vocabulary[t]} ({shown})")
-        ax.set(xlabel="recall", title=f"precision-recall: {title}", xlim=(0, 1), ylim=(0, 1.02))
+            ax.plot(recall, precision, label=f"{_text(vocabulary[t])} ({shown})")
+        # Curves run along recall 0 and 1 and precision 1: a margin keeps them off the axes.
+        ax.set(xlabel="recall", title=f"precision-recall: {title}", xlim=PR_LIMITS,
+               ylim=PR_LIMITS)  # fmt: skip
         if tags:
             ax.legend(fontsize=8, loc="lower left")
     axes[0].set_ylabel("precision")
@@ -130,22 +139,27 @@ def rank_tags(values: np.ndarray, metric: Metric) -> list[int]:
 
 
 def deformation_heatmap(
-    tags: list[str], sets: list[str], values: np.ndarray, title: str, metric: Metric | None = None
-) -> bytes | None:
+    tags: list[str], sets: list[str], values: np.ndarray, title: str,
+    metric: Metric | None = None, limit: float | None = None,
+) -> bytes | None:  # fmt: skip
     """Per-tag change of `metric` (default: the primary one) from the clean set (deformed
-    - clean) [tags, sets]; red is worse than clean. The caller orders the tags."""
+    - clean) [tags, sets]; red is worse than clean, grey is not scored. The caller orders
+    the tags; `limit` (default: the largest change) is the symmetric colour range, shared
+    by maps meant to be compared. The size depends only on the numbers of tags and sets."""
     metric = metric or primary_metric()
     if values.size == 0 or not np.isfinite(values).any():
         return None
     plt = _plt()
     height = min(16.0, 1.6 + 0.22 * len(tags))
     fig, ax = plt.subplots(figsize=(min(10.0, 2.5 + 0.9 * len(sets)), height))
-    limit = max(0.05, float(np.nanmax(np.abs(values))))
-    colours = "RdBu" if metric.higher_is_better else "RdBu_r"
-    image = ax.imshow(values, cmap=colours, vmin=-limit, vmax=limit, aspect="auto")
-    ax.set_xticks(range(len(sets)), sets, rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(len(tags)), tags, fontsize=8)
-    ax.set_title(title, fontsize=10)
+    limit = limit or max(0.05, float(np.nanmax(np.abs(values))))
+    colours = plt.get_cmap("RdBu" if metric.higher_is_better else "RdBu_r")
+    colours = colours.with_extremes(bad="#dddddd")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=-limit, vmax=limit,
+                      aspect="auto")  # fmt: skip
+    ax.set_xticks(range(len(sets)), [_text(s) for s in sets], rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(tags)), [_text(t) for t in tags], fontsize=8)
+    ax.set_title(_text(title), fontsize=10)
     bar = fig.colorbar(image, ax=ax, fraction=0.04)
     bar.set_label(f"{metric.label} change from clean")
     return _png(fig)
@@ -235,9 +249,9 @@ def embedding_map(
         if mine:
             colour = "#bbbbbb" if tag == "other" else colours[i % len(colours)]
             ax.scatter(points[mine, 0], points[mine, 1], s=30, color=colour, alpha=0.85,
-                       edgecolors="white", linewidths=0.5, label=f"{tag} ({len(mine)})")  # fmt: skip
+                       edgecolors="white", linewidths=0.5, label=f"{_text(tag)} ({len(mine)})")  # fmt: skip
     ax.set(xlabel=f"PC 1 ({share[0]:.0%} of variance)", ylabel=f"PC 2 ({share[1]:.0%})")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_text(title), fontsize=10)
     ax.legend(fontsize=8, title="tag", title_fontsize=8, loc="center left",
               bbox_to_anchor=(1.01, 0.5))  # fmt: skip
     return _png(fig)

@@ -19,19 +19,18 @@ test`: the embedding map, PCA in numpy).
 
 from __future__ import annotations
 
-import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.core.errors import UserError
 from pipelines.core.flags import setting
+from tagtrain.loader import load_card
 from tagtrain.reporting.evaluation_section import (
     EMBEDDINGS,
     embedding_figure,
     evaluation_section,
 )
-from tagtrain.reporting.html import CSS
+from tagtrain.reporting.html import CSS, esc
 from tagtrain.reporting.robustness_section import robustness_section
 from tagtrain.reporting.run_sections import dataset_section, training_section
 
@@ -54,10 +53,10 @@ class ReportOptions:
 
 
 def commands_section(commands: Path | None) -> str:
-    if commands is None or not commands.exists():
+    if commands is None or not commands.is_file():
         return ""
-    text = html.escape(commands.read_text())
-    return f"<h2>Reproduce</h2><p>The exact commands, in order:</p><pre>{text}</pre>"
+    text = esc(commands.read_text(errors="replace"))
+    return f'<h2 id="reproduce">Reproduce</h2><p>The exact commands, in order:</p><pre>{text}</pre>'
 
 
 def build_report(
@@ -68,14 +67,16 @@ def build_report(
     compare: list[Path] | None = None,
     embeddings: Path | None = None,
 ) -> str:
-    card = json.loads((data / "dataset.json").read_text())
-    vocabulary = [str(t) for t in card["vocabulary"]]
+    # The loader's reader: size cap, regular file, schema (one line each), as every
+    # command that reads a card.
+    card = load_card(str(data))
+    vocabulary = list(card["vocabulary"])
     robustness = robustness or run / "robustness"
     embedding_map = embedding_figure(embeddings or run / EMBEDDINGS, run, data)
     title = f"Tagging run: {run.name}"
     body = "\n".join(
         [
-            f"<h1>{html.escape(title)}</h1>",
+            f"<h1>{esc(title)}</h1>",
             dataset_section(data, card),
             training_section(run),
             evaluation_section(run, card, compare or [], embedding_map),
@@ -86,7 +87,7 @@ def build_report(
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
     )
 
 

@@ -4,13 +4,11 @@ table (epochs counted from 1, one column per registered metric)."""
 
 from __future__ import annotations
 
-import html
-import json
 from pathlib import Path
 
 from tagtrain.inference.metrics import METRICS
 from tagtrain.reporting import figures
-from tagtrain.reporting.html import image, image_file, read_csv, table
+from tagtrain.reporting.html import esc, image, image_file, read_csv, read_json, table
 
 
 def epoch_columns() -> tuple[str, ...]:
@@ -18,18 +16,21 @@ def epoch_columns() -> tuple[str, ...]:
 
 
 def dataset_section(data: Path, card: dict) -> str:
-    counts = card.get("counts", {})
+    """`card` is checked (tagtrain.loader.load_card): its counts and seconds are numbers;
+    every value still goes through `esc`."""
+    counts = card.get("counts") or {}
     rows = [
-        [name, s["samples"], len(s["shards"]), round(s["seconds"] / 60, 1)]
+        [name, s.get("samples"), len(s["shards"]), round(s.get("seconds", 0) / 60, 1)]
         for name, s in card["splits"].items()
     ]
-    total_seconds = sum(s["seconds"] for s in card["splits"].values())
-    reasons = counts.get("rejects_by_reason", {})
+    total_seconds = sum(s.get("seconds", 0) for s in card["splits"].values())
+    reasons = counts.get("rejects_by_reason") or {}
     parts = [
-        "<h2>Dataset</h2>",
-        f'<div class="kpi">inputs <b>{counts.get("inputs", "?")}</b></div>',
-        f'<div class="kpi">samples <b>{counts.get("samples", "?")}</b></div>',
-        f'<div class="kpi">rejects <b>{counts.get("rejects", "?")}</b></div>',
+        '<h2 id="dataset">Dataset</h2>',
+        *(
+            f'<div class="kpi">{name} <b>{esc(counts.get(name, "?"))}</b></div>'
+            for name in ("inputs", "samples", "rejects")
+        ),  # fmt: skip
         f'<div class="kpi">audio <b>{total_seconds / 3600:.2f} h</b></div>',
         table(["split", "tracks", "shards", "minutes"], rows, "splits"),
         "<h3>Rejects by reason</h3>",
@@ -38,21 +39,21 @@ def dataset_section(data: Path, card: dict) -> str:
         else "<p>none</p>",
     ]
     rejects = data / "rejects.parquet"
-    if rejects.exists() and reasons:
+    if rejects.is_file() and reasons:
         import pyarrow.parquet as pq
 
         listed = pq.read_table(rejects).to_pylist()[:20]
         parts.append(
             table(
                 ["key", "path", "stage", "reason", "message"],
-                [[r["key"], r["path"], r["stage"], r["reason"], r["message"]] for r in listed],
+                [[r.get(c) for c in ("key", "path", "stage", "reason", "message")] for r in listed],
                 text_columns=(1, 4),
             )
         )
     features = card["features"]
     shown = ("sample_rate", "n_fft", "hop", "n_mels", "f_max", "log_scale", "stored")
     described = ", ".join(f"{k}={features[k]}" for k in shown if k in features)
-    parts.append(f"<p>Features: {html.escape(described)}; {len(card['vocabulary'])} tags.</p>")
+    parts.append(f"<p>Features: {esc(described)}; {len(card['vocabulary'])} tags.</p>")
     return "\n".join(parts)
 
 
@@ -72,10 +73,10 @@ def epoch_rows(run: Path) -> list[dict]:
 
 
 def training_section(run: Path) -> str:
-    parts = ["<h2>Training</h2>"]
+    parts = ['<h2 id="training">Training</h2>']
     summary = run / "summary.json"
     if summary.exists():
-        data = json.loads(summary.read_text())
+        data = read_json(summary)
         flat = {
             k: v for k, v in data.items() if isinstance(v, (int, float, str)) and k != "run_dir"
         }
