@@ -360,7 +360,7 @@ def check_per_tag_robustness(out_dir, out: str, names: list[str], vocabulary: li
         assert f"most affected tags of {label} (largest ROC-AUC drop): {worst[0]} " in out
 
 
-def test_tag_a_ten_minute_file_and_a_half_second_file(runs, tmp_path):
+def test_tag_a_ten_minute_file_and_refuse_a_half_second_file(runs, tmp_path):
     _, long = runs
     rng = np.random.default_rng(0)
     sr = 22050
@@ -375,23 +375,24 @@ def test_tag_a_ten_minute_file_and_a_half_second_file(runs, tmp_path):
         "tag", str(tmp_path / "long.wav"), str(tmp_path / "short.flac"), "--run", str(long),
         "--top", "5", "--json",
     )  # fmt: skip
-    assert status == 0, err
-    results = {r["file"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
+    assert status == 1, err  # the short file is not tagged (as the published models)
+    results = {r["path"].rsplit("/", 1)[-1]: r for r in map(json.loads, out.splitlines())}
     window = 59049  # the short-chunk CNN's input, in samples at 16 kHz
     assert results["long.wav"]["windows"] == math.ceil(600 * 16000 / window)
+    assert len(results["long.wav"]["taggram"]) == results["long.wav"]["windows"]
     assert results["long.wav"]["seconds"] == pytest.approx(600, abs=0.01)
-    assert not results["long.wav"]["padded"] and results["short.flac"]["padded"]
-    assert results["short.flac"]["windows"] == 1
-    assert results["short.flac"]["seconds"] == pytest.approx(0.5, abs=0.01)
-    for r in results.values():
-        probs = [t["probability"] for t in r["tags"]]
-        assert len(probs) == 5 and probs == sorted(probs, reverse=True)
-        assert all(0 < p < 1 for p in probs)
-    assert "short.flac is 0.50 s" in err and "zero-padded" in err
+    assert results["long.wav"]["windows_s"][-1][1] == pytest.approx(600, abs=0.01)
+    probs = [p for _, p in results["long.wav"]["top"]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+    assert all(0 < p < 1 for p in probs)
+    short = results["short.flac"]
+    assert set(short) == {"path", "model", "error"} and short["model"] == long.name
+    assert "0.50 s is shorter than one 3.69 s window" in short["error"]
+    assert "short.flac: 0.50 s is shorter" in err
 
     status, out, err = cli("tag", str(tmp_path / "short.flac"), "--run", str(long))
-    assert status == 0, err
-    assert "zero-padded to one window" in out and len(out.strip().splitlines()) == 2 + 10
+    assert status == 1 and out == ""
+    assert "error: " in err and "shorter than one 3.69 s window" in err
 
 
 def test_tag_hears_loud_and_quiet_like_evaluation(runs, demo_corpus, index):
@@ -402,7 +403,7 @@ def test_tag_hears_loud_and_quiet_like_evaluation(runs, demo_corpus, index):
     files = [str(demo_corpus / "audio" / f"{key}.mp3") for key in (loud, quiet)]
     status, out, err = cli("tag", *files, "--run", str(long), "--top", "22", "--json")
     assert status == 0, err
-    p_loud = [{t["tag"]: t["probability"] for t in r["tags"]}["loud"] for r in json.loads(out)]
+    p_loud = [dict(r["top"])["loud"] for r in map(json.loads, out.splitlines())]
     assert p_loud[0] > p_loud[1]
 
 

@@ -198,10 +198,10 @@ def test_import_command_writes_a_run_that_tags_a_clip(tmp_path, capsys, monkeypa
     code = main(["tag", str(CLIP), "--run", str(run_dir), "--json", "--device", "cpu"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    (record,) = json.loads(out)
-    assert record["file"] == str(CLIP) and record["windows"] >= 1
-    tags = [t["tag"] for t in record["tags"]]
-    probabilities = [t["probability"] for t in record["tags"]]
+    (record,) = map(json.loads, out.splitlines())
+    assert record["path"] == str(CLIP) and record["windows"] >= 1
+    tags = [t for t, _ in record["top"]]
+    probabilities = [p for _, p in record["top"]]
     assert len(tags) == 10 and set(tags) <= set(run.vocabulary)
     assert probabilities == sorted(probabilities, reverse=True)
     assert all(0.0 <= p <= 1.0 for p in probabilities)

@@ -78,6 +78,9 @@ def test_the_papers_values_where_the_paper_is_explicit():
         assert load_recipe(name).train["standardize"] == "band", name
     for name in ("pons2018_spec_3s", "pons2018_wave_3s"):
         assert load_recipe(name).train["split_variant"] == "full", name
+    for name in ("pons2018_spec_3s", "pons2018_spec_15s", "pons2018_wave_3s", "pons2018_wave_15s"):
+        train = load_recipe(name).train  # the paper's moving window (no chunk count to set)
+        assert train["eval_window"] == "moving" and "eval_chunks" not in train, name
     # Each of those departs from the reference code, and the recipe says so.
     for name, word in (("maest_10s", "s_patchout_f"), ("won2021_teacher", "40"),
                        ("pons2018_spec_3s", "unnormalised")):  # fmt: skip

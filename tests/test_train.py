@@ -562,3 +562,48 @@ def test_a_second_trainer_on_a_run_directory_in_use_is_one_line(dataset, tmp_pat
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [r["epoch"] for r in csv.DictReader(open(run / "metrics.csv"))] == ["0", "1"]
+
+
+# --- progress in a log file (issue 30, item 8) ------------------------------------------------
+
+
+def test_progress_redirected_to_a_file_is_one_line_per_epoch(dataset, tmp_path):
+    """`train > log 2>&1` (progress on, as by default): no tqdm redraws in the file, each
+    epoch one summary line."""
+    out, _ = dataset
+    flags = [f for f in FLAGS if f not in ("--no-progress", "--log-samples")]
+    log = tmp_path / "train.log"
+    with open(log, "w") as sink:
+        done = subprocess.run(
+            [sys.executable, "-m", "tagtrain", "train", "--data", str(out), *flags,
+             "--out", str(tmp_path / "run"), "--epochs", "2"],
+            cwd=ROOT, env={**os.environ, **ENV}, stdout=sink, stderr=subprocess.STDOUT,
+            timeout=300,
+        )  # fmt: skip
+    text = log.read_text()
+    assert done.returncode == 0, text[-2000:]
+    assert "\r" not in text and "batch/s" not in text and "|" not in text, text
+    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("epoch ")] == [
+        "epoch 1",
+        "epoch 2",
+    ], text
+
+
+def test_line_progress_writes_a_whole_line_per_tenth_of_a_long_epoch():
+    from tagtrain.training.log import LineProgress
+
+    now = [0.0]
+    stream = io.StringIO()
+    bar = LineProgress(stream, 100, 0, "epoch 3/60", quiet=60.0, clock=lambda: now[0])
+    for _ in range(100):
+        now[0] += 1.0  # 100 s for the epoch: a line at most every 60 s
+        bar.update(1)
+        bar.set_postfix(loss="0.1234")
+    lines = stream.getvalue().splitlines()
+    assert lines == ["epoch 3/60: 60% (60/100 batches, loss 0.1234)"]
+    fast = io.StringIO()
+    bar = LineProgress(fast, 10, 0, "epoch 1/2", quiet=0.0, clock=lambda: 0.0)
+    for _ in range(10):
+        bar.update(1)
+    assert len(fast.getvalue().splitlines()) == 10
+    assert fast.getvalue().splitlines()[0] == "epoch 1/2: 10% (1/10 batches)"

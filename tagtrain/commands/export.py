@@ -1,4 +1,4 @@
-"""`python -m tagtrain export --run RUN --onnx OUT.onnx`: a run as one ONNX graph for serving
+"""`python -m tagtrain export --run RUN --out OUT.onnx`: a run as one ONNX graph for serving
 (waveform windows in, tag probabilities out: tagtrain.inference.onnx_export), or with
 `--pretrained NAME` a published model's network (log-mel windows in:
 tagtrain.pretrained.cli).

@@ -1,4 +1,4 @@
-"""`export --run RUN --onnx OUT.onnx`: a run as one ONNX graph for serving.
+"""`export --run RUN --out OUT.onnx`: a run as one ONNX graph for serving.
 
 The graph is the whole inference path of `tag` for one batch of windows: waveform ->
 the run's features (log-mel or harmonic tensor, from the run's feature configuration) ->
@@ -47,13 +47,15 @@ class ExportOptions:
     """`export`'s settings (`--pretrained` is added by tagtrain.pretrained.cli)."""
 
     run: str | None = setting(None, "run directory (config.json, best.pt, ...)")
-    onnx: Path | None = setting(None, "output .onnx file", required=True)
+    out: Path | None = setting(
+        None, "output .onnx file", required=True, metavar="FILE.onnx", hidden_aliases=("--onnx",)
+    )  # --onnx: the flag's name before every command wrote with --out
     checkpoint: str = setting("best", "checkpoint of the run", choices=tuple(CHECKPOINTS))
     pretrained: str | None = None  # a published model instead of --run (no flag here)
 
     def check(self) -> None:
-        if Path(self.onnx).suffix != ".onnx":
-            raise RunError(f"--onnx must name a .onnx file, got {self.onnx}")
+        if Path(self.out).suffix != ".onnx":
+            raise RunError(f"--out must name a .onnx file, got {self.out}")
 
 
 def dft_power_spectrogram(
@@ -162,7 +164,7 @@ def export_run(options: ExportOptions) -> int:
     """Load the run on the CPU and write its ONNX graph."""
     options.check()
     trained = load_run(options.run, options.checkpoint, "cpu")
-    out = export_onnx(trained, Path(options.onnx))
+    out = export_onnx(trained, Path(options.out))
     print(
         f"wrote {out}: {trained.model_name}, {len(trained.vocabulary)} tags, "
         f"windows of {trained.spec.samples} samples at {trained.spec.sample_rate} Hz"

@@ -9,6 +9,7 @@ sees every model, and this module imports none.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,8 +62,16 @@ def list_models() -> list[ModelEntry]:
 
 def get_entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+        raise KeyError(unknown_model(name))
     return _REGISTRY[name]
+
+
+def unknown_model(name: str) -> str:
+    """One line for a mistyped model: the close names, not the whole zoo (hundreds of
+    characters), which the `models` command lists."""
+    close = difflib.get_close_matches(str(name), sorted(_REGISTRY), n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"unknown model {name!r}{hint}; `models` lists the {len(_REGISTRY)} models"
 
 
 def create_model(name: str, n_classes: int, seed: int | None = 0, **config) -> nn.Module:

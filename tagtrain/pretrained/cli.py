@@ -6,31 +6,29 @@ sends `--pretrained` to the published model and `--run` to the inference room.
 `evaluate --pretrained` scores one on prepared shards (on_shards.py); `export
 --pretrained` writes its network as ONNX.
 
-tag: one JSON line per file (path, model, vocabulary, probabilities, taggram,
-windows_s, top), to `--out` or stdout; a file that cannot be tagged is a JSON line
-{"path", "error"} and the exit status is 1. embed: one Parquet row per file (path,
-windows, embedding = the named layer averaged over windows, and over time for the
-[time, channels] layers).
+tag: the published model's `Tagged` per file, printed or written by
+tagtrain.inference.tagging.write_tagged exactly as `tag --run`'s. embed: one Parquet row
+per file (path, windows, embedding = the named layer averaged over windows, and over time
+for the [time, channels] layers).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipelines.core.errors import USAGE_ERROR, UserError, first_line
+from pipelines.core.errors import UserError
 from pipelines.core.flags import add_flags, setting
 from pipelines.core.formats import audio_files
 from tagtrain.inference.embeddings import EmbedOptions, embed_run
 from tagtrain.inference.evaluation import EvaluateOptions
 from tagtrain.inference.evaluation import evaluate as evaluate_run
 from tagtrain.inference.onnx_export import ExportOptions, WindowModel, export_run, write_onnx
-from tagtrain.inference.tagging import TagOptions, tag_with_run
+from tagtrain.inference.tagging import TagOptions, tag_with_run, write_tagged
 from tagtrain.inference.trained_run import RunError
 from tagtrain.pretrained.frontend import COMPRESSIONS
 from tagtrain.pretrained.musicnn import PRETRAINED, pretrained_spec
@@ -63,7 +61,7 @@ class Published:
 
 @dataclass
 class TagFlags(Published, TagOptions):
-    out: str | None = setting(None, "--pretrained: JSON lines file (default stdout)")
+    pass
 
 
 @dataclass
@@ -129,7 +127,7 @@ def _tagger(args):
 
 
 def tag(options: TagFlags) -> int:
-    """`tag`: the published model's JSON lines, or the run's tags (inference.tagging)."""
+    """`tag`: a published model's tags, or a run's (inference.tagging)."""
     return run_tag(options) if options.pretrained else tag_with_run(options)
 
 
@@ -157,7 +155,7 @@ def export(options: ExportFlags) -> int:
     if not options.pretrained:
         return export_run(options)
     options.check()
-    out, vocabulary = export_pretrained_onnx(options.pretrained, options.onnx)
+    out, vocabulary = export_pretrained_onnx(options.pretrained, options.out)
     print(f"wrote {out}: {options.pretrained}, {len(vocabulary)} tags, log-mel windows in")
     return 0
 
@@ -187,52 +185,12 @@ def export_pretrained_onnx(name: str, out: Path, batch: int = 2) -> tuple[Path, 
 # --- tag -------------------------------------------------------------------------------------
 
 
-def tag_records(tagger, files: list[Path], top: int):
-    """One record per file, in order (Tagger.predict_many: decoding overlaps the model)."""
-    for path, record in tagger.predict_many(files):
-        if isinstance(record, Exception):
-            yield {"path": str(path), "model": tagger.name, "error": str(record)}
-            continue
-        order = np.argsort(-np.asarray(record["probabilities"]), kind="stable")[:top]
-        record["top"] = [[record["vocabulary"][i], record["probabilities"][i]] for i in order]
-        yield record
-
-
-def _one_line_errors(command: str):
-    """A user error is one line on stderr and exit status 2 (as pipelines.core.errors)."""
-
-    def wrap(fn):
-        def run(args):
-            try:
-                return fn(args)
-            except (UserError, OSError) as exc:
-                print(f"{command}: error: {first_line(exc)}", file=sys.stderr)
-                return USAGE_ERROR
-
-        return run
-
-    return wrap
-
-
-@_one_line_errors("tag")
-def run_tag(args) -> int:
-    """Tag args.paths with args.pretrained; JSON lines to args.out (or stdout)."""
-    if args.top < 1:
-        raise UserError("--top must be at least 1")
+def run_tag(args: TagFlags) -> int:
+    """Tag args.paths with args.pretrained (inference.tagging.write_tagged)."""
+    args.check()
     files = audio_files(args.paths)
     tagger = _tagger(args)
-    out = getattr(args, "out", None)
-    failed = 0
-    records = tag_records(tagger, files, args.top)
-    progress = not getattr(args, "no_progress", False)
-    with open(out, "w") if out else nullcontext(sys.stdout) as sink:
-        for record in _progress(records, enabled=progress, total=len(files)):
-            failed += "error" in record
-            sink.write(json.dumps(record) + "\n")
-            sink.flush()
-    if failed:
-        print(f"tag: {failed} of {len(files)} files could not be tagged", file=sys.stderr)
-    return 1 if failed else 0
+    return write_tagged(tagger.tagged_many(files), len(files), tagger.name, args)
 
 
 # --- embed -----------------------------------------------------------------------------------
@@ -245,7 +203,6 @@ def layer_vector(features: dict[str, np.ndarray], layer: str) -> np.ndarray:
     return value.reshape(len(value), -1, value.shape[-1]).mean(axis=(0, 1))
 
 
-@_one_line_errors("embed")
 def run_embed(args) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -258,7 +215,7 @@ def run_embed(args) -> int:
         raise UserError(f"--out must name a .parquet file, got {args.out}")
     tagger = _tagger(args)
     rows = {"path": [], "windows": [], "embedding": []}
-    for path in _progress(audio_files(args.paths), enabled=True):
+    for path in _progress(audio_files(args.paths), enabled=sys.stderr.isatty()):
         batch, _ = tagger.windows(path)
         rows["path"].append(str(path))
         rows["windows"].append(len(batch))

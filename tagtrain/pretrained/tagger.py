@@ -1,11 +1,12 @@
 """`Tagger.from_pretrained("musicnn-mtt").predict(path)`: tag audio with musicnn's
 published weights, as `musicnn.extractor` does (see frontend.py), without TensorFlow.
 
-`predict` returns a dict: path, vocabulary, probabilities (mean of the taggram over
-windows, full vector), taggram (sigmoid per 3 s window) and windows_s ([start, end] of
-each window in seconds); `features` gives the official named layers per window. The
-windows are the official front end's (log-mel of the whole file, cut every 187 frames);
-the forwards and the average over windows are the one predictor's
+`predict` returns the record that `tag --out` writes (tagtrain.inference.tagging.Tagged):
+path, model, seconds, window_seconds, windows, top, vocabulary, probabilities (mean of
+the taggram over windows, full vector), windows_s ([start, end] of each window in seconds)
+and taggram (sigmoid per 3 s window); `features` gives the official named layers per
+window. The windows are the official front end's (log-mel of the whole file, cut every 187
+frames); the forwards and the average over windows are the one predictor's
 (tagtrain.inference.predict.WindowPredictor), as for `tag --run`.
 """
 
@@ -21,6 +22,7 @@ import torch
 from pipelines.core.audio import AudioRejected, load_audio
 from pipelines.core.errors import UserError
 from tagtrain.inference.predict import WindowPredictor, average
+from tagtrain.inference.tagging import Tagged, TooShort, too_short
 from tagtrain.models.musicnn_tf import CONV_ALGORITHMS, set_conv_algorithm
 from tagtrain.pretrained import frontend
 from tagtrain.pretrained.musicnn import load_pretrained, pretrained_spec
@@ -28,10 +30,7 @@ from tagtrain.pretrained.musicnn import load_pretrained, pretrained_spec
 # A window is 187 frames: files shorter than this have no window (the official extractor
 # fails on them); they are reported, not padded.
 MIN_SECONDS = (frontend.WINDOW_FRAMES - 1) * frontend.HOP / frontend.SAMPLE_RATE
-
-
-class TooShort(UserError):
-    pass
+__all__ = ["MIN_SECONDS", "Tagger", "TooShort"]
 
 
 class Tagger:
@@ -85,6 +84,9 @@ class Tagger:
 
     def windows(self, path: str | Path) -> tuple[np.ndarray, list[int]]:
         """The model input [windows, 96, 187] of a file and each window's first frame."""
+        return self._decode(path)[:2]
+
+    def _decode(self, path: str | Path) -> tuple[np.ndarray, list[int], float]:
         try:
             decoded = load_audio(Path(path).read_bytes(), frontend.SAMPLE_RATE, min_seconds=0.0)
         except AudioRejected as exc:
@@ -92,10 +94,8 @@ class Tagger:
         log_mel = frontend.official_log_mel(decoded.pcm, self.compression)
         starts = frontend.window_starts(len(log_mel))
         if not starts:
-            raise TooShort(
-                f"{path}: {decoded.seconds:.2f} s is shorter than one {MIN_SECONDS:.2f} s window"
-            )
-        return frontend.cut_windows(log_mel, starts), starts
+            raise too_short(path, decoded.seconds, MIN_SECONDS)
+        return frontend.cut_windows(log_mel, starts), starts, decoded.seconds
 
     def features(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """The model's named layers (and `taggram`) for a window batch [N, 96, 187]."""
@@ -110,24 +110,29 @@ class Tagger:
         """Sigmoid outputs [N, tags] of a window batch, `batch_size` windows per forward."""
         return self.predictor.taggram(batch)
 
-    def record(self, path: str | Path, taggram: np.ndarray, starts: list[int]) -> dict:
-        return {
-            "path": str(path),
-            "model": self.name,
-            "vocabulary": list(self.vocabulary),
-            "probabilities": average(taggram).tolist(),
-            "taggram": taggram.tolist(),
-            "windows_s": [list(w) for w in frontend.window_seconds(starts)],
-        }
+    def tagged(self, path, taggram: np.ndarray, starts: list[int], seconds: float) -> Tagged:
+        windows_s = [list(w) for w in frontend.window_seconds(starts)]
+        window_seconds = frontend.WINDOW_FRAMES * frontend.HOP / frontend.SAMPLE_RATE
+        return Tagged(
+            str(path), self.name, seconds, window_seconds, list(self.vocabulary), taggram,
+            windows_s, average(taggram),
+        )  # fmt: skip
 
-    def predict(self, path: str | Path) -> dict:
-        batch, starts = self.windows(path)
-        return self.record(path, self.taggram(batch), starts)
+    def predict(self, path: str | Path, top: int = 10) -> dict:
+        batch, starts, seconds = self._decode(path)
+        return self.tagged(path, self.taggram(batch), starts, seconds).record(top)
 
     def predict_many(
-        self, paths: Iterable[str | Path], prefetch: int = 2
+        self, paths: Iterable[str | Path], prefetch: int = 2, top: int = 10
     ) -> Iterator[tuple[Path, dict | Exception]]:
-        """(path, record) per file in order, or (path, the UserError/OSError) for a file
+        """`tagged_many` with `predict`'s records."""
+        for path, result in self.tagged_many(paths, prefetch):
+            yield path, result if isinstance(result, Exception) else result.record(top)
+
+    def tagged_many(
+        self, paths: Iterable[str | Path], prefetch: int = 2
+    ) -> Iterator[tuple[Path, Tagged | Exception]]:
+        """(path, Tagged) per file in order, or (path, the UserError/OSError) for a file
         that cannot be tagged. The next files are decoded and featurised on `prefetch`
         threads while the current batch runs (decoding and the convolutions release the
         GIL), and the windows of consecutive files share forwards of up to `batch_size`
@@ -135,11 +140,11 @@ class Tagger:
         `predict` (up to the convolutions' summation order for other batch sizes)."""
         paths = [Path(p) for p in paths]
         with ThreadPoolExecutor(max(1, prefetch)) as pool:
-            pending = [pool.submit(self.windows, p) for p in paths[: prefetch + 1]]
-            queued = []  # (path, windows, starts) waiting for a forward
+            pending = [pool.submit(self._decode, p) for p in paths[: prefetch + 1]]
+            queued = []  # (path, windows, starts, seconds) waiting for a forward
             for i, path in enumerate(paths):
                 if i + prefetch + 1 < len(paths):
-                    pending.append(pool.submit(self.windows, paths[i + prefetch + 1]))
+                    pending.append(pool.submit(self._decode, paths[i + prefetch + 1]))
                 try:
                     queued.append((path, *pending[i].result()))
                 except (UserError, OSError) as exc:
@@ -148,15 +153,15 @@ class Tagger:
                     yield path, exc
                     continue
                 pending[i] = None  # its windows now live in `queued` only
-                if sum(len(w) for _, w, _ in queued) >= self.batch_size:
+                if sum(len(q[1]) for q in queued) >= self.batch_size:
                     yield from self._flush(queued)
                     queued = []
             yield from self._flush(queued)
 
-    def _flush(self, queued: list) -> Iterator[tuple[Path, dict]]:
+    def _flush(self, queued: list) -> Iterator[tuple[Path, Tagged]]:
         if not queued:
             return
-        taggrams = self.taggram(np.concatenate([w for _, w, _ in queued]))
-        ends = np.cumsum([len(w) for _, w, _ in queued])
-        for (path, _, starts), end in zip(queued, ends):
-            yield path, self.record(path, taggrams[end - len(starts) : end], starts)
+        taggrams = self.taggram(np.concatenate([q[1] for q in queued]))
+        ends = np.cumsum([len(q[1]) for q in queued])
+        for (path, _, starts, seconds), end in zip(queued, ends):
+            yield path, self.tagged(path, taggrams[end - len(starts) : end], starts, seconds)

@@ -99,25 +99,16 @@ def plan(
     return steps
 
 
-def _run_config(run_dir: Path):
-    from tagtrain.run.config import RunConfig, apply
-
-    saved = json.loads((run_dir / "config.json").read_text())
-    known = {k: v for k, v in saved.items() if k in RunConfig.__dataclass_fields__}
-    return apply(RunConfig(), known, f"{run_dir}/config.json")
-
-
 def evaluate_step(step: Step, *, bootstrap: int = 1000, device: str = "auto", workers: int = 2):
     """Evaluate the run of `step` on its test split with the recipe's protocol (the run's
     evaluation chunks, the recipe's `evaluate` section); its metrics summary."""
     from tagtrain.inference.evaluation import EvaluateOptions, evaluate, result_paths
     from tagtrain.inference.trained_run import load_run
 
-    cfg = _run_config(step.run_dir)
-    chunks = cfg.evaluation_chunks() if hasattr(cfg, "evaluation_chunks") else cfg.val_chunks
+    # chunks None: the run's own protocol (eval_chunks, else val_chunks; eval_window).
     settings = {"split": "test", "bootstrap": bootstrap, "device": device, "workers": workers}
     options = EvaluateOptions(
-        run=str(step.run_dir), chunks=chunks, **{**settings, **step.recipe.evaluate}
+        run=str(step.run_dir), chunks=None, **{**settings, **step.recipe.evaluate}
     )
     evaluate(options)
     trained = load_run(str(step.run_dir), options.checkpoint, device)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
+import time
 
 from tagtrain.inference.metrics import METRICS
 from tagtrain.run.directory import RunDir
@@ -133,15 +135,57 @@ class RunLog:
             self.tb.close()
 
 
-def progress_bar(enabled: bool, total: int, initial: int, epoch: int, epochs: int):
+def progress_bar(enabled: bool, total: int, initial: int, epoch: int, epochs: int, stream=None):
+    """A tqdm bar on a terminal; elsewhere (a log file, a pipe) `LineProgress`, since every
+    tqdm redraw would be kept there."""
     if not enabled:
         return None
+    stream = stream or sys.stderr
+    desc = f"epoch {epoch + 1}/{epochs}"
+    if not stream.isatty():
+        return LineProgress(stream, total, initial, desc)
     from tqdm import tqdm
 
     return tqdm(
-        total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-        dynamic_ncols=True, leave=False,
+        total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True,
+        leave=False, file=stream,
     )  # fmt: skip
+
+
+class LineProgress:
+    """Progress for a stream that is not a terminal: a whole line at each 1/`parts` of the
+    epoch, and only once `quiet` seconds have passed since the epoch began or the last
+    line, so a short epoch writes nothing besides its summary line."""
+
+    def __init__(
+        self, stream, total: int, initial: int, desc: str, parts: int = 10,
+        quiet: float = 60.0, clock=time.monotonic,
+    ):  # fmt: skip
+        self.stream, self.total, self.n, self.desc = stream, max(1, total), initial, desc
+        self.parts, self.quiet, self.clock = parts, quiet, clock
+        self.last = self.clock()
+        self.shown = self._part()
+        self.postfix = ""
+
+    def _part(self) -> int:
+        return self.n * self.parts // self.total
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        part, now = self._part(), self.clock()
+        if part > self.shown and now - self.last >= self.quiet:
+            self.shown, self.last = part, now
+            extra = f", {self.postfix}" if self.postfix else ""
+            print(
+                f"{self.desc}: {100 * self.n / self.total:.0f}% ({self.n}/{self.total} "
+                f"batches{extra})", file=self.stream, flush=True,
+            )  # fmt: skip
+
+    def close(self) -> None:
+        pass
 
 
 def epoch_row(epoch: int, partial: bool, phase: str, lr: float, progress, outcome) -> dict:

@@ -1,0 +1,120 @@
+"""Issue 30, item 2: one `tag` for a trained run (`--run`, here a run imported from the
+seeded reference musicnn state) and a published model (`--pretrained musicnn-mtt`): the
+same text by default, the same JSON lines with `--json` and `--out`, the same short-file
+rule, progress never on stdout, errors named by the program."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from tagtrain.__main__ import main
+from tagtrain.inference.tagging import RECORD_KEYS
+from tests.test_import_weights import CLIP, reference_state
+
+HEADER = re.compile(r"^(\S+)  \(\d+:\d\d\.\d, (\d+) windows? of (\d+\.\d\d) s, (\S+)\)$")
+TAG_LINE = re.compile(r"^  (.+?) +(0\.\d{3}|1\.000)$")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("audio")
+    short = folder / "short.wav"
+    sr = 16000
+    sf.write(short, 0.1 * np.sin(np.arange(int(2.5 * sr)) / 5.0), sr)  # < both windows
+    return CLIP, short
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("imported")
+    torch.save({"state_dict": reference_state("musicnn")}, folder / "best_model.pth")
+    out = folder / "run"
+    argv = ["import-weights", "--from", "sota", str(folder / "best_model.pth")]
+    assert main([*argv, "--model", "musicnn", "--vocabulary", "mtt", "--out", str(out)]) == 0
+    return out
+
+
+MODELS = {"run": lambda run_dir: ["--run", str(run_dir)], "pretrained": lambda _: [
+    "--pretrained", "musicnn-mtt"]}  # fmt: skip
+
+
+def tag(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["tag", *map(str, argv), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_text_by_default_top_n_per_file(model, run_dir, files, capsys):
+    clip, _ = files
+    for extra in ([], ["--no-json"]):
+        code, out, err = tag(capsys, clip, *MODELS[model](run_dir), "--top", "5", *extra)
+        assert code == 0, err
+        header, *rows = out.splitlines()
+        match = HEADER.match(header)
+        assert match and match[1] == str(clip) and int(match[2]) >= 2, header
+        assert len(rows) == 5 and all(TAG_LINE.match(r) for r in rows), out
+        probabilities = [float(TAG_LINE.match(r)[2]) for r in rows]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert "\r" not in out + err and "{" not in out
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_json_and_out_are_the_same_json_lines(model, run_dir, files, tmp_path, capsys):
+    clip, short = files
+    flags = MODELS[model](run_dir)
+    code, printed, err = tag(capsys, clip, short, *flags, "--top", "3", "--json")
+    assert code == 1  # the short file
+    out = tmp_path / "tags.jsonl"
+    code, stdout, err = tag(capsys, clip, short, *flags, "--top", "3", "--out", out)
+    assert code == 1 and out.read_text() == printed
+    assert stdout.strip() == f"wrote 1 of 2 files' tags to {out}"
+    assert "\r" not in err
+    record, error = map(json.loads, printed.splitlines())
+    assert tuple(record) == RECORD_KEYS and record["path"] == str(clip)
+    assert len(record["top"]) == 3 and len(record["probabilities"]) == 50
+    assert len(record["taggram"]) == record["windows"] == len(record["windows_s"])
+    assert np.allclose(record["probabilities"], np.mean(record["taggram"], axis=0))
+    best = int(np.argmax(record["probabilities"]))
+    assert record["top"][0] == [
+        record["vocabulary"][best],
+        pytest.approx(max(record["probabilities"])),
+    ]
+    assert set(error) == {"path", "model", "error"} and error["path"] == str(short)
+    assert error["model"] == record["model"]
+    assert re.search(r"short\.wav: 2\.50 s is shorter than one \d\.\d\d s window", error["error"])
+    assert f"error: {error['error']}" in err and "1 of 2 files could not be tagged" in err
+
+
+def test_both_models_give_the_same_shape_of_output(run_dir, files, tmp_path, capsys):
+    clip, _ = files
+    for model in sorted(MODELS):
+        out = tmp_path / f"{model}.jsonl"
+        assert tag(capsys, clip, *MODELS[model](run_dir), "--out", out)[0] == 0
+        assert tuple(json.loads(out.read_text())) == RECORD_KEYS
+        code, text, _ = tag(capsys, clip, *MODELS[model](run_dir))
+        header, *rows = text.splitlines()
+        assert code == 0 and len(rows) == 10 and all(TAG_LINE.match(r) for r in rows)
+        named = HEADER.match(header)[4]
+        assert named == ("musicnn-mtt" if model == "pretrained" else run_dir.name)
+    # The short-file rule is stated in --help.
+    assert main(["tag", "--help"]) == 0
+    assert "shorter than one model window" in " ".join(capsys.readouterr().out.split())
+
+
+def test_tag_errors_name_the_program_and_json_with_out_is_refused(run_dir, files, capsys):
+    clip, _ = files
+    code, _, err = tag(capsys, clip, "--pretrained", "musicnn-xyz")
+    assert code == 2 and err.startswith("python -m tagtrain: error: "), err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = tag(capsys, clip, "--run", run_dir, "--json", "--out", "x.jsonl")
+    assert code == 2 and "--json prints the JSON lines that --out writes" in err
+    code, _, err = tag(capsys, clip, "--pretrained", "musicnn-mtt", "--top", "0")
+    assert code == 2 and err.startswith("python -m tagtrain: error: --top must be at least 1")
