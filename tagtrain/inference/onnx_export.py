@@ -47,13 +47,17 @@ class ExportOptions:
     """`export`'s settings (`--pretrained` is added by tagtrain.pretrained.cli)."""
 
     run: str | None = setting(None, "run directory (config.json, best.pt, ...)")
+    # --onnx: the flag's name before every command wrote with --out; argparse's `required`
+    # would not count the hidden alias, so check() requires the value.
     out: Path | None = setting(
-        None, "output .onnx file", required=True, metavar="FILE.onnx", hidden_aliases=("--onnx",)
-    )  # --onnx: the flag's name before every command wrote with --out
+        None, "output .onnx file (required)", metavar="FILE.onnx", hidden_aliases=("--onnx",)
+    )
     checkpoint: str = setting("best", "checkpoint of the run", choices=tuple(CHECKPOINTS))
     pretrained: str | None = None  # a published model instead of --run (no flag here)
 
     def check(self) -> None:
+        if self.out is None:
+            raise RunError("the following arguments are required: --out")
         if Path(self.out).suffix != ".onnx":
             raise RunError(f"--out must name a .onnx file, got {self.out}")
 
