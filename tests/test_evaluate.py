@@ -84,7 +84,9 @@ def runs(demo_dataset, tmp_path_factory):
 
 def test_evaluate_learns_the_learnable_tags_and_lists_every_tag(runs, demo_dataset, index):
     _, long = runs
-    status, out, err = cli("evaluate", "--run", str(long), "--data", str(demo_dataset), *FAST)
+    status, out, err = cli(
+        "evaluate", "--run", str(long), "--data", str(demo_dataset), "--chunks", "16", *FAST
+    )  # the run's own protocol would be its val_chunks, 2
     assert status == 0, err
     metrics = json.loads((long / "metrics.json").read_text())
     rows = list(csv.DictReader(open(long / "per_tag.csv")))
@@ -699,3 +701,59 @@ def test_a_registered_metric_reaches_every_output(
     for title in ("per-tag scores", "precision-recall"):
         texts = next(texts for titles, texts in figure_texts.items() if title in titles)
         assert any(label in text for text in texts), title
+
+
+def with_saved_settings(run, out, **settings):
+    """A copy of `run` whose checkpoints' saved config has `settings` (the protocol a
+    recipe would have given the run)."""
+    from tagtrain.run import checkpoint as ckpt
+
+    shutil.copytree(run, out)
+    for name in ("best.pt", "last.pt"):
+        state = ckpt.load_checkpoint(out / name)
+        state["config"] = json.dumps({**json.loads(state["config"]), **settings})
+        ckpt.save_checkpoint(out / name, state)
+    return out
+
+
+def test_evaluate_run_uses_the_runs_eval_chunks_unless_chunks_is_given(runs, tmp_path):
+    short, _ = runs
+    base = ["--split", "valid", "--bootstrap", "0", *FAST]
+
+    def chunks(run, *extra):
+        status, _, err = cli("evaluate", "--run", str(run), *base, *extra)
+        assert status == 0, err
+        return json.loads((run / "metrics-valid.json").read_text())["chunks"]
+
+    assert chunks(short) == 2  # eval_chunks 0: the run's val_chunks
+    eight = with_saved_settings(short, tmp_path / "eight", eval_chunks=3)
+    assert chunks(eight) == 3
+    assert chunks(eight, "--chunks", "5") == 5
+
+
+def test_the_moving_window_evaluates_consecutive_windows_of_the_model_input(
+    runs, demo_dataset, tmp_path
+):
+    """Seed 002: predictions by "a moving window" of the model's input over the track,
+    averaged: floor(track length / window) back-to-back windows."""
+    from tagtrain.models.registry import get_entry
+
+    short, _ = runs
+    card = json.loads((demo_dataset / "dataset.json").read_text())
+    valid = card["splits"]["valid"]
+    spec = get_entry("short_chunk_cnn").input_spec
+    window = spec.samples / spec.sample_rate
+    expected = max(1, math.floor(valid["seconds"] / valid["samples"] / window + 1e-6))
+    moving = with_saved_settings(short, tmp_path / "moving", eval_window="moving")
+    status, _, err = cli(
+        "evaluate", "--run", str(moving), "--split", "valid", "--bootstrap", "0", *FAST
+    )
+    assert status == 0, err
+    metrics = json.loads((moving / "metrics-valid.json").read_text())
+    assert metrics["chunks"] == expected != 2
+    status, _, err = cli(
+        "evaluate", "--run", str(moving), "--split", "valid", "--bootstrap", "0", "--chunks", "4",
+        *FAST,
+    )  # fmt: skip
+    assert status == 0, err
+    assert json.loads((moving / "metrics-valid.json").read_text())["chunks"] == 4

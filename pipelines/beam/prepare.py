@@ -56,6 +56,7 @@ class PrepareConfig:
     shard_size_mb: float = 256.0
     vocabulary: tuple[str, ...] = ()
     manifest_sha256: str = ""
+    split_variant: str = ""  # the manifest's (MTT: clean or full), recorded in the card
     num_inputs: int = 0
     # Shards per split, fixed before the job from the manifest (see `plan_shards`), so
     # shard assignment needs no data-dependent side input.

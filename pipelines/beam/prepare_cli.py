@@ -32,7 +32,7 @@ from pipelines.beam.runner_options import (
 )
 from pipelines.beam.track import TrackConfig
 from pipelines.core import storage
-from pipelines.core.card import CARD_NAME, FEATURES, REJECTS_NAME
+from pipelines.core.card import CARD_NAME, FEATURES, REJECTS_NAME, manifest_split_variant
 from pipelines.core.errors import UserError
 from pipelines.core.flags import add_flags, from_args, settings_line
 
@@ -222,6 +222,7 @@ def build_config(args, beam_args: list[str], table) -> PrepareConfig:
         shard_size_mb=args.shard_size_mb,
         vocabulary=tuple(vocabulary),
         manifest_sha256=manifest_sha256(args.manifest),
+        split_variant=manifest_split_variant(table.schema.metadata or {}) or "",
         num_inputs=table.num_rows,
         num_shards=tuple(sorted(layout.items())),
         filesystem_args=tuple(beam_args),

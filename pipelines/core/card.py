@@ -8,7 +8,8 @@ Layout (all plain JSON):
                      "bytes" (the tar's size), "sha256" (of the whole tar)}]}}
     mel_stats        {"mean": [n_mels], "std": [n_mels]} over the train split (or null)
     decoder          {"requested", "versions": {library: version}}
-    manifest         {"path", "sha256"}
+    manifest         {"path", "sha256", "split_variant" (where the manifest records one,
+                     e.g. MTT's clean or full split)}
     counts           {"inputs", "samples", "rejects", "rejects_by_reason"}: inputs = samples + rejects
     job              {"min_seconds", "max_seconds", "shard_size_mb", "planned_shards"}
     identity         what a re-run into the same output must match (feature config,
@@ -81,3 +82,18 @@ def _close(a, b) -> bool:
         return abs(float(a) - float(b)) < 1e-9
     except (TypeError, ValueError):
         return False
+
+
+def manifest_split_variant(metadata: Mapping) -> str | None:
+    """The split variant a manifest's Parquet metadata records (str or bytes keys), or
+    None (a builder with one split)."""
+    for key, value in metadata.items():
+        if key in ("split_variant", b"split_variant"):
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def card_split_variant(card: Mapping) -> str | None:
+    """The split variant of the manifest the dataset was prepared from, or None."""
+    manifest = card.get("manifest")
+    return manifest.get("split_variant") if isinstance(manifest, Mapping) else None

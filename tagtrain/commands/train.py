@@ -93,10 +93,16 @@ def checked_model(cfg: RunConfig) -> RunConfig:
 
 
 def weights_init(cfg: RunConfig):
-    """What loads `--init` weights into a new model (None without --init)."""
+    """What loads `--init` weights into a new model (None without --init): published
+    weights (pretrained:NAME) or a PaSST/MAEST checkpoint FILE (patchout models)."""
     if not cfg.init:
         return None
-    from tagtrain.pretrained.finetune import init_from_pretrained
+    from tagtrain.pretrained.finetune import INIT_PREFIX, init_from_pretrained
+
+    if not cfg.init.startswith(INIT_PREFIX):  # a file: a PaSST/MAEST checkpoint
+        from tagtrain.pretrained.importers.maest import init_from_checkpoint_file
+
+        return init_from_checkpoint_file
 
     return init_from_pretrained
 

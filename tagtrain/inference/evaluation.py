@@ -7,6 +7,13 @@ track, song-level models (FCN, CRNN) included, as the reference code evaluates t
 left out of the macro averages and listed, never averaged in as NaN. The intervals come
 from `--bootstrap` resamples of the tracks (percentile method).
 
+How many chunks: `--chunks`, else the run's protocol (RunConfig: `eval_chunks`, else
+`val_chunks`); with `eval_window: moving` (seed 002: "several predictions are computed
+for a song (by a moving window of 15s) and then averaged") the chunks are consecutive
+windows of the model's input length: K = floor(the split's mean track length / the
+window), evenly spaced from the start to the end of each track, so a track K windows long
+is cut into K back-to-back windows (MSD's 30 s clips: 2 of 15 s, 10 of 3 s).
+
 Writes, in the run directory, `metrics.json`, `per_tag.csv` and `predictions.parquet`
 (key, true tags, one probability per tag; the vocabulary in the file's metadata) for the
 test split of the run's own dataset; other splits get `metrics-{split}.json`, other
@@ -17,6 +24,7 @@ tagtrain.run.directory), so nothing is overwritten by a different evaluation.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -76,6 +84,11 @@ class _Evaluated:
 @dataclass
 class EvaluateOptions(EvalOptions, Bootstrap, _Evaluated):
     """`evaluate`'s settings (`--pretrained`'s flag is added by tagtrain.pretrained.cli)."""
+
+    chunks: int | None = setting(
+        None, "evenly spaced chunks averaged per track (default: the run's eval_chunks, a "
+        "recipe's protocol, else its val_chunks, 16)",
+    )  # fmt: skip
 
 
 @dataclass
@@ -149,6 +162,16 @@ class Evaluation:
         }
 
 
+def moving_windows(run: TrainedRun, eval_set: EvalSet) -> int:
+    """Consecutive windows of the model's input in a track of the split's mean length."""
+    split = eval_set.card["splits"].get(eval_set.split) or {}
+    tracks, seconds = split.get("samples") or 0, split.get("seconds") or 0.0
+    window = run.spec.samples / run.spec.sample_rate
+    if not tracks or window <= 0:
+        return 1
+    return max(1, math.floor(seconds / tracks / window + 1e-6))
+
+
 def _number(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
@@ -157,6 +180,8 @@ def evaluate_set(run: TrainedRun, eval_set: EvalSet, args) -> Evaluation:
     """Chunk-averaged predictions for every track of the split, scored per tag. `args`:
     the settings of `EvalOptions` and `bootstrap` (options or a command's namespace)."""
     cfg = loader_config(run, eval_set, args)
+    if getattr(args, "chunks", None) is None and run.config.eval_window == "moving":
+        cfg = dataclasses.replace(cfg, eval_chunks=moving_windows(run, eval_set))
     # The loader's labels follow the card; a published model keeps the columns it has.
     vocabulary = run.vocabulary if run.label_columns is None else eval_set.card["vocabulary"]
     preds = predict_split(

@@ -239,8 +239,13 @@ def open_split(run: TrainedRun, data: str, split: str, card: dict | None = None)
             f"{run.name} was trained on ({len(run.vocabulary)} tags)"
         )
     plan = plan_input(card, run.spec, source=data)
-    # The run's own statistics, not this card's (see the module docs).
+    # The run's own statistics, not this card's (see the module docs); and its own
+    # standardisation where the run chose one over the model's (RunConfig.standardize).
     plan = dataclasses.replace(plan, mean=None, std=None)
+    if run.config.standardize:
+        plan = dataclasses.replace(
+            plan, standardize=run.plan.standardize, global_stats=run.plan.global_stats
+        )
     device_input = DeviceInput(plan, run.device, run.mean, run.std)
     shards = split_shards(card, data, split)
     if not shards:
@@ -270,8 +275,9 @@ def loader_config(run: TrainedRun, eval_set: EvalSet, args) -> LoaderConfig:
         workers=min(args.workers, len(eval_set.shards)),
         shuffle_buffer=0,
         train=False,
-        # Song-level models too: the reference evaluates every model on 16 chunks.
-        eval_chunks=args.chunks,
+        # Song-level models too: the reference evaluates every model on 16 chunks; a
+        # recipe's eval_chunks (won2021: 8) unless --chunks is given.
+        eval_chunks=run.config.evaluation_chunks() if args.chunks is None else args.chunks,
         storage_options=run.config.effective_storage_options(),
         s3_client=run.config.s3_client,
     )
@@ -328,7 +334,8 @@ def check_run_arguments(args) -> None:
         raise RunError("--batch-size must be at least 1")
     if args.workers < 0:
         raise RunError("--workers must not be negative")
-    if getattr(args, "chunks", 1) < 1:
+    chunks = getattr(args, "chunks", 1)
+    if chunks is not None and chunks < 1:
         raise RunError("--chunks must be at least 1")
 
 

@@ -34,6 +34,8 @@ class LoaderConfig:
     cache_dir: str | None = None  # keep local copies of remote shards here (see cache)
     cache_limit: int = 0  # bytes the cache may hold; 0: no limit
     s3_client: str = "obstore"  # who sends s3:// range requests: obstore or s3fs (s3ranges)
+    # Training epochs of a drawn sample (partition.EpochSample; sample-level reading only)
+    epoch_sample: object = None
 
     @property
     def slots(self) -> int:

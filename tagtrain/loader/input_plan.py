@@ -60,6 +60,23 @@ def plan_input(
     return dataclasses.replace(plan, standardize=standardize, global_stats=stats)
 
 
+def with_standardize(plan: InputPlan, standardize: str) -> InputPlan:
+    """The plan with the run's `standardize` over the model's (RunConfig.standardize; seed
+    002's "zero-mean and unit-var"). "global" without the model's own pair takes it from
+    the card's per-band statistics (the mean and variance over all bands)."""
+    if standardize not in STANDARDIZE:
+        raise CardError(f"standardize must be one of {STANDARDIZE}, not {standardize!r}")
+    stats = plan.global_stats
+    if standardize == "global" and stats is None:
+        if plan.mean is None or plan.std is None:
+            raise CardError("standardize 'global' needs the card's mel_stats (none usable)")
+        n = len(plan.mean)
+        mean = sum(plan.mean) / n
+        second = sum(s * s + m * m for m, s in zip(plan.mean, plan.std)) / n
+        stats = (mean, max(second - mean * mean, 0.0) ** 0.5)
+    return dataclasses.replace(plan, standardize=standardize, global_stats=stats)
+
+
 def plan_reading(
     card: Mapping, spec: InputSpec, source: str = "dataset", from_pcm: bool = False
 ) -> InputPlan:

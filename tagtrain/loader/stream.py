@@ -108,7 +108,9 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _plan_samples(self) -> None:
         cfg = self.cfg
         names = [s.name for s in self.shards]
-        self.order = epoch_order(self.refs, names, cfg.seed, self.epoch, cfg.shuffle_buffer)
+        self.order = epoch_order(
+            self.refs, names, cfg.seed, self.epoch, cfg.shuffle_buffer, cfg.epoch_sample
+        )
         self.consumed = consumed_samples(self.resume) or 0
         self.sample_batches = rank_batches(
             len(self.order), self.consumed, cfg.batch_size, cfg.world, cfg.rank

@@ -28,6 +28,9 @@ from pipelines.core.flags import setting
 SCHEDULES = ("adam_sgd", "early_stop")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTIONS = ("val_loss", "roc_auc")
+BALANCE = ("none", "inverse_frequency")  # the epoch sample's weights (--epoch-samples)
+STANDARDIZE = ("", "none", "band", "global")  # "": the model's InputSpec
+EVAL_WINDOWS = ("chunks", "moving")  # evenly spaced chunks, or Pons' moving window
 S3_CLIENTS = ("obstore", "s3fs")  # see tagtrain/loader/s3ranges.py
 # Reference epochs of each schedule (minzwon/sota-music-tagging-models trains 200 epochs:
 # Adam 80, SGD 1e-3 20, 1e-4 20, then 1e-5 to the end).
@@ -50,7 +53,7 @@ class RunConfig:
     init: str = setting(
         "",
         "start from published weights, e.g. pretrained:musicnn-msd (a new output layer "
-        "when the vocabulary differs)",
+        "when the vocabulary differs), or for patchout models a PaSST/MAEST checkpoint FILE",
     )
     seed: int = setting(0, "seed of initialisation, shuffles and crops")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
@@ -66,6 +69,36 @@ class RunConfig:
     shuffle_buffer: int = setting(256, "samples in each loader worker's shuffle buffer")
     val_chunks: int = setting(
         16, "evenly spaced chunks averaged per validation track (the test protocol's)"
+    )
+    epoch_samples: int = setting(
+        0,
+        "each epoch trains on a sample of this many tracks drawn without replacement, "
+        "deterministic per (seed, epoch) (0: every track; seed 004: 200000)",
+    )
+    balance: str = setting(
+        "none",
+        "weights of the --epoch-samples draw: none (uniform) or inverse_frequency (a "
+        "track's weight: the sum of 1 / count of its tags, as MAEST's balanced sample)",
+        choices=BALANCE,
+    )
+    standardize: str = setting(
+        "",
+        "input standardisation: none, band (per-band zero mean, unit variance), global "
+        "(one mean and variance over all bands) or empty: the model's own",
+        choices=STANDARDIZE,
+    )
+    split_variant: str = setting(
+        "", "the dataset's split variant the run requires (its card's split_variant, e.g. "
+        "full or clean for MTT; empty: any)",
+    )  # fmt: skip
+    eval_chunks: int = setting(
+        0, "chunks `evaluate --run` averages per track unless --chunks is given (0: val_chunks)"
+    )
+    eval_window: str = setting(
+        "chunks",
+        "evaluation crops: chunks (evenly spaced) or moving (consecutive windows of the "
+        "model's input length over the whole track, seed 002)",
+        choices=EVAL_WINDOWS,
     )
     augment: str | list = setting(
         "",
@@ -106,9 +139,14 @@ class RunConfig:
     )
     adam_epochs: int = setting(80, "adam_sgd: Adam epochs before SGD")
     sgd_lr: float = setting(1e-3, "adam_sgd: SGD learning rate")
-    sgd_momentum: float = setting(0.9, "adam_sgd: Nesterov momentum")
+    sgd_momentum: float = setting(0.9, "adam_sgd: SGD momentum")
+    sgd_nesterov: bool = setting(True, "adam_sgd: Nesterov momentum in the SGD phase")
     sgd_drop_after: list = setting([20, 40], "adam_sgd: SGD epochs after which lr /= 10")
     patience: int = setting(20, "early_stop: epochs without improvement before stopping")
+    plateau_halving: int = setting(
+        0, "early_stop: halve the learning rate after this many epochs without improvement "
+        "(0 = off)",
+    )  # fmt: skip
     # budget and bookkeeping
     max_minutes: float = setting(0.0, "time budget; the run checkpoints and stops (0: none)")
     max_steps_per_epoch: int = setting(0, "cap on steps per epoch (0: the whole epoch)")
@@ -129,6 +167,10 @@ class RunConfig:
             options.setdefault("s3", {})["endpoint_url"] = self.s3_endpoint_url
         return options
 
+    def evaluation_chunks(self) -> int:
+        """Chunks per track `evaluate --run` averages when --chunks is not given."""
+        return self.eval_chunks or self.val_chunks
+
     def run_dir(self) -> str:
         """The run directory: a local path or an object-store prefix (s3://, gs://)."""
         return self.out or f"runs/{self.model}"
@@ -146,7 +188,8 @@ class RunConfig:
             raise ConfigError("no model: give --model NAME (see `python -m tagtrain models`)")
         for name, allowed in (
             ("schedule", SCHEDULES), ("precision", PRECISIONS), ("select", SELECTIONS),
-            ("s3_client", S3_CLIENTS),
+            ("s3_client", S3_CLIENTS), ("balance", BALANCE), ("standardize", STANDARDIZE),
+            ("eval_window", EVAL_WINDOWS),
         ):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -158,7 +201,8 @@ class RunConfig:
                 raise ConfigError(f"{name} must be positive, got {value}")
         non_negative = (
             "workers", "shuffle_buffer", "epochs", "max_minutes", "max_steps_per_epoch",
-            "checkpoint_every", "patience", "adam_epochs",
+            "checkpoint_every", "patience", "adam_epochs", "epoch_samples", "eval_chunks",
+            "plateau_halving",
         )  # fmt: skip
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -177,6 +221,10 @@ class RunConfig:
             raise ConfigError(f"cache_limit must not be negative, got {self.cache_limit}")
         if not 0 < self.train_fraction <= 1:
             raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.balance != "none" and not self.epoch_samples:
+            raise ConfigError(
+                f"balance {self.balance} weights the epoch sample: give --epoch-samples N"
+            )
         return self
 
 

@@ -41,24 +41,37 @@ class Callback:
         pass
 
 
-def _bands(batch: int, size: int, max_width: int, device) -> torch.Tensor:
-    """[batch, size] bool: one span per row, width uniform in [0, max_width)."""
-    width = (torch.rand(batch, device=device) * min(max_width, size)).long()
-    start = (torch.rand(batch, device=device) * (size - width + 1)).long()
-    index = torch.arange(size, device=device)
-    return (index >= start[:, None]) & (index < (start + width)[:, None])
+def _bands(batch: int, size: int, max_width: int, count: int, device) -> torch.Tensor:
+    """[batch, size] bool: the union of `count` spans per row, each of width uniform in
+    [0, max_width) at a uniform start (so up to `count` masks of up to max_width - 1)."""
+    width = (torch.rand(batch, count, device=device) * min(max_width, size)).long()
+    start = (torch.rand(batch, count, device=device) * (size - width + 1)).long()
+    index = torch.arange(size, device=device)[None, None, :]
+    inside = (index >= start[..., None]) & (index < (start + width)[..., None])
+    return inside.any(dim=1)
 
 
-def spec_mask(x: torch.Tensor, freq_width: int, time_width: int) -> torch.Tensor:
-    """[B, F, T] with one frequency band and one time span per sample set to 0."""
-    if not freq_width and not time_width:
+def spec_mask(
+    x: torch.Tensor,
+    freq_width: int,
+    time_width: int,
+    freq_count: int = 1,
+    time_count: int = 1,
+    p: float = 1.0,
+) -> torch.Tensor:
+    """[B, F, T] with `freq_count` frequency bands and `time_count` time spans per sample
+    set to 0 (SpecAugment's several masks; MAEST: up to 20 of 8 frames, 5 of 8 bands),
+    each sample masked with probability `p` (else left whole)."""
+    if not (freq_width and freq_count) and not (time_width and time_count):
         return x
     b, f, t = x.shape
     masked = torch.zeros_like(x, dtype=torch.bool)
-    if freq_width:
-        masked |= _bands(b, f, freq_width, x.device)[:, :, None]
-    if time_width:
-        masked |= _bands(b, t, time_width, x.device)[:, None, :]
+    if freq_width and freq_count:
+        masked |= _bands(b, f, freq_width, freq_count, x.device)[:, :, None]
+    if time_width and time_count:
+        masked |= _bands(b, t, time_width, time_count, x.device)[:, None, :]
+    if p < 1.0:
+        masked &= (torch.rand(b, device=x.device) < p)[:, None, None]
     return x.masked_fill(masked, 0.0)
 
 
@@ -110,14 +123,17 @@ class TeacherTargets(Callback):
 
 
 class SpecMask(Callback):
-    """SpecAugment-style masks: one band of width in [0, freq) bins and one span of width
-    in [0, time) frames per sample, set to 0 (the mean after normalisation)."""
+    """SpecAugment-style masks (`spec_mask`): per sample, `freq_count` bands of width in
+    [0, freq) bins and `time_count` spans of width in [0, time) frames, set to 0 (the mean
+    after normalisation), with probability `p`."""
 
-    def __init__(self, freq: int, time: int):
+    def __init__(self, freq: int, time: int, freq_count: int = 1, time_count: int = 1, p=1.0):
         self.freq, self.time = freq, time
+        self.freq_count, self.time_count, self.p = freq_count, time_count, p
 
     def transform(self, x, y, weights):
-        return spec_mask(x, self.freq, self.time), y, weights
+        masked = spec_mask(x, self.freq, self.time, self.freq_count, self.time_count, self.p)
+        return masked, y, weights
 
 
 class Mixup(Callback):

@@ -1,6 +1,11 @@
 """What a run trains and validates on: the card, the input plan, the splits' shards, the
 loader settings of both, and the input on the device with its normalisation.
 
+Run settings decided here: `split_variant` (the card's must match), `standardize` (over
+the model's own), and `epoch_samples`/`balance` (each training epoch a sample of tracks
+drawn without replacement, weighted by inverse tag frequency as MAEST's balanced sample:
+`epoch_sample`; the loader draws it, tagtrain.loader.partition).
+
 Everything the trainer asks of the loader goes through here (tagtrain.loader's public API).
 """
 
@@ -11,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipelines.core.card import card_checksum
+from pipelines.core.card import card_checksum, card_split_variant
 from tagtrain.loader import (
     DeviceInput,
     EpochReader,
@@ -31,10 +36,14 @@ from tagtrain.loader import (
     stable_int,
     verify_shards,
 )
+from tagtrain.loader.index import load_sample_refs, read_index
+from tagtrain.loader.input_plan import with_standardize
+from tagtrain.loader.partition import EpochSample
 from tagtrain.models.registry import InputSpec
 from tagtrain.run.config import ConfigError, RunConfig
 from tagtrain.run.runtime import Runtime
 from tagtrain.training.augment_chain import TrainingAugmentChain
+from tagtrain.training.callbacks import TagBalance
 
 
 @dataclass
@@ -57,7 +66,10 @@ class TrainingData:
     def open(cls, cfg: RunConfig, spec: InputSpec, chain, rt: Runtime) -> TrainingData:
         options = cfg.effective_storage_options()
         card = load_card(cfg.data, options)
+        check_split_variant(card, cfg)
         plan = plan_input(card, spec, source=cfg.data, from_pcm=chain is not None)
+        if cfg.standardize:
+            plan = with_standardize(plan, cfg.standardize)
         augment = TrainingAugmentChain(chain, plan.features["sample_rate"]) if chain else None
         train_shards = subset(split_shards(card, cfg.data, cfg.train_split), cfg)
         val_shards = split_shards(card, cfg.data, cfg.val_split)
@@ -68,6 +80,9 @@ class TrainingData:
             cache_dir=cfg.cache_dir or None, cache_limit=int(cfg.cache_limit * 2**30),
             s3_client=cfg.s3_client,
         )  # fmt: skip
+        if cfg.epoch_samples:
+            sample = epoch_sample(cfg, card, train_shards, options)
+            train_loader = dataclasses.replace(train_loader, epoch_sample=sample)
         if cfg.verify:
             verify_shards([*train_shards, *val_shards], options)
         check_enough_shards(train_shards, train_loader, cfg.train_split)
@@ -135,6 +150,11 @@ class TrainingData:
         keys = ("world", "slots", "shuffle_buffer", "batch_size", "seed")
         values = {k: getattr(c, k) for k in keys}
         values["workers"] = values.pop("slots")
+        sample = c.epoch_sample
+        values["epoch_samples"] = sample.size if sample is not None else 0
+        values["balance"] = (
+            "none" if sample is None or sample.weights is None else "inverse_frequency"
+        )
         return values
 
     def estimate_stats(self) -> None:
@@ -202,3 +222,41 @@ def check_batch_norm(model: torch.nn.Module, batch_size: int) -> None:
         raise ConfigError(
             "--batch-size 1 cannot train a model with batch normalisation: use 2 or more"
         )
+
+
+def check_split_variant(card: dict, cfg: RunConfig) -> None:
+    """`split_variant`: a recipe that needs one split of a dataset (Pons on MTT: the
+    original ~26k clips, `full`) refuses a dataset prepared from another (one line)."""
+    if not cfg.split_variant:
+        return
+    have = card_split_variant(card)
+    if have != cfg.split_variant:
+        raise ConfigError(
+            f"{cfg.data} was prepared from the {have or 'unrecorded'} split variant; this run "
+            f"needs split_variant {cfg.split_variant} (prepare it from a manifest built "
+            f"with --split-variant {cfg.split_variant})"
+        )
+
+
+def epoch_sample(cfg: RunConfig, card: dict, shards: list[ShardInfo], options) -> EpochSample:
+    """`--epoch-samples N` (with `--balance inverse_frequency`: MAEST's weights, a track's
+    weight the sum over its tags of 1 / train tracks with the tag, `TagBalance`), over the
+    tracks of the training shards."""
+    refs = load_sample_refs(shards, options)
+    if refs is None:
+        raise ConfigError(
+            "--epoch-samples draws tracks by key: the dataset's index.parquet needs member "
+            "byte ranges (prepare it again)"
+        )
+    if cfg.balance == "none":
+        return EpochSample(cfg.epoch_samples)
+    keys = {ref.key for shard in refs for ref in shard}
+    index = read_index(cfg.data, options).select(["key", "tags"]).to_pylist()
+    tags = {row["key"]: row["tags"] or [] for row in index if row["key"] in keys}
+    balance = TagBalance.from_tags(list(tags.values()), card["vocabulary"])
+    position = {t: i for i, t in enumerate(card["vocabulary"])}
+    weights = {}
+    for key, track_tags in tags.items():
+        known = {position[t] for t in track_tags if t in position}
+        weights[key] = sum(balance.tag_weights[i] for i in known) if known else balance.untagged
+    return EpochSample(cfg.epoch_samples, weights)

@@ -300,7 +300,9 @@ class Trainer:
             return row
         transition = schedule.after_epoch(epoch)
         if transition is not None:
-            if self.cfg.reload_best:  # seed 000 reloads; seed 001's code never does
+            # seed 000 reloads at its switch and drops; seed 001's code never does; a
+            # plateau halving goes on from the current weights
+            if self.cfg.reload_best and transition != "halve":
                 self.reload_best()
             if transition == "switch":
                 self.optimizer = schedule.make_optimizer(self.model.parameters())

@@ -18,13 +18,16 @@ the run directory is the trainer's, plus `patchout.json` (the options below). Th
   live weights (and the average) so --resume continues exactly.
 - Mixup (`--mixup-alpha`, PaSST's variant: lambda ~ Beta(a, a) folded to >= 0.5, inputs and
   labels mixed with a shuffled batch) on the normalised log-mel.
-- SpecAugment-style masking (`--freq-mask F --time-mask T`): per sample, one band of
-  uniform width in [0, F) mel bins and one span of width in [0, T) frames set to 0, the
-  mean after normalisation (torchaudio's masks, written here: torchaudio is not a
-  dependency).
-- Balancing by inverse tag frequency (`--balance tags`). The streaming loader reads shards
-  in a shuffled order and cannot draw tracks by weight, so the sampler is replaced by
-  importance weights on the loss: a track's weight is the sum over its tags of
+- SpecAugment-style masking (`--freq-mask F --time-mask T`): per sample,
+  `--freq-mask-count` bands of uniform width in [0, F) mel bins and `--time-mask-count`
+  spans of width in [0, T) frames set to 0, the mean after normalisation (torchaudio's
+  masks, written here: torchaudio is not a dependency), each sample with probability
+  `--mask-p`.
+- MAEST's balanced sample (`--epoch-samples N --balance inverse_frequency`, run settings
+  of every training command): each epoch draws N tracks without replacement, weighted by
+  inverse tag frequency (tagtrain.training.data).
+- Loss weights by inverse tag frequency (`--loss-balance tags`), the alternative without
+  an epoch sample: importance weights on the loss: a track's weight is the sum over its tags of
   1 / (train tracks with that tag) (tracks without tags: the smallest such term), scaled
   to mean 1 over the training split. In expectation the gradient equals that of sampling
   tracks with probability proportional to the weight (PaSST's balanced sampler), with
@@ -76,6 +79,7 @@ from tagtrain.training.schedules import RampSchedule, lr_factor
 
 OPTIONS_FILE = RunDir.PATCHOUT
 BALANCE_MODES = ("none", "tags")
+INIT_CHECKPOINT = ("optional", "required")
 
 
 @dataclass
@@ -96,8 +100,17 @@ class PatchoutOptions(ObjectiveSettings):
     mixup_alpha: float = setting(0.3, "mixup Beta(a, a) parameter (0 = off)")
     freq_mask: int = setting(0, "widest frequency mask in mel bins (0 = off)")
     time_mask: int = setting(0, "widest time mask in frames (0 = off)")
-    balance: str = setting(
+    freq_mask_count: int = setting(1, "frequency masks per sample (seed 004: 5)")
+    time_mask_count: int = setting(1, "time masks per sample (seed 004: 20)")
+    mask_p: float = setting(1.0, "probability that a sample is masked at all")
+    loss_balance: str = setting(
         "none", "tags: loss weights by inverse tag frequency", choices=BALANCE_MODES
+    )
+    init_checkpoint: str = setting(
+        "optional",
+        "required: refuse to start a run without --init FILE (a PaSST/MAEST checkpoint; "
+        "the MAEST recipes)",
+        choices=INIT_CHECKPOINT,
     )
     teacher: str = setting("", "teacher run directory (teacher-student models: maest_30s_ts)")
     teacher_checkpoint: str = setting("best", "teacher checkpoint", choices=("best", "last"))
@@ -122,7 +135,7 @@ class PatchoutOptions(ObjectiveSettings):
             )
         non_negative = (
             "warmup_epochs", "rampdown_start", "rampdown_epochs", "swa_start", "mixup_alpha",
-            "freq_mask", "time_mask",
+            "freq_mask", "time_mask", "freq_mask_count", "time_mask_count",
         )  # fmt: skip
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -139,11 +152,31 @@ class PatchoutOptions(ObjectiveSettings):
             )
         if not 0 < self.teacher_threshold < 1:
             raise ConfigError(f"teacher_threshold must be in (0, 1), got {self.teacher_threshold}")
-        if self.balance not in BALANCE_MODES:
-            raise ConfigError(
-                f"balance must be one of {', '.join(BALANCE_MODES)}, got {self.balance!r}"
-            )
+        if not 0 <= self.mask_p <= 1:
+            raise ConfigError(f"mask_p must be in [0, 1], got {self.mask_p}")
+        for name, value, allowed in (
+            ("loss_balance", self.loss_balance, BALANCE_MODES),
+            ("init_checkpoint", self.init_checkpoint, INIT_CHECKPOINT),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         return self
+
+    def check_init(self, init: str, resume: bool) -> None:
+        """`init_checkpoint: required` (MAEST: initialisation is the paper's point) refuses a
+        new run without `--init FILE`, before anything is read."""
+        if self.init_checkpoint == "required" and not init and not resume:
+            raise ConfigError(
+                "this run must start from a PaSST/MAEST checkpoint (init_checkpoint: "
+                "required): give --init FILE"
+            )
+
+    @classmethod
+    def from_settings(cls, values, source: str):
+        values = dict(values)
+        if "balance" in values:  # patchout.json of runs before the epoch sample's --balance
+            values["loss_balance"] = values.pop("balance")
+        return super().from_settings(values, source)
 
     # The run config (tagtrain.run.config.build_run_config): --resume reads patchout.json.
     saved_file = RunDir.PATCHOUT
@@ -211,10 +244,11 @@ class PatchoutObjective(Supervised):
         if o.teacher:  # first: the teacher sees the batch before masks and mixup
             teacher = load_patchout_teacher(ctx, o.teacher, o.teacher_checkpoint)
             chosen.append(TeacherTargets(teacher, o.teacher_threshold, ctx.rt.autocast_dtype))
-        if o.balance == "tags":  # weights first: mixup mixes them with the labels
+        if o.loss_balance == "tags":  # weights first: mixup mixes them with the labels
             chosen.append(TagBalancing(load_tag_balance(ctx.cfg, ctx.vocabulary)))
-        if o.freq_mask or o.time_mask:
-            chosen.append(SpecMask(o.freq_mask, o.time_mask))
+        if (o.freq_mask or o.time_mask) and o.mask_p > 0:
+            masks = (o.freq_mask_count, o.time_mask_count, o.mask_p)
+            chosen.append(SpecMask(o.freq_mask, o.time_mask, *masks))
         if o.mixup_alpha > 0:
             chosen.append(Mixup(o.mixup_alpha))
         return [*chosen, SWA(ctx.model, o.swa_start, o.swa_every)]
@@ -256,6 +290,9 @@ def PatchoutTrainer(
     cfg: RunConfig, options: PatchoutOptions, resume: bool = False, init_weights=None
 ) -> Trainer:
     """The loop with the patchout objective."""
+    options.check_init(cfg.init, resume)
+    if options.loss_balance != "none" and cfg.balance != "none":
+        raise ConfigError("--loss-balance and --balance both weight by tag frequency: choose one")
     return Trainer(cfg, PatchoutObjective(options, cfg.model), resume, init_weights)
 
 

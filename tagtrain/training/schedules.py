@@ -4,7 +4,9 @@
     `adam_epochs`, then reload the best checkpoint and switch to SGD (Nesterov, momentum
     0.9) at 1e-3, reloading the best and dividing the rate by 10 after each of
     `sgd_drop_after` more epochs (20, 40); 200 epochs in all.
-(b) `early_stop`: Adam with early stopping after `patience` epochs without improvement.
+(b) `early_stop`: Adam with early stopping after `patience` epochs without improvement;
+    with `plateau_halving` N the rate is halved after every N epochs in a row without
+    improvement (the best weights are not reloaded).
 (c) `Ramp` (PaSST/MAEST): AdamW, the rate set every step from a fractional-epoch
     exponential warm-up and linear ramp-down (`lr_factor`).
 
@@ -41,7 +43,7 @@ class Schedule:
             decay = cfg.weight_decay if cfg.adam_weight_decay is None else cfg.adam_weight_decay
             return torch.optim.Adam(params, lr=self.lr, weight_decay=decay)
         return torch.optim.SGD(
-            params, lr=self.lr, momentum=cfg.sgd_momentum, nesterov=True,
+            params, lr=self.lr, momentum=cfg.sgd_momentum, nesterov=cfg.sgd_nesterov,
             weight_decay=cfg.weight_decay,
         )  # fmt: skip
 
@@ -62,12 +64,18 @@ class Schedule:
 
     def after_epoch(self, epoch: int) -> str | None:
         """Advance past `epoch` (0-based). Returns "switch" (reload best, new SGD
-        optimiser), "drop" (reload best, lr / 10) or None; sets `stopped` for (b)."""
+        optimiser), "drop" (reload best, lr / 10), "halve" (lr / 2, (b) with
+        plateau_halving) or None; sets `stopped` for (b)."""
         done = epoch + 1
         cfg = self.cfg
         if cfg.schedule == "early_stop":
             if self.bad_epochs >= cfg.patience > 0:
                 self.stopped = True
+                return None
+            halving = cfg.plateau_halving
+            if halving and self.bad_epochs and self.bad_epochs % halving == 0:
+                self.lr /= 2.0
+                return "halve"
             return None
         if self.phase == "adam" and done == cfg.adam_epochs:
             self.phase, self.lr = "sgd", cfg.sgd_lr

@@ -16,6 +16,9 @@ from tagtrain.run.checkpoint import load_latest
 from tagtrain.run.config import ConfigError
 from tagtrain.run.directory import RunDir
 
+# The loader geometry of a checkpoint written before a setting was part of it.
+GEOMETRY_BEFORE = {"epoch_samples": 0, "balance": "none"}
+
 # The payload key of the objective's name and settings; checkpoints written before the
 # objective had its name keep them under "recipe" (`saved_objective` reads both).
 OBJECTIVE, OLD_OBJECTIVE = "objective", "recipe"
@@ -134,14 +137,15 @@ def restore_training(trainer, state: dict) -> torch.Tensor | None:
     if not (trainer.progress.epoch_step and loader):
         return None
     table, want = loader["positions"], trainer.data.geometry()
-    have = {k: loader[k] for k in want}
+    # Checkpoints from before the epoch sample have no such keys: a full epoch.
+    have = {k: loader.get(k, GEOMETRY_BEFORE.get(k)) for k in want}
     if have == want:
         return table[trainer.rt.dist.rank].cpu()
     # A sample-level state is one global count of the epoch's consumed samples: another
     # world size or worker count resumes the same epoch (elastic) when the objective's
     # positions are that plain state (not, e.g., the student's two streams).
     elastic = is_sample_state(table) and getattr(trainer.objective, "elastic_resume", True)
-    order = ("shuffle_buffer", "batch_size", "seed")
+    order = ("shuffle_buffer", "batch_size", "seed", "epoch_samples", "balance")
     if elastic and all(have[k] == want[k] for k in order):
         return resume_rows(table, trainer.rt.dist.rank).cpu()
     diffs = ", ".join(f"{k} {have[k]} -> {want[k]}" for k in want if have[k] != want[k])

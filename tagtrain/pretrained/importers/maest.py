@@ -210,3 +210,25 @@ def load_passt_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
     loaded = to_ours(read_state_dict(path), own, model.input_spec, str(path), head=False)
     model.load_state_dict(loaded, strict=False)
     return sorted(k for k in own if k not in loaded)
+
+
+def init_from_checkpoint_file(
+    model: torch.nn.Module, model_name: str, init: str, vocabulary: list[str]
+) -> str:
+    """`--init FILE` of a patchout run (the trainer's init hook): the transformer from a
+    PaSST/MAEST checkpoint file, strictly (a tensor missing, extra or misshapen is one
+    line), the tag head new for the run's `vocabulary`; returns what was loaded."""
+    from tagtrain.models.patchout import PATCHOUT_MODELS
+
+    if model_name not in PATCHOUT_MODELS:
+        raise WeightsImportError(
+            f"--init {init}: a checkpoint file initialises patchout models "
+            f"({', '.join(PATCHOUT_MODELS)}), not {model_name}; use pretrained:NAME"
+        )
+    if not Path(init).is_file():
+        raise WeightsImportError(f"--init {init}: no such checkpoint file")
+    fresh = load_passt_weights(model, init)
+    return (
+        f"initialised from {init} (PaSST/MAEST layout), with a new {len(vocabulary)}-tag "
+        f"head ({len(fresh)} tensors)"
+    )
