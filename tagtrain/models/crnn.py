@@ -68,7 +68,7 @@ def crnn(
     "crnn_128",
     input_spec=CRNN_128_INPUT,
     reference_params=394_100,
-    description="CRNN on 128 mel bands (seed 000 Table 2 row), song-level",
+    description="CRNN on 128 mel bands (Won et al. 2020, Table 2 row), song-level",
 )
 def crnn_128(n_classes: int, width: float = 1.0, dropout: float = 0.5) -> CRNN:
     return CRNN(n_classes, width=width, n_mels=CRNN_128_INPUT.n_mels, dropout=dropout)

@@ -64,7 +64,7 @@ def fcn(
     "fcn_128",
     input_spec=FCN_128_INPUT,
     reference_params=447_732,
-    description="FCN on 128 mel bands (seed 000 Table 2 row), song-level",
+    description="FCN on 128 mel bands (Won et al. 2020, Table 2 row), song-level",
 )
 def fcn_128(n_classes: int, width: float = 1.0, dropout: float = 0.5) -> FCN:
     return FCN(n_classes, width=width, n_mels=FCN_128_INPUT.n_mels, dropout=dropout)

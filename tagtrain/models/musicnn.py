@@ -120,7 +120,7 @@ class Musicnn(Tagger):
     "musicnn",
     input_spec=MUSICNN_INPUT,
     reference_params=784_300,
-    description="Musicnn as seed 000 (PyTorch re-implementation): timbral+temporal, dense 200",
+    description="Musicnn as Won et al. 2020 (PyTorch re-implementation): timbral+temporal, dense 200",
 )
 def musicnn(
     n_classes: int,
@@ -136,7 +136,7 @@ def musicnn(
     "musicnn_128",
     input_spec=MUSICNN_128_INPUT,
     reference_params=784_300,
-    description="Musicnn on 128 mel bands (seed 000 Table 2 row)",
+    description="Musicnn on 128 mel bands (Won et al. 2020, Table 2 row)",
 )
 def musicnn_128(n_classes: int, width: float = 1.0, dropout: float = 0.5) -> Musicnn:
     return Musicnn(n_classes, width=width, n_mels=MUSICNN_128_INPUT.n_mels, dropout=dropout)
@@ -146,7 +146,7 @@ def musicnn_128(n_classes: int, width: float = 1.0, dropout: float = 0.5) -> Mus
     "musicnn_big",
     input_spec=MUSICNN_INPUT,
     reference_params=None,
-    description="Musicnn, seed 000's MSD variant: 512-channel mid end, dense 500",
+    description="Musicnn, Won et al. 2020's MSD variant: 512-channel mid end, dense 500",
 )
 def musicnn_big(
     n_classes: int, width: float = 1.0, n_mels: int = MUSICNN_INPUT.n_mels, dropout: float = 0.5

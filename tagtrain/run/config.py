@@ -73,7 +73,7 @@ class RunConfig:
     epoch_samples: int = setting(
         0,
         "each epoch trains on a sample of this many tracks drawn without replacement, "
-        "deterministic per (seed, epoch) (0: every track; seed 004: 200000)",
+        "deterministic per (seed, epoch) (0: every track; Alonso-Jiménez et al. 2023: 200000)",
     )
     balance: str = setting(
         "none",
@@ -97,13 +97,13 @@ class RunConfig:
     eval_window: str = setting(
         "chunks",
         "evaluation crops: chunks (evenly spaced) or moving (consecutive windows of the "
-        "model's input length over the whole track, seed 002)",
+        "model's input length over the whole track, Pons et al. 2018)",
         choices=EVAL_WINDOWS,
     )
     augment: str | list = setting(
         "",
         "training augmentation chain, online on training crops (not perturb --augment): "
-        "default (seed 003's chain; student's default), a YAML file, or none; config.json "
+        "default (Won et al. 2021's chain; student's default), a YAML file, or none; config.json "
         "records the chain itself",
     )
     storage_options: dict = setting({}, "fsspec options per protocol", flag=False)
@@ -132,10 +132,10 @@ class RunConfig:
     lr: float = setting(1e-4, "Adam learning rate")
     weight_decay: float = setting(1e-4, "weight decay of every optimiser")
     adam_weight_decay: float | None = setting(
-        None, "adam_sgd: weight decay of the Adam phase (unset: --weight-decay; seed 001: 0)"
+        None, "adam_sgd: weight decay of the Adam phase (unset: --weight-decay; Won et al. 2019: 0)"
     )
     reload_best: bool = setting(
-        True, "adam_sgd: restart from best.pt at each optimizer switch and lr drop (seed 000)"
+        True, "adam_sgd: restart from best.pt at each optimizer switch and lr drop (Won et al. 2020)"
     )
     adam_epochs: int = setting(80, "adam_sgd: Adam epochs before SGD")
     sgd_lr: float = setting(1e-3, "adam_sgd: SGD learning rate")

@@ -100,8 +100,8 @@ class PatchoutOptions(ObjectiveSettings):
     mixup_alpha: float = setting(0.3, "mixup Beta(a, a) parameter (0 = off)")
     freq_mask: int = setting(0, "widest frequency mask in mel bins (0 = off)")
     time_mask: int = setting(0, "widest time mask in frames (0 = off)")
-    freq_mask_count: int = setting(1, "frequency masks per sample (seed 004: 5)")
-    time_mask_count: int = setting(1, "time masks per sample (seed 004: 20)")
+    freq_mask_count: int = setting(1, "frequency masks per sample (Alonso-Jiménez et al. 2023: 5)")
+    time_mask_count: int = setting(1, "time masks per sample (Alonso-Jiménez et al. 2023: 20)")
     mask_p: float = setting(1.0, "probability that a sample is masked at all")
     loss_balance: str = setting(
         "none", "tags: loss weights by inverse tag frequency", choices=BALANCE_MODES
