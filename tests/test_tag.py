@@ -5,8 +5,10 @@ rule, progress never on stdout, errors named by the program."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -118,3 +120,27 @@ def test_tag_errors_name_the_program_and_json_with_out_is_refused(run_dir, files
     assert code == 2 and "--json prints the JSON lines that --out writes" in err
     code, _, err = tag(capsys, clip, "--pretrained", "musicnn-mtt", "--top", "0")
     assert code == 2 and err.startswith("python -m tagtrain: error: --top must be at least 1")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_on_stderr_only_when_the_results_do_not_go_to_that_terminal(
+    files, tmp_path, monkeypatch
+):
+    clip, _ = files
+    argv = ["tag", str(clip), str(clip), "--pretrained", "musicnn-mtt", "--device", "cpu"]
+    for extra, bar in (
+        ([], False),
+        (["--json"], False),
+        (["--out", str(tmp_path / "t.jsonl")], True),
+    ):
+        out, err = Terminal(), Terminal()
+        monkeypatch.setattr(sys, "stdout", out)
+        monkeypatch.setattr(sys, "stderr", err)
+        assert main([*argv, *extra]) == 0
+        monkeypatch.undo()
+        assert ("file/s" in err.getvalue() or "2/2" in err.getvalue()) == bar, err.getvalue()
+        assert "\r" not in out.getvalue() and "2/2" not in out.getvalue()
