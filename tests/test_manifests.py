@@ -770,3 +770,22 @@ def test_a_column_of_the_wrong_type_is_named_in_one_line(tmp_path):
     ).set_column(table.schema.get_field_index("duration"), "duration", pa.array([30]))  # fmt: skip
     pq.write_table(wide, tmp_path / "wide.parquet")
     assert read_manifest(tmp_path / "wide.parquet").num_rows == 1
+
+
+def test_the_mtat_split_variant_reaches_the_prepared_card():
+    """A recipe that needs one MTT split (Pons: `full`) can check the card: the builder
+    records the variant in the manifest, prepare copies it into the card's manifest entry."""
+    from pipelines.beam.prepare import PrepareConfig
+    from pipelines.beam.prepare_finish import build_card
+    from pipelines.core.card import card_split_variant, manifest_split_variant
+
+    for variant in ("clean", "full"):
+        table = build_benchmark(BuildOptions("mtat", split_variant=variant)).table
+        recorded = manifest_split_variant(table.schema.metadata)
+        assert recorded == variant
+        cfg = PrepareConfig(manifest="m.parquet", output="out", split_variant=recorded)
+        assert card_split_variant(build_card(cfg, [], [], None, {})) == variant
+    jamendo = build_benchmark(BuildOptions("jamendo-top50")).table
+    assert manifest_split_variant(jamendo.schema.metadata or {}) is None
+    card = build_card(PrepareConfig(manifest="m.parquet", output="out"), [], [], None, {})
+    assert "split_variant" not in card["manifest"] and card_split_variant(card) is None
