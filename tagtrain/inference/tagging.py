@@ -18,6 +18,7 @@ stderr, and only when it is a terminal and the results do not go to that termina
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -147,7 +148,19 @@ def text_lines(tagged: Tagged, top: int) -> list[str]:
 
 
 def json_line(record: dict) -> str:
-    return json.dumps(record) + "\n"
+    # JSON has no NaN or infinity: json.dumps would write a bare NaN, which strict parsers
+    # refuse, so a non-finite number (a model that overflowed) is written as null.
+    return json.dumps(_finite_or_null(record), allow_nan=False) + "\n"
+
+
+def _finite_or_null(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def _progress(items, total: int, enabled: bool):

@@ -27,6 +27,12 @@ from torch import nn
 from pipelines.core.card import CardError, card_checksum
 from pipelines.core.errors import UserError, first_line
 from pipelines.core.flags import add_flags, setting
+from tagtrain.inference.run_checks import (
+    check_parameter_count,
+    checked_normalisation,
+    checked_plan,
+    checked_vocabulary,
+)
 from tagtrain.loader import (
     DeviceInput,
     InputPlan,
@@ -40,7 +46,13 @@ from tagtrain.loader import (
 from tagtrain.loader.openers import OpenerError
 from tagtrain.models.registry import InputSpec, create_model
 from tagtrain.run import checkpoint as ckpt
-from tagtrain.run.config import ConfigError, RunConfig, apply
+from tagtrain.run.config import (
+    ConfigError,
+    RunConfig,
+    apply,
+    check_saved_model_settings,
+    without_storage,
+)
 from tagtrain.run.directory import RunDir
 from tagtrain.run.runtime import DeviceError, amp_settings, resolve_device
 from tagtrain.run.stale import file_sha256
@@ -145,14 +157,21 @@ def load_run(
     name = path.name
     torch_device = resolve_device(device, 0)
     state = ckpt.load_checkpoint(path)
+    source = store.url(name)
     try:
-        config = apply(RunConfig(), json.loads(state["config"]), f"{path} config")
-        vocabulary = [str(t) for t in state["vocabulary"]]
+        # A checkpoint is untrusted input: everything it asks for is checked before
+        # anything is built (run_checks.py), and it never says how to reach storage.
+        saved = json.loads(state["config"])
+        if not isinstance(saved, dict):
+            raise RunError(f"{source}: its config is not a mapping of settings")
+        config = apply(RunConfig(), without_storage(saved), f"{path} config")
+        check_saved_model_settings(config, f"{source} config")
+        vocabulary = checked_vocabulary(state["vocabulary"], source)
         # Fields added since a checkpoint was written take their defaults.
-        plan = InputPlan(
-            **{k: state["input_plan"][k] for k in _PLAN_FIELDS if k in state["input_plan"]}
-        )
-        norm = state.get("normalisation") or {}
+        plan = InputPlan(**checked_plan(state["input_plan"], _PLAN_FIELDS, source))
+        norm = checked_normalisation(state.get("normalisation") or {}, source)
+        check_parameter_count(config, len(vocabulary), source)
+        ckpt.check_finite(state["model"], source)
         # Seeded (in a forked generator) although the weights are replaced: loading a run,
         # e.g. a student's teacher, must not move the caller's random stream.
         model = create_model(config.model, len(vocabulary), seed=0, width=config.width)
@@ -160,7 +179,7 @@ def load_run(
         for method, kwargs in (state.get("model_setup") or {}).items():
             _setup_method(model, method)(**kwargs)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, UserError):
             raise
         raise RunError(f"{store.url(name)} does not fit its run: {first_line(exc, 200)}") from None
     model.to(torch_device).eval()
@@ -309,8 +328,8 @@ class EvalOptions:
         negatable=False,
     )  # fmt: skip
     s3_endpoint_url: str = setting(
-        "", "S3-compatible endpoint for an s3:// run and its data (default: the run's own, "
-        "or AWS_ENDPOINT_URL)"
+        "", "S3-compatible endpoint for an s3:// run and its data (or AWS_ENDPOINT_URL; "
+        "never the run's saved one)"
     )  # fmt: skip
 
 

@@ -83,6 +83,7 @@ def import_weights(args: ImportOptions) -> int:
         # A source whose checkpoints order a benchmark's tags differently says so.
         vocabulary = source.label_order(args.vocabulary, vocabulary)
     state = unwrap(load_weights(path), str(path))
+    refuse_non_finite(state, str(path))
     converted = source.convert(state, args.model)
     n_classes = output_classes(converted)
     if len(vocabulary) != n_classes:
@@ -176,6 +177,18 @@ def read_vocabulary(value: str) -> list[str]:
 
 
 # --- our model and run ---------------------------------------------------------------------
+
+
+def refuse_non_finite(state: Mapping, source: str) -> None:
+    """WeightsImportError naming the checkpoint's first tensor with a NaN or an infinity
+    (such weights tag everything NaN); named as the checkpoint names it."""
+    from tagtrain.run.checkpoint import CheckpointError, check_finite
+
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    try:
+        check_finite(tensors, source)
+    except CheckpointError as exc:
+        raise WeightsImportError(str(exc)) from None
 
 
 def output_classes(state: Mapping[str, torch.Tensor]) -> int:

@@ -14,7 +14,9 @@ it: `model_name`, `width`, `vocabulary`, `input_plan`, `normalisation` and `mode
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -41,12 +43,38 @@ def save_checkpoint(path: str | Path, payload: dict, keep_previous: bool = False
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         torch.save({"format": FORMAT, **payload}, tmp)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _disk_full(exc):
+            raise CheckpointError(_full_disk_message(path)) from None
         raise
     if keep_previous and path.is_file():
         os.replace(path, previous_path(path))
     os.replace(tmp, path)
+
+
+# How torch.save reports a write that stopped short: its zip writer's check on the
+# position it reached ("[enforce fail at inline_container.cc:NNN] . unexpected pos ..."),
+# with no errno; on a full disk that is all a run would print.
+_SHORT_WRITE = ("inline_container.cc", "PytorchStreamWriter failed writing")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _SHORT_WRITE)
+
+
+def _full_disk_message(path: Path) -> str:
+    where = path.parent.resolve()
+    try:
+        free = f" ({shutil.disk_usage(where).free / 2**20:.0f} MiB free)"
+    except OSError:
+        free = ""
+    return (
+        f"cannot write checkpoint {path.name}: the disk is full at {where}{free}; the "
+        "previous checkpoint is kept: free space (or give another --out) and --resume"
+    )
 
 
 def load_latest(path: str | Path, map_location="cpu", warn=print) -> dict:
@@ -80,3 +108,15 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
     return payload
+
+
+def check_finite(weights, source: str) -> None:
+    """CheckpointError naming the first tensor of `weights` (name -> tensor) that holds a
+    NaN or an infinity: such a model tags everything NaN without a word."""
+    for name, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{source}: {name} is not a tensor")
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
+            torch.isfinite(tensor).all()
+        ):
+            raise CheckpointError(f"{source}: tensor {name} holds NaN or infinite values")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -179,7 +180,8 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        # What a run saves (config.json, checkpoints): never how to reach its storage.
+        return json.dumps(without_storage(self.to_dict()), indent=2, sort_keys=True)
 
     def validate(self) -> RunConfig:
         if not self.data:
@@ -229,6 +231,34 @@ class RunConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+# How to reach storage (endpoints, credentials, regions, client options) comes from the
+# user's flags, config file and environment only: a run's saved config, a checkpoint or a
+# recipe that set it could send the user's signed requests, and so their key id, to a
+# server of its choosing. A run records that it read s3:// (its `data`), not how.
+STORAGE_SETTINGS = ("storage_options", "s3_endpoint_url")
+
+
+def without_storage(values: Mapping) -> dict:
+    """`values` less the storage settings (what a run saves and what is read back)."""
+    return {k: v for k, v in values.items() if k not in STORAGE_SETTINGS}
+
+
+# A loaded run's model settings are bounded before anything is built: width 40 alone asks
+# for about 24 GB. Reference widths are 1; the zoo's experiments use at most 2.
+MAX_WIDTH = 4.0
+
+
+def check_saved_model_settings(cfg: RunConfig, source: str) -> None:
+    """One line when a saved config asks for a model no run of ours trains: an unknown
+    model or a width that is not a finite number in (0, MAX_WIDTH]."""
+    from tagtrain.models.registry import list_models
+
+    known = [entry.name for entry in list_models()]
+    if cfg.model not in known:
+        raise ConfigError(f"{source}: unknown model {cfg.model!r}")
+    if not (math.isfinite(cfg.width) and 0 < cfg.width <= MAX_WIDTH):
+        raise ConfigError(f"{source}: width must be in (0, {MAX_WIDTH:g}], got {cfg.width}")
 
 
 def _check_type(name: str, value, source: str):
@@ -357,10 +387,10 @@ def build_run_config(
 
     `objective`: the options class of the objective (None: plain training, no options)."""
     declared = objective or ObjectiveSettings
-    base = {**declared.base_settings, **(recipe or {})}
+    base = {**declared.base_settings, **without_storage(recipe or {})}
     if resume and declared.reads_saved_config:
         saved = resumed_run_dir(file, overrides)
-        base = json.loads(saved.read_text(saved.CONFIG))
+        base = without_storage(json.loads(saved.read_text(saved.CONFIG)))
     cfg = build_config(file, overrides, base)
     if objective is None:
         return cfg, None
