@@ -81,7 +81,7 @@ def test_ledger_flags_an_interval_that_excludes_the_papers_figure():
 @pytest.mark.slow
 def test_reproduce_runs_a_recipe_end_to_end_on_the_demo(demo_dataset, tmp_path, capsys):
     from tagtrain.__main__ import main
-    from tagtrain.reporting.ledger_section import read_ledger
+    from tagtrain.reporting.ledger_section import ledger_section_for_run, read_ledger
 
     settings = tmp_path / "tiny.yaml"  # tiny budgets for every run of the paper
     settings.write_text(yaml.safe_dump({
@@ -113,6 +113,9 @@ def test_reproduce_runs_a_recipe_end_to_end_on_the_demo(demo_dataset, tmp_path, 
     page = (out / "ledger.html").read_text()
     assert "reproduction-ledger" in page and "won2020_short_chunk_cnn" in page
     assert "| won2020_short_chunk_cnn |" in (out / "ledger.md").read_text()
+    # The run's report finds the ledger beside it; another run has none.
+    assert "won2020_short_chunk_cnn" in ledger_section_for_run(run)
+    assert ledger_section_for_run(tmp_path / "elsewhere") == ""
     # Again: the finished run is resumed (not retrained), and the ledger written again.
     assert main(argv) == 0
     assert "--resume" in capsys.readouterr().out

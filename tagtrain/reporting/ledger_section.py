@@ -79,3 +79,17 @@ def ledger_section_html(rows: list[dict]) -> str:
         f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body)
         + "\n</tbody>\n</table>\n</section>\n"
     )  # fmt: skip
+
+
+def ledger_section_for_run(run_dir: str | Path) -> str:
+    """The ledger section for a run's report: a run that `tagtrain reproduce` made lives in
+    DIR/RECIPE beside DIR/ledger.csv; its rows come first. "" for any other run."""
+    run_dir = Path(run_dir)
+    path = run_dir.parent / "ledger.csv"
+    if not path.is_file():
+        return ""
+    rows = read_ledger(path)
+    mine = [r for r in rows if r.get("recipe") == run_dir.name]
+    if not mine:
+        return ""
+    return ledger_section_html(mine + [r for r in rows if r.get("recipe") != run_dir.name])
