@@ -75,6 +75,7 @@ def test_the_default_chain_is_seed_003s_recipe():
     assert (by_name["gain"]["min_gain_db"], by_name["gain"]["max_gain_db"]) == (-20.0, -1.0)
     assert by_name["filter"]["high_pass_min_hz"] == 200.0
     assert by_name["filter"]["low_pass_max_hz"] == 4000.0
+    assert by_name["filter"]["filters"] == "independent"  # the paper; one_of: the reference
     # torchaudio-augmentations' Delay: 200, 250, ..., 450 ms (max exclusive), volume 0.5.
     assert (by_name["delay"]["min_ms"], by_name["delay"]["max_ms"]) == (200.0, 500.0)
     assert by_name["delay"]["step_ms"] == 50.0 and by_name["delay"]["volume"] == 0.5
@@ -106,14 +107,19 @@ def test_a_fixed_seed_is_reproducible_and_leaves_the_global_rngs_alone():
     assert np.array_equal(np.random.get_state()[1], np_before)
 
 
-@pytest.mark.parametrize("name", DEFAULT_CHAIN)
+@pytest.mark.parametrize("name", [*DEFAULT_CHAIN, "filter/one_of"])
 def test_each_transform_alone_changes_the_audio_at_its_probability(name):
-    # Firing is read off the audio itself: output different from input.
+    # Firing is read off the audio itself: output different from input. The filter entry
+    # draws its high and low pass independently (either changes the audio: 1 - (1 - p)^2);
+    # as one_of, one draw of p picks one of them.
     x = make_signal()
-    chain = only(name)
+    name, _, filters = name.partition("/")
+    chain = only(name, filters=filters) if filters else only(name)
+    p = SEED_003_P[name]
+    expected = 1 - (1 - p) ** 2 if name == "filter" and not filters else p
     draws = 500
     changed = sum(not np.array_equal(chain(x, seed), x.astype(np.float32)) for seed in range(draws))
-    assert abs(changed / draws - SEED_003_P[name]) < 0.07, (name, changed / draws)
+    assert abs(changed / draws - expected) < 0.07, (name, filters, changed / draws)
 
 
 def test_the_whole_chain_fires_each_transform_at_its_probability():
@@ -123,10 +129,20 @@ def test_the_whole_chain_fires_each_transform_at_its_probability():
     counts = Counter()
     for seed in range(draws):
         counts.update(chain.apply(x, seed)[1])
-    expected = {**SEED_003_P, "high_pass": 0.4, "low_pass": 0.4}
+    expected = {**SEED_003_P, "high_pass": 0.8, "low_pass": 0.8}  # independent draws
     expected.pop("filter")
     for name, p in expected.items():
         assert abs(counts[name] / draws - p) < 0.07, (name, counts[name] / draws)
+    one_of = [
+        {**e, "filters": "one_of"} if e["transform"] == "filter" else e
+        for e in resolve_chain("default")
+    ]
+    chain = TrainingAugmentChain(one_of, SR)
+    counts = Counter()
+    for seed in range(draws):
+        counts.update(chain.apply(x, seed)[1])
+    for name in ("high_pass", "low_pass"):  # one draw of 0.8, then one of the two
+        assert abs(counts[name] / draws - 0.4) < 0.07, (name, counts[name] / draws)
 
 
 def test_each_transform_does_what_the_recipe_says():
@@ -171,7 +187,11 @@ def test_each_transform_does_what_the_recipe_says():
         )
 
     two_tones = make_signal(0.5, freqs=(100.0, 7000.0))
-    filters = only("filter", p=1.0)
+    low0, high0 = band_energy(two_tones, 100.0), band_energy(two_tones, 7000.0)
+    both, fired = only("filter", p=1.0).apply(two_tones, 0)  # independent: both apply
+    assert fired == ("high_pass", "low_pass")
+    assert band_energy(both, 100.0) < 0.5 * low0 and band_energy(both, 7000.0) < 0.1 * high0
+    filters = only("filter", p=1.0, filters="one_of")
     seen = set()
     for seed in range(8):
         out, fired = filters.apply(two_tones, seed)
@@ -307,3 +327,21 @@ def test_a_resumed_epoch_re_augments_exactly_as_the_uninterrupted_one(pcm_datase
     assert [k for k, _ in whole] == [first.keys] + [k for k, _ in rest]
     for (_, x_whole), (_, x_rest) in zip(whole[1:], rest):
         assert torch.equal(x_whole, x_rest)
+
+
+def test_high_and_low_pass_are_drawn_independently_unless_one_of():
+    # Seed 003: "Each augmentation method is activated independently"; the reference code
+    # draws OneOf(HighPass, LowPass). Over many seeds, independent draws sometimes apply
+    # both filters to one crop (p^2 = 0.25 at p 0.5), one_of never does.
+    x = make_signal(0.1)
+    draws = 300
+    together = {}
+    for filters in ("independent", "one_of"):
+        chain = only("filter", p=0.5, filters=filters)
+        fired = [chain.apply(x, seed)[1] for seed in range(draws)]
+        together[filters] = sum(f == ("high_pass", "low_pass") for f in fired) / draws
+        assert {k for f in fired for k in f} == {"high_pass", "low_pass"}
+    assert abs(together["independent"] - 0.25) < 0.07
+    assert together["one_of"] == 0
+    with pytest.raises(AugmentError, match="filters must be independent or one_of"):
+        resolve_chain([{"transform": "filter", "filters": "both"}])

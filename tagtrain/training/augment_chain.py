@@ -9,7 +9,10 @@ Each transform is applied independently with its own probability, in the order l
     noise               p 0.3  Gaussian noise, std 0.3-0.5 x the crop's RMS: AddGaussianSNR with
                                the ratio range as SNR (6.0-10.5 dB; uniform in dB, not in ratio)
     gain                p 0.2  Gain, -20 to -1 dB
-    filter              p 0.8  OneOf(HighPassFilter 200-1200 Hz, LowPassFilter 2.2-4 kHz)
+    filter              p 0.8  HighPassFilter 200-1200 Hz and LowPassFilter 2.2-4 kHz, each
+                               drawn with p on its own (the paper: "each augmentation
+                               method is activated independently"); `filters: one_of`
+                               is the reference code's OneOf(HighPass, LowPass) with p
     delay               p 0.5  composed here (audiomentations has none), as
                                torchaudio-augmentations' Delay: a delay of 200, 250, ..., 450
                                ms, then (x + 0.5 d) / 2 (the echo at half volume, averaged)
@@ -206,6 +209,9 @@ class Gain(Augmentation):
         return am.Gain(min_gain_db=self.min_gain_db, max_gain_db=self.max_gain_db, p=self.p)
 
 
+FILTER_MODES = ("independent", "one_of")
+
+
 @dataclass(frozen=True)
 class HighOrLowPass(Augmentation):
     kind: ClassVar[str] = "filter"
@@ -214,16 +220,28 @@ class HighOrLowPass(Augmentation):
     high_pass_max_hz: float = 1200.0
     low_pass_min_hz: float = 2200.0
     low_pass_max_hz: float = 4000.0
+    filters: str = "independent"  # or one_of (the reference code)
 
     def check(self) -> None:
         if min(self.high_pass_min_hz, self.low_pass_min_hz) <= 0:
             raise AugmentError("filter: cutoff frequencies must be positive")
         _check_range("filter high_pass", self.high_pass_min_hz, self.high_pass_max_hz)
         _check_range("filter low_pass", self.low_pass_min_hz, self.low_pass_max_hz)
+        if self.filters not in FILTER_MODES:
+            raise AugmentError(
+                f"filter: filters must be {' or '.join(FILTER_MODES)}, got {self.filters!r}"
+            )
 
     def build(self):
         import audiomentations as am
 
+        if self.filters == "independent":  # each with its own draw of p; both may apply
+            return am.Compose(
+                [
+                    am.HighPassFilter(self.high_pass_min_hz, self.high_pass_max_hz, p=self.p),
+                    am.LowPassFilter(self.low_pass_min_hz, self.low_pass_max_hz, p=self.p),
+                ]
+            )
         # The children always apply once chosen: the OneOf carries the probability.
         return am.OneOf(
             [
@@ -384,12 +402,14 @@ def seeded_global_rngs(seed: int):
         np.random.set_state(np_state)
 
 
-def _fired(name: str, transform) -> str | None:
-    if name == "filter":  # OneOf: which child, if any
-        if not transform.should_apply:
-            return None
-        return ("high_pass", "low_pass")[int(transform.transform_index)]
-    return name if transform.parameters.get("should_apply") else None
+def _fired(name: str, transform) -> tuple[str, ...]:
+    if name != "filter":
+        return (name,) if transform.parameters.get("should_apply") else ()
+    kinds = ("high_pass", "low_pass")
+    if hasattr(transform, "transform_index"):  # OneOf: which child, if any
+        return (kinds[int(transform.transform_index)],) if transform.should_apply else ()
+    children = transform.transforms  # independent: every child that drew "apply"
+    return tuple(k for k, t in zip(kinds, children) if t.parameters.get("should_apply"))
 
 
 class TrainingAugmentChain:
@@ -421,8 +441,7 @@ class TrainingAugmentChain:
         with seeded_global_rngs(seed):
             for name, transform in zip(self.names, self._transforms):
                 x = transform(x, self.sample_rate)
-                if (which := _fired(name, transform)) is not None:
-                    fired.append(which)
+                fired.extend(_fired(name, transform))
         return (x * np.float32(PCM_SCALE)).astype(np.float32, copy=False), tuple(fired)
 
     def __call__(self, pcm: np.ndarray, seed: int) -> np.ndarray:
