@@ -120,6 +120,20 @@ def test_tag_errors_name_the_program_and_json_with_out_is_refused(run_dir, files
     assert code == 2 and "--json prints the JSON lines that --out writes" in err
     code, _, err = tag(capsys, clip, "--pretrained", "musicnn-mtt", "--top", "0")
     assert code == 2 and err.startswith("python -m tagtrain: error: --top must be at least 1")
+    # embed --pretrained's errors too (they were prefixed `embed:`, not the program).
+    argv = [
+        "embed",
+        str(clip),
+        "--pretrained",
+        "musicnn-mtt",
+        "--layer",
+        "nope",
+        "--out",
+        "e.parquet",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m tagtrain: error: --layer 'nope'") and err.count("\n") == 1
 
 
 class Terminal(io.StringIO):
