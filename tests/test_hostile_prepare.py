@@ -185,12 +185,41 @@ def test_http_found_missing_and_throttled(http_root, no_backoff):
     assert len(seen) == fetch.RETRY_ATTEMPTS  # retried, then raised: not a reject
 
 
-def test_unreachable_http_is_transient_not_missing(no_backoff):
+def test_unreachable_http_is_one_reject_within_a_bounded_time():
+    """A server that does not answer (nothing listens on the port) is tried a few times
+    with backoff, then the track is rejected as `unreachable` with one line: not
+    `missing`, and never a TransientError that Beam retries and then fails the job with
+    a traceback minutes later (issue 29, item 12)."""
     from tests.conftest import free_port
 
     url = f"http://127.0.0.1:{free_port()}/a.mp3"  # nothing listens there
-    with pytest.raises(TransientError):
-        prepare_track(row(url), None, TrackConfig(), VOCAB)
+    started = time.monotonic()
+    rejected = prepare_track(row(url), None, TrackConfig(), VOCAB)
+    elapsed = time.monotonic() - started
+    assert isinstance(rejected, Reject), rejected
+    assert (rejected.stage, rejected.reason) == ("read", fetch.UNREACHABLE)
+    assert f"after {fetch.RETRY_ATTEMPTS} tries" in rejected.message
+    assert "\n" not in rejected.message and "127.0.0.1" in rejected.message
+    assert 1.0 < elapsed < fetch.UNREACHABLE_DEADLINE_S  # it did back off, within the bound
+
+
+def test_an_http_server_that_never_answers_is_rejected_by_the_deadline(monkeypatch):
+    """The deadline bounds the tries, whatever the backoff: with a 2 s deadline and
+    connections that each take 1.5 s to fail, two tries at most."""
+    tries = []
+
+    def slow_refusal(url, limit, timeout):
+        tries.append(timeout)
+        time.sleep(1.5)
+        raise fetch._NoAnswer("timed out")
+
+    monkeypatch.setattr(fetch, "UNREACHABLE_DEADLINE_S", 2.0)
+    monkeypatch.setattr(fetch, "_read_http_once", slow_refusal)
+    started = time.monotonic()
+    with pytest.raises(AudioRejected) as caught:
+        fetch.read_http("http://127.0.0.1:9/a.mp3", None)
+    assert caught.value.reason == fetch.UNREACHABLE
+    assert len(tries) <= 2 and time.monotonic() - started < 4.0
 
 
 # --- real S3 (SeaweedFS) ---------------------------------------------------------------
@@ -225,3 +254,41 @@ def test_s3_found_missing_and_server_down(seaweed_s3, audio_root, no_backoff):
         restarter.join()
     assert isinstance(result, Sample), result
     assert time.monotonic() - started > 2.0  # it did live through the outage
+
+
+# --- one job per output, whatever the cache (issue 29, item 11) -------------------------
+
+
+def test_two_jobs_with_different_cache_dirs_share_the_output_lock(tmp_path, monkeypatch):
+    """The lock lives in the output itself: a job started with another TAGKIT_CACHE_DIR
+    (or HOME) than the one writing the output is still refused with one line."""
+    import subprocess
+    import sys
+
+    from pipelines.beam.output_lock import LOCK_NAME, OutputInUse, outputs_held
+    from tests.conftest import ROOT
+
+    out = tmp_path / "out"
+    code = (
+        "import sys, time; from pipelines.beam.output_lock import outputs_held\n"
+        "with outputs_held([sys.argv[1]], 'prepare'):\n"
+        "    print('held', flush=True); time.sleep(120)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TAGKIT_CACHE_DIR": str(tmp_path / "a")}
+    first = subprocess.Popen(
+        [sys.executable, "-c", code, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env=env,
+    )  # fmt: skip
+    try:
+        assert first.stdout.readline().strip() == "held"
+        monkeypatch.setenv("TAGKIT_CACHE_DIR", str(tmp_path / "b"))
+        with pytest.raises(OutputInUse, match=f"pid {first.pid}, prepare"):
+            with outputs_held([str(out)], "prepare"):
+                pass
+        assert (out / LOCK_NAME).is_file()
+    finally:
+        first.kill()
+        first.wait()
+    with outputs_held([str(out)], "prepare"):  # the lock ended with its process
+        pass
+    assert list(out.iterdir()) == []  # a finished job leaves no lock file in the dataset

@@ -213,12 +213,13 @@ def test_decoder_warnings_are_counted_not_printed(tmp_path):
 
 def test_a_second_job_on_an_output_in_use_is_one_line(corpus, tmp_path):
     """prepare and perturb hold their local outputs while they run (an flock in the
-    tagkit cache): a second job there would delete the first's temporary files as orphans
+    output): a second job there would delete the first's temporary files as orphans
     and mix two configurations under one card; it gets one line naming the first. The
     lock ends with its process."""
     import subprocess
     import sys
 
+    from pipelines.beam.output_lock import LOCK_NAME
     from pipelines.core.deformations import paper_set
     from tests.conftest import ROOT
 
@@ -244,7 +245,7 @@ def test_a_second_job_on_an_output_in_use_is_one_line(corpus, tmp_path):
         one_line_error(
             beam(*prepare), f"{out} is being written by another job (pid {first.pid}, prepare)"
         )
-        assert not out.exists()
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # the holder's lock, no more
     finally:
         first.kill()
         first.wait()
@@ -255,7 +256,7 @@ def test_a_second_job_on_an_output_in_use_is_one_line(corpus, tmp_path):
         one_line_error(
             result, f"{target} is being written by another job (pid {second.pid}, perturb)"
         )
-        assert not (out / "perturbed").exists()
+        assert [p.name for p in (out / "perturbed").rglob("*")] == [target.name, LOCK_NAME]
     finally:
         second.kill()
         second.wait()

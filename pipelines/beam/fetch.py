@@ -5,7 +5,8 @@ transient failures with backoff before giving up.
 Every failure is sorted by `pipelines.core.failures`: a permanent one is an
 `AudioRejected` (the caller's reject), a transient one a `TransientError`, retried here a
 few times and then raised so the runner retries the bundle (or the job fails loudly). An
-unreachable HTTP server is transient, not "missing"; only 404/410 are.
+HTTP server that answers 429/5xx is transient, not "missing" (only 404/410 are); one that
+does not answer at all, within a bounded time, is a reject of its own (`unreachable`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import posixpath
 import random
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 
 from pipelines.core.failures import (
@@ -27,6 +30,10 @@ from pipelines.core.source import Signature, SourceBytes, changed, read_local, t
 from pipelines.core.storage import is_absolute, is_http, is_remote
 
 HTTP_TIMEOUT_S = 60.0
+# How long one track may wait for an HTTP server that does not answer at all before it is
+# rejected as UNREACHABLE (at most RETRY_ATTEMPTS connection tries).
+UNREACHABLE_DEADLINE_S = 30.0
+UNREACHABLE = "unreachable"
 RETRY_ATTEMPTS = 4
 RETRY_BASE_DELAY_S = 0.5
 
@@ -70,9 +77,50 @@ def _http_opener() -> urllib.request.OpenerDirector:
 
 
 def read_http(url: str, limit: int | None) -> SourceBytes:
+    """One read of `url`. A server that does not answer at all (connection refused, no
+    route, unknown host, no connection within the timeout) is tried again here, a few
+    times within UNREACHABLE_DEADLINE_S, and then the track is rejected as `unreachable`
+    (one line): raised as transient it would make Beam retry the bundle and fail the whole
+    job minutes later with a traceback. A server that answers 429/5xx stays transient."""
+    deadline = time.monotonic() + UNREACHABLE_DEADLINE_S
+    for number in range(RETRY_ATTEMPTS):
+        timeout = max(1.0, min(HTTP_TIMEOUT_S, deadline - time.monotonic()))
+        try:
+            return _read_http_once(url, limit, timeout)
+        except _NoAnswer as exc:
+            reason = exc.reason
+        delay = RETRY_BASE_DELAY_S * 2**number
+        if number == RETRY_ATTEMPTS - 1 or time.monotonic() + delay >= deadline:
+            break
+        time.sleep(delay)
+    raise AudioRejected(
+        "read", UNREACHABLE, f"no answer from {_host(url)} after {number + 1} tries: {reason}"
+    )
+
+
+class _NoAnswer(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc or url
+
+
+def _no_answer(exc: BaseException) -> bool:
+    # urllib raises URLError (not its HTTPError subclass) when no HTTP response came back.
+    return (
+        isinstance(exc, urllib.error.URLError)
+        and not isinstance(exc, urllib.error.HTTPError)
+        and isinstance(exc.reason, OSError)
+    )
+
+
+def _read_http_once(url: str, limit: int | None, timeout: float) -> SourceBytes:
     request = urllib.request.Request(url, headers={"Accept-Encoding": "identity"})
     try:
-        with _http_opener().open(request, timeout=HTTP_TIMEOUT_S) as response:
+        with _http_opener().open(request, timeout=timeout) as response:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit():
                 rejected = too_large(int(declared), limit)
@@ -83,6 +131,8 @@ def read_http(url: str, limit: int | None) -> SourceBytes:
     except (AudioRejected, TransientError):
         raise
     except Exception as exc:  # urllib, http.client and socket errors share no base class
+        if _no_answer(exc):
+            raise _NoAnswer(" ".join(str(getattr(exc, "reason", exc)).split())) from None
         raise classify_read_error(exc) from None
     rejected = too_large(len(data), limit)
     if rejected is not None:
