@@ -78,6 +78,28 @@ def test_ledger_flags_an_interval_that_excludes_the_papers_figure():
     assert not any(r["flagged"] for r in ledger_rows(recipe, no_interval))
 
 
+def test_a_recipes_evaluate_section_is_how_reproduce_evaluates(tmp_path):
+    from tagtrain.recipes import RecipeError
+    from tagtrain.recipes.reproduce import Step, evaluation_options
+
+    mine = tmp_path / "fcn_last.yaml"
+    mine.write_text(
+        "cite: x\ncommand: train\ntrain: {model: fcn}\n"
+        "evaluate: {chunks: 3, checkpoint: last, batch_size: 2}\n"
+    )
+    step = Step(load_recipe(str(mine)), tmp_path / "run")
+    options = evaluation_options(step, bootstrap=7, device="cpu", workers=0)
+    assert (options.chunks, options.checkpoint, options.batch_size) == (3, "last", 2)
+    assert (options.run, options.split, options.bootstrap) == (str(tmp_path / "run"), "test", 7)
+    # Without the section the run's own protocol decides (chunks unset).
+    plain = evaluation_options(Step(load_recipe("won2021_teacher"), tmp_path / "t"))
+    assert plain.chunks is None and plain.checkpoint == "best"
+    # The split is reproduce's (the test split): a recipe cannot set it.
+    mine.write_text("cite: x\ncommand: train\ntrain: {model: fcn}\nevaluate: {split: valid}\n")
+    with pytest.raises(RecipeError, match="evaluate.split is not implemented"):
+        load_recipe(str(mine))
+
+
 @pytest.mark.slow
 def test_reproduce_runs_a_recipe_end_to_end_on_the_demo(demo_dataset, tmp_path, capsys):
     from tagtrain.__main__ import main

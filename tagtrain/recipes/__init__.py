@@ -144,7 +144,7 @@ def _section_classes() -> dict:
 
 
 # evaluate keys reproduce decides itself (the run, its data, the test split).
-_EVALUATE_FIXED = ("run", "pretrained", "data", "out")
+_EVALUATE_FIXED = ("run", "pretrained", "data", "out", "split")
 SECTIONS = ("cite", "command", "train", "student", "patchout", "evaluate", "prepare")
 SECTIONS += ("reported", "differs")
 

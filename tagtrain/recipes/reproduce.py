@@ -99,21 +99,26 @@ def plan(
     return steps
 
 
-def evaluate_step(step: Step, *, bootstrap: int = 1000, device: str = "auto", workers: int = 2):
-    """Evaluate the run of `step` on its test split with the recipe's protocol (the run's
-    evaluation chunks, the recipe's `evaluate` section); its metrics summary."""
-    from tagtrain.inference.evaluation import EvaluateOptions, evaluate, result_paths
-    from tagtrain.inference.trained_run import load_run
+def evaluation_options(
+    step: Step, *, bootstrap: int = 1000, device: str = "auto", workers: int = 2
+):
+    """How `step`'s run is evaluated: its test split, the recipe's `evaluate` section over
+    the command's bootstrap, device and workers; chunks unset unless the recipe sets them,
+    so the run's own protocol decides (eval_chunks, else val_chunks; eval_window)."""
+    from tagtrain.inference.evaluation import EvaluateOptions
 
-    # chunks None: the run's own protocol (eval_chunks, else val_chunks; eval_window).
-    settings = {"split": "test", "bootstrap": bootstrap, "device": device, "workers": workers}
-    options = EvaluateOptions(
-        run=str(step.run_dir), chunks=None, **{**settings, **step.recipe.evaluate}
-    )
-    evaluate(options)
-    trained = load_run(str(step.run_dir), options.checkpoint, device)
-    metrics_path = result_paths(trained, trained.config.data, options.split)[0]
-    return json.loads(Path(metrics_path).read_text())
+    settings = {"bootstrap": bootstrap, "device": device, "workers": workers, "chunks": None}
+    return EvaluateOptions(run=str(step.run_dir), **{**settings, **step.recipe.evaluate})
+
+
+def evaluate_step(step: Step, **settings) -> dict:
+    """Evaluate the run of `step` (`evaluation_options`); its metrics summary."""
+    from tagtrain.inference.evaluation import evaluate
+    from tagtrain.run.directory import RunDir
+
+    evaluate(evaluation_options(step, **settings))
+    # The test split of the run's own dataset: metrics.json in the run directory.
+    return json.loads(RunDir(str(step.run_dir)).evaluation("")[0].read_text())
 
 
 def ledger_rows(recipe: Recipe, summary: dict | None, note: str = "") -> list[dict]:
