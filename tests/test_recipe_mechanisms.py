@@ -185,6 +185,7 @@ def test_a_balanced_epoch_sample_trains_and_resumes_mid_epoch_exactly(skewed_dat
     whole = tmp_path / "whole"
     done = trainer_cli("--data", str(out), "--out", str(whole), *SAMPLED)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "epoch sample: 12 of 24 training tracks per epoch" in done.stdout
     steps = logged_steps(whole)
     assert len(steps) == 12  # 12 tracks of 24 per epoch, batches of 2: 6 steps an epoch
     epochs = [[k for e, _, keys in steps if e == n for k in keys] for n in (0, 1)]

@@ -35,6 +35,14 @@ def print_header(trainer) -> None:
         f"{len(data.train_shards)} train / {len(data.val_shards)} validation shards; "
         f"device {rt.device}" + (f", autocast {rt.autocast_dtype}" if rt.autocast_dtype else "")
     )
+    if (sample := data.train_loader.epoch_sample) is not None:
+        tracks = sum(s.samples for s in data.train_shards)
+        weights = "uniform" if sample.weights is None else "weighted by inverse tag frequency"
+        print(
+            f"epoch sample: {min(sample.size, tracks)} of {tracks} training tracks per epoch, "
+            f"drawn without replacement, {weights}"
+            + (" (--epoch-samples is more: every track)" if sample.size > tracks else "")
+        )
     for line in trainer.objective.describe(trainer.ctx):
         print(line)
     print(end="", flush=True)
