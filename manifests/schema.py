@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core.errors import UserError
+from pipelines.core.source import normal_path, system_location
 from pipelines.core.storage import REMOTE_SCHEMES, is_remote
 
 SPLITS = ("train", "valid", "test", "unlabeled")
@@ -59,7 +60,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 MAX_KEY_LENGTH = 80  # + the longest member extension (".harm.npy") <= USTAR's 100 bytes
 MAX_DURATION_S = 7 * 24 * 3600.0
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-_SYSTEM_DIRS = ("/dev/", "/proc/", "/sys/")
 
 
 class ManifestError(UserError, ValueError):
@@ -215,10 +215,12 @@ def check_audio_path(
         if normal == ".." or normal.startswith("../"):
             return "leaves the audio root (..)"
         return None
-    if (normal + "/").startswith(_SYSTEM_DIRS):
+    # The core's one test (`//proc/self/environ` is /proc too: POSIX normpath keeps `//`).
+    if system_location(path) is not None:
         return "is a device or kernel file"
+    normal = normal_path(path)
     if audio_root and not allow_outside_root:
-        root = posixpath.normpath(str(audio_root))
+        root = normal_path(str(audio_root))
         if is_remote(root) or not (normal + "/").startswith(root.rstrip("/") + "/"):
             return f"is outside the audio root {root} (allow it explicitly if meant)"
     return None

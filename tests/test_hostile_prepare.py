@@ -292,3 +292,44 @@ def test_two_jobs_with_different_cache_dirs_share_the_output_lock(tmp_path, monk
     with outputs_held([str(out)], "prepare"):  # the lock ended with its process
         pass
     assert list(out.iterdir()) == []  # a finished job leaves no lock file in the dataset
+
+
+# --- paths: kernel files, symlinks out of the audio root (issue 29, item 12) -----------
+
+
+@pytest.mark.parametrize(
+    "path", ["//proc/self/environ", "///dev/zero", "/sys/../proc/self/mem", "//sys/kernel"]
+)
+def test_kernel_files_are_refused_however_written(path):
+    from manifests.schema import check_audio_path
+
+    assert check_audio_path(path) == "is a device or kernel file"
+    assert check_audio_path(path, "/", allow_outside_root=True) == "is a device or kernel file"
+
+
+def test_follow_symlinks_reaches_the_track_config(audio_root, tmp_path):
+    """A link inside --audio-root to a file outside it is rejected unless the job is run
+    with --follow-symlinks, which the flag passes into the track config."""
+    import argparse
+    import shutil
+
+    from pipelines.beam import prepare_cli
+
+    outside = tmp_path / "outside.mp3"
+    shutil.copy(audio_root / "good.mp3", outside)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link.mp3").symlink_to(outside)
+
+    def config(*flags: str) -> TrackConfig:
+        parser = argparse.ArgumentParser()
+        prepare_cli.add_parser(parser.add_subparsers())
+        args = parser.parse_args(["prepare", "--manifest", "m.parquet", "--out", "o", *flags])
+        return prepare_cli.track_config(args)
+
+    default, following = config(), config("--follow-symlinks")
+    assert (default.follow_symlinks, following.follow_symlinks) == (False, True)
+    rejected = prepare_track(row("link.mp3"), str(root), default, VOCAB)
+    assert (rejected.stage, rejected.reason) == ("read", "outside_root")
+    assert isinstance(prepare_track(row("link.mp3"), str(root), following, VOCAB), Sample)
+    assert "follow_symlinks" in following.to_dict()  # another job's identity

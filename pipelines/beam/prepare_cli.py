@@ -67,8 +67,9 @@ def track_config(args) -> TrackConfig:
     if args.min_seconds < 0 or (args.max_seconds is not None and args.max_seconds <= 0):
         raise UserError("--min-seconds must be >= 0 and --max-seconds > 0")
     return TrackConfig(
-        features, stored, args.decoder, args.min_seconds, args.max_seconds, args.max_file_mb
-    )
+        features, stored, args.decoder, args.min_seconds, args.max_seconds, args.max_file_mb,
+        follow_symlinks=getattr(args, "follow_symlinks", False),
+    )  # fmt: skip
 
 
 def check_existing_output(cfg: PrepareConfig, force: bool, update: bool) -> None:

@@ -89,6 +89,12 @@ class PrepareJobFlags:
     max_file_mb: float = setting(
         DEFAULT_MAX_FILE_MB, "larger audio files are rejected as too_large", type=positive_float
     )
+    follow_symlinks: bool = setting(
+        False,
+        "read symlinks inside --audio-root that lead out of it (default: such a track is "
+        "rejected as outside_root)",
+        negatable=False,
+    )
     recipe: str | None = setting(
         None,
         "the features of a paper recipe (python -m tagtrain recipes); flags override",
