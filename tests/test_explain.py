@@ -189,3 +189,71 @@ def test_explain_writes_a_heat_map_for_a_cnnsa_run_on_the_demo_corpus(
     assert main([*args, "--tag", "no-such-tag"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown tag(s) no-such-tag" in err[0]
+
+
+def _record_attention(model):
+    """Forward hooks on every encoder layer: the attention probabilities each call made."""
+    calls = [[] for _ in model.encoder.layers]
+    handles = [
+        layer.register_forward_hook(lambda m, args, out, i=i: calls[i].append(out[1].clone()))
+        for i, layer in enumerate(model.encoder.layers)
+    ]
+    return calls, handles
+
+
+@pytest.mark.parametrize("name", ["cnnsa", "won2019_spec"])
+def test_last_layer_masking_leaves_the_earlier_layers_attention_as_trained(name):
+    """Won et al. 2019 set the attention of the last layer to 1 on one token and 0
+    elsewhere (`mask_layers="last"`, the default); `"all"` masks every layer."""
+    torch.manual_seed(0)
+    model = create_model(name, 3, width=0.125).eval()
+    x = torch.randn(1, model.input_spec.n_mels, 48)
+    with torch.no_grad():
+        _, unmasked = model.attention(x)
+    curves = {}
+    for mode in ("last", "all"):
+        calls, handles = _record_attention(model)
+        try:
+            kwargs = {} if mode == "last" else {"mask_layers": "all"}
+            curves[mode] = explain_window(model, x, [0, 1], batch=5, **kwargs)[1]
+        finally:
+            for handle in handles:
+                handle.remove()
+        n = curves[mode].shape[1]
+        for layer, probs in enumerate(calls[:-1]):
+            batches = torch.cat(probs)  # the plain pass, the floor's, the token rows'
+            untouched = torch.allclose(batches, unmasked[layer].expand_as(batches), atol=1e-6)
+            assert untouched == (mode == "last"), (mode, layer)
+        last = torch.cat(calls[-1])[2:, :, 0]  # [CLS]'s attention, per token row
+        target = torch.eye(n + 1)[1:, None, :].expand_as(last)
+        if mode == "last":  # the chosen token 1, everything else ([CLS] too) 0
+            torch.testing.assert_close(last, target)
+        else:  # [CLS] and the token share it
+            assert (last[..., 1:] * (1 - target[..., 1:])).abs().max() == 0
+            assert (last[..., 0] > 0).all()
+    assert not np.allclose(curves["last"], curves["all"], atol=1e-4)
+
+
+def test_explain_names_its_mask_layers_and_refuses_others(capsys):
+    from tagtrain.__main__ import main
+    from tagtrain.inference.contributions import ExplainOptions
+
+    assert ExplainOptions().mask_layers == "last"
+    assert main(["explain", "x.wav", "--run", "r", "--tag", "t", "--mask-layers", "first"]) == 2
+    assert "--mask-layers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="mask_layers"):
+        explain_window(create_model("cnnsa", 3, width=0.125).eval(), torch.randn(1, 96, 40),
+                       [0], mask_layers="first")  # fmt: skip
+
+
+def test_masking_every_layer_keeps_the_drum_evidence_where_the_drums_are(trained_cnnsa):
+    # `mask_layers="all"`: no other moment reaches [CLS] through the earlier layers, so on
+    # the toy model the drum evidence sits in the drum half (the last-layer-only masking of
+    # the paper leaves the earlier layers' global mixing in every token).
+    x = mels(clip(np.random.default_rng(99), [set(), {"drums"}])[0])[None]
+    _, contribution, _ = explain_window(trained_cnnsa, x, [0], mask_layers="all")
+    drums, n = contribution[0], contribution.shape[1]
+    assert drums[n // 2 :].mean() - drums[: n // 2].mean() > 1.0
+    assert drums[: n // 2 - 2].max() < drums[n // 2 :].min()
+    _, last, _ = explain_window(trained_cnnsa, x, [0])
+    assert not np.allclose(last, contribution, atol=1e-3)

@@ -8,11 +8,16 @@ samples = 0.015 s on raw audio):
 
 - attention: how much the [CLS] token of the last layer attends to each token (mean over
   heads; the curve sums to 1 per window). Model-wide, not per tag.
-- contribution (per tag): the evidence that moment alone carries: the tag's logit when
-  attention (every layer) may see only [CLS] and that one token, minus the logit when it
-  sees [CLS] alone. Positive where the moment speaks for the tag, negative where it
-  speaks against it. (Hiding one token instead says little when the tag's sound repeats
-  over many tokens: the others carry the same evidence.)
+- contribution (per tag): the evidence that moment alone carries. `--mask-layers last`
+  (the default, Won et al. 2019: "We manually changed the attention score of the last
+  attention layer ... as 1 and set other parts as 0"): the earlier layers attend as
+  trained, and in the last layer every query attends to that one token only; minus the
+  logit when the last layer attends to [CLS] alone. `--mask-layers all` (what explain did
+  before): attention in every layer may see only [CLS] and that one token, minus the logit
+  when it sees [CLS] alone, so no other moment leaks in through the earlier layers.
+  Positive where the moment speaks for the tag, negative where it speaks against it.
+  (Hiding one token instead says little when the tag's sound repeats over many tokens:
+  the others carry the same evidence.)
 
 A track longer than the model's input is explained window by window (the windows `tag`
 uses: `TrackWindows`, through the one `WindowPredictor`, in float32) and the curves are
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +42,8 @@ from pipelines.core.flags import setting
 from tagtrain.inference.predict import WindowPredictor, average, decode_windows, pcm_input
 from tagtrain.inference.trained_run import CHECKPOINTS, RunError, TrainedRun, load_run
 
+MASK_LAYERS = ("last", "all")
+
 
 @dataclass
 class ExplainOptions:
@@ -46,6 +54,11 @@ class ExplainOptions:
     json: str | None = setting(None, "write the curves here (JSON)", metavar="FILE")
     checkpoint: str = setting("best", "checkpoint of the run", choices=tuple(CHECKPOINTS))
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    mask_layers: str = setting(
+        "last",
+        "contribution: attention set to one token in the last layer (the paper) or in all",
+        choices=MASK_LAYERS,
+    )
 
 
 def explainable(model: torch.nn.Module) -> bool:
@@ -97,8 +110,34 @@ class Explanation:
         }
 
 
+def _drop_key_mask(module, args, kwargs):
+    """Forward pre-hook: the layer attends over every token whatever mask it is given."""
+    if len(args) > 1:
+        args = (args[0], None, *args[2:])
+    if "key_mask" in kwargs:
+        kwargs = {**kwargs, "key_mask": None}
+    return args, kwargs
+
+
+@contextmanager
+def masking(model, mask_layers: str):
+    """While inside, a key mask given to the model reaches the layers `mask_layers` names:
+    every layer ("all"), or the last one only ("last"; the earlier ones drop it)."""
+    if mask_layers not in MASK_LAYERS:
+        raise ValueError(f"mask_layers must be one of {MASK_LAYERS}, not {mask_layers!r}")
+    earlier = list(model.encoder.layers)[:-1] if mask_layers == "last" else []
+    handles = [m.register_forward_pre_hook(_drop_key_mask, with_kwargs=True) for m in earlier]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
-def explain_window(model, x: torch.Tensor, tag_index: list[int], batch: int = 64):
+def explain_window(
+    model, x: torch.Tensor, tag_index: list[int], batch: int = 64, mask_layers: str = "last"
+):
     """One model input [1, ...] -> (attention [N], contribution [tags, N], probability)."""
     tokens = model.tokens(x)
     logits, maps = model.from_tokens(tokens, return_attention=True)
@@ -107,14 +146,19 @@ def explain_window(model, x: torch.Tensor, tag_index: list[int], batch: int = 64
     n = tokens.shape[1] - 1
     only_cls = torch.zeros(1, n + 1, dtype=torch.bool, device=tokens.device)
     only_cls[:, 0] = True
-    floor = model.from_tokens(tokens, key_mask=only_cls).float()[0, tag_index]
+    # The paper's last-layer score is 1 on the token and 0 elsewhere, [CLS] included;
+    # masking every layer keeps [CLS] visible so each layer has its own summary to update.
+    with_cls = mask_layers == "all"
     evidence = []
-    for start in range(0, n, batch):
-        rows = torch.arange(start, min(start + batch, n), device=tokens.device)
-        mask = only_cls.repeat(len(rows), 1)
-        mask[torch.arange(len(rows)), rows + 1] = True  # +1: [CLS] comes first
-        out = model.from_tokens(tokens.expand(len(rows), -1, -1), key_mask=mask)
-        evidence.append(out.float()[:, tag_index])
+    with masking(model, mask_layers):
+        floor = model.from_tokens(tokens, key_mask=only_cls).float()[0, tag_index]
+        for start in range(0, n, batch):
+            rows = torch.arange(start, min(start + batch, n), device=tokens.device)
+            mask = only_cls.repeat(len(rows), 1)
+            mask[:, 0] = with_cls
+            mask[torch.arange(len(rows)), rows + 1] = True  # +1: [CLS] comes first
+            out = model.from_tokens(tokens.expand(len(rows), -1, -1), key_mask=mask)
+            evidence.append(out.float()[:, tag_index])
     contribution = (torch.cat(evidence) - floor[None, :]).T
     probability = torch.sigmoid(logits.float())[0, tag_index]
     return attention.cpu().numpy(), contribution.cpu().numpy(), probability.cpu().numpy()
@@ -126,7 +170,9 @@ def _join(parts: list[np.ndarray], keep: list[int]) -> np.ndarray:
     return np.concatenate([p[..., -k:] if k < p.shape[-1] else p for p, k in zip(parts, keep)], -1)
 
 
-def explain_file(run: TrainedRun, path: Path, tags: list[str]) -> Explanation:
+def explain_file(
+    run: TrainedRun, path: Path, tags: list[str], mask_layers: str = "last"
+) -> Explanation:
     model, spec = run.model, run.spec
     if not explainable(model):
         raise RunError(
@@ -138,7 +184,9 @@ def explain_file(run: TrainedRun, path: Path, tags: list[str]) -> Explanation:
     device_input = pcm_input(run)
     # One window per forward, no autocast: the curves in float32.
     predictor = WindowPredictor(model, device_input, None, batch_size=1)
-    per_window = predictor.batches(windows, lambda x: explain_window(model, x, index))
+    per_window = predictor.batches(
+        windows, lambda x: explain_window(model, x, index, mask_layers=mask_layers)
+    )
     attention, contribution, probability, mels, keep = [], [], [], [], []
     for i, (a, c, p) in enumerate(per_window):
         attention.append(a)
@@ -209,7 +257,7 @@ def explain(options: ExplainOptions) -> int:
                 f"unknown tag(s) {', '.join(unknown)}; the run knows: "
                 f"{', '.join(trained.vocabulary)}"
             )
-        explanation = explain_file(trained, path, options.tag)
+        explanation = explain_file(trained, path, options.tag, options.mask_layers)
     except AudioRejected as exc:
         print(f"error: {options.file}: {exc}", file=sys.stderr)
         return 1
