@@ -358,3 +358,21 @@ def test_config_json_records_the_new_settings():
     for name, value in (("balance", "weighted"), ("standardize", "z"), ("eval_window", "x")):
         with pytest.raises(ConfigError, match=f"{name} must be one of"):
             dataclasses.replace(cfg, **{name: value}).validate()
+
+
+def test_a_runs_standardize_is_what_evaluation_applies(skewed_dataset, tmp_path):
+    from tagtrain.commands.train import train
+    from tagtrain.inference.trained_run import load_run, open_split
+
+    out, card, _ = skewed_dataset
+    run = tmp_path / "run"
+    cfg = RunConfig(
+        data=str(out), model="short_chunk_cnn", width=0.125, batch_size=4, workers=0,
+        val_chunks=1, epochs=1, max_steps_per_epoch=2, progress=False, out=str(run),
+        standardize="global",
+    )  # fmt: skip
+    train(cfg)
+    trained = load_run(run, "last", "cpu")
+    plan = open_split(trained, str(out), "valid").plan
+    assert plan.standardize == "global" != get_entry("short_chunk_cnn").input_spec.standardize
+    assert plan.global_stats == pytest.approx(trained.plan.global_stats)

@@ -91,8 +91,9 @@ class TrainingData:
             raise LoaderError(f"split {cfg.val_split!r} has no samples to validate on")
         val_workers = min(cfg.workers, len(val_shards) // rt.dist.world)
         val_loader = dataclasses.replace(
-            train_loader, train=False, workers=val_workers, eval_chunks=cfg.val_chunks
-        )
+            train_loader, train=False, workers=val_workers, eval_chunks=cfg.val_chunks,
+            epoch_sample=None,  # validation reads every track (and need not carry weights)
+        )  # fmt: skip
         return cls(
             card, card_checksum(card), list(card["vocabulary"]), plan, augment, train_shards,
             val_shards, train_loader, val_loader, DeviceInput(plan, rt.device),
