@@ -11,8 +11,9 @@ samples = 0.015 s on raw audio):
 - contribution (per tag): the evidence that moment alone carries. `--mask-layers last`
   (the default, Won et al. 2019: "We manually changed the attention score of the last
   attention layer ... as 1 and set other parts as 0"): the earlier layers attend as
-  trained, and in the last layer every query attends to that one token only; minus the
-  logit when the last layer attends to [CLS] alone. `--mask-layers all` (what explain did
+  trained, and in the last layer every query attends to that one token only (as the
+  reference's vismodel.py `ManualAttentionVisualizer`: a one-hot attention row); minus
+  the logit when the last layer attends to [CLS] alone (a constant per tag). `--mask-layers all` (what explain did
   before): attention in every layer may see only [CLS] and that one token, minus the logit
   when it sees [CLS] alone, so no other moment leaks in through the earlier layers.
   Positive where the moment speaks for the tag, negative where it speaks against it.

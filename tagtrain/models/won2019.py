@@ -23,7 +23,8 @@ Widths: Table 1 of the paper is the default. The reference code's README setting
 front end of 16, 16, 32, 32, 32 filters (8x narrower); they are registered as
 `won2019_spec_reference` and `won2019_wave_reference` (the parameter counts of the
 reference code: 6,882,452 and 6,718,178 at 50 tags), and every builder takes
-`widths="paper"|"reference"`.
+`widths="paper"|"reference"`. (The reference's own visualiser, vismodel.py, builds its
+Spec model with conv_channels 8: Table 1's width.)
 
 As the reference: the [CLS] vector is `np.random.seed(0); np.random.random(512)`, not
 learned; the position table is the fixed sinusoid with position 0 ([CLS]) zero.
