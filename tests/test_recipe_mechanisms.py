@@ -376,3 +376,13 @@ def test_a_runs_standardize_is_what_evaluation_applies(skewed_dataset, tmp_path)
     plan = open_split(trained, str(out), "valid").plan
     assert plan.standardize == "global" != get_entry("short_chunk_cnn").input_spec.standardize
     assert plan.global_stats == pytest.approx(trained.plan.global_stats)
+
+
+def test_loss_balance_reads_old_patchout_json_and_refuses_a_second_balancing():
+    from tagtrain.training.patchout import PatchoutTrainer
+
+    old = PatchoutOptions.from_settings({"balance": "tags"}, "patchout.json")
+    assert old.loss_balance == "tags"  # runs saved before --balance became the epoch sample's
+    cfg = RunConfig(data="d", model="patchout_tiny", epoch_samples=10, balance="inverse_frequency")
+    with pytest.raises(ConfigError, match="choose one"):
+        PatchoutTrainer(cfg, PatchoutOptions(loss_balance="tags"))
