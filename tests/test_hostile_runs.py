@@ -335,3 +335,50 @@ def test_a_full_disk_at_a_checkpoint_save_says_so_and_where(tmp_path, monkeypatc
     assert "disk" in message and str(target.parent) in message
     assert target.read_bytes() == b"the previous checkpoint"
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.pt"]  # no temp file
+
+
+# --- item 12: one bad index row costs one sample, not its batch ------------------------
+
+
+def _read_by_samples(data_dir, card, batch_size: int):
+    from tagtrain import loader
+    from tagtrain.models.registry import get_entry
+
+    shards = loader.split_shards(card, str(data_dir), "train")
+    plan = loader.plan_input(card, get_entry(MODEL).input_spec)
+    config = loader.LoaderConfig(
+        batch_size=batch_size, shuffle_buffer=0, partition="samples", train=True, seed=1
+    )
+    reader = loader.EpochReader(loader.ShardStream(shards, plan, card["vocabulary"], config))
+    batches = list(reader)
+    reader.close()
+    return batches, reader.stats
+
+
+def test_one_bad_index_row_costs_one_sample_not_its_batch(tmp_path):
+    """An index row whose offset points at another member (crafted, or one bad entry): the
+    loader reads each member with its tar header, so it never yields the other bytes; only
+    that sample is skipped, the other 7 of the batch (same shard, same request) are read."""
+    import pyarrow.parquet as pq
+
+    from tests import shardkit
+
+    data = tmp_path / "data"
+    # PCM stored too: the model reads a small part of each shard, by ranges (not whole).
+    card = shardkit.make_dataset(data, {"train": [8]}, seconds=(1.0, 1.5), stored=("mel", "pcm"))
+    table = pq.read_table(data / "index.parquet")
+    rows = table.to_pylist()
+    victim = rows[3]
+    json_member = next(m for m in victim["members"] if m["name"].endswith(".json"))
+    other = next(m for m in rows[4]["members"] if m["name"].endswith(".json"))
+    json_member["offset"] = other["offset"]  # another sample's json, as big or not
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), data / "index.parquet")
+
+    batches, stats = _read_by_samples(data, card, batch_size=8)
+    keys = [k for b in batches for k in b.keys]
+    assert sorted(keys) == sorted(r["key"] for r in rows if r["key"] != victim["key"])
+    assert stats.bad_by_reason == {"read_error": 1} and stats.shard_errors == 0
+    assert stats.errors == [
+        f"{victim['key']}: read_error: IndexMismatch: no member {json_member['name']!r} at "
+        f"offset {other['offset']}"
+    ]

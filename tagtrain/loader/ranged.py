@@ -92,6 +92,7 @@ class RangeFetcher:
         self.backoff = backoff
         self.files: dict[int, object] = {}
         self.failed: dict[int, str] = {}  # shard -> why it was given up
+        self.mismatched: dict[int, set[str]] = {}  # shard -> keys whose index row missed
         self.retried = 0  # transient failures retried
         self.requests = 0  # remote range requests sent (after merging)
         self.obstore_requests = 0  # of which obstore sent (the rest: fsspec)
@@ -117,15 +118,20 @@ class RangeFetcher:
         }
         out = {}
         for shard, parts in self.fetch_many(ranges).items():
-            bad = _mismatch(jobs[shard], parts)
+            bad = _mismatches(jobs[shard], parts)
             if bad and shard in self.from_cache:  # a damaged cached copy: fetch again
                 self.range_cache.forget(self.urls[shard])
                 parts = self.fetch_many({shard: ranges[shard]}, use_cache=False)[shard]
-                bad = _mismatch(jobs[shard], parts)
-            if bad:
-                parts = self._give_up(shard, bad)
+                bad = _mismatches(jobs[shard], parts)
+            # One sample's entry that misses its member (a bad index row) costs that
+            # sample; mismatches of two samples or more (in this epoch) mean the shard was
+            # rewritten since it was indexed: the whole shard is given up.
+            keys = self.mismatched.setdefault(shard, set())
+            keys.update(_sample_key(jobs[shard][i][0]) for i in bad)
+            if bad and len(keys) > 1:
+                parts = self._give_up(shard, bad[min(bad)])
             elif not isinstance(parts, RangeFailure):
-                parts = [part[HEADER:] for part in parts]
+                parts = [bad.get(i) or part[HEADER:] for i, part in enumerate(parts)]
             out[shard] = parts
         return out
 
@@ -297,14 +303,20 @@ def merge_ranges(
     return starts, ends
 
 
-def _mismatch(members, parts) -> IndexMismatch | None:
-    """The first member whose range does not start with its own tar header, if any."""
+def _mismatches(members, parts) -> dict[int, IndexMismatch]:
+    """{position: IndexMismatch} of the members whose range does not start with their own
+    tar header."""
     if isinstance(parts, RangeFailure):
-        return None
-    for (name, offset, size), part in zip(members, parts):
-        if not header_matches(part[:HEADER], name, size):
-            return IndexMismatch(f"no member {name[:80]!r} at offset {offset}")
-    return None
+        return {}
+    return {
+        i: IndexMismatch(f"no member {name[:80]!r} at offset {offset}")
+        for i, ((name, offset, size), part) in enumerate(zip(members, parts))
+        if not header_matches(part[:HEADER], name, size)
+    }
+
+
+def _sample_key(member: str) -> str:
+    return member.split(".", 1)[0]  # keys hold no dot (manifests' key rule)
 
 
 def _cut(blobs, merged_starts, merged_ends, ranges):

@@ -16,7 +16,7 @@ from tagtrain.loader.index import SampleRef
 from tagtrain.loader.openers import LOCAL_SCHEMES, scheme_of
 from tagtrain.loader.positions import WorkerPosition
 from tagtrain.loader.rangecache import RangeCache
-from tagtrain.loader.ranged import RangeFailure, RangeFetcher
+from tagtrain.loader.ranged import IndexMismatch, RangeFailure, RangeFetcher
 from tagtrain.loader.stats import LoaderStats
 
 SAMPLE_MODE = -2  # WorkerPosition.next_shard of a sample-level state; next_index = consumed
@@ -27,6 +27,8 @@ SAMPLE_MODE = -2  # WorkerPosition.next_shard of a sample-level state; next_inde
 # (`ranged.merge_ranges`); the next window is fetched while this one is decoded (at
 # most two windows held: 2 x WINDOW_BYTES per worker).
 READ_AHEAD = 4
+# In a raw sample: why its index row does not fit its shard (the sample is skipped).
+BAD_ENTRY = "__bad_entry__"
 WINDOW_BYTES = 64 << 20
 # With a cache, a shard of which the model reads at least this fraction of the member
 # bytes is downloaded whole; below it only the member ranges read are kept.
@@ -138,7 +140,11 @@ class SampleRoleStream:
             for ref, ext, r in items:
                 raw = out.setdefault(ref.key, {"__key__": ref.key})
                 if r is not None:
-                    raw[ext] = next(parts)
+                    part = next(parts)
+                    if isinstance(part, IndexMismatch):  # this sample's index row only
+                        raw[BAD_ENTRY] = f"IndexMismatch: {part}"
+                    else:
+                        raw[ext] = part
         return [(ref, out[ref.key]) for ref in refs]
 
     def batches(self):
@@ -172,6 +178,9 @@ class SampleRoleStream:
             if isinstance(raw, tuple):  # (shard, RangeFailure)
                 self.stats.shard_failed(self.stream.shards[raw[0]].name, str(raw[1]))
                 self.stats.reject(ref.key, "read_error", str(raw[1]), note=False)
+                continue
+            if BAD_ENTRY in raw:
+                self.stats.reject(ref.key, "read_error", raw[BAD_ENTRY])
                 continue
             item = self.stream.decode(raw, self.stats)
             if item is not None:
