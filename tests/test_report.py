@@ -358,3 +358,45 @@ def test_report_renders_its_sections_in_chromium_at_1400_px(tmp_path):
 
 def attribute(dom: str, name: str) -> str:
     return html.unescape(re.search(rf'{name}="([^"]*)"', dom).group(1))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by scripts/setup.sh")
+def test_the_demos_robustness_table_fits_a_1200_px_page_unbroken(tmp_path):
+    """Two runs on the paper's eight deformations (the demo's table): it fits the page
+    without scrolling, and no header or test-set name breaks inside a word."""
+    from pipelines.core.deformations import load_deformations
+    from tagtrain.reporting.html import CSS
+    from tagtrain.reporting.robustness_section import robustness_table
+
+    rows = []
+    for label in ("short_chunk_cnn", PUBLISHED):
+        for d in [None, *load_deformations("paper")]:
+            row = dict.fromkeys(row_fields(), "")
+            row.update(run=label, deformation=d.name if d else "clean", tracks=24,
+                       params=json.dumps(d.params()) if d else "{}", roc_auc=0.91234,
+                       pr_auc=0.51234, roc_auc_drop=0.0123, pr_auc_drop=-0.0123,
+                       roc_auc_drop_significant=True)  # fmt: skip
+            rows.append(row)
+    # Each header and first-column cell: its words' widths against the cell's, as laid out.
+    probe = """<script>
+const box = document.querySelector('.wide') || document.documentElement;
+const broken = [...document.querySelectorAll('th, td:first-child')].filter(cell => {
+  const range = document.createRange(); range.selectNodeContents(cell);
+  const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+  const words = cell.innerHTML.split(/<wbr>|\\s+/).filter(w => w).length;
+  return lines.size > words;  // more lines than pieces it may break between
+}).map(cell => cell.textContent);
+document.body.setAttribute('data-probe', JSON.stringify({
+  scroll: box.scrollWidth - box.clientWidth, broken: broken}));
+</script>"""
+    page = tmp_path / "table.html"
+    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><style>{CSS}</style>"
+                    f"</head><body>{robustness_table(rows)}{probe}</body></html>")  # fmt: skip
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1200", "--dump-dom",
+         page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    found = json.loads(attribute(dom, "data-probe"))
+    assert found == {"scroll": 0, "broken": []}, found
