@@ -245,7 +245,7 @@ def without_storage(values: Mapping) -> dict:
 
 
 # A loaded run's model settings are bounded before anything is built: width 40 alone asks
-# for about 24 GB. Reference widths are 1; the zoo's experiments use at most 2.
+# for about 24 GB. The references are width 1.
 MAX_WIDTH = 4.0
 
 
