@@ -221,6 +221,21 @@ def test_report_reads_the_card_with_the_loaders_checks(tmp_path, hostile, says):
     assert not (run / "report.html").exists()
 
 
+def test_the_beam_jobs_read_a_card_with_the_same_schema(tmp_path):
+    """perturb reads its source card through parse_card, which applies the loader's
+    schema: the same one line as the report, exit 2."""
+    from tests.conftest import run_cli
+
+    hostile = card(splits={"test": {"samples": 1, "seconds": "abc", "shards": []}})
+    (tmp_path / "dataset.json").write_text(json.dumps(hostile))
+    result = run_cli("beam_runner.py", "perturb", "--data", str(tmp_path), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"beam_runner.py: error: {tmp_path / 'dataset.json'}: splits.test.seconds must be a "
+        "non-negative number, not 'abc'"
+    ]
+
+
 def test_a_run_file_linked_to_a_device_is_one_line(tmp_path):
     run, data, _ = fake_run(tmp_path)
     (run / "summary.json").unlink()
