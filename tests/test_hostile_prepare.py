@@ -203,6 +203,40 @@ def test_unreachable_http_is_one_reject_within_a_bounded_time():
     assert 1.0 < elapsed < fetch.UNREACHABLE_DEADLINE_S  # it did back off, within the bound
 
 
+@pytest.mark.timeout(180)
+def test_a_prepare_with_an_unreachable_http_track_finishes_with_one_reject(tmp_path):
+    """The job: two local clips and one track on a closed port. It finishes (exit 0) with
+    the two samples and one `unreachable` reject row, in seconds, no traceback."""
+    import pyarrow.parquet as pq
+
+    from manifests.schema import write_manifest
+    from tests.conftest import free_port, run_cli
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rows = []
+    for i in range(2):
+        encode_mp3(tone(300 + 100 * i, 3, SR, seed=i), SR, audio / f"c{i}.mp3", "64k")
+        rows.append({**row(f"c{i}.mp3", f"c{i}"), "dataset": "cli"})
+    url = f"http://127.0.0.1:{free_port()}/gone.mp3"
+    rows.append({**row(url, "far"), "dataset": "cli"})
+    write_manifest(rows, tmp_path / "m.parquet", metadata={"audio_root": str(audio)})
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = run_cli(
+        "beam_runner.py", "prepare", "--manifest", str(tmp_path / "m.parquet"), "--out",
+        str(out), "--max-reject-fraction", "1", "--direct_running_mode=in_memory",
+        "--direct_num_workers=1",
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    assert [(r["key"], r["reason"]) for r in rejects] == [("far", fetch.UNREACHABLE)]
+    assert json.loads((out / "dataset.json").read_text())["splits"]["train"]["samples"] == 2
+    assert elapsed < 120
+
+
 def test_an_http_server_that_never_answers_is_rejected_by_the_deadline(monkeypatch):
     """The deadline bounds the tries, whatever the backoff: with a 2 s deadline and
     connections that each take 1.5 s to fail, two tries at most."""
