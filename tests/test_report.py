@@ -183,6 +183,23 @@ def test_markup_in_any_value_the_report_shows_stays_text(fake):
     assert page.count("<img") >= 5
 
 
+def test_the_report_escapes_through_one_helper():
+    """Every section builds its HTML through tagtrain.reporting.html.esc (quotes
+    included): no module of the report escapes on its own, or forgets to."""
+    import ast
+
+    import tagtrain.reporting
+
+    for path in Path(tagtrain.reporting.__file__).parent.glob("*.py"):
+        if path.name == "html.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            imported = isinstance(node, ast.Import) and any(a.name == "html" for a in node.names)
+            called = isinstance(node, ast.Attribute) and node.attr == "escape"
+            assert not (imported or called), f"{path.name}:{node.lineno}: use esc"
+
+
 def test_card_counts_with_markup_are_text():
     """The issue's card (`counts.inputs` a script) as the section renders it: escaped."""
     hostile = card(counts={"inputs": "<script>alert(1)</script>", "samples": MARK})

@@ -7,8 +7,9 @@ fraction), ours, low, high, difference, flagged, note; values as written to the 
 from __future__ import annotations
 
 import csv
-import html
 from pathlib import Path
+
+from tagtrain.reporting.html import esc
 
 LABELS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC"}
 HEADER = ("recipe", "paper's row", "metric", "paper", "ours (95% interval)", "difference", "")
@@ -66,12 +67,12 @@ def ledger_markdown(rows: list[dict]) -> str:
 
 def ledger_section_html(rows: list[dict]) -> str:
     """A <section> of the report: one table row per recipe and metric."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+    head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
     body = []
     for row in rows:
         cells = _cells(row)
         cls = ' class="flagged"' if cells[-1] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        body.append(f"<tr{cls}>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     return (
         '<section id="reproduction-ledger">\n<h2>Reproduction ledger</h2>\n'
         "<p>The papers' figures beside ours; flagged where our bootstrap 95% interval "
