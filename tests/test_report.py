@@ -432,3 +432,14 @@ document.body.setAttribute('data-probe', JSON.stringify({
     ).stdout  # fmt: skip
     found = json.loads(attribute(dom, "data-probe"))
     assert found == {"scroll": 0, "broken": []}, found
+
+
+def test_the_terminal_table_shows_the_change_from_clean_as_the_report_does(capsys):
+    from tagtrain.inference.robustness_report import print_table
+
+    rows = [{**r, "roc_auc": float(r["roc_auc"]), "pr_auc": float(r["pr_auc"])}
+            for r in robustness_rows("") if r["run"] == PUBLISHED]  # fmt: skip
+    print_table(rows, [PUBLISHED], [r["deformation"] for r in rows], "test")
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "deformed minus clean as in report.html: negative is worse" in printed
+    assert "0.8700 (-0.0300*)" in printed  # the report's "-0.030*"

@@ -87,7 +87,8 @@ def print_table(rows: list[dict], labels: list[str], set_names: list[str], split
     from rich.table import Table
 
     table = Table(
-        title=f"robustness on the {split} split (change from clean in brackets; * = "
+        title=f"robustness on the {split} split (change from clean in brackets, deformed "
+        "minus clean as in report.html: negative is worse where higher is better; * = "
         "significant: its paired-bootstrap 95% interval excludes 0)",
         title_justify="left",
     )
