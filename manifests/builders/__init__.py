@@ -22,7 +22,6 @@ from manifests.builders.registry import (
     register_builder,
     track_row,
 )
-from manifests.tables import read_tag_list  # tagtrain/commands/import_weights.py reads it here
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -36,7 +35,6 @@ __all__ = [
     "build_benchmark",
     "builder_names",
     "get_builder",
-    "read_tag_list",
     "register_builder",
     "track_row",
 ]

@@ -27,6 +27,7 @@ from torch import nn
 from pipelines.core.card import CardError, card_checksum
 from pipelines.core.errors import UserError, first_line
 from pipelines.core.flags import add_flags, setting
+from pipelines.core.storage import file_sha256
 from tagtrain.inference.run_checks import (
     check_parameter_count,
     checked_normalisation,
@@ -55,7 +56,6 @@ from tagtrain.run.config import (
 )
 from tagtrain.run.directory import RunDir
 from tagtrain.run.runtime import DeviceError, amp_settings, resolve_device
-from tagtrain.run.stale import file_sha256
 
 CHECKPOINTS = RunDir.CHECKPOINTS
 

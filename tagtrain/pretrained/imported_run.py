@@ -32,8 +32,8 @@ import torch
 
 from pipelines.core.errors import first_line
 from pipelines.core.flags import setting
+from pipelines.core.storage import file_sha256
 from tagtrain.pretrained.importers import SOURCES, WeightsImportError, importer
-from tagtrain.run.stale import file_sha256
 
 # Keys under which the references' training code stores the weights in a larger dict.
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net", "network", "weights")
@@ -153,7 +153,7 @@ def unwrap(payload, what: str) -> dict[str, torch.Tensor]:
 
 def read_vocabulary(value: str) -> list[str]:
     if value in VOCABULARIES:
-        from manifests.builders import read_tag_list
+        from manifests.tables import read_tag_list
 
         return read_tag_list(VOCABULARIES[value])
     path = Path(value)
