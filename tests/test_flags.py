@@ -132,12 +132,13 @@ def test_positional_lists_repeated_flags_and_other_spellings():
 
 
 def _command_options():
+    from tagtrain.commands.evaluate import EvaluateCommandFlags
     from tagtrain.inference.contributions import ExplainOptions
-    from tagtrain.pretrained.cli import EmbedFlags, EvaluateFlags, ExportFlags, TagFlags
+    from tagtrain.pretrained.cli import EmbedFlags, ExportFlags, TagFlags
     from tagtrain.pretrained.imported_run import ImportOptions
 
     return {
-        "tag": TagFlags, "embed": EmbedFlags, "evaluate": EvaluateFlags,
+        "tag": TagFlags, "embed": EmbedFlags, "evaluate": EvaluateCommandFlags,
         "export": ExportFlags, "explain": ExplainOptions, "import-weights": ImportOptions,
     }  # fmt: skip
 

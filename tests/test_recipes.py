@@ -201,3 +201,22 @@ def test_a_maest_recipe_without_its_init_weights_is_refused(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--init" in err[0]
+
+
+def test_evaluate_takes_a_recipes_evaluate_section_under_the_flags_given(tmp_path, monkeypatch):
+    from tagtrain.__main__ import main
+    from tagtrain.commands import evaluate as command
+
+    mine = tmp_path / "fcn_eval.yaml"
+    mine.write_text(
+        "cite: my evaluation of won2020_fcn\ncommand: train\ntrain: {model: fcn}\n"
+        "evaluate: {bootstrap: 7, allow_partial: true}\n"
+    )
+    seen = []
+    monkeypatch.setattr(command, "evaluate", lambda flags: seen.append(flags) or 0)
+    assert main(["evaluate", "--run", "r", "--recipe", str(mine)]) == 0
+    assert main(["evaluate", "--run", "r", "--recipe", str(mine), "--bootstrap", "3"]) == 0
+    assert main(["evaluate", "--run", "r"]) == 0
+    assert [(f.bootstrap, f.allow_partial) for f in seen] == [(7, True), (3, True), (1000, False)]
+    mine.write_text(mine.read_text() + "protocol: {eval_chunks: 8}\n")
+    assert main(["evaluate", "--run", "r", "--recipe", str(mine)]) == 2

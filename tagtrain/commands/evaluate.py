@@ -11,8 +11,10 @@ importable.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
 
-from pipelines.core.flags import add_flags, from_args
+from pipelines.core.flags import add_flags, from_args, given, setting
 from tagtrain.inference.evaluation import (  # noqa: F401  (used by robustness and tests)
     Bootstrap,
     evaluate_set,
@@ -30,9 +32,23 @@ def add_bootstrap_argument(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, Bootstrap, with_defaults=True)
 
 
+@dataclass
+class EvaluateCommandFlags(EvaluateFlags):
+    recipe: str = setting(
+        "", "a paper recipe (a name or a YAML path): its evaluate section sets the flags not given"
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_flags(parser, EvaluateFlags, with_defaults=True)
+    add_flags(parser, EvaluateCommandFlags)
 
 
 def run(args: argparse.Namespace) -> int:
-    return evaluate(from_args(args, EvaluateFlags))
+    flags = from_args(args, EvaluateCommandFlags)
+    if flags.recipe:
+        from tagtrain.recipes import load_recipe
+
+        chosen = given(args, EvaluateCommandFlags)
+        section = load_recipe(flags.recipe).evaluate
+        flags = dataclasses.replace(flags, **{k: v for k, v in section.items() if k not in chosen})
+    return evaluate(flags)
