@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 DEMO_DIR ?= demo_out
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test test-isa lint format bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -23,6 +23,14 @@ test: setup lint
 	$(PY) -m pytest $(ALONE); alone=$$?; \
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --ignore=$(ALONE); rest=$$?; \
 	exit $$((alone || rest))
+
+# The tests that assert what a model learnt (marker `isa`), under two CPU kernel sets: the
+# AVX2 kernels and the plain, unvectorised ones, whatever this CPU's best (a test that
+# holds only on the kernels it was written on fails here). Both runs must pass.
+test-isa: setup
+	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -m isa; avx2=$$?; \
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -m isa; default=$$?; \
+	exit $$((avx2 || default))
 
 # deptry: every import is declared in pyproject.toml, not just installed because something
 # else brought it in. First the shipped code against [project] and its extras ([tool.deptry]),

@@ -16,6 +16,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+# The seed of the tests that assert what a model learnt (marker `isa`): 0, as committed,
+# unless TAGKIT_TEST_SEED says otherwise (to check that they hold under other seeds too).
+TEST_SEED = int(os.environ.get("TAGKIT_TEST_SEED", "0"))
 
 torch.set_num_threads(1)
 

@@ -1,9 +1,9 @@
 """`explain`: the attention models' heat maps point at the moments that carry a tag.
 
 A tiny CNNSA learns two tags on real log-mels of synthetic audio where each sound
-(drum-like noise bursts, a tone) sits in a random half of the clip. On a clip silent for
-its first half with bursts in its second, the contribution curve of the drum tag peaks in
-the second half."""
+(drum-like noise bursts, a tone) sits in a random half of the clip. On clips silent for one
+half with bursts in the other, the drum tag's contribution curve (every layer masked to one
+moment) is higher over the bursts than over the silence, and its positive mass sits there."""
 
 from __future__ import annotations
 
@@ -16,19 +16,20 @@ import torch
 from pipelines.core.features import FeatureConfig, log_mel
 from tagtrain.inference.contributions import explain_window, explainable
 from tagtrain.models.registry import create_model
+from tests.conftest import TEST_SEED
 
 SR = 16000
 SECONDS = 2.0
 HALF = int(SR * SECONDS / 2)
 TAGS = ["drums", "tone"]
-STEPS = 80
+STEPS = 160
 
 
 def bursts(rng, n: int) -> np.ndarray:
-    """30 ms decaying white-noise hits every 200 ms."""
+    """30 ms decaying white-noise hits every 100 ms: one in every 128 ms token."""
     y = np.zeros(n)
     hit = rng.standard_normal(int(0.03 * SR)) * np.exp(-np.arange(int(0.03 * SR)) / 80)
-    for start in range(int(rng.integers(0, 2000)), n - len(hit), int(0.2 * SR)):
+    for start in range(int(rng.integers(0, 1600)), n - len(hit), 1600):
         y[start : start + len(hit)] += 0.5 * hit
     return y
 
@@ -62,16 +63,16 @@ def mels(pcm: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def trained_cnnsa():
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(TEST_SEED)
     choices = [set(), {"drums"}, {"tone"}, {"drums", "tone"}]
     data = [clip(rng, [choices[rng.integers(4)], choices[rng.integers(4)]]) for _ in range(128)]
     x = mels(np.stack([d[0] for d in data]))
     y = torch.from_numpy(np.stack([d[1] for d in data]))
-    # Two threads here, whatever other modules set at import: the toy model's training (and
-    # so where its curve peaks by a token) depends on the summation order.
+    # One thread, whatever other modules set at import: the same summation order on every
+    # machine with the same kernels (and no waiting on a busy second core).
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    torch.manual_seed(TEST_SEED)
     model = create_model("cnnsa", len(TAGS), width=0.125)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
@@ -85,28 +86,64 @@ def trained_cnnsa():
     return model.eval()
 
 
-def test_the_drum_contribution_peaks_where_the_drums_are(trained_cnnsa):
+def drum_test_clips() -> list[tuple[np.ndarray, bool]]:
+    """Four clips with the bursts in their second half and four in their first:
+    (pcm, drums in the second half?)."""
+    rng = np.random.default_rng(99)
+    halves = {True: [set(), {"drums"}], False: [{"drums"}, set()]}
+    return [(clip(rng, halves[second])[0], second) for _ in range(4) for second in (True, False)]
+
+
+def drums_located(model, clips) -> tuple[bool, list[tuple[float, ...]]]:
+    """Whether `model` learnt the tags and its drum contribution curve (every layer masked)
+    sits on the bursts, on every clip, and the figures, per clip: p(drums) > 0.7 and
+    p(tone) < 0.3; the curve's mean over the drum tokens exceeds its mean over the silent
+    ones by more than 0.5 logit, leaving out the 2 tokens either side of the middle (the
+    front end's receptive field, and the bursts' random start, reach across it); the centre
+    of the curve's positive mass lies in the drum half (its place from the clip's silent
+    end, as a fraction of the clip, over 0.5). Statistics over every token, not one peak:
+    the curve is a plateau over the bursts, its maximum on any of them or next to them."""
+    figures = []
+    for pcm, second in clips:
+        _, contribution, p = explain_window(model, mels(pcm)[None], [0, 1], mask_layers="all")
+        curve = contribution[0]
+        n = len(curve)
+        token = np.arange(n)
+        drums = token >= n // 2 if second else token < n // 2
+        away = np.abs(token + 0.5 - n / 2) > 2
+        contrast = curve[drums & away].mean() - curve[~drums & away].mean()
+        mass = np.clip(curve, 0, None)
+        centre = float((mass * (token + 0.5)).sum() / max(mass.sum(), 1e-12) / n)
+        at = centre if second else 1 - centre
+        figures.append((float(p[0]), float(p[1]), float(contrast), at))
+    learnt = all(pd > 0.7 and pt < 0.3 and c > 0.5 and at > 0.5 for pd, pt, c, at in figures)
+    return learnt, [tuple(round(f, 3) for f in row) for row in figures]
+
+
+# Checked under ATEN_CPU_CAPABILITY=default, avx2 and avx512 and ONEDNN_MAX_CPU_ISA=AVX2, each
+# with TAGKIT_TEST_SEED=0, 1 and 2 (12 trainings, 8 clips each): p(drums) 0.93-0.97 and
+# p(tone) 0.03-0.06 (bounds 0.7, 0.3); contrast 1.13-7.5 logits (bound 0.5; seeds 0 and 2
+# at least 4.7, seed 1 1.13-1.8, 3.6-4.5 under avx512); centre 0.63-0.80 (bound 0.5).
+# The untrained control: p 0.58 and 0.52, contrast 0.00-0.01, centre 0.50-0.52. Before
+# (bursts every 200 ms, 80 steps, one clip each way, the peak's token and the halves' whole
+# means) the peak fell on the silent side next to the middle in 5 of 24 clips, seed 1's
+# contrast was 0.96-1.1 against a bound of 1, and ONEDNN_MAX_CPU_ISA=AVX2 with seed 0 learnt
+# the tags (p 0.90) with no plateau at all (contrast 0.3-0.5). The peak is no statistic of a
+# plateau: even now it falls on the silent side of the middle in 23 of the 96 clips.
+@pytest.mark.isa
+def test_the_drum_contribution_sits_where_the_drums_are(trained_cnnsa):
     model = trained_cnnsa
     assert explainable(model)
-    rng = np.random.default_rng(99)
-    pcm, labels = clip(rng, [set(), {"drums"}])
-    attention, contribution, probability = explain_window(model, mels(pcm)[None], [0, 1])
-    assert probability[0] > 0.7 and probability[1] < 0.3  # it learnt the tags
-    n = contribution.shape[1]
-    assert n == attention.shape[0] == 16  # 251 frames / 8 per token
+    clips = drum_test_clips()
+    attention, contribution, _ = explain_window(model, mels(clips[0][0])[None], [0, 1])
+    assert contribution.shape[1] == attention.shape[0] == 16  # 251 frames / 8 per token
     assert attention.sum() == pytest.approx(1.0, abs=1e-4)
-    drums = contribution[0]
-    assert np.argmax(drums) >= n // 2
-    assert drums[n // 2 :].mean() - drums[: n // 2].mean() > 1.0  # logits
-    assert (drums[n // 2 :] > 0).all()
-    # Away from the boundary (the front end's receptive field reaches ~2 tokens across
-    # it), every silent moment carries less drum evidence than any drum moment.
-    assert drums[: n // 2 - 2].max() < drums[n // 2 :].min()
-    # The mirror clip: the peak moves to the first half.
-    pcm, _ = clip(rng, [{"drums"}, set()])
-    _, contribution, _ = explain_window(model, mels(pcm)[None], [0])
-    assert np.argmax(contribution[0]) < n // 2
-    assert contribution[0][: n // 2].mean() - contribution[0][n // 2 :].mean() > 1.0
+    learnt, figures = drums_located(model, clips)
+    assert learnt, figures  # (p drums, p tone, contrast, centre) per clip
+    # The control: the same network untrained (its initial weights) fails the same test.
+    untrained = create_model("cnnsa", len(TAGS), width=0.125).eval()
+    learnt, figures = drums_located(untrained, clips)
+    assert not learnt, figures
 
 
 def test_attention_maps_come_from_the_models():
@@ -250,10 +287,9 @@ def test_masking_every_layer_keeps_the_drum_evidence_where_the_drums_are(trained
     # `mask_layers="all"`: no other moment reaches [CLS] through the earlier layers, so on
     # the toy model the drum evidence sits in the drum half (the last-layer-only masking of
     # the paper leaves the earlier layers' global mixing in every token).
+    # Where it sits, across kernels and seeds: test_the_drum_contribution_sits_where_the_
+    # drums_are (the maximum and minimum of one curve, asserted here before, are not stable).
     x = mels(clip(np.random.default_rng(99), [set(), {"drums"}])[0])[None]
     _, contribution, _ = explain_window(trained_cnnsa, x, [0], mask_layers="all")
-    drums, n = contribution[0], contribution.shape[1]
-    assert drums[n // 2 :].mean() - drums[: n // 2].mean() > 1.0
-    assert drums[: n // 2 - 2].max() < drums[n // 2 :].min()
     _, last, _ = explain_window(trained_cnnsa, x, [0])
     assert not np.allclose(last, contribution, atol=1e-3)

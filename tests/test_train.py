@@ -26,7 +26,7 @@ from tagtrain.training.loop import Trainer, TrainingError
 from tagtrain.training.objectives import Supervised
 from tagtrain.training.state import saved_objective
 from tests import shardkit
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, TEST_SEED, free_port
 
 TINY = dict(
     model="short_chunk_cnn",
@@ -305,21 +305,59 @@ def test_models_command_lists_the_zoo():
     assert "short_chunk_cnn" in table and "short_chunk_resnet" in table and "3.69" in table
 
 
-@pytest.mark.slow
-def test_a_tiny_model_learns_the_tones(dataset, tmp_path):
-    out, _ = dataset
+def deal_train_labels_at_random(data, seed: int) -> None:
+    """The train split's label sets dealt out again at random across its tracks: the audio
+    says nothing about them any more. Everything else (audio, validation labels) is kept."""
+    card = json.loads((data / "dataset.json").read_text())
+    shards = [data / s["name"] for s in card["splits"]["train"]["shards"]]
+    members = [shardkit.read_members(path) for path in shards]
+    metas = [json.loads(m) for ms in members for name, m in ms if name.endswith(".json")]
+    order = np.random.default_rng(seed).permutation(len(metas))
+    dealt = iter([(metas[i]["labels"], metas[i]["tags"]) for i in order])
+    for path, ms in zip(shards, members):
+        rewritten = []
+        for name, payload in ms:
+            if name.endswith(".json"):
+                meta = json.loads(payload)
+                meta["labels"], meta["tags"] = next(dealt)
+                payload = json.dumps(meta).encode()
+            rewritten.append((name, payload))
+        shardkit.write_raw_tar(path, rewritten)
+    shardkit.reindex(data)
+
+
+def tones_run(data, out) -> tuple[bool, list[dict]]:
+    """Six epochs of the tiny CNN on `data`: (learnt the tones?, the metrics rows)."""
     cfg = RunConfig(
-        data=str(out),
-        out=str(tmp_path / "run"),
-        epochs=6,
-        schedule="early_stop",
-        lr=1e-3,
-        **{**TINY, "val_chunks": 2, "log_samples": False},
-    )
+        data=str(data), out=str(out), epochs=6, schedule="early_stop", lr=3e-3, seed=TEST_SEED,
+        **{**TINY, "batch_size": 8, "val_chunks": 2, "log_samples": False},
+    )  # fmt: skip
     train(cfg)
-    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
-    assert float(rows[-1]["roc_auc"]) > 0.85
-    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    learnt = float(rows[-1]["roc_auc"]) > 0.85 and float(rows[-1]["val_loss"]) < float(
+        rows[0]["val_loss"]
+    )
+    return learnt, rows
+
+
+# Checked under ATEN_CPU_CAPABILITY=default, avx2 and avx512 and ONEDNN_MAX_CPU_ISA=AVX2, each
+# with TAGKIT_TEST_SEED=0, 1 and 2 (12 runs): last validation ROC-AUC 0.959-0.998 against the
+# bound 0.85, validation loss down from 0.66-0.68 to 0.29-0.40; the control 0.37-0.57 (at most
+# 0.81 at any epoch). Before (8 validation tracks, batches of 4, lr 1e-3) seed 0 ended at 0.83
+# under avx2 and 0.90 under avx512 (0.80 on the issue's AMX Xeon): a 5-tag ROC-AUC over 8
+# tracks moves by tenths with one ranking, and 48 small steps left the model half-trained.
+@pytest.mark.slow
+@pytest.mark.isa
+def test_a_tiny_model_learns_the_tones(tmp_path):
+    data, control = tmp_path / "tones", tmp_path / "control"
+    for out in (data, control):  # 24 validation tracks: about 7 positives of each tag
+        shardkit.make_dataset(out, {"train": [8, 8, 8, 8], "valid": [12, 12]}, seed=7 + TEST_SEED)
+    learnt, rows = tones_run(data, tmp_path / "run")
+    assert learnt, rows
+    # The control: the same run on labels that the audio does not carry fails the same test.
+    deal_train_labels_at_random(control, TEST_SEED)
+    learnt, rows = tones_run(control, tmp_path / "control-run")
+    assert not learnt, rows
 
 
 # --- loud failures: zero steps, non-finite losses, broken checkpoints, bad settings ----------
