@@ -158,3 +158,36 @@ def test_progress_is_on_stderr_only_when_the_results_do_not_go_to_that_terminal(
         monkeypatch.undo()
         assert ("file/s" in err.getvalue() or "2/2" in err.getvalue()) == bar, err.getvalue()
         assert "\r" not in out.getvalue() and "2/2" not in out.getvalue()
+
+
+LONG_FILE_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from tagtrain.inference.predict import decode_windows
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+windows, seconds = decode_windows(Path(sys.argv[1]), 16000, 59049)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(len(windows), round(seconds), grown // 1024)
+"""
+
+
+def test_an_hours_long_file_is_tagged_in_bounded_memory(tmp_path):
+    """A 2.2-hour file (past prepare's 2-hour decode cap, which guards jobs, not the user's
+    own `tag`) is decoded block by block and held as int16: its 16 kHz PCM is 253 MB, a
+    whole float decode at the file's rate and then at 16 kHz would be about 3 times that."""
+    import subprocess
+
+    path, rate, seconds = tmp_path / "long.wav", 8000, 2.2 * 3600
+    t = np.arange(rate * 60) / rate
+    minute = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    with sf.SoundFile(path, "w", rate, 1, subtype="PCM_16") as out:
+        for _ in range(int(seconds // 60)):
+            out.write(minute)
+    proc = subprocess.run(
+        [sys.executable, "-c", LONG_FILE_SCRIPT, str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    windows, decoded_seconds, grown_mb = map(int, proc.stdout.split())
+    assert decoded_seconds == 7920
+    assert windows == -(-7920 * 16000 // 59049)
+    assert grown_mb < 600, grown_mb  # the int16 track (253 MB) and one block, not floats

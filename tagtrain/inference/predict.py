@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.core.audio import load_audio, to_int16
+from pipelines.core.audio import (
+    EMPTY,
+    SILENCE_PEAK,
+    SILENT,
+    AudioRejected,
+    iter_audio_blocks,
+    to_int16,
+)
 from tagtrain.loader import DeviceInput, EpochReader, LoaderStats, ShardStream
 
 
@@ -171,11 +178,21 @@ class TrackWindows:
 
 
 def decode_windows(path: Path, sample_rate: int, length: int) -> tuple[TrackWindows, float]:
-    """The windows of an audio file (decoded, downmixed and resampled to `sample_rate` by
-    the pipeline's `load_audio`, rounded to int16 like the shards' PCM), and its seconds."""
-    decoded = load_audio(path.read_bytes(), sample_rate, suffix=path.suffix, min_seconds=0.0)
-    pcm = torch.from_numpy(to_int16(decoded.pcm))
-    return TrackWindows.of(pcm, length), decoded.seconds
+    """The windows of an audio file (decoded, downmixed and resampled to `sample_rate` as the
+    pipeline's `load_audio` does, rounded to int16 like the shards' PCM), and its seconds.
+    Decoded block by block and kept as int16 only: an hours-long file costs 2 bytes per
+    output sample, never its float or multichannel native-rate signal."""
+    blocks, peak = [], 0.0
+    for block in iter_audio_blocks(path, sample_rate, block_seconds=60.0):
+        peak = max(peak, float(np.abs(block).max(initial=0.0)))
+        blocks.append(to_int16(block))
+    pcm = np.concatenate(blocks) if blocks else np.zeros(0, np.int16)
+    del blocks
+    if not pcm.size:
+        raise AudioRejected("decode", EMPTY, "decoded to no audio samples")
+    if peak < SILENCE_PEAK:  # load_audio's rule, as the published model's path applies it
+        raise AudioRejected("validate", SILENT, f"all-silent (peak {peak:.2e})")
+    return TrackWindows.of(torch.from_numpy(pcm), length), pcm.size / sample_rate
 
 
 def pcm_input(run) -> DeviceInput:

@@ -88,7 +88,13 @@ class Tagger:
 
     def _decode(self, path: str | Path) -> tuple[np.ndarray, list[int], float]:
         try:
-            decoded = load_audio(Path(path).read_bytes(), frontend.SAMPLE_RATE, min_seconds=0.0)
+            # No length cap: a user tags what they hand us (prepare's cap guards jobs).
+            decoded = load_audio(
+                Path(path).read_bytes(),
+                frontend.SAMPLE_RATE,
+                min_seconds=0.0,
+                max_decode_seconds=None,
+            )
         except AudioRejected as exc:
             raise UserError(f"{path}: {exc}") from None
         log_mel = frontend.official_log_mel(decoded.pcm, self.compression)
