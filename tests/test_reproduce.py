@@ -138,6 +138,9 @@ def test_reproduce_runs_a_recipe_end_to_end_on_the_demo(demo_dataset, tmp_path, 
     # The run's report finds the ledger beside it; another run has none.
     assert "won2020_short_chunk_cnn" in ledger_section_for_run(run)
     assert ledger_section_for_run(tmp_path / "elsewhere") == ""
+    assert main(["report", "--run", str(run), "--data", str(demo_dataset)]) == 0
+    report = (run / "report.html").read_text()
+    assert 'id="reproduction-ledger"' in report and "0.9126" in report
     # Again: the finished run is resumed (not retrained), and the ledger written again.
     assert main(argv) == 0
     assert "--resume" in capsys.readouterr().out

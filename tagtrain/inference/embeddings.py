@@ -15,8 +15,10 @@ audio files: tagtrain.pretrained.cli.)
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -63,6 +65,24 @@ class _Embedded:
 @dataclass
 class EmbedOptions(EvalOptions, _Embedded):
     """`embed`'s settings (`--pretrained`'s flags are added by tagtrain.pretrained.cli)."""
+
+    chunks: int | None = setting(
+        None,
+        "evenly spaced chunks averaged per track (default: windows half a window apart over "
+        "the split's mean track length, as MAEST's embeddings)",
+    )
+
+
+def half_overlapped_windows(run: TrainedRun, eval_set: EvalSet) -> int:
+    """Windows of the model's input, each starting half a window after the previous, that
+    fit in a track of the split's mean length (at least one). The loader places them evenly
+    from the track's start to its end, so on equal-length clips they are half-overlapped."""
+    split = eval_set.card["splits"].get(eval_set.split) or {}
+    tracks, seconds = split.get("samples") or 0, split.get("seconds") or 0.0
+    window = run.spec.samples / run.spec.sample_rate
+    if not tracks or window <= 0 or seconds / tracks <= window:
+        return 1
+    return 1 + math.floor(2 * (seconds / tracks - window) / window + 1e-6)
 
 
 # Modules whose outputs keep their features on the last axis ([B, tokens, D]).
@@ -138,6 +158,8 @@ def embed_split(
 ) -> Iterator[tuple[list[str], list[list[str]], np.ndarray]]:
     """(keys, tags, chunk-averaged embeddings [B, D]) per batch of the split."""
     cfg = loader_config(run, eval_set, args)
+    if getattr(args, "chunks", 1) is None:
+        cfg = dataclasses.replace(cfg, eval_chunks=half_overlapped_windows(run, eval_set))
     stream = ShardStream(eval_set.shards, eval_set.plan, run.vocabulary, cfg)
     reader = EpochReader(stream, pin_memory=run.device.type == "cuda")
     read = 0

@@ -31,6 +31,7 @@ from tagtrain.reporting.evaluation_section import (
     evaluation_section,
 )
 from tagtrain.reporting.html import CSS, esc
+from tagtrain.reporting.ledger_section import ledger_section_for_run
 from tagtrain.reporting.robustness_section import robustness_section
 from tagtrain.reporting.run_sections import dataset_section, training_section
 
@@ -80,6 +81,7 @@ def build_report(
             dataset_section(data, card),
             training_section(run),
             evaluation_section(run, card, compare or [], embedding_map),
+            ledger_section_for_run(run),
             robustness_section(robustness, run, vocabulary),
             commands_section(commands),
         ]
