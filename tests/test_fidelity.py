@@ -360,7 +360,12 @@ def test_won2019_models_are_the_papers_own():
     assert front.project[0].in_channels == 29 * 8 and front.project[0].out_channels == 512
     lee = [m for m in wave_model.front.layers.modules() if isinstance(m, nn.Conv1d)]
     assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in lee] == [
-        (128, 3, 3), (128, 3, 1), (128, 3, 1), (256, 3, 1), (256, 3, 1), (512, 7, 1)
+        (128, 3, 3),
+        (128, 3, 1),
+        (128, 3, 1),
+        (256, 3, 1),
+        (256, 3, 1),
+        (512, 7, 1),
     ]  # fmt: skip  (Table 1; the reference's 16, 16, 32, 32, 32: won2019_wave_reference)
     for model, steps in ((spec_model, 256), (wave_model, 270)):
         layers = model.encoder.layers

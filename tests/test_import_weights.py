@@ -67,7 +67,9 @@ def our_logits(model_name: str, net: torch.nn.Module, monkeypatch) -> torch.Tens
         import tagtrain.models.hcnn as hcnn_module
 
         power = x
-        monkeypatch.setattr(hcnn_module, "power_spectrogram", lambda pcm, n_fft, hop, pad_mode="reflect": power)
+        monkeypatch.setattr(
+            hcnn_module, "power_spectrogram", lambda pcm, n_fft, hop, pad_mode="reflect": power
+        )
         x = torch.zeros(power.shape[0], 80000)
     elif spec["kind"] == "power":
         x = to_db(x)

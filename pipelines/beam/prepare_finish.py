@@ -95,7 +95,8 @@ def build_card(cfg, index_rows, reject_rows, mel_stats, shard_files) -> dict:
             "versions": dict(cfg.versions) or library_versions("apache_beam", "essentia"),
         },
         "manifest": {
-            "path": cfg.manifest, "sha256": cfg.manifest_sha256,
+            "path": cfg.manifest,
+            "sha256": cfg.manifest_sha256,
             **({"split_variant": cfg.split_variant} if cfg.split_variant else {}),
         },  # fmt: skip
         "counts": summarize_counts(cfg.num_inputs, index_rows, reject_rows),

@@ -136,7 +136,8 @@ class RunConfig:
         None, "adam_sgd: weight decay of the Adam phase (unset: --weight-decay; Won et al. 2019: 0)"
     )
     reload_best: bool = setting(
-        True, "adam_sgd: restart from best.pt at each optimizer switch and lr drop (Won et al. 2020)"
+        True,
+        "adam_sgd: restart from best.pt at each optimizer switch and lr drop (Won et al. 2020)",
     )
     adam_epochs: int = setting(80, "adam_sgd: Adam epochs before SGD")
     sgd_lr: float = setting(1e-3, "adam_sgd: SGD learning rate")
