@@ -29,7 +29,7 @@ from tagtrain.training.patchout import (
     mixup,
     spec_mask,
 )
-from tests.conftest import run_cli, tone
+from tests.conftest import TEST_SEED, run_cli, tone
 
 
 def tiny(**config):
@@ -302,17 +302,24 @@ def test_tiny_preset_trains_resumes_with_swa_and_its_block_embeddings_probe(
     assert 0.0 <= report["test"]["roc_auc"] <= 1.0 and 0.0 <= report["test"]["pr_auc"] <= 1.0
 
 
+# Checked under ATEN_CPU_CAPABILITY=default, avx2 and avx512 and ONEDNN_MAX_CPU_ISA=AVX2, each
+# with TAGKIT_TEST_SEED=0, 1 and 2 (on the demo index): test ROC-AUC 0.950-0.971 with the
+# tags (bound 0.9), 0.452-0.521 with noise alone, the same to 3 decimals under every kernel.
+# With the tags under 0.3 noise (before) it was 0.913-0.930: the probe's own ceiling on 14
+# test tracks (the tags alone, no noise: 0.96-0.98) is near the bound, so the tags' noise
+# went down to 0.1 rather than the bound.
+@pytest.mark.isa
 def test_probe_learns_tags_from_informative_embeddings(mel96, tmp_path):
     # Embeddings that carry the tags (the demo index's, plus noise) must probe well; noise
     # alone must not. Written in the embed command's layout: key, split, tags, embedding.
     card = json.loads((mel96 / "dataset.json").read_text())
     rows = read_index(str(mel96)).to_pylist()
     y = multi_hot([r["tags"] for r in rows], card["vocabulary"])
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(TEST_SEED)
     noise = rng.standard_normal((len(rows), 32)).astype(np.float32)
     results = {}
     for name, x in (
-        ("tags", np.hstack([y + 0.3 * noise[:, : y.shape[1]], noise])),
+        ("tags", np.hstack([y + 0.1 * noise[:, : y.shape[1]], noise])),
         ("noise", noise),
     ):
         path = tmp_path / f"{name}.parquet"
@@ -327,13 +334,18 @@ def test_probe_learns_tags_from_informative_embeddings(mel96, tmp_path):
             ),
             path,
         )
+        # probe --seed seeds the MLP's initial weights and the shuffles; its dropout draws
+        # from torch's global generator, seeded here so that the test is deterministic.
+        torch.manual_seed(TEST_SEED)
         status = main(
             ["probe", "--embeddings", str(path), "--data", str(mel96), "--epochs", "40",
-             "--lr", "3e-3", "--batch-size", "16"]
+             "--lr", "3e-3", "--batch-size", "16", "--seed", str(TEST_SEED)]
         )  # fmt: skip
         assert status == 0
         results[name] = json.loads(path.with_suffix(".probe.json").read_text())["test"]
     assert results["tags"]["roc_auc"] > 0.9
+    # The control: noise alone fails the same bound, far below the tags.
+    assert not results["noise"]["roc_auc"] > 0.9
     assert results["noise"]["roc_auc"] < results["tags"]["roc_auc"] - 0.2
 
 
