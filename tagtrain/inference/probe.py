@@ -190,20 +190,10 @@ class ProbeResult:
     history: list[dict]
 
 
-def train_probe(
-    x: dict[str, np.ndarray], y: dict[str, np.ndarray], cfg: ProbeConfig
-) -> ProbeResult:
-    """Train on x["train"], select on x["valid"], report on x["test"] (standardised with
-    the train split's statistics)."""
-    device = resolve_device(cfg.device)
-    mean = x["train"].mean(axis=0)
-    std = x["train"].std(axis=0) + 1e-6
-    t = {k: torch.from_numpy((v - mean) / std).float().to(device) for k, v in x.items()}
-    targets = torch.from_numpy(y["train"]).to(device)
+def _fit(model, t: dict, targets: torch.Tensor, y: dict, cfg) -> tuple[int, list[dict]]:
+    """Train `model` on t["train"], keep the weights of the best epoch on t["valid"]; (that
+    epoch, the history)."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = mlp(t["train"].shape[1], y["train"].shape[1], cfg.hidden, cfg.dropout).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     best_score, best_epoch, best_state, history = -math.inf, 0, None, []
@@ -212,7 +202,7 @@ def train_probe(
         for group in optimizer.param_groups:
             group["lr"] = probe_lr(epoch, cfg)
         model.train()
-        order = torch.randperm(n, generator=gen).to(device)
+        order = torch.randperm(n, generator=gen).to(targets.device)
         total = 0.0
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
@@ -230,6 +220,25 @@ def train_probe(
             best_score, best_epoch = score, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
+    return best_epoch, history
+
+
+def train_probe(
+    x: dict[str, np.ndarray], y: dict[str, np.ndarray], cfg: ProbeConfig
+) -> ProbeResult:
+    """Train on x["train"], select on x["valid"], report on x["test"] (standardised with
+    the train split's statistics)."""
+    device = resolve_device(cfg.device)
+    mean = x["train"].mean(axis=0)
+    std = x["train"].std(axis=0) + 1e-6
+    t = {k: torch.from_numpy((v - mean) / std).float().to(device) for k, v in x.items()}
+    targets = torch.from_numpy(y["train"]).to(device)
+    with torch.random.fork_rng(devices=[]):
+        # Dropout draws from torch's global generator: seeded here too, so --seed fixes the
+        # whole probe, and the caller's generator is left as it was.
+        torch.manual_seed(cfg.seed)
+        model = mlp(t["train"].shape[1], y["train"].shape[1], cfg.hidden, cfg.dropout).to(device)
+        best_epoch, history = _fit(model, t, targets, y, cfg)
     results = {}
     for split in ROLES[1:]:
         p = _predict(model, t[split])
