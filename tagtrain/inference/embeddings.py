@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from pipelines.core.flags import setting
+from tagtrain.inference.evaluation import mean_track_seconds
 from tagtrain.inference.predict import chunk_outputs, evaluating
 from tagtrain.inference.trained_run import (
     EvalOptions,
@@ -77,12 +78,10 @@ def half_overlapped_windows(run: TrainedRun, eval_set: EvalSet) -> int:
     """Windows of the model's input, each starting half a window after the previous, that
     fit in a track of the split's mean length (at least one). The loader places them evenly
     from the track's start to its end, so on equal-length clips they are half-overlapped."""
-    split = eval_set.card["splits"].get(eval_set.split) or {}
-    tracks, seconds = split.get("samples") or 0, split.get("seconds") or 0.0
-    window = run.spec.samples / run.spec.sample_rate
-    if not tracks or window <= 0 or seconds / tracks <= window:
+    mean, window = mean_track_seconds(eval_set), run.spec.samples / run.spec.sample_rate
+    if mean <= window:
         return 1
-    return 1 + math.floor(2 * (seconds / tracks - window) / window + 1e-6)
+    return 1 + math.floor(2 * (mean - window) / window + 1e-6)
 
 
 # Modules whose outputs keep their features on the last axis ([B, tokens, D]).

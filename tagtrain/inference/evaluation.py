@@ -162,14 +162,17 @@ class Evaluation:
         }
 
 
-def moving_windows(run: TrainedRun, eval_set: EvalSet) -> int:
-    """Consecutive windows of the model's input in a track of the split's mean length."""
+def mean_track_seconds(eval_set: EvalSet) -> float:
+    """The split's mean track length from the card (0 when it has no tracks)."""
     split = eval_set.card["splits"].get(eval_set.split) or {}
     tracks, seconds = split.get("samples") or 0, split.get("seconds") or 0.0
+    return seconds / tracks if tracks else 0.0
+
+
+def moving_windows(run: TrainedRun, eval_set: EvalSet) -> int:
+    """Consecutive windows of the model's input in a track of the split's mean length."""
     window = run.spec.samples / run.spec.sample_rate
-    if not tracks or window <= 0:
-        return 1
-    return max(1, math.floor(seconds / tracks / window + 1e-6))
+    return max(1, math.floor(mean_track_seconds(eval_set) / window + 1e-6))
 
 
 def _number(value: float) -> float | None:
