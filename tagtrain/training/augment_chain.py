@@ -449,7 +449,3 @@ class TrainingAugmentChain:
 
     def describe(self) -> str:
         return ", ".join(f"{name} p={spec.p:g}" for name, spec in zip(self.names, self.chain))
-
-
-# The name before the training augmentation chain had its name (tests/test_extension_points.py).
-WaveformAugment = TrainingAugmentChain
