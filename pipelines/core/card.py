@@ -157,14 +157,18 @@ def _check_split(source: str, split: str, entry) -> None:
         _fail(source, where, "must be an object with a list of shards")
     if "samples" in entry and not (_is_int(entry["samples"]) and entry["samples"] >= 0):
         _fail(source, f"{where}.samples", "must be a non-negative integer")
+    _check_seconds(source, where, entry)
+    for i, shard in enumerate(entry["shards"]):
+        _check_shard(source, f"{where}.shards[{i}]", shard)
+
+
+def _check_seconds(source: str, where: str, entry: dict) -> None:
     if "seconds" in entry and not _is_seconds(entry["seconds"]):
         _fail(
             source,
             f"{where}.seconds",
             f"must be a non-negative number, not {entry['seconds']!r:.40}",
         )
-    for i, shard in enumerate(entry["shards"]):
-        _check_shard(source, f"{where}.shards[{i}]", shard)
 
 
 def _check_shard(source: str, where: str, shard) -> None:
@@ -178,12 +182,7 @@ def _check_shard(source: str, where: str, shard) -> None:
             _fail(source, f"{where}.{name}", f"must be a non-negative integer, not {value!r:.40}")
     if "samples" not in shard:
         _fail(source, f"{where}.samples", "is missing")
-    if "seconds" in shard and not _is_seconds(shard["seconds"]):
-        _fail(
-            source,
-            f"{where}.seconds",
-            f"must be a non-negative number, not {shard['seconds']!r:.40}",
-        )
+    _check_seconds(source, where, shard)
     digest = shard.get("sha256")
     if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
         _fail(source, f"{where}.sha256", "must be 64 lowercase hex digits")
