@@ -1,0 +1,154 @@
+"""The peer interface of `bench/loader.py --peers`: a peer writes the benchmark's tracks
+with its own writer (or reads our shards as they are) and hands out the same training
+input as our loader: `x` [B, n_mels, frames] float32, a random crop of each track's stored
+mel, `y` [B, n_tags] float32 multi-hot over the card's vocabulary.
+
+A peer module registers its peers on import (`register(Peer())`) and imports its package
+at module level, so that the harness can report a peer whose package is missing as "not
+installed" (`MODULES` names every module and the peers it registers, installed or not).
+
+The helpers below are what every peer needs and must do alike for the figures to compare:
+reading the source tracks (`tracks`), the crop (`random_crop`), the labels (`multi_hot`)
+and batching (`batched`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+# module (under bench/peers/) -> the peer names it registers; the harness imports each and
+# reports the names of a module whose import fails as "not installed".
+MODULES: dict[str, tuple[str, ...]] = {
+    "ours": ("ours",),
+    "webdataset_peers": ("wds", "wds-select", "wids"),
+    "hf": ("hf-datasets",),
+    "mds": ("mds",),
+    "litdata_peer": ("litdata",),
+    "lhotse_shar": ("lhotse-shar",),
+}
+
+RESUME_KINDS = ("exact", "exact, any workers", "approximate", "no")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The same training input for every peer."""
+
+    dataset: Path  # our prepared dataset (card, index.parquet, shards): the source tracks
+    frames: int  # crop length (the model's input spec, e.g. short_chunk_resnet's)
+    n_mels: int
+    batch_size: int = 16
+    seed: int = 0
+    split: str = "train"
+
+
+@runtime_checkable
+class Peer(Protocol):
+    name: str
+    # What the peer's docs/API offer for resuming mid-epoch: one of RESUME_KINDS, verified
+    # where cheap (the harness prints it as given).
+    resume: str
+
+    def prepare(self, work: Workload, out: Path) -> Path:
+        """Write the workload's tracks with the peer's own writer under `out` (or return
+        `work.dataset` for a peer reading our shards); a second call reuses what is there."""
+        ...
+
+    def batches(
+        self, location: str, storage_options: dict, work: Workload, epoch: int, workers: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of (x, y) batches; `location` is what `prepare` returned, a local path
+        or an s3:// URL of the same files (`storage_options["s3"]`: key, secret,
+        client_kwargs.endpoint_url, as fsspec takes them)."""
+        ...
+
+
+PEERS: dict[str, Peer] = {}
+
+
+def register(peer: Peer) -> Peer:
+    if peer.resume not in RESUME_KINDS:
+        raise ValueError(f"{peer.name}: resume {peer.resume!r} is not one of {RESUME_KINDS}")
+    PEERS[peer.name] = peer
+    return peer
+
+
+def card(work: Workload) -> dict:
+    return json.loads((Path(work.dataset) / "dataset.json").read_text())
+
+
+def vocabulary(work: Workload) -> list[str]:
+    return card(work)["vocabulary"]
+
+
+@dataclass(frozen=True)
+class Track:
+    key: str
+    mel: np.ndarray  # float16 [n_mels, frames], as stored
+    labels: list[int]  # indices into the card's vocabulary
+    meta: dict  # the sample's JSON
+
+
+def tracks(work: Workload) -> Iterator[Track]:
+    """The workload's tracks, in shard order, read from our shards with the standard
+    library (what a peer's writer is fed)."""
+    root = Path(work.dataset)
+    for shard in card(work)["splits"][work.split]["shards"]:
+        with tarfile.open(root / shard["name"]) as tar:
+            pending: dict[str, dict[str, bytes]] = {}
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                pending.setdefault(key, {})[ext] = tar.extractfile(member).read()
+                if "json" in pending[key] and "mel.npy" in pending[key]:
+                    parts = pending.pop(key)
+                    meta = json.loads(parts["json"])
+                    mel = np.load(io.BytesIO(parts["mel.npy"]), allow_pickle=False)
+                    yield Track(key, mel, list(meta["labels"]), meta)
+
+
+def random_crop(mel: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray:
+    """A `frames`-long slice of `mel` [n_mels, T] at a uniform start, as float32; a track
+    shorter than `frames` is zero-padded at the end (our loader's rule)."""
+    total = mel.shape[-1]
+    if total <= frames:
+        out = np.zeros((*mel.shape[:-1], frames), np.float32)
+        out[..., :total] = mel
+        return out
+    start = int(rng.integers(0, total - frames + 1))
+    return np.asarray(mel[..., start : start + frames], dtype=np.float32)
+
+
+def multi_hot(labels: Iterable[int], n_tags: int) -> np.ndarray:
+    y = np.zeros(n_tags, np.float32)
+    y[list(labels)] = 1.0
+    return y
+
+
+def batched(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]], batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) pairs into batches; the last batch may be short (every track is read)."""
+    xs, ys = [], []
+    for x, y in pairs:
+        xs.append(x)
+        ys.append(y)
+        if len(xs) == batch_size:
+            yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            xs, ys = [], []
+    if xs:
+        yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def crop_rng(work: Workload, epoch: int, worker: int = 0) -> np.random.Generator:
+    """The crop generator of one epoch (and loader worker): different per epoch, the same
+    for a re-run."""
+    return np.random.default_rng((work.seed, epoch, worker))
