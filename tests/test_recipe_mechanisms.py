@@ -225,6 +225,20 @@ def test_plateau_halving_halves_the_rate_after_n_epochs_without_improvement():
     assert off.lr == 1e-4
 
 
+def test_a_halving_that_early_stopping_preempts_is_refused():
+    cfg = RunConfig(data="d", model="m", schedule="early_stop", patience=75, plateau_halving=75)
+    with pytest.raises(ConfigError, match="plateau_halving 75 never takes effect: patience 75"):
+        cfg.validate()
+    # No early stop (the reference of Pons et al.: 600 epochs), or a later one: it halves.
+    for patience in (0, 76):
+        dataclasses.replace(cfg, patience=patience).validate()
+    no_stop = Schedule(dataclasses.replace(cfg, patience=0, plateau_halving=2))
+    for epoch, loss in enumerate([0.5, 0.6, 0.6, 0.6, 0.6]):
+        no_stop.observe(epoch, loss)
+        no_stop.after_epoch(epoch)
+    assert not no_stop.stopped and no_stop.lr == pytest.approx(1e-4 / 4)
+
+
 def test_sgd_nesterov_is_a_setting():
     params = [torch.nn.Parameter(torch.zeros(1))]
     for nesterov in (True, False):

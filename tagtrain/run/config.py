@@ -210,6 +210,11 @@ class RunConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.schedule == "early_stop" and 0 < self.patience <= self.plateau_halving:
+            raise ConfigError(
+                f"plateau_halving {self.plateau_halving} never takes effect: patience "
+                f"{self.patience} stops the run first (patience 0 never stops early)"
+            )
         if self.val_chunks < 1:
             raise ConfigError(f"val_chunks must be at least 1, got {self.val_chunks}")
         if self.max_bad_steps < 1:
