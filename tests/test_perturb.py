@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -460,3 +461,17 @@ def test_source_tracks_read_by_byte_range_are_the_shards_members(source, tmp_pat
             assert meta == old_meta == json.loads(src[key]["json"])
             assert np.array_equal(pcm, npy(src[key]["pcm.npy"]))
             assert np.array_equal(old_pcm, pcm)
+
+
+def test_a_source_card_that_is_no_card_file_gets_one_line(tmp_path, capsys):
+    """The source card is read bounded, and only from a regular file: a FIFO named
+    dataset.json would block the job, a huge file would be read whole."""
+    huge, fifo = tmp_path / "huge", tmp_path / "fifo"
+    huge.mkdir(), fifo.mkdir()
+    with open(huge / "dataset.json", "wb") as f:
+        f.truncate((64 << 20) + 1)  # sparse: one byte over the cap
+    os.mkfifo(fifo / "dataset.json")
+    for dataset, message in ((huge, "is larger than 67108864 bytes"), (fifo, "not a regular")):
+        code, stderr = main_in_process(["perturb", "--dataset", str(dataset)], capsys)
+        assert code == 2 and stderr.strip().count("\n") == 0, stderr
+        assert message in stderr

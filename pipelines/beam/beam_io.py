@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import time
 import uuid
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.core.errors import UserError
 from pipelines.core.failures import AudioRejected, TransientError
 from pipelines.core.storage import is_absolute, is_http, is_object_store, is_remote
 
@@ -144,25 +147,36 @@ class TransientIOError(TransientError):
         super().__init__("io", message)
 
 
-def read_bytes(path: str) -> bytes | None:
+def read_bytes(path: str, limit: int | None = None) -> bytes | None:
     """The file's bytes, or None when it does not exist. A local file that exists but
-    cannot be read raises OSError (a permanent problem); a remote one TransientIOError."""
+    cannot be read raises OSError (a permanent problem); a remote one TransientIOError.
+    With `limit`, a larger file is refused (UserError) after reading `limit` + 1 bytes."""
+    data = _read_bytes(path, limit)
+    if limit is not None and data is not None and len(data) > limit:
+        raise UserError(f"{path} is larger than {limit} bytes: not what this job writes")
+    return data
+
+
+def _read_bytes(path: str, limit: int | None) -> bytes | None:
     if is_http(path):
         import fsspec
 
         try:
             with fsspec.open(path, "rb") as f:
-                return f.read()
+                return f.read(limit + 1) if limit is not None else f.read()
         except FileNotFoundError:
             return None
         except Exception as exc:
             raise TransientIOError(f"cannot read {path}: {_first_line(exc)}") from exc
     try:
         if is_remote(path):
-            return with_retries(lambda: _read(path))
-        return _read(path)
+            return with_retries(lambda: _read(path, limit))
+        _check_regular(path)
+        return _read(path, limit)
     except FileNotFoundError:
         return None
+    except UserError:
+        raise
     except Exception as exc:  # Beam wraps "not found" differently per filesystem
         if is_remote(path):
             raise TransientIOError(f"cannot read {path}: {_first_line(exc)}") from exc
@@ -178,9 +192,15 @@ def read_sha256(path: str) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
 
 
-def _read(path: str) -> bytes:
+def _check_regular(path: str) -> None:
+    """A FIFO or device named like one of our files would block or never end a read."""
+    if not stat.S_ISREG(os.stat(path.removeprefix("file://")).st_mode):
+        raise UserError(f"{path} is not a regular file")
+
+
+def _read(path: str, limit: int | None = None) -> bytes:
     with FileSystems.open(path, compression_type=_RAW) as f:
-        return f.read()
+        return f.read() if limit is None else f.read(limit + 1)
 
 
 class RangeReader:

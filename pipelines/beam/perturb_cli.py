@@ -27,7 +27,7 @@ from pipelines.beam.prepare_cli import (
 from pipelines.beam.prepare_flags import force_setting, out_setting, verbose_setting
 from pipelines.beam.runner_options import ProgressBar, pipeline_options, print_counters
 from pipelines.core import storage
-from pipelines.core.card import CARD_NAME, REJECTS_NAME, parse_card
+from pipelines.core.card import CARD_NAME, MAX_CARD_BYTES, REJECTS_NAME, parse_card
 from pipelines.core.deformations import load_deformations
 from pipelines.core.errors import UserError
 from pipelines.core.flags import add_flags, from_args, setting, settings_line
@@ -74,7 +74,7 @@ def add_parser(sub) -> None:
 
 def read_source_card(dataset: str) -> dict:
     path = beam_io.join(dataset, CARD_NAME)
-    data = beam_io.read_bytes(path)
+    data = beam_io.read_bytes(path, limit=MAX_CARD_BYTES)
     if data is None:
         raise UserError(f"no dataset card at {path}: run beam_runner.py prepare first")
     return parse_card(data, path)

@@ -32,7 +32,13 @@ from pipelines.beam.runner_options import (
 )
 from pipelines.beam.track import TrackConfig
 from pipelines.core import storage
-from pipelines.core.card import CARD_NAME, FEATURES, REJECTS_NAME, manifest_split_variant
+from pipelines.core.card import (
+    CARD_NAME,
+    FEATURES,
+    MAX_CARD_BYTES,
+    REJECTS_NAME,
+    manifest_split_variant,
+)
 from pipelines.core.errors import UserError
 from pipelines.core.flags import add_flags, from_args, settings_line
 
@@ -97,7 +103,7 @@ def label_order_kept(card: dict, cfg: PrepareConfig) -> bool:
 
 
 def read_card(output: str) -> dict | None:
-    data = beam_io.read_bytes(beam_io.join(output, CARD_NAME))
+    data = beam_io.read_bytes(beam_io.join(output, CARD_NAME), limit=MAX_CARD_BYTES)
     return None if data is None else json.loads(data)
 
 
@@ -134,7 +140,7 @@ def check_existing(output: str, identity: dict, force: bool) -> None:
     """Same inputs and config (`identity`): re-running rewrites identical files. Another
     config is refused unless --force, which first removes the old shards."""
     card_path = beam_io.join(output, CARD_NAME)
-    data = beam_io.read_bytes(card_path)
+    data = beam_io.read_bytes(card_path, limit=MAX_CARD_BYTES)
     if data is None:
         return
     old = json.loads(data)

@@ -38,6 +38,11 @@ REJECTS_NAME = "rejects.parquet"
 FEATURES = ("mel", "harm", "pcm")
 
 
+# A card lists shards and stats (a million tracks: well under a megabyte); a reader reads
+# no more than this of a file it is handed.
+MAX_CARD_BYTES = 64 << 20
+
+
 class CardError(UserError, ValueError):
     """The card is missing, malformed, or does not match what a consumer expects."""
 

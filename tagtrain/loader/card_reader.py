@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipelines.core.card import CARD_NAME, CardError, check_card, parse_card
+from pipelines.core.card import CARD_NAME, MAX_CARD_BYTES, CardError, check_card, parse_card
 from pipelines.core.errors import first_line
 from tagtrain.loader.openers import join_url, read_bytes
 
 __all__ = ["MAX_CARD_BYTES", "ShardInfo", "check_card", "load_card", "split_shards"]
 
-MAX_CARD_BYTES = 64 << 20  # a card lists shards and stats: far below this
 
 
 def load_card(data: str, options: Mapping | None = None) -> dict:
