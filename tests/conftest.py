@@ -76,6 +76,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def train_two_ranks(args: list[str], env: dict) -> None:
+    """`python -m tagtrain ARGS` as ranks 0 and 1 of one DDP group on localhost, as
+    torchrun starts them; both must exit 0."""
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tagtrain", *args],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                **env,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+
+
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return ROOT

@@ -405,41 +405,17 @@ def test_loss_balance_reads_old_patchout_json_and_refuses_a_second_balancing():
 def test_two_ranks_partition_the_same_epoch_sample(skewed_dataset, tmp_path):
     """DDP: every rank draws the same sample (a function of seed and epoch) and takes its
     own batches of it: together each epoch's 12 tracks once, as one rank sees them."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT, free_port
+    from tests.conftest import train_two_ranks
     from tests.test_train import ENV
 
     out, _, _ = skewed_dataset
     one = tmp_path / "one"
     alone = trainer_cli("--data", str(out), "--out", str(one), *SAMPLED)
     assert alone.returncode == 0, alone.stderr[-2000:]
-    run, port = tmp_path / "two", str(free_port())
+    run = tmp_path / "two"
     args = ["train", "--data", str(out), "--out", str(run), *SAMPLED]
     args[args.index("--workers") + 1] = "1"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tagtrain", *args],
-            cwd=ROOT,
-            env={
-                **os.environ,
-                **ENV,
-                "RANK": str(rank),
-                "LOCAL_RANK": str(rank),
-                "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": port,
-            },  # fmt: skip
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    results = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    train_two_ranks(args, ENV)
     ranks = [logged_steps(run, r) for r in (0, 1)]
     for epoch in (0, 1):
         keys = [[k for e, _, ks in steps if e == epoch for k in ks] for steps in ranks]

@@ -26,7 +26,7 @@ from tagtrain.training.loop import Trainer, TrainingError
 from tagtrain.training.objectives import Supervised
 from tagtrain.training.state import saved_objective
 from tests import shardkit
-from tests.conftest import ROOT, TEST_SEED, free_port
+from tests.conftest import ROOT, TEST_SEED, train_two_ranks
 
 TINY = dict(
     model="short_chunk_cnn",
@@ -175,31 +175,10 @@ def test_two_ranks_run_equal_batches_from_uneven_shards(tmp_path):
     data = tmp_path / "d"
     card = shardkit.make_dataset(data, {"train": [3, 5, 7, 9, 11, 2], "valid": [3]}, seed=3)
     run = tmp_path / "run"
-    port = str(free_port())
-    args = ["--data", str(data), "--out", str(run), "--epochs", "2", *FLAGS]
+    args = ["train", "--data", str(data), "--out", str(run), "--epochs", "2", *FLAGS]
     args[args.index("--workers") + 1] = "1"
     args[args.index("--batch-size") + 1] = "2"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tagtrain", "train", *args],
-            cwd=ROOT,
-            env={
-                **os.environ,
-                **ENV,
-                "RANK": str(rank),
-                "LOCAL_RANK": str(rank),
-                "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": port,
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    results = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    train_two_ranks(args, ENV)
     ranks = [logged_steps(run, r) for r in (0, 1)]
     for epoch in (0, 1):
         counts = [sum(1 for e, _, _ in steps if e == epoch) for steps in ranks]
