@@ -92,7 +92,7 @@ def train_two_ranks(args: list[str], env: dict) -> None:
                 "WORLD_SIZE": "2",
                 "MASTER_ADDR": "127.0.0.1",
                 "MASTER_PORT": port,
-            },  # fmt: skip
+            },
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
