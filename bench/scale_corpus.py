@@ -19,6 +19,8 @@ and `beam_runner.py prepare`, with tiny members so that only the bookkeeping is 
   `folder_tags` (its `--tags` TSV);
 - `split_tables`: a folder laid out like `manifests/splits/` with `mtat/{train,valid,
   test}.tsv` and `mtat/tags.txt` (the MTAT builder's tables, `tracks` rows in all);
+- `changed_manifest`: the manifest with 2% of its rows (spread evenly) given another
+  tag, what `prepare --update` plans against `dataset`;
 - `dataset`: the prepared dataset, built with prepare's own config, layout
   (`plan_shards` at the default 256 MB: ~550 30 s tracks per shard), shard grouping,
   tar writer, completion records (`_progress/`) and finish step (index, rejects, card),
@@ -32,6 +34,7 @@ cached one when its `complete` marker is there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import time
@@ -54,6 +57,9 @@ class Row:
 
     name: str
     fn: Callable[..., dict | None] = field(compare=False)
+    # Modules imported before the RSS baseline is read, so that "added" memory is the
+    # row's data, not its code.
+    imports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,12 +73,14 @@ class Corpus:
     split_tables: Path
     dataset: Path
     cache_dir: Path
+    changed_manifest: Path  # 2% of the rows changed: what --update plans
 
     @classmethod
     def at(cls, root: Path, tracks: int, tags: int) -> Corpus:
         return cls(
             tracks, tags, root, root / "manifest.parquet", root / "audio",
             root / "folder_tags.tsv", root / "splits", root / "dataset", root / "cache",
+            root / "changed-2pct.parquet",
         )  # fmt: skip
 
 
@@ -86,7 +94,10 @@ def build_corpus(root: Path, tracks: int, tags: int = 50, seed: int = 0) -> Corp
         raise ValueError("a corpus needs at least one track and one tag")
     final = corpus_dir(root, tracks, tags, seed)
     if (final / "complete").is_file():
-        return Corpus.at(final, tracks, tags)
+        corpus = Corpus.at(final, tracks, tags)
+        if not corpus.changed_manifest.is_file():
+            write_changed_manifest(corpus)
+        return corpus
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)
@@ -104,6 +115,7 @@ def build_corpus(root: Path, tracks: int, tags: int = 50, seed: int = 0) -> Corp
     partial.rename(final)
     corpus = Corpus.at(final, tracks, tags)
     write_dataset(corpus)
+    write_changed_manifest(corpus)
     (final / "complete").write_text(f"{tracks}\n")
     return corpus
 
@@ -203,14 +215,34 @@ def write_dataset(corpus: Corpus) -> None:
     """The dataset prepare writes for the corpus's manifest, shard by shard through its
     writers, with the members a tiny mel and prepare's JSON; then the stat cache of the
     verified tars, as the driver leaves it after a job."""
+    with cache_dir(corpus):
+        _write_dataset(corpus)
+
+
+@contextlib.contextmanager
+def cache_dir(corpus: Corpus):
+    """Within the block the stat cache of verified tars is the corpus's own (prepare
+    reads `TAGKIT_CACHE_DIR` when it needs the cache)."""
+    old = os.environ.get("TAGKIT_CACHE_DIR")
+    os.environ["TAGKIT_CACHE_DIR"] = str(corpus.cache_dir)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TAGKIT_CACHE_DIR", None)
+        else:
+            os.environ["TAGKIT_CACHE_DIR"] = old
+
+
+def _write_dataset(corpus: Corpus) -> None:
     from pipelines.beam import progress
     from pipelines.beam.prepare import shard_mel_sums, write_shard
     from pipelines.beam.prepare_finish import finish, remember_verified
     from pipelines.beam.prepare_plan import ShardWork, rows_by_shard
     from pipelines.beam.track import Sample
+    from pipelines.beam.verified_tars import VerifiedTars
     from pipelines.core.shards import json_bytes, npy_bytes
 
-    os.environ["TAGKIT_CACHE_DIR"] = str(corpus.cache_dir)
     cfg, table = prepare_config(corpus)
     corpus.dataset.mkdir(parents=True, exist_ok=True)
     features = cfg.track.features
@@ -258,13 +290,11 @@ def write_dataset(corpus: Corpus) -> None:
     # A tar written within the stat cache's racy window is not entered (verified_tars.py).
     time.sleep(max(0.0, 1.1 - (time.monotonic() - last_write)))
     work = ShardWork(build=list(records))
-    from pipelines.beam.verified_tars import VerifiedTars
-
     work.verified = VerifiedTars(str(corpus.dataset))
     remember_verified(work, records)
 
 
-def changed_manifest(corpus: Corpus, dest: Path, fraction: float = 0.02) -> Path:
+def write_changed_manifest(corpus: Corpus, fraction: float = 0.02) -> None:
     """The corpus's manifest with `fraction` of its rows changed (a tag added), spread
     over the whole manifest: what `--update` plans against the finished dataset."""
     from manifests.schema import write_manifest
@@ -279,8 +309,7 @@ def changed_manifest(corpus: Corpus, dest: Path, fraction: float = 0.02) -> Path
     table = table.set_column(
         table.schema.get_field_index("tags"), field_, pa.array(tags, field_.type)
     )
-    write_manifest(table, dest)
-    return dest
+    write_manifest(table, corpus.changed_manifest)
 
 
 def _read(path: Path) -> pa.Table:
