@@ -1,0 +1,160 @@
+"""MosaicML `streaming` as a peer: the tracks written by its `MDSWriter`, read by its
+`StreamingDataset` + `StreamingDataLoader` (the pairing its docs recommend, since only
+that loader can checkpoint the epoch).
+
+What MDS stores per track: the key (`str`), the whole mel as `ndarray:float16` (a few
+bytes of shape header, then the float16 values, the same as our `.mel.npy` less its 128-byte
+npy header) and the label indices (`ndarray:int16`); nothing is pickled (`pkl` is the one
+unsafe encoding, and `allow_unsafe_types` stays off). Shards are uncompressed, 64 MiB
+(`size_limit`'s default), like ours; on disk that is within ~1% of our tar (no 512-byte tar
+headers, a 4-byte offset per sample instead). From S3 the loader downloads whole shards
+into its local cache before a sample is read, so bytes fetched per byte used is the shard
+bytes over the crops' bytes, as for any whole-track format.
+
+Resume: `StreamingDataLoader.state_dict()` records the samples yielded in the epoch, and
+the shuffle is "elastically deterministic" (fixed by the seed and `num_canonical_nodes`,
+not by the worker count), so a resumed epoch yields exactly the remaining samples, also on
+another worker count: `self_check.py --resume` checks both against an uninterrupted epoch.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import streaming
+import torch
+from streaming.base.util import clean_stale_shared_memory
+
+from .base import Workload, crop_rng, multi_hot, random_crop, register, tracks, vocabulary
+
+COLUMNS = {"key": "str", "mel": "ndarray:float16", "labels": "ndarray:int16"}
+
+
+def source_tag(work: Workload) -> str:
+    """Names a peer's output after its source (the card's bytes and the split), so that a
+    cached copy of another dataset is never reused."""
+    card = (Path(work.dataset) / "dataset.json").read_bytes()
+    return hashlib.sha256(card + work.split.encode()).hexdigest()[:10]
+
+
+def s3_environment(storage_options: dict) -> None:
+    """streaming's S3 downloader takes the endpoint from `S3_ENDPOINT_URL` and the keys
+    from boto3's usual variables (its documented way for an S3-compatible store); set in
+    this process, so that forked loader workers inherit them."""
+    s3 = storage_options.get("s3", {})
+    if "key" in s3:
+        os.environ["AWS_ACCESS_KEY_ID"] = s3["key"]
+        os.environ["AWS_SECRET_ACCESS_KEY"] = s3["secret"]
+    endpoint = s3.get("client_kwargs", {}).get("endpoint_url")
+    if endpoint:
+        os.environ["S3_ENDPOINT_URL"] = endpoint
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # boto3 signs with one
+
+
+class _Crops(streaming.StreamingDataset):
+    """The stored mel cropped in `__getitem__`, the per-sample hook streaming's docs give
+    for transforms (it runs in the loader workers)."""
+
+    def __init__(self, work: Workload, n_tags: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.work, self.n_tags, self.crop_epoch = work, n_tags, 0
+        self._rng_for: tuple[int, int] | None = None
+
+    def __getitem__(self, index: int) -> dict:
+        sample = super().__getitem__(index)
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info else 0
+        if self._rng_for != (self.crop_epoch, worker):
+            self._rng_for = (self.crop_epoch, worker)
+            self._rng = crop_rng(self.work, self.crop_epoch, worker)
+        return {
+            "key": sample["key"],
+            "x": random_crop(sample["mel"], self.work.frames, self._rng),
+            "y": multi_hot(sample["labels"], self.n_tags),
+        }
+
+
+class MdsPeer:
+    name = "mds"
+    resume = "exact, any workers"
+
+    def __init__(self) -> None:
+        # One dataset per location for the process: streaming keeps a dataset's state in
+        # shared memory named after its local directory and refuses a second live dataset
+        # on the same one; it also counts epochs itself across iterations.
+        self._datasets: dict[str, _Crops] = {}
+
+    def prepare(self, work: Workload, out: Path) -> Path:
+        target = Path(out) / f"mds-{source_tag(work)}"
+        if (target / "index.json").exists():  # written last, by the writer's finish()
+            return target
+        partial = target.with_name(target.name + ".partial")
+        with streaming.MDSWriter(out=str(partial), columns=COLUMNS, compression=None) as w:
+            for track in tracks(work):
+                labels = np.asarray(track.labels, np.int16)
+                w.write({"key": track.key, "mel": track.mel, "labels": labels})
+        partial.rename(target)
+        return target
+
+    def dataset(self, location: str, storage_options: dict, work: Workload) -> _Crops:
+        if location not in self._datasets:
+            clean_stale_shared_memory()
+            if location.startswith("s3://"):
+                s3_environment(storage_options)
+                local = tempfile.mkdtemp(prefix="mds-cache-")  # kept: epoch 2 reads it
+                where = {"remote": location, "local": local}
+            else:
+                where = {"local": location}
+            self._datasets[location] = _Crops(
+                work, len(vocabulary(work)), **where, shuffle=True,
+                shuffle_seed=work.seed, batch_size=work.batch_size, num_canonical_nodes=1,
+            )  # fmt: skip
+        return self._datasets[location]
+
+    def loader(self, dataset: _Crops, work: Workload, epoch: int, workers: int, state=None):
+        dataset.crop_epoch = epoch
+        loader = streaming.StreamingDataLoader(
+            dataset, batch_size=work.batch_size, num_workers=workers
+        )
+        if state is not None:
+            loader.load_state_dict(state)
+        elif dataset.next_epoch != epoch:
+            # An epoch asked for out of order: start it through the resume state (the
+            # public way to set streaming's epoch), at its first sample.
+            loader.load_state_dict(self.epoch_start(dataset, epoch))
+        return loader
+
+    @staticmethod
+    def epoch_start(dataset: _Crops, epoch: int) -> dict:
+        return {
+            "epoch": epoch, "sample_in_epoch": 0, "num_canonical_nodes": 1,
+            "shuffle_seed": dataset.shuffle_seed, "initial_physical_nodes": None,
+        }  # fmt: skip
+
+    def keyed_batches(self, location, storage_options, work, epoch, workers, state=None):
+        """(keys, x, y) per batch; `batches` without the keys, which the self-check needs."""
+        dataset = self.dataset(location, storage_options, work)
+        loader = self.loader(dataset, work, epoch, workers, state)
+        for batch in loader:
+            yield loader, list(batch["key"]), batch["x"], batch["y"]
+
+    def batches(
+        self, location: str, storage_options: dict, work: Workload, epoch: int, workers: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _, _, x, y in self.keyed_batches(location, storage_options, work, epoch, workers):
+            yield x, y
+
+    def forget(self, location: str) -> None:
+        """Drop the location's dataset (and its shared memory), so that a new one, e.g. a
+        resumed run, can open the same local directory."""
+        self._datasets.pop(location, None)
+        gc.collect()
+
+
+register(MdsPeer())
