@@ -355,8 +355,14 @@ def _rewrite_index(directory, members):
             ),
             "out of range",
         ),
+        (  # a longer key's member: the row's key is a prefix of its name, without the dot
+            lambda n: __import__("pyarrow").array(
+                [[{"name": "train_000000.json", "offset": 512, "size": 3}]] * n
+            ),
+            "out of range",
+        ),
     ],
-    ids=["strings", "foreign-name", "offset-in-header"],
+    ids=["strings", "foreign-name", "offset-in-header", "longer-key"],
 )
 def test_index_schema_errors_are_one_line(dataset, tmp_path, members, words):
     out, card = dataset

@@ -138,3 +138,41 @@ def test_a_mel_model_fetches_only_the_mel_of_a_mel_and_pcm_dataset(tmp_path):
         ratios[partition] = reader.stats.bytes_read / reader.stats.bytes_used
     assert ratios["samples"] <= 1.1  # the PCM members are never fetched
     assert ratios["shards"] > 2  # a whole-shard stream passes over them
+
+
+def test_a_split_index_holds_columns_not_an_object_per_sample(tmp_path):
+    """Issue 31: at a million tracks, one Python object per sample (key string, member
+    tuples) was 1.3 kB each, 1.3 GB in the trainer and again in every loader worker
+    that touched it. The index is held as arrays: well under 100 bytes of Python heap
+    per sample (Arrow's keys are outside the Python heap)."""
+    import tracemalloc
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tagtrain.loader.index import load_sample_refs
+
+    n, per = 20000, 500
+    keys = [f"train_{i:07d}" for i in range(n)]
+    members = [
+        [{"name": f"{k}.json", "offset": 512 + 2048 * (i % per), "size": 90},
+         {"name": f"{k}.mel.npy", "offset": 1536 + 2048 * (i % per), "size": 200}]
+        for i, k in enumerate(keys)
+    ]  # fmt: skip
+    names = [f"train-{i // per:06d}.tar" for i in range(n)]
+    table = pa.table({"key": keys, "shard": names, "members": members})
+    pq.write_table(table, tmp_path / "index.parquet")
+    shards = [
+        loader.ShardInfo(f"train-{s:06d}.tar", str(tmp_path / f"train-{s:06d}.tar"), per)
+        for s in range(n // per)
+    ]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index = load_sample_refs(shards)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(index) == n and index.ref(per + 1).key == keys[per + 1]
+    assert index.ref(per + 1).member("mel.npy") == (1536 + 2048, 200)
+    assert kept < 100 * n

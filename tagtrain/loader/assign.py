@@ -73,8 +73,9 @@ def check_enough_shards(shards: Sequence[ShardInfo], cfg: LoaderConfig, split: s
     (an index with member byte ranges) needs no more shards than one."""
     from tagtrain.loader.index import load_sample_refs
 
-    if cfg.train and cfg.partition != "shards" and load_sample_refs(shards, cfg.storage_options):
-        return
+    if cfg.train and cfg.partition != "shards":
+        if load_sample_refs(shards, cfg.storage_options) is not None:
+            return
     needed = cfg.world * cfg.slots
     if len(shards) < needed:
         raise LoaderError(

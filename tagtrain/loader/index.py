@@ -2,12 +2,18 @@
 shard, the byte range of each tar member (the `members` column, interface 1 of the
 shard contract). With it any worker can read any sample by byte range; without it (older
 datasets) the loader reads shards sequentially. The index is checked against a schema
-and against the card (same shards, same sample counts); a mismatch is one line."""
+and against the card (same shards, same sample counts); a mismatch is one line.
+
+A split's samples are held as columns (`SplitIndex`: Arrow keys, numpy shard numbers and
+member ranges), not one Python object per sample: a million-track split is then tens of
+megabytes that loader workers share after the fork, and is read and checked with
+vectorised operations (per-row Python cost ~10 us would be 10 s at a million)."""
 
 from __future__ import annotations
 
 import functools
 import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +25,10 @@ from tagtrain.loader.card_reader import ShardInfo
 from tagtrain.loader.openers import OpenerError, join_url, read_bytes
 
 MAX_INDEX_BYTES = 1 << 30
-_MEMBER_FIELDS = {"name": str, "offset": int, "size": int}
+# The members a shard holds by its contract (pipelines.core.shards); a member of any
+# other extension is checked, counted in its shard's bytes, and never read.
+CONTRACT_MEMBERS = ("json", "mel.npy", "harm.npy", "pcm.npy")
+TAR_HEADER = 512
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,86 @@ class SampleRef:
         return None
 
 
+@dataclass(frozen=True, eq=False)
+class SplitIndex:
+    """Every sample of a split's shards: shards in the card's order, each one's samples in
+    tar order (rows starts[s]:starts[s + 1]), as columns."""
+
+    keys: object  # pyarrow string array [N]
+    shard: np.ndarray  # int32 [N]: the shard's position in the split's shard list
+    starts: np.ndarray  # int64 [S + 1]
+    offsets: dict  # contract extension -> int64 [N] data offset, -1 where absent
+    sizes: dict  # contract extension -> int64 [N]
+    shard_bytes: np.ndarray  # int64 [S]: every member's bytes, tar headers included
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    @property
+    def shards(self) -> int:
+        return len(self.starts) - 1
+
+    def key(self, row: int) -> str:
+        return self.keys[int(row)].as_py()
+
+    def key_list(self) -> list[str]:
+        return self.keys.to_pylist()
+
+    def key_bytes(self, chunk: int = 1 << 16):
+        """Every key as UTF-8 bytes, made a chunk at a time (hashing needs no list of
+        a million strings at once)."""
+        import pyarrow as pa
+
+        for start in range(0, len(self.keys), chunk):
+            yield from self.keys.slice(start, chunk).cast(pa.binary()).to_pylist()
+
+    def ref(self, row: int) -> SampleRef:
+        row = int(row)
+        members = tuple(
+            (ext, int(self.offsets[ext][row]), int(self.sizes[ext][row]))
+            for ext in self.offsets
+            if self.offsets[ext][row] >= 0
+        )
+        return SampleRef(int(self.shard[row]), self.key(row), members)
+
+    def shard_refs(self, shard: int) -> list[SampleRef]:
+        return [self.ref(r) for r in range(self.starts[shard], self.starts[shard + 1])]
+
+    def read_bytes(self, needed: Sequence[str]) -> np.ndarray:
+        """Per sample: the bytes (tar headers included) that reading `needed` fetches."""
+        out = np.zeros(len(self), dtype=np.int64)
+        for ext in needed:
+            if ext in self.offsets:
+                out += np.where(self.offsets[ext] >= 0, self.sizes[ext] + TAR_HEADER, 0)
+        return out
+
+    @classmethod
+    def from_refs(cls, refs: Sequence[Sequence[SampleRef]]) -> SplitIndex:
+        """The columns of per-shard SampleRef lists (small tests and tools)."""
+        import pyarrow as pa
+
+        flat = [ref for shard in refs for ref in shard]
+        n = len(flat)
+        offsets = {ext: np.full(n, -1, dtype=np.int64) for ext in CONTRACT_MEMBERS}
+        sizes = {ext: np.zeros(n, dtype=np.int64) for ext in CONTRACT_MEMBERS}
+        shard_bytes = np.zeros(len(refs), dtype=np.int64)
+        for row, ref in enumerate(flat):
+            for ext, offset, size in reversed(ref.members):  # the first of a name wins
+                if ext in offsets:
+                    offsets[ext][row], sizes[ext][row] = offset, size
+                shard_bytes[ref.shard] += size + TAR_HEADER
+        present = [e for e in CONTRACT_MEMBERS if (offsets[e] >= 0).any()]
+        offsets = {e: offsets[e] for e in present}
+        sizes = {e: sizes[e] for e in present}
+        counts = np.array([len(shard) for shard in refs], dtype=np.int64)
+        return cls(
+            pa.array([r.key for r in flat], pa.string()),
+            np.array([r.shard for r in flat], dtype=np.int32),
+            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            offsets, sizes, shard_bytes,
+        )  # fmt: skip
+
+
 def index_url(shards: Sequence[ShardInfo]) -> str | None:
     """The index next to the shards (they all sit under one prefix)."""
     if not shards:
@@ -45,15 +134,14 @@ def index_url(shards: Sequence[ShardInfo]) -> str | None:
     return first.url[: len(first.url) - len(first.name)] + INDEX_NAME
 
 
-@functools.lru_cache(maxsize=4)
-def _index_rows(url: str, options_key: str, shard_sha256s: tuple) -> tuple | None:
-    import json
-
+def _read_table(url: str, options: Mapping):
+    """The index's key, shard and members columns; None when there is no index or no
+    members column."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        data = read_bytes(url, json.loads(options_key), limit=MAX_INDEX_BYTES)
+        data = read_bytes(url, options, limit=MAX_INDEX_BYTES)
     except (FileNotFoundError, OpenerError):
         return None
     except OSError as exc:
@@ -61,63 +149,190 @@ def _index_rows(url: str, options_key: str, shard_sha256s: tuple) -> tuple | Non
             return None
         raise
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        # ParquetFile, not read_table: that imports pyarrow.dataset (and pandas), ~1 s.
+        # The shard column as a dictionary: a few thousand names, not one string per row.
+        file = pq.ParquetFile(pa.BufferReader(data), read_dictionary=["shard"])
+        names = file.schema_arrow.names
+        if "members" not in names:
+            return None
+        for column in ("key", "shard"):
+            if column not in names:
+                raise CardError(f"{url} has no column {column!r}")
+        # Only the columns the loader uses: tags and the rest are never decoded.
+        return file.read(columns=["key", "shard", "members"])
+    except CardError:
+        raise
     except Exception as exc:  # noqa: BLE001  (any parquet failure: one line)
         raise CardError(f"{url} is not a readable index: {first_line(exc, 200)}") from None
-    if "members" not in table.column_names:
-        return None
-    for column in ("key", "shard"):
-        if column not in table.column_names:
-            raise CardError(f"{url} has no column {column!r}")
-    columns = table.select(["key", "shard", "members"]).to_pydict()
-    return tuple(zip(columns["key"], columns["shard"], columns["members"]))
 
 
-def _member_entries(url: str, key, members) -> tuple[tuple[str, int, int], ...]:
-    if not isinstance(key, str) or not isinstance(members, list):
-        raise CardError(f"{url}: row {key!r:.60} has no list of members")
-    out = []
-    for entry in members:
-        if not isinstance(entry, dict) or any(
-            type(entry.get(f)) is not t for f, t in _MEMBER_FIELDS.items()
-        ):
-            raise CardError(f"{url}: member of {key!r:.60} must be {{name, offset, size}}")
-        name, offset, size = entry["name"], entry["offset"], entry["size"]
-        if offset < 512 or size < 0 or not name.startswith(f"{key}."):
-            raise CardError(f"{url}: member {name!r:.80} of {key!r:.60} is out of range")
-        out.append((name[len(key) + 1 :], offset, size))
-    return tuple(out)
+def _no_members(url: str, key) -> CardError:
+    return CardError(f"{url}: row {key!r:.60} has no list of members")
+
+
+def _string_buffers(array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [n + 1], bytes) of an Arrow string array, without copying (int32 offsets
+    for a string array: half the memory of int64 over millions of members)."""
+    import pyarrow as pa
+
+    width = np.int64 if pa.types.is_large_string(array.type) else np.int32
+    buffers = array.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=width)[array.offset : array.offset + len(array) + 1]
+    data = (
+        np.frombuffer(buffers[2], dtype=np.uint8)
+        if buffers[2] is not None
+        else np.zeros(0, np.uint8)
+    )
+    return offsets, data
+
+
+def _member_columns(url: str, keys, members):
+    """(parent row, name, offset, size) of every member, as arrays; one-line errors for
+    an index that breaks the schema."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
+        raise _no_members(url, keys[0].as_py() if len(keys) else None)
+    if keys.null_count or members.null_count:
+        row = int(np.flatnonzero(~(keys.is_valid().to_numpy(zero_copy_only=False)
+                                   & members.is_valid().to_numpy(zero_copy_only=False)))[0])  # fmt: skip
+        raise _no_members(url, keys[row].as_py())
+    if not (pa.types.is_list(members.type) or pa.types.is_large_list(members.type)):
+        raise _no_members(url, keys[0].as_py() if len(keys) else None)
+    parent = np.asarray(members.value_parent_indices()).astype(np.int32)
+    values = members.flatten()
+    item = values.type
+    fields = {"name": (pa.types.is_string, pa.types.is_large_string),
+              "offset": (pa.types.is_integer,), "size": (pa.types.is_integer,)}  # fmt: skip
+    shape_ok = pa.types.is_struct(item) and all(
+        item.get_field_index(f) >= 0 and any(t(item.field(f).type) for t in checks)
+        for f, checks in fields.items()
+    )
+    if shape_ok:
+        columns = dict(zip([item.field(i).name for i in range(item.num_fields)], values.flatten()))
+        name, offset, size = columns["name"], columns["offset"], columns["size"]
+        nulls = name.null_count + offset.null_count + size.null_count
+    if not shape_ok or nulls:
+        first = 0
+        if shape_ok:
+            valid = pc.and_(pc.and_(name.is_valid(), offset.is_valid()), size.is_valid())
+            first = int(np.flatnonzero(~valid.to_numpy(zero_copy_only=False))[0])
+        row = int(parent[first]) if len(parent) else 0
+        raise CardError(
+            f"{url}: member of {keys[row].as_py()!r:.60} must be {{name, offset, size}}"
+        )
+    return parent, name, offset.to_numpy().astype(np.int64), size.to_numpy().astype(np.int64)
+
+
+_CHUNK = 1 << 16  # members compared at a time: bounds the gather arrays to a few MB
+
+
+def _name_parts(keys, parent: np.ndarray, name) -> tuple[np.ndarray, dict]:
+    """Whether each member's name is `{its row's key}.{something}`, and, per contract
+    extension, which members are `{key}.{ext}`: byte comparisons on the Arrow buffers
+    (no string per member is made)."""
+    key_off, key_data = _string_buffers(keys)
+    name_off, name_data = _string_buffers(name)
+    key_start, key_len = key_off[parent], np.diff(key_off)[parent]
+    name_start, name_len = name_off[:-1], np.diff(name_off)
+    prefixed = name_len > key_len
+    dot = np.where(prefixed, name_start + key_len, 0)
+    prefixed &= name_data[dot] == ord(".") if len(name_data) else False
+    for lo in range(0, len(parent), _CHUNK):
+        part = slice(lo, lo + _CHUNK)
+        lengths = np.where(prefixed[part], key_len[part], 0)
+        member = np.repeat(np.arange(len(lengths)), lengths)
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        same = (
+            name_data[name_start[part][member] + within]
+            == key_data[key_start[part][member] + within]
+        )
+        prefixed[lo + np.unique(member[~same])] = False
+    ext_start, ext_len = name_start + key_len + 1, name_len - key_len - 1
+    matches = {}
+    for ext in CONTRACT_MEMBERS:
+        want = np.frombuffer(ext.encode(), dtype=np.uint8)
+        at = np.flatnonzero(prefixed & (ext_len == len(want)))
+        found = name_data[ext_start[at][:, None] + np.arange(len(want))] == want
+        matches[ext] = at[found.all(axis=1)]
+    return prefixed, matches
+
+
+def _split_index(url: str, table, shards: Sequence[ShardInfo]) -> SplitIndex:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = pa.array([s.name for s in shards], pa.string())
+    shard = table.column("shard").combine_chunks()
+    if pa.types.is_dictionary(shard.type):  # look up each distinct name once
+        known = pc.index_in(shard.dictionary.cast(pa.string()), value_set=names)
+        known = known.to_numpy(zero_copy_only=False)
+        position = known[shard.indices.to_numpy(zero_copy_only=False)]
+    else:
+        position = pc.index_in(shard.cast(pa.string()), value_set=names)
+        position = position.to_numpy(zero_copy_only=False)
+    kept = ~np.isnan(position) if position.dtype.kind == "f" else np.ones(len(position), bool)
+    keys = table.column("key").combine_chunks()
+    members = table.column("members").combine_chunks()
+    if not kept.all():  # rows of other splits' shards: never read, never checked
+        rows = np.flatnonzero(kept)
+        keys, members = keys.take(rows), members.take(rows)
+    position = position[kept].astype(np.int32)
+    parent, name, offset, size = _member_columns(url, keys, members)
+    prefixed, matches = _name_parts(keys, parent, name)
+    n = len(keys)
+    bad = (offset < TAR_HEADER) | (size < 0) | ~prefixed
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise CardError(
+            f"{url}: member {name[i].as_py()!r:.80} of {keys[int(parent[i])].as_py()!r:.60} "
+            "is out of range"
+        )
+    offsets, sizes = {}, {}
+    for ext, at in matches.items():
+        if len(at):  # e.g. no harmonic tensors stored: no column of -1s
+            at = at[::-1]  # written last to first: the first member of a name wins
+            offsets[ext] = np.full(n, -1, dtype=np.int64)
+            sizes[ext] = np.zeros(n, dtype=np.int64)
+            offsets[ext][parent[at]], sizes[ext][parent[at]] = offset[at], size[at]
+    # Tar order inside each shard: by the sample's first member (rows with none first).
+    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, parent, offset)
+    first[first == np.iinfo(np.int64).max] = 0
+    order = np.lexsort((first, position))
+    counts = np.bincount(position, minlength=len(shards))
+    for i, shard in enumerate(shards):
+        if counts[i] != shard.samples:
+            raise CardError(
+                f"{url} lists {counts[i]} samples of {shard.name}, the card {shard.samples}"
+            )
+    shard_bytes = np.bincount(position[parent], weights=size + TAR_HEADER, minlength=len(shards))
+    return SplitIndex(
+        keys.take(order), position[order],
+        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        {e: a[order] for e, a in offsets.items()}, {e: a[order] for e, a in sizes.items()},
+        shard_bytes.astype(np.int64),
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_index(url: str, options_key: str, shards: tuple) -> SplitIndex | None:
+    table = _read_table(url, json.loads(options_key))
+    return None if table is None else _split_index(url, table, shards)
 
 
 def load_sample_refs(
     shards: Sequence[ShardInfo], options: Mapping | None = None
-) -> list[list[SampleRef]] | None:
-    """[shard] -> its samples in tar order, or None when the index has no members."""
-    import json
-
+) -> SplitIndex | None:
+    """The split's samples in tar order per shard, or None when the index has no members."""
     url = index_url(shards)
     if url is None:
         return None
-    # Keyed by the card's shard checksums too: a dataset prepared again at the same URL
-    # has a new index, which this process must read again.
+    # Keyed by the card's shards (their checksums too): a dataset prepared again at the
+    # same URL has a new index, which this process must read again.
     options_key = json.dumps(dict(options or {}), sort_keys=True)
-    rows = _index_rows(url, options_key, tuple(s.sha256 for s in shards))
-    if rows is None:
-        return None
-    position = {s.name: i for i, s in enumerate(shards)}
-    per_shard: list[list[SampleRef]] = [[] for _ in shards]
-    for key, shard, members in rows:
-        i = position.get(shard)
-        if i is not None:
-            entries = _member_entries(url, key, members)
-            per_shard[i].append(SampleRef(i, key, entries))
-    for i, refs in enumerate(per_shard):
-        refs.sort(key=lambda r: min((o for _, o, _ in r.members), default=0))
-        if len(refs) != shards[i].samples:
-            raise CardError(
-                f"{url} lists {len(refs)} samples of {shards[i].name}, the card {shards[i].samples}"
-            )
-    return per_shard
+    return _cached_index(url, options_key, tuple(shards))
 
 
 def read_index(data: str, options: dict | None = None):

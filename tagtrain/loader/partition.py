@@ -27,8 +27,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tagtrain.loader.index import SampleRef
-from tagtrain.loader.shuffle import stable_int
+import numpy as np
+
+from tagtrain.loader.index import SampleRef, SplitIndex
+from tagtrain.loader.shuffle import stable_ints
 from tagtrain.loader.stats import LoaderError
 
 
@@ -40,47 +42,67 @@ class EpochSample:
     size: int
     weights: Mapping[str, float] | None = None
 
-    def draw(self, refs: Sequence[SampleRef], seed: int, epoch: int) -> set[str]:
-        """The keys of the epoch's sample."""
-        if self.size >= len(refs):
-            return {r.key for r in refs}
-        scored = []
-        for ref in refs:
-            w = 1.0 if self.weights is None else self.weights.get(ref.key)
-            if w is None or not w > 0:
-                raise LoaderError(f"the epoch sample has no positive weight for {ref.key!r}")
-            # u in (0, 1) from the hash; log(u) / w orders as u ** (1 / w), without underflow
-            u = (stable_int("sample", seed, epoch, ref.key) + 0.5) / 2.0**64
-            scored.append((math.log(u) / w, ref.key))
-        scored.sort(reverse=True)
-        return {key for _, key in scored[: self.size]}
+    def draw(self, keys: Sequence[str], seed: int, epoch: int) -> set[str]:
+        """The keys of the epoch's sample, drawn from `keys`."""
+        if self.size >= len(keys):
+            return set(keys)
+        if self.weights is None:
+            w = np.ones(len(keys))
+        else:
+            found = [self.weights.get(key) for key in keys]
+            for key, value in zip(keys, found):
+                if value is None or not value > 0:
+                    raise LoaderError(f"the epoch sample has no positive weight for {key!r}")
+            w = np.asarray(found, dtype=np.float64)
+        # u in (0, 1) from the hash; log(u) / w orders as u ** (1 / w), without underflow.
+        # math.log, not np.log: the same last bit as the draws of earlier versions.
+        u = (stable_ints(("sample", seed, epoch), keys).astype(np.float64) + 0.5) / 2.0**64
+        score = np.fromiter(map(math.log, u.tolist()), np.float64, len(u)) / w
+        # The `size` largest (score, key): all above the size-th score, ties by key.
+        cut = np.partition(score, len(score) - self.size)[len(score) - self.size]
+        chosen = {keys[i] for i in np.flatnonzero(score > cut)}
+        tied = sorted((keys[i] for i in np.flatnonzero(score == cut)), reverse=True)
+        return chosen | set(tied[: self.size - len(chosen)])
+
+
+def epoch_rows(
+    index: SplitIndex,
+    names: Sequence[str],
+    seed: int,
+    epoch: int,
+    block: int,
+    sample: EpochSample | None = None,
+) -> np.ndarray:
+    """The epoch's global sample order (see the module docs) as rows of `index`; with
+    `sample`, of the epoch's sample only."""
+    shard_order = np.argsort(stable_ints(("shards", seed, epoch), names), kind="stable")
+    counts = np.diff(index.starts)[shard_order]
+    # Each shard's rows, the shards in their shuffled order.
+    shift = np.repeat(index.starts[shard_order] - (np.cumsum(counts) - counts), counts)
+    flat = np.arange(int(counts.sum()), dtype=np.int64) + shift
+    if sample is not None:
+        keys = index.key_list()
+        in_order = [keys[i] for i in flat.tolist()]
+        chosen = sample.draw(in_order, seed, epoch)
+        flat = flat[np.fromiter((k in chosen for k in in_order), bool, len(flat))]
+    if block <= 1:
+        return flat
+    hashes = stable_ints(("order", seed, epoch), index.key_bytes())[flat]
+    # Stable: equal hashes keep their order, as a sort of each block would.
+    return flat[np.lexsort((hashes, np.arange(len(flat)) // block))]
 
 
 def epoch_order(
-    refs: Sequence[Sequence[SampleRef]],
+    refs: SplitIndex | Sequence[Sequence[SampleRef]],
     names: Sequence[str],
     seed: int,
     epoch: int,
     block: int,
     sample: EpochSample | None = None,
 ) -> list[SampleRef]:
-    """The epoch's global sample order (see the module docs); with `sample`, of the
-    epoch's sample only."""
-    shard_order = sorted(
-        range(len(refs)), key=lambda i: stable_int("shards", seed, epoch, names[i])
-    )
-    flat = [ref for i in shard_order for ref in refs[i]]
-    if sample is not None:
-        chosen = sample.draw(flat, seed, epoch)
-        flat = [ref for ref in flat if ref.key in chosen]
-    if block <= 1:
-        return flat
-    out = []
-    for start in range(0, len(flat), block):
-        chunk = flat[start : start + block]
-        chunk.sort(key=lambda r: stable_int("order", seed, epoch, r.key))
-        out.extend(chunk)
-    return out
+    """`epoch_rows` as SampleRefs (for a few samples: tests and tools)."""
+    index = refs if isinstance(refs, SplitIndex) else SplitIndex.from_refs(refs)
+    return [index.ref(row) for row in epoch_rows(index, names, seed, epoch, block, sample)]
 
 
 def rank_batches(

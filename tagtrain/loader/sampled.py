@@ -9,10 +9,11 @@ import concurrent.futures
 import itertools
 from collections import deque
 
+import numpy as np
 import torch
 
 from tagtrain.loader.cache import ShardCache, open_cached
-from tagtrain.loader.index import SampleRef
+from tagtrain.loader.index import SampleRef, SplitIndex
 from tagtrain.loader.openers import LOCAL_SCHEMES, scheme_of
 from tagtrain.loader.positions import WorkerPosition
 from tagtrain.loader.rangecache import RangeCache
@@ -67,11 +68,8 @@ class SampleRoleStream:
         if cfg.cache_dir:
             cache = ShardCache(cfg.cache_dir, cfg.cache_limit, cfg.read_retries, cfg.retry_backoff)
             range_cache = RangeCache(cache, sha256s)
-            whole = {
-                url
-                for url, refs in zip(urls, self.stream.refs)
-                if needed_fraction(refs, self.needed) >= WHOLE_SHARD_FRACTION
-            }
+            fractions = needed_fractions(self.stream.refs, self.needed)
+            whole = {url for url, f in zip(urls, fractions) if f >= WHOLE_SHARD_FRACTION}
 
         self.whole = whole  # URLs read from whole local copies (once downloaded)
 
@@ -91,10 +89,8 @@ class SampleRoleStream:
             scheme_of(s.url) in LOCAL_SCHEMES or s.url in self.whole for s in self.stream.shards
         ):
             return [[spec] for spec in self.specs], READ_AHEAD
-        refs = [ref for shard in self.stream.refs for ref in shard]
-        per_sample = sum(
-            size + 512 for ref in refs for name, _, size in ref.members if name in self.needed
-        ) / max(1, len(refs))
+        index = self.stream.refs
+        per_sample = int(index.read_bytes(self.needed).sum()) / max(1, len(index))
         per_window = max(1, int(WINDOW_BYTES // max(1.0, per_sample * self.cfg.batch_size)))
         # Windows keep within one permuted block of the order (`partition.epoch_order`),
         # where this worker's samples are most often neighbours in their shard.
@@ -156,7 +152,8 @@ class SampleRoleStream:
 
         def submit() -> None:
             while len(pending) < ahead and (window := next(upcoming, None)) is not None:
-                refs = [ref for _, (start, stop) in window for ref in order[start:stop]]
+                index = self.stream.refs
+                refs = [index.ref(r) for _, (a, b) in window for r in order[a:b].tolist()]
                 pending.append((window, pool.submit(self.fetch, refs)))
 
         try:
@@ -216,11 +213,11 @@ class SampleRoleStream:
         return {**self.header(sample_state(self.stream.consumed)), "final": True}
 
 
-def needed_fraction(refs: list[SampleRef], needed: tuple[str, ...]) -> float:
-    """The fraction of a shard's member bytes (headers included) that `needed` reads."""
-    total = sum(size + 512 for ref in refs for _, _, size in ref.members)
-    used = sum(size + 512 for ref in refs for name, _, size in ref.members if name in needed)
-    return used / total if total else 1.0
+def needed_fractions(index: SplitIndex, needed: tuple[str, ...]):
+    """Per shard, the fraction of its member bytes (headers included) that `needed` reads."""
+    used = np.bincount(index.shard, weights=index.read_bytes(needed), minlength=index.shards)
+    total = index.shard_bytes
+    return np.where(total > 0, used / np.maximum(total, 1), 1.0)
 
 
 def is_sample_state(table: torch.Tensor) -> bool:

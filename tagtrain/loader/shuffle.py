@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Iterable
+
+import numpy as np
 
 
 def stable_int(*parts) -> int:
     """A 64-bit hash of the parts (never Python's salted hash)."""
     text = "\x1f".join(str(p) for p in parts).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+
+def stable_ints(head: tuple, lasts: Iterable) -> np.ndarray:
+    """`stable_int(*head, last)` for each of `lasts` (bytes: their UTF-8 text), as
+    uint64: the same numbers at a fraction of the cost, a chunk of digests at a time (a
+    million keys are hashed per epoch)."""
+    prefix = "".join(f"{p}\x1f" for p in head).encode()
+    blake2b = hashlib.blake2b
+    items, parts = iter(lasts), []
+    while chunk := list(itertools.islice(items, 1 << 16)):
+        encoded = [v if isinstance(v, bytes) else str(v).encode() for v in chunk]
+        digests = b"".join([blake2b(prefix + v, digest_size=8).digest() for v in encoded])
+        parts.append(np.frombuffer(digests, dtype=">u8").astype(np.uint64))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
 class ShuffleBuffer:

@@ -20,7 +20,7 @@ from tagtrain.loader.assign import LoaderConfig, SampleAssignment, assign_shards
 from tagtrain.loader.card_reader import ShardInfo
 from tagtrain.loader.index import load_sample_refs
 from tagtrain.loader.input_plan import InputPlan
-from tagtrain.loader.partition import epoch_order, rank_batches
+from tagtrain.loader.partition import epoch_rows, rank_batches
 from tagtrain.loader.positions import WorkerPosition, first_role, position_width
 from tagtrain.loader.sampled import SampleRoleStream, consumed_samples
 from tagtrain.loader.samples import SampleDecoder, SampleRejected
@@ -108,7 +108,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _plan_samples(self) -> None:
         cfg = self.cfg
         names = [s.name for s in self.shards]
-        self.order = epoch_order(
+        # Rows of the split's index (`SplitIndex`), not one object per sample.
+        self.order = epoch_rows(
             self.refs, names, cfg.seed, self.epoch, cfg.shuffle_buffer, cfg.epoch_sample
         )
         self.consumed = consumed_samples(self.resume) or 0

@@ -251,7 +251,7 @@ def epoch_sample(cfg: RunConfig, card: dict, shards: list[ShardInfo], options) -
         )
     if cfg.balance == "none":
         return EpochSample(cfg.epoch_samples)
-    keys = {ref.key for shard in refs for ref in shard}
+    keys = set(refs.key_list())
     index = read_index(cfg.data, options).select(["key", "tags"]).to_pylist()
     tags = {row["key"]: row["tags"] or [] for row in index if row["key"] in keys}
     balance = TagBalance.from_tags(list(tags.values()), card["vocabulary"])
