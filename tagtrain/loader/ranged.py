@@ -12,6 +12,7 @@ failure is reported (`RangeFailure`) so the stream counts it."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import tarfile
 import threading
@@ -40,6 +41,9 @@ _MAX_GAP = 16 << 10
 # of a few MB costs the client and server ~3x less CPU per byte than one of ~0.5 MB).
 _GAP_FRACTION = 0.04
 _MAX_REQUEST = 16 << 20
+# Whole-shard copies (a cache) downloaded at once by one fetch: each holds up to
+# openers.RangeReader's depth x block (32 MB) in memory while it downloads.
+_DOWNLOADS = 4
 _PERMANENT = (
     FileNotFoundError, PermissionError, IsADirectoryError, OpenerError, s3ranges.OutsideObject,
     NotTheCardsShard,
@@ -87,6 +91,7 @@ class RangeFetcher:
         self.open_cached = open_cached  # an open local copy of a URL (a cache), or None
         self.range_cache = range_cache  # a rangecache.RangeCache for remote ranges, or None
         self.from_cache: set[int] = set()  # shards whose last ranges came from range_cache
+        self.no_copy: set[int] = set()  # shards open_cached has no local copy for
         self.options = dict(options or {})
         self.retries = retries
         self.backoff = backoff
@@ -176,10 +181,13 @@ class RangeFetcher:
         cached ranges from the range cache, the rest together in one `cat_ranges` call."""
         out, remote = {}, {}
         cache = self.range_cache if use_cache else None
+        copies = self._open_copies(jobs)
         for shard, ranges in jobs.items():
             try:
                 url = self.urls[shard]
-                if shard not in self.files and (copy := self.open_cached(url)) is not None:
+                if isinstance(copy := copies.get(shard), BaseException):
+                    raise copy
+                if copy is not None:
                     self._keep_open(shard, copy)
                 if shard in self.files or scheme_of(url) in LOCAL_SCHEMES:
                     out[shard] = self._checked(self._local_ranges(shard, url, ranges), ranges)
@@ -203,6 +211,33 @@ class RangeFetcher:
                     if self.range_cache is not None:
                         self.range_cache.write(remote[shard][0], remote[shard][1], out[shard])
         return out
+
+    def _open_copies(self, jobs: Mapping) -> dict:
+        """{shard: an open local copy, None, or the exception of its download} for the
+        remote shards of `jobs` not open yet, up to _DOWNLOADS downloading at once: a
+        copy's download costs round trips before its bytes flow (the size, the first
+        range), which shards downloaded one after the other would add up."""
+        todo = [
+            s
+            for s in jobs
+            if s not in self.files
+            and s not in self.no_copy
+            and scheme_of(self.urls[s]) not in LOCAL_SCHEMES
+        ]
+
+        def open_copy(shard: int):
+            try:
+                copy = self.open_cached(self.urls[shard])
+            except Exception as exc:  # noqa: BLE001  (classified by the caller)
+                return exc
+            if copy is None:
+                self.no_copy.add(shard)
+            return copy
+
+        if len(todo) < 2:
+            return {shard: open_copy(shard) for shard in todo}
+        with concurrent.futures.ThreadPoolExecutor(min(_DOWNLOADS, len(todo))) as pool:
+            return dict(zip(todo, pool.map(open_copy, todo)))
 
     def _local_ranges(self, shard: int, url: str, ranges) -> list[bytes]:
         with self.lock:  # batches may be fetched from two threads
