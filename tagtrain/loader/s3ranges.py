@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 
 # Ranges in flight at once per process: a fetch window's requests run side by side (the
 # measured cost per GET was the same from 11 threads as from one asyncio loop; a new loop
-# per call cost 20x more). Enough to cover a store's round trip: one worker takes ~1,000
-# merged GETs/s from a near server, so at 40 ms RTT 40 must be in flight to keep it busy
-# (16 lost 12-20% at 40 ms, bench/loader_latency.py). It costs no memory: the caller's
-# window already bounds the bytes of one call; threads start only as requests need them.
+# per call cost 20x more). Enough that a store's round trip is hidden: a worker's fetch
+# window is ~64 merged GETs (~1 MB each), all sent at once, so a window costs about one
+# round trip, not four as with 16 (bench/loader_latency.py). It costs no memory: the
+# caller's window bounds the bytes of one call; threads start only as requests need them.
 _CONCURRENCY = 64
 # s3fs options this path honours; any other s3fs option (or client/config keyword) makes
 # the loader use s3fs for that store.
