@@ -22,14 +22,13 @@ state can be taken, so Lhotse offers no mid-epoch resume there ("no");
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec
 import lhotse
 import numpy as np
 import torch
@@ -70,9 +69,10 @@ def _cut(index: int, track, frame_shift: float, sample_rate: int) -> lhotse.Mono
     )  # fmt: skip
 
 
-def shard_count(location: str) -> int:
-    """Shards written (a local directory; an S3 copy has the same files)."""
-    return len(list(Path(location).glob("cuts.*.jsonl.gz")))
+def shard_names(location: str, storage_options: dict) -> list[str]:
+    """The manifests' names, listed where the shards are (a local directory or S3)."""
+    fs, root = fsspec.core.url_to_fs(location, **storage_options.get("s3", {}))
+    return sorted(Path(p).name for p in fs.glob(f"{root.rstrip('/')}/cuts.*.jsonl.gz"))
 
 
 class _Crops(torch.utils.data.Dataset):
@@ -118,13 +118,9 @@ class LhotseSharPeer:
     name = "lhotse-shar"
     resume = "no"
 
-    def __init__(self) -> None:
-        self._shards: dict[str, int] = {}  # location -> shards, from prepare's directory
-
     def prepare(self, work: Workload, out: Path) -> Path:
         target = Path(out) / f"lhotse-shar-{source_tag(work)}"
         if target.is_dir():  # renamed from .partial only once the writer closed
-            self._shards[str(target)] = shard_count(str(target))
             return target
         info = card(work)
         split = info["splits"][work.split]
@@ -137,25 +133,25 @@ class LhotseSharPeer:
             for i, track in enumerate(tracks(work)):
                 w.write(_cut(i, track, frame_shift, features["sample_rate"]))
         partial.rename(target)
-        self._shards[str(target)] = shard_count(str(target))
         return target
 
-    def fields(self, location: str) -> dict:
-        local = location.rstrip("/")
-        shards = self._shards.get(local) or shard_count(local)
-        names = {"cuts": "cuts.{:06d}.jsonl.gz", "features": "features.{:06d}.tar"}
-        return {f: [f"{local}/{n.format(i)}" for i in range(shards)] for f, n in names.items()}
+    @staticmethod
+    def fields(location: str, storage_options: dict) -> dict:
+        """`from_shar`'s fields: explicit shard lists, which (unlike `in_dir`) may be URLs."""
+        cuts = shard_names(location, storage_options)
+        root = location.rstrip("/")
+        return {
+            "cuts": [f"{root}/{name}" for name in cuts],
+            "features": [f"{root}/features.{name.split('.')[1]}.tar" for name in cuts],
+        }
 
-    def loader(self, location, storage_options, work, epoch, workers, shards=None):
-        """`shards`: how many shards prepare wrote, for an S3 location (its listing is the
-        local directory's)."""
+    def loader(self, location, storage_options, work, epoch, workers):
         if location.startswith("s3://"):
             s3_environment(storage_options)
-            self._shards.setdefault(location.rstrip("/"), shards or 0)
         dataset = _Crops(work, len(vocabulary(work)), epoch)
         cuts = lhotse.CutSet.from_shar(
-            fields=self.fields(location), shuffle_shards=True, stateful_shuffle=False,
-            seed=work.seed + epoch, split_for_dataloading=workers > 0,
+            fields=self.fields(location, storage_options), shuffle_shards=True,
+            stateful_shuffle=False, seed=work.seed + epoch, split_for_dataloading=workers > 0,
         )  # fmt: skip
         sampler = DynamicCutSampler(cuts, max_cuts=work.batch_size, shuffle=True, seed=work.seed)
         sampler.set_epoch(epoch)
@@ -183,15 +179,6 @@ class LhotseSharPeer:
 
     def forget(self, location: str) -> None:
         pass
-
-
-def cut_keys(location: str) -> list[str]:
-    """Every cut's key, read from the manifests (the self-check's count of the epoch)."""
-    keys = []
-    for path in sorted(Path(location).glob("cuts.*.jsonl.gz")):
-        with gzip.open(path, "rt") as f:
-            keys += [json.loads(line)["custom"]["key"] for line in f]
-    return keys
 
 
 register(LhotseSharPeer())

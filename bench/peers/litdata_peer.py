@@ -2,13 +2,14 @@
 `StreamingDataset` (crop as its `transform=`) and `StreamingDataLoader`, the pairing its docs
 recommend (only that loader checkpoints the epoch).
 
-What a chunk stores per track: the key (`str` serializer) and the whole mel and the label
-indices as numpy arrays (litdata's `numpy` serializer: dtype, shape, then the raw values;
-no pickle: `self_check.py` fails if the chunk index names a pickle serializer). Chunks are
-uncompressed, 64 MB (`chunk_bytes`), like our shards; bytes on disk are within ~1% of ours
-(a small per-item header instead of tar's 512-byte ones). From S3 the loader downloads whole
-chunks into its cache (`cache_dir`, kept across epochs), so bytes fetched per byte used is
-the chunk bytes over the crops' bytes, as for any whole-track format.
+What a chunk stores per track: the key (`str` serializer), the whole mel (float16, the
+`numpy` serializer: dtype, shape, then the raw values) and the label indices (int16,
+`no_header_numpy`); nothing is pickled (`self_check.py` fails if the chunks' index names
+the pickle serializer). Chunks are uncompressed and cut at our shards' mean size
+(`chunk_bytes`); on disk that is within ~1% of our tars (a small per-item header instead of
+tar's 512-byte ones). From S3 the loader downloads whole chunks into its cache (`cache_dir`,
+kept across epochs), so bytes fetched per byte used is the chunk bytes over the crops'
+bytes, as for any whole-track format.
 
 Resume: `StreamingDataLoader.state_dict()` / `load_state_dict()`; `self_check.py --resume`
 compares a resumed epoch with an uninterrupted one on the same and on another worker count.
@@ -17,6 +18,7 @@ compares a resumed epoch with an uninterrupted one on the same and on another wo
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ import litdata
 import numpy as np
 import torch
 
-from .base import Workload, crop_rng, multi_hot, random_crop, register, tracks, vocabulary
+from .base import Workload, card, crop_rng, multi_hot, random_crop, register, tracks, vocabulary
 
 
 def source_tag(work: Workload) -> str:
@@ -41,6 +43,13 @@ def _samples(work: Workload) -> Iterator[dict]:
         yield {"key": track.key, "mel": track.mel, "labels": np.asarray(track.labels, np.int16)}
 
 
+def chunk_bytes(work: Workload) -> int:
+    """Our shards' mean size: the chunks are cut at it, so that both formats have the same
+    granularity (what a worker or the shuffle gets, what one fetch costs)."""
+    shards = card(work)["splits"][work.split]["shards"]
+    return max(1, sum(s["bytes"] for s in shards) // max(1, len(shards)))
+
+
 def s3_options(storage_options: dict) -> dict:
     """fsspec's S3 options (what the harness gives) as litdata's: the keyword arguments of
     its boto3 client."""
@@ -49,7 +58,20 @@ def s3_options(storage_options: dict) -> dict:
     if "key" in s3:
         out |= {"aws_access_key_id": s3["key"], "aws_secret_access_key": s3["secret"]}
     endpoint = s3.get("client_kwargs", {}).get("endpoint_url")
+    if endpoint and endpoint.startswith("http://"):
+        # litdata 0.2.76 downloads chunks through an obstore store built from its boto3
+        # client's endpoint, with client options of its own and no `allow_http`, so every
+        # GET from a plain-HTTP endpoint fails ("builder error"; obstore's AWS_ALLOW_HTTP
+        # is overridden by those options): say so before the loader starts.
+        raise PeerUnsupported(
+            "litdata 0.2.76 cannot read from a plain-HTTP S3 endpoint (its obstore store "
+            "is built without allow_http)"
+        )
     return out | ({"endpoint_url": endpoint} if endpoint else {})
+
+
+class PeerUnsupported(RuntimeError):
+    """The peer cannot read from this source at all (not a slow or failed run)."""
 
 
 class _Crop:
@@ -84,10 +106,15 @@ class LitdataPeer:
         if (target / "index.json").exists():  # merged last, once every chunk is written
             return target
         partial = target.with_name(target.name + ".partial")
+        # optimize() sets the process's multiprocessing start method (force=True) for its
+        # own workers; put it back, or every later DataLoader of the process (any peer's,
+        # ours) would spawn its workers instead of forking them.
+        start_method = multiprocessing.get_start_method(allow_none=True)
         litdata.optimize(
-            fn=_samples, inputs=[work], output_dir=str(partial), chunk_bytes="64MB",
+            fn=_samples, inputs=[work], output_dir=str(partial), chunk_bytes=chunk_bytes(work),
             num_workers=1, mode="overwrite", verbose=False,
         )  # fmt: skip
+        multiprocessing.set_start_method(start_method, force=True)
         partial.rename(target)
         return target
 

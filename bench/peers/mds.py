@@ -5,9 +5,9 @@ that loader can checkpoint the epoch).
 What MDS stores per track: the key (`str`), the whole mel as `ndarray:float16` (a few
 bytes of shape header, then the float16 values, the same as our `.mel.npy` less its 128-byte
 npy header) and the label indices (`ndarray:int16`); nothing is pickled (`pkl` is the one
-unsafe encoding, and `allow_unsafe_types` stays off). Shards are uncompressed, 64 MiB
-(`size_limit`'s default), like ours; on disk that is within ~1% of our tar (no 512-byte tar
-headers, a 4-byte offset per sample instead). From S3 the loader downloads whole shards
+unsafe encoding, and `allow_unsafe_types` stays off). Shards are uncompressed and cut at
+our shards' mean size (`size_limit`); on disk that is within ~1% of our tars (no 512-byte
+tar headers, a 4-byte offset per sample instead). From S3 the loader downloads whole shards
 into its local cache before a sample is read, so bytes fetched per byte used is the shard
 bytes over the crops' bytes, as for any whole-track format.
 
@@ -31,7 +31,7 @@ import streaming
 import torch
 from streaming.base.util import clean_stale_shared_memory
 
-from .base import Workload, crop_rng, multi_hot, random_crop, register, tracks, vocabulary
+from .base import Workload, card, crop_rng, multi_hot, random_crop, register, tracks, vocabulary
 
 COLUMNS = {"key": "str", "mel": "ndarray:float16", "labels": "ndarray:int16"}
 
@@ -41,6 +41,13 @@ def source_tag(work: Workload) -> str:
     cached copy of another dataset is never reused."""
     card = (Path(work.dataset) / "dataset.json").read_bytes()
     return hashlib.sha256(card + work.split.encode()).hexdigest()[:10]
+
+
+def shard_bytes(work: Workload) -> int:
+    """Our shards' mean size: the peer's shards are cut at it, so that both formats have the
+    same granularity (what a worker or the shuffle gets, what one fetch costs)."""
+    shards = card(work)["splits"][work.split]["shards"]
+    return max(1, sum(s["bytes"] for s in shards) // max(1, len(shards)))
 
 
 def s3_environment(storage_options: dict) -> None:
@@ -95,7 +102,9 @@ class MdsPeer:
         if (target / "index.json").exists():  # written last, by the writer's finish()
             return target
         partial = target.with_name(target.name + ".partial")
-        with streaming.MDSWriter(out=str(partial), columns=COLUMNS, compression=None) as w:
+        with streaming.MDSWriter(
+            out=str(partial), columns=COLUMNS, compression=None, size_limit=shard_bytes(work)
+        ) as w:
             for track in tracks(work):
                 labels = np.asarray(track.labels, np.int16)
                 w.write({"key": track.key, "mel": track.mel, "labels": labels})
@@ -124,8 +133,8 @@ class MdsPeer:
         )
         if state is not None:
             loader.load_state_dict(state)
-        elif dataset.next_epoch != epoch:
-            # An epoch asked for out of order: start it through the resume state (the
+        elif dataset.next_epoch < epoch:
+            # An epoch ahead of streaming's count: start it through the resume state (the
             # public way to set streaming's epoch), at its first sample.
             loader.load_state_dict(self.epoch_start(dataset, epoch))
         return loader
@@ -140,6 +149,11 @@ class MdsPeer:
     def keyed_batches(self, location, storage_options, work, epoch, workers, state=None):
         """(keys, x, y) per batch; `batches` without the keys, which the self-check needs."""
         dataset = self.dataset(location, storage_options, work)
+        if dataset.next_epoch > epoch:
+            # streaming ignores a resume state older than its epoch count, so an earlier
+            # epoch again (the self-check's resume test) needs a fresh dataset.
+            self.forget(location)
+            dataset = self.dataset(location, storage_options, work)
         loader = self.loader(dataset, work, epoch, workers, state)
         for batch in loader:
             yield loader, list(batch["key"]), batch["x"], batch["y"]
