@@ -35,11 +35,14 @@ def _manifests_cli(*argv: str) -> None:
 
 
 def folder_manifest(corpus: Corpus) -> dict:
-    """`python -m manifests folder --root AUDIO --tags TSV`: the listing, the tags file,
-    the split, each file's header probe (an empty file: no duration), the manifest."""
+    """`python -m manifests folder --root AUDIO --tags TSV --no-durations`: the listing,
+    the tags file, the split, the manifest. Without reading each file's header (the
+    default), which is audio I/O, not bookkeeping: on these empty files libsndfile's
+    failed open alone took 65 µs a file on busy cores (6 min at 1M)."""
     with _scratch() as tmp:
         _manifests_cli("folder", "--root", str(corpus.audio_dir), "--tags",
-                       str(corpus.folder_tags), "--out", str(tmp / "m.parquet"))  # fmt: skip
+                       str(corpus.folder_tags), "--out", str(tmp / "m.parquet"),
+                       "--no-durations")  # fmt: skip
         return {"bytes": (tmp / "m.parquet").stat().st_size}
 
 
@@ -86,17 +89,18 @@ def plan_update(corpus: Corpus) -> dict:
 def card_and_index(corpus: Corpus) -> dict:
     """prepare's finish step (index, rejects, card) from the completion records of every
     shard, into a scratch output; the time is the writers' alone (reading the records is
-    the plan's), the peak RSS that of the records and the writers together."""
+    the plan's), the peak RSS that of the records as the driver holds them and the
+    writers together."""
     from pipelines.beam import progress
     from pipelines.beam.prepare_finish import finish
 
     cfg, _ = prepare_config(corpus)
-    records = {
-        (split, index): progress.read_record(cfg.output, split, index)
-        for split, count in cfg.num_shards
-        for index in range(count)
-    }
-    records = {key: record for key, record in records.items() if record is not None}
+    records = {}
+    for split, count in cfg.num_shards:
+        for index in range(count):
+            record = progress.read_record(cfg.output, split, index)
+            if record is not None:  # kept as the driver keeps them (prepare_plan.py)
+                records[(split, index)] = progress.for_finish(record)
     with _scratch() as tmp:
         start = time.perf_counter()
         finish(dataclasses.replace(cfg, output=str(tmp)), records)
@@ -106,7 +110,8 @@ def card_and_index(corpus: Corpus) -> dict:
 
 
 _MANIFESTS = ("manifests.__main__",)
-_PREPARE = ("pipelines.beam.prepare_cli", "pipelines.beam.prepare_plan", "manifests.schema")
+# essentia: prepare's config records its version (job_versions), a fixed import cost.
+_PREPARE = ("pipelines.beam.prepare_cli", "pipelines.beam.prepare_plan", "essentia")
 ROWS = [
     Row("manifest: folder listing", folder_manifest, _MANIFESTS),
     Row("manifest: benchmark split tables", benchmark_manifest, _MANIFESTS),

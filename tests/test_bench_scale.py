@@ -75,7 +75,8 @@ def test_the_table_names_the_row_that_grows_fastest_and_the_goals_it_misses():
             (None, scale_prepare.Row("flat", None))]  # fmt: skip
     results = {
         "prepare plan: --update": {
-            100_000: scale.Result(6.0, 500, 100), 1_000_000: scale.Result(600.0, 900, 500)
+            100_000: scale.Result(6.0, 500, 100),
+            1_000_000: scale.Result(600.0, 900, 500),
         },
         "flat": {100_000: scale.Result(1.0, 100, 10), 1_000_000: scale.Result(10.0, 100, 10)},
     }

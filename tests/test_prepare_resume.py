@@ -370,3 +370,33 @@ def test_a_tar_written_within_the_racy_window_is_not_entered(tmp_path):
     verified.add(tar.name, "ab" * 32, 1024)
     verified.save({tar.name})
     assert not VerifiedTars(str(tmp_path)).known(tar.name, "ab" * 32)
+
+
+def test_the_driver_keeps_of_each_record_only_what_the_finish_step_reads(
+    corpus, tmp_path, monkeypatch
+):
+    """Reused and rebuilt shards alike: the per-track maps of a record (`rows`, `sums`:
+    most of a train record's bytes, what an update's workers read from the record
+    itself) are not held by the driver until the card is written."""
+    import shutil
+
+    from pipelines.beam import prepare_cli
+
+    base, reference = corpus
+    out = tmp_path / "changed"
+    shutil.copytree(reference, out)
+    rows = pq.read_table(base / "manifest.parquet").to_pylist()
+    rows[0]["tags"] = ["x", "y"]
+    audio = base / "audio"
+    write_manifest(rows, tmp_path / "changed.parquet", metadata={"audio_root": str(audio)})
+    held, real = [], prepare_cli.finish
+    monkeypatch.setattr(prepare_cli, "finish", lambda cfg, records: (held.append(records),
+                        real(cfg, records))[1])  # fmt: skip
+    runs = run_in_process(monkeypatch, "--manifest", str(tmp_path / "changed.parquet"),
+                          "--out", str(out), *ARGS, "--update")  # fmt: skip
+    (records,) = held
+    assert len(runs) == 1 and 0 < len(runs[0][0]) < len(records)
+    on_disk = [json.loads(p.read_text()) for p in (out / "_progress").glob("train-*.json")]
+    assert on_disk and all(r["rows"] and r["sums"] for r in on_disk)
+    assert all("rows" not in r and "sums" not in r for r in records.values())
+    assert all(r["index"] is not None and "fingerprint" in r for r in records.values())

@@ -36,7 +36,7 @@ def built_records(cfg, work: ShardWork) -> dict[ShardKey, dict]:
         record = progress.read_record(cfg.output, *key)
         if record is None or record.get("fingerprint") != work.fingerprints[key]:
             raise MissingRecord(f"shard {key[0]}-{key[1]:06d} has no matching record after the job")
-        return key, record
+        return key, progress.for_finish(record)
 
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
         return dict(pool.map(read, work.build))

@@ -95,7 +95,7 @@ def shard_state(cfg, key: ShardKey, work: ShardWork, rows, sizes) -> tuple[dict 
     record = progress.read_record(cfg.output, split, index)
     if record is not None and record.get("fingerprint") == work.fingerprints[key]:
         if tar_intact(cfg.output, record.get("shard"), sizes, work.verified):
-            return record, 0
+            return progress.for_finish(record), 0
     kept = {}
     if record is not None and record.get("identity") == cfg.identity_sha:
         kept = record.get("rows") or {}
