@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 DEMO_DIR ?= demo_out
 
-.PHONY: setup demo test test-isa lint format bench clean
+.PHONY: setup demo test test-isa lint format bench bench-peers clean
 
 setup:
 	@bash scripts/setup.sh
@@ -48,6 +48,23 @@ format: setup
 
 bench: setup
 	$(PY) bench/prepare.py
+
+# The loader beside its peers (bench/loader.py --peers), in .venv-peers: the peers' pins
+# conflict with .venv's lock (bench/requirements-peers.txt). Rebuilt only when the
+# requirements change (a stamp, as scripts/setup.sh does). PEERS_ARGS: e.g. --tracks 256.
+PEERS_PY := .venv-peers/bin/python
+PEERS_STAMP := .venv-peers/.requirements.sha256
+PEERS_ARGS ?=
+
+bench-peers:
+	@want=$$(cat bench/requirements-peers.txt | sha256sum | cut -d' ' -f1); \
+	if [ ! -f $(PEERS_STAMP) ] || [ "$$(cat $(PEERS_STAMP))" != "$$want" ]; then \
+	  echo "bench-peers: building .venv-peers (first run downloads the peers)"; \
+	  [ -x $(PEERS_PY) ] || python3 -m venv .venv-peers || exit 1; \
+	  $(PEERS_PY) -m pip install -q --disable-pip-version-check -r bench/requirements-peers.txt || exit 1; \
+	  echo "$$want" > $(PEERS_STAMP); \
+	fi
+	$(PEERS_PY) bench/loader.py --peers --sources local,s3 $(PEERS_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
