@@ -49,6 +49,7 @@ class Workload:
     batch_size: int = 16
     seed: int = 0
     split: str = "train"
+    model: str = "short_chunk_resnet"  # whose input spec `frames`/`n_mels` come from
 
 
 @runtime_checkable
@@ -86,6 +87,21 @@ def card(work: Workload) -> dict:
     return json.loads((Path(work.dataset) / "dataset.json").read_text())
 
 
+def s3_options(storage_options: dict) -> dict:
+    """fsspec's s3 keyword arguments (key, secret, client_kwargs) of `storage_options`."""
+    return dict(storage_options.get("s3", {}))
+
+
+def join(location: str, name: str) -> str:
+    return f"{location.rstrip('/')}/{name}"
+
+
+def shard_urls(location: str, work: Workload) -> list[str]:
+    """The split's shards (our layout) under `location`, in the card's order. The card is
+    the workload's local one: the same files are what `location` holds."""
+    return [join(location, s["name"]) for s in card(work)["splits"][work.split]["shards"]]
+
+
 def vocabulary(work: Workload) -> list[str]:
     return card(work)["vocabulary"]
 
@@ -117,10 +133,11 @@ def tracks(work: Workload) -> Iterator[Track]:
 
 def random_crop(mel: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray:
     """A `frames`-long slice of `mel` [n_mels, T] at a uniform start, as float32; a track
-    shorter than `frames` is zero-padded at the end (our loader's rule)."""
+    shorter than `frames` is padded at the end with its minimum (our loader's rule: the
+    silence of a log mel)."""
     total = mel.shape[-1]
     if total <= frames:
-        out = np.zeros((*mel.shape[:-1], frames), np.float32)
+        out = np.full((*mel.shape[:-1], frames), mel.min() if mel.size else 0, np.float32)
         out[..., :total] = mel
         return out
     start = int(rng.integers(0, total - frames + 1))
