@@ -99,7 +99,9 @@ class LitdataPeer:
     resume = "exact, any workers"
 
     def __init__(self) -> None:
-        self._caches: dict[str, str] = {}  # S3 location -> its chunk cache, kept across epochs
+        # S3 location -> its chunk cache: kept across epochs (epoch 2 reads it), removed
+        # when the process ends.
+        self._caches: dict[str, tempfile.TemporaryDirectory] = {}
 
     def prepare(self, work: Workload, out: Path) -> Path:
         target = Path(out) / f"litdata-{source_tag(work)}"
@@ -123,8 +125,10 @@ class LitdataPeer:
         crop.epoch = epoch
         where: dict = {}
         if location.startswith("s3://"):
-            cache = self._caches.setdefault(location, tempfile.mkdtemp(prefix="litdata-cache-"))
-            where = {"cache_dir": cache, "storage_options": s3_options(storage_options)}
+            options = s3_options(storage_options)
+            if location not in self._caches:
+                self._caches[location] = tempfile.TemporaryDirectory(prefix="litdata-cache-")
+            where = {"cache_dir": self._caches[location].name, "storage_options": options}
         return litdata.StreamingDataset(
             location, shuffle=True, seed=work.seed, transform=crop, **where
         )

@@ -96,6 +96,9 @@ class MdsPeer:
         # shared memory named after its local directory and refuses a second live dataset
         # on the same one; it also counts epochs itself across iterations.
         self._datasets: dict[str, _Crops] = {}
+        # S3 location -> its shard cache: kept across epochs and datasets (epoch 2 and a
+        # resumed run read it), removed when the process ends.
+        self._caches: dict[str, tempfile.TemporaryDirectory] = {}
 
     def prepare(self, work: Workload, out: Path) -> Path:
         target = Path(out) / f"mds-{source_tag(work)}"
@@ -116,8 +119,9 @@ class MdsPeer:
             clean_stale_shared_memory()
             if location.startswith("s3://"):
                 s3_environment(storage_options)
-                local = tempfile.mkdtemp(prefix="mds-cache-")  # kept: epoch 2 reads it
-                where = {"remote": location, "local": local}
+                if location not in self._caches:
+                    self._caches[location] = tempfile.TemporaryDirectory(prefix="mds-cache-")
+                where = {"remote": location, "local": self._caches[location].name}
             else:
                 where = {"local": location}
             self._datasets[location] = _Crops(
@@ -147,7 +151,7 @@ class MdsPeer:
         }  # fmt: skip
 
     def keyed_batches(self, location, storage_options, work, epoch, workers, state=None):
-        """(keys, x, y) per batch; `batches` without the keys, which the self-check needs."""
+        """(loader, keys, x, y) per batch: the self-check needs the keys and the loader."""
         dataset = self.dataset(location, storage_options, work)
         if dataset.next_epoch > epoch:
             # streaming ignores a resume state older than its epoch count, so an earlier

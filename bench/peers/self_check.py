@@ -85,13 +85,14 @@ def check_stored(name: str, local: Path) -> None:
             expect(names <= {".npy", ".json"}, f"Shar members {names}")
 
 
-def check_epoch(peer, location, options, work, epoch, workers, truth) -> tuple[list, int, float]:
-    """One checked epoch: (keys in order, chunks, CPU seconds)."""
+def check_epoch(peer, location, options, work, epoch, workers, truth) -> tuple:
+    """One checked epoch: (keys in order, chunks, wall and CPU seconds of reading it, the
+    checks after it not included)."""
     counts, mels, labels = truth
     n_tags, keys, chunks = len(vocabulary(work)), [], 0
-    cpu0 = _cpu()
+    cpu0, wall0 = _cpu(), time.perf_counter()
     batches = list(peer.keyed_batches(location, options, work, epoch, workers))
-    cpu = _cpu() - cpu0
+    cpu, wall = _cpu() - cpu0, time.perf_counter() - wall0
     for i, (_, batch_keys, x, y) in enumerate(batches):
         last = i == len(batches) - 1
         expect(x.dtype == y.dtype == torch.float32, f"dtypes {x.dtype}, {y.dtype}")
@@ -107,7 +108,7 @@ def check_epoch(peer, location, options, work, epoch, workers, truth) -> tuple[l
         keys += batch_keys
         chunks += size
     expect(Counter(keys) == counts, "the epoch's keys are not the split's, once each")
-    return keys, chunks, cpu
+    return keys, chunks, wall, cpu
 
 
 def _cpu() -> float:
@@ -206,11 +207,9 @@ def run_source(peer, source, local, work, truth, worker_counts, args) -> int:
             try:
                 orders = []
                 for epoch in (0, 1):
-                    start = time.perf_counter()
-                    keys, chunks, cpu = check_epoch(
+                    keys, chunks, seconds, cpu = check_epoch(
                         peer, location, options, work, epoch, workers, truth
                     )
-                    seconds = time.perf_counter() - start
                     orders.append(keys)
                     print(f"  {peer.name:<12} {source:<6} workers={workers} epoch {epoch}: "
                           f"{chunks} chunks, {chunks / seconds:.0f} chunks/s, "
