@@ -4,6 +4,8 @@ fraction of each training step spent waiting for data.
     .venv/bin/python bench/loader.py                        # generated 29 s tracks
     .venv/bin/python bench/loader.py --data demo_out/data    # a prepared dataset
     .venv/bin/python bench/loader.py --workers 16 --train-workers 16 --device cuda
+    make bench-peers   # --peers: beside webdataset, wids, HF datasets, MDS, LitData, Lhotse
+                       # (bench/loader_peers.py; in .venv-peers, bench/requirements-peers.txt)
 
 HTTP is a local `http.server` process and S3 a local SeaweedFS server (`weed server -s3`,
 a real S3 implementation, in its own process); "s3-cache" reads S3 through the loader's
@@ -22,7 +24,6 @@ server on another machine, since the server then takes no CPU from the loader.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import multiprocessing
 import os
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from loader_common import close_pools, generated_dataset, pooled_reader, reader_for, train_step  # noqa: E402
 from local_servers import SERVER_CPUS, SERVERS, served  # noqa: E402
 
+from pipelines.core.errors import OneLineParser, run_cli  # noqa: E402
 from tagtrain import loader as data  # noqa: E402
 from tagtrain.commands.train import amp_settings, resolve_device  # noqa: E402
 from tagtrain.loader.openers import open_url  # noqa: E402
@@ -232,17 +234,19 @@ def print_cpu(rows) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="a prepared dataset (default: generate one)")
     parser.add_argument("--tracks", type=int, default=1024, help="generated samples per epoch")
     parser.add_argument("--seconds", type=float, default=29.1, help="generated track length")
-    parser.add_argument("--stored", default="mel", help="generated members: mel, pcm or mel,pcm")
-    parser.add_argument("--sources", default="local,s3,s3-cache")
+    parser.add_argument(
+        "--stored", help="generated members: mel, pcm or mel,pcm (default mel; --peers mel,pcm)"
+    )
+    parser.add_argument("--sources", help="default local,s3,s3-cache; --peers: local or s3")
     parser.add_argument(
         "--s3-clients", default="obstore", help="clients of S3 range requests: obstore,s3fs"
     )
-    parser.add_argument("--workers", default="0,1", help="loader worker counts to measure")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", help="loader worker counts (default 0,1; --peers 0)")
+    parser.add_argument("--batch-size", type=int, help="default 32; --peers 16")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--model", default="short_chunk_resnet")
     parser.add_argument("--width", type=float, default=0.25)
@@ -251,10 +255,21 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--server-cpus", default="", help="pin local servers to these CPUs")
     parser.add_argument("--loader-cpus", default="", help="pin the loader to these CPUs")
+    parser.add_argument(
+        "--peers", action="store_true", help="our loader beside its peers (bench/loader_peers.py)"
+    )
     args = parser.parse_args(argv)
     SERVER_CPUS.update(int(c) for c in args.server_cpus.split(",") if c)
     if args.loader_cpus:
         os.sched_setaffinity(0, {int(c) for c in args.loader_cpus.split(",")})
+    if args.peers:
+        import loader_peers
+
+        return loader_peers.main(args)
+    args.stored = args.stored or "mel"
+    args.sources = args.sources or "local,s3,s3-cache"
+    args.workers = args.workers or "0,1"
+    args.batch_size = args.batch_size or 32
 
     stored = tuple(s for s in args.stored.split(",") if s)
     directory = (
@@ -294,4 +309,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli("loader.py", main))

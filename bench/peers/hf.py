@@ -1,15 +1,18 @@
 """HF `datasets` reading our shards as docs/FORMATS.md says (its "webdataset" builder), in
 streaming mode: the shards are read every epoch from where they are, as the other peers
 read them (the map-style `load_dataset` would first convert them into its own Arrow cache,
-another format). `with_format("numpy")` hands the mel out as float32, FORMATS.md's recipe;
-its own shuffle buffer (256) and epoch seeding (`set_epoch`)."""
+another format); its own shuffle buffer (256) and epoch seeding (`set_epoch`).
+
+Rows are taken in Arrow format and the mel read from the Arrow buffers (float16, as
+stored): FORMATS.md's `with_format("numpy")` builds each float32 mel through per-row
+conversion, about 150 ms of CPU per 6 s track here, against under 1 ms this way; a user
+comparing loaders would take the faster path, so the peer is measured at its best."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import datasets
-import numpy as np
 import torch
 
 from peers.base import (
@@ -58,12 +61,12 @@ class HFDatasets:
             if "rng" not in state:  # one generator per loader worker
                 info = torch.utils.data.get_worker_info()
                 state["rng"] = crop_rng(work, epoch, 0 if info is None else info.id)
-            mel = np.asarray(row["mel.npy"], dtype=np.float32)
-            return random_crop(mel, work.frames, state["rng"]), multi_hot(
-                row["json"]["labels"], n_tags
-            )
+            bands = row.column("mel.npy").combine_chunks().values  # [n_mels] lists
+            mel = bands.values.to_numpy(zero_copy_only=False).reshape(len(bands), -1)
+            labels = row.column("json").combine_chunks().field("labels").to_pylist()[0]
+            return random_crop(mel, work.frames, state["rng"]), multi_hot(labels, n_tags)
 
-        rows = stream.with_format("numpy")
+        rows = stream.with_format("arrow")
         if not workers:
             yield from batched((pair(row) for row in rows), work.batch_size)
             return
