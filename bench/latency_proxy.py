@@ -18,13 +18,17 @@ prints the port it listens on (127.0.0.1), then serves until killed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 from urllib.parse import urlparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.core.errors import OneLineParser, run_cli  # noqa: E402
 
 # Large reads: the proxy's CPU per byte (on the server's core) falls with the read size.
 _CHUNK = 1 << 20
@@ -98,13 +102,13 @@ def _cpu_set(text: str) -> set[int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="bench/latency_proxy.py", description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="HOST:PORT of the server")
     parser.add_argument("--rtt-ms", type=float, required=True, help="round trip added")
     parser.add_argument("--cpus", default="", help="run on these CPUs (default: any)")
     args = parser.parse_args(argv)
     host, _, port = args.target.rpartition(":")
-    if not host or not port.isdigit() or args.rtt_ms < 0:
+    if not host or not port.isdigit() or not 0 <= args.rtt_ms < 1e6:
         parser.error("--target must be HOST:PORT and --rtt-ms at least 0")
     if cpus := _cpu_set(args.cpus):
         os.sched_setaffinity(0, cpus)
@@ -135,4 +139,4 @@ def delayed(endpoint: str, rtt_ms: float, cpus=()):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli("bench/latency_proxy.py", main))
