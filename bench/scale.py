@@ -2,6 +2,7 @@
 """How each bookkeeping cost grows with the corpus: 10k, 100k and 1M tracks (issue 31).
 
     .venv/bin/python bench/scale.py [--sizes 10000,100000,1000000] [--root DIR] [--rows TEXT]
+        [--repeats 5]
 
 For each size a synthetic corpus (`scale_corpus.py`: manifest, audio listing, split
 tables, a prepared dataset with tiny members) is built once under `--root` and reused.
@@ -14,10 +15,11 @@ The growth exponent between the two largest sizes n1 < n2 is log(v2/v1) / log(n2
 for the time, for the added memory and for extra figures of memory or bytes (`bytes`,
 `*_mb`). Small figures are noise, so each is floored before the ratio: time at 50 ms,
 memory at 20 MB, bytes at 4 KiB (a row below the floor at both sizes grows with exponent
-0); a row is run again in its process, up to 5 times, while its runs have taken under
-1 s in all, and the least time is kept (noise, and a first run's lazy imports, only ever
-add time). The last line is
-`max growth exponent E (row name)` over every exponent shown. Goals of issue 31 that
+0); a row is run again in its process, up to 5 times (`--repeats`), while its runs have
+taken under 1 s in all, and the least time is kept (noise, and a first run's lazy
+imports, only ever add time). The last line is `max growth exponent E (row name)` over
+every exponent shown. The times are wall seconds: on a shared machine they carry its
+load, so compare exponents of one run. Goals of issue 31 that
 apply at a size given are checked and failures printed; rows are matched by name: a row
 named "loader: first batch..." within 5 s and 1 GB (its peak RSS, or `worker_rss_mb` if
 larger), "loader state..." at most 5 MB (`bytes`), "...--update..." within 60 s.
@@ -43,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from scale_corpus import Corpus, build_corpus  # noqa: E402
 
+from pipelines.core.argtypes import positive_int  # noqa: E402
 from pipelines.core.errors import OneLineParser, UserError, run_cli  # noqa: E402
 
 ROW_MODULES = ("scale_prepare", "scale_loader")
@@ -83,7 +86,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _child(module: str, name: str, corpus: Corpus, conn) -> None:
+def _child(module: str, name: str, corpus: Corpus, repeats: int, conn) -> None:
     """In the spawned process: import the row, note the RSS, run it (repeated when
     short), send back the figures."""
     try:
@@ -94,7 +97,7 @@ def _child(module: str, name: str, corpus: Corpus, conn) -> None:
         base = _rss_mb()
         runs: list[tuple[float, dict]] = []
         began = time.perf_counter()
-        while len(runs) < REPEATS and time.perf_counter() - began < REPEAT_WITHIN_S:
+        while len(runs) < repeats and time.perf_counter() - began < REPEAT_WITHIN_S:
             start = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):  # the commands' "wrote ..."
                 figures = dict(row.fn(corpus) or {})
@@ -239,6 +242,8 @@ def main() -> int:
     parser.add_argument("--root", type=Path, help="corpus cache (default: under the temp dir)",
                         default=Path(tempfile.gettempdir()) / "tagkit-scale")  # fmt: skip
     parser.add_argument("--rows", help="only rows whose name contains one of these (commas)")
+    parser.add_argument("--repeats", type=positive_int, default=REPEATS,
+                        help="runs of a short row in its process (the least time is kept)")  # fmt: skip
     args = parser.parse_args()
     sizes = parse_sizes(args.sizes)
     rows = collect_rows(args.rows)
@@ -250,7 +255,7 @@ def main() -> int:
             raise RuntimeError(f"building the corpus of {size} tracks: {corpus.error}")
         print(f"corpus of {size:,} tracks: {time.perf_counter() - start:.1f} s", flush=True)
         for module, row in rows:
-            results[row.name][size] = _spawned(_child, module, row.name, corpus)
+            results[row.name][size] = _spawned(_child, module, row.name, corpus, args.repeats)
             print(f"  {row.name}: {_cell(results[row.name][size])}", flush=True)
     lines = table(rows, sizes, results)
     print("\n".join(lines))

@@ -32,7 +32,7 @@ def _row_names() -> list[str]:
 @pytest.mark.slow
 def test_the_table_has_every_row_with_finite_figures_and_the_exponent_last(tmp_path):
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "scale.py"), "--sizes", "300,600",
+        [sys.executable, str(ROOT / "bench" / "scale.py"), "--sizes", "300,600", "--repeats", "1",
          "--root", str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
