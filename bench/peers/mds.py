@@ -27,9 +27,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import streaming
 import torch
-from streaming.base.util import clean_stale_shared_memory
+
+try:
+    import streaming
+    from streaming.base.util import clean_stale_shared_memory
+except RuntimeError as error:
+    # streaming imports torchvision, and PyPI's torchvision is built against CUDA torch:
+    # with CPU torch its import fails ("operator torchvision::nms does not exist"). The
+    # package is there but unusable; the harness reports a missing one as not installed.
+    raise ModuleNotFoundError(f"streaming cannot be imported: {error}", name="streaming") from error
 
 from .base import Workload, card, crop_rng, multi_hot, random_crop, register, tracks, vocabulary
 
