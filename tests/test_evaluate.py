@@ -840,3 +840,49 @@ def test_embed_averages_half_overlapped_windows_unless_chunks_are_given(
     fake = SimpleNamespace(spec=SimpleNamespace(samples=48000, sample_rate=16000))
     card = {"splits": {"t": {"samples": 10, "seconds": 300.0}}}
     assert embeddings.half_overlapped_windows(fake, SimpleNamespace(card=card, split="t")) == 19
+
+
+def test_predictions_parquet_round_trips_without_a_python_object_per_probability(tmp_path):
+    """Issue 31: for a million tracks x 50 tags, predictions.parquet was written and read
+    through Python lists (50 M float objects, ~2.5 GB and ~20 s each way). Written and
+    read as flat arrays, the Python heap holds little more than the matrices returned."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from tagtrain.inference.evaluation import write_predictions
+    from tagtrain.inference.robustness_tables import read_predictions
+
+    n, tags = 20000, 50
+    rng = np.random.default_rng(0)
+    labels = (rng.random((n, tags)) < 0.05).astype(np.float64)
+    labels[0] = 0  # a track with no tag
+    probs = rng.random((n, tags))
+    vocabulary = [f"tag{j:02d}" for j in range(tags)]
+    run = SimpleNamespace(vocabulary=vocabulary, location="run")
+    evaluation = SimpleNamespace(run=run, data="data", labels=labels, probs=probs,
+                                 keys=[f"k{i}" for i in range(n)])  # fmt: skip
+    path = tmp_path / "predictions.parquet"
+    pa.array([0])  # pyarrow's first array imports pandas: not this test's allocations
+    tracemalloc.start()
+    try:
+        write_predictions(evaluation, path)
+        written_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        read_labels, read_probs = read_predictions(path, vocabulary)
+        after, read_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    table = pq.read_table(path)
+    assert table.column("tags")[1].as_py() == [vocabulary[t] for t in np.flatnonzero(labels[1])]
+    assert table.column("tags")[0].as_py() == []
+    assert np.array_equal(read_labels, labels)
+    assert np.array_equal(read_probs, probs.astype(np.float32).astype(np.float64))
+    matrices = labels.nbytes + probs.nbytes
+    assert written_peak < 12 * 2**20  # the lists were 37 MB here
+    assert read_peak - after < 8 * 2**20 and after - before < matrices + 2**20  # were 25 MB
+    # Another vocabulary order: the columns follow it.
+    swapped = read_predictions(path, vocabulary[::-1])
+    assert np.array_equal(swapped[1], read_probs[:, ::-1])

@@ -103,3 +103,26 @@ def test_a_pool_reads_s3_with_a_session_made_before_the_fork(seaweed_s3, dataset
     local_cfg = loader.LoaderConfig(batch_size=2, workers=2, shuffle_buffer=4, seed=1)
     for epoch, batches in enumerate(epochs):
         assert same_batches(batches, read_epoch(out, card, local_cfg, epoch)[0])
+
+
+def test_a_stream_replanned_for_its_own_epoch_keeps_its_plan(dataset, monkeypatch):
+    """Issue 31: a pool's workers re-plan the template stream for its first epoch, which
+    the main process planned before they forked; ordering a million samples again cost
+    each worker ~1 s before its first batch. Another epoch or resume state is planned."""
+    from tagtrain.loader import stream as stream_module
+
+    out, card = dataset
+    cfg = loader.LoaderConfig(batch_size=2, workers=2, shuffle_buffer=4, seed=1)
+    shards = loader.split_shards(card, str(out), "train")
+    plan = loader.plan_input(card, SPEC)
+    template = loader.ShardStream(shards, plan, card["vocabulary"], cfg, 3)
+    calls = []
+    real = stream_module.epoch_rows
+    monkeypatch.setattr(stream_module, "epoch_rows", lambda *a: calls.append(a) or real(*a))
+    same = template.for_epoch(3, None)
+    assert calls == [] and same.order is template.order and same.epoch == 3
+    resume = {0: loader.WorkerPosition(-2, 4)}  # a sample-level state: 4 consumed
+    resumed = template.for_epoch(3, resume)
+    other = template.for_epoch(4, None)
+    assert len(calls) == 2 and resumed.consumed == 4 and other.epoch == 4
+    assert list(other.order) != list(template.order)

@@ -238,13 +238,19 @@ def write_predictions(evaluation: Evaluation, path: Path) -> Path:
     import pyarrow.parquet as pq
 
     vocabulary = evaluation.run.vocabulary
-    tags = [[vocabulary[i] for i in np.flatnonzero(y > 0.5)] for y in evaluation.labels]
+    # Built from flat numpy arrays and list offsets: a Python float per probability
+    # (tolist) was 50 M objects, ~2.5 GB and ~20 s, for a million tracks x 50 tags.
+    rows, columns = np.nonzero(evaluation.labels > 0.5)  # row-major: each track's in order
+    tracks, width = evaluation.probs.shape
+    tag_offsets = np.searchsorted(rows, np.arange(tracks + 1)).astype(np.int32)
+    names = pa.array(vocabulary, pa.string()).take(pa.array(columns.astype(np.int64)))
+    flat = pa.array(np.ascontiguousarray(evaluation.probs, dtype=np.float32).reshape(-1))
     table = pa.table(
         {
             "key": pa.array(evaluation.keys, pa.string()),
-            "tags": pa.array(tags, pa.list_(pa.string())),
-            "probabilities": pa.array(
-                evaluation.probs.astype(np.float32).tolist(), pa.list_(pa.float32())
+            "tags": pa.ListArray.from_arrays(pa.array(tag_offsets), names),
+            "probabilities": pa.ListArray.from_arrays(
+                pa.array(np.arange(tracks + 1, dtype=np.int32) * width), flat
             ),
         }
     )

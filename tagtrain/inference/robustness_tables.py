@@ -38,23 +38,41 @@ def read_predictions(path: Path, vocabulary: list[str] | None = None):
     when the file is missing, empty or unreadable as such."""
     if not path.exists():
         return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     if not {"tags", "probabilities"} <= set(table.column_names) or table.num_rows == 0:
         return None
     order = _written_vocabulary(table.schema.metadata or {}) or vocabulary
-    probs = np.asarray(table.column("probabilities").to_pylist(), dtype=np.float64)
-    if order is None or probs.ndim != 2 or probs.shape[1] != len(order):
+    probs = _matrix(table.column("probabilities").combine_chunks())
+    if order is None or probs is None or probs.shape[1] != len(order):
         return None
     index = {t: i for i, t in enumerate(order)}
     labels = np.zeros_like(probs)
-    for row, tags in enumerate(table.column("tags").to_pylist()):
-        for tag in tags or []:
-            if tag in index:
-                labels[row, index[tag]] = 1.0
+    tags = table.column("tags").combine_chunks()  # flat, not a Python list per track
+    names = tags.flatten().cast(pa.string())  # an all-empty column may be list<null>
+    found = pc.index_in(names, value_set=pa.array(order, pa.string()))
+    known = found.is_valid().to_numpy(zero_copy_only=False)
+    rows = np.asarray(tags.value_parent_indices())[known]
+    labels[rows, found.to_numpy(zero_copy_only=False)[known].astype(np.int64)] = 1.0
     keep = [index[t] for t in (vocabulary if vocabulary is not None else order) if t in index]
+    if keep == list(range(len(order))):
+        return labels, probs  # the written order: no copy of two [tracks, tags] matrices
     return labels[:, keep], probs[:, keep]
+
+
+def _matrix(column) -> np.ndarray | None:
+    """[tracks, tags] float64 of a list<float> column; None unless every row is a list of
+    the same length (a million tracks: one flat copy, not 50 M Python floats)."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if column.null_count or len(np.unique(lengths)) != 1 or column.flatten().null_count:
+        return None
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    return values.reshape(len(column), int(lengths[0]))
 
 
 def _written_vocabulary(meta: dict) -> list[str] | None:

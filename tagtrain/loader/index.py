@@ -71,13 +71,13 @@ class SplitIndex:
     def key_list(self) -> list[str]:
         return self.keys.to_pylist()
 
-    def key_bytes(self, chunk: int = 1 << 16):
-        """Every key as UTF-8 bytes, made a chunk at a time (hashing needs no list of
+    def key_chunks(self, chunk: int = 1 << 16):
+        """Lists of the keys as UTF-8 bytes, a chunk at a time (hashing needs no list of
         a million strings at once)."""
         import pyarrow as pa
 
         for start in range(0, len(self.keys), chunk):
-            yield from self.keys.slice(start, chunk).cast(pa.binary()).to_pylist()
+            yield self.keys.slice(start, chunk).cast(pa.binary()).to_pylist()
 
     def ref(self, row: int) -> SampleRef:
         row = int(row)
@@ -277,7 +277,10 @@ def _split_index(url: str, table, shards: Sequence[ShardInfo]) -> SplitIndex:
     members = table.column("members").combine_chunks()
     if not kept.all():  # rows of other splits' shards: never read, never checked
         rows = np.flatnonzero(kept)
-        keys, members = keys.take(rows), members.take(rows)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # one run (prepare's order)
+            keys, members = keys.slice(rows[0], len(rows)), members.slice(rows[0], len(rows))
+        else:
+            keys, members = keys.filter(kept), members.filter(kept)
     position = position[kept].astype(np.int32)
     parent, name, offset, size = _member_columns(url, keys, members)
     prefixed, matches = _name_parts(keys, parent, name)
@@ -300,7 +303,10 @@ def _split_index(url: str, table, shards: Sequence[ShardInfo]) -> SplitIndex:
     first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first, parent, offset)
     first[first == np.iinfo(np.int64).max] = 0
-    order = np.lexsort((first, position))
+    # Prepare writes the index in shard and tar order: then no sort and no reordering.
+    step, same = position[1:] - position[:-1], position[1:] == position[:-1]
+    in_order = np.all((step > 0) | (same & (first[1:] >= first[:-1])))
+    order = None if in_order else np.lexsort((first, position))
     counts = np.bincount(position, minlength=len(shards))
     for i, shard in enumerate(shards):
         if counts[i] != shard.samples:
@@ -308,12 +314,12 @@ def _split_index(url: str, table, shards: Sequence[ShardInfo]) -> SplitIndex:
                 f"{url} lists {counts[i]} samples of {shard.name}, the card {shard.samples}"
             )
     shard_bytes = np.bincount(position[parent], weights=size + TAR_HEADER, minlength=len(shards))
-    return SplitIndex(
-        keys.take(order), position[order],
-        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        {e: a[order] for e, a in offsets.items()}, {e: a[order] for e, a in sizes.items()},
-        shard_bytes.astype(np.int64),
-    )  # fmt: skip
+    if order is not None:
+        keys, position = keys.take(order), position[order]
+        offsets = {e: a[order] for e, a in offsets.items()}
+        sizes = {e: a[order] for e, a in sizes.items()}
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return SplitIndex(keys, position, starts, offsets, sizes, shard_bytes.astype(np.int64))
 
 
 @functools.lru_cache(maxsize=4)

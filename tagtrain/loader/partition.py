@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tagtrain.loader.index import SampleRef, SplitIndex
-from tagtrain.loader.shuffle import stable_ints
+from tagtrain.loader.shuffle import stable_ints, stable_ints_of_chunks
 from tagtrain.loader.stats import LoaderError
 
 
@@ -87,7 +87,7 @@ def epoch_rows(
         flat = flat[np.fromiter((k in chosen for k in in_order), bool, len(flat))]
     if block <= 1:
         return flat
-    hashes = stable_ints(("order", seed, epoch), index.key_bytes())[flat]
+    hashes = stable_ints_of_chunks(("order", seed, epoch), index.key_chunks())[flat]
     # Stable: equal hashes keep their order, as a sort of each block would.
     return flat[np.lexsort((hashes, np.arange(len(flat)) // block))]
 

@@ -16,15 +16,20 @@ def stable_int(*parts) -> int:
 
 
 def stable_ints(head: tuple, lasts: Iterable) -> np.ndarray:
-    """`stable_int(*head, last)` for each of `lasts` (bytes: their UTF-8 text), as
-    uint64: the same numbers at a fraction of the cost, a chunk of digests at a time (a
-    million keys are hashed per epoch)."""
+    """`stable_int(*head, last)` for each of `lasts`, as uint64: the same numbers at a
+    fraction of the cost (a million keys are hashed per epoch)."""
+    items = iter(lasts)
+    chunks = iter(lambda: [str(v).encode() for v in itertools.islice(items, 1 << 16)], [])
+    return stable_ints_of_chunks(head, chunks)
+
+
+def stable_ints_of_chunks(head: tuple, chunks: Iterable[list[bytes]]) -> np.ndarray:
+    """`stable_ints` of lists of UTF-8 texts: a chunk of digests at a time, no list of
+    every text at once."""
     prefix = "".join(f"{p}\x1f" for p in head).encode()
-    blake2b = hashlib.blake2b
-    items, parts = iter(lasts), []
-    while chunk := list(itertools.islice(items, 1 << 16)):
-        encoded = [v if isinstance(v, bytes) else str(v).encode() for v in chunk]
-        digests = b"".join([blake2b(prefix + v, digest_size=8).digest() for v in encoded])
+    blake2b, parts = hashlib.blake2b, []
+    for chunk in chunks:
+        digests = b"".join([blake2b(prefix + v, digest_size=8).digest() for v in chunk])
         parts.append(np.frombuffer(digests, dtype=">u8").astype(np.uint64))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 

@@ -76,6 +76,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         other.resume = dict(resume or {})
         if other.refs is None and consumed_samples(other.resume) is not None:
             raise LoaderError("a sample-level resume state needs sample-level partitioning")
+        if (epoch, other.resume) == (self.epoch, self.resume):
+            # The plan this stream already has (a pool's first epoch, planned before its
+            # workers forked): ordering a million samples again costs each worker ~1 s.
+            return other
         other._plan_epoch(epoch, other.resume)
         return other
 
