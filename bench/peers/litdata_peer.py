@@ -60,9 +60,10 @@ def s3_options(storage_options: dict) -> dict:
     endpoint = s3.get("client_kwargs", {}).get("endpoint_url")
     if endpoint and endpoint.startswith("http://"):
         # litdata 0.2.76 downloads chunks through an obstore store built from its boto3
-        # client's endpoint, with client options of its own and no `allow_http`, so every
-        # GET from a plain-HTTP endpoint fails ("builder error"; obstore's AWS_ALLOW_HTTP
-        # is overridden by those options): say so before the loader starts.
+        # client's endpoint, with client options of its own (a timeout) and so without
+        # `allow_http`, which is one of those options: every GET from a plain-HTTP endpoint
+        # fails ("builder error", as in developmentseed/obstore#159), and AWS_ALLOW_HTTP
+        # in the environment does not help (tried): say so before the loader starts.
         raise PeerUnsupported(
             "litdata 0.2.76 cannot read from a plain-HTTP S3 endpoint (its obstore store "
             "is built without allow_http)"
