@@ -886,3 +886,29 @@ def test_predictions_parquet_round_trips_without_a_python_object_per_probability
     # Another vocabulary order: the columns follow it.
     swapped = read_predictions(path, vocabulary[::-1])
     assert np.array_equal(swapped[1], read_probs[:, ::-1])
+
+
+def test_tag_scores_work_a_few_tags_at_a_time(monkeypatch):
+    """Issue 31: scoring a million tracks x 50 tags held ~10 temporaries of the whole
+    matrix at once (pr_auc's sort orders, cumulative sums...: ~4 GB). A few tags at a
+    time, the figures are the same and the peak is a few columns' worth."""
+    import tracemalloc
+
+    from tagtrain.inference import metrics
+
+    rng = np.random.default_rng(1)
+    n, tags = 20000, 50
+    y = (rng.random((n, tags)) < 0.1).astype(np.float64)
+    y[:, 7] = 0  # unscored, in the middle of a block
+    p = rng.random((n, tags))
+    whole = {name: m.per_tag(y, p) for name, m in metrics.METRICS.items()}
+    tracemalloc.start()
+    try:
+        scores = metrics.tag_scores(y, p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    for name, values in whole.items():
+        got = np.array(scores.per_tag[name])
+        assert np.isnan(got[7]) and np.allclose(np.delete(got, 7), np.delete(values, 7))
+    assert peak < 30 * 2**20  # the whole matrix at once: 123 MB here (one is 8 MB)

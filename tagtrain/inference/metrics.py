@@ -108,6 +108,9 @@ class TagScores:
         return self.macro["pr_auc"]
 
 
+TAGS_AT_A_TIME = 8
+
+
 def evaluable_tags(y_true: np.ndarray) -> np.ndarray:
     """Boolean mask of tags that have at least one positive and one negative."""
     positives = y_true.sum(axis=0)
@@ -122,15 +125,20 @@ def tag_scores(y_true, y_score) -> TagScores:
     if y_true.shape != y_score.shape or y_true.ndim != 2:
         raise ValueError(f"labels {y_true.shape} and scores {y_score.shape} must both be [N, C]")
     finite = np.isfinite(y_score).all(axis=1)
-    y_true, y_score = y_true[finite], y_score[finite]
+    if not finite.all():  # else no copy of both matrices (a million tracks: 800 MB)
+        y_true, y_score = y_true[finite], y_score[finite]
     n_tags = y_true.shape[1]
     mask = evaluable_tags(y_true) if len(y_true) else np.zeros(n_tags, dtype=bool)
     per_tag, macro = {}, {}
     for metric in METRICS.values():
         values = np.full(n_tags, np.nan)
         usable = mask if metric.needs_both_classes else np.full(n_tags, len(y_true) > 0)
-        if usable.any():
-            values[usable] = metric.per_tag(y_true[:, usable], y_score[:, usable])
+        # A few tags at a time: a metric's temporaries (ranks, sort orders, cumulative
+        # sums: ~10 [tracks, tags] arrays) then stay a few columns wide, not 50.
+        columns = np.flatnonzero(usable)
+        for start in range(0, len(columns), TAGS_AT_A_TIME):
+            part = columns[start : start + TAGS_AT_A_TIME]
+            values[part] = metric.per_tag(y_true[:, part], y_score[:, part])
         per_tag[metric.name] = tuple(values.tolist())
         macro[metric.name] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
     n = int(mask.sum())
