@@ -13,7 +13,7 @@ Modules, one job each:
     persist    LoaderPool: loader worker processes kept for every epoch of a run
     device     DeviceInput: the batch to the model's input on the device
     stats      LoaderStats and LoaderError
-    index      the index's member byte ranges (SampleRef per sample)
+    index      the index's member byte ranges (SplitIndex: a split's samples as columns)
     partition  sample-level partitioning: one global order, equal batches, elastic resume
     sampled    a worker's batches under sample-level partitioning (ranged reads)
     ranged     member byte ranges by pread / fsspec cat_ranges, with retries
