@@ -51,10 +51,13 @@ def load_peers() -> dict[str, str]:
     for module, names in MODULES.items():
         try:
             importlib.import_module(f"peers.{module}")
-        except ImportError as exc:
-            if not isinstance(exc, ModuleNotFoundError) or (exc.name or "").startswith("peers"):
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").startswith("peers"):  # our module, not its package
                 raise
             missing.update(dict.fromkeys(names, NOT_INSTALLED))
+        except Exception as exc:  # noqa: BLE001 -- e.g. a package built for another torch
+            why = f"error: importing it: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+            missing.update(dict.fromkeys(names, why))
     return missing
 
 
@@ -283,6 +286,10 @@ def comparison(rows) -> tuple[float, str, str] | None:
 
 
 def main(args) -> int:
+    sources = [s for s in (args.sources or "local").split(",") if s]
+    for s in sources:
+        if s not in ("local", "s3"):
+            raise SystemExit(f"error: --peers reads from local or s3, not {s!r}")
     stored = tuple(s for s in (args.stored or "mel,pcm").split(",") if s)
     dataset = Path(args.data) if args.data else generated_dataset(args.tracks, args.seconds, stored)
     spec = get_entry(args.model).input_spec
@@ -290,10 +297,6 @@ def main(args) -> int:
         dataset, spec.frames, spec.features.n_mels, args.batch_size or 16, 0, model=args.model
     )
     n_tags = len(json.loads((dataset / "dataset.json").read_text())["vocabulary"])
-    sources = [s for s in (args.sources or "local").split(",") if s]
-    for s in sources:
-        if s not in ("local", "s3"):
-            raise SystemExit(f"error: --peers reads from local or s3, not {s!r}")
     missing = load_peers()
     cache = Path(tempfile.gettempdir()) / "tagtrain-bench-peers" / dataset.name
     prepared = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from peers.base import (
+from .base import (
     Workload,
     batched,
     card,

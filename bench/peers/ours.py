@@ -7,8 +7,9 @@ from pathlib import Path
 
 from loader_common import reader_for
 
-from peers.base import Workload, register
 from tagtrain.models.registry import get_entry
+
+from .base import Workload, register
 
 
 class Ours:

@@ -27,7 +27,7 @@ import webdataset as wds
 import wids
 from wids import wids_dl
 
-from peers.base import (
+from .base import (
     Workload,
     batched,
     card,
