@@ -170,22 +170,6 @@ def _no_members(url: str, key) -> CardError:
     return CardError(f"{url}: row {key!r:.60} has no list of members")
 
 
-def _string_buffers(array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets [n + 1], bytes) of an Arrow string array, without copying (int32 offsets
-    for a string array: half the memory of int64 over millions of members)."""
-    import pyarrow as pa
-
-    width = np.int64 if pa.types.is_large_string(array.type) else np.int32
-    buffers = array.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=width)[array.offset : array.offset + len(array) + 1]
-    data = (
-        np.frombuffer(buffers[2], dtype=np.uint8)
-        if buffers[2] is not None
-        else np.zeros(0, np.uint8)
-    )
-    return offsets, data
-
-
 def _member_columns(url: str, keys, members):
     """(parent row, name, offset, size) of every member, as arrays; one-line errors for
     an index that breaks the schema."""
@@ -225,37 +209,27 @@ def _member_columns(url: str, keys, members):
     return parent, name, offset.to_numpy().astype(np.int64), size.to_numpy().astype(np.int64)
 
 
-_CHUNK = 1 << 16  # members compared at a time: bounds the gather arrays to a few MB
-
-
 def _name_parts(keys, parent: np.ndarray, name) -> tuple[np.ndarray, dict]:
     """Whether each member's name is `{its row's key}.{something}`, and, per contract
-    extension, which members are `{key}.{ext}`: byte comparisons on the Arrow buffers
-    (no string per member is made)."""
-    key_off, key_data = _string_buffers(keys)
-    name_off, name_data = _string_buffers(name)
-    key_start, key_len = key_off[parent], np.diff(key_off)[parent]
-    name_start, name_len = name_off[:-1], np.diff(name_off)
-    prefixed = name_len > key_len
-    dot = np.where(prefixed, name_start + key_len, 0)
-    prefixed &= name_data[dot] == ord(".") if len(name_data) else False
-    for lo in range(0, len(parent), _CHUNK):
-        part = slice(lo, lo + _CHUNK)
-        lengths = np.where(prefixed[part], key_len[part], 0)
-        member = np.repeat(np.arange(len(lengths)), lengths)
-        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        same = (
-            name_data[name_start[part][member] + within]
-            == key_data[key_start[part][member] + within]
-        )
-        prefixed[lo + np.unique(member[~same])] = False
-    ext_start, ext_len = name_start + key_len + 1, name_len - key_len - 1
-    matches = {}
-    for ext in CONTRACT_MEMBERS:
-        want = np.frombuffer(ext.encode(), dtype=np.uint8)
-        at = np.flatnonzero(prefixed & (ext_len == len(want)))
-        found = name_data[ext_start[at][:, None] + np.arange(len(want))] == want
-        matches[ext] = at[found.all(axis=1)]
+    extension, which members are `{key}.{ext}`: Arrow compute over the whole column (the
+    expected name of each member, compared at once); names outside the contract, rare,
+    are checked one by one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    exts = pa.array(CONTRACT_MEMBERS, pa.string())
+    ext_id = np.full(len(parent), -1, dtype=np.int64)
+    for i, ext in enumerate(CONTRACT_MEMBERS):  # at most one: no contract name ends another
+        ext_id[pc.ends_with(name, f".{ext}").to_numpy(zero_copy_only=False)] = i
+    member_keys = keys.take(pa.array(parent))
+    suffix = exts.take(pa.array(np.maximum(ext_id, 0)))
+    expected = pc.binary_join_element_wise(member_keys, suffix, ".")
+    prefixed = pc.equal(name, expected).to_numpy(zero_copy_only=False) & (ext_id >= 0)
+    matches = {
+        ext: np.flatnonzero(prefixed & (ext_id == i)) for i, ext in enumerate(CONTRACT_MEMBERS)
+    }
+    for i in np.flatnonzero(~prefixed):
+        prefixed[i] = name[int(i)].as_py().startswith(f"{member_keys[int(i)].as_py()}.")
     return prefixed, matches
 
 
