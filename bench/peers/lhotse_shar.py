@@ -153,7 +153,12 @@ class LhotseSharPeer:
             fields=self.fields(location, storage_options), shuffle_shards=True,
             stateful_shuffle=False, seed=work.seed + epoch, split_for_dataloading=workers > 0,
         )  # fmt: skip
-        sampler = DynamicCutSampler(cuts, max_cuts=work.batch_size, shuffle=True, seed=work.seed)
+        # The shuffle buffer every streaming peer and ours get (256 tracks): Lhotse's
+        # default, 20,000 cuts, would hold 20,000 whole mels (Shar attaches each cut's
+        # array as it reads) before the first batch.
+        sampler = DynamicCutSampler(
+            cuts, max_cuts=work.batch_size, shuffle=True, shuffle_buffer_size=256, seed=work.seed
+        )
         sampler.set_epoch(epoch)
         if not workers:
             return sampler, torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
