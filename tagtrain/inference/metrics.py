@@ -138,7 +138,9 @@ def tag_scores(y_true, y_score) -> TagScores:
         columns = np.flatnonzero(usable)
         for start in range(0, len(columns), TAGS_AT_A_TIME):
             part = columns[start : start + TAGS_AT_A_TIME]
-            values[part] = metric.per_tag(y_true[:, part], y_score[:, part])
+            # Column-major: each tag's column contiguous, for the sorts along it.
+            y, s = np.asfortranarray(y_true[:, part]), np.asfortranarray(y_score[:, part])
+            values[part] = metric.per_tag(y, s)
         per_tag[metric.name] = tuple(values.tolist())
         macro[metric.name] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
     n = int(mask.sum())
