@@ -51,7 +51,8 @@ bench: setup
 
 # The loader beside its peers (bench/loader.py --peers), in .venv-peers: the peers' pins
 # conflict with .venv's lock (bench/requirements-peers.txt). Rebuilt only when the
-# requirements change (a stamp, as scripts/setup.sh does). PEERS_ARGS: e.g. --tracks 256.
+# requirements change (a stamp, as scripts/setup.sh does); pip's find-links (the local CPU
+# torch wheel) is hidden: see bench/requirements-peers.txt. PEERS_ARGS: e.g. --tracks 256.
 PEERS_PY := .venv-peers/bin/python
 PEERS_STAMP := .venv-peers/.requirements.sha256
 PEERS_ARGS ?=
@@ -61,7 +62,11 @@ bench-peers:
 	if [ ! -f $(PEERS_STAMP) ] || [ "$$(cat $(PEERS_STAMP))" != "$$want" ]; then \
 	  echo "bench-peers: building .venv-peers (first run downloads the peers)"; \
 	  [ -x $(PEERS_PY) ] || python3 -m venv .venv-peers || exit 1; \
-	  $(PEERS_PY) -m pip install -q --disable-pip-version-check -r bench/requirements-peers.txt || exit 1; \
+	  $(PEERS_PY) -c "import torch, sys; sys.exit('+cpu' in torch.__version__)" 2>/dev/null \
+	    || $(PEERS_PY) -m pip uninstall -y -q torch; \
+	  nowheels=$$(mktemp -d); \
+	  PIP_FIND_LINKS=$$nowheels $(PEERS_PY) -m pip install -q --disable-pip-version-check \
+	    -r bench/requirements-peers.txt || exit 1; \
 	  echo "$$want" > $(PEERS_STAMP); \
 	fi
 	$(PEERS_PY) bench/loader.py --peers --sources local,s3 $(PEERS_ARGS)
