@@ -151,13 +151,15 @@ def _s3_environment(options: dict) -> None:
 
 class _Usage:
     """CPU seconds and read() bytes of this process and its loader workers: live ones
-    through psutil, reaped ones through os.times (CPU); read bytes are sampled per batch,
-    since a worker's count goes with it."""
+    through psutil, reaped ones through os.times (CPU). With workers, read bytes are sampled
+    per batch, since a worker's count goes with it; without, only this process's are read
+    (finding children scans every process on the machine, CPU the row would be charged)."""
 
-    def __init__(self):
+    def __init__(self, workers: int):
         import psutil
 
         self.me = psutil.Process()
+        self.workers = workers
         self.read = {}
 
     def cpu(self) -> float:
@@ -169,7 +171,7 @@ class _Usage:
         return total
 
     def sample_reads(self) -> None:
-        for proc in [self.me, *self.me.children(recursive=True)]:
+        for proc in [self.me, *(self.me.children(recursive=True) if self.workers else ())]:
             with contextlib.suppress(Exception):
                 self.read[proc.pid] = proc.io_counters().read_chars
 
@@ -179,7 +181,7 @@ class _Usage:
 
 
 def _measure(peer, location, options, work: Workload, epochs: int, workers: int, n_tags):
-    usage, epochs_out = _Usage(), []
+    usage, epochs_out = _Usage(workers), []
     for epoch in range(epochs):
         reads0, cpu0, start = usage.reads(), usage.cpu(), time.perf_counter()
         first, chunks = None, 0
@@ -192,7 +194,8 @@ def _measure(peer, location, options, work: Workload, epochs: int, workers: int,
             if str(x.dtype) != "torch.float32" or str(y.dtype) != "torch.float32":
                 raise ValueError(f"batch of {x.dtype}, {y.dtype}")
             chunks += n
-            usage.sample_reads()
+            if workers:
+                usage.sample_reads()
         wall = time.perf_counter() - start
         cpu = usage.cpu() - cpu0
         epochs_out.append(
