@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -103,6 +104,19 @@ def test_peers_on_our_shards_hand_out_the_same_training_input(dataset, stored, n
     assert len(set(starts.values())) > 2  # random crops, not one fixed offset
 
 
+@pytest.mark.parametrize("name", [n for n in OUR_SHARD_PEERS if n != "hf-datasets"])
+def test_exact_resume_claims_rest_on_a_replayable_epoch(dataset, name):
+    """A peer claiming exact resume replays an epoch batch for batch (so skipping what was
+    used resumes it); the next epoch is another order."""
+    loader_peers.load_peers()
+    peer, work = PEERS[name], workload(dataset)
+    if not peer.resume.startswith("exact"):
+        pytest.skip(f"{name} claims no exact resume")
+    first, again, other = (list(peer.batches(str(dataset), {}, work, e, 0)) for e in (0, 0, 1))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
+
+
 def test_peers_reading_our_shards_are_registered_with_their_resume_kind():
     missing = loader_peers.load_peers()
     for name in OUR_SHARD_PEERS:
@@ -181,7 +195,7 @@ def test_loader_peers_run_ends_with_the_comparison(tmp_path):
             sys.executable, str(ROOT / "bench" / "loader.py"), "--peers", "--sources", "local",
             "--tracks", "32", "--seconds", "4", "--epochs", "1",
         ],
-        capture_output=True, text=True, timeout=600, env={**_env(), "TMPDIR": str(tmp_path)},
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)},
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.strip().splitlines()
@@ -194,9 +208,3 @@ def test_loader_peers_run_ends_with_the_comparison(tmp_path):
         if importlib.util.find_spec(package) is None:
             row = next(line for line in lines if line.startswith(f"{name} "))
             assert row.endswith("not installed (make bench-peers)"), row
-
-
-def _env() -> dict:
-    import os
-
-    return dict(os.environ)
