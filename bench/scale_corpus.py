@@ -7,8 +7,8 @@ spawned process (so imports and earlier rows do not pollute its peak RSS), with
 was finished with). The harness times the call and reads the child's peak RSS; `fn` may
 return extra numeric fields (`{"bytes": n}`, `{"worker_rss_mb": x}`), and `{"seconds": s}`
 replaces the wall time with a figure `fn` measured itself (e.g. the time to a first
-batch). `Row.unit` says what the exponent of an extra field means: fields whose name
-ends in `_mb` or is `bytes` are memory or bytes and get their own growth exponent.
+batch). Extra fields named `bytes`, `*_bytes` or `*_mb` are bytes or memory and get their
+own growth exponent. `Row.imports`: modules imported before the RSS baseline is read.
 
 A corpus of `tracks` tracks is what a user of MSD's size has after `python -m manifests`
 and `beam_runner.py prepare`, with tiny members so that only the bookkeeping is measured:

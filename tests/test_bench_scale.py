@@ -46,7 +46,8 @@ def test_the_table_has_every_row_with_finite_figures_and_the_exponent_last(tmp_p
         assert len(cells) == 4, line  # name, two sizes, exponents
         for cell in cells[1:3]:
             figures = [float(x) for x in re.findall(rf"(?<![\w=])({NUMBER})(?:s|MB)", cell)]
-            assert len(figures) == 2 and all(math.isfinite(f) for f in figures), (name, cell)
+            # wall seconds, CPU seconds, peak RSS
+            assert len(figures) == 3 and all(math.isfinite(f) for f in figures), (name, cell)
         exponents = [float(x) for x in re.findall(rf"\w+ ({NUMBER})", cells[3])]
         assert exponents and all(math.isfinite(e) for e in exponents), (name, cells[3])
     last = re.fullmatch(rf"max growth exponent ({NUMBER}) \((.+)\)", lines[-1])
@@ -83,6 +84,17 @@ def test_the_table_names_the_row_that_grows_fastest_and_the_goals_it_misses():
     lines = scale.table(rows, [100_000, 1_000_000], results)
     assert lines[-1] == "max growth exponent 2.00 (prepare plan: --update)"
     assert any(line.startswith("goal failed: prepare plan: --update at 1000000") for line in lines)
+
+
+def test_the_last_line_takes_cpu_time_over_wall_time_which_carries_the_machines_load():
+    rows = [(None, scale_prepare.Row("busy", None))]
+    busy = {
+        1_000: scale.Result(1.0, 100, 10, cpu=1.0),
+        10_000: scale.Result(100.0, 100, 10, cpu=10.0),
+    }
+    lines = scale.table(rows, [1_000, 10_000], {"busy": busy})
+    assert "t 2.00 cpu 1.00" in lines[1]
+    assert lines[-1] == "max growth exponent 1.00 (busy)"
 
 
 @pytest.fixture(scope="module")
