@@ -443,3 +443,30 @@ def test_the_terminal_table_shows_the_change_from_clean_as_the_report_does(capsy
     printed = " ".join(capsys.readouterr().out.split())
     assert "deformed minus clean as in report.html: negative is worse" in printed
     assert "0.8700 (-0.0300*)" in printed  # the report's "-0.030*"
+
+
+def test_the_pr_curves_take_the_tags_scores_from_per_tag_csv(fake, monkeypatch):
+    """Issue 31: the report scored every track of predictions.parquet again only to rank
+    tags for its PR curves (the section's costliest step at a million tracks); evaluate's
+    per_tag.csv already has those figures. Without it, the figure scores them itself."""
+    from tagtrain.reporting import evaluation_section as section
+
+    _, run, _, _ = fake
+    found = captured_figures(monkeypatch)
+
+    def refuse(*args):
+        raise AssertionError("the predictions were scored again")
+
+    monkeypatch.setattr(figures, "tag_scores", refuse)
+    assert "PR curves of the best and worst tags" in section.evaluation_section(run, card(), [])
+    pr = next(f for f in found if "precision-recall" in f.axes[0].get_title())
+    legends = [
+        t.get_text() for ax in pr.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+    ]
+    # per_tag.csv's figures (0.9 - 0.01 i), not those of the predictions.
+    assert any(TAGS[1] in text and "ROC-AUC 0.89" in text for text in legends), legends
+    no_csv = run.parent / "no-csv"
+    shutil.copytree(run, no_csv)
+    (no_csv / "per_tag.csv").unlink()
+    with pytest.raises(AssertionError, match="scored again"):
+        section.evaluation_section(no_csv, card(), [])

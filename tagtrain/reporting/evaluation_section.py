@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tagtrain.inference.metrics import METRICS, primary_metric
-from tagtrain.inference.robustness_tables import read_predictions
+from tagtrain.inference.robustness_tables import read_predictions, written_tags
 from tagtrain.reporting import figures
 from tagtrain.reporting.html import (
     esc,
@@ -128,6 +128,21 @@ def embedding_figure(path: Path, run: Path, data: Path) -> bytes | None:
     return figures.embedding_map(embeddings, tags, title, reference)
 
 
+def prediction_tags(path: Path, vocabulary: list[str]) -> list[str]:
+    """The tags of read_predictions' columns: the vocabulary's, where the file has them."""
+    written = set(written_tags(path) or vocabulary)
+    return [t for t in vocabulary if t in written]
+
+
+def csv_scores(rows: list[dict], tags: list[str]) -> dict[str, np.ndarray] | None:
+    """per_tag.csv's figures of `tags`, per registered metric; None unless it has every
+    tag and metric (the figure then scores the predictions itself)."""
+    by_tag = {r.get("tag"): r for r in rows}
+    if not rows or any(t not in by_tag for t in tags) or any(m not in rows[0] for m in METRICS):
+        return None
+    return {m: np.array([number(by_tag[t].get(m)) for t in tags]) for m in METRICS}
+
+
 def evaluation_section(
     run: Path, card: dict, compare: list[Path], embedding_map: bytes | None = None
 ) -> str:
@@ -150,7 +165,10 @@ def evaluation_section(
         parts.append(comparison_table(run, compare))
     rows = read_csv(run / "per_tag.csv")
     predictions = read_predictions(run / "predictions.parquet", vocabulary)
-    pr = figures.pr_curves(*predictions, vocabulary) if predictions is not None else None
+    pr = None
+    if predictions is not None:
+        scores = csv_scores(rows, prediction_tags(run / "predictions.parquet", vocabulary))
+        pr = figures.pr_curves(*predictions, vocabulary, scores=scores)
     parts.append('<div class="figures">')
     parts.append(image(figures.auc_vs_positives(rows), "per-tag AUC against positives"))
     parts.append(image(pr, "PR curves of the best and worst tags"))

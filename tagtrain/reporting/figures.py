@@ -103,13 +103,16 @@ def auc_vs_positives(rows: list[dict]) -> bytes | None:
 
 
 def pr_curves(
-    labels: np.ndarray, probs: np.ndarray, vocabulary: list[str], n: int = 3
-) -> bytes | None:
+    labels: np.ndarray, probs: np.ndarray, vocabulary: list[str], n: int = 3,
+    scores: dict[str, np.ndarray] | None = None,
+) -> bytes | None:  # fmt: skip
     """Precision-recall curves of the `n` best and `n` worst tags by the primary metric
-    (ROC-AUC), each labelled with every registered metric's score of the tag."""
+    (ROC-AUC), each labelled with every registered metric's score of the tag. `scores`:
+    those per tag (metric -> one per column) when known, e.g. from evaluate's
+    per_tag.csv: scoring a million tracks again is the report's costliest step."""
     from sklearn.metrics import precision_recall_curve
 
-    scores = per_tag_scores(labels, probs)
+    scores = scores if scores is not None else per_tag_scores(labels, probs)
     primary = primary_metric()
     ranked = rank_tags(scores[primary.name], primary)
     if not ranked:
