@@ -9,10 +9,10 @@ bench/local_servers.py holding each peer's written files) and worker count, each
 - CPU ms per chunk of this process and its loader workers (not the server's): the first
   epoch's, and the last epoch's, the steady figure on a shared machine;
 - chunks/s per worker (last epoch; the main process counts as one worker without workers);
-- bytes fetched per byte used (first epoch): used = the JSON and mel member bytes of the
-  chunks read; fetched = from S3, the bytes the server sent (counted by a proxy in front of
-  it, whatever the client); locally, the bytes the row's processes got from read() calls
-  (/proc's rchar), so reads through mmap are not counted (a figure below 1 is marked *);
+- bytes fetched per byte used, over all the row's epochs: used = the JSON and mel member
+  bytes of the chunks read; fetched = from S3, the bytes the server sent (counted by a proxy
+  in front of it, whatever the client); locally, the bytes the row's processes got from
+  read() calls (/proc's rchar), so reads through mmap are not counted (marked *);
 - time to the first batch of the first epoch, in the fresh process (imports excluded);
 - resume: what the peer's docs and API offer for resuming mid-epoch (bench/peers/base.py).
 
@@ -252,14 +252,16 @@ def _cells(row, used: float) -> list[str]:
     if isinstance(result, str):
         return [peer, src, str(workers), result]
     first, last = result[0], result[-1]
-    fetched = counted if counted is not None else first["reads"]
-    ratio = fetched / max(1.0, first["chunks"] * used)
+    # Over all the row's epochs (the proxy counts the whole row): a peer that keeps what
+    # it downloaded fetches less per epoch than one that reads the store every epoch.
+    fetched = counted if counted is not None else sum(e["reads"] for e in result)
+    ratio = fetched / max(1.0, sum(e["chunks"] for e in result) * used)
     return [
         peer, src, str(workers),
         f"{1000 * first['cpu'] / max(1, first['chunks']):.2f}",
         f"{1000 * last['cpu'] / max(1, last['chunks']):.2f}",
         f"{last['chunks'] / last['wall'] / max(1, workers):.0f}",
-        f"{ratio:.2f}" + ("*" if ratio < 1 else ""),
+        f"{ratio:.2f}" + ("*" if ratio < 0.99 and counted is None else ""),
         f"{first['first']:.2f}" if first["first"] is not None else "-",
         resume,
     ]  # fmt: skip
@@ -336,7 +338,7 @@ def print_table(rows, work: Workload, dataset: Path) -> None:
         print("".join(f"{c:<{w}}" for c, w in zip(_cells(row, used), widths)).rstrip())
     print("CPU ms: per chunk, this process and its workers (last epoch; e1: the first, start-up")
     print("included); fetch/use: bytes fetched (S3: sent by the server; local: read() calls,")
-    print("* = below 1, reads through mmap uncounted) per JSON+mel byte used (first epoch)")
+    print("* = reads through mmap uncounted) per JSON+mel byte used, over all epochs")
     for src in dict.fromkeys(r[1] for r in rows):
         found = comparison([r for r in rows if r[1] == src])
         if found and len({r[1] for r in rows}) > 1:

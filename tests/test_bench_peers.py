@@ -166,6 +166,16 @@ def test_comparison_is_the_worst_source_against_its_best_peer():
     assert loader_peers.comparison([_row("ours", "local", 1.0)]) is None
 
 
+def test_fetched_per_used_counts_every_epoch_and_marks_uncounted_mmap_reads():
+    two = [{"chunks": 10, "wall": 1.0, "cpu": 0.01, "first": 0.1, "reads": r} for r in (3000, 0)]
+    # S3: the proxy's count covers the row (both epochs); 3000 bytes for 20 chunks of 100.
+    s3 = loader_peers._cells(("mds", "s3", 0, two, 3000, "no"), used=100.0)
+    assert s3[6] == "1.50"
+    local = loader_peers._cells(("wids", "local", 0, two, None, "no"), used=1000.0)
+    assert local[6] == "0.15*"  # fewer bytes read() than used: the rest came through mmap
+    assert loader_peers._cells(("x", "local", 0, two, None, "no"), used=100.0)[6] == "1.50"
+
+
 def test_a_missing_peer_package_is_a_not_installed_row(monkeypatch):
     monkeypatch.setitem(loader_peers.MODULES, "hf", ("hf-datasets",))
     real = importlib.import_module
