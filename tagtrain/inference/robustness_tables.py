@@ -42,8 +42,10 @@ def read_predictions(path: Path, vocabulary: list[str] | None = None):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    if not {"tags", "probabilities"} <= set(table.column_names) or table.num_rows == 0:
+    if not {"tags", "probabilities"} <= set(pq.read_schema(path).names):
+        return None
+    table = pq.read_table(path, columns=["tags", "probabilities"])  # not the keys
+    if table.num_rows == 0:
         return None
     order = _written_vocabulary(table.schema.metadata or {}) or vocabulary
     probs = _matrix(table.column("probabilities").combine_chunks())
