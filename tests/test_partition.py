@@ -176,3 +176,23 @@ def test_a_split_index_holds_columns_not_an_object_per_sample(tmp_path):
     assert len(index) == n and index.ref(per + 1).key == keys[per + 1]
     assert index.ref(per + 1).member("mel.npy") == (1536 + 2048, 200)
     assert kept < 100 * n
+
+
+@pytest.mark.parametrize("dictionary", [True, False])
+def test_index_rows_of_other_shards_or_of_none_are_left_out(dictionary):
+    """The index holds every split: rows of other shards, or with no shard, are not the
+    split's (as the per-row reader skipped them), however Parquet hands the column back."""
+    import pyarrow as pa
+
+    from tagtrain.loader.index import _split_index
+
+    shard = pa.array(["s1", None, "other", "s2"])
+    table = pa.table({
+        "key": ["a", "b", "x", "c"],
+        "shard": shard.dictionary_encode() if dictionary else shard,
+        "members": [[{"name": f"{k}.json", "offset": 512, "size": 1}] for k in "abxc"],
+    })  # fmt: skip
+    shards = [loader.ShardInfo("s1", "u/s1", 1), loader.ShardInfo("s2", "u/s2", 1)]
+    index = _split_index("u", table, shards)
+    assert index.key_list() == ["a", "c"] and index.shard.tolist() == [0, 1]
+    assert index.ref(1).member("json") == (512, 1)

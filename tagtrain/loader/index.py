@@ -239,14 +239,16 @@ def _split_index(url: str, table, shards: Sequence[ShardInfo]) -> SplitIndex:
 
     names = pa.array([s.name for s in shards], pa.string())
     shard = table.column("shard").combine_chunks()
+    # Each row's shard position, NaN for a shard of another split (or none).
     if pa.types.is_dictionary(shard.type):  # look up each distinct name once
         known = pc.index_in(shard.dictionary.cast(pa.string()), value_set=names)
-        known = known.to_numpy(zero_copy_only=False)
-        position = known[shard.indices.to_numpy(zero_copy_only=False)]
+        known = np.append(known.to_numpy(zero_copy_only=False).astype(np.float64), np.nan)
+        indices = shard.indices.fill_null(len(known) - 1).to_numpy(zero_copy_only=False)
+        position = known[indices]
     else:
         position = pc.index_in(shard.cast(pa.string()), value_set=names)
-        position = position.to_numpy(zero_copy_only=False)
-    kept = ~np.isnan(position) if position.dtype.kind == "f" else np.ones(len(position), bool)
+        position = position.to_numpy(zero_copy_only=False).astype(np.float64)
+    kept = ~np.isnan(position)
     keys = table.column("key").combine_chunks()
     members = table.column("members").combine_chunks()
     if not kept.all():  # rows of other splits' shards: never read, never checked
