@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import loader_peers  # noqa: E402
-from peers.base import PEERS, Workload  # noqa: E402
+from peers.base import PEERS, Workload, register  # noqa: E402
 
 from tagtrain.loader import synthetic  # noqa: E402
 from tagtrain.models.registry import get_entry  # noqa: E402
@@ -101,6 +101,7 @@ def test_peers_on_our_shards_hand_out_the_same_training_input(dataset, stored, n
             assert key not in starts, f"{key} read twice in one epoch"
             starts[key] = start
     assert set(starts) == set(tracks)  # every track once (12: whole batches)
+    assert min(mel.shape[-1] for mel, _ in tracks.values()) < work.frames  # padding seen
     assert len(set(starts.values())) > 2  # random crops, not one fixed offset
 
 
@@ -115,6 +116,15 @@ def test_exact_resume_claims_rest_on_a_replayable_epoch(dataset, name):
     first, again, other = (list(peer.batches(str(dataset), {}, work, e, 0)) for e in (0, 0, 1))
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
+
+
+def test_a_peer_with_an_unknown_resume_kind_is_refused():
+    class Odd:
+        name, resume = "odd", "sometimes"
+
+    with pytest.raises(ValueError, match="sometimes"):
+        register(Odd())
+    assert "odd" not in PEERS
 
 
 def test_peers_reading_our_shards_are_registered_with_their_resume_kind():

@@ -69,7 +69,9 @@ class Peer(Protocol):
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of (x, y) batches; `location` is what `prepare` returned, a local path
         or an s3:// URL of the same files (`storage_options["s3"]`: key, secret,
-        client_kwargs.endpoint_url, as fsspec takes them)."""
+        client_kwargs.endpoint_url, as fsspec takes them; the harness also sets
+        AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL and S3_ENDPOINT_URL for
+        clients that read the environment)."""
         ...
 
 
