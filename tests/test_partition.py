@@ -196,3 +196,52 @@ def test_index_rows_of_other_shards_or_of_none_are_left_out(dictionary):
     index = _split_index("u", table, shards)
     assert index.key_list() == ["a", "c"] and index.shard.tolist() == [0, 1]
     assert index.ref(1).member("json") == (512, 1)
+
+
+def test_an_interleaved_index_is_grouped_by_shard_in_tar_order():
+    """Prepare's index is sorted by key, its shards interleaved: each shard's rows come
+    out together, in tar order (also when an index lists a shard's rows out of it)."""
+    import pyarrow as pa
+
+    from tagtrain.loader.index import _split_index
+
+    rows = [("k0", "s1", 1024), ("k1", "s0", 512), ("k2", "s1", 512), ("k3", "s0", 2048),
+            ("k4", "s0", 1536)]  # fmt: skip
+    table = pa.table({
+        "key": [k for k, _, _ in rows],
+        "shard": [s for _, s, _ in rows],
+        "members": [[{"name": f"{k}.json", "offset": o, "size": 1}] for k, _, o in rows],
+    })  # fmt: skip
+    shards = [loader.ShardInfo("s0", "u/s0", 3), loader.ShardInfo("s1", "u/s1", 2)]
+    index = _split_index("u", table, shards)
+    assert index.key_list() == ["k1", "k4", "k3", "k2", "k0"]
+    assert index.starts.tolist() == [0, 3, 5] and index.shard.tolist() == [0, 0, 0, 1, 1]
+    in_tar_order = table.take([2, 1, 0, 4, 3])  # each shard's rows in tar order
+    assert _split_index("u", in_tar_order, shards).key_list() == ["k1", "k4", "k3", "k2", "k0"]
+
+
+@pytest.mark.parametrize("block", [1, 3, 16, 1000])
+def test_the_epoch_order_permutes_each_block_by_the_keys_hash(block):
+    """Blocks sorted one by one (the last one partial) give the order of one sort on
+    (block, hash of the key), which is what earlier checkpoints resume against."""
+    import numpy as np
+
+    from tagtrain.loader.index import SplitIndex
+    from tagtrain.loader.partition import epoch_rows
+    from tagtrain.loader.shuffle import stable_int
+
+    refs = [
+        [SampleRef(s, f"s{s}_{i}", (("json", 512, 10),)) for i in range(37 + s)] for s in range(5)
+    ]
+    names = [f"shard{s}" for s in range(5)]
+    index = SplitIndex.from_refs(refs)
+    rows = epoch_rows(index, names, seed=2, epoch=1, block=block)
+    shard_order = sorted(range(5), key=lambda s: stable_int("shards", 2, 1, names[s]))
+    flat = [ref.key for s in shard_order for ref in refs[s]]
+    expected = []
+    for start in range(0, len(flat), max(1, block)):
+        chunk = flat[start : start + max(1, block)]
+        expected += (
+            sorted(chunk, key=lambda k: stable_int("order", 2, 1, k)) if block > 1 else chunk
+        )
+    assert [index.key(r) for r in rows] == expected and isinstance(rows, np.ndarray)

@@ -279,10 +279,7 @@ def _split_index(url: str, table, shards: Sequence[ShardInfo]) -> SplitIndex:
     first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first, parent, offset)
     first[first == np.iinfo(np.int64).max] = 0
-    # Prepare writes the index in shard and tar order: then no sort and no reordering.
-    step, same = position[1:] - position[:-1], position[1:] == position[:-1]
-    in_order = np.all((step > 0) | (same & (first[1:] >= first[:-1])))
-    order = None if in_order else np.lexsort((first, position))
+    order = _tar_order(position, first, len(shards))
     counts = np.bincount(position, minlength=len(shards))
     for i, shard in enumerate(shards):
         if counts[i] != shard.samples:
@@ -296,6 +293,25 @@ def _split_index(url: str, table, shards: Sequence[ShardInfo]) -> SplitIndex:
         sizes = {e: a[order] for e, a in sizes.items()}
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return SplitIndex(keys, position, starts, offsets, sizes, shard_bytes.astype(np.int64))
+
+
+def _in_order(position: np.ndarray, first: np.ndarray) -> bool:
+    step, same = position[1:] - position[:-1], position[1:] == position[:-1]
+    return bool(np.all((step > 0) | (same & (first[1:] >= first[:-1]))))
+
+
+def _tar_order(position: np.ndarray, first: np.ndarray, shards: int) -> np.ndarray | None:
+    """The rows in shard order, each shard's in tar order (None: as they are). Prepare's
+    index is sorted by key, its shards interleaved, each shard's rows in tar order: a
+    stable radix sort of the shard numbers (linear, where a comparison sort grows as
+    n log n) gives it; anything else is sorted on both."""
+    if _in_order(position, first):
+        return None
+    small = position.astype(np.int16) if shards < 2**15 else position
+    grouped = np.argsort(small, kind="stable")  # numpy: radix sort for 16-bit integers
+    if _in_order(position[grouped], first[grouped]):
+        return grouped
+    return np.lexsort((first, position))
 
 
 @functools.lru_cache(maxsize=4)
