@@ -118,6 +118,30 @@ def test_exact_resume_claims_rest_on_a_replayable_epoch(dataset, name):
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
 
 
+@pytest.mark.slow  # a SeaweedFS server: about 30 s
+def test_s3_gives_the_local_input_and_wids_downloads_each_shard_once(dataset):
+    """Through the harness's S3 source (SeaweedFS behind the counting proxy): the same
+    batches as from local disk; wids keeps its downloads across epochs, wds reads the
+    shards again every epoch."""
+    loader_peers.load_peers()
+    work = workload(dataset)
+    shard_bytes = sum(p.stat().st_size for p in dataset.glob("train-*.tar"))
+    with loader_peers.source("s3", dataset, {"wids": dataset, "wds": dataset}) as (
+        locations, options, proxy,
+    ):  # fmt: skip
+        for name, reads in (("wids", 1), ("wds", 2)):
+            before = proxy.sent
+            for epoch in (0, 1):
+                local = list(PEERS[name].batches(str(dataset), {}, work, epoch, 0))
+                remote = list(PEERS[name].batches(locations[name], options, work, epoch, 0))
+                assert len(local) == len(remote)
+                if name == "wids":  # (wds's shuffle buffer is seeded anew every time)
+                    for a, b in zip(local, remote, strict=True):
+                        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+            fetched = proxy.sent - before
+            assert reads * shard_bytes <= fetched < reads * shard_bytes * 1.1, name
+
+
 def test_a_peer_with_an_unknown_resume_kind_is_refused():
     class Odd:
         name, resume = "odd", "sometimes"

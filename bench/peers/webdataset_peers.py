@@ -15,8 +15,10 @@ handlers, the extension points they document.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -112,6 +114,16 @@ def _wids_decode(sample: dict) -> tuple[np.ndarray, dict]:
     return mel, json.loads(sample[".json"].read())
 
 
+_CACHE: list[str] = []
+
+
+def _cache_dir() -> str:
+    if not _CACHE:
+        _CACHE.append(tempfile.mkdtemp(prefix="wids-"))
+        atexit.register(shutil.rmtree, _CACHE[0], True)
+    return _CACHE[0]
+
+
 class WidsPeer:
     name = "wids"
     # Its sampler's order is a function of (seed, epoch) drawn in the main process: skipping
@@ -130,22 +142,22 @@ class WidsPeer:
             )
         ]
         crop = _Cropper(work, epoch, len(card(work)["vocabulary"]))
-        with tempfile.TemporaryDirectory(prefix="wids-") as cache:
-            remote = "://" in location
-            dataset = wids.ShardListDataset(
-                shards,
-                transformations=[lambda s: crop(*_wids_decode(s))],
-                # Local shards are read where they are (no copy); remote ones downloaded.
-                **({"cache_dir": cache} if remote else {"localname": lambda url: url}),
-            )
-            sampler = wids.ChunkedSampler(dataset, chunksize=256, seed=work.seed, shuffle=True)
-            sampler.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=work.batch_size, sampler=sampler, num_workers=workers,
-                collate_fn=_collate,
-            )  # fmt: skip
-            yield from loader
-            dataset.close()
+        remote = "://" in location
+        dataset = wids.ShardListDataset(
+            shards,
+            transformations=[lambda s: crop(*_wids_decode(s))],
+            # Local shards are read where they are (no copy); remote ones downloaded once
+            # per process (its disk cache, kept across epochs as in training).
+            **({"cache_dir": _cache_dir()} if remote else {"localname": lambda url: url}),
+        )
+        sampler = wids.ChunkedSampler(dataset, chunksize=256, seed=work.seed, shuffle=True)
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=work.batch_size, sampler=sampler, num_workers=workers,
+            collate_fn=_collate,
+        )  # fmt: skip
+        yield from loader
+        dataset.close()
 
 
 register(WebDatasetPeer("wds", select=False))
