@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import shutil
 import time
@@ -215,8 +216,15 @@ def write_dataset(corpus: Corpus) -> None:
     """The dataset prepare writes for the corpus's manifest, shard by shard through its
     writers, with the members a tiny mel and prepare's JSON; then the stat cache of the
     verified tars, as the driver leaves it after a job."""
-    with cache_dir(corpus):
-        _write_dataset(corpus)
+    # Millions of objects and no cycles, and each of the collector's full passes rescans
+    # them all. With the records held trimmed (below), a 1M-track build went from 500 s
+    # to 240 s (both on busy cores).
+    gc.disable()
+    try:
+        with cache_dir(corpus):
+            _write_dataset(corpus)
+    finally:
+        gc.enable()
 
 
 @contextlib.contextmanager
@@ -285,7 +293,7 @@ def _write_dataset(corpus: Corpus) -> None:
             "sums": {s.key: encoded_sums for s in samples} if train else None,
         }
         progress.write_record(str(corpus.dataset), split, index, record)
-        records[(split, index)] = record
+        records[(split, index)] = progress.for_finish(record)  # as the driver holds them
     finish(cfg, records)
     # A tar written within the stat cache's racy window is not entered (verified_tars.py).
     time.sleep(max(0.0, 1.1 - (time.monotonic() - last_write)))
