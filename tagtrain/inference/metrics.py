@@ -22,21 +22,34 @@ def roc_auc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Per-column area under the ROC curve of labels y and scores s [N, C], as the
     Mann-Whitney statistic with average ranks for ties: scikit-learn's roc_auc_score,
     vectorised so that bootstrapping is cheap (tests compare the two)."""
-    from scipy.stats import rankdata
-
     positive = y > 0.5
+    n = len(y)
     n_pos = positive.sum(axis=0)
-    n_neg = len(y) - n_pos
-    ranks = rankdata(s, axis=0)
+    n_neg = n - n_pos
+    # Average ranks of the positives, from one unstable sort per column (scipy's rankdata
+    # took 60% of scoring a million tracks): a tie group's members all get its mean rank.
+    order = np.argsort(s, axis=0)
+    ordered = np.take_along_axis(s, order, axis=0)
+    hits = np.take_along_axis(positive, order, axis=0)
+    index = np.arange(n)[:, None]
+    starts = np.ones(ordered.shape, dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    first = np.maximum.accumulate(np.where(starts, index, 0), axis=0)
+    ends = np.ones(ordered.shape, dtype=bool)
+    ends[:-1] = starts[1:]
+    last = np.minimum.accumulate(np.where(ends, index, n)[::-1], axis=0)[::-1]
+    rank_sum = (((first + last) / 2 + 1) * hits).sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return ((ranks * positive).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def pr_auc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Per-column average precision (scikit-learn's: one step per distinct score): the
     mean over positives of the precision at the last rank of their score's tie group."""
     n = len(y)
-    order = np.argsort(-s, axis=0, kind="stable")
+    # Any order of tied scores gives the same figure (each positive takes its tie group's
+    # precision), so no stable sort: numpy's default one is ~5x faster on a million.
+    order = np.argsort(-s, axis=0)
     hits = np.take_along_axis(y > 0.5, order, axis=0).astype(np.float64)
     scores = np.take_along_axis(s, order, axis=0)
     index = np.arange(n)[:, None]
