@@ -220,6 +220,12 @@ def _measure(peer, location, options, work: Workload, epochs: int, workers: int,
 def _row_in_child(results, name, location, options, work, epochs, workers, n_tags) -> None:
     # Loader workers are forked in a trainer (this process was spawned).
     multiprocessing.set_start_method("fork", force=True)
+    # A loader process runs no intra-op parallel kernels (DataLoader workers are set to one
+    # thread too); with more, a batch's float conversion spins on the other core, and on a
+    # loaded machine that was charged as most of a peer's CPU per chunk.
+    import torch
+
+    torch.set_num_threads(1)
     try:
         load_peers()
         _s3_environment(options)

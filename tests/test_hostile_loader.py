@@ -385,3 +385,55 @@ def test_an_index_that_disagrees_with_the_card_is_one_line(dataset, tmp_path):
     pq.write_table(table.slice(0, 3), copy / "index.parquet")
     with pytest.raises(CardError, match="lists 3 samples of train-000000.tar, the card 4"):
         read_all(copy, card, partition="samples")
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["in-the-crop", "outside-the-crop"])
+def test_only_the_crop_a_model_receives_must_be_finite(dataset, tmp_path, inside):
+    """A NaN in the crop rejects the sample; one the crop does not reach is never read
+    (the loader checks the crop, not the whole member: issue 31, CPU per chunk)."""
+    frames = 4 * SPEC.frames
+    plan = loader.plan_input(dataset[1], SPEC)
+    start = samples.crop_offsets(frames - plan.length, VICTIM, plan, True, 0, 0, 1)[0]
+    mel = np.linspace(-80.0, 0.0, 128 * frames).reshape(128, frames).astype(np.float16)
+    where = start + plan.length // 2 if inside else (start + plan.length + frames // 2) % frames
+    assert (start <= where < start + plan.length) == inside
+    mel[5, where] = np.nan
+    copy, card = replaced(dataset, tmp_path, "mel.npy", npy_bytes(mel), reindex=True)
+    if inside:
+        assert_only_victim_skipped(copy, card, "non_finite")
+    else:
+        batches, stats = read_all(copy, card)
+        assert stats.bad_samples == 0 and sum(len(b.keys) for b in batches) == 4
+        assert all(bool(b.x.float().isfinite().all()) for b in batches)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((128, 1818), "<f2"),
+        np.zeros((128, 7), ">f4"),
+        np.zeros(5, "<i2"),
+        np.zeros((6, 128, 30), "<f8"),
+        np.zeros((0,), "|u1"),
+        np.zeros((3, 4), np.bool_),
+        np.zeros((2, 3), "<f2", order="F"),
+        np.zeros((1, 70000), "<f2"),
+    ],
+    ids=lambda a: f"{a.dtype.str}{a.shape}{'F' if a.flags.f_contiguous else ''}",
+)
+def test_the_fast_npy_header_reads_what_numpy_reads(array, monkeypatch):
+    data = npy_bytes(array)
+    stream = io.BytesIO(data)
+    npy_format.read_magic(stream)
+    shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+    if fortran and array.ndim > 1:
+        with pytest.raises(samples.SampleRejected, match="Fortran"):
+            samples.read_npy_header(data)
+        return
+    with monkeypatch.context() as m:  # what numpy.save writes never reaches numpy's parser
+        m.setattr(npy_format, "read_array_header_1_0", None)
+        assert samples.read_npy_header(data) == (dtype, tuple(shape), stream.tell())
+    # A header written another way (no trailing comma, other spacing) is numpy's to parse.
+    other = data.replace(b", }", b"}  ", 1)
+    got = samples.read_npy_header(other)
+    assert got[:2] == (dtype, tuple(shape))

@@ -5,14 +5,18 @@ Nothing here trusts a shard. The JSON member is size-bounded and parsed with any
 are integers in range (no bools, no floats) or whose `tags` are strings. The `.npy`
 member's header is read first and refused unless its dtype, shape and byte size fit the
 card's feature configuration; only then are its bytes viewed as an array (no copy, no
-allocation from a claimed shape). Float inputs must be finite. Every failure becomes
-`SampleRejected(reason, detail)`, which the stream counts by reason and skips.
+allocation from a claimed shape). The crops a model receives must be finite: only they are
+checked, since a value outside them never reaches the model, and a crop is an eighth of a
+30 s mel already in cache where the whole member, read a window ahead, is not. Every
+failure becomes `SampleRejected(reason, detail)`, which the stream counts by reason and
+skips.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -75,8 +79,24 @@ def expected_leading_shape(member: str, features: Mapping) -> tuple[int, ...]:
     return ()
 
 
+# The version 1.0 header numpy.save writes for a C-order array, e.g.
+# "{'descr': '<f2', 'fortran_order': False, 'shape': (128, 1818), }" padded with spaces:
+# matched whole, it is parsed without numpy's literal_eval (a quarter of a mel sample's
+# decoding); any other header goes to numpy's parser.
+_SAVED_HEADER = re.compile(
+    rb"\{'descr': '([<>|][a-z][0-9]{1,2})', 'fortran_order': False, "
+    rb"'shape': \(([0-9]{1,12}(?:, [0-9]{1,12})*),?\), \} *\n"
+)
+
+
 def read_npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
     """(dtype, shape, data offset) of an .npy member, from its header alone."""
+    if data[:8] == b"\x93NUMPY\x01\x00" and len(data) >= 10:
+        end = 10 + int.from_bytes(data[8:10], "little")
+        saved = _SAVED_HEADER.fullmatch(data, 10, end)
+        if saved:
+            shape = tuple(int(n) for n in saved[2].split(b", "))
+            return np.dtype(saved[1].decode()), shape, end
     stream = io.BytesIO(data)
     try:
         version = npy_format.read_magic(stream)
@@ -95,7 +115,8 @@ def read_npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
 
 
 def checked_array(data: bytes, member: str, features: Mapping) -> np.ndarray:
-    """The member's array, refused unless its header fits `features` and its bytes."""
+    """The member's array, refused unless its header fits `features` and its bytes (its
+    values are the caller's to check: `all_finite` on what it uses)."""
     dtype, shape, offset = read_npy_header(data)
     if dtype.name not in _NPY_DTYPES[member]:
         raise SampleRejected("dtype", f"{member} has dtype {dtype.name}")
@@ -107,10 +128,7 @@ def checked_array(data: bytes, member: str, features: Mapping) -> np.ndarray:
         raise SampleRejected(
             "shape", f"{member} header claims {need} bytes, holds {len(data) - offset}"
         )
-    array = np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
-    if dtype.kind == "f" and not all_finite(array):
-        raise SampleRejected("non_finite", f"{member} holds NaN or Inf")
-    return array
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
 
 
 _HALF_EXPONENT = 0x7C00
@@ -160,7 +178,10 @@ class SampleDecoder:
                 raise SampleRejected("missing_member", f"no {name}")
         y = label_vector(parse_meta(raw["json"]), self.tag_index, self.size)
         array = checked_array(bytes(raw[member]), member, self.plan.features)
-        return self.crops(array, raw.get("__key__", "?")), y
+        x = self.crops(array, raw.get("__key__", "?"))
+        if x.dtype.kind == "f" and not all_finite(x):
+            raise SampleRejected("non_finite", f"{member} holds NaN or Inf in the crop")
+        return x, y
 
     def crops(self, array: np.ndarray, key: str) -> np.ndarray:
         length, total = self.plan.length, array.shape[-1]
