@@ -280,6 +280,9 @@ def _cells(row, used: float) -> list[str]:
     ]  # fmt: skip
 
 
+OURS = MODULES["ours"]
+
+
 def steady_cpu(result) -> float | None:
     if isinstance(result, str) or not result[-1]["chunks"]:
         return None
@@ -292,8 +295,11 @@ def comparison(rows) -> tuple[float, str, str] | None:
     worst = None
     for src in dict.fromkeys(r[1] for r in rows):
         at = [r for r in rows if r[1] == src and r[2] == rows[0][2]]
-        ours = next((steady_cpu(r[3]) for r in at if r[0] == "ours"), None)
-        peers = [(steady_cpu(r[3]), r[0]) for r in at if r[0] != "ours"]
+        # Our best way to read this source against the peers' best (each peer reads the
+        # way its docs recommend: wids and MDS keep what they download, as ours+cache).
+        ours = [steady_cpu(r[3]) for r in at if r[0] in OURS]
+        ours = min((c for c in ours if c is not None), default=None)
+        peers = [(steady_cpu(r[3]), r[0]) for r in at if r[0] not in OURS]
         peers = [p for p in peers if p[0] is not None]
         if ours is None or not peers:
             continue
@@ -326,6 +332,8 @@ def main(args) -> int:
     for src in sources:
         with source(src, dataset, prepared) as (locations, options, counter):
             for name, count in [(n, w) for w in workers for n in PEERS]:
+                if src == "local" and getattr(PEERS[name], "remote_only", False):
+                    continue
                 before = counter.sent if counter else 0
                 result = run_row(name, locations[name], options, work, args.epochs, count, n_tags)
                 counted = counter.sent - before if counter else None

@@ -198,6 +198,19 @@ def test_comparison_is_the_worst_source_against_its_best_peer():
     ]  # fmt: skip
     assert loader_peers.comparison(rows) == (pytest.approx(0.6), "wds", "s3")
     assert loader_peers.comparison([_row("ours", "local", 1.0)]) is None
+    # Our best way to read a source (through the shard cache) against the peers' best.
+    cached = [_row("ours", "s3", 3.0), _row("ours+cache", "s3", 1.0), _row("wids", "s3", 2.0)]
+    assert loader_peers.comparison(cached) == (pytest.approx(0.5), "wids", "s3")
+
+
+def test_ours_with_the_cache_reads_remote_shards_through_it(tmp_path):
+    from peers.base import PEERS
+
+    cached = PEERS["ours+cache"]
+    assert cached.remote_only and not PEERS["ours"].remote_only
+    assert cached.cache_dir(str(tmp_path)) is None  # local disk: no cache
+    where = cached.cache_dir("s3://bucket/data")
+    assert Path(where).is_dir() and cached.cache_dir("s3://bucket/data") == where
 
 
 def test_fetched_per_used_counts_every_epoch_and_marks_uncounted_mmap_reads():

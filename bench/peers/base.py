@@ -28,7 +28,7 @@ import torch
 # module (under bench/peers/) -> the peer names it registers; the harness imports each and
 # reports the names of a module whose import fails as "not installed".
 MODULES: dict[str, tuple[str, ...]] = {
-    "ours": ("ours",),
+    "ours": ("ours", "ours+cache"),
     "webdataset_peers": ("wds", "wds-select", "wids"),
     "hf": ("hf-datasets",),
     "mds": ("mds",),
