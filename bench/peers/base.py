@@ -171,3 +171,24 @@ def crop_rng(work: Workload, epoch: int, worker: int = 0) -> np.random.Generator
     """The crop generator of one epoch (and loader worker): different per epoch, the same
     for a re-run."""
     return np.random.default_rng((work.seed, epoch, worker))
+
+
+class WorkerCrop:
+    """A stored track as a training item inside a peer's DataLoader worker: the crop drawn
+    from the generator of (`epoch`, this worker), made again when either changes."""
+
+    def __init__(self, work: Workload, n_tags: int) -> None:
+        self.work, self.n_tags, self.epoch = work, n_tags, 0
+        self._rng_for: tuple[int, int] | None = None
+
+    def item(self, key: str, mel: np.ndarray, labels: Iterable[int]) -> dict:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info else 0
+        if self._rng_for != (self.epoch, worker):
+            self._rng_for = (self.epoch, worker)
+            self._rng = crop_rng(self.work, self.epoch, worker)
+        return {
+            "key": key,
+            "x": random_crop(mel, self.work.frames, self._rng),
+            "y": multi_hot(labels, self.n_tags),
+        }

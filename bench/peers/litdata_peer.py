@@ -27,7 +27,7 @@ import litdata
 import numpy as np
 import torch
 
-from .base import Workload, card, crop_rng, multi_hot, random_crop, register, tracks, vocabulary
+from .base import WorkerCrop, Workload, card, register, tracks, vocabulary
 
 
 def source_tag(work: Workload) -> str:
@@ -75,24 +75,11 @@ class PeerUnsupported(RuntimeError):
     """The peer cannot read from this source at all (not a slow or failed run)."""
 
 
-class _Crop:
+class _Crop(WorkerCrop):
     """The dataset's `transform`: runs in the loader workers, on each decoded item."""
 
-    def __init__(self, work: Workload, n_tags: int) -> None:
-        self.work, self.n_tags, self.epoch = work, n_tags, 0
-        self._rng_for: tuple[int, int] | None = None
-
     def __call__(self, item: dict) -> dict:
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info else 0
-        if self._rng_for != (self.epoch, worker):
-            self._rng_for = (self.epoch, worker)
-            self._rng = crop_rng(self.work, self.epoch, worker)
-        return {
-            "key": item["key"],
-            "x": random_crop(item["mel"], self.work.frames, self._rng),
-            "y": multi_hot(item["labels"], self.n_tags),
-        }
+        return self.item(item["key"], item["mel"], item["labels"])
 
 
 class LitdataPeer:

@@ -38,7 +38,7 @@ except RuntimeError as error:
     # package is there but unusable; the harness reports a missing one as not installed.
     raise ModuleNotFoundError(f"streaming cannot be imported: {error}", name="streaming") from error
 
-from .base import Workload, card, crop_rng, multi_hot, random_crop, register, tracks, vocabulary
+from .base import WorkerCrop, Workload, card, register, tracks, vocabulary
 
 COLUMNS = {"key": "str", "mel": "ndarray:float16", "labels": "ndarray:int16"}
 
@@ -77,21 +77,11 @@ class _Crops(streaming.StreamingDataset):
 
     def __init__(self, work: Workload, n_tags: int, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.work, self.n_tags, self.crop_epoch = work, n_tags, 0
-        self._rng_for: tuple[int, int] | None = None
+        self.crop = WorkerCrop(work, n_tags)
 
     def __getitem__(self, index: int) -> dict:
         sample = super().__getitem__(index)
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info else 0
-        if self._rng_for != (self.crop_epoch, worker):
-            self._rng_for = (self.crop_epoch, worker)
-            self._rng = crop_rng(self.work, self.crop_epoch, worker)
-        return {
-            "key": sample["key"],
-            "x": random_crop(sample["mel"], self.work.frames, self._rng),
-            "y": multi_hot(sample["labels"], self.n_tags),
-        }
+        return self.crop.item(sample["key"], sample["mel"], sample["labels"])
 
 
 class MdsPeer:
@@ -138,7 +128,7 @@ class MdsPeer:
         return self._datasets[location]
 
     def loader(self, dataset: _Crops, work: Workload, epoch: int, workers: int, state=None):
-        dataset.crop_epoch = epoch
+        dataset.crop.epoch = epoch
         loader = streaming.StreamingDataLoader(
             dataset, batch_size=work.batch_size, num_workers=workers
         )
