@@ -912,3 +912,27 @@ def test_tag_scores_work_a_few_tags_at_a_time(monkeypatch):
         got = np.array(scores.per_tag[name])
         assert np.isnan(got[7]) and np.allclose(np.delete(got, 7), np.delete(values, 7))
     assert peak < 30 * 2**20  # the whole matrix at once: 123 MB here (one is 8 MB)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_auc_figures_are_scikit_learns_on_many_tracks_and_ties(dtype):
+    """Value sorts and binary searches (issue 31: scoring a million tracks) give
+    scikit-learn's figures, whatever the ties: scores on a coarse grid, a constant column,
+    a single positive, float32 as models give them."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from tagtrain.inference import metrics
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((5000, 5)) < 0.1).astype(np.float32)
+    p = np.clip(rng.random((5000, 5)) * 0.6 + y * 0.3, 0, 1)
+    p[:, 1] = np.round(p[:, 1], 2)
+    p[:, 2] = 0.5
+    y[:, 3], y[7, 3] = 0, 1
+    p = p.astype(dtype)
+    scores = metrics.tag_scores(y, p)
+    for c in range(5):
+        assert scores.per_tag["roc_auc"][c] == pytest.approx(roc_auc_score(y[:, c], p[:, c]))
+        assert scores.per_tag["pr_auc"][c] == pytest.approx(
+            average_precision_score(y[:, c], p[:, c])
+        )
