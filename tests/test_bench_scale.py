@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,3 +134,13 @@ def test_the_loader_reads_a_batch_of_the_corpus_with_its_label_width(corpus):
     reader.close()
     assert tuple(batch.y.shape) == (8, 7) and batch.y.sum(dim=1).min() >= 1
     assert reader.stats.bad_samples == 0
+
+
+def test_split_predictions_stay_float32():
+    """predict_split hands evaluate the model's float32 probabilities and labels: float64
+    copies of a million tracks x 50 tags held 800 MB more (issue 31)."""
+    import scale_loader
+
+    preds = scale_loader._predictions(40)
+    assert preds.probs.dtype == preds.labels.dtype == np.float32
+    assert preds.probs.shape == preds.labels.shape == (40, scale_loader.TAGS)
