@@ -346,7 +346,7 @@ def report_section(corpus: Corpus) -> dict:
 
 
 _LOADER = ("torch", "pandas", "psutil", "tagtrain.loader", "tagtrain.models.registry")
-_EVALUATE = ("torch", "pandas", "scipy.stats", "pyarrow.parquet", "tagtrain.inference.evaluation",
+_EVALUATE = ("torch", "pandas", "pyarrow.parquet", "tagtrain.inference.evaluation",
              "tagtrain.inference.predict")  # fmt: skip
 _REPORT = (
     *_EVALUATE,

@@ -16,7 +16,6 @@ from tagtrain.loader.openers import join_url, read_bytes
 __all__ = ["MAX_CARD_BYTES", "ShardInfo", "check_card", "load_card", "split_shards"]
 
 
-
 def load_card(data: str, options: Mapping | None = None) -> dict:
     """The dataset card at `data/dataset.json` (a directory or a URL prefix)."""
     url = join_url(data, CARD_NAME)
