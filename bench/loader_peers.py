@@ -284,7 +284,9 @@ OURS = MODULES["ours"]
 
 
 def steady_cpu(result) -> float | None:
-    if isinstance(result, str) or not result[-1]["chunks"]:
+    """CPU ms per chunk of the last epoch; None when nothing was read or the CPU clock
+    (10 ms ticks for reaped workers) saw none: a tiny run is no figure to divide by."""
+    if isinstance(result, str) or not result[-1]["chunks"] or result[-1]["cpu"] <= 0:
         return None
     return 1000 * result[-1]["cpu"] / result[-1]["chunks"]
 

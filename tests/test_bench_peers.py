@@ -201,6 +201,9 @@ def test_comparison_is_the_worst_source_against_its_best_peer():
     # Our best way to read a source (through the shard cache) against the peers' best.
     cached = [_row("ours", "s3", 3.0), _row("ours+cache", "s3", 1.0), _row("wids", "s3", 2.0)]
     assert loader_peers.comparison(cached) == (pytest.approx(0.5), "wids", "s3")
+    # A peer whose CPU the clock did not see (a tiny run) is no figure to divide by.
+    unseen = [_row("ours", "local", 1.0), _row("wids", "local", 0.0), _row("wds", "local", 2.0)]
+    assert loader_peers.comparison(unseen) == (pytest.approx(0.5), "wds", "local")
 
 
 def test_ours_with_the_cache_reads_remote_shards_through_it(tmp_path):
@@ -250,7 +253,7 @@ def test_loader_peers_run_ends_with_the_comparison(tmp_path):
     run = subprocess.run(
         [
             sys.executable, str(ROOT / "bench" / "loader.py"), "--peers", "--sources", "local",
-            "--tracks", "32", "--seconds", "4", "--epochs", "1",
+            "--tracks", "96", "--seconds", "4", "--epochs", "1",
         ],
         capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)},
     )  # fmt: skip
