@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 
 from loader_common import generated_dataset
 from local_servers import served
-from peers.base import MODULES, PEERS, Workload
+from peers.base import MODULES, PEERS, Workload, s3_environment
 
 from tagtrain.models.registry import get_entry
 
@@ -145,17 +145,6 @@ def source(name: str, dataset: Path, prepared: dict[str, Path]):
             proxy.close()
 
 
-def _s3_environment(options: dict) -> None:
-    """What clients that take no options read (boto3, MosaicML streaming's S3_ENDPOINT_URL)."""
-    s3 = options.get("s3")
-    if s3:
-        endpoint = s3["client_kwargs"]["endpoint_url"]
-        os.environ.update(
-            AWS_ACCESS_KEY_ID=s3["key"], AWS_SECRET_ACCESS_KEY=s3["secret"],
-            AWS_ENDPOINT_URL=endpoint, S3_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1",
-        )  # fmt: skip
-
-
 class _Usage:
     """CPU seconds and read() bytes of this process and its loader workers: live ones
     through psutil, reaped ones through os.times (CPU). With workers, read bytes are sampled
@@ -228,7 +217,7 @@ def _row_in_child(results, name, location, options, work, epochs, workers, n_tag
     torch.set_num_threads(1)
     try:
         load_peers()
-        _s3_environment(options)
+        s3_environment(options)
         results.put(_measure(PEERS[name], location, options, work, epochs, workers, n_tags))
     except Exception as exc:  # noqa: BLE001 -- one peer's failure is its row, not the run's
         traceback.print_exc()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -165,6 +166,45 @@ def batched(
             xs, ys = [], []
     if xs:
         yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def s3_environment(storage_options: dict) -> None:
+    """The S3 settings as environment variables, for clients that take no options: boto3
+    (Lhotse's smart_open) and MosaicML streaming (`S3_ENDPOINT_URL`); set in this process,
+    so that forked loader workers inherit them."""
+    s3 = storage_options.get("s3", {})
+    if "key" in s3:
+        os.environ["AWS_ACCESS_KEY_ID"] = s3["key"]
+        os.environ["AWS_SECRET_ACCESS_KEY"] = s3["secret"]
+    endpoint = s3.get("client_kwargs", {}).get("endpoint_url")
+    if endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = os.environ["S3_ENDPOINT_URL"] = endpoint
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # boto3 signs with one
+
+
+class OurShardsPeer:
+    """A peer that reads our shards as they are: nothing to write."""
+
+    def prepare(self, work: Workload, out: Path) -> Path:
+        return Path(work.dataset)
+
+
+class OwnWriterPeer:
+    """A peer with its own writer and a resumable loader: `keyed_batches` gives (loader or
+    sampler state holder, keys, x, y) per batch for the self-check (bench/peers/
+    self_check.py); `batches` is what the harness reads."""
+
+    def keyed_batches(self, location, storage_options, work, epoch, workers, state=None):
+        raise NotImplementedError
+
+    def batches(
+        self, location: str, storage_options: dict, work: Workload, epoch: int, workers: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _, _, x, y in self.keyed_batches(location, storage_options, work, epoch, workers):
+            yield x, y
+
+    def forget(self, location: str) -> None:
+        """Drop what is held for `location` between calls (nothing by default)."""
 
 
 def crop_rng(work: Workload, epoch: int, worker: int = 0) -> np.random.Generator:

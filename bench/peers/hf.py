@@ -10,12 +10,11 @@ comparing loaders would take the faster path, so the peer is measured at its bes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import datasets
 import torch
 
 from .base import (
+    OurShardsPeer,
     Workload,
     batched,
     card,
@@ -35,14 +34,11 @@ def _collate(pairs):
     return next(batched(pairs, len(pairs)))
 
 
-class HFDatasets:
+class HFDatasets(OurShardsPeer):
     name = "hf-datasets"
     # IterableDataset.state_dict() resumes mid-epoch, but its docs: the shuffle buffer's
     # content is lost, and with workers it needs torchdata's StatefulDataLoader.
     resume = "approximate"
-
-    def prepare(self, work: Workload, out: Path) -> Path:
-        return Path(work.dataset)
 
     def batches(self, location, storage_options, work: Workload, epoch: int, workers: int):
         n_tags = len(card(work)["vocabulary"])

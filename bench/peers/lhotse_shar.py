@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -36,7 +34,18 @@ from lhotse.dataset import DynamicCutSampler, IterableDatasetWrapper
 from lhotse.dataset.dataloading import make_worker_init_fn
 from lhotse.shar import SharWriter
 
-from .base import Workload, card, crop_rng, multi_hot, random_crop, register, tracks, vocabulary
+from .base import (
+    OwnWriterPeer,
+    Workload,
+    card,
+    crop_rng,
+    multi_hot,
+    random_crop,
+    register,
+    s3_environment,
+    tracks,
+    vocabulary,
+)
 
 
 def source_tag(work: Workload) -> str:
@@ -101,20 +110,7 @@ class _Crops(torch.utils.data.Dataset):
         }
 
 
-def s3_environment(storage_options: dict) -> None:
-    """Lhotse opens URLs with smart_open, whose S3 client is boto3's default: endpoint and
-    keys from boto3's environment variables, set here for this process and its workers."""
-    s3 = storage_options.get("s3", {})
-    if "key" in s3:
-        os.environ["AWS_ACCESS_KEY_ID"] = s3["key"]
-        os.environ["AWS_SECRET_ACCESS_KEY"] = s3["secret"]
-    endpoint = s3.get("client_kwargs", {}).get("endpoint_url")
-    if endpoint:
-        os.environ["AWS_ENDPOINT_URL"] = endpoint
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-
-
-class LhotseSharPeer:
+class LhotseSharPeer(OwnWriterPeer):
     name = "lhotse-shar"
     resume = "no"
 
@@ -175,15 +171,6 @@ class LhotseSharPeer:
             sampler.load_state_dict(dict(state))
         for batch in loader:
             yield sampler, batch["key"], batch["x"], batch["y"]
-
-    def batches(
-        self, location: str, storage_options: dict, work: Workload, epoch: int, workers: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for _, _, x, y in self.keyed_batches(location, storage_options, work, epoch, workers):
-            yield x, y
-
-    def forget(self, location: str) -> None:
-        pass
 
 
 register(LhotseSharPeer())

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import litdata
 import numpy as np
-import torch
 
-from .base import WorkerCrop, Workload, card, register, tracks, vocabulary
+from .base import OwnWriterPeer, WorkerCrop, Workload, card, register, tracks, vocabulary
 
 
 def source_tag(work: Workload) -> str:
@@ -82,7 +81,7 @@ class _Crop(WorkerCrop):
         return self.item(item["key"], item["mel"], item["labels"])
 
 
-class LitdataPeer:
+class LitdataPeer(OwnWriterPeer):  # forget: the S3 cache is kept, a resume may reuse it
     name = "litdata"
     resume = "exact, any workers"
 
@@ -139,15 +138,6 @@ class LitdataPeer:
         loader = self.loader(location, storage_options, work, epoch, workers, state)
         for batch in loader:
             yield loader, list(batch["key"]), batch["x"], batch["y"]
-
-    def batches(
-        self, location: str, storage_options: dict, work: Workload, epoch: int, workers: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for _, _, x, y in self.keyed_batches(location, storage_options, work, epoch, workers):
-            yield x, y
-
-    def forget(self, location: str) -> None:
-        pass  # nothing held between calls but the S3 cache, which a resume may reuse
 
 
 register(LitdataPeer())

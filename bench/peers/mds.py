@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 try:
     import streaming
@@ -38,7 +35,16 @@ except RuntimeError as error:
     # package is there but unusable; the harness reports a missing one as not installed.
     raise ModuleNotFoundError(f"streaming cannot be imported: {error}", name="streaming") from error
 
-from .base import WorkerCrop, Workload, card, register, tracks, vocabulary
+from .base import (
+    OwnWriterPeer,
+    WorkerCrop,
+    Workload,
+    card,
+    register,
+    s3_environment,
+    tracks,
+    vocabulary,
+)
 
 COLUMNS = {"key": "str", "mel": "ndarray:float16", "labels": "ndarray:int16"}
 
@@ -57,20 +63,6 @@ def shard_bytes(work: Workload) -> int:
     return max(1, sum(s["bytes"] for s in shards) // max(1, len(shards)))
 
 
-def s3_environment(storage_options: dict) -> None:
-    """streaming's S3 downloader takes the endpoint from `S3_ENDPOINT_URL` and the keys
-    from boto3's usual variables (its documented way for an S3-compatible store); set in
-    this process, so that forked loader workers inherit them."""
-    s3 = storage_options.get("s3", {})
-    if "key" in s3:
-        os.environ["AWS_ACCESS_KEY_ID"] = s3["key"]
-        os.environ["AWS_SECRET_ACCESS_KEY"] = s3["secret"]
-    endpoint = s3.get("client_kwargs", {}).get("endpoint_url")
-    if endpoint:
-        os.environ["S3_ENDPOINT_URL"] = endpoint
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # boto3 signs with one
-
-
 class _Crops(streaming.StreamingDataset):
     """The stored mel cropped in `__getitem__`, the per-sample hook streaming's docs give
     for transforms (it runs in the loader workers)."""
@@ -84,7 +76,7 @@ class _Crops(streaming.StreamingDataset):
         return self.crop.item(sample["key"], sample["mel"], sample["labels"])
 
 
-class MdsPeer:
+class MdsPeer(OwnWriterPeer):
     name = "mds"
     resume = "exact, any workers"
 
@@ -158,12 +150,6 @@ class MdsPeer:
         loader = self.loader(dataset, work, epoch, workers, state)
         for batch in loader:
             yield loader, list(batch["key"]), batch["x"], batch["y"]
-
-    def batches(
-        self, location: str, storage_options: dict, work: Workload, epoch: int, workers: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for _, _, x, y in self.keyed_batches(location, storage_options, work, epoch, workers):
-            yield x, y
 
     def forget(self, location: str) -> None:
         """Drop the location's dataset (and its shared memory), so that a new one, e.g. a

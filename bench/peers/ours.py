@@ -8,17 +8,16 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
-from pathlib import Path
 
 from loader_common import reader_for
 
 from pipelines.core.storage import is_remote
 from tagtrain.models.registry import get_entry
 
-from .base import Workload, register
+from .base import OurShardsPeer, Workload, register
 
 
-class Ours:
+class Ours(OurShardsPeer):
     # A checkpoint's loader state resumes the epoch at the next unread sample, also with
     # another worker count (docs/TRAINER.md; tests/test_resume.py).
     resume = "exact, any workers"
@@ -27,9 +26,6 @@ class Ours:
         self.name = "ours+cache" if cache else "ours"
         self.cache = self.remote_only = cache  # the harness runs it on S3 only
         self._cache_dir: str | None = None  # one per process, kept across its epochs
-
-    def prepare(self, work: Workload, out: Path) -> Path:
-        return Path(work.dataset)
 
     def cache_dir(self, location: str) -> str | None:
         if not (self.cache and is_remote(location)):

@@ -20,7 +20,6 @@ import io
 import json
 import shutil
 import tempfile
-from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -30,6 +29,7 @@ import wids
 from wids import wids_dl
 
 from .base import (
+    OurShardsPeer,
     Workload,
     batched,
     card,
@@ -76,14 +76,11 @@ def _collate(pairs):
     return next(batched(pairs, len(pairs)))
 
 
-class WebDatasetPeer:
+class WebDatasetPeer(OurShardsPeer):
     resume = "no"  # no iterator state; its docs resample (resampled=True) instead
 
     def __init__(self, name: str, select: bool):
         self.name, self.select = name, select
-
-    def prepare(self, work: Workload, out: Path) -> Path:
-        return Path(work.dataset)
 
     def batches(self, location, storage_options, work: Workload, epoch: int, workers: int):
         _install_s3(storage_options)
@@ -124,14 +121,11 @@ def _cache_dir() -> str:
     return _CACHE[0]
 
 
-class WidsPeer:
+class WidsPeer(OurShardsPeer):
     name = "wids"
     # Its sampler's order is a function of (seed, epoch) drawn in the main process: skipping
     # the indices already used resumes exactly, whatever the worker count (no state API).
     resume = "exact, any workers"
-
-    def prepare(self, work: Workload, out: Path) -> Path:
-        return Path(work.dataset)
 
     def batches(self, location, storage_options, work: Workload, epoch: int, workers: int):
         _install_s3(storage_options)
