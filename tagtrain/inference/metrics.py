@@ -181,27 +181,39 @@ def bootstrap_macro(
     """95% percentile intervals of every macro metric over tracks resampled with
     replacement. With `y_other` (scores of the same tracks by another system, e.g. the
     clean set), also the paired difference (this minus other) and whether its interval
-    excludes 0."""
+    excludes 0.
+
+    Each tag's scores are sorted once; a resample is then how many times it drew each
+    track (`np.bincount` of its draws), and the metrics are their weighted forms over the
+    sorted order, equal to `tag_scores` of the gathered resample (the draws are the same:
+    `rng.integers(0, n, n)` per resample). Gathering and sorting a million tracks again
+    per resample cost seconds each, and grew faster than the track count."""
     y_true = np.asarray(y_true)
-    y_score = np.asarray(y_score)  # tag_scores decides its dtype
     rng = np.random.default_rng(seed)
     n = len(y_true)
     draws: dict[str, list] = {name: [] for name in METRICS}
     diffs: dict[str, list] = {name: [] for name in METRICS}
-    for _ in range(resamples if n else 0):
+    if not (n and resamples):
+        return _intervals(draws, diffs, y_other is not None)
+    systems = [_ResampledSystem(y_true, y_score)]
+    if y_other is not None:
+        systems.append(_ResampledSystem(y_true, y_other))
+    for _ in range(resamples):
         idx = rng.integers(0, n, n)
-        here = tag_scores(y_true[idx], y_score[idx]).macro
-        there = (
-            tag_scores(y_true[idx], np.asarray(y_other)[idx]).macro if y_other is not None else None
-        )
+        counts = _draw_counts(idx, n)
+        here, *there = (system.macro(idx, counts) for system in systems)
         for name in METRICS:
             draws[name].append(here[name])
-            if there is not None:
-                diffs[name].append(here[name] - there[name])
+            if there:
+                diffs[name].append(here[name] - there[0][name])
+    return _intervals(draws, diffs, y_other is not None)
+
+
+def _intervals(draws: dict[str, list], diffs: dict[str, list], paired: bool) -> dict:
     out = {}
     for name in METRICS:
         out[name] = {"low": _percentile(draws[name], 2.5), "high": _percentile(draws[name], 97.5)}
-        if y_other is not None:
+        if paired:
             low, high = _percentile(diffs[name], 2.5), _percentile(diffs[name], 97.5)
             significant = low is not None and (low > 0 or high < 0)
             out[name].update(diff_low=low, diff_high=high, significant=bool(significant))
@@ -211,3 +223,122 @@ def bootstrap_macro(
 def _percentile(values: list, q: float) -> float | None:
     finite = [v for v in values if np.isfinite(v)]
     return float(np.percentile(finite, q)) if finite else None
+
+
+def _draw_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """How many times a resample drew each of the n tracks. As uint8 when it fits (a
+    bootstrap's counts are Poisson(1): never near 255 in practice): every tag reads them
+    in its score order, at random, and 1 MB of them stays in cache where 8 MB does not."""
+    counts = np.bincount(idx, minlength=n)
+    return counts.astype(np.uint8 if counts.max() < 256 else np.int64)
+
+
+def _ascending(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(`rows` ordered by ascending `scores[rows]`, int32; their scores in that order, as
+    values that compare and tie exactly as the scores do). Float32 scores are sorted as
+    one int64 key per row (the score's bits made order-preserving, then the row): a
+    vectorised sort, 3x faster than argsort at a million rows."""
+    if scores.dtype != np.float32:
+        order = rows[np.argsort(scores[rows])]
+        return order.astype(np.int32), scores[order]
+    bits = (scores[rows] + np.float32(0)).view(np.int32)  # + 0: -0.0 ties with 0.0
+    ordered_bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negatives' order reversed
+    keys = np.sort((ordered_bits.astype(np.int64) << 32) | rows)
+    return (keys & 0xFFFFFFFF).astype(np.int32), keys >> 32
+
+
+class _SortedTag:
+    """One tag's scores sorted once, and where each positive's tie group starts and ends
+    in that order, for its weighted ROC-AUC and average precision in every resample."""
+
+    def __init__(self, labels: np.ndarray, scores: np.ndarray, rows: np.ndarray):
+        self.order, values = _ascending(scores, rows)
+        # The positives by ascending score: their places in the order, the bounds of
+        # their tie groups there, and how many positives precede each bound.
+        self.positive_places = np.flatnonzero(labels[self.order] > 0.5)
+        at = values[self.positive_places]
+        self.group_start = np.searchsorted(values, at, "left")
+        self.group_end = np.searchsorted(values, at, "right")
+        self.positives_before_start = np.searchsorted(self.positive_places, self.group_start)
+        self.positives_before_end = np.searchsorted(self.positive_places, self.group_end)
+        # The label mass (what `evaluable_tags` sums) is over every nonzero label.
+        labelled = rows[labels[rows] != 0]
+        self.labelled_rows, self.label_values = labelled, labels[labelled].astype(np.float64)
+
+    def weighted(self, counts: np.ndarray, below: np.ndarray) -> tuple[float, float, float]:
+        """(label mass, ROC-AUC, average precision) of the resample that drew track i
+        counts[i] times: `tag_scores`' rank formulas, each positive counted as often as
+        it was drawn and each count of others as that many tracks. `below` is a buffer
+        of len(order) + 1 int64: below[k] becomes the draws of the k lowest scores."""
+        drawn = counts.take(self.order)
+        below[0] = 0
+        np.cumsum(drawn, dtype=np.int64, out=below[1 : len(drawn) + 1])
+        total = int(below[len(drawn)])
+        mass = float(counts.take(self.labelled_rows) @ self.label_values)
+        weight = drawn.take(self.positive_places).astype(np.int64)
+        positives = int(weight.sum())
+        if not positives:
+            return mass, np.nan, np.nan
+        positives_below = np.zeros(len(weight) + 1, dtype=np.int64)
+        np.cumsum(weight, out=positives_below[1:])
+        kept = weight > 0  # a positive drawn 0 times is not in the resample
+        weight = weight[kept]
+        lower = below[self.group_start[kept]]  # drawn tracks scored below the positive
+        at_most = below[self.group_end[kept]]
+        positive_lower = positives_below[self.positives_before_start[kept]]
+        negatives_below = lower - positive_lower
+        negatives_tied = at_most - positives_below[self.positives_before_end[kept]]
+        negatives_tied -= negatives_below
+        pairs = positives * (total - positives)
+        roc = np.nan
+        if pairs:
+            roc = ((weight * negatives_below).sum() + (weight * negatives_tied).sum() / 2) / pairs
+        precision = (positives - positive_lower) / (total - lower)
+        return mass, roc, float((weight * precision).sum() / positives)
+
+
+class _ResampledSystem:
+    """One system's scores of the tracks, sorted once per tag, and each resample's
+    macro figures from them (the same as `tag_scores(y_true[idx], y_score[idx]).macro`).
+    A registered metric without a weighted form here takes that gathered path."""
+
+    def __init__(self, y_true: np.ndarray, y_score):
+        y_score = np.asarray(y_score)
+        y_score = y_score if y_score.dtype == np.float32 else y_score.astype(np.float64)
+        if y_true.shape != y_score.shape or y_true.ndim != 2:
+            raise ValueError(
+                f"labels {y_true.shape} and scores {y_score.shape} must both be [N, C]"
+            )
+        self.y_true, self.y_score = y_true, y_score
+        finite = np.isfinite(y_score).all(axis=1)  # the tracks tag_scores keeps
+        rows, self.nonfinite_rows = np.flatnonzero(finite), np.flatnonzero(~finite)
+        self.tags: list[_SortedTag] = []
+        for start in range(0, y_true.shape[1], TAGS_AT_A_TIME):
+            # A few columns at a time, column-major: one pass over the matrices for them.
+            part = slice(start, start + TAGS_AT_A_TIME)
+            y, s = np.asfortranarray(y_true[:, part]), np.asfortranarray(y_score[:, part])
+            self.tags += [_SortedTag(y[:, j], s[:, j], rows) for j in range(y.shape[1])]
+        self.below = np.empty(len(rows) + 1, dtype=np.int64)
+        self.gathered = [m.name for m in METRICS.values() if m.per_tag not in _WEIGHTED]
+
+    def macro(self, idx: np.ndarray, counts: np.ndarray) -> dict[str, float]:
+        figures = np.array([tag.weighted(counts, self.below) for tag in self.tags]).reshape(-1, 3)
+        mass = figures[:, 0]
+        # The drawn tracks tag_scores keeps: those whose every score is finite.
+        total = len(idx) - int(counts.take(self.nonfinite_rows).sum())
+        both_classes = (mass > 0) & (mass < total)
+        macro = {}
+        for metric in METRICS.values():
+            if metric.per_tag not in _WEIGHTED:
+                continue
+            usable = both_classes if metric.needs_both_classes else np.full(len(mass), total > 0)
+            values = np.where(usable, figures[:, _WEIGHTED[metric.per_tag]], np.nan)
+            macro[metric.name] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
+        if self.gathered:
+            gathered = tag_scores(self.y_true[idx], self.y_score[idx]).macro
+            macro.update({name: gathered[name] for name in self.gathered})
+        return {name: macro[name] for name in METRICS}
+
+
+# Registered per-tag functions with a weighted form: their column in _SortedTag.weighted.
+_WEIGHTED = {roc_auc: 1, pr_auc: 2}
