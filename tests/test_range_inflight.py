@@ -2,7 +2,9 @@
 range requests all go out at once (up to the per-process depth), and the whole-shard
 copies a fetch needs download side by side, not one after the other. A small S3 server
 here counts what it holds at once; it holds each request until the expected number have
-arrived (or a timeout), so the count does not depend on timing."""
+arrived, so the count does not depend on timing (on a busy machine the last of 64
+requests took over 2 s to arrive). If they never do, the first wait times out and the
+server stops holding requests: the test then fails on the count, after one timeout."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class CountingS3(ThreadingHTTPServer):
         self.cond = threading.Condition()
         self.in_flight: collections.Counter = collections.Counter()
         self.most = self.most_keys = 0
+        self.gave_up = False  # a wait timed out: requests are no longer held
 
     def hold(self, key: str) -> None:
         with self.cond:
@@ -39,7 +42,9 @@ class CountingS3(ThreadingHTTPServer):
             count, keys = sum(self.in_flight.values()), len(+self.in_flight)
             self.most, self.most_keys = max(self.most, count), max(self.most_keys, keys)
             self.cond.notify_all()
-            self.cond.wait_for(lambda: self.gate(self.most, self.most_keys), timeout=2.0)
+            if not self.gave_up:
+                released = lambda: self.gate(self.most, self.most_keys)  # noqa: E731
+                self.gave_up = not self.cond.wait_for(released, timeout=30.0)
 
     def release(self, key: str) -> None:
         with self.cond:

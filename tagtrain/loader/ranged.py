@@ -1,5 +1,5 @@
-"""Byte ranges of shard members, with retries: local files by `os.pread` on a regular
-file, remote objects by fsspec's `cat_ranges` (concurrent range requests, one call for
+"""Byte ranges of shard members, with retries: local files (and whole local copies of
+remote ones) as views of a memory map (`mapped`, at most `_OPEN_FILES` open), remote objects by fsspec's `cat_ranges` (concurrent range requests, one call for
 all the shards of a fetch window; neighbouring ranges of a shard merged into one request
 within a gap budget, `merge_ranges`), s3:// ones by obstore (`s3ranges`, the same
 requests at a fraction of s3fs's CPU) unless `s3_client` is "s3fs". Only the members a
@@ -12,8 +12,8 @@ failure is reported (`RangeFailure`) so the stream counts it."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
-import os
 import tarfile
 import threading
 import time
@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pipelines.core.errors import first_line
 from tagtrain.loader import s3ranges
 from tagtrain.loader.cache import NotTheCardsShard
+from tagtrain.loader.mapped import MappedFile
 from tagtrain.loader.openers import (
     LOCAL_SCHEMES,
     OpenerError,
@@ -32,6 +33,7 @@ from tagtrain.loader.openers import (
 )
 
 HEADER = 512  # a USTAR member header
+_REGULAR_TYPES = (b"0", b"\0", b"7")  # tarfile.REGULAR_TYPES without GNU sparse files
 # Ranges this close are fetched as one request (a sample's json and mel sit side by side,
 # and so do consecutive samples of a mel-only shard)...
 _MAX_GAP = 16 << 10
@@ -44,6 +46,10 @@ _MAX_REQUEST = 16 << 20
 # Whole-shard copies (a cache) downloaded at once by one fetch: each holds up to
 # openers.RangeReader's depth x block (32 MB) in memory while it downloads.
 _DOWNLOADS = 4
+# Local files kept open (mapped) per fetcher, the least recently read closed first: an
+# epoch reads shards a few at a time (`partition`), and a million-track split has
+# thousands of shards, more than a process may have open (ulimit -n is often 1024).
+_OPEN_FILES = 64
 _PERMANENT = (
     FileNotFoundError, PermissionError, IsADirectoryError, OpenerError, s3ranges.OutsideObject,
     NotTheCardsShard,
@@ -58,12 +64,20 @@ class IndexMismatch(Exception):
     """The index's byte range does not hold the member it names."""
 
 
-def header_matches(header: bytes, name: str, size: int) -> bool:
-    try:
-        info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-    except tarfile.TarError:
+def header_matches(header, name: str, size: int) -> bool:
+    """Whether a 512-byte tar header is that of a regular member named `name` (its last
+    path part) holding `size` bytes. The two fields are compared as they are written, not
+    the whole header parsed (tarfile's parse and checksum were a tenth of a sample's
+    reading): a range that does not start at this member's header cannot name it."""
+    if len(header) != HEADER or header[156:157] not in _REGULAR_TYPES:
         return False
-    return info.isreg() and info.name.rsplit("/", 1)[-1] == name and info.size == size
+    field = bytes(header[:100]).split(b"\0", 1)[0]
+    if field.rsplit(b"/", 1)[-1] != name.encode("utf-8", "surrogateescape"):
+        return False
+    try:
+        return tarfile.nti(bytes(header[124:136])) == size
+    except tarfile.InvalidHeaderError:
+        return False
 
 
 class ShortRead(Exception):
@@ -95,7 +109,10 @@ class RangeFetcher:
         self.options = dict(options or {})
         self.retries = retries
         self.backoff = backoff
-        self.files: dict[int, object] = {}
+        self.files: collections.OrderedDict[int, MappedFile] = collections.OrderedDict()
+        # The files the last `fetch_members_many` read from (closed or not since): whose
+        # `holds` guards the views it returned.
+        self.mapped: dict[int, MappedFile] = {}
         self.failed: dict[int, str] = {}  # shard -> why it was given up
         self.mismatched: dict[int, set[str]] = {}  # shard -> keys whose index row missed
         self.retried = 0  # transient failures retried
@@ -121,6 +138,7 @@ class RangeFetcher:
             shard: [(offset - HEADER, size + HEADER) for _, offset, size in members]
             for shard, members in jobs.items()
         }
+        self.mapped = {}
         out = {}
         for shard, parts in self.fetch_many(ranges).items():
             bad = _mismatches(jobs[shard], parts)
@@ -134,9 +152,10 @@ class RangeFetcher:
             keys = self.mismatched.setdefault(shard, set())
             keys.update(_sample_key(jobs[shard][i][0]) for i in bad)
             if bad and len(keys) > 1:
-                parts = self._give_up(shard, bad[min(bad)])
+                parts = self.give_up(shard, bad[min(bad)])
             elif not isinstance(parts, RangeFailure):
-                parts = [bad.get(i) or part[HEADER:] for i, part in enumerate(parts)]
+                # Views, not copies (a slice of bytes would copy the member).
+                parts = [bad.get(i) or memoryview(part)[HEADER:] for i, part in enumerate(parts)]
             out[shard] = parts
         return out
 
@@ -159,7 +178,7 @@ class RangeFetcher:
                 if not isinstance(result, BaseException):
                     out[shard] = result
                 elif isinstance(result, (*_PERMANENT, ShortRead)) or attempt >= self.retries:
-                    out[shard] = self._give_up(shard, result)
+                    out[shard] = self.give_up(shard, result)
                 else:
                     transient[shard] = pending[shard]
                     self._close(shard)
@@ -170,14 +189,15 @@ class RangeFetcher:
             pending = transient
         return out
 
-    def _give_up(self, shard: int, exc: BaseException) -> RangeFailure:
+    def give_up(self, shard: int, exc: BaseException) -> RangeFailure:
+        """Mark `shard` failed (its later reads fail at once) for the reason `exc`."""
         why = f"{type(exc).__name__}: {first_line(exc, 200)}"
         self.failed[shard] = why
         self._close(shard)
         return RangeFailure(why)
 
     def _read_many(self, jobs: Mapping[int, Sequence[tuple[int, int]]], use_cache=True) -> dict:
-        """{shard: [bytes] or the exception that stopped it}: local shards by pread,
+        """{shard: [bytes or views] or the exception that stopped it}: local files mapped,
         cached ranges from the range cache, the rest together in one `cat_ranges` call."""
         out, remote = {}, {}
         cache = self.range_cache if use_cache else None
@@ -187,10 +207,12 @@ class RangeFetcher:
                 url = self.urls[shard]
                 if isinstance(copy := copies.get(shard), BaseException):
                     raise copy
-                if copy is not None:
-                    self._keep_open(shard, copy)
-                if shard in self.files or scheme_of(url) in LOCAL_SCHEMES:
-                    out[shard] = self._checked(self._local_ranges(shard, url, ranges), ranges)
+                if (mapped := self._mapped(shard, url, copy)) is not None:
+                    self.mapped[shard] = mapped
+                    end = max((offset + size for offset, size in ranges), default=0)
+                    if not mapped.holds(end):  # truncated since it was mapped
+                        raise ShortRead(f"the file ends before byte {end}")
+                    out[shard] = self._checked(mapped.ranges(ranges), ranges)
                     self._count(sum(size for _, size in ranges))
                 elif cache is not None and (cached := cache.read(url, ranges)) is not None:
                     out[shard] = self._checked(cached, ranges)
@@ -239,19 +261,39 @@ class RangeFetcher:
         with concurrent.futures.ThreadPoolExecutor(min(_DOWNLOADS, len(todo))) as pool:
             return dict(zip(todo, pool.map(open_copy, todo)))
 
-    def _local_ranges(self, shard: int, url: str, ranges) -> list[bytes]:
+    def _mapped(self, shard: int, url: str, copy) -> MappedFile | None:
+        """`shard`'s open local file: `copy` (a whole local copy just opened), the one kept
+        open, or a local shard opened now; None for a remote shard read by range."""
+        if copy is not None:
+            return self._keep_open(shard, copy)
         with self.lock:  # batches may be fetched from two threads
-            handle = self.files.get(shard)
-            if handle is None:
-                handle = self.files[shard] = open_regular_file(local_path(url))
-        return [os.pread(handle.fileno(), size, offset) for offset, size in ranges]
+            if (mapped := self.files.get(shard)) is not None:
+                self.files.move_to_end(shard)
+                return mapped
+        if scheme_of(url) in LOCAL_SCHEMES:
+            return self._keep_open(shard, open_regular_file(local_path(url)))
+        return None
 
-    def _keep_open(self, shard: int, handle) -> None:
-        with self.lock:  # batches may be fetched from two threads
+    def _keep_open(self, shard: int, handle) -> MappedFile:
+        """`handle` mapped and kept as `shard`'s file (closed when `shard` has one)."""
+        with self.lock:
             if shard in self.files:
                 handle.close()
-            else:
-                self.files[shard] = handle
+                return self.files[shard]
+            try:
+                mapped = self.files[shard] = MappedFile(handle)
+            except BaseException:
+                handle.close()
+                raise
+            while len(self.files) > _OPEN_FILES:
+                self.files.popitem(last=False)[1].close()
+            return mapped
+
+    def holds(self, shard: int, end: int) -> bool:
+        """Whether the local file `shard`'s last ranges were read from (if any) still
+        reaches byte `end`: asked right before a member's view is used (`mapped`)."""
+        mapped = self.mapped.get(shard)
+        return mapped is None or mapped.holds(end)
 
     @staticmethod
     def _checked(parts, ranges) -> list[bytes]:
@@ -365,7 +407,7 @@ def _cut(blobs, merged_starts, merged_ends, ranges):
     parts = []
     for offset, size in ranges:
         i = bisect.bisect_right(merged_starts, offset) - 1
-        blob = blobs[i]
+        blob = memoryview(blobs[i])  # slices of it are views, not copies
         if len(blob) > merged_ends[i] - merged_starts[i]:  # a server ignoring Range
             blob = blob[merged_starts[i] : merged_ends[i]]
         parts.append(blob[offset - merged_starts[i] : offset + size - merged_starts[i]])

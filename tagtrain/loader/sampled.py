@@ -17,7 +17,7 @@ from tagtrain.loader.index import SampleRef, SplitIndex
 from tagtrain.loader.openers import LOCAL_SCHEMES, scheme_of
 from tagtrain.loader.positions import WorkerPosition
 from tagtrain.loader.rangecache import RangeCache
-from tagtrain.loader.ranged import IndexMismatch, RangeFailure, RangeFetcher
+from tagtrain.loader.ranged import IndexMismatch, RangeFailure, RangeFetcher, ShortRead
 from tagtrain.loader.stats import LoaderStats
 
 SAMPLE_MODE = -2  # WorkerPosition.next_shard of a sample-level state; next_index = consumed
@@ -110,9 +110,13 @@ class SampleRoleStream:
                 current.append(spec)
         return windows, 1
 
-    def fetch(self, refs: list[SampleRef]) -> list:
-        """[(ref, raw sample or (shard, RangeFailure))] for a batch's samples: every
-        shard's members in one concurrent request set (`RangeFetcher.fetch_members_many`)."""
+    def fetch(self, refs: list[SampleRef]) -> tuple[list, int]:
+        """([(ref, outcome)], member bytes used) for a batch's (or window's) samples: every
+        shard's members in one concurrent request set (`RangeFetcher.fetch_members_many`),
+        then decoded here, in the fetching thread, right after each local file is checked
+        to still hold the sample (`mapped`: its members are views of the file). An
+        outcome is ("item", (x, y)), ("rejected", reason, detail) or ("failed", shard,
+        why); the caller counts them in order."""
         by_shard: dict[int, list[SampleRef]] = {}
         self.touched.update(ref.shard for ref in refs)
         for ref in refs:
@@ -126,22 +130,42 @@ class SampleRoleStream:
             for shard, items in wanted.items()
         }
         fetched = self.fetcher.fetch_members_many(jobs)
-        out = {}
+        raws, failures = {}, {}
         for shard, items in wanted.items():
             parts = fetched[shard]
             if isinstance(parts, RangeFailure):
-                out.update({ref.key: (shard, parts) for ref in by_shard[shard]})
+                failures.update(dict.fromkeys((ref.key for ref in by_shard[shard]), parts))
                 continue
             parts = iter(parts)
             for ref, ext, r in items:
-                raw = out.setdefault(ref.key, {"__key__": ref.key})
+                raw = raws.setdefault(ref.key, {"__key__": ref.key})
                 if r is not None:
                     part = next(parts)
                     if isinstance(part, IndexMismatch):  # this sample's index row only
                         raw[BAD_ENTRY] = f"IndexMismatch: {part}"
                     else:
                         raw[ext] = part
-        return [(ref, out[ref.key]) for ref in refs]
+        outcomes, used = [], 0
+        for ref in refs:
+            failure = failures.get(ref.key) or self.lost(ref)
+            raw = raws.get(ref.key, {})
+            if failure is not None:
+                outcomes.append((ref, ("failed", ref.shard, str(failure))))
+            elif BAD_ENTRY in raw:
+                outcomes.append((ref, ("rejected", "read_error", raw[BAD_ENTRY])))
+            else:
+                used += sum(len(v) for k, v in raw.items() if k != "__key__")
+                outcomes.append((ref, self.stream.try_decode(raw)))
+        return outcomes, used
+
+    def lost(self, ref: SampleRef) -> RangeFailure | None:
+        """A RangeFailure when `ref`'s shard was cut short since its members were read
+        (the shard is then given up), else None."""
+        end = max((offset + size for ext, offset, size in ref.members if ext in self.needed),
+                  default=0)  # fmt: skip
+        if self.fetcher.holds(ref.shard, end):
+            return None
+        return self.fetcher.give_up(ref.shard, ShortRead(f"the file now ends before byte {end}"))
 
     def batches(self):
         order = self.stream.order
@@ -161,38 +185,31 @@ class SampleRoleStream:
             while pending:
                 window, future = pending.popleft()
                 submit()  # the next window downloads while this one is decoded
-                fetched = iter(future.result())
+                outcomes, used = future.result()
+                self.stats.bytes_used += used
+                outcomes = iter(outcomes)
                 for j, (start, stop) in window:
-                    yield self.make_batch(j, list(itertools.islice(fetched, stop - start)))
+                    yield self.make_batch(j, list(itertools.islice(outcomes, stop - start)))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             self.fetcher.close()
         yield self.final()
 
-    def make_batch(self, j: int, fetched: list) -> dict:
+    def make_batch(self, j: int, outcomes: list) -> dict:
         entries = []
-        for ref, raw in fetched:
-            if isinstance(raw, tuple):  # (shard, RangeFailure)
-                self.stats.shard_failed(self.stream.shards[raw[0]].name, str(raw[1]))
-                self.stats.reject(ref.key, "read_error", str(raw[1]), note=False)
-                continue
-            if BAD_ENTRY in raw:
-                self.stats.reject(ref.key, "read_error", raw[BAD_ENTRY])
-                continue
-            item = self.stream.decode(raw, self.stats)
-            if item is not None:
-                entries.append((None, item, ref.key))
+        for ref, outcome in outcomes:
+            if outcome[0] == "item":
+                self.stats.samples += 1
+                entries.append((None, outcome[1], ref.key))
+            elif outcome[0] == "failed":
+                self.stats.shard_failed(self.stream.shards[outcome[1]].name, outcome[2])
+                self.stats.reject(ref.key, "read_error", outcome[2], note=False)
+            else:
+                self.stats.reject(ref.key, outcome[1], outcome[2])
         self.stats.shards_opened = len(self.touched)
         self.stats.bytes_read = self.fetcher.bytes_read
         self.stats.range_requests = self.fetcher.requests
         self.stats.obstore_requests = self.fetcher.obstore_requests
-        self.stats.bytes_used += sum(
-            len(v)
-            for _, raw in fetched
-            if isinstance(raw, dict)
-            for v in raw.values()
-            if isinstance(v, bytes)
-        )
         consumed = self.stream.consumed + (j + 1) * self.cfg.batch_size * self.cfg.world
         out = self.header(sample_state(consumed))
         # Bad samples leave a smaller batch; one sample cannot train a BatchNorm model, so a

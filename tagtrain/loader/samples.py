@@ -43,11 +43,11 @@ class SampleRejected(Exception):
         self.detail = detail
 
 
-def parse_meta(data: bytes) -> dict:
+def parse_meta(data) -> dict:
     if len(data) > MAX_JSON_BYTES:
         raise SampleRejected("json", f"{len(data)} bytes (over {MAX_JSON_BYTES})")
     try:
-        meta = json.loads(data)
+        meta = json.loads(bytes(data))  # (a view of the shard: json reads bytes only)
     except (ValueError, RecursionError, OverflowError) as exc:
         raise SampleRejected("json", f"{type(exc).__name__}: {first_line(exc, 100)}") from None
     if not isinstance(meta, dict):
@@ -89,7 +89,7 @@ _SAVED_HEADER = re.compile(
 )
 
 
-def read_npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
+def read_npy_header(data) -> tuple[np.dtype, tuple[int, ...], int]:
     """(dtype, shape, data offset) of an .npy member, from its header alone."""
     if data[:8] == b"\x93NUMPY\x01\x00" and len(data) >= 10:
         end = 10 + int.from_bytes(data[8:10], "little")
@@ -114,9 +114,10 @@ def read_npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
     return dtype, tuple(shape), stream.tell()
 
 
-def checked_array(data: bytes, member: str, features: Mapping) -> np.ndarray:
-    """The member's array, refused unless its header fits `features` and its bytes (its
-    values are the caller's to check: `all_finite` on what it uses)."""
+def checked_array(data, member: str, features: Mapping) -> np.ndarray:
+    """The member's array (a read-only view of `data`: bytes, or a view of a mapped
+    shard), refused unless its header fits `features` and its bytes (its values are the
+    caller's to check: `all_finite` on what it uses)."""
     dtype, shape, offset = read_npy_header(data)
     if dtype.name not in _NPY_DTYPES[member]:
         raise SampleRejected("dtype", f"{member} has dtype {dtype.name}")
@@ -174,10 +175,10 @@ class SampleDecoder:
     def __call__(self, raw: Mapping) -> tuple[np.ndarray, np.ndarray]:
         member = self.plan.member
         for name in ("json", member):
-            if not isinstance(raw.get(name), bytes | bytearray):
+            if not isinstance(raw.get(name), bytes | bytearray | memoryview):
                 raise SampleRejected("missing_member", f"no {name}")
         y = label_vector(parse_meta(raw["json"]), self.tag_index, self.size)
-        array = checked_array(bytes(raw[member]), member, self.plan.features)
+        array = checked_array(raw[member], member, self.plan.features)
         x = self.crops(array, raw.get("__key__", "?"))
         if x.dtype.kind == "f" and not all_finite(x):
             raise SampleRejected("non_finite", f"{member} holds NaN or Inf in the crop")

@@ -158,17 +158,21 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def decode(self, raw: Mapping, stats: LoaderStats):
         """(x, y) for a raw sample, or None (counted by reason) when it cannot be used."""
-        key = raw.get("__key__", "?")
+        outcome = self.try_decode(raw)
+        if outcome[0] == "item":
+            stats.samples += 1
+            return outcome[1]
+        stats.reject(raw.get("__key__", "?"), outcome[1], outcome[2])
+        return None
+
+    def try_decode(self, raw: Mapping) -> tuple:
+        """("item", (x, y)) for a raw sample, or ("rejected", reason, detail)."""
         try:
-            item = self.decoder(raw)
+            return "item", self.decoder(raw)
         except SampleRejected as exc:
-            stats.reject(key, exc.reason, exc.detail)
-            return None
+            return "rejected", exc.reason, exc.detail
         except Exception as exc:  # noqa: BLE001  (any other decode failure: counted, skipped)
-            stats.reject(key, "decode", f"{type(exc).__name__}: {first_line(exc, 200)}")
-            return None
-        stats.samples += 1
-        return item
+            return "rejected", "decode", f"{type(exc).__name__}: {first_line(exc, 200)}"
 
     def augmented(self, crop: np.ndarray, key: str) -> np.ndarray:
         return self.augment(crop, stable_int("augment", self.cfg.seed, self.epoch, key))
