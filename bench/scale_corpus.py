@@ -23,9 +23,10 @@ and `beam_runner.py prepare`, with tiny members so that only the bookkeeping is 
   tag, what `prepare --update` plans against `dataset`;
 - `dataset`: the prepared dataset, built with prepare's own config, layout
   (`plan_shards` at the default 256 MB: ~550 30 s tracks per shard), shard grouping,
-  tar writer, completion records (`_progress/`) and finish step (index, rejects, card),
-  each member tiny: a `[n_mels, 1]` float16 mel (the loader pads it to its crop) and the
-  JSON prepare writes. Re-running prepare's plan on it finds nothing to build.
+  tar writer, completion records (`_progress/`, each train record with its mel-sums
+  sidecar) and finish step (index, rejects, card), each member tiny: a `[n_mels, 1]`
+  float16 mel (the loader pads it to its crop) and the JSON prepare writes. Re-running
+  prepare's plan on it finds nothing to build.
 
 Built once per (tracks, tags, seed) under `root` and reused: `build_corpus` returns the
 cached one when its `complete` marker is there.
@@ -42,12 +43,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 
-FORMAT = 1  # bump when what a corpus holds changes: older caches are rebuilt
+FORMAT = 2  # bump when what a corpus holds changes: older caches are rebuilt (2: sums sidecars)
 SPLIT_SHARES = (("train", 0.79), ("valid", 0.088), ("test", 0.122))  # MSD's (Won et al.)
 SUBFOLDERS = 256
 
@@ -257,8 +257,6 @@ def _write_dataset(corpus: Corpus) -> None:
     mel = tiny_mel(features.n_mels)
     mel_member = npy_bytes(mel)
     mel64 = mel.astype(np.float64)[:, 0]
-    sums = SimpleNamespace(mel_sum=mel64, mel_sumsq=mel64**2, mel_frames=1)
-    encoded_sums = progress.encode_sums(sums)
     label_of = {t: i for i, t in enumerate(cfg.vocabulary)}
     num_shards = dict(cfg.num_shards)
     records = {}
@@ -281,6 +279,10 @@ def _write_dataset(corpus: Corpus) -> None:
         index_rows, shard = write_shard(str(corpus.dataset), split, index, samples)
         last_write = time.monotonic()
         train = split == "train"
+        # As prepare: the train samples' mel sums in a sidecar, written before the record.
+        sums_file = (
+            progress.write_sums(str(corpus.dataset), split, index, samples) if train else None
+        )
         fingerprint = progress.shard_fingerprint(cfg.identity_sha, split, num_shards[split], rows)
         record = {  # what PrepareShardFn.build_shard records
             "fingerprint": fingerprint,
@@ -290,7 +292,7 @@ def _write_dataset(corpus: Corpus) -> None:
             "rejects": [],
             "mel_sums": shard_mel_sums(samples) if train else None,
             "rows": {r["key"]: progress.row_sha(r) for r in rows},
-            "sums": {s.key: encoded_sums for s in samples} if train else None,
+            "sums_file": sums_file,
         }
         progress.write_record(str(corpus.dataset), split, index, record)
         records[(split, index)] = progress.for_finish(record)  # as the driver holds them

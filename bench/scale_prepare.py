@@ -83,7 +83,18 @@ def plan_finished(corpus: Corpus) -> dict:
 
 def plan_update(corpus: Corpus) -> dict:
     _, work = plan(corpus, corpus.changed_manifest, "--update")
-    return {"shards": len(work.fingerprints), "to_build": len(work.build)}
+    return {"shards": len(work.fingerprints), "to_build": len(work.build),
+            **progress_bytes(corpus)}  # fmt: skip
+
+
+def progress_bytes(corpus: Corpus) -> dict:
+    """Bytes of `_progress/`: the completion records (what the driver reads to plan) and
+    everything there (the mel-sums sidecars, read by an update's workers, included)."""
+    entries = [e for e in os.scandir(corpus.dataset / "_progress") if e.is_file()]
+    return {
+        "record_bytes": sum(e.stat().st_size for e in entries if e.name.endswith(".json")),
+        "progress_bytes": sum(e.stat().st_size for e in entries),
+    }
 
 
 def card_and_index(corpus: Corpus) -> dict:

@@ -375,9 +375,9 @@ def test_a_tar_written_within_the_racy_window_is_not_entered(tmp_path):
 def test_the_driver_keeps_of_each_record_only_what_the_finish_step_reads(
     corpus, tmp_path, monkeypatch
 ):
-    """Reused and rebuilt shards alike: the per-track maps of a record (`rows`, `sums`:
-    most of a train record's bytes, what an update's workers read from the record
-    itself) are not held by the driver until the card is written."""
+    """Reused and rebuilt shards alike: the per-track parts of a record (`rows`, most of
+    its bytes, and `sums_file`, which describes the per-track mel sums' sidecar: what an
+    update's workers read) are not held by the driver until the card is written."""
     import shutil
 
     from pipelines.beam import prepare_cli
@@ -397,6 +397,111 @@ def test_the_driver_keeps_of_each_record_only_what_the_finish_step_reads(
     (records,) = held
     assert len(runs) == 1 and 0 < len(runs[0][0]) < len(records)
     on_disk = [json.loads(p.read_text()) for p in (out / "_progress").glob("train-*.json")]
-    assert on_disk and all(r["rows"] and r["sums"] for r in on_disk)
-    assert all("rows" not in r and "sums" not in r for r in records.values())
+    assert on_disk and all(r["rows"] and r["sums_file"] for r in on_disk)
+    assert all("rows" not in r and "sums_file" not in r for r in records.values())
     assert all(r["index"] is not None and "fingerprint" in r for r in records.values())
+
+
+def fullest_train_shard(reference: Path) -> tuple[str, list[str]]:
+    """The train shard holding the most tracks, and their keys."""
+    by_shard: dict[str, list[str]] = {}
+    for row in pq.read_table(reference / "index.parquet").to_pylist():
+        if row["split"] == "train":
+            by_shard.setdefault(row["shard"], []).append(row["key"])
+    name, keys = max(by_shard.items(), key=lambda item: (len(item[1]), item[0]))
+    return name, sorted(keys)
+
+
+def updated_copy(reference: Path, manifest: Path, out: Path, before_update=None):
+    """A copy of `reference`, `before_update(out)` done to it, then updated to `manifest`:
+    (its counters, its stderr)."""
+    import shutil
+
+    shutil.copytree(reference, out)
+    if before_update is not None:
+        before_update(out)
+    result = run_cli("beam_runner.py", "prepare", "--manifest", str(manifest), "--out", str(out),
+                     *ARGS, "--update", "--direct_running_mode=in_memory")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return counters(result.stdout), result.stderr
+
+
+@pytest.fixture(scope="module")
+def retagged(corpus, tmp_path_factory):
+    """One track of the fullest train shard retagged, and the update of an untouched copy
+    of the reference to it (what the other sums tests must end with): (manifest, shard
+    name, the shard's keys, the updated output)."""
+    base, reference = corpus
+    tmp = tmp_path_factory.mktemp("retagged")
+    shard, keys = fullest_train_shard(reference)
+    rows = pq.read_table(base / "manifest.parquet").to_pylist()
+    for row in rows:
+        if row["key"] == keys[0]:
+            row["tags"] = ["x", "y"]
+    manifest = tmp / "retagged.parquet"
+    write_manifest(rows, manifest, metadata={"audio_root": str(base / "audio")})
+    count, _ = updated_copy(reference, manifest, tmp / "plain")
+    # The shard's other tracks were kept with their sums from the sidecar, not decoded.
+    assert len(keys) >= 2 and count["decoded"] == 1 and "sums_unreadable" not in count
+    return manifest, shard, keys, tmp / "plain"
+
+
+def sidecar_of(out: Path, shard: str) -> Path:
+    return out / "_progress" / shard.replace(".tar", ".sums.npy")
+
+
+def to_previous_version(out: Path) -> None:
+    """Every train record rewritten as the previous version wrote it: the per-track sums
+    inline (base64), no sidecar."""
+    from types import SimpleNamespace
+
+    from pipelines.beam import progress
+
+    for path in (out / "_progress").glob("train-*.json"):
+        split, index = path.stem.split("-")
+        record = json.loads(path.read_text())
+        sums = progress.read_sums(str(out), split, int(index), record)
+        assert sums is not None
+        encoded = {
+            key: progress.encode_sums(SimpleNamespace(mel_sum=s, mel_sumsq=q, mel_frames=f))
+            for key, (s, q, f) in sums.items()
+        }
+        record = {**{k: v for k, v in record.items() if k != "sums_file"}, "sums": encoded}
+        progress.write_record(str(out), split, int(index), record)
+        (out / "_progress" / f"{path.stem}.sums.npy").unlink()
+
+
+def test_an_update_keeps_the_tracks_of_records_of_the_previous_version(corpus, retagged, tmp_path):
+    """Records with the sums inline (the previous version's) are still read: the update
+    decodes only the retagged track and writes what it writes over new records (the
+    rebuilt shard's record in the new format, with its sidecar)."""
+    _, reference = corpus
+    manifest, shard, _, plain = retagged
+    count, _ = updated_copy(reference, manifest, tmp_path / "old", to_previous_version)
+    assert count["decoded"] == 1 and "sums_unreadable" not in count
+    got, want = tree_bytes(tmp_path / "old"), tree_bytes(plain)
+    rebuilt = {f"_progress/{shard[:-4]}.json", f"_progress/{shard[:-4]}.sums.npy"}
+    for name, data in want.items():
+        if not name.startswith("_progress/") or name in rebuilt:
+            assert got[name] == data, name  # the card's mel statistics included
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [Path.unlink, flip_a_bit], ids=["missing", "damaged"])
+def test_a_lost_sidecar_makes_the_update_decode_its_shard_again(corpus, retagged, tmp_path, damage):
+    """Without trustworthy sums a shard's unchanged tracks are decoded again, not kept:
+    nothing is lost, the files are those of the update that kept them, and the count
+    and a one-line note say so."""
+    _, reference = corpus
+    manifest, shard, keys, plain = retagged
+    count, stderr = updated_copy(reference, manifest, tmp_path / "out",
+                                 lambda out: damage(sidecar_of(out, shard)))  # fmt: skip
+    assert count["decoded"] == len(keys) and count["sums_unreadable"] == len(keys)
+    notes = [line for line in stderr.splitlines() if "decoded again" in line]
+    assert len(notes) == 1 and shard in notes[0], stderr[-3000:]
+    assert tree_bytes(tmp_path / "out") == tree_bytes(plain)

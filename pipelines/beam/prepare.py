@@ -264,6 +264,8 @@ class PrepareShardFn(TrackStageFn):
         unchanged: an update), write its tar, then its completion record."""
         set_worker_threads()
         reusable = progress.ReusableTracks(self.cfg.output, split, index, self.cfg.identity_sha)
+        if reusable.unreadable_sums:
+            Metrics.counter("prepare", "sums_unreadable").inc(reusable.unreadable_sums)
         results = {}
         for row in rows:
             kept = reusable.take(row)
@@ -286,6 +288,9 @@ class PrepareShardFn(TrackStageFn):
             self.shards_written.inc()
             self.bytes_written.inc(shard["bytes"])
         train = split == "train"
+        # Per-track mel sums, for a later update: a sidecar the record describes (written
+        # first: the record commits the shard).
+        sums_file = progress.write_sums(self.cfg.output, split, index, samples) if train else None
         record = {
             "fingerprint": fingerprint,
             "identity": self.cfg.identity_sha,
@@ -293,9 +298,9 @@ class PrepareShardFn(TrackStageFn):
             "index": index_rows,
             "rejects": [r.to_row() for r in rejects],
             "mel_sums": shard_mel_sums(samples) if train else None,
-            # Per track, for a later update: its manifest row's hash and its mel sums.
+            # Per track, for a later update: its manifest row's hash.
             "rows": {r["key"]: progress.row_sha(r) for r in rows},
-            "sums": {s.key: progress.encode_sums(s) for s in samples} if train else None,
+            "sums_file": sums_file,
         }
         progress.write_record(self.cfg.output, split, index, record)
         return record
