@@ -67,7 +67,7 @@ class EpochReader:
         self._iterator = iter(loader)
         for item in self._iterator:
             w = item["worker"]
-            self.worker_stats[w] = LoaderStats.from_dict(item["stats"])
+            self.worker_stats[w] = item["stats"]
             self.check_bad_fraction(final=False)
             if item.get("final") or item.get("empty"):
                 continue  # an empty batch (every sample bad) still counts as a turn

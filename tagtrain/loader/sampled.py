@@ -219,11 +219,10 @@ class SampleRoleStream:
         return {**out, **self.stream.tensors(entries)}
 
     def header(self, position: WorkerPosition) -> dict:
-        row = position.to_row(self.stream.width)
         return {
             "worker": self.worker,
-            "position": torch.tensor(row, dtype=torch.int64),
-            "stats": self.stats.as_dict(),
+            "position": position.to_tensor(self.stream.width),
+            "stats": self.stats.snapshot(),
         }
 
     def final(self) -> dict:

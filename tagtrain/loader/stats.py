@@ -94,10 +94,12 @@ class LoaderStats:
         seen = self.samples + self.bad_samples
         return self.bad_samples / seen if seen else 0.0
 
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> LoaderStats:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+    def snapshot(self) -> LoaderStats:
+        """A copy that later counting does not change: what a batch carries (an object,
+        not a dict, so the DataLoader passes it whole instead of walking it)."""
+        return dataclasses.replace(
+            self,
+            bad_by_reason=dict(self.bad_by_reason),
+            errors=list(self.errors),
+            failed_shards=list(self.failed_shards),
+        )

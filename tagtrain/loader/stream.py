@@ -208,10 +208,8 @@ class RoleStream:
         position.buffer = [e[0] for e in self.shuffle.entries]
         out = {
             "worker": self.role,
-            # A tensor: the DataLoader passes it through whole (a list of ints it would
-            # walk element by element).
-            "position": torch.tensor(position.to_row(self.stream.width), dtype=torch.int64),
-            "stats": self.stats.as_dict(),
+            "position": position.to_tensor(self.stream.width),
+            "stats": self.stats.snapshot(),
         }
         if final:
             return {**out, "final": True}
