@@ -258,12 +258,18 @@ class _SortedTag:
         self.positive_places = np.flatnonzero(labels[self.order] > 0.5)
         at = values[self.positive_places]
         self.group_start = np.searchsorted(values, at, "left")
-        self.group_end = np.searchsorted(values, at, "right")
         self.positives_before_start = np.searchsorted(self.positive_places, self.group_start)
-        self.positives_before_end = np.searchsorted(self.positive_places, self.group_end)
-        # The label mass (what `evaluable_tags` sums) is over every nonzero label.
+        group_end = np.searchsorted(values, at, "right")
+        # A positive whose score no other track has ties with no negative: only the
+        # tied ones need their group's end.
+        self.tied = np.flatnonzero(group_end - self.group_start > 1)
+        self.tied_end = group_end[self.tied]
+        self.tied_positives_before_end = np.searchsorted(self.positive_places, self.tied_end)
+        # The label mass (what `evaluable_tags` sums): the positives' draws where the
+        # labels are 0 and 1, else the drawn nonzero labels' sum.
         labelled = rows[labels[rows] != 0]
-        self.labelled_rows, self.label_values = labelled, labels[labelled].astype(np.float64)
+        values = labels[labelled].astype(np.float64)
+        self.labelled_rows, self.label_values = labelled, None if (values == 1).all() else values
 
     def weighted(self, counts: np.ndarray, below: np.ndarray) -> tuple[float, float, float]:
         """(label mass, ROC-AUC, average precision) of the resample that drew track i
@@ -274,27 +280,32 @@ class _SortedTag:
         below[0] = 0
         np.cumsum(drawn, dtype=np.int64, out=below[1 : len(drawn) + 1])
         total = int(below[len(drawn)])
-        mass = float(counts.take(self.labelled_rows) @ self.label_values)
         weight = drawn.take(self.positive_places).astype(np.int64)
         positives = int(weight.sum())
+        mass = positives if self.label_values is None else self._label_mass(counts)
         if not positives:
             return mass, np.nan, np.nan
         positives_below = np.zeros(len(weight) + 1, dtype=np.int64)
         np.cumsum(weight, out=positives_below[1:])
-        kept = weight > 0  # a positive drawn 0 times is not in the resample
-        weight = weight[kept]
-        lower = below[self.group_start[kept]]  # drawn tracks scored below the positive
-        at_most = below[self.group_end[kept]]
-        positive_lower = positives_below[self.positives_before_start[kept]]
+        # Every positive, drawn or not (weight 0 adds nothing): selecting the drawn ones
+        # copied five arrays and cost more than all the rest.
+        lower = below.take(self.group_start)  # drawn tracks scored below the positive
+        positive_lower = positives_below.take(self.positives_before_start)
         negatives_below = lower - positive_lower
-        negatives_tied = at_most - positives_below[self.positives_before_end[kept]]
-        negatives_tied -= negatives_below
+        negatives_tied = below.take(self.tied_end)
+        negatives_tied -= positives_below.take(self.tied_positives_before_end)
+        negatives_tied -= negatives_below.take(self.tied)
         pairs = positives * (total - positives)
         roc = np.nan
         if pairs:
-            roc = ((weight * negatives_below).sum() + (weight * negatives_tied).sum() / 2) / pairs
-        precision = (positives - positive_lower) / (total - lower)
-        return mass, roc, float((weight * precision).sum() / positives)
+            tied_pairs = np.dot(weight.take(self.tied), negatives_tied)
+            roc = (np.dot(weight, negatives_below) + tied_pairs / 2) / pairs
+        # At least 1: an undrawn positive may have no drawn track at or above it.
+        precision = (positives - positive_lower) / np.maximum(total - lower, 1)
+        return mass, roc, float(np.dot(weight, precision) / positives)
+
+    def _label_mass(self, counts: np.ndarray) -> float:
+        return float(counts.take(self.labelled_rows) @ self.label_values)
 
 
 class _ResampledSystem:
