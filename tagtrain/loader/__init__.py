@@ -16,7 +16,8 @@ Modules, one job each:
     index      the index's member byte ranges (SplitIndex: a split's samples as columns)
     partition  sample-level partitioning: one global order, equal batches, elastic resume
     sampled    a worker's batches under sample-level partitioning (ranged reads)
-    ranged     member byte ranges by pread / fsspec cat_ranges, with retries
+    ranged     member byte ranges: local files mapped, remote by cat_ranges, with retries
+    mapped     a local shard as a memory map, guarded against truncation in place
     s3ranges   the s3:// range requests through obstore (less CPU per GET than s3fs)
     retry      a sequential shard stream that reopens at the failed offset
     cache      a local shard cache (cache_dir, cache_limit) shared by workers and ranks

@@ -1,6 +1,7 @@
 """Byte ranges of shard members, with retries: local files (and whole local copies of
-remote ones) as views of a memory map (`mapped`, at most `_OPEN_FILES` open), remote objects by fsspec's `cat_ranges` (concurrent range requests, one call for
-all the shards of a fetch window; neighbouring ranges of a shard merged into one request
+remote ones) as views of a memory map (`mapped`; at most `_OPEN_FILES` open), remote
+objects by fsspec's `cat_ranges` (concurrent range requests, one call for all the shards
+of a fetch window; neighbouring ranges of a shard merged into one request
 within a gap budget, `merge_ranges`), s3:// ones by obstore (`s3ranges`, the same
 requests at a fraction of s3fs's CPU) unless `s3_client` is "s3fs". Only the members a
 model needs are fetched.
@@ -47,9 +48,11 @@ _MAX_REQUEST = 16 << 20
 # openers.RangeReader's depth x block (32 MB) in memory while it downloads.
 _DOWNLOADS = 4
 # Local files kept open (mapped) per fetcher, the least recently read closed first: an
-# epoch reads shards a few at a time (`partition`), and a million-track split has
-# thousands of shards, more than a process may have open (ulimit -n is often 1024).
-_OPEN_FILES = 64
+# epoch reads shards a few at a time (`partition`); a million-track split has thousands of
+# shards, more than a process may open (ulimit -n is often 1024), and the pages of a
+# shard's map that were read count in the worker's resident memory until it is closed
+# (page cache, shared and reclaimable, but what RSS-based job accounting sees).
+_OPEN_FILES = 16
 _PERMANENT = (
     FileNotFoundError, PermissionError, IsADirectoryError, OpenerError, s3ranges.OutsideObject,
     NotTheCardsShard,
