@@ -6,9 +6,11 @@ without their sums."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,9 +68,7 @@ def as_old_record(output: str, samples: list[Sample]) -> None:
     (progress_dir(output) / "train-000000.sums.npy").unlink()
 
 
-def progress_dir(output: str):
-    from pathlib import Path
-
+def progress_dir(output: str) -> Path:
     return Path(output) / progress.PROGRESS_DIR
 
 
@@ -182,16 +182,14 @@ def test_a_missing_or_damaged_sidecar_makes_the_shards_tracks_decoded_again(outp
     assert "\n" not in notes[0]
 
 
-def rewrite_sidecar(output: str, table: np.ndarray) -> None:
+def rewrite_sidecar(output: str, table: np.ndarray, version=None) -> None:
     """A sidecar with other content whose record vouches for it (its sha256 and size
     updated): only the header and value checks stand between it and the reader."""
     buffer = io.BytesIO()
-    np.save(buffer, table, allow_pickle=True)
+    np.lib.format.write_array(buffer, table, version=version, allow_pickle=True)
     data = buffer.getvalue()
     (progress_dir(output) / "train-000000.sums.npy").write_bytes(data)
     record = progress.read_record(output, "train", 0)
-    import hashlib
-
     record["sums_file"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     progress.write_record(output, "train", 0, record)
 
@@ -214,6 +212,16 @@ def test_a_sidecar_unlike_what_its_record_describes_is_not_used(output, table):
     rewrite_sidecar(output, table)
     record = progress.read_record(output, "train", 0)
     assert progress.read_sums(output, "train", 0, record) is None
+    assert progress.ReusableTracks(output, "train", 0, IDENTITY).unreadable_sums == 3
+
+
+def test_a_sidecar_with_another_npy_header_version_is_not_used(output):
+    samples = make_samples()
+    write_finished_shard(output, samples)
+    table = np.load(progress_dir(output) / "train-000000.sums.npy")
+    rewrite_sidecar(output, table, version=(1, 0))
+    assert progress.ReusableTracks(output, "train", 0, IDENTITY).unreadable_sums == 0
+    rewrite_sidecar(output, table, version=(2, 0))
     assert progress.ReusableTracks(output, "train", 0, IDENTITY).unreadable_sums == 3
 
 

@@ -199,9 +199,9 @@ def _sums_table(data: bytes, tracks: int, bands):
         return None
     stream = io.BytesIO(data)
     try:
-        version = npy.read_magic(stream)
-        header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-        shape, fortran_order, dtype = header(stream)
+        if npy.read_magic(stream) != (1, 0):  # what np.save writes for such a table
+            return None
+        shape, fortran_order, dtype = npy.read_array_header_1_0(stream)
         if shape != (tracks, 2 * bands + 1) or fortran_order or dtype != np.dtype(SUMS_DTYPE):
             return None
         stream.seek(0)
