@@ -505,3 +505,28 @@ def test_a_lost_sidecar_makes_the_update_decode_its_shard_again(corpus, retagged
     notes = [line for line in stderr.splitlines() if "decoded again" in line]
     assert len(notes) == 1 and shard in notes[0], stderr[-3000:]
     assert tree_bytes(tmp_path / "out") == tree_bytes(plain)
+
+
+def test_a_smaller_layout_removes_the_earlier_shards_records_and_sums(tmp_path):
+    """`remove_stale` after a job whose layout has fewer shards: the shards, completion
+    records and mel-sums sidecars past it go, this layout's stay."""
+    from types import SimpleNamespace
+
+    from pipelines.beam.prepare_cli import remove_stale
+
+    progress = tmp_path / "_progress"
+    progress.mkdir()
+    for i in range(4):
+        (tmp_path / f"train-{i:06d}.tar").write_bytes(b"t")
+        (progress / f"train-{i:06d}.json").write_text("{}")
+        (progress / f"train-{i:06d}.sums.npy").write_bytes(b"s")
+    card = {"splits": {"train": {"shards": [{"name": f"train-{i:06d}.tar"} for i in range(2)]}}}
+    (tmp_path / "dataset.json").write_text(json.dumps(card))
+    remove_stale(SimpleNamespace(output=str(tmp_path), num_shards={"train": 2}))
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*"))
+    kept = [f"train-{i:06d}" for i in range(2)]
+    assert left == sorted(
+        ["dataset.json"]
+        + [f"{k}.tar" for k in kept]
+        + [f"_progress/{k}{ext}" for k in kept for ext in (".json", ".sums.npy")]
+    )

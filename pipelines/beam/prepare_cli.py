@@ -23,7 +23,7 @@ from pipelines.beam.prepare_finish import built_records, finish, remember_verifi
 from pipelines.beam.prepare_flags import PrepareFlags, feature_config
 from pipelines.beam.prepare_plan import ShardWork, plan_work
 from pipelines.beam.prepare_report import announce, announce_work, job_counts, print_summary
-from pipelines.beam.progress import PROGRESS_DIR
+from pipelines.beam.progress import PROGRESS_DIR, SUMS_SUFFIX
 from pipelines.beam.runner_options import (
     ProgressBar,
     is_local,
@@ -188,9 +188,11 @@ def remove_stale(cfg: PrepareConfig) -> None:
         for name in _names(cfg.output, pattern=f"{split}-*.tar"):
             if name not in keep:
                 stale.append(beam_io.join(cfg.output, name))
-        for name in _names(cfg.output, PROGRESS_DIR, f"{split}-*.json"):
-            if int(name[len(split) + 1 : -5]) >= planned.get(split, 0):
-                stale.append(beam_io.join(cfg.output, PROGRESS_DIR, name))
+        # A completion record and its mel-sums sidecar (`progress.write_sums`).
+        for suffix in (".json", SUMS_SUFFIX):
+            for name in _names(cfg.output, PROGRESS_DIR, f"{split}-*{suffix}"):
+                if int(name[len(split) + 1 : -len(suffix)]) >= planned.get(split, 0):
+                    stale.append(beam_io.join(cfg.output, PROGRESS_DIR, name))
     beam_io.delete(stale)
 
 
