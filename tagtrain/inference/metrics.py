@@ -302,10 +302,11 @@ class _SortedTag:
             roc = (np.dot(weight, negatives_below) + tied_pairs / 2) / pairs
         # At least 1: an undrawn positive may have no drawn track at or above it.
         precision = (positives - positive_lower) / np.maximum(total - lower, 1)
-        return mass, roc, float(np.dot(weight, precision) / positives)
+        # Not np.dot: a float one calls BLAS, whose threads spun 10x its work here.
+        return mass, roc, float((weight * precision).sum() / positives)
 
     def _label_mass(self, counts: np.ndarray) -> float:
-        return float(counts.take(self.labelled_rows) @ self.label_values)
+        return float((counts.take(self.labelled_rows) * self.label_values).sum())
 
 
 class _ResampledSystem:
