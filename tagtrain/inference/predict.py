@@ -127,12 +127,19 @@ def predict_split(
             labels.append(out.labels)
     reader.close()
     n_classes = len(vocabulary)
-    p = torch.cat(probs) if probs else torch.zeros(0, n_classes)
-    y = torch.cat(labels) if labels else torch.zeros(0, n_classes)
+    p = _concatenated(probs) if probs else torch.zeros(0, n_classes)
+    y = _concatenated(labels) if labels else torch.zeros(0, n_classes)
     # float32, as the model gives them: float64 copies of a million tracks x 50 tags held
     # 800 MB more, for no figure (metrics rank the same values, bce widens its own).
     p, y = dist.gather_rows(p.float()), dist.gather_rows(y.float())
     return SplitPredictions(keys, y.numpy(), p.numpy(), reader.stats)
+
+
+def _concatenated(parts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat of CPU tensors, through numpy: numpy asks for huge pages for a large
+    array, torch does not, and page-faulting a million tracks' [N, C] in 4 KiB pages cost
+    4x the copy (0.08 s against 0.02 s per 200 MB)."""
+    return torch.from_numpy(np.concatenate([part.numpy() for part in parts]))
 
 
 # --- windows of a decoded track -------------------------------------------------------
