@@ -260,8 +260,8 @@ class _SortedTag:
         self.group_start = np.searchsorted(values, at, "left")
         self.positives_before_start = np.searchsorted(self.positive_places, self.group_start)
         group_end = np.searchsorted(values, at, "right")
-        # A positive whose score no other track has ties with no negative: only the
-        # tied ones need their group's end.
+        # A positive whose score no other track has ties no negative: only the positives
+        # in a tie group of two or more tracks need the group's end.
         self.tied = np.flatnonzero(group_end - self.group_start > 1)
         self.tied_end = group_end[self.tied]
         self.tied_positives_before_end = np.searchsorted(self.positive_places, self.tied_end)
