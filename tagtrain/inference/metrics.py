@@ -233,18 +233,34 @@ def _draw_counts(idx: np.ndarray, n: int) -> np.ndarray:
     return counts.astype(np.uint8 if counts.max() < 256 else np.int64)
 
 
-def _ascending(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(`rows` ordered by ascending `scores[rows]`, int32; their scores in that order, as
-    values that compare and tie exactly as the scores do). Float32 scores are sorted as
-    one int64 key per row (the score's bits made order-preserving, then the row): a
-    vectorised sort, 3x faster than argsort at a million rows."""
-    if scores.dtype != np.float32:
-        order = rows[np.argsort(scores[rows])]
-        return order.astype(np.int32), scores[order]
+def _ascending(
+    scores: np.ndarray, rows: np.ndarray, positive: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(`rows` ordered by ascending `scores[rows]`; their scores in that order, as
+    values that compare and tie exactly as the scores do; `positive` (one flag per row of
+    `rows`) in that order). Float32 scores are sorted as one int64 key per row (the
+    score's bits made order-preserving, the flag, the row): a vectorised sort, 3x faster
+    than argsort at a million rows, and no gather of the flags in score order."""
+    if scores.dtype != np.float32 or len(scores) > 2**31:  # keys: a row in 31 bits
+        by_score = np.argsort(scores[rows])
+        order = rows[by_score]
+        return order, scores[order], positive[by_score]
     bits = (scores[rows] + np.float32(0)).view(np.int32)  # + 0: -0.0 ties with 0.0
     ordered_bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negatives' order reversed
-    keys = np.sort((ordered_bits.astype(np.int64) << 32) | rows)
-    return (keys & 0xFFFFFFFF).astype(np.int32), keys >> 32
+    keys = (ordered_bits.astype(np.int64) << 32) | (positive.astype(np.int64) << 31) | rows
+    keys.sort()
+    return (keys & 0x7FFFFFFF).astype(np.int32), keys >> 32, (keys >> 31) & 1 == 1
+
+
+def _tie_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(where each group of equal sorted `values` starts, where it ends, the group of
+    each value): linear passes, where searching each positive's score in a million cost
+    a cache miss per step."""
+    first = np.empty(len(values), dtype=bool)
+    first[:1] = True
+    np.not_equal(values[1:], values[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    return starts, np.append(starts[1:], len(values)), np.cumsum(first) - 1
 
 
 class _SortedTag:
@@ -252,24 +268,30 @@ class _SortedTag:
     in that order, for its weighted ROC-AUC and average precision in every resample."""
 
     def __init__(self, labels: np.ndarray, scores: np.ndarray, rows: np.ndarray):
-        self.order, values = _ascending(scores, rows)
+        row_labels = labels[rows]
+        self.order, values, positive = _ascending(scores, rows, row_labels > 0.5)
         # The positives by ascending score: their places in the order, the bounds of
         # their tie groups there, and how many positives precede each bound.
-        self.positive_places = np.flatnonzero(labels[self.order] > 0.5)
-        at = values[self.positive_places]
-        self.group_start = np.searchsorted(values, at, "left")
-        self.positives_before_start = np.searchsorted(self.positive_places, self.group_start)
-        group_end = np.searchsorted(values, at, "right")
+        self.positive_places = np.flatnonzero(positive)
+        starts, ends, group = _tie_groups(values)
+        group = group[self.positive_places]
+        positives_before = np.zeros(len(positive) + 1, dtype=np.int64)
+        np.cumsum(positive, out=positives_before[1:])
+        self.group_start = starts[group]
+        self.positives_before_start = positives_before[self.group_start]
+        group_end = ends[group]
         # A positive whose score no other track has ties no negative: only the positives
         # in a tie group of two or more tracks need the group's end.
         self.tied = np.flatnonzero(group_end - self.group_start > 1)
         self.tied_end = group_end[self.tied]
-        self.tied_positives_before_end = np.searchsorted(self.positive_places, self.tied_end)
+        self.tied_positives_before_end = positives_before[self.tied_end]
         # The label mass (what `evaluable_tags` sums): the positives' draws where the
         # labels are 0 and 1, else the drawn nonzero labels' sum.
-        labelled = rows[labels[rows] != 0]
-        values = labels[labelled].astype(np.float64)
-        self.labelled_rows, self.label_values = labelled, None if (values == 1).all() else values
+        self.labelled_rows = self.label_values = None
+        if not ((row_labels == 0) | (row_labels == 1)).all():
+            labelled = row_labels != 0
+            self.labelled_rows = rows[labelled]
+            self.label_values = row_labels[labelled].astype(np.float64)
 
     def weighted(self, counts: np.ndarray, below: np.ndarray) -> tuple[float, float, float]:
         """(label mass, ROC-AUC, average precision) of the resample that drew track i
