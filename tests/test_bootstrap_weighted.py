@@ -169,3 +169,14 @@ def test_a_track_drawn_more_than_255_times_is_counted_in_full():
     assert counts[0] == 300 and counts[1:].sum() == 0
     small = metrics._draw_counts(np.arange(300) % 7, 300)
     assert small.dtype == np.uint8 and small.sum() == 300
+
+
+def test_soft_labels_are_weighed_as_tag_scores_sums_and_thresholds_them():
+    # evaluable_tags sums the labels; the rank formulas count labels over 0.5 positive.
+    y, s, other = tied_data(6, n=90, tags=5)
+    rng = np.random.default_rng(0)
+    y = y * rng.choice([0.3, 0.7, 1.0], size=y.shape).astype(np.float32)
+    y[:, 4] = np.where(rng.random(len(y)) < 0.2, 0.4, 0.0)  # mass, but no positive
+    y[:, 3] = rng.choice([0.7, 1.0], size=len(y))  # all positive, yet mass < tracks
+    got = bootstrap_macro(y, s, resamples=30, seed=4, y_other=other)
+    assert_same_intervals(got, reference_bootstrap(y, s, 30, 4, other))
