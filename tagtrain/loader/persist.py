@@ -20,12 +20,15 @@ also carries a version written last, and a worker re-reads until it is stable.""
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Mapping
 
 import torch
 
 from tagtrain.loader.openers import prepare_for_fork
 from tagtrain.loader.positions import WorkerPosition
+from tagtrain.loader.reader import die_with_parent
 from tagtrain.loader.stream import ShardStream
 
 _HEADER = 3  # version, epoch, number of resume rows
@@ -97,6 +100,7 @@ class LoaderPool:
             pin_memory=pin_memory,
             prefetch_factor=cfg.prefetch_factor,
             persistent_workers=True,
+            worker_init_fn=functools.partial(die_with_parent, os.getpid()),
             # Starting an iterator draws a base seed (see reader.make_loader).
             generator=torch.Generator().manual_seed(cfg.seed),
         )

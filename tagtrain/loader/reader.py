@@ -4,6 +4,11 @@ trainer consumed (`commit`), and sums the workers' counts."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -13,8 +18,22 @@ from tagtrain.loader.positions import WorkerPosition, encode_positions
 from tagtrain.loader.stats import LoaderError, LoaderStats
 from tagtrain.loader.stream import ShardStream
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # The bad-sample fraction is judged once this many samples were seen (or at the end).
 _MIN_SEEN_FOR_BAD_FRACTION = 64
+
+
+def die_with_parent(parent: int, _worker_id: int) -> None:
+    """A loader worker's `worker_init_fn`: the worker is killed when the trainer dies, even
+    by SIGKILL (Linux). Batches cross by value through the worker's pipe (`WorkerItem`), so
+    a worker whose trainer died mid-epoch would block at exit flushing a full pipe that a
+    sibling worker still holds open: an orphan process, forever."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the trainer died before the prctl
+        os._exit(1)
 
 
 def make_loader(stream: ShardStream, pin_memory: bool = False) -> torch.utils.data.DataLoader:
@@ -26,6 +45,7 @@ def make_loader(stream: ShardStream, pin_memory: bool = False) -> torch.utils.da
         pin_memory=pin_memory,
         prefetch_factor=cfg.prefetch_factor if cfg.workers else None,
         persistent_workers=False,
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()),
         # Starting an iterator draws a base seed; from the global generator it would shift
         # the trainer's dropout stream on --resume. The workers' randomness is all hashed.
         generator=torch.Generator().manual_seed(cfg.seed),
@@ -66,13 +86,14 @@ class EpochReader:
         loader = self.loader if self.pool is None else self.pool.loader_for(self.stream)
         self._iterator = iter(loader)
         for item in self._iterator:
-            w = item["worker"]
-            self.worker_stats[w] = item["stats"]
+            w = item.worker
+            self.worker_stats[w] = item.stats
             self.check_bad_fraction(final=False)
-            if item.get("final") or item.get("empty"):
+            if item.final or item.x is None:
                 continue  # an empty batch (every sample bad) still counts as a turn
-            position = WorkerPosition.from_row(item["position"])
-            yield Batch(item["x"], item["y"], item["keys"], w, position, item.get("clean"))
+            position = WorkerPosition.from_row(item.position)
+            item = item.tensors()  # (pinned tensors already, with pin_memory)
+            yield Batch(item.x, item.y, item.keys, w, position, item.clean)
         self.check_bad_fraction(final=True)
 
     def check_bad_fraction(self, final: bool) -> None:

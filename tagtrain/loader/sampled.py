@@ -19,6 +19,7 @@ from tagtrain.loader.positions import WorkerPosition
 from tagtrain.loader.rangecache import RangeCache
 from tagtrain.loader.ranged import IndexMismatch, RangeFailure, RangeFetcher, ShortRead
 from tagtrain.loader.stats import LoaderStats
+from tagtrain.loader.worker_item import WorkerItem
 
 SAMPLE_MODE = -2  # WorkerPosition.next_shard of a sample-level state; next_index = consumed
 # Batches fetched ahead of the one being decoded: from local files READ_AHEAD, one at a
@@ -195,7 +196,7 @@ class SampleRoleStream:
             self.fetcher.close()
         yield self.final()
 
-    def make_batch(self, j: int, outcomes: list) -> dict:
+    def make_batch(self, j: int, outcomes: list) -> WorkerItem:
         entries = []
         for ref, outcome in outcomes:
             if outcome[0] == "item":
@@ -211,22 +212,18 @@ class SampleRoleStream:
         self.stats.range_requests = self.fetcher.requests
         self.stats.obstore_requests = self.fetcher.obstore_requests
         consumed = self.stream.consumed + (j + 1) * self.cfg.batch_size * self.cfg.world
-        out = self.header(sample_state(consumed))
         # Bad samples leave a smaller batch; one sample cannot train a BatchNorm model, so a
         # training batch of 2+ left with one is dropped too (its position still advances).
         if not entries or (self.cfg.train and len(entries) == 1 < self.cfg.batch_size):
-            return {**out, "empty": True}
-        return {**out, **self.stream.tensors(entries)}
+            return self.item(sample_state(consumed))  # no batch
+        return self.item(sample_state(consumed), **self.stream.arrays(entries))
 
-    def header(self, position: WorkerPosition) -> dict:
-        return {
-            "worker": self.worker,
-            "position": position.to_tensor(self.stream.width),
-            "stats": self.stats.snapshot(),
-        }
+    def item(self, position: WorkerPosition, **batch) -> WorkerItem:
+        row = position.to_array(self.stream.width)
+        return WorkerItem(self.worker, row, self.stats.snapshot(), **batch)
 
-    def final(self) -> dict:
-        return {**self.header(sample_state(self.stream.consumed)), "final": True}
+    def final(self) -> WorkerItem:
+        return self.item(sample_state(self.stream.consumed), final=True)
 
 
 def needed_fractions(index: SplitIndex, needed: tuple[str, ...]):

@@ -27,13 +27,14 @@ from tagtrain.loader.samples import SampleDecoder, SampleRejected
 from tagtrain.loader.shuffle import ShuffleBuffer, stable_int
 from tagtrain.loader.stats import LoaderError, LoaderStats
 from tagtrain.loader.tar import read_shard
+from tagtrain.loader.worker_item import WorkerItem
 
 
 class ShardStream(torch.utils.data.IterableDataset):
     """One rank's stream of batches for one epoch of one split.
 
-    Yields dicts: {"x": tensor, "y": tensor, "keys": [str], "worker": role, "position":
-    WorkerPosition as a row, "stats": dict}; each role ends with {"final": True, ...}.
+    Yields a `WorkerItem` per batch (x, y, keys, the role, its position as a row, its
+    stats); each role ends with a final one (no batch).
 
     augment: None, or a callable (PCM crop, seed) -> crop (e.g. tagtrain.training.augment_chain's
     TrainingAugmentChain) applied to training crops in the worker as batches are made; the seed
@@ -141,19 +142,19 @@ class ShardStream(torch.utils.data.IterableDataset):
         role = (worker + self.first_role) % self.cfg.slots
         yield from RoleStream(self, role).batches()
 
-    def tensors(self, entries) -> dict:
+    def arrays(self, entries) -> dict:
         """x, y, keys (and clean) of a batch of (position, (crop, labels), key) entries."""
         crops = [e[1][0] for e in entries]
         xs = crops
         if self.augment is not None:
             xs = [self.augmented(crop, e[2]) for crop, e in zip(crops, entries)]
         out = {
-            "x": torch.from_numpy(np.stack(xs)),
-            "y": torch.from_numpy(np.stack([e[1][1] for e in entries])),
+            "x": np.stack(xs),
+            "y": np.stack([e[1][1] for e in entries]),
             "keys": [e[2] for e in entries],
         }
         if self.keep_clean:
-            out["clean"] = torch.from_numpy(np.stack(crops))
+            out["clean"] = np.stack(crops)
         return out
 
     def decode(self, raw: Mapping, stats: LoaderStats):
@@ -202,18 +203,14 @@ class RoleStream:
         self.position = WorkerPosition(*frontier, start.emitted, [])
         self.pending: list = []
 
-    def make_batch(self, entries, final: bool = False) -> dict:
+    def make_batch(self, entries, final: bool = False) -> WorkerItem:
         position = self.position
         position.emitted = self.shuffle.emitted
         position.buffer = [e[0] for e in self.shuffle.entries]
-        out = {
-            "worker": self.role,
-            "position": position.to_tensor(self.stream.width),
-            "stats": self.stats.snapshot(),
-        }
+        row = position.to_array(self.stream.width)
         if final:
-            return {**out, "final": True}
-        return {**out, **self.stream.tensors(entries)}
+            return WorkerItem(self.role, row, self.stats.snapshot(), final=True)
+        return WorkerItem(self.role, row, self.stats.snapshot(), **self.stream.arrays(entries))
 
     def take(self, entry):
         """Add an entry to the batch being made; the batch once it is full, else None."""
