@@ -19,7 +19,6 @@ import pytest
 
 from tagtrain.loader import ranged
 from tagtrain.loader.ranged import RangeFailure, RangeFetcher
-
 from tests import shardkit
 
 
