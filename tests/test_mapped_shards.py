@@ -109,6 +109,38 @@ def test_a_shard_truncated_between_reading_and_decoding_is_given_up(tmp_path):
     assert 16 <= out["trained"] <= 24  # full batches of the 24 good samples
 
 
+def test_cached_member_ranges_are_mapped_and_guarded_too(tmp_path):
+    """The range cache's local copies (a remote shard's member ranges, `rangecache`) are
+    read through a map as well: the views it gives are guarded by the same check."""
+    out = run_child(
+        """
+        import json, os, sys
+        from tagtrain.loader.cache import ShardCache
+        from tagtrain.loader.rangecache import RangeCache
+        from tagtrain.loader.ranged import HEADER, RangeFetcher
+
+        cache_dir = sys.argv[1]
+        url = "s3://bucket/shard.tar"
+        header = bytearray(HEADER)
+        header[:9], header[124:136], header[156:157] = b"k0.member", b"00000002000 ", b"0"
+        ranges = [(1024, HEADER + 1024)]
+        cache = RangeCache(ShardCache(cache_dir, retries=0, backoff=0.0))
+        cache.write(url, ranges, [bytes(header) + b"m" * 1024])
+        options = {"s3": {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s"}}
+        fetcher = RangeFetcher([url], options, retries=0, backoff=0.0, range_cache=cache)
+        (member,) = fetcher.fetch_members(0, [("k0.member", 1024 + HEADER, 1024)])
+        first = bytes(member) == b"m" * 1024
+        held = fetcher.holds(0, 2048 + HEADER)
+        part = next(p for p in os.listdir(cache_dir) if p.endswith(".part"))
+        os.truncate(os.path.join(cache_dir, part), 1024)
+        print(json.dumps({"first": first, "held": held, "after": fetcher.holds(0, 2048 + HEADER),
+                          "mapped": cache.mapped(url, ranges) is not None}))
+        """,
+        tmp_path,
+    )  # fmt: skip
+    assert out == {"first": True, "held": True, "after": False, "mapped": False}
+
+
 def test_a_fetcher_keeps_a_bounded_number_of_files_open(tmp_path, monkeypatch):
     monkeypatch.setattr(ranged, "_OPEN_FILES", 2)
     paths, where = [], []

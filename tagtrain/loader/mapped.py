@@ -18,13 +18,16 @@ import os
 
 
 class MappedFile:
-    """An open regular file (`openers.open_regular_file`) and a read-only map of it."""
+    """A read-only map of an open regular file (`openers.open_regular_file`), which it
+    closes: the map keeps a descriptor of its own."""
 
     def __init__(self, handle):
-        self.handle = handle
-        size = os.fstat(handle.fileno()).st_size
-        # An empty file cannot be mapped; every read of it comes back short.
-        self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            # An empty file cannot be mapped; every read of it comes back short.
+            self.map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        finally:
+            handle.close()
         self.view = memoryview(self.map if self.map is not None else b"")
 
     def ranges(self, ranges) -> list[memoryview]:
@@ -41,6 +44,5 @@ class MappedFile:
 
     def close(self) -> None:
         # Not map.close(): a member still being decoded holds a view of it (BufferError);
-        # the map goes with the last view.
+        # the map (and its descriptor) goes with the last view.
         self.view = memoryview(b"")
-        self.handle.close()

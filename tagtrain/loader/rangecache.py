@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tagtrain.loader.cache import ShardCache
+from tagtrain.loader.mapped import MappedFile
+from tagtrain.loader.openers import open_regular_file
 
 
 class RangeCache:
@@ -43,23 +45,21 @@ class RangeCache:
             have = self.known[str(log)] = _read_log(log)
         return all(r in have for r in ranges)
 
-    def read(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes] | None:
-        """The ranges from the local copy when all of them are cached, else None."""
+    def mapped(self, url: str, ranges: Sequence[tuple[int, int]]) -> MappedFile | None:
+        """The local copy, mapped (`mapped`: its ranges are views, and the reader checks
+        it still holds them right before use), when it holds all of the ranges; else None
+        (then fetched again)."""
         part, log = self._paths(url)
         if not self._covered(log, ranges):
             return None
         try:
-            fd = os.open(part, os.O_RDONLY)
+            copy = MappedFile(open_regular_file(str(part)))
         except FileNotFoundError:
             return None
-        try:
-            parts = [os.pread(fd, size, offset) for offset, size in ranges]
-        finally:
-            os.close(fd)
-        if any(len(p) != size for p, (_, size) in zip(parts, ranges)):
-            return None  # truncated under us: fetched again
+        if len(copy.view) < max((offset + size for offset, size in ranges), default=0):
+            return None  # truncated under us
         os.utime(log)  # recently used: evicted last
-        return parts
+        return copy
 
     def write(self, url: str, ranges: Sequence[tuple[int, int]], parts: Sequence[bytes]) -> None:
         """Keep fetched ranges (then evict over the limit). A failure to write (a full

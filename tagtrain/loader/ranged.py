@@ -200,8 +200,8 @@ class RangeFetcher:
         return RangeFailure(why)
 
     def _read_many(self, jobs: Mapping[int, Sequence[tuple[int, int]]], use_cache=True) -> dict:
-        """{shard: [bytes or views] or the exception that stopped it}: local files mapped,
-        cached ranges from the range cache, the rest together in one `cat_ranges` call."""
+        """{shard: [bytes or views] or the exception that stopped it}: local files and
+        the range cache's copies mapped, the rest together in one `cat_ranges` call."""
         out, remote = {}, {}
         cache = self.range_cache if use_cache else None
         copies = self._open_copies(jobs)
@@ -217,8 +217,9 @@ class RangeFetcher:
                         raise ShortRead(f"the file ends before byte {end}")
                     out[shard] = self._checked(mapped.ranges(ranges), ranges)
                     self._count(sum(size for _, size in ranges))
-                elif cache is not None and (cached := cache.read(url, ranges)) is not None:
-                    out[shard] = self._checked(cached, ranges)
+                elif cache is not None and (cached := cache.mapped(url, ranges)) is not None:
+                    self.mapped[shard] = cached
+                    out[shard] = self._checked(cached.ranges(ranges), ranges)
                     self._count(sum(size for _, size in ranges))
                     self.from_cache.add(shard)
                 else:
@@ -283,11 +284,7 @@ class RangeFetcher:
             if shard in self.files:
                 handle.close()
                 return self.files[shard]
-            try:
-                mapped = self.files[shard] = MappedFile(handle)
-            except BaseException:
-                handle.close()
-                raise
+            mapped = self.files[shard] = MappedFile(handle)
             while len(self.files) > _OPEN_FILES:
                 self.files.popitem(last=False)[1].close()
             return mapped
