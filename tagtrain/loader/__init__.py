@@ -10,6 +10,7 @@ Modules, one job each:
     positions  a worker's position in its stream, as checkpoint rows
     stream     ShardStream: one rank's batches for one epoch, per worker role
     reader     the DataLoader over it and EpochReader (commit, positions, stats)
+    worker_item WorkerItem: a batch as it crosses from a worker (numpy arrays, by value)
     persist    LoaderPool: loader worker processes kept for every epoch of a run
     device     DeviceInput: the batch to the model's input on the device
     stats      LoaderStats and LoaderError
