@@ -130,16 +130,26 @@ def evaluable_tags(y_true: np.ndarray) -> np.ndarray:
     return (positives > 0) & (positives < y_true.shape[0])
 
 
-def tag_scores(y_true, y_score) -> TagScores:
-    """Every registered metric per tag and macro, for multi-hot labels [N, C] and scores
-    [N, C]. Tracks with a non-finite score are left out and counted."""
-    y_true = np.asarray(y_true)
-    y_score = np.asarray(y_score)
-    # Float32 scores (what models and predictions.parquet give) are ranked as they are:
-    # the same order, half the bytes to sort; anything else as float64.
+def _labels_and_scores(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores [N, C] as arrays, checked. Float32 scores (what models and
+    predictions.parquet give) are ranked as they are: the same order, half the bytes to
+    sort; anything else as float64."""
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
     y_score = y_score if y_score.dtype == np.float32 else y_score.astype(np.float64)
     if y_true.shape != y_score.shape or y_true.ndim != 2:
         raise ValueError(f"labels {y_true.shape} and scores {y_score.shape} must both be [N, C]")
+    return y_true, y_score
+
+
+def _macro(values: np.ndarray) -> float:
+    """The mean over the tags that have a value (NaN when none has)."""
+    return float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
+
+
+def tag_scores(y_true, y_score) -> TagScores:
+    """Every registered metric per tag and macro, for multi-hot labels [N, C] and scores
+    [N, C]. Tracks with a non-finite score are left out and counted."""
+    y_true, y_score = _labels_and_scores(y_true, y_score)
     finite = np.isfinite(y_score).all(axis=1)
     if not finite.all():  # else no copy of both matrices (a million tracks: 800 MB)
         y_true, y_score = y_true[finite], y_score[finite]
@@ -158,7 +168,7 @@ def tag_scores(y_true, y_score) -> TagScores:
             y, s = np.asfortranarray(y_true[:, part]), np.asfortranarray(y_score[:, part])
             values[part] = metric.per_tag(y, s)
         per_tag[metric.name] = tuple(values.tolist())
-        macro[metric.name] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
+        macro[metric.name] = _macro(values)
     n = int(mask.sum())
     return TagScores(macro, per_tag, n, int(n_tags - n), int((~finite).sum()))
 
@@ -337,12 +347,7 @@ class _ResampledSystem:
     A registered metric without a weighted form here takes that gathered path."""
 
     def __init__(self, y_true: np.ndarray, y_score):
-        y_score = np.asarray(y_score)
-        y_score = y_score if y_score.dtype == np.float32 else y_score.astype(np.float64)
-        if y_true.shape != y_score.shape or y_true.ndim != 2:
-            raise ValueError(
-                f"labels {y_true.shape} and scores {y_score.shape} must both be [N, C]"
-            )
+        y_true, y_score = _labels_and_scores(y_true, y_score)
         self.y_true, self.y_score = y_true, y_score
         finite = np.isfinite(y_score).all(axis=1)  # the tracks tag_scores keeps
         rows, self.nonfinite_rows = np.flatnonzero(finite), np.flatnonzero(~finite)
@@ -367,7 +372,7 @@ class _ResampledSystem:
                 continue
             usable = both_classes if metric.needs_both_classes else np.full(len(mass), total > 0)
             values = np.where(usable, figures[:, _WEIGHTED[metric.per_tag]], np.nan)
-            macro[metric.name] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
+            macro[metric.name] = _macro(values)
         if self.gathered:
             gathered = tag_scores(self.y_true[idx], self.y_score[idx]).macro
             macro.update({name: gathered[name] for name in self.gathered})
