@@ -456,6 +456,7 @@ def to_previous_version(out: Path) -> None:
     from types import SimpleNamespace
 
     from pipelines.beam import progress
+    from tests.test_progress_sums import inline_sums
 
     for path in (out / "_progress").glob("train-*.json"):
         split, index = path.stem.split("-")
@@ -463,7 +464,7 @@ def to_previous_version(out: Path) -> None:
         sums = progress.read_sums(str(out), split, int(index), record)
         assert sums is not None
         encoded = {
-            key: progress.encode_sums(SimpleNamespace(mel_sum=s, mel_sumsq=q, mel_frames=f))
+            key: inline_sums(SimpleNamespace(mel_sum=s, mel_sumsq=q, mel_frames=f))
             for key, (s, q, f) in sums.items()
         }
         record = {**{k: v for k, v in record.items() if k != "sums_file"}, "sums": encoded}

@@ -6,6 +6,7 @@ without their sums."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -58,12 +59,23 @@ def write_finished_shard(output: str, samples: list[Sample], split: str = "train
     return record
 
 
+def inline_sums(sample) -> list:
+    """A sample's sums as the previous version recorded them in the JSON record:
+    [base64 of float64 sums, of sums of squares, frames] (what `progress.decode_sums`
+    still reads)."""
+
+    def b64(values) -> str:
+        return base64.b64encode(np.asarray(values, dtype="<f8").tobytes()).decode()
+
+    return [b64(sample.mel_sum), b64(sample.mel_sumsq), int(sample.mel_frames)]
+
+
 def as_old_record(output: str, samples: list[Sample]) -> None:
     """Rewrite the shard's record as the previous version wrote it: sums inline, no
     sidecar."""
     record = progress.read_record(output, "train", 0)
     del record["sums_file"]
-    record["sums"] = {s.key: progress.encode_sums(s) for s in samples}
+    record["sums"] = {s.key: inline_sums(s) for s in samples}
     progress.write_record(output, "train", 0, record)
     (progress_dir(output) / "train-000000.sums.npy").unlink()
 

@@ -3,8 +3,8 @@
 Each finished shard leaves `_progress/{split}-{NNNNNN}.json` next to the output, written
 after its tar: the shard's fingerprint (the job identity, the split's shard count and the
 exact manifest rows of the shard), the tar's name, sha256 and size, its index rows,
-rejects and the shard's per-band mel sums. A re-run with the same fingerprint whose tar is present
-with that sha256 emits the recorded rows instead of decoding, so the final index, rejects,
+rejects and the shard's per-band mel sums. A re-run with the same fingerprint whose tar is
+present with that sha256 emits the recorded rows instead of decoding, so the final index, rejects,
 stats and card are the ones an uninterrupted run writes, byte for byte. Anything else
 (no record, another fingerprint, a tar missing or changed) rebuilds the shard.
 
@@ -106,18 +106,9 @@ def read_record(output: str, split: str, index: int) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def encode_sums(sample) -> list:
-    """A sample's per-band mel sums, exact and compact: base64 of float64 bytes."""
-    import numpy as np
-
-    def b64(a):
-        return base64.b64encode(np.asarray(a, dtype="<f8").tobytes()).decode()
-
-    return [b64(sample.mel_sum), b64(sample.mel_sumsq), int(sample.mel_frames)]
-
-
 def decode_sums(encoded: list) -> tuple:
-    """A track's sums as an earlier version recorded them inline (`encode_sums`)."""
+    """A track's sums as an earlier version recorded them inline: [base64 of float64
+    sums, of sums of squares, frames]."""
     import numpy as np
 
     def arr(text):
