@@ -11,6 +11,7 @@ accepts any credentials; clients still sign requests with the dummy ones in `CRE
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -62,6 +63,7 @@ class SeaweedS3:
         self.ports = dict(zip(self._PORT_FLAGS, _free_ports(len(self._PORT_FLAGS))))
         self.process: subprocess.Popen | None = None
         self.log_path = self.data_dir / "weed.log"
+        self.volumes = 0  # volumes the master knew when the server was last stopped
 
     @property
     def endpoint_url(self) -> str:
@@ -87,27 +89,51 @@ class SeaweedS3:
         return self
 
     def _wait_ready(self) -> None:
+        """Until the gateway answers and, after a restart, the master knows every volume
+        it knew before: the gateway answers seconds earlier, and a read in between fails
+        with an InternalError once the client's retries run out."""
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"weed server exited ({self.process.returncode}); see {self.log_path}"
                 )
-            try:
-                urllib.request.urlopen(self.endpoint_url + "/", timeout=2).close()
+            if self._gateway_answers() and self.master_volumes() >= self.volumes:
                 return
-            except urllib.error.HTTPError:
-                return  # the gateway answers (e.g. 403 on the root): it is up
-            except OSError:
-                time.sleep(0.2)
+            time.sleep(0.2)
         self.stop()
         raise RuntimeError(
             f"weed server not ready in {self.start_timeout:.0f} s; see {self.log_path}"
         )
 
+    def _gateway_answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.endpoint_url + "/", timeout=2).close()
+        except urllib.error.HTTPError:
+            pass  # the gateway answers (e.g. 403 on the root): it is up
+        except OSError:
+            return False
+        return True
+
+    def master_volumes(self) -> int:
+        """The volumes the master's topology lists (0 when it does not answer)."""
+        url = f"http://127.0.0.1:{self.ports['master.port']}/dir/status"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                topology = json.load(response)["Topology"]
+        except (OSError, ValueError, KeyError):
+            return 0
+        return sum(
+            node.get("Volumes", 0)
+            for center in topology.get("DataCenters") or []
+            for rack in center.get("Racks") or []
+            for node in rack.get("DataNodes") or []
+        )
+
     def stop(self) -> None:
         if self.process is None:
             return
+        self.volumes = self.master_volumes()
         self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(timeout=2)
