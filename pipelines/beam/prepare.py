@@ -303,7 +303,25 @@ class PrepareShardFn(TrackStageFn):
             "sums_file": sums_file,
         }
         progress.write_record(self.cfg.output, split, index, record)
+        _kill_after_records(self.cfg.output)
         return record
+
+
+# Test hook: SIGKILL the job's process group (driver and workers) once this many
+# completion records exist (a simulated crash halfway, at a known point rather than when
+# a poller next looks).
+KILL_AFTER_RECORDS_ENV = "PREPARE_KILL_AFTER_RECORDS"
+
+
+def _kill_after_records(output: str) -> None:
+    wanted = int(os.environ.get(KILL_AFTER_RECORDS_ENV, 0) or 0)
+    if (
+        wanted
+        and len(beam_io.list_names(beam_io.join(output, progress.PROGRESS_DIR), "*.json")) >= wanted
+    ):
+        import signal
+
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def shard_mel_sums(samples: list[Sample]) -> list | None:
